@@ -1,0 +1,17 @@
+//! Ordo's wire protocol: package `ordo.v1`.
+//!
+//! The `.proto` files under `proto/ordo/v1/` are the contract; they are self-contained, so
+//! any standard gRPC toolchain can generate a client from them. This crate holds the Rust
+//! code generated from them (messages, tonic clients and servers) and the encoded file
+//! descriptor set that the server offers through gRPC reflection. It depends on nothing
+//! else in Ordo, and nothing here knows about storage, Raft or scheduling.
+
+/// Generated code for package `ordo.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("ordo.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every Ordo `.proto` file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/ordo_descriptor.bin"));

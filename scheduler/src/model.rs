@@ -1,0 +1,266 @@
+//! The transaction model and the records it reads and writes, with their key encodings.
+//!
+//! Everything here travels in the Raft log or lands in the partition stores, so it is encoded
+//! with bincode and must only ever change in backward-compatible ways.
+
+use serde::{Deserialize, Serialize};
+
+/// Orders in one epoch are numbered below this; `order_id = epoch << ORDER_SEQ_BITS | index`.
+pub const ORDER_SEQ_BITS: u32 = 20;
+/// The most transactions one epoch batch may carry (order ids must stay unique).
+pub const BATCH_TXNS_LIMIT: usize = (1 << ORDER_SEQ_BITS) - 1;
+
+/// One epoch's input, as the sequencer proposes it: one Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    /// The proposer's monotonic clock reading (ms since the Unix epoch). Execution uses
+    /// `max(previous epoch's time + 1, time_ms)`, never a wall clock of its own.
+    pub time_ms: u64,
+    pub txns: Vec<Txn>,
+}
+
+/// A deterministic stored procedure with its idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub request_id: String,
+    pub op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    PlaceOrder {
+        lines: Vec<Line>,
+        mode: Mode,
+        user: String,
+    },
+    /// Adds a signed delta to on-hand stock.
+    Restock {
+        dc: u32,
+        sku: u32,
+        delta: i64,
+    },
+    UpsertDc(DcRecord),
+    UpsertItem(ItemRecord),
+}
+
+impl Op {
+    /// Whether the transaction changes the global tables (DCs, catalogue). Such transactions
+    /// run alone, between the partitioned parts of an epoch.
+    pub fn is_global(&self) -> bool {
+        matches!(self, Op::UpsertDc(_) | Op::UpsertItem(_))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub dc: u32,
+    pub sku: u32,
+    pub qty: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    #[default]
+    AllOrNothing,
+    Partial,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DcRecord {
+    pub dc: u32,
+    pub name: String,
+    /// Micro-degrees: no floating point reaches execution.
+    pub lat_e6: i32,
+    pub lon_e6: i32,
+    pub region: u32,
+    pub active: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    pub sku: u32,
+    pub name: String,
+    pub price_cents: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockRecord {
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+impl StockRecord {
+    pub fn available(&self) -> i64 {
+        (self.on_hand - self.reserved).max(0)
+    }
+}
+
+/// What one order line got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineAlloc {
+    pub dc: u32,
+    pub sku: u32,
+    pub requested: i64,
+    pub allocated: i64,
+    /// Available before this order.
+    pub available: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    InsufficientStock,
+    UnknownDc,
+    UnknownSku,
+    DcInactive,
+    NegativeStock,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub code: RejectCode,
+    pub dc: u32,
+    pub sku: u32,
+    pub available: i64,
+    pub requested: i64,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Rejection {
+            dc,
+            sku,
+            available,
+            requested,
+            ..
+        } = self;
+        match self.code {
+            RejectCode::InsufficientStock => write!(
+                f,
+                "insufficient stock: dc {dc} sku {sku} available {available} requested {requested}"
+            ),
+            RejectCode::UnknownDc => write!(f, "unknown dc {dc}"),
+            RejectCode::UnknownSku => write!(f, "unknown sku {sku}"),
+            RejectCode::DcInactive => write!(f, "dc {dc} is not active"),
+            RejectCode::NegativeStock => write!(
+                f,
+                "adjustment would make stock negative: dc {dc} sku {sku} available {available} \
+                 delta -{requested}"
+            ),
+        }
+    }
+}
+
+/// The outcome of one transaction, as stored for dedupe and returned to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResult {
+    pub request_id: String,
+    /// The epoch in which the transaction was decided.
+    pub epoch: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Order {
+        /// Set when committed.
+        order_id: Option<u64>,
+        lines: Vec<LineAlloc>,
+        rejection: Option<Rejection>,
+    },
+    Restock {
+        stock: StockRecord,
+        rejection: Option<Rejection>,
+    },
+    Upserted,
+}
+
+impl Outcome {
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Outcome::Order { rejection, .. } | Outcome::Restock { rejection, .. } => {
+                rejection.as_ref()
+            }
+            Outcome::Upserted => None,
+        }
+    }
+}
+
+/// A committed order as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRecord {
+    pub order_id: u64,
+    pub request_id: String,
+    pub user: String,
+    pub epoch: u64,
+    pub time_ms: u64,
+    pub lines: Vec<LineAlloc>,
+}
+
+/// A remembered result, for `request_id` dedupe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeRecord {
+    pub time_ms: u64,
+    pub result: TxnResult,
+}
+
+/// Key encodings. Big-endian integers keep keys in numeric order.
+pub mod keys {
+    pub const DC: u8 = b'c';
+    pub const ITEM: u8 = b'i';
+    pub const STOCK: u8 = b's';
+    pub const ORDER: u8 = b'o';
+    pub const DEDUPE: u8 = b'd';
+    /// Dedupe expiry index: `t` + time_ms + request_id.
+    pub const DEDUPE_BY_TIME: u8 = b't';
+
+    pub fn dc(dc: u32) -> Vec<u8> {
+        let mut k = vec![DC];
+        k.extend_from_slice(&dc.to_be_bytes());
+        k
+    }
+
+    pub fn item(sku: u32) -> Vec<u8> {
+        let mut k = vec![ITEM];
+        k.extend_from_slice(&sku.to_be_bytes());
+        k
+    }
+
+    pub fn stock(dc: u32, sku: u32) -> Vec<u8> {
+        let mut k = vec![STOCK];
+        k.extend_from_slice(&dc.to_be_bytes());
+        k.extend_from_slice(&sku.to_be_bytes());
+        k
+    }
+
+    pub fn order(order_id: u64) -> Vec<u8> {
+        let mut k = vec![ORDER];
+        k.extend_from_slice(&order_id.to_be_bytes());
+        k
+    }
+
+    pub fn dedupe(request_id: &str) -> Vec<u8> {
+        let mut k = vec![DEDUPE];
+        k.extend_from_slice(request_id.as_bytes());
+        k
+    }
+
+    pub fn dedupe_by_time(time_ms: u64, request_id: &str) -> Vec<u8> {
+        let mut k = vec![DEDUPE_BY_TIME];
+        k.extend_from_slice(&time_ms.to_be_bytes());
+        k.extend_from_slice(request_id.as_bytes());
+        k
+    }
+
+    /// The request id in a dedupe expiry key.
+    pub fn request_id_of_time_key(key: &[u8]) -> Option<&[u8]> {
+        key.get(9..)
+    }
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always encode")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}

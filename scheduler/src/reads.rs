@@ -1,0 +1,91 @@
+//! Reads of the applied state for the server edge: point lookups outside execution.
+//!
+//! These read the store as of the last applied epoch (`LOCAL` consistency). They never run
+//! inside execution, so they may use whatever the edge needs.
+
+use ordo_storage::{Part, Store, StoreError};
+
+use crate::model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+}
+
+fn get<T: for<'de> serde::Deserialize<'de>>(
+    store: &Store,
+    part: Part,
+    key: &[u8],
+    what: impl Fn() -> String,
+) -> Result<Option<T>, ReadError> {
+    match store.get(part, key)? {
+        Some(bytes) => decode(&bytes).map(Some).map_err(|e| ReadError::Corrupt {
+            what: what(),
+            detail: e.to_string(),
+        }),
+        None => Ok(None),
+    }
+}
+
+pub fn dc(store: &Store, dc: u32) -> Result<Option<DcRecord>, ReadError> {
+    get(store, Part::Global, &keys::dc(dc), || format!("dc {dc}"))
+}
+
+pub fn item(store: &Store, sku: u32) -> Result<Option<ItemRecord>, ReadError> {
+    get(store, Part::Global, &keys::item(sku), || {
+        format!("item {sku}")
+    })
+}
+
+/// The partition a DC's stock and orders live in.
+pub fn part_of(store: &Store, dc: &DcRecord) -> Part {
+    Part::Region(dc.region % store.partitions())
+}
+
+/// Stock of `sku` at a known DC (zero when never stocked).
+pub fn stock(store: &Store, dc: &DcRecord, sku: u32) -> Result<StockRecord, ReadError> {
+    let part = part_of(store, dc);
+    Ok(get(store, part, &keys::stock(dc.dc, sku), || {
+        format!("stock dc {} sku {sku}", dc.dc)
+    })?
+    .unwrap_or_default())
+}
+
+pub fn order(store: &Store, order_id: u64) -> Result<Option<OrderRecord>, ReadError> {
+    for n in 0..store.partitions() {
+        let found = get(store, Part::Region(n), &keys::order(order_id), || {
+            format!("order {order_id}")
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// The remembered result of `request_id`, from whichever partition holds it.
+pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<TxnResult>, ReadError> {
+    let key = keys::dedupe(request_id);
+    let parts = std::iter::once(Part::Global).chain((0..store.partitions()).map(Part::Region));
+    for part in parts {
+        let found: Option<DedupeRecord> =
+            get(store, part, &key, || format!("dedupe {request_id:?}"))?;
+        if let Some(record) = found {
+            return Ok(Some(record.result));
+        }
+    }
+    Ok(None)
+}
+
+/// Number of DCs and items, and the highest ids, for the status page and the demo seeder.
+pub fn count_prefix(
+    store: &Store,
+    part: Part,
+    prefix: u8,
+    limit: usize,
+) -> Result<usize, ReadError> {
+    Ok(store.scan_prefix(part, &[prefix], limit)?.len())
+}

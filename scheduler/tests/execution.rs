@@ -1,0 +1,324 @@
+//! Execution tests against a real sled store: outcomes users see, and determinism.
+
+use ordo_scheduler::*;
+use ordo_storage::{EpochCommit, EpochStamp, StateHash, Store};
+
+const PARTITIONS: u32 = 3;
+
+struct Node {
+    _dir: tempfile::TempDir,
+    store: Store,
+    cfg: ExecConfig,
+    epoch: u64,
+}
+
+impl Node {
+    fn new(cfg: ExecConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), PARTITIONS).unwrap();
+        Self {
+            _dir: dir,
+            store,
+            cfg,
+            epoch: 0,
+        }
+    }
+
+    fn run(&mut self, txns: Vec<Txn>) -> Vec<TxnResult> {
+        self.epoch += 1;
+        let time_ms = 1_000 + self.epoch;
+        let out = execute_epoch(&self.store, &self.cfg, self.epoch, time_ms, &txns).unwrap();
+        self.store
+            .commit(EpochCommit {
+                stamp: Some(EpochStamp {
+                    epoch: self.epoch,
+                    time_ms,
+                }),
+                writes: out.writes,
+                raft_meta: Vec::new(),
+            })
+            .unwrap();
+        out.results
+    }
+
+    fn hash(&self) -> StateHash {
+        self.store.applied().state_hash
+    }
+
+    fn stock(&self, dc: u32, sku: u32) -> StockRecord {
+        let record = reads::dc(&self.store, dc).unwrap().unwrap();
+        reads::stock(&self.store, &record, sku).unwrap()
+    }
+}
+
+fn txn(id: &str, op: Op) -> Txn {
+    Txn {
+        request_id: id.to_string(),
+        op,
+    }
+}
+
+fn order(id: &str, lines: &[(u32, u32, i64)], mode: Mode) -> Txn {
+    txn(
+        id,
+        Op::PlaceOrder {
+            lines: lines
+                .iter()
+                .map(|&(dc, sku, qty)| Line { dc, sku, qty })
+                .collect(),
+            mode,
+            user: "u".into(),
+        },
+    )
+}
+
+/// DCs 1..=6 in regions 0,1,2,0,1,2; SKUs 1..=3; every DC starts with `stock` of each SKU.
+fn seed(node: &mut Node, stock: i64) {
+    let mut txns = Vec::new();
+    for dc in 1..=6u32 {
+        txns.push(txn(
+            &format!("dc-{dc}"),
+            Op::UpsertDc(DcRecord {
+                dc,
+                name: format!("DC {dc}"),
+                lat_e6: 0,
+                lon_e6: 0,
+                region: (dc - 1) % 3,
+                active: true,
+            }),
+        ));
+    }
+    for sku in 1..=3u32 {
+        txns.push(txn(
+            &format!("sku-{sku}"),
+            Op::UpsertItem(ItemRecord {
+                sku,
+                name: format!("item {sku}"),
+                price_cents: 100,
+            }),
+        ));
+    }
+    for dc in 1..=6u32 {
+        for sku in 1..=3u32 {
+            txns.push(txn(
+                &format!("restock-{dc}-{sku}"),
+                Op::Restock {
+                    dc,
+                    sku,
+                    delta: stock,
+                },
+            ));
+        }
+    }
+    let results = node.run(txns);
+    assert!(results.iter().all(|r| r.outcome.rejection().is_none()));
+}
+
+fn committed(r: &TxnResult) -> bool {
+    matches!(
+        r.outcome,
+        Outcome::Order {
+            order_id: Some(_),
+            ..
+        }
+    )
+}
+
+#[test]
+fn flash_sale_in_one_epoch_commits_exactly_the_stock() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 50);
+    let txns: Vec<Txn> = (0..200)
+        .map(|i| order(&format!("buyer-{i}"), &[(1, 1, 1)], Mode::AllOrNothing))
+        .collect();
+    let results = node.run(txns);
+    assert_eq!(results.iter().filter(|r| committed(r)).count(), 50);
+    // The first fifty in log order win, the rest are rejected with the reason.
+    assert!(results[..50].iter().all(committed));
+    let rejection = results[50].outcome.rejection().unwrap();
+    assert_eq!(rejection.code, RejectCode::InsufficientStock);
+    assert_eq!(
+        (
+            rejection.dc,
+            rejection.sku,
+            rejection.available,
+            rejection.requested
+        ),
+        (1, 1, 0, 1)
+    );
+    assert_eq!(node.stock(1, 1).on_hand, 0);
+}
+
+#[test]
+fn multi_partition_orders_commit_or_reject_as_a_whole() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 10);
+    // DC 1 is region 0, DC 2 region 1, DC 3 region 2.
+    let txns = vec![
+        order("a", &[(1, 1, 4), (2, 1, 4), (3, 1, 4)], Mode::AllOrNothing),
+        order("b", &[(1, 1, 4), (2, 1, 7)], Mode::AllOrNothing), // dc 2 has 6 left: whole order rejected
+        order("c", &[(2, 2, 1), (3, 2, 1)], Mode::AllOrNothing),
+        order("d", &[(1, 1, 9), (3, 1, 9)], Mode::Partial), // gets 6 + 6
+    ];
+    let results = node.run(txns);
+    assert!(committed(&results[0]));
+    assert!(!committed(&results[1]));
+    assert_eq!(
+        node.stock(1, 1).on_hand,
+        0,
+        "a took 4, b nothing, d the last 6"
+    );
+    assert_eq!(node.stock(2, 1).on_hand, 6, "b's dc-2 line changed nothing");
+    assert!(committed(&results[2]));
+    match &results[3].outcome {
+        Outcome::Order {
+            lines,
+            order_id: Some(_),
+            ..
+        } => {
+            assert_eq!(
+                lines.iter().map(|l| l.allocated).collect::<Vec<_>>(),
+                vec![6, 6]
+            );
+        }
+        other => panic!("partial order not committed: {other:?}"),
+    }
+    assert_eq!(node.stock(3, 1).on_hand, 0);
+    // Conservation: every committed unit left stock exactly once.
+    let taken: i64 = results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Outcome::Order {
+                lines,
+                order_id: Some(_),
+                ..
+            } => Some(lines.iter().map(|l| l.allocated).sum::<i64>()),
+            _ => None,
+        })
+        .sum();
+    let left: i64 = (1..=6)
+        .flat_map(|dc| (1..=3).map(move |sku| (dc, sku)))
+        .map(|(dc, sku)| node.stock(dc, sku).on_hand)
+        .sum();
+    assert_eq!(left + taken, 6 * 3 * 10);
+}
+
+#[test]
+fn repeated_request_id_decrements_once_and_returns_the_first_result() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let results = node.run(vec![
+        order("same", &[(1, 1, 2)], Mode::AllOrNothing),
+        order("same", &[(1, 1, 2)], Mode::AllOrNothing),
+    ]);
+    assert_eq!(results[0], results[1]);
+    let again = node.run(vec![order("same", &[(1, 1, 2)], Mode::AllOrNothing)]);
+    assert_eq!(
+        again[0], results[0],
+        "a later retry gets the original result, epoch included"
+    );
+    assert_eq!(node.stock(1, 1).on_hand, 3);
+}
+
+#[test]
+fn unknown_and_negative_are_rejected_deterministically() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let results = node.run(vec![
+        order("x", &[(99, 1, 1)], Mode::AllOrNothing),
+        order("y", &[(1, 99, 1)], Mode::AllOrNothing),
+        txn(
+            "z",
+            Op::Restock {
+                dc: 1,
+                sku: 1,
+                delta: -6,
+            },
+        ),
+    ]);
+    let codes: Vec<RejectCode> = results
+        .iter()
+        .map(|r| r.outcome.rejection().unwrap().code)
+        .collect();
+    assert_eq!(
+        codes,
+        vec![
+            RejectCode::UnknownDc,
+            RejectCode::UnknownSku,
+            RejectCode::NegativeStock
+        ]
+    );
+    assert_eq!(node.stock(1, 1).on_hand, 5);
+}
+
+fn mixed_workload(epoch: u64) -> Vec<Txn> {
+    // A deterministic mix of single- and multi-partition orders, restocks and partials.
+    (0..300u64)
+        .map(|i| {
+            let k = i.wrapping_mul(2654435761).wrapping_add(epoch * 7919);
+            let dc = (k % 6) as u32 + 1;
+            let dc2 = ((k / 6) % 6) as u32 + 1;
+            let sku = ((k / 36) % 3) as u32 + 1;
+            let id = format!("e{epoch}-t{i}");
+            match k % 10 {
+                0 => txn(&id, Op::Restock { dc, sku, delta: 3 }),
+                1 | 2 if dc != dc2 => {
+                    order(&id, &[(dc, sku, 2), (dc2, sku, 1)], Mode::AllOrNothing)
+                }
+                3 if dc != dc2 => order(&id, &[(dc, sku, 5), (dc2, sku, 5)], Mode::Partial),
+                _ => order(&id, &[(dc, sku, 1)], Mode::AllOrNothing),
+            }
+        })
+        .collect()
+}
+
+fn run_log(cfg: ExecConfig) -> (Vec<StateHash>, Vec<Vec<TxnResult>>) {
+    let mut node = Node::new(cfg);
+    seed(&mut node, 40);
+    let mut hashes = vec![node.hash()];
+    let mut results = Vec::new();
+    for epoch in 0..6 {
+        results.push(node.run(mixed_workload(epoch)));
+        hashes.push(node.hash());
+    }
+    (hashes, results)
+}
+
+#[test]
+fn same_log_under_different_thread_timings_gives_the_same_hashes() {
+    let (base_hashes, base_results) = run_log(ExecConfig::default());
+    for seed in [1u64, 7, 99] {
+        let cfg = ExecConfig {
+            timing_jitter_seed: Some(seed),
+            ..ExecConfig::default()
+        };
+        let (hashes, results) = run_log(cfg);
+        assert_eq!(
+            hashes, base_hashes,
+            "jitter seed {seed} changed a state hash"
+        );
+        assert_eq!(results, base_results, "jitter seed {seed} changed a result");
+    }
+    // Hashes move every epoch.
+    for pair in base_hashes.windows(2) {
+        assert_ne!(pair[0], pair[1]);
+    }
+}
+
+#[test]
+fn dedupe_entries_expire_after_the_window() {
+    let mut node = Node::new(ExecConfig {
+        dedupe_window_ms: 3,
+        ..ExecConfig::default()
+    });
+    seed(&mut node, 5);
+    node.run(vec![order("once", &[(1, 1, 1)], Mode::AllOrNothing)]);
+    assert!(reads::dedupe(&node.store, "once").unwrap().is_some());
+    for _ in 0..4 {
+        node.run(vec![]);
+    }
+    assert!(
+        reads::dedupe(&node.store, "once").unwrap().is_none(),
+        "expired entry pruned"
+    );
+}

@@ -1,0 +1,28 @@
+//! Ordo's sequencer room: agreeing on the order of transactions.
+//!
+//! In: transactions from the server edge. Out: epoch batches committed through openraft (one
+//! Raft entry per batch, one fsync per batch) and applied, in log order, by the state machine,
+//! which drives the scheduler and the partition stores and hands each result to the client
+//! waiting for it.
+//!
+//! - [`types`]: the openraft type configuration.
+//! - [`batcher`]: the bounded queue and the epoch batcher.
+//! - [`state_machine`]: openraft's state machine over the scheduler and stores.
+//! - [`waiters`]: clients waiting for results.
+//! - [`network`]: the Raft network seam (no peers yet).
+//! - [`node`]: the wiring of one node.
+//!
+//! Must never depend on: gRPC or the client-facing protocol (that is the server's), nor let
+//! this node's clock or thread timing reach execution (only the batch's `time_ms` does).
+
+pub mod batcher;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+pub mod waiters;
+
+pub use batcher::{system_clock, Clock, Sequencer, SequencerConfig, SubmitError};
+pub use node::{Node, NodeConfig, StartError};
+pub use types::*;
+pub use waiters::{TxnFailure, TxnOutcome, Wait, Waiters};

@@ -1,0 +1,99 @@
+//! Clients waiting for their transactions' results.
+//!
+//! A request registers under its request id before it is queued; when this replica executes a
+//! transaction with that id (or finds it in the dedupe table), every waiter for the id gets the
+//! result. The map is bounded by the sequencer queue and the proposals in flight: every entry
+//! belongs to a request that is queued, proposed or timing out at the edge.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use ordo_scheduler::TxnResult;
+use tokio::sync::oneshot;
+
+/// Why a waiting request got no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TxnFailure {
+    /// The proposal did not reach the log (no leader, leader changed, node shutting down). The
+    /// transaction may or may not be applied later: retry with the same request id.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type TxnOutcome = Result<TxnResult, TxnFailure>;
+
+type Slot = (u64, oneshot::Sender<TxnOutcome>);
+
+#[derive(Default)]
+pub struct Waiters {
+    // A HashMap is fine here: this is the edge, and its order never reaches state or results.
+    by_request: Mutex<HashMap<String, Vec<Slot>>>,
+    next_id: AtomicU64,
+}
+
+/// A registered wait: the id to cancel it with, and where the outcome arrives.
+pub struct Wait {
+    pub request_id: String,
+    pub id: u64,
+    pub rx: oneshot::Receiver<TxnOutcome>,
+}
+
+impl Waiters {
+    pub fn register(&self, request_id: &str) -> Wait {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.by_request
+            .lock()
+            .expect("waiters lock")
+            .entry(request_id.to_string())
+            .or_default()
+            .push((id, tx));
+        Wait {
+            request_id: request_id.to_string(),
+            id,
+            rx,
+        }
+    }
+
+    /// Delivers an executed transaction's result to everyone waiting for its request id.
+    pub fn complete(&self, result: &TxnResult) {
+        let slots = self
+            .by_request
+            .lock()
+            .expect("waiters lock")
+            .remove(&result.request_id);
+        for (_, tx) in slots.unwrap_or_default() {
+            let _ = tx.send(Ok(result.clone()));
+        }
+    }
+
+    /// Fails the waiters of requests whose proposal did not reach the log.
+    pub fn fail<'a>(&self, request_ids: impl IntoIterator<Item = &'a str>, failure: &TxnFailure) {
+        let mut map = self.by_request.lock().expect("waiters lock");
+        for request_id in request_ids {
+            for (_, tx) in map.remove(request_id).unwrap_or_default() {
+                let _ = tx.send(Err(failure.clone()));
+            }
+        }
+    }
+
+    /// Forgets one wait (the client gave up or timed out).
+    pub fn cancel(&self, request_id: &str, id: u64) {
+        let mut map = self.by_request.lock().expect("waiters lock");
+        if let Some(slots) = map.get_mut(request_id) {
+            slots.retain(|(slot, _)| *slot != id);
+            if slots.is_empty() {
+                map.remove(request_id);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_request.lock().expect("waiters lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

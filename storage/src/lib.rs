@@ -1,0 +1,35 @@
+//! Ordo's storage room: where bytes become durable.
+//!
+//! In: an epoch's writes per partition (from the scheduler, via the sequencer's state
+//! machine) and Raft log entries (from openraft). Out: point reads and prefix scans of the
+//! partition stores, the applied-epoch watermark, the chained BLAKE3 state hash, snapshot
+//! exports, and a Raft log store that passes `openraft::testing::Suite`.
+//!
+//! - [`store::Store`]: sled, one tree per partition, one atomic commit per epoch.
+//! - [`raft_log::LogStore`]: the segmented, checksummed, fsynced Raft log.
+//! - [`hash`]: the state hash chain.
+//!
+//! This crate deals in bytes: it must never depend on the scheduler's transaction model, on
+//! the gRPC protocol or on the sequencer. It knows openraft only through the log-store traits.
+
+pub mod hash;
+pub mod raft_log;
+pub mod store;
+
+pub use hash::{hex, HashChain, StateHash};
+pub use raft_log::LogStore;
+pub use store::{Applied, EpochCommit, EpochStamp, Part, Store, Write};
+
+/// Errors from the partition stores. Any of them stops the node: a replica must never handle
+/// a storage failure differently from its peers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+    #[error("configuration: {0}")]
+    Config(String),
+}
