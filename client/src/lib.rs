@@ -1,1 +1,399 @@
-//! placeholder
+//! The Rust client library for Ordo.
+//!
+//! In: an endpoint (`http://host:port`). Out: an async API for every RPC of the `Ordo` and
+//! `Admin` services. It needs only `ordo-proto`: nothing of the server's internals.
+//!
+//! What it adds over the raw generated stubs:
+//! - **request ids**: every write gets a unique request id unless the caller brings one;
+//! - **retries**: UNAVAILABLE and DEADLINE_EXCEEDED are retried with the *same* request id and
+//!   bounded exponential backoff, so a retried order is applied at most once (server dedupe);
+//! - **epoch tracking**: the client remembers the highest epoch it has seen in any response,
+//!   the token for read-your-writes on any replica.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ordo_client::Error> {
+//! use ordo_client::{Client, Line};
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! let result = client.place_order(&[Line { dc_id: 1, sku: 1, qty: 2 }], false, None).await?;
+//! println!("{:?} in epoch {}", result.status(), result.epoch);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use ordo_proto::v1;
+use ordo_proto::v1::admin_client::AdminClient;
+use ordo_proto::v1::ordo_client::OrdoClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// One order line: `qty` units of `sku` at DC `dc_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line {
+    pub dc_id: u32,
+    pub sku: u32,
+    pub qty: i64,
+}
+
+impl From<Line> for v1::OrderLine {
+    fn from(l: Line) -> Self {
+        v1::OrderLine {
+            dc_id: l.dc_id,
+            sku: l.sku,
+            qty: l.qty,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+    /// The server answered with an error status (after any retries).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The gRPC code, if the server answered with one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
+/// How retries of transient errors behave.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub attempts_max: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts_max: 6,
+            backoff_initial: Duration::from_millis(25),
+            backoff_max: Duration::from_secs(1),
+        }
+    }
+}
+
+fn retryable(status: &Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// A connection to one Ordo node. Cheap to clone; clones share the epoch tracker.
+#[derive(Clone)]
+pub struct Client {
+    ordo: OrdoClient<Channel>,
+    admin: AdminClient<Channel>,
+    retry: RetryPolicy,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    highest_epoch: AtomicU64,
+    id_prefix: String,
+    id_counter: AtomicU64,
+    jitter: AtomicU64,
+}
+
+/// The largest message the client sends or accepts.
+pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+impl Client {
+    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        let connect_err = |detail: String| Error::Connect {
+            endpoint: endpoint.clone(),
+            detail,
+        };
+        let channel = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| connect_err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| connect_err(format!("{e} ({e:?})")))?;
+        Ok(Self::from_channel(channel))
+    }
+
+    /// Wraps an existing channel.
+    pub fn from_channel(channel: Channel) -> Self {
+        let seed = RandomState::new().build_hasher().finish();
+        Self {
+            ordo: OrdoClient::new(channel.clone())
+                .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(MESSAGE_BYTES_MAX),
+            admin: AdminClient::new(channel),
+            retry: RetryPolicy::default(),
+            shared: Arc::new(Shared {
+                highest_epoch: AtomicU64::new(0),
+                id_prefix: format!("c{seed:016x}"),
+                id_counter: AtomicU64::new(0),
+                jitter: AtomicU64::new(seed | 1),
+            }),
+        }
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The highest epoch seen in any response to this client (or its clones).
+    pub fn highest_epoch(&self) -> u64 {
+        self.shared.highest_epoch.load(Ordering::Relaxed)
+    }
+
+    fn saw_epoch(&self, epoch: u64) {
+        self.shared
+            .highest_epoch
+            .fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// A fresh request id, unique to this client.
+    pub fn new_request_id(&self) -> String {
+        let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.shared.id_prefix)
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .retry
+            .backoff_initial
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.retry.backoff_max);
+        // xorshift jitter: up to half the base again, so retrying clients spread out.
+        let mut x = self.shared.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.shared.jitter.store(x, Ordering::Relaxed);
+        let half = base.as_micros() as u64 / 2 + 1;
+        base + Duration::from_micros(x % half)
+    }
+
+    /// Runs `call` until it succeeds, fails with a non-retryable status, or runs out of attempts.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if retryable(&status) && attempt + 1 < self.retry.attempts_max => {
+                    tracing::debug!(code = ?status.code(), attempt, "retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// Places one order. `request_id: None` generates one; retries reuse it.
+    pub async fn place_order(
+        &self,
+        lines: &[Line],
+        partial: bool,
+        request_id: Option<String>,
+    ) -> Result<v1::OrderResult, Error> {
+        let request = v1::PlaceOrderRequest {
+            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            lines: lines.iter().copied().map(Into::into).collect(),
+            mode: if partial {
+                v1::OrderMode::Partial
+            } else {
+                v1::OrderMode::AllOrNothing
+            } as i32,
+            user: String::new(),
+        };
+        self.place_order_request(request).await
+    }
+
+    /// Places one order from a full request (an empty request id is filled in).
+    pub async fn place_order_request(
+        &self,
+        mut request: v1::PlaceOrderRequest,
+    ) -> Result<v1::OrderResult, Error> {
+        if request.request_id.is_empty() {
+            request.request_id = self.new_request_id();
+        }
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.place_order(request).await }
+            })
+            .await?;
+        let result = response
+            .result
+            .ok_or_else(|| Error::Protocol("PlaceOrder response without a result".into()))?;
+        self.saw_epoch(result.epoch);
+        Ok(result)
+    }
+
+    /// Places many independent orders in one call; empty request ids are filled in.
+    pub async fn place_orders(
+        &self,
+        mut orders: Vec<v1::PlaceOrderRequest>,
+    ) -> Result<Vec<v1::OrderResult>, Error> {
+        for order in &mut orders {
+            if order.request_id.is_empty() {
+                order.request_id = self.new_request_id();
+            }
+        }
+        let request = v1::PlaceOrdersRequest { orders };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.place_orders(request).await }
+            })
+            .await?;
+        for result in &response.results {
+            self.saw_epoch(result.epoch);
+        }
+        Ok(response.results)
+    }
+
+    /// Adds `delta` (signed) to the on-hand stock of `sku` at `dc_id`.
+    pub async fn restock(
+        &self,
+        dc_id: u32,
+        sku: u32,
+        delta: i64,
+        request_id: Option<String>,
+    ) -> Result<v1::RestockResponse, Error> {
+        let request = v1::RestockRequest {
+            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            dc_id,
+            sku,
+            delta,
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.restock(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    pub async fn upsert_dc(&self, dc: v1::Dc) -> Result<v1::UpsertDcResponse, Error> {
+        let request = v1::UpsertDcRequest {
+            request_id: self.new_request_id(),
+            dc: Some(dc),
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.upsert_dc(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    pub async fn upsert_item(&self, item: v1::Item) -> Result<v1::UpsertItemResponse, Error> {
+        let request = v1::UpsertItemRequest {
+            request_id: self.new_request_id(),
+            item: Some(item),
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.upsert_item(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    pub async fn get_stock(&self, dc_id: u32, sku: u32) -> Result<v1::GetStockResponse, Error> {
+        let request = v1::GetStockRequest { dc_id, sku };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                async move { ordo.get_stock(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    pub async fn get_order(&self, order_id: u64) -> Result<v1::Order, Error> {
+        let request = v1::GetOrderRequest { order_id };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                async move { ordo.get_order(request).await }
+            })
+            .await?;
+        response
+            .order
+            .ok_or_else(|| Error::Protocol("GetOrder response without an order".into()))
+    }
+
+    pub async fn get_availability(
+        &self,
+        dc_ids: Vec<u32>,
+        skus: Vec<u32>,
+    ) -> Result<v1::GetAvailabilityResponse, Error> {
+        let request = v1::GetAvailabilityRequest { dc_ids, skus };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo.clone();
+                let request = request.clone();
+                async move { ordo.get_availability(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin.clone();
+            async move { admin.status(v1::StatusRequest {}).await }
+        })
+        .await
+    }
+
+    pub async fn state_hash(&self, epoch: u64) -> Result<v1::GetStateHashResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin.clone();
+            async move {
+                admin
+                    .get_state_hash(v1::GetStateHashRequest { epoch })
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Direct access to the generated stub, for calls this library does not wrap.
+    pub fn raw(&self) -> OrdoClient<Channel> {
+        self.ordo.clone()
+    }
+}

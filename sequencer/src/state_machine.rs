@@ -279,6 +279,11 @@ fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<
     Ok(())
 }
 
+/// The current snapshot in `snapshot_dir`, if any: its metadata and the store export.
+pub fn load_snapshot(snapshot_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    read_snapshot_file(&snapshot_dir.join("current.snap"))
+}
+
 fn read_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
     let mut file = match File::open(path) {
         Ok(f) => f,

@@ -108,8 +108,12 @@ impl Store {
         if partitions == 0 {
             return Err(StoreError::Config("partitions must be at least 1".into()));
         }
+        Self::open_inner(dir.as_ref(), Some(partitions))
+    }
+
+    fn open_inner(dir: &Path, partitions: Option<u32>) -> Result<Self, StoreError> {
         let db = sled::Config::new()
-            .path(dir.as_ref())
+            .path(dir)
             .cache_capacity(256 * 1024 * 1024)
             .flush_every_ms(Some(500))
             .open()?;
@@ -121,19 +125,28 @@ impl Store {
                     .into(),
             ));
         }
-        match meta.get(META_PARTITIONS)? {
-            Some(stored) => {
+        let partitions = match (meta.get(META_PARTITIONS)?, partitions) {
+            (Some(stored), wanted) => {
                 let stored: u32 = decode("partition count", &stored)?;
-                if stored != partitions {
+                if wanted.is_some_and(|wanted| wanted != stored) {
                     return Err(StoreError::Config(format!(
-                        "this data directory was created with {stored} partitions, not {partitions}"
+                        "this data directory was created with {stored} partitions, not {}",
+                        wanted.unwrap_or_default()
                     )));
                 }
+                stored
             }
-            None => {
-                meta.insert(META_PARTITIONS, encode(&partitions))?;
+            (None, Some(wanted)) => {
+                meta.insert(META_PARTITIONS, encode(&wanted))?;
+                wanted
             }
-        }
+            (None, None) => {
+                return Err(StoreError::Config(format!(
+                    "{} holds no Ordo store",
+                    dir.display()
+                )))
+            }
+        };
         let regions = (0..partitions)
             .map(|n| db.open_tree(Part::Region(n).to_string()))
             .collect::<Result<Vec<_>, _>>()?;
@@ -152,6 +165,11 @@ impl Store {
             regions,
             applied: Mutex::new(applied),
         })
+    }
+
+    /// Opens an existing store with the partition count it was created with.
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_inner(dir.as_ref(), None)
     }
 
     pub fn partitions(&self) -> u32 {

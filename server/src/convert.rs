@@ -1,0 +1,127 @@
+//! Conversions between the scheduler's model and the wire types.
+
+use ordo_proto::v1;
+use ordo_scheduler::model::*;
+use tonic::Status;
+
+use crate::limits::Limits;
+
+fn line_allocation(a: &LineAlloc) -> v1::LineAllocation {
+    v1::LineAllocation {
+        dc_id: a.dc,
+        sku: a.sku,
+        requested: a.requested,
+        allocated: a.allocated,
+        available: a.available,
+    }
+}
+
+fn reject_code(code: RejectCode) -> v1::RejectCode {
+    match code {
+        RejectCode::InsufficientStock => v1::RejectCode::InsufficientStock,
+        RejectCode::UnknownDc => v1::RejectCode::UnknownDc,
+        RejectCode::UnknownSku => v1::RejectCode::UnknownSku,
+        RejectCode::DcInactive => v1::RejectCode::DcInactive,
+        RejectCode::NegativeStock => v1::RejectCode::NegativeStock,
+    }
+}
+
+/// The wire form of an order's result; `None` if the result is not an order's.
+pub fn order_result(result: &TxnResult) -> Option<v1::OrderResult> {
+    let Outcome::Order {
+        order_id,
+        lines,
+        rejection,
+    } = &result.outcome
+    else {
+        return None;
+    };
+    let status = if order_id.is_some() {
+        v1::OrderStatus::Committed
+    } else {
+        v1::OrderStatus::Rejected
+    };
+    Some(v1::OrderResult {
+        request_id: result.request_id.clone(),
+        status: status as i32,
+        order_id: order_id.unwrap_or(0),
+        epoch: result.epoch,
+        lines: lines.iter().map(line_allocation).collect(),
+        reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
+        rejection: rejection.map(|r| v1::Rejection {
+            code: reject_code(r.code) as i32,
+            dc_id: r.dc,
+            sku: r.sku,
+            available: r.available,
+            requested: r.requested,
+        }),
+    })
+}
+
+pub fn order(o: &OrderRecord) -> v1::Order {
+    v1::Order {
+        order_id: o.order_id,
+        request_id: o.request_id.clone(),
+        user: o.user.clone(),
+        status: v1::OrderStatus::Committed as i32,
+        epoch: o.epoch,
+        time_ms: o.time_ms,
+        lines: o.lines.iter().map(line_allocation).collect(),
+    }
+}
+
+fn name(field: &str, name: String, limits: &Limits) -> Result<String, Status> {
+    if name.is_empty() || name.len() > limits.name_bytes_max {
+        return Err(Status::invalid_argument(format!(
+            "{field}: name must be 1 to {} bytes, not {}",
+            limits.name_bytes_max,
+            name.len()
+        )));
+    }
+    Ok(name)
+}
+
+/// Degrees to integer micro-degrees, at the edge: floating point never reaches execution.
+fn micro_degrees(field: &str, degrees: f64, bound: f64) -> Result<i32, Status> {
+    if !degrees.is_finite() || degrees.abs() > bound {
+        return Err(Status::invalid_argument(format!(
+            "{field}: must be a number between -{bound} and {bound}, not {degrees}"
+        )));
+    }
+    Ok((degrees * 1e6).round() as i32)
+}
+
+pub fn dc_record(dc: v1::Dc, limits: &Limits) -> Result<DcRecord, Status> {
+    if dc.dc_id == 0 {
+        return Err(Status::invalid_argument(
+            "upsert_dc: dc_id must be at least 1",
+        ));
+    }
+    Ok(DcRecord {
+        dc: dc.dc_id,
+        name: name("upsert_dc", dc.name, limits)?,
+        lat_e6: micro_degrees("upsert_dc: lat", dc.lat, 90.0)?,
+        lon_e6: micro_degrees("upsert_dc: lon", dc.lon, 180.0)?,
+        region: dc.region,
+        active: dc.active,
+    })
+}
+
+pub fn item_record(item: v1::Item, limits: &Limits) -> Result<ItemRecord, Status> {
+    if item.sku == 0 {
+        return Err(Status::invalid_argument(
+            "upsert_item: sku must be at least 1",
+        ));
+    }
+    if item.price_cents < 0 || item.price_cents > limits.price_cents_max {
+        return Err(Status::invalid_argument(format!(
+            "upsert_item: price_cents must be between 0 and {}, not {}",
+            limits.price_cents_max, item.price_cents
+        )));
+    }
+    Ok(ItemRecord {
+        sku: item.sku,
+        name: name("upsert_item", item.name, limits)?,
+        price_cents: item.price_cents,
+    })
+}

@@ -1,0 +1,458 @@
+//! The gRPC edge: the `Ordo` service.
+//!
+//! Every request is validated here, before anything is queued: a malformed request gets a
+//! precise status (INVALID_ARGUMENT, NOT_FOUND, ...) and changes nothing. A valid write is
+//! answered from this replica's execution of it; a request id seen before is answered from the
+//! dedupe table without queueing anything.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ordo_proto::v1;
+use ordo_proto::v1::ordo_server::Ordo;
+use ordo_scheduler::{model, reads, Line, Mode, Op, Outcome, Txn, TxnResult};
+use ordo_sequencer::{Node, SubmitError, TxnFailure, Wait};
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::limits::Limits;
+
+pub struct OrdoService {
+    node: Arc<Node>,
+    limits: Limits,
+    /// Prefix of server-generated request ids: node id and a start-up nonce.
+    generated_id_prefix: String,
+    generated_id_counter: AtomicU64,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+impl OrdoService {
+    pub fn new(node: Arc<Node>, limits: Limits) -> Self {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        Self {
+            generated_id_prefix: format!("srv-{}-{nonce:x}", node.node_id),
+            node,
+            limits,
+            generated_id_counter: AtomicU64::new(0),
+        }
+    }
+
+    fn request_id(&self, given: String, field: &str) -> Result<String, Status> {
+        if given.is_empty() {
+            let n = self.generated_id_counter.fetch_add(1, Ordering::Relaxed);
+            return Ok(format!("{}-{n}", self.generated_id_prefix));
+        }
+        if given.len() > self.limits.request_id_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: request_id is {} bytes, the limit is {}",
+                given.len(),
+                self.limits.request_id_bytes_max
+            )));
+        }
+        if let Some(bad) = given.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+            return Err(Status::invalid_argument(format!(
+                "{field}: request_id may hold only printable ASCII without spaces; found byte 0x{bad:02x}"
+            )));
+        }
+        Ok(given)
+    }
+
+    fn known_dc(&self, dc_id: u32, field: &str) -> Result<model::DcRecord, Status> {
+        if dc_id == 0 {
+            return Err(Status::invalid_argument(format!(
+                "{field}: dc_id must be at least 1"
+            )));
+        }
+        reads::dc(&self.node.store, dc_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("{field}: unknown dc {dc_id}")))
+    }
+
+    fn known_sku(&self, sku: u32, field: &str) -> Result<(), Status> {
+        if sku == 0 {
+            return Err(Status::invalid_argument(format!(
+                "{field}: sku must be at least 1"
+            )));
+        }
+        reads::item(&self.node.store, sku)
+            .map_err(internal)?
+            .map(|_| ())
+            .ok_or_else(|| Status::not_found(format!("{field}: unknown sku {sku}")))
+    }
+
+    /// Validates one order and turns it into a transaction.
+    fn order_txn(&self, request: v1::PlaceOrderRequest, field: &str) -> Result<Txn, Status> {
+        let request_id = self.request_id(request.request_id, field)?;
+        let limits = &self.limits;
+        if request.lines.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "{field}: an order needs at least one line"
+            )));
+        }
+        if request.lines.len() > limits.lines_per_order_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: {} lines, the limit is {} per order",
+                request.lines.len(),
+                limits.lines_per_order_max
+            )));
+        }
+        if request.user.len() > limits.user_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: user is {} bytes, the limit is {}",
+                request.user.len(),
+                limits.user_bytes_max
+            )));
+        }
+        let mode = match v1::OrderMode::try_from(request.mode) {
+            Ok(v1::OrderMode::Unspecified | v1::OrderMode::AllOrNothing) => Mode::AllOrNothing,
+            Ok(v1::OrderMode::Partial) => Mode::Partial,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: unknown order mode {}",
+                    request.mode
+                )))
+            }
+        };
+        let mut seen = BTreeSet::new();
+        let mut lines = Vec::with_capacity(request.lines.len());
+        for (i, line) in request.lines.iter().enumerate() {
+            let at = format!("{field}.lines[{i}]");
+            if line.qty <= 0 || line.qty > limits.qty_per_line_max {
+                return Err(Status::invalid_argument(format!(
+                    "{at}: qty must be between 1 and {}, not {}",
+                    limits.qty_per_line_max, line.qty
+                )));
+            }
+            if !seen.insert((line.dc_id, line.sku)) {
+                return Err(Status::invalid_argument(format!(
+                    "{at}: duplicate line for dc {} sku {}; merge the quantities into one line",
+                    line.dc_id, line.sku
+                )));
+            }
+            self.known_dc(line.dc_id, &at)?;
+            self.known_sku(line.sku, &at)?;
+            lines.push(Line {
+                dc: line.dc_id,
+                sku: line.sku,
+                qty: line.qty,
+            });
+        }
+        Ok(Txn {
+            request_id,
+            op: Op::PlaceOrder {
+                lines,
+                mode,
+                user: request.user,
+            },
+        })
+    }
+
+    /// Answers transactions: from the dedupe table when already executed, else by queueing
+    /// them (all or none) and waiting for this replica to execute them.
+    async fn run(&self, txns: Vec<Txn>) -> Result<Vec<TxnResult>, Status> {
+        let mut results: Vec<Option<TxnResult>> = Vec::with_capacity(txns.len());
+        let mut fresh = Vec::new();
+        for txn in txns {
+            let known = reads::dedupe(&self.node.store, &txn.request_id).map_err(internal)?;
+            if known.is_none() {
+                fresh.push(txn);
+            }
+            results.push(known);
+        }
+        if !fresh.is_empty() {
+            let waits = self.node.sequencer.submit(fresh).map_err(|e| match e {
+                SubmitError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+                SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
+            })?;
+            let mut executed = self.wait_all(waits).await?.into_iter();
+            for slot in results.iter_mut().filter(|r| r.is_none()) {
+                *slot = executed.next();
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Status::internal("a transaction produced no result")))
+            .collect()
+    }
+
+    async fn wait_all(&self, waits: Vec<Wait>) -> Result<Vec<TxnResult>, Status> {
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+        let waiters = self.node.sequencer.waiters().clone();
+        let mut out = Vec::with_capacity(waits.len());
+        let mut pending = waits.into_iter();
+        while let Some(wait) = pending.next() {
+            let outcome = tokio::time::timeout_at(deadline, wait.rx).await;
+            let failure = match outcome {
+                Ok(Ok(Ok(result))) => {
+                    out.push(result);
+                    continue;
+                }
+                Ok(Ok(Err(TxnFailure::Unavailable(why)))) => Status::unavailable(format!(
+                    "{why}; the request may or may not be applied: retry with the same request_id"
+                )),
+                Ok(Err(_)) => {
+                    Status::unavailable("the node is shutting down; retry with the same request_id")
+                }
+                Err(_) => {
+                    waiters.cancel(&wait.request_id, wait.id);
+                    Status::deadline_exceeded(format!(
+                        "no result within {} ms; the request may still be applied: retry with the same request_id",
+                        self.limits.request_timeout.as_millis()
+                    ))
+                }
+            };
+            for rest in pending {
+                waiters.cancel(&rest.request_id, rest.id);
+            }
+            return Err(failure);
+        }
+        Ok(out)
+    }
+
+    fn applied_epoch(&self) -> u64 {
+        self.node.store.applied_epoch()
+    }
+}
+
+fn reused(result: &TxnResult, expected: &str) -> Status {
+    Status::already_exists(format!(
+        "request_id {:?} was already used for a different kind of request than {expected}; use a new request_id",
+        result.request_id
+    ))
+}
+
+#[tonic::async_trait]
+impl Ordo for OrdoService {
+    async fn place_order(
+        &self,
+        request: Request<v1::PlaceOrderRequest>,
+    ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
+        let txn = self.order_txn(request.into_inner(), "order")?;
+        let result = self.run(vec![txn]).await?.remove(0);
+        let result = convert::order_result(&result).ok_or_else(|| reused(&result, "an order"))?;
+        Ok(Response::new(v1::PlaceOrderResponse {
+            result: Some(result),
+        }))
+    }
+
+    async fn place_orders(
+        &self,
+        request: Request<v1::PlaceOrdersRequest>,
+    ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
+        let orders = request.into_inner().orders;
+        if orders.is_empty() || orders.len() > self.limits.orders_per_call_max {
+            return Err(Status::invalid_argument(format!(
+                "orders: between 1 and {} orders per call, not {}",
+                self.limits.orders_per_call_max,
+                orders.len()
+            )));
+        }
+        let mut txns = Vec::with_capacity(orders.len());
+        let mut ids = BTreeSet::new();
+        for (i, order) in orders.into_iter().enumerate() {
+            let txn = self.order_txn(order, &format!("orders[{i}]"))?;
+            if !ids.insert(txn.request_id.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "orders[{i}]: request_id {:?} appears twice in one call",
+                    txn.request_id
+                )));
+            }
+            txns.push(txn);
+        }
+        let results = self.run(txns).await?;
+        let results = results
+            .iter()
+            .map(|r| convert::order_result(r).ok_or_else(|| reused(r, "an order")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(v1::PlaceOrdersResponse { results }))
+    }
+
+    async fn restock(
+        &self,
+        request: Request<v1::RestockRequest>,
+    ) -> Result<Response<v1::RestockResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "restock")?;
+        if r.delta == 0 || r.delta.unsigned_abs() > self.limits.restock_delta_max as u64 {
+            return Err(Status::invalid_argument(format!(
+                "restock: delta must be non-zero and at most {} in magnitude, not {}",
+                self.limits.restock_delta_max, r.delta
+            )));
+        }
+        self.known_dc(r.dc_id, "restock")?;
+        self.known_sku(r.sku, "restock")?;
+        let txn = Txn {
+            request_id,
+            op: Op::Restock {
+                dc: r.dc_id,
+                sku: r.sku,
+                delta: r.delta,
+            },
+        };
+        let result = self.run(vec![txn]).await?.remove(0);
+        let Outcome::Restock { stock, rejection } = &result.outcome else {
+            return Err(reused(&result, "a restock"));
+        };
+        Ok(Response::new(v1::RestockResponse {
+            request_id: result.request_id.clone(),
+            applied: rejection.is_none(),
+            epoch: result.epoch,
+            on_hand: stock.on_hand,
+            reserved: stock.reserved,
+            available: stock.available(),
+            reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn upsert_dc(
+        &self,
+        request: Request<v1::UpsertDcRequest>,
+    ) -> Result<Response<v1::UpsertDcResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "upsert_dc")?;
+        let dc =
+            r.dc.ok_or_else(|| Status::invalid_argument("upsert_dc: dc is required"))?;
+        let record = convert::dc_record(dc, &self.limits)?;
+        let result = self
+            .run(vec![Txn {
+                request_id,
+                op: Op::UpsertDc(record),
+            }])
+            .await?
+            .remove(0);
+        if result.outcome != Outcome::Upserted {
+            return Err(reused(&result, "an upsert"));
+        }
+        Ok(Response::new(v1::UpsertDcResponse {
+            request_id: result.request_id,
+            epoch: result.epoch,
+        }))
+    }
+
+    async fn upsert_item(
+        &self,
+        request: Request<v1::UpsertItemRequest>,
+    ) -> Result<Response<v1::UpsertItemResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "upsert_item")?;
+        let item = r
+            .item
+            .ok_or_else(|| Status::invalid_argument("upsert_item: item is required"))?;
+        let record = convert::item_record(item, &self.limits)?;
+        let result = self
+            .run(vec![Txn {
+                request_id,
+                op: Op::UpsertItem(record),
+            }])
+            .await?
+            .remove(0);
+        if result.outcome != Outcome::Upserted {
+            return Err(reused(&result, "an upsert"));
+        }
+        Ok(Response::new(v1::UpsertItemResponse {
+            request_id: result.request_id,
+            epoch: result.epoch,
+        }))
+    }
+
+    async fn get_stock(
+        &self,
+        request: Request<v1::GetStockRequest>,
+    ) -> Result<Response<v1::GetStockResponse>, Status> {
+        let r = request.into_inner();
+        // Read the epoch first: the stock is at least as new as it.
+        let epoch = self.applied_epoch();
+        let dc = self.known_dc(r.dc_id, "get_stock")?;
+        self.known_sku(r.sku, "get_stock")?;
+        let stock = reads::stock(&self.node.store, &dc, r.sku).map_err(internal)?;
+        Ok(Response::new(v1::GetStockResponse {
+            dc_id: r.dc_id,
+            sku: r.sku,
+            on_hand: stock.on_hand,
+            reserved: stock.reserved,
+            available: stock.available(),
+            epoch,
+        }))
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<v1::GetOrderRequest>,
+    ) -> Result<Response<v1::GetOrderResponse>, Status> {
+        let order_id = request.into_inner().order_id;
+        if order_id == 0 {
+            return Err(Status::invalid_argument(
+                "get_order: order_id must be non-zero",
+            ));
+        }
+        let order = reads::order(&self.node.store, order_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("order {order_id} does not exist")))?;
+        Ok(Response::new(v1::GetOrderResponse {
+            order: Some(convert::order(&order)),
+        }))
+    }
+
+    async fn get_availability(
+        &self,
+        request: Request<v1::GetAvailabilityRequest>,
+    ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        let limits = &self.limits;
+        if r.dc_ids.is_empty() || r.dc_ids.len() > limits.availability_dcs_max {
+            return Err(Status::invalid_argument(format!(
+                "get_availability: between 1 and {} dc_ids, not {}",
+                limits.availability_dcs_max,
+                r.dc_ids.len()
+            )));
+        }
+        if r.skus.is_empty() || r.skus.len() > limits.availability_skus_max {
+            return Err(Status::invalid_argument(format!(
+                "get_availability: between 1 and {} skus, not {}",
+                limits.availability_skus_max,
+                r.skus.len()
+            )));
+        }
+        if r.dc_ids.iter().collect::<BTreeSet<_>>().len() != r.dc_ids.len()
+            || r.skus.iter().collect::<BTreeSet<_>>().len() != r.skus.len()
+        {
+            return Err(Status::invalid_argument(
+                "get_availability: dc_ids and skus must not repeat",
+            ));
+        }
+        let epoch = self.applied_epoch();
+        let dcs = r
+            .dc_ids
+            .iter()
+            .enumerate()
+            .map(|(i, &dc)| self.known_dc(dc, &format!("dc_ids[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = Vec::with_capacity(r.skus.len());
+        for (i, &sku) in r.skus.iter().enumerate() {
+            self.known_sku(sku, &format!("skus[{i}]"))?;
+            let mut per_dc = Vec::with_capacity(dcs.len());
+            for dc in &dcs {
+                let stock = reads::stock(&self.node.store, dc, sku).map_err(internal)?;
+                per_dc.push(v1::DcAvailability {
+                    dc_id: dc.dc,
+                    on_hand: stock.on_hand,
+                    reserved: stock.reserved,
+                    available: stock.available(),
+                });
+            }
+            items.push(v1::SkuAvailability {
+                sku,
+                available_total: per_dc.iter().map(|d| d.available).sum(),
+                dcs: per_dc,
+            });
+        }
+        Ok(Response::new(v1::GetAvailabilityResponse { epoch, items }))
+    }
+}
