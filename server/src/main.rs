@@ -209,7 +209,14 @@ where
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 1 like every other error (clap's own default is 2); help exits 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { cli::EXIT_ERROR } else { 0 });
+        }
+    };
     match cli.command {
         Command::Dev {
             data_dir,

@@ -1,0 +1,104 @@
+//! The `ordo` client subcommands as a user runs them: output, JSON fields and exit codes.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn json_of(stdout: &str) -> Value {
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_print_json_and_exit_with_documented_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    seed(&node.client().await, 5).await;
+    let ep = node.endpoint.as_str();
+
+    eprintln!("--- phase: stock");
+    let (code, out, _) = ordo_cli(&["stock", "1", "2", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 0);
+    let stock = json_of(&out);
+    assert_eq!(
+        (
+            stock["on_hand"].as_i64(),
+            stock["reserved"].as_i64(),
+            stock["available"].as_i64()
+        ),
+        (Some(5), Some(0), Some(5))
+    );
+
+    eprintln!("--- phase: a committed order exits 0");
+    let (code, out, _) = ordo_cli(&[
+        "order",
+        "--line",
+        "1:2:2",
+        "--line",
+        "2:2:1",
+        "--request-id",
+        "cli-1",
+        "--endpoint",
+        ep,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let order = json_of(&out);
+    assert_eq!(order["status"], "committed");
+    assert_eq!(order["request_id"], "cli-1");
+    assert!(order["order_id"].as_u64().unwrap() > 0);
+    assert!(order["epoch"].as_u64().unwrap() > 0);
+    assert_eq!(order["lines"][0]["allocated"], 2);
+    assert_eq!(order["lines"][1]["dc_id"], 2);
+
+    eprintln!("--- phase: get-order finds it");
+    let id = order["order_id"].as_u64().unwrap().to_string();
+    let (code, out, _) = ordo_cli(&["get-order", &id, "--endpoint", ep, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["request_id"], "cli-1");
+
+    eprintln!("--- phase: a rejected order exits 3 and says why");
+    let (code, out, _) = ordo_cli(&["order", "--line", "1:2:4", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 3, "{out}");
+    let rejected = json_of(&out);
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(
+        rejected["reason"],
+        "insufficient stock: dc 1 sku 2 available 3 requested 4"
+    );
+    let (code, out, _) = ordo_cli(&["order", "--line", "1:2:4", "--partial", "--endpoint", ep]);
+    assert_eq!(code, 0, "partial takes the 3 left: {out}");
+    assert!(out.contains("3 of 4 allocated"), "{out}");
+
+    eprintln!("--- phase: restock, with a negative delta");
+    let (code, out, _) = ordo_cli(&["restock", "1", "2", "-1", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 3, "nothing left to remove: {out}");
+    let (code, out, _) = ordo_cli(&["restock", "1", "2", "7", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_of(&out)["on_hand"], 7);
+
+    eprintln!("--- phase: errors exit 1");
+    let (code, out, _) = ordo_cli(&["order", "--line", "1:2:0", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 1);
+    assert_eq!(json_of(&out)["error"]["code"], "INVALID_ARGUMENT");
+    let (code, _, err) = ordo_cli(&["stock", "42", "1", "--endpoint", ep]);
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND: get_stock: unknown dc 42"), "{err}");
+    let (code, _, err) = ordo_cli(&["order", "--line", "1-2-3", "--endpoint", ep]);
+    assert_eq!(code, 1, "usage errors exit 1 like any error");
+    assert!(err.contains("expected DC:SKU:QTY"), "{err}");
+    let (code, _, err) = ordo_cli(&["status", "--endpoint", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot connect"), "{err}");
+
+    eprintln!("--- phase: status");
+    let (code, out, _) = ordo_cli(&["status", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 0);
+    let status = json_of(&out);
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["role"], "leader");
+    assert_eq!(status["leader_id"], 1);
+    assert!(status["applied_epoch"].as_u64().unwrap() > 0);
+    assert_eq!(status["state_hash"].as_str().unwrap().len(), 64);
+}
