@@ -7,8 +7,8 @@ use std::{env, fs, path::PathBuf};
 const PROTO_FILES: &[&str] = &["ordo/v1/ordo.proto", "ordo/v1/admin.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
-    let mut compiler = protox::Compiler::new(["proto"])?;
+    println!("cargo:rerun-if-changed=ordo");
+    let mut compiler = protox::Compiler::new(["."])?;
     compiler.include_imports(true).include_source_info(true);
     for file in PROTO_FILES {
         compiler.open_file(file)?;

@@ -1,6 +1,6 @@
 //! Ordo's wire protocol: package `ordo.v1`.
 //!
-//! The `.proto` files under `proto/ordo/v1/` are the contract; they are self-contained, so
+//! The `.proto` files under `proto/ordo/v1/` (this crate's `ordo/v1/`) are the contract; they are self-contained, so
 //! any standard gRPC toolchain can generate a client from them. This crate holds the Rust
 //! code generated from them (messages, tonic clients and servers) and the encoded file
 //! descriptor set that the server offers through gRPC reflection. It depends on nothing

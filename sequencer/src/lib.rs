@@ -15,6 +15,9 @@
 //! Must never depend on: gRPC or the client-facing protocol (that is the server's), nor let
 //! this node's clock or thread timing reach execution (only the batch's `time_ms` does).
 
+// openraft's `StorageError` is large, and the trait signatures that return it are openraft's.
+#![allow(clippy::result_large_err)]
+
 pub mod batcher;
 pub mod network;
 pub mod node;

@@ -13,6 +13,9 @@ use ordo_client::{v1, RetryPolicy};
 
 const WRITERS: u32 = 6;
 
+/// A request id and the lines it asked for.
+type Attempt = (String, Vec<ordo_client::Line>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_nine_during_orders_loses_nothing_acknowledged_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
@@ -23,7 +26,7 @@ async fn kill_nine_during_orders_loses_nothing_acknowledged_and_applies_nothing_
 
     eprintln!("--- phase: {WRITERS} writers stream orders");
     let acked: Arc<Mutex<BTreeMap<String, v1::OrderResult>>> = Arc::default();
-    let attempted: Arc<Mutex<Vec<(String, Vec<ordo_client::Line>)>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let mut writers = Vec::new();
     for w in 0..WRITERS {
         // Few retries: once the server is gone, writers stop quickly.

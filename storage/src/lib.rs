@@ -12,6 +12,9 @@
 //! This crate deals in bytes: it must never depend on the scheduler's transaction model, on
 //! the gRPC protocol or on the sequencer. It knows openraft only through the log-store traits.
 
+// openraft's `StorageError` is large, and the trait signatures that return it are openraft's.
+#![allow(clippy::result_large_err)]
+
 pub mod hash;
 pub mod raft_log;
 pub mod store;

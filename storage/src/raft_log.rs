@@ -76,6 +76,8 @@ struct State<C: RaftTypeConfig> {
     segments: Vec<Segment>,
     /// Bytes written to the last segment.
     tail_len: u64,
+    /// The tail segment is closed once it grows past this.
+    segment_bytes_max: u64,
 }
 
 enum FlushCmd<C: RaftTypeConfig> {
@@ -139,6 +141,14 @@ where
 {
     /// Opens (or creates) the log in `dir`, replaying every segment.
     pub fn open(dir: impl AsRef<Path>) -> io::Result<Self> {
+        Self::open_with_segment_bytes(dir, SEGMENT_BYTES_MAX)
+    }
+
+    /// Like [`LogStore::open`], closing segments at `segment_bytes_max` (small in tests).
+    pub fn open_with_segment_bytes(
+        dir: impl AsRef<Path>,
+        segment_bytes_max: u64,
+    ) -> io::Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir)?;
         let mut seqnos: Vec<u64> = Vec::new();
@@ -165,6 +175,7 @@ where
             committed: None,
             segments: Vec::new(),
             tail_len: 0,
+            segment_bytes_max,
         };
         let count = seqnos.len();
         for (i, seqno) in seqnos.into_iter().enumerate() {
@@ -309,7 +320,7 @@ where
 
     /// Writes a record to the tail segment (page cache only) and returns its payload location.
     fn write_record(&mut self, record: &[u8]) -> io::Result<Loc> {
-        if self.tail_len >= SEGMENT_BYTES_MAX {
+        if self.tail_len >= self.segment_bytes_max {
             // Close the full segment durably before any record lands in the next one, so that a
             // synced later segment never depends on an unsynced earlier one.
             self.tail().file.sync_data()?;
@@ -373,7 +384,7 @@ fn flusher_loop<C: RaftTypeConfig>(rx: mpsc::Receiver<FlushCmd<C>>) {
             }
         }
         for FlushCmd::Sync { callback, .. } in batch {
-            let r = result.clone().map_err(|e| io::Error::other(e));
+            let r = result.clone().map_err(io::Error::other);
             callback.log_io_completed(r);
         }
     }

@@ -86,11 +86,14 @@ pub struct Store {
     applied: Mutex<Applied>,
 }
 
+/// One tree's name and every key/value pair in it.
+type TreeDump = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 #[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     format: u32,
     partitions: u32,
-    trees: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)>,
+    trees: Vec<TreeDump>,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
