@@ -95,6 +95,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
     let max = opts.limits.message_bytes_max;

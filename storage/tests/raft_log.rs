@@ -53,7 +53,9 @@ async fn entries_vote_and_truncation_survive_reopen() {
     {
         let mut log = Log::open(dir.path()).unwrap();
         log.save_vote(&Vote::new(3, 1)).await.unwrap();
-        log.blocking_append((1..=5).map(|i| entry(1, i, &format!("e{i}")))).await.unwrap();
+        log.blocking_append((1..=5).map(|i| entry(1, i, &format!("e{i}"))))
+            .await
+            .unwrap();
         log.truncate(log_id(1, 4)).await.unwrap();
         log.blocking_append([entry(2, 4, "x4")]).await.unwrap();
     }
@@ -71,7 +73,9 @@ async fn a_torn_tail_is_cut_and_a_corrupt_middle_is_refused() {
     {
         let mut log = Log::open_with_segment_bytes(dir.path(), 256).unwrap();
         for i in 1..=20 {
-            log.blocking_append([entry(1, i, &format!("entry number {i}"))]).await.unwrap();
+            log.blocking_append([entry(1, i, &format!("entry number {i}"))])
+                .await
+                .unwrap();
         }
     }
     let segs = segments(dir.path());
@@ -86,8 +90,14 @@ async fn a_torn_tail_is_cut_and_a_corrupt_middle_is_refused() {
     {
         let mut log = Log::open_with_segment_bytes(dir.path(), 256).unwrap();
         assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 20);
-        assert_eq!(std::fs::metadata(last).unwrap().len() as usize, good_len, "torn tail cut off");
-        log.blocking_append([entry(1, 21, "after the tear")]).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(last).unwrap().len() as usize,
+            good_len,
+            "torn tail cut off"
+        );
+        log.blocking_append([entry(1, 21, "after the tear")])
+            .await
+            .unwrap();
     }
     let mut log = Log::open_with_segment_bytes(dir.path(), 256).unwrap();
     assert_eq!(log.try_get_log_entries(21..22).await.unwrap().len(), 1);
@@ -99,7 +109,9 @@ async fn a_torn_tail_is_cut_and_a_corrupt_middle_is_refused() {
     let n = bytes.len();
     bytes[n - 3] ^= 0xff;
     std::fs::write(first, &bytes).unwrap();
-    let err = Log::open_with_segment_bytes(dir.path(), 256).err().expect("corruption refused");
+    let err = Log::open_with_segment_bytes(dir.path(), 256)
+        .err()
+        .expect("corruption refused");
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }
 
@@ -110,7 +122,9 @@ async fn purge_deletes_whole_old_segments_and_keeps_the_vote() {
         let mut log = Log::open_with_segment_bytes(dir.path(), 256).unwrap();
         log.save_vote(&Vote::new(7, 1)).await.unwrap();
         for i in 1..=30 {
-            log.blocking_append([entry(7, i, &format!("entry number {i}"))]).await.unwrap();
+            log.blocking_append([entry(7, i, &format!("entry number {i}"))])
+                .await
+                .unwrap();
         }
         let before = segments(dir.path()).len();
         log.purge(log_id(7, 25)).await.unwrap();
