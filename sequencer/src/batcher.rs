@@ -105,7 +105,8 @@ impl Sequencer {
     }
 
     /// Queues transactions as a unit: either all are queued or none is. Returns one wait per
-    /// transaction, registered before the transaction is queued.
+    /// transaction, registered before the transaction is queued. A transaction whose request id
+    /// is already in flight on this node is not queued again: its wait joins the first one.
     pub fn submit(&self, txns: Vec<Txn>) -> Result<Vec<Wait>, SubmitError> {
         let permits = match self.tx.try_reserve_many(txns.len()) {
             Ok(p) => p,
@@ -118,8 +119,13 @@ impl Sequencer {
         };
         let mut waits = Vec::with_capacity(txns.len());
         for (permit, txn) in permits.zip(txns) {
-            waits.push(self.waiters.register(&txn.request_id));
-            permit.send(txn);
+            let (wait, joined) = self.waiters.register_or_join(&txn.request_id);
+            waits.push(wait);
+            if joined {
+                drop(permit);
+            } else {
+                permit.send(txn);
+            }
         }
         Ok(waits)
     }

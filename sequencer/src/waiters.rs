@@ -41,19 +41,25 @@ pub struct Wait {
 
 impl Waiters {
     pub fn register(&self, request_id: &str) -> Wait {
+        self.register_or_join(request_id).0
+    }
+
+    /// Registers a wait; the flag says whether the request id was already waited for (in
+    /// flight on this node), in which case the caller joins that request instead of queueing
+    /// the same request again.
+    pub fn register_or_join(&self, request_id: &str) -> (Wait, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.by_request
-            .lock()
-            .expect("waiters lock")
-            .entry(request_id.to_string())
-            .or_default()
-            .push((id, tx));
-        Wait {
+        let mut map = self.by_request.lock().expect("waiters lock");
+        let slots = map.entry(request_id.to_string()).or_default();
+        let joined = !slots.is_empty();
+        slots.push((id, tx));
+        let wait = Wait {
             request_id: request_id.to_string(),
             id,
             rx,
-        }
+        };
+        (wait, joined)
     }
 
     /// Delivers an executed transaction's result to everyone waiting for its request id.

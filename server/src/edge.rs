@@ -221,9 +221,36 @@ impl OrdoService {
     }
 }
 
+/// Whether an order's result belongs to this order request: the same lines (DC, SKU and
+/// requested quantity, in order). A result without lines (rejected before allocation) cannot
+/// tell and is accepted.
+fn same_order(txn: &Txn, result: &v1::OrderResult) -> bool {
+    let Op::PlaceOrder { lines, .. } = &txn.op else {
+        return false;
+    };
+    result.lines.is_empty()
+        || (result.lines.len() == lines.len()
+            && lines
+                .iter()
+                .zip(&result.lines)
+                .all(|(l, r)| (l.dc, l.sku, l.qty) == (r.dc_id, r.sku, r.requested)))
+}
+
+/// The wire results of orders, refusing any whose request id belongs to another request.
+fn order_results(txns: &[Txn], results: &[TxnResult]) -> Result<Vec<v1::OrderResult>, Status> {
+    txns.iter()
+        .zip(results)
+        .map(|(txn, result)| {
+            convert::order_result(result)
+                .filter(|wire| same_order(txn, wire))
+                .ok_or_else(|| reused(result, "this order"))
+        })
+        .collect()
+}
+
 fn reused(result: &TxnResult, expected: &str) -> Status {
     Status::already_exists(format!(
-        "request_id {:?} was already used for a different kind of request than {expected}; use a new request_id",
+        "request_id {:?} was already used for a different request than {expected}; use a new request_id",
         result.request_id
     ))
 }
@@ -234,12 +261,10 @@ impl Ordo for OrdoService {
         &self,
         request: Request<v1::PlaceOrderRequest>,
     ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
-        let txn = self.order_txn(request.into_inner(), "order")?;
-        let result = self.run(vec![txn]).await?.remove(0);
-        let result = convert::order_result(&result).ok_or_else(|| reused(&result, "an order"))?;
-        Ok(Response::new(v1::PlaceOrderResponse {
-            result: Some(result),
-        }))
+        let txns = vec![self.order_txn(request.into_inner(), "order")?];
+        let results = self.run(txns.clone()).await?;
+        let result = order_results(&txns, &results)?.pop();
+        Ok(Response::new(v1::PlaceOrderResponse { result }))
     }
 
     async fn place_orders(
@@ -266,11 +291,8 @@ impl Ordo for OrdoService {
             }
             txns.push(txn);
         }
-        let results = self.run(txns).await?;
-        let results = results
-            .iter()
-            .map(|r| convert::order_result(r).ok_or_else(|| reused(r, "an order")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.run(txns.clone()).await?;
+        let results = order_results(&txns, &results)?;
         Ok(Response::new(v1::PlaceOrdersResponse { results }))
     }
 

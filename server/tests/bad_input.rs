@@ -223,7 +223,7 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
         "message length too large",
     );
 
-    eprintln!("--- phase: a request id reused for another kind of request");
+    eprintln!("--- phase: a request id reused for another request");
     let restocked = c.restock(1, 1, 1, Some("reused-id".into())).await.unwrap();
     assert!(restocked.applied);
     expect_status(
@@ -231,16 +231,35 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
         Code::AlreadyExists,
         "already used",
     );
+    let first = place(&c, order("order-once", vec![ol(2, 1, 1)]))
+        .await
+        .unwrap();
+    assert!(committed(&first));
+    expect_status(
+        place(&c, order("order-once", vec![ol(2, 1, 2)])).await,
+        Code::AlreadyExists,
+        "different request",
+    );
+    expect_status(
+        place(&c, order("order-once", vec![ol(3, 1, 1)])).await,
+        Code::AlreadyExists,
+        "different request",
+    );
+    let retry = place(&c, order("order-once", vec![ol(2, 1, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(retry, first, "the real retry still gets its result");
 
-    eprintln!("--- phase: nothing changed but the one restock; the node still serves");
+    eprintln!("--- phase: nothing changed but one restock and one order; the node still serves");
     let after = c.status().await.unwrap();
     assert_eq!(
         after.applied_epoch,
-        before.applied_epoch + 1,
-        "only the restock made an epoch"
+        before.applied_epoch + 2,
+        "only the restock and the order made epochs"
     );
     assert_eq!(c.get_stock(1, 1).await.unwrap().on_hand, 11);
-    assert_eq!(c.get_stock(2, 1).await.unwrap().on_hand, 10);
+    assert_eq!(c.get_stock(2, 1).await.unwrap().on_hand, 9);
+    assert_eq!(c.get_stock(3, 1).await.unwrap().on_hand, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
