@@ -4,7 +4,11 @@
 
 use std::{env, fs, path::PathBuf};
 
-const PROTO_FILES: &[&str] = &["ordo/v1/ordo.proto", "ordo/v1/admin.proto"];
+const PROTO_FILES: &[&str] = &[
+    "ordo/v1/ordo.proto",
+    "ordo/v1/admin.proto",
+    "ordo/internal/v1/raft.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=ordo");

@@ -1,14 +1,16 @@
 //! The Rust client library for Ordo.
 //!
-//! In: an endpoint (`http://host:port`). Out: an async API for every RPC of the `Ordo` and
-//! `Admin` services. It needs only `ordo-proto`: nothing of the server's internals.
+//! In: one or more node endpoints (`http://host:port`). Out: an async API for every RPC of the
+//! `Ordo` and `Admin` services. It needs only `ordo-proto`: nothing of the server's internals.
 //!
 //! What it adds over the raw generated stubs:
 //! - **request ids**: every write gets a unique request id unless the caller brings one;
 //! - **retries**: UNAVAILABLE and DEADLINE_EXCEEDED are retried with the *same* request id and
 //!   bounded exponential backoff, so a retried order is applied at most once (server dedupe);
-//! - **epoch tracking**: the client remembers the highest epoch it has seen in any response,
-//!   the token for read-your-writes on any replica.
+//! - **failover**: with several endpoints, a retry goes to the next one; a leader hint in the
+//!   response (`ordo-leader-addr`) sends it to the leader instead;
+//! - **epoch tracking**: the client remembers the highest epoch it has seen in any response and
+//!   sends it with every read (`AT_LEAST`), so it reads its own writes on any node.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ordo_client::Error> {
@@ -94,14 +96,36 @@ fn retryable(status: &Status) -> bool {
     matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
 }
 
-/// A connection to one Ordo node. Cheap to clone; clones share the epoch tracker.
+/// How fresh the client's reads are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever the node has applied.
+    Local,
+    /// At least the highest epoch this client has seen: read-your-writes on any node.
+    #[default]
+    AtLeastSeen,
+    /// Confirmed with the leader (read index).
+    Linearizable,
+}
+
+/// A connection to an Ordo cluster through one or more of its nodes. Cheap to clone; clones
+/// share the endpoints, the current endpoint and the epoch tracker.
 #[derive(Clone)]
 pub struct Client {
-    ordo: OrdoClient<Channel>,
-    admin: AdminClient<Channel>,
+    endpoints: Arc<Endpoints>,
     retry: RetryPolicy,
+    consistency: Consistency,
     shared: Arc<Shared>,
 }
+
+struct Endpoints {
+    /// (address as given, channel). Grows when a leader hint names a node not listed.
+    list: std::sync::Mutex<Vec<(String, Channel)>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+/// Endpoints a leader hint may add to the list, at most.
+const ENDPOINTS_MAX: usize = 64;
 
 struct Shared {
     highest_epoch: AtomicU64,
@@ -113,45 +137,139 @@ struct Shared {
 /// The largest message the client sends or accepts.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+fn endpoint(url: &str) -> Result<Endpoint, Error> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Connect {
+            endpoint: url.to_string(),
+            detail: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true))
+}
+
 impl Client {
-    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to one node, e.g. `http://127.0.0.1:50051`.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
-        let endpoint = endpoint.into();
-        let connect_err = |detail: String| Error::Connect {
-            endpoint: endpoint.clone(),
-            detail,
-        };
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| connect_err(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| connect_err(format!("{e} ({e:?})")))?;
-        Ok(Self::from_channel(channel))
+        Self::connect_many(vec![endpoint.into()]).await
     }
 
-    /// Wraps an existing channel.
-    pub fn from_channel(channel: Channel) -> Self {
+    /// Connects to a cluster through several nodes: the first one that answers becomes current;
+    /// the others are connected lazily when failover needs them.
+    pub async fn connect_many(urls: Vec<String>) -> Result<Self, Error> {
+        if urls.is_empty() {
+            return Err(Error::Connect {
+                endpoint: String::new(),
+                detail: "no endpoint given".into(),
+            });
+        }
+        let mut list = Vec::with_capacity(urls.len());
+        let mut current = None;
+        let mut last_error = String::new();
+        for (i, url) in urls.iter().enumerate() {
+            let ep = endpoint(url)?;
+            let channel = if current.is_none() {
+                match ep.connect().await {
+                    Ok(channel) => {
+                        current = Some(i);
+                        channel
+                    }
+                    Err(e) => {
+                        last_error = format!("{e} ({e:?})");
+                        ep.connect_lazy()
+                    }
+                }
+            } else {
+                ep.connect_lazy()
+            };
+            list.push((url.clone(), channel));
+        }
+        let Some(current) = current else {
+            return Err(Error::Connect {
+                endpoint: urls.join(","),
+                detail: last_error,
+            });
+        };
         let seed = RandomState::new().build_hasher().finish();
-        Self {
-            ordo: OrdoClient::new(channel.clone())
-                .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            admin: AdminClient::new(channel),
+        Ok(Self {
+            endpoints: Arc::new(Endpoints {
+                list: std::sync::Mutex::new(list),
+                current: std::sync::atomic::AtomicUsize::new(current),
+            }),
             retry: RetryPolicy::default(),
+            consistency: Consistency::default(),
             shared: Arc::new(Shared {
                 highest_epoch: AtomicU64::new(0),
                 id_prefix: format!("c{seed:016x}"),
                 id_counter: AtomicU64::new(0),
                 jitter: AtomicU64::new(seed | 1),
             }),
-        }
+        })
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Sets how fresh reads are (default: at least the highest epoch seen).
+    pub fn with_consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    /// The endpoint calls currently go to.
+    pub fn current_endpoint(&self) -> String {
+        let list = self.endpoints.list.lock().expect("endpoints lock");
+        list[self.endpoints.current.load(Ordering::Relaxed) % list.len()]
+            .0
+            .clone()
+    }
+
+    fn channel(&self) -> Channel {
+        let list = self.endpoints.list.lock().expect("endpoints lock");
+        list[self.endpoints.current.load(Ordering::Relaxed) % list.len()]
+            .1
+            .clone()
+    }
+
+    fn ordo(&self) -> OrdoClient<Channel> {
+        OrdoClient::new(self.channel())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(self.channel())
+    }
+
+    /// After a retryable failure: go to the hinted leader if the node named one, else to the
+    /// next endpoint in the list.
+    fn fail_over(&self, status: &Status) {
+        let hint = status
+            .metadata()
+            .get("ordo-leader-addr")
+            .and_then(|v| v.to_str().ok())
+            .map(|addr| format!("http://{addr}"));
+        let mut list = self.endpoints.list.lock().expect("endpoints lock");
+        if let Some(url) = hint {
+            if let Some(i) = list.iter().position(|(u, _)| *u == url) {
+                self.endpoints.current.store(i, Ordering::Relaxed);
+                return;
+            }
+            if list.len() < ENDPOINTS_MAX {
+                if let Ok(ep) = endpoint(&url) {
+                    list.push((url, ep.connect_lazy()));
+                    self.endpoints
+                        .current
+                        .store(list.len() - 1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        if list.len() > 1 {
+            let next = (self.endpoints.current.load(Ordering::Relaxed) + 1) % list.len();
+            self.endpoints.current.store(next, Ordering::Relaxed);
+        }
     }
 
     /// The highest epoch seen in any response to this client (or its clones).
@@ -163,6 +281,15 @@ impl Client {
         self.shared
             .highest_epoch
             .fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// The consistency fields every read carries.
+    fn read_fields(&self) -> (i32, u64) {
+        match self.consistency {
+            Consistency::Local => (v1::ReadConsistency::Local as i32, 0),
+            Consistency::AtLeastSeen => (v1::ReadConsistency::AtLeast as i32, self.highest_epoch()),
+            Consistency::Linearizable => (v1::ReadConsistency::Linearizable as i32, 0),
+        }
     }
 
     /// A fresh request id, unique to this client.
@@ -187,7 +314,8 @@ impl Client {
         base + Duration::from_micros(x % half)
     }
 
-    /// Runs `call` until it succeeds, fails with a non-retryable status, or runs out of attempts.
+    /// Runs `call` until it succeeds, fails with a non-retryable status, or runs out of
+    /// attempts; each retry may go to another endpoint.
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
@@ -199,6 +327,7 @@ impl Client {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) && attempt + 1 < self.retry.attempts_max => {
                     tracing::debug!(code = ?status.code(), attempt, "retrying");
+                    self.fail_over(&status);
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
@@ -237,7 +366,7 @@ impl Client {
         }
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.place_order(request).await }
             })
@@ -262,7 +391,7 @@ impl Client {
         let request = v1::PlaceOrdersRequest { orders };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.place_orders(request).await }
             })
@@ -289,7 +418,7 @@ impl Client {
         };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.restock(request).await }
             })
@@ -305,7 +434,7 @@ impl Client {
         };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.upsert_dc(request).await }
             })
@@ -321,7 +450,7 @@ impl Client {
         };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.upsert_item(request).await }
             })
@@ -331,10 +460,16 @@ impl Client {
     }
 
     pub async fn get_stock(&self, dc_id: u32, sku: u32) -> Result<v1::GetStockResponse, Error> {
-        let request = v1::GetStockRequest { dc_id, sku };
+        let (consistency, at_least_epoch) = self.read_fields();
+        let request = v1::GetStockRequest {
+            dc_id,
+            sku,
+            consistency,
+            at_least_epoch,
+        };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 async move { ordo.get_stock(request).await }
             })
             .await?;
@@ -343,10 +478,15 @@ impl Client {
     }
 
     pub async fn get_order(&self, order_id: u64) -> Result<v1::Order, Error> {
-        let request = v1::GetOrderRequest { order_id };
+        let (consistency, at_least_epoch) = self.read_fields();
+        let request = v1::GetOrderRequest {
+            order_id,
+            consistency,
+            at_least_epoch,
+        };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 async move { ordo.get_order(request).await }
             })
             .await?;
@@ -360,10 +500,16 @@ impl Client {
         dc_ids: Vec<u32>,
         skus: Vec<u32>,
     ) -> Result<v1::GetAvailabilityResponse, Error> {
-        let request = v1::GetAvailabilityRequest { dc_ids, skus };
+        let (consistency, at_least_epoch) = self.read_fields();
+        let request = v1::GetAvailabilityRequest {
+            dc_ids,
+            skus,
+            consistency,
+            at_least_epoch,
+        };
         let response = self
             .with_retries(|| {
-                let mut ordo = self.ordo.clone();
+                let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.get_availability(request).await }
             })
@@ -374,7 +520,7 @@ impl Client {
 
     pub async fn status(&self) -> Result<v1::StatusResponse, Error> {
         self.with_retries(|| {
-            let mut admin = self.admin.clone();
+            let mut admin = self.admin();
             async move { admin.status(v1::StatusRequest {}).await }
         })
         .await
@@ -382,7 +528,7 @@ impl Client {
 
     pub async fn state_hash(&self, epoch: u64) -> Result<v1::GetStateHashResponse, Error> {
         self.with_retries(|| {
-            let mut admin = self.admin.clone();
+            let mut admin = self.admin();
             async move {
                 admin
                     .get_state_hash(v1::GetStateHashRequest { epoch })
@@ -392,8 +538,49 @@ impl Client {
         .await
     }
 
-    /// Direct access to the generated stub, for calls this library does not wrap.
+    pub async fn init_cluster(&self, demo_data: bool) -> Result<v1::InitClusterResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin();
+            async move {
+                admin
+                    .init_cluster(v1::InitClusterRequest { demo_data })
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub async fn add_member(
+        &self,
+        node_id: u64,
+        addr: String,
+    ) -> Result<v1::MembershipResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin();
+            let addr = addr.clone();
+            async move {
+                admin
+                    .add_member(v1::AddMemberRequest { node_id, addr })
+                    .await
+            }
+        })
+        .await
+    }
+
+    pub async fn remove_member(&self, node_id: u64) -> Result<v1::MembershipResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin();
+            async move {
+                admin
+                    .remove_member(v1::RemoveMemberRequest { node_id })
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// Direct access to the generated stub of the current endpoint.
     pub fn raw(&self) -> OrdoClient<Channel> {
-        self.ordo.clone()
+        self.ordo()
     }
 }

@@ -12,6 +12,14 @@ pub mod v1 {
     tonic::include_proto!("ordo.v1");
 }
 
+/// Node-to-node RPCs (package `ordo.internal.v1`): Raft transport, forwarding, read index.
+pub mod internal {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("ordo.internal.v1");
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every Ordo `.proto` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ordo_descriptor.bin"));

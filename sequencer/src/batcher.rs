@@ -1,21 +1,31 @@
-//! The epoch batcher: the sequencer's front door.
+//! The epoch batcher: the sequencer's front door, on every node.
 //!
 //! Transactions enter a bounded queue (`queue_txns_max`); a full queue is refused at once
 //! (the edge answers RESOURCE_EXHAUSTED), never buffered without bound. One task cuts the queue
-//! into batches: at most one cut per `epoch_ms` (an idle node cuts at once, so a lone request
-//! does not wait out an epoch) and at most `batch_txns_max` transactions per batch. Each batch is
-//! stamped with a monotonic time (`max(previous + 1, now)`) and proposed as one Raft entry.
-//! Proposals are pipelined: the next batch is proposed before the previous one commits, with
-//! at most `proposals_in_flight_max` outstanding.
+//! into batches of at most `batch_txns_max` transactions and `batch_bytes_max` bytes.
+//!
+//! On the leader: at most one cut per `epoch_ms` (an idle leader cuts at once, so a lone request
+//! does not wait out an epoch); each batch is stamped with a monotonic time (`max(previous + 1,
+//! now)`, from the leader's clock only) and proposed as one Raft entry. Proposals are pipelined:
+//! the next batch is proposed before the previous one commits, with at most
+//! `proposals_in_flight_max` outstanding.
+//!
+//! On a follower: whatever is queued is forwarded at once, as one batch, to the leader's
+//! sequencer (`ordo.internal.v1.Raft/Forward`), pipelined under the same bound. The follower's
+//! clients are answered by the follower's own execution of their transactions; the leader's
+//! reply only names transactions that did not reach the log, whose clients get UNAVAILABLE.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::ServerState;
+use ordo_proto::internal::v1::ForwardRequest;
 use ordo_scheduler::{Batch, Txn, BATCH_TXNS_LIMIT};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::types::Raft;
+use crate::network::{encode, Channels};
+use crate::types::{NodeId, Raft};
 use crate::waiters::{TxnFailure, Wait, Waiters};
 
 /// A source of milliseconds since the Unix epoch. Injectable so that fault tests can skew a
@@ -37,6 +47,8 @@ pub struct SequencerConfig {
     pub epoch_ms: u64,
     /// The most transactions in one batch (one Raft entry).
     pub batch_txns_max: usize,
+    /// The most bytes (encoded transactions) in one batch.
+    pub batch_bytes_max: usize,
     /// The most transactions waiting to be batched; more are refused.
     pub queue_txns_max: usize,
     /// The most batches proposed but not yet committed.
@@ -48,6 +60,7 @@ impl Default for SequencerConfig {
         Self {
             epoch_ms: 5,
             batch_txns_max: 10_000,
+            batch_bytes_max: 4 * 1024 * 1024,
             queue_txns_max: 100_000,
             proposals_in_flight_max: 64,
         }
@@ -63,6 +76,12 @@ impl SequencerConfig {
             return Err(format!(
                 "batch_txns_max must be 1..={BATCH_TXNS_LIMIT}, not {}",
                 self.batch_txns_max
+            ));
+        }
+        if self.batch_bytes_max < 64 * 1024 {
+            return Err(format!(
+                "batch_bytes_max must be at least 65536, not {}",
+                self.batch_bytes_max
             ));
         }
         if self.queue_txns_max == 0 {
@@ -91,12 +110,25 @@ pub struct Sequencer {
     capacity: usize,
 }
 
+/// What the batcher needs to know about its node.
+pub struct BatcherContext {
+    pub node_id: NodeId,
+    pub raft: Raft,
+    pub config: SequencerConfig,
+    pub waiters: Arc<Waiters>,
+    pub clock: Clock,
+    pub channels: Channels,
+    /// How long a follower waits for the leader to answer a forwarded batch.
+    pub forward_timeout: Duration,
+}
+
 impl Sequencer {
     /// Starts the batcher task. It ends when every `Sequencer` handle is dropped.
-    pub fn start(raft: Raft, config: SequencerConfig, waiters: Arc<Waiters>, clock: Clock) -> Self {
-        let (tx, rx) = mpsc::channel(config.queue_txns_max);
-        let capacity = config.queue_txns_max;
-        tokio::spawn(run_batcher(rx, raft, config, waiters.clone(), clock));
+    pub fn start(ctx: BatcherContext) -> Self {
+        let (tx, rx) = mpsc::channel(ctx.config.queue_txns_max);
+        let capacity = ctx.config.queue_txns_max;
+        let waiters = ctx.waiters.clone();
+        tokio::spawn(run_batcher(rx, ctx));
         Self {
             tx,
             waiters,
@@ -140,72 +172,173 @@ impl Sequencer {
     }
 }
 
-async fn run_batcher(
-    mut rx: mpsc::Receiver<Txn>,
-    raft: Raft,
-    config: SequencerConfig,
-    waiters: Arc<Waiters>,
-    clock: Clock,
-) {
+/// The leader this node knows of, with its address, unless it is this node.
+fn remote_leader(raft: &Raft, node_id: NodeId) -> Result<Option<(NodeId, String)>, String> {
+    let metrics = raft.metrics().borrow().clone();
+    match metrics.current_leader {
+        Some(leader) if leader == node_id && metrics.state == ServerState::Leader => Ok(None),
+        Some(leader) if leader != node_id => {
+            let addr = metrics
+                .membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+                .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
+            Ok(Some((leader, addr)))
+        }
+        _ => Err(format!("node {node_id} knows no leader right now")),
+    }
+}
+
+fn txn_bytes(txn: &Txn) -> usize {
+    bincode::serialized_size(txn)
+        .map(|n| n as usize)
+        .unwrap_or(usize::MAX)
+}
+
+async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
+    let config = &ctx.config;
     let epoch = Duration::from_millis(config.epoch_ms);
     let in_flight = Arc::new(Semaphore::new(config.proposals_in_flight_max));
     let mut last_cut = Instant::now() - epoch;
     let mut last_time_ms = 0u64;
+    // A transaction that did not fit the previous batch's byte budget.
+    let mut carry: Option<Txn> = None;
     loop {
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carry.take() {
+            Some(txn) => txn,
+            None => match rx.recv().await {
+                Some(txn) => txn,
+                None => return,
+            },
         };
+        let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
+        // A follower forwards at once; the leader cuts at most once per epoch.
+        let deadline = if leading {
+            last_cut + epoch
+        } else {
+            Instant::now()
+        };
+        let mut bytes = txn_bytes(&first);
         let mut txns = vec![first];
-        let deadline = last_cut + epoch;
-        while txns.len() < config.batch_txns_max {
-            tokio::select! {
-                biased;
-                next = rx.recv() => match next {
-                    Some(txn) => txns.push(txn),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    // Take what is already queued, without waiting any longer.
-                    while txns.len() < config.batch_txns_max {
-                        match rx.try_recv() {
-                            Ok(txn) => txns.push(txn),
-                            Err(_) => break,
-                        }
-                    }
-                    break;
+        while txns.len() < config.batch_txns_max && bytes < config.batch_bytes_max {
+            let next = if Instant::now() >= deadline {
+                match rx.try_recv() {
+                    Ok(txn) => txn,
+                    Err(_) => break,
                 }
+            } else {
+                tokio::select! {
+                    biased;
+                    next = rx.recv() => match next {
+                        Some(txn) => txn,
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => continue,
+                }
+            };
+            let size = txn_bytes(&next);
+            if bytes + size > config.batch_bytes_max {
+                carry = Some(next);
+                break;
             }
+            bytes += size;
+            txns.push(next);
         }
         last_cut = Instant::now();
-        last_time_ms = clock().max(last_time_ms + 1);
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
-        let batch = Batch {
-            time_ms: last_time_ms,
-            txns,
-        };
-        // Enqueue in cut order; wait for the commit off this task so proposals pipeline.
-        match raft.client_write_ff(batch).await {
-            Ok(rx) => {
-                let waiters = waiters.clone();
-                tokio::spawn(async move {
-                    let outcome = rx.await;
-                    drop(permit);
-                    let failure = match outcome {
-                        Ok(Ok(_)) => return,
-                        Ok(Err(e)) => TxnFailure::Unavailable(e.to_string()),
-                        Err(_) => TxnFailure::Unavailable("the raft node stopped".into()),
-                    };
-                    tracing::warn!(%failure, txns = request_ids.len(), "batch not committed");
-                    waiters.fail(request_ids.iter().map(String::as_str), &failure);
-                });
+        match remote_leader(&ctx.raft, ctx.node_id) {
+            Ok(None) => {
+                last_time_ms = (ctx.clock)().max(last_time_ms + 1);
+                propose(&ctx, txns, last_time_ms, permit).await;
             }
-            Err(fatal) => {
-                let failure = TxnFailure::Unavailable(format!("raft stopped: {fatal}"));
-                waiters.fail(request_ids.iter().map(String::as_str), &failure);
+            Ok(Some((leader, addr))) => forward(&ctx, txns, leader, addr, permit),
+            Err(why) => {
+                let failure = TxnFailure::Unavailable(why);
+                ctx.waiters
+                    .fail(txns.iter().map(|t| t.request_id.as_str()), &failure);
             }
         }
     }
+}
+
+/// Proposes a batch as one Raft entry, in cut order; waits for the commit off the batcher task.
+async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: OwnedSemaphorePermit) {
+    let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
+    match ctx.raft.client_write_ff(Batch { time_ms, txns }).await {
+        Ok(rx) => {
+            let waiters = ctx.waiters.clone();
+            tokio::spawn(async move {
+                let outcome = rx.await;
+                drop(permit);
+                let failure = match outcome {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => TxnFailure::Unavailable(e.to_string()),
+                    Err(_) => TxnFailure::Unavailable("the raft node stopped".into()),
+                };
+                tracing::warn!(%failure, txns = request_ids.len(), "batch not committed");
+                waiters.fail(request_ids.iter().map(String::as_str), &failure);
+            });
+        }
+        Err(fatal) => {
+            let failure = TxnFailure::Unavailable(format!("raft stopped: {fatal}"));
+            ctx.waiters
+                .fail(request_ids.iter().map(String::as_str), &failure);
+        }
+    }
+}
+
+/// Hands a batch to the leader; the clients are answered by this node's own execution, except
+/// for the transactions the leader reports it could not get into the log.
+fn forward(
+    ctx: &BatcherContext,
+    txns: Vec<Txn>,
+    leader: NodeId,
+    addr: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
+    let waiters = ctx.waiters.clone();
+    let client = ctx.channels.raft_client(&addr);
+    let from_node = ctx.node_id;
+    let timeout = ctx.forward_timeout;
+    tokio::spawn(async move {
+        let outcome = async {
+            let mut client = client.map_err(TxnFailure::Unavailable)?;
+            let txns = encode(&txns).map_err(TxnFailure::Unavailable)?;
+            let call = client.forward(ForwardRequest { from_node, txns });
+            match tokio::time::timeout(timeout, call).await {
+                Err(_) => Err(TxnFailure::Unavailable(format!(
+                    "leader {leader} at {addr} did not answer a forwarded batch within {timeout:?}"
+                ))),
+                Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
+                    Err(TxnFailure::Overloaded(status.message().to_string()))
+                }
+                Ok(Err(status)) => Err(TxnFailure::Unavailable(format!(
+                    "forwarding to leader {leader} at {addr}: {}",
+                    status.message()
+                ))),
+                Ok(Ok(response)) => Ok(response.into_inner()),
+            }
+        }
+        .await;
+        drop(permit);
+        match outcome {
+            Ok(response) if response.failed_request_ids.is_empty() => {}
+            Ok(response) => {
+                let failure =
+                    TxnFailure::Unavailable(format!("on leader {leader}: {}", response.error));
+                waiters.fail(
+                    response.failed_request_ids.iter().map(String::as_str),
+                    &failure,
+                );
+            }
+            Err(failure) => {
+                tracing::debug!(%failure, txns = request_ids.len(), "forwarded batch failed");
+                waiters.fail(request_ids.iter().map(String::as_str), &failure);
+            }
+        }
+    });
 }

@@ -9,11 +9,13 @@
 //! - [`batcher`]: the bounded queue and the epoch batcher.
 //! - [`state_machine`]: openraft's state machine over the scheduler and stores.
 //! - [`waiters`]: clients waiting for results.
-//! - [`network`]: the Raft network seam (no peers yet).
+//! - [`network`]: the Raft network over tonic (`ordo.internal.v1.Raft`), one lazy channel a peer.
+//! - [`raft_service`]: the server side of that service: Raft messages, forwarded batches,
+//!   read index.
 //! - [`node`]: the wiring of one node.
 //!
-//! Must never depend on: gRPC or the client-facing protocol (that is the server's), nor let
-//! this node's clock or thread timing reach execution (only the batch's `time_ms` does).
+//! Must never depend on: the client-facing gRPC API (`ordo.v1` is the server's), nor let this
+//! node's clock or thread timing reach execution (only the batch's `time_ms` does).
 
 // openraft's `StorageError` is large, and the trait signatures that return it are openraft's.
 #![allow(clippy::result_large_err)]
@@ -21,11 +23,12 @@
 pub mod batcher;
 pub mod network;
 pub mod node;
+pub mod raft_service;
 pub mod state_machine;
 pub mod types;
 pub mod waiters;
 
 pub use batcher::{system_clock, Clock, Sequencer, SequencerConfig, SubmitError};
-pub use node::{Node, NodeConfig, StartError};
+pub use node::{InitOutcome, Node, NodeConfig, StartError};
 pub use types::*;
 pub use waiters::{TxnFailure, TxnOutcome, Wait, Waiters};

@@ -1,65 +1,201 @@
-//! The Raft network. A single node has no peers: every peer is unreachable. The cluster
-//! issue replaces this with a tonic transport; the seam is `RaftNetworkFactory`.
+//! The Raft network over tonic: one lazily connected gRPC channel per peer.
+//!
+//! openraft's messages travel bincode-encoded inside `ordo.internal.v1.Raft` calls. A channel
+//! is made on first use and re-made by tonic when the connection drops; a call that cannot
+//! reach the peer (refused, reset, timed out) is reported to openraft as `Unreachable`, and
+//! openraft then backs off with [`PeerClient::backoff`] before trying again. Message sizes are
+//! bounded explicitly on both sides ([`RAFT_MESSAGE_BYTES_MAX`]).
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, BasicNode};
+use ordo_proto::internal::v1::raft_client::RaftClient;
+use ordo_proto::internal::v1::RaftPayload;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{NodeId, TypeConfig};
 
+/// The largest Raft message a node sends or accepts. AppendEntries carries at most
+/// `max_payload_entries` batches, each bounded by `batch_bytes_max`.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// How long to wait for a TCP connection to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Channels to peers, shared by the Raft network and the forwarder, keyed by address.
 #[derive(Clone, Default)]
-pub struct NoPeers;
+pub struct Channels {
+    by_addr: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
 
-pub struct NoPeer {
+impl Channels {
+    /// The channel to `addr` (`host:port`), made lazily: no connection is attempted until a
+    /// call needs one, and a dropped connection is re-made on the next call.
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut map = self.by_addr.lock().expect("channels lock");
+        if let Some(channel) = map.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        map.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
+        Ok(RaftClient::new(self.get(addr)?)
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
+    }
+}
+
+#[derive(Clone, Default)]
+pub struct GrpcNetwork {
+    pub channels: Channels,
+}
+
+pub struct PeerClient {
     target: NodeId,
+    addr: String,
+    channels: Channels,
 }
 
-impl NoPeer {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
-            "node {} is not reachable: this node runs without peers",
-            self.target
-        ))))
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeer;
+fn unreachable<E: std::error::Error>(msg: String) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error(msg)))
+}
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
-        NoPeer { target }
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(value).map_err(|e| e.to_string())
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| e.to_string())
+}
+
+type CallFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<tonic::Response<RaftPayload>, tonic::Status>>
+            + Send,
+    >,
+>;
+
+impl PeerClient {
+    /// Sends one bincode-encoded request and decodes the peer's `Result<Resp, Err>`.
+    async fn call<Req, Resp, Err>(
+        &self,
+        request: &Req,
+        option: &RPCOption,
+        send: impl FnOnce(RaftClient<Channel>, RaftPayload) -> CallFuture,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, Err>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        Err: std::error::Error + DeserializeOwned,
+    {
+        let data = encode(request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
+        let client = self
+            .channels
+            .raft_client(&self.addr)
+            .map_err(|e| unreachable(format!("node {}: {e}", self.target)))?;
+        let call = send(client, RaftPayload { data });
+        let response = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "node {} at {} did not answer within {:?}",
+                    self.target,
+                    self.addr,
+                    option.hard_ttl()
+                )))
+            }
+            Ok(Err(status)) => {
+                return Err(unreachable(format!(
+                    "node {} at {}: {}: {}",
+                    self.target,
+                    self.addr,
+                    status.code(),
+                    status.message()
+                )))
+            }
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let result: Result<Resp, Err> = decode(&response.data)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetwork<TypeConfig> for NoPeer {
+impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.append_entries(p).await })
+        })
+        .await
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.install_snapshot(p).await })
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        self.call(&rpc, &option, |mut c, p| {
+            Box::pin(async move { c.vote(p).await })
+        })
+        .await
+    }
+
+    /// Exponential from 50 ms to 1 s: a restarted peer is found again quickly, a dead one is
+    /// not hammered.
+    fn backoff(&self) -> Backoff {
+        let delays = (0..)
+            .map(|i: u32| Duration::from_millis(50u64.saturating_mul(1 << i.min(5)).min(1000)));
+        Backoff::new(delays)
     }
 }

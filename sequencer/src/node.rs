@@ -11,8 +11,9 @@ use ordo_scheduler::ExecConfig;
 use ordo_storage::Store;
 use tokio::sync::watch;
 
-use crate::batcher::{Clock, Sequencer, SequencerConfig};
-use crate::network::NoPeers;
+use crate::batcher::{BatcherContext, Clock, Sequencer, SequencerConfig};
+use crate::network::{Channels, GrpcNetwork};
+use crate::raft_service::RaftService;
 use crate::state_machine::StateMachine;
 use crate::types::*;
 use crate::waiters::Waiters;
@@ -30,6 +31,14 @@ pub struct NodeConfig {
     /// Raft log entries (epochs) between snapshots; the log behind a snapshot is purged.
     pub snapshot_every_entries: u64,
     pub clock: Clock,
+    /// Every voter of the cluster, this node included, by id. Empty: a single-node cluster
+    /// that initialises itself. Otherwise the cluster waits for [`Node::init_cluster`].
+    pub peers: BTreeMap<NodeId, String>,
+    /// How long a forwarded batch may take before its transactions are reported failed.
+    pub forward_timeout: Duration,
+    /// Raft timing, in milliseconds.
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,18 @@ pub struct Node {
     pub log: LogStore,
     /// The last applied epoch.
     pub applied_epoch: watch::Receiver<u64>,
+    /// Channels to peers (Raft, forwarding, read index), shared.
+    pub channels: Channels,
+    /// The configured voters (for `init_cluster`); just this node when single.
+    pub peers: BTreeMap<NodeId, String>,
+    forward_timeout: Duration,
+}
+
+/// What `init_cluster` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InitOutcome {
+    Initialized,
+    AlreadyInitialized,
 }
 
 impl Node {
@@ -81,56 +102,121 @@ impl Node {
 
         let raft_config = openraft::Config {
             cluster_name: "ordo".into(),
-            heartbeat_interval: 50,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            // A snapshot chunk of 1 MiB with a generous timeout: openraft 0.9's default of
+            // 200 ms can retry one chunk forever on a loaded node.
+            install_snapshot_timeout: 10_000,
+            snapshot_max_chunk_size: 1024 * 1024,
+            // Bounds one AppendEntries message: entries x batch_bytes_max.
+            max_payload_entries: 32,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            // Keep a window of log behind each snapshot, so a follower that is a little behind
+            // catches up from the log rather than racing a purge with a snapshot install.
             max_in_snapshot_log_to_keep: config.snapshot_every_entries / 2,
             ..Default::default()
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
+        let channels = Channels::default();
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            NoPeers,
+            GrpcNetwork {
+                channels: channels.clone(),
+            },
             log.clone(),
             state_machine,
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        if !initialized {
-            let members = BTreeMap::from([(
-                config.node_id,
-                BasicNode {
-                    addr: config.advertise_addr.clone(),
-                },
-            )]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| StartError::Raft(format!("initializing membership: {e}")))?;
-        }
-        let sequencer = Sequencer::start(
-            raft.clone(),
-            config.sequencer.clone(),
+        let single = config.peers.is_empty();
+        let peers = if single {
+            BTreeMap::from([(config.node_id, config.advertise_addr.clone())])
+        } else {
+            if !config.peers.contains_key(&config.node_id) {
+                return Err(StartError::Config(format!(
+                    "the peer list must include this node ({})",
+                    config.node_id
+                )));
+            }
+            config.peers.clone()
+        };
+        let sequencer = Sequencer::start(BatcherContext {
+            node_id: config.node_id,
+            raft: raft.clone(),
+            config: config.sequencer.clone(),
             waiters,
-            config.clock.clone(),
-        );
-        Ok(Node {
+            clock: config.clock.clone(),
+            channels: channels.clone(),
+            forward_timeout: config.forward_timeout,
+        });
+        let node = Node {
             node_id: config.node_id,
             raft,
             store,
             sequencer,
             log,
             applied_epoch,
-        })
+            channels,
+            peers,
+            forward_timeout: config.forward_timeout,
+        };
+        if single {
+            node.init_cluster()
+                .await
+                .map_err(|e| StartError::Raft(format!("initializing membership: {e}")))?;
+        }
+        Ok(node)
     }
 
+    /// Initialises the cluster's membership from the configured peers, once. On an already
+    /// initialised node (or cluster) it does nothing and says so.
+    pub async fn init_cluster(&self) -> Result<InitOutcome, String> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?;
+        if initialized {
+            return Ok(InitOutcome::AlreadyInitialized);
+        }
+        let members: BTreeMap<NodeId, BasicNode> = self
+            .peers
+            .iter()
+            .map(|(&id, addr)| (id, BasicNode { addr: addr.clone() }))
+            .collect();
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(InitOutcome::Initialized),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => Ok(InitOutcome::AlreadyInitialized),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The `ordo.internal.v1.Raft` service of this node, for the gRPC server to mount.
+    pub fn raft_service(&self) -> RaftService {
+        RaftService {
+            node_id: self.node_id,
+            raft: self.raft.clone(),
+            sequencer: self.sequencer.clone(),
+            forward_timeout: self.forward_timeout,
+        }
+    }
+
+    /// Waits until some node leads (this one or another) and returns its id.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, StartError> {
+        let metrics = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(metrics.current_leader.expect("waited for a leader"))
+    }
     /// Waits until this node leads and has applied everything it committed before.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<(), StartError> {
         self.raft

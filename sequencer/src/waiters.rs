@@ -19,6 +19,9 @@ pub enum TxnFailure {
     /// transaction may or may not be applied later: retry with the same request id.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The leader's sequencer queue was full: retry later with the same request id.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 pub type TxnOutcome = Result<TxnResult, TxnFailure>;

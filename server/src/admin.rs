@@ -1,21 +1,87 @@
 //! The `Admin` service: node status and state hashes.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use ordo_proto::v1;
+use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::admin_server::Admin;
-use ordo_sequencer::Node;
+use ordo_scheduler::{keys, reads};
+use ordo_sequencer::{InitOutcome, Node};
+use ordo_storage::Part;
 use tonic::{Request, Response, Status};
+
+/// State hashes listed in `Status.recent_hashes`.
+const RECENT_HASHES: u64 = 16;
+/// How long a membership change may take (a learner may need a whole snapshot first).
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct AdminService {
     node: Arc<Node>,
+    queue_txns_max: usize,
 }
 
 impl AdminService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    pub fn new(node: Arc<Node>, queue_txns_max: usize) -> Self {
+        Self {
+            node,
+            queue_txns_max,
+        }
     }
+
+    fn members(&self) -> Vec<v1::Member> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(&id, node)| v1::Member {
+                node_id: id,
+                addr: node.addr.clone(),
+                voter: voters.contains(&id),
+            })
+            .collect()
+    }
+
+    /// The leader's admin client, when this node is not the leader.
+    fn leader_admin(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        match metrics.current_leader {
+            Some(id) if id == self.node.node_id => Ok(None),
+            Some(id) => {
+                let addr = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+                    .ok_or_else(|| Status::unavailable(format!("leader {id} has no address")))?;
+                let channel = self.node.channels.get(&addr).map_err(Status::unavailable)?;
+                Ok(Some(AdminClient::new(channel)))
+            }
+            None => Err(Status::unavailable(
+                "no leader is known right now; retry shortly",
+            )),
+        }
+    }
+
+    fn membership_response(&self) -> v1::MembershipResponse {
+        v1::MembershipResponse {
+            members: self.members(),
+            leader_id: self
+                .node
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn raft_err(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("membership change failed: {e}"))
 }
 
 pub fn role_name(state: ServerState) -> &'static str {
@@ -43,7 +109,26 @@ impl Admin for AdminService {
             .committed_index()
             .unwrap_or(0)
             .max(applied_index);
+        let recent_hashes = (0..RECENT_HASHES.min(applied.epoch))
+            .filter_map(|back| {
+                let epoch = applied.epoch - back;
+                let hash = self.node.store.state_hash_at(epoch).ok().flatten()?;
+                Some(v1::EpochHash {
+                    epoch,
+                    state_hash: hash.to_vec(),
+                })
+            })
+            .collect();
+        let initialized = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some();
         Ok(Response::new(v1::StatusResponse {
+            members: self.members(),
+            recent_hashes,
+            initialized,
             node_id: self.node.node_id,
             role: role_name(metrics.state).to_string(),
             leader_id: metrics.current_leader.unwrap_or(0),
@@ -76,5 +161,120 @@ impl Admin for AdminService {
             epoch,
             state_hash: hash.to_vec(),
         }))
+    }
+
+    async fn init_cluster(
+        &self,
+        request: Request<v1::InitClusterRequest>,
+    ) -> Result<Response<v1::InitClusterResponse>, Status> {
+        let demo_data = request.into_inner().demo_data;
+        let outcome = self
+            .node
+            .init_cluster()
+            .await
+            .map_err(|e| Status::unavailable(format!("initialising the cluster: {e}")))?;
+        let leader_id = self
+            .node
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .map_err(|e| Status::unavailable(format!("no leader was elected: {e}")))?;
+        let mut message = match outcome {
+            InitOutcome::Initialized => format!(
+                "cluster initialised with {} voters; leader is node {leader_id}",
+                self.node.peers.len()
+            ),
+            InitOutcome::AlreadyInitialized => format!(
+                "the cluster was already initialised; nothing changed (leader is node {leader_id})"
+            ),
+        };
+        let mut demo_txns = 0;
+        if demo_data {
+            let has_dcs = reads::count_prefix(&self.node.store, Part::Global, keys::DC, 1)
+                .map_err(|e| Status::internal(e.to_string()))?
+                > 0;
+            if has_dcs {
+                message.push_str("; demo data not loaded: the cluster already has DCs");
+            } else {
+                demo_txns = crate::demo::seed(&self.node, self.queue_txns_max)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("loading demo data: {e:#}")))?
+                    as u64;
+                message.push_str(&format!("; demo data loaded ({demo_txns} transactions)"));
+            }
+        }
+        Ok(Response::new(v1::InitClusterResponse {
+            initialized: outcome == InitOutcome::Initialized,
+            message,
+            leader_id,
+            members: self.members(),
+            demo_txns,
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<v1::AddMemberRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        if r.node_id == 0 || r.addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "add_member: node_id must be at least 1 and addr (host:port) is required",
+            ));
+        }
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.add_member(r).await;
+        }
+        let raft = &self.node.raft;
+        let node = BasicNode {
+            addr: r.addr.clone(),
+        };
+        tokio::time::timeout(MEMBERSHIP_TIMEOUT, async {
+            raft.add_learner(r.node_id, node, true)
+                .await
+                .map_err(raft_err)?;
+            raft.change_membership(
+                ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])),
+                false,
+            )
+            .await
+            .map_err(raft_err)?;
+            Ok::<_, Status>(())
+        })
+        .await
+        .map_err(|_| Status::deadline_exceeded("the new member did not catch up in time"))??;
+        Ok(Response::new(self.membership_response()))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<v1::RemoveMemberRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = request.into_inner();
+        if let Some(mut leader) = self.leader_admin()? {
+            return leader.remove_member(r).await;
+        }
+        let known = self.members();
+        let Some(member) = known.iter().find(|m| m.node_id == r.node_id) else {
+            return Err(Status::not_found(format!(
+                "node {} is not a member",
+                r.node_id
+            )));
+        };
+        let change = if member.voter {
+            if known.iter().filter(|m| m.voter).count() == 1 {
+                return Err(Status::failed_precondition("cannot remove the last voter"));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([r.node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([r.node_id]))
+        };
+        tokio::time::timeout(
+            MEMBERSHIP_TIMEOUT,
+            self.node.raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| Status::deadline_exceeded("the membership change did not commit in time"))?
+        .map_err(raft_err)?;
+        Ok(Response::new(self.membership_response()))
     }
 }

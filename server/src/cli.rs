@@ -17,6 +17,8 @@ pub struct Output {
     pub json: Value,
     pub human: String,
     pub exit: u8,
+    /// Whether the human text is an error message (stderr) rather than a result (stdout).
+    pub is_error: bool,
 }
 
 pub fn parse_line(s: &str) -> Result<Line, String> {
@@ -82,6 +84,7 @@ pub fn order_output(r: &v1::OrderResult) -> Output {
         json,
         human,
         exit: if committed { EXIT_OK } else { EXIT_REJECTED },
+        is_error: false,
     }
 }
 
@@ -121,6 +124,7 @@ pub async fn stock(client: &Client, dc: u32, sku: u32) -> Result<Output, ordo_cl
             s.dc_id, s.sku, s.available, s.on_hand, s.reserved, s.epoch
         ),
         exit: EXIT_OK,
+        is_error: false,
     })
 }
 
@@ -155,6 +159,7 @@ pub async fn restock(
         json,
         human,
         exit: if r.applied { EXIT_OK } else { EXIT_REJECTED },
+        is_error: false,
     })
 }
 
@@ -182,6 +187,7 @@ pub async fn get_order(client: &Client, order_id: u64) -> Result<Output, ordo_cl
         }),
         human: human.trim_end().to_string(),
         exit: EXIT_OK,
+        is_error: false,
     })
 }
 
@@ -207,6 +213,7 @@ pub async fn status(client: &Client) -> Result<Output, ordo_client::Error> {
             s.commit_index, hash, s.partitions, s.queued_txns
         ),
         exit: EXIT_OK,
+        is_error: false,
     })
 }
 
@@ -245,5 +252,262 @@ pub fn error_output(e: &ordo_client::Error) -> Output {
         json: json!({ "error": { "code": code, "message": message } }),
         human: format!("error: {code}: {message}"),
         exit: EXIT_ERROR,
+        is_error: true,
     }
+}
+
+pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT, e.g. 2=127.0.0.1:50052"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: node id {id:?} is not a number"))?;
+    if id == 0 {
+        return Err(format!("{s:?}: node ids start at 1"));
+    }
+    let addr = addr.trim();
+    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+        return Err(format!("{s:?}: {addr:?} is not HOST:PORT"));
+    }
+    Ok((id, addr.to_string()))
+}
+
+fn members_json(members: &[v1::Member]) -> Value {
+    members
+        .iter()
+        .map(|m| json!({"node_id": m.node_id, "addr": m.addr, "voter": m.voter}))
+        .collect()
+}
+
+fn members_human(members: &[v1::Member]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            format!(
+                "  node {} at {}{}",
+                m.node_id,
+                m.addr,
+                if m.voter { "" } else { " (learner)" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub async fn cluster_init(client: &Client, demo_data: bool) -> Result<Output, ordo_client::Error> {
+    let r = client.init_cluster(demo_data).await?;
+    Ok(Output {
+        json: json!({
+            "initialized": r.initialized,
+            "message": r.message,
+            "leader_id": r.leader_id,
+            "members": members_json(&r.members),
+            "demo_txns": r.demo_txns,
+        }),
+        human: format!("{}\n{}", r.message, members_human(&r.members)),
+        exit: EXIT_OK,
+        is_error: false,
+    })
+}
+
+pub async fn member_add(
+    client: &Client,
+    id: u64,
+    addr: String,
+) -> Result<Output, ordo_client::Error> {
+    let r = client.add_member(id, addr).await?;
+    Ok(Output {
+        json: json!({"leader_id": r.leader_id, "members": members_json(&r.members)}),
+        human: format!(
+            "node {id} added; members now:\n{}",
+            members_human(&r.members)
+        ),
+        exit: EXIT_OK,
+        is_error: false,
+    })
+}
+
+pub async fn member_remove(client: &Client, id: u64) -> Result<Output, ordo_client::Error> {
+    let r = client.remove_member(id).await?;
+    Ok(Output {
+        json: json!({"leader_id": r.leader_id, "members": members_json(&r.members)}),
+        human: format!(
+            "node {id} removed; members now:\n{}",
+            members_human(&r.members)
+        ),
+        exit: EXIT_OK,
+        is_error: false,
+    })
+}
+
+/// One node's row in `status --all`.
+struct NodeRow {
+    node_id: u64,
+    addr: String,
+    status: Option<v1::StatusResponse>,
+    error: String,
+    /// The node's state hash at the common epoch.
+    common_hash: Option<Vec<u8>>,
+}
+
+/// `status --all`: every member's status, and whether they agree on the state hash at the
+/// highest epoch all reachable nodes have applied. Exit 0 only if all are reachable and agree.
+pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
+    let first = client.status().await?;
+    let mut rows = Vec::new();
+    for member in &first.members {
+        let url = format!("http://{}", member.addr);
+        let probe = async {
+            let c = Client::connect(url.clone())
+                .await?
+                .with_retry(ordo_client::RetryPolicy {
+                    attempts_max: 1,
+                    ..Default::default()
+                });
+            let s = c.status().await?;
+            Ok::<_, ordo_client::Error>((c, s))
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(3), probe).await {
+            Ok(Ok((c, s))) => rows.push((
+                Some(c),
+                NodeRow {
+                    node_id: member.node_id,
+                    addr: member.addr.clone(),
+                    status: Some(s),
+                    error: String::new(),
+                    common_hash: None,
+                },
+            )),
+            Ok(Err(e)) => rows.push((
+                None,
+                NodeRow {
+                    node_id: member.node_id,
+                    addr: member.addr.clone(),
+                    status: None,
+                    error: e.to_string(),
+                    common_hash: None,
+                },
+            )),
+            Err(_) => rows.push((
+                None,
+                NodeRow {
+                    node_id: member.node_id,
+                    addr: member.addr.clone(),
+                    status: None,
+                    error: "no answer within 3 s".into(),
+                    common_hash: None,
+                },
+            )),
+        }
+    }
+    let common_epoch = rows
+        .iter()
+        .filter_map(|(_, r)| r.status.as_ref().map(|s| s.applied_epoch))
+        .min()
+        .unwrap_or(0);
+    for (c, row) in rows.iter_mut() {
+        if let Some(c) = c {
+            row.common_hash = if common_epoch == 0 {
+                Some(Vec::new())
+            } else {
+                c.state_hash(common_epoch).await.ok().map(|h| h.state_hash)
+            };
+        }
+    }
+    let reachable: Vec<&NodeRow> = rows
+        .iter()
+        .map(|(_, r)| r)
+        .filter(|r| r.status.is_some())
+        .collect();
+    let all_reachable = reachable.len() == rows.len() && !rows.is_empty();
+    let agree = !reachable.is_empty()
+        && reachable
+            .iter()
+            .all(|r| r.common_hash.is_some() && r.common_hash == reachable[0].common_hash);
+
+    let mut nodes = Vec::new();
+    let mut human = format!(
+        "{:<6} {:<22} {:<10} {:<7} {:>12}  {}\n",
+        "node", "addr", "role", "leader", "applied", "state hash at applied epoch"
+    );
+    for (_, r) in &rows {
+        match &r.status {
+            Some(s) => {
+                nodes.push(json!({
+                    "node_id": r.node_id,
+                    "addr": r.addr,
+                    "reachable": true,
+                    "role": s.role,
+                    "leader_id": s.leader_id,
+                    "term": s.term,
+                    "applied_epoch": s.applied_epoch,
+                    "commit_index": s.commit_index,
+                    "state_hash": hex(&s.state_hash),
+                    "state_hash_at_common_epoch": r.common_hash.as_ref().map(|h| hex(h)),
+                }));
+                human.push_str(&format!(
+                    "{:<6} {:<22} {:<10} {:<7} {:>12}  {}\n",
+                    r.node_id,
+                    r.addr,
+                    s.role,
+                    s.leader_id,
+                    s.applied_epoch,
+                    hex(&s.state_hash)
+                ));
+            }
+            None => {
+                nodes.push(json!({
+                    "node_id": r.node_id,
+                    "addr": r.addr,
+                    "reachable": false,
+                    "role": Value::Null,
+                    "leader_id": Value::Null,
+                    "applied_epoch": Value::Null,
+                    "state_hash": Value::Null,
+                    "error": r.error,
+                }));
+                human.push_str(&format!(
+                    "{:<6} {:<22} UNREACHABLE: {}\n",
+                    r.node_id, r.addr, r.error
+                ));
+            }
+        }
+    }
+    if agree {
+        human.push_str(&format!(
+            "all {} reachable nodes agree at epoch {common_epoch}",
+            reachable.len()
+        ));
+    } else {
+        human.push_str(&format!("DISAGREEMENT at epoch {common_epoch}:"));
+        for r in &reachable {
+            human.push_str(&format!(
+                "\n  node {}: {}",
+                r.node_id,
+                r.common_hash
+                    .as_ref()
+                    .map(|h| hex(h))
+                    .unwrap_or_else(|| "no hash kept".into())
+            ));
+        }
+    }
+    if !all_reachable {
+        human.push_str(&format!(
+            "\n{} of {} nodes unreachable",
+            rows.len() - reachable.len(),
+            rows.len()
+        ));
+    }
+    Ok(Output {
+        json: json!({"nodes": nodes, "common_epoch": common_epoch, "agree": agree}),
+        human,
+        exit: if all_reachable && agree {
+            EXIT_OK
+        } else {
+            EXIT_ERROR
+        },
+        is_error: false,
+    })
 }

@@ -169,7 +169,7 @@ impl OrdoService {
         if !fresh.is_empty() {
             let waits = self.node.sequencer.submit(fresh).map_err(|e| match e {
                 SubmitError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
-                SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
+                SubmitError::ShuttingDown => self.unavailable(e.to_string()),
             })?;
             let mut executed = self.wait_all(waits).await?.into_iter();
             for slot in results.iter_mut().filter(|r| r.is_none()) {
@@ -194,11 +194,14 @@ impl OrdoService {
                     out.push(result);
                     continue;
                 }
-                Ok(Ok(Err(TxnFailure::Unavailable(why)))) => Status::unavailable(format!(
+                Ok(Ok(Err(TxnFailure::Unavailable(why)))) => self.unavailable(format!(
                     "{why}; the request may or may not be applied: retry with the same request_id"
                 )),
+                Ok(Ok(Err(TxnFailure::Overloaded(why)))) => Status::resource_exhausted(format!(
+                    "{why}; retry later with the same request_id"
+                )),
                 Ok(Err(_)) => {
-                    Status::unavailable("the node is shutting down; retry with the same request_id")
+                    self.unavailable("the node is shutting down; retry with the same request_id")
                 }
                 Err(_) => {
                     waiters.cancel(&wait.request_id, wait.id);
@@ -218,6 +221,105 @@ impl OrdoService {
 
     fn applied_epoch(&self) -> u64 {
         self.node.store.applied_epoch()
+    }
+
+    /// UNAVAILABLE, with the leader's address in `ordo-leader-addr` when this node knows a
+    /// leader other than itself, so a client can go there instead.
+    fn unavailable(&self, message: impl Into<String>) -> Status {
+        let mut status = Status::unavailable(message);
+        if let Some(addr) = self.leader_addr() {
+            if let Ok(value) = addr.parse() {
+                status.metadata_mut().insert("ordo-leader-addr", value);
+            }
+        }
+        status
+    }
+
+    /// The address of the leader when it is another node.
+    fn leader_addr(&self) -> Option<String> {
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let leader = metrics
+            .current_leader
+            .filter(|&id| id != self.node.node_id)?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// Makes a read wait until this node's state is as fresh as the request asks.
+    async fn read_barrier(&self, consistency: i32, at_least_epoch: u64) -> Result<(), Status> {
+        use v1::ReadConsistency as C;
+        let mode = C::try_from(consistency).map_err(|_| {
+            Status::invalid_argument(format!("unknown read consistency {consistency}"))
+        })?;
+        let mode = match mode {
+            C::Unspecified if at_least_epoch > 0 => C::AtLeast,
+            C::Unspecified => C::Local,
+            other => other,
+        };
+        match mode {
+            C::Local | C::Unspecified => Ok(()),
+            C::AtLeast => self.wait_for_epoch(at_least_epoch).await,
+            C::Linearizable => self.wait_for_read_index().await,
+        }
+    }
+
+    async fn wait_for_epoch(&self, epoch: u64) -> Result<(), Status> {
+        let mut applied = self.node.applied_epoch.clone();
+        let timeout = self.limits.request_timeout;
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|&e| e >= epoch))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(self.unavailable(format!(
+                "node {} has applied epoch {}, not yet {epoch}; retry, or read from another node",
+                self.node.node_id,
+                self.applied_epoch()
+            ))),
+        }
+    }
+
+    /// LINEARIZABLE: the leader confirms its leadership and names the log index to wait for
+    /// (`ensure_linearizable` on the leader, the ReadIndex RPC from a follower); then this
+    /// node waits until it has applied that far.
+    async fn wait_for_read_index(&self) -> Result<(), Status> {
+        let timeout = self.limits.request_timeout;
+        let Some(addr) = self.leader_addr() else {
+            // This node leads (or thinks so: ensure_linearizable confirms it with a quorum and
+            // waits until this node has applied the read index).
+            tokio::time::timeout(timeout, self.node.raft.ensure_linearizable())
+                .await
+                .map_err(|_| self.unavailable("leadership not confirmed in time"))?
+                .map_err(|e| self.unavailable(format!("cannot serve a linearizable read: {e}")))?;
+            return Ok(());
+        };
+        let mut client = self
+            .node
+            .channels
+            .raft_client(&addr)
+            .map_err(Status::unavailable)?;
+        let call = client.read_index(ordo_proto::internal::v1::ReadIndexRequest {});
+        let read_index = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.unavailable("the leader did not answer the read index in time"))?
+            .map_err(|s| self.unavailable(format!("read index from the leader: {}", s.message())))?
+            .into_inner()
+            .read_index;
+        self.node
+            .raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(read_index), "linearizable read")
+            .await
+            .map_err(|_| {
+                self.unavailable(format!(
+                    "node {} did not apply up to the read index {read_index} in time",
+                    self.node.node_id
+                ))
+            })?;
+        Ok(())
     }
 }
 
@@ -389,6 +491,7 @@ impl Ordo for OrdoService {
         request: Request<v1::GetStockRequest>,
     ) -> Result<Response<v1::GetStockResponse>, Status> {
         let r = request.into_inner();
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
         // Read the epoch first: the stock is at least as new as it.
         let epoch = self.applied_epoch();
         let dc = self.known_dc(r.dc_id, "get_stock")?;
@@ -408,12 +511,14 @@ impl Ordo for OrdoService {
         &self,
         request: Request<v1::GetOrderRequest>,
     ) -> Result<Response<v1::GetOrderResponse>, Status> {
-        let order_id = request.into_inner().order_id;
+        let r = request.into_inner();
+        let order_id = r.order_id;
         if order_id == 0 {
             return Err(Status::invalid_argument(
                 "get_order: order_id must be non-zero",
             ));
         }
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let order = reads::order(&self.node.store, order_id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("order {order_id} does not exist")))?;
@@ -449,6 +554,7 @@ impl Ordo for OrdoService {
                 "get_availability: dc_ids and skus must not repeat",
             ));
         }
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let epoch = self.applied_epoch();
         let dcs = r
             .dc_ids
