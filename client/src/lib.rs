@@ -283,6 +283,12 @@ impl Client {
             .fetch_max(epoch, Ordering::Relaxed);
     }
 
+    /// Tells the client about an epoch seen elsewhere (another session's write, a token passed
+    /// between services): its later reads reflect at least that epoch.
+    pub fn observe_epoch(&self, epoch: u64) {
+        self.saw_epoch(epoch);
+    }
+
     /// The consistency fields every read carries.
     fn read_fields(&self) -> (i32, u64) {
         match self.consistency {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use ordo_proto::v1;
 use ordo_proto::v1::ordo_server::Ordo;
-use ordo_scheduler::{model, reads, Line, Mode, Op, Outcome, Txn, TxnResult};
+use ordo_scheduler::{model, reads, Line, Mode, Op, Outcome, Txn, TxnResult, ORDER_SEQ_BITS};
 use ordo_sequencer::{Node, SubmitError, TxnFailure, Wait};
 use tonic::{Request, Response, Status};
 
@@ -519,6 +519,19 @@ impl Ordo for OrdoService {
             ));
         }
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
+        // An order id names its epoch: a replica that has not applied it yet but holds it in
+        // its log waits for it, so an order is found on any node right after it commits.
+        let order_epoch = order_id >> ORDER_SEQ_BITS;
+        let last_log_index = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        if order_epoch > self.applied_epoch() && order_epoch <= last_log_index {
+            self.wait_for_epoch(order_epoch).await?;
+        }
         let order = reads::order(&self.node.store, order_id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("order {order_id} does not exist")))?;

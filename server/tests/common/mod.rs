@@ -163,3 +163,370 @@ pub fn ordo_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Free loopback ports, found by binding and releasing (all held until all are found).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// One `ordo server` process of a cluster.
+pub struct ClusterNode {
+    pub id: u64,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub peers: Vec<(u64, String)>,
+    pub extra: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl ClusterNode {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is already running", self.id);
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "server",
+            "--node-id",
+            &self.id.to_string(),
+            "--listen",
+            &self.addr,
+            "--data-dir",
+        ])
+        .arg(&self.data_dir)
+        .args(&self.extra)
+        .env("RUST_LOG", "warn,openraft=off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (id, addr) in &self.peers {
+            cmd.args(["--peer", &format!("{id}={addr}")]);
+        }
+        let mut child = cmd.spawn().expect("spawning ordo server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("node {} did not start within 60 s", self.id));
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    pub fn wipe(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop node {} before wiping it",
+            self.id
+        );
+        std::fs::remove_dir_all(&self.data_dir).expect("wiping the data dir");
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.endpoint()).await.expect("connecting")
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused node must be resumed to die promptly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+        }
+        self.kill9();
+    }
+}
+
+/// A cluster of `ordo server` processes on loopback.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl Cluster {
+    /// Starts `voters` nodes (ids 1..=voters) plus `spares` more that are configured but not
+    /// started or members, initialises the voters as one cluster and seeds the test dataset.
+    pub async fn start(voters: usize, spares: usize, stock: i64, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(voters + spares);
+        let peers: Vec<(u64, String)> = (0..voters)
+            .map(|i| (i as u64 + 1, format!("127.0.0.1:{}", ports[i])))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let addr = format!("127.0.0.1:{port}");
+            nodes.push(ClusterNode {
+                id,
+                addr: addr.clone(),
+                data_dir: dir.path().join(format!("node-{id}")),
+                // A spare knows only itself until it is added.
+                peers: if i < voters {
+                    peers.clone()
+                } else {
+                    vec![(id, addr)]
+                },
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            });
+        }
+        for node in nodes.iter_mut().take(voters) {
+            node.start();
+        }
+        let cluster = Cluster { dir, nodes };
+        let client = cluster.client().await;
+        let init = client.init_cluster(false).await.expect("cluster-init");
+        assert!(init.initialized, "{}", init.message);
+        seed(&client, stock).await;
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.endpoint())
+            .collect()
+    }
+
+    /// A client that may fail over between all running nodes.
+    pub async fn client(&self) -> Client {
+        Client::connect_many(self.endpoints())
+            .await
+            .expect("connecting to the cluster")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut ClusterNode {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// The leader's id, once a majority of running nodes agree on one (bounded wait).
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut votes = std::collections::BTreeMap::new();
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let status = async {
+                    let c = Client::connect(node.endpoint()).await.ok()?;
+                    c.status().await.ok()
+                };
+                if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), status).await {
+                    let leader_running = self
+                        .nodes
+                        .iter()
+                        .any(|n| n.id == s.leader_id && n.child.is_some());
+                    if leader_running && s.role != "candidate" {
+                        *votes.entry(s.leader_id).or_insert(0) += 1;
+                    }
+                }
+            }
+            if let Some((&leader, &n)) = votes.iter().max_by_key(|(_, n)| **n) {
+                if n * 2 > self.nodes.iter().filter(|n| n.child.is_some()).count() {
+                    return leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}: {votes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running node agrees on the state hash at a common epoch that is at
+    /// least `min_epoch` (`ordo status --all --json`), and returns that epoch.
+    pub async fn wait_agreement(&self, min_epoch: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let endpoint = self.endpoints()[0].clone();
+        loop {
+            let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
+            let report: Option<serde_json::Value> = serde_json::from_str(out.trim()).ok();
+            if let Some(report) = &report {
+                let epoch = report["common_epoch"].as_u64().unwrap_or(0);
+                if code == 0 && report["agree"] == true && epoch >= min_epoch {
+                    return epoch;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreement at epoch >= {min_epoch} within {timeout:?}: {out}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Writers placing orders with known request ids until stopped, recording what was attempted
+/// and what was acknowledged.
+pub struct Writers {
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub attempted: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<Line>)>>>,
+    pub acked:
+        std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, v1::OrderResult>>>,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    /// `count` writers, each with its own client over `endpoints` (failover between them).
+    pub async fn start(endpoints: Vec<String>, count: u32, prefix: &str) -> Writers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attempted: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<Line>)>>> =
+            Default::default();
+        let acked: std::sync::Arc<
+            std::sync::Mutex<std::collections::BTreeMap<String, v1::OrderResult>>,
+        > = Default::default();
+        let mut tasks = Vec::new();
+        for w in 0..count {
+            // Each writer starts on a different node.
+            let mut eps = endpoints.clone();
+            eps.rotate_left(w as usize % endpoints.len());
+            let client = Client::connect_many(eps)
+                .await
+                .expect("writer connect")
+                .with_retry(ordo_client::RetryPolicy {
+                    attempts_max: 3,
+                    backoff_initial: Duration::from_millis(20),
+                    backoff_max: Duration::from_millis(200),
+                });
+            let (stop, attempted, acked) = (stop.clone(), attempted.clone(), acked.clone());
+            let prefix = prefix.to_string();
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let dc = (w + i) % 4 + 1;
+                    let sku = i % 3 + 1;
+                    let lines = if i % 4 == 0 {
+                        vec![line(dc, sku, 1), line(dc % 4 + 1, sku, 1)]
+                    } else {
+                        vec![line(dc, sku, 1)]
+                    };
+                    let id = format!("{prefix}-{w}-{i}");
+                    attempted.lock().unwrap().push((id.clone(), lines.clone()));
+                    match client.place_order(&lines, false, Some(id.clone())).await {
+                        Ok(result) => {
+                            acked.lock().unwrap().insert(id, result);
+                        }
+                        // Unavailable during a fault: the outcome is unknown; checked later.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }));
+        }
+        Writers {
+            stop,
+            attempted,
+            acked,
+            tasks,
+        }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    pub async fn wait_acked(&self, more_than: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.acked_count() <= more_than {
+            assert!(
+                Instant::now() < deadline,
+                "writers stalled at {} acknowledged orders",
+                self.acked_count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn finish(
+        self,
+    ) -> (
+        Vec<(String, Vec<Line>)>,
+        std::collections::BTreeMap<String, v1::OrderResult>,
+    ) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let attempted = self.attempted.lock().unwrap().clone();
+        let acked = self.acked.lock().unwrap().clone();
+        (attempted, acked)
+    }
+}
+
+/// Every acknowledged order is stored with its result; re-sending every attempted request with
+/// its id changes no acknowledged result; stock = initial - all committed, exactly.
+pub async fn verify_exactly_once(
+    client: &Client,
+    initial_total: i64,
+    attempted: &[(String, Vec<Line>)],
+    acked: &std::collections::BTreeMap<String, v1::OrderResult>,
+) {
+    // Reads must reflect everything acknowledged to any writer.
+    client.observe_epoch(acked.values().map(|r| r.epoch).max().unwrap_or(0));
+    for (id, result) in acked {
+        if committed(result) {
+            let order = client
+                .get_order(result.order_id)
+                .await
+                .expect("acknowledged order present");
+            assert_eq!(&order.request_id, id);
+            assert_eq!(order.lines, result.lines);
+        }
+    }
+    let mut taken = 0;
+    for (id, lines) in attempted {
+        let again = client
+            .place_order(lines, false, Some(id.clone()))
+            .await
+            .expect("re-sending an attempted request");
+        if let Some(original) = acked.get(id) {
+            assert_eq!(&again, original, "{id}: result changed");
+        }
+        if committed(&again) {
+            taken += again.lines.iter().map(|l| l.allocated).sum::<i64>();
+        }
+    }
+    assert_eq!(
+        total_on_hand(client).await,
+        initial_total - taken,
+        "stock is not initial - committed"
+    );
+}

@@ -1,0 +1,277 @@
+//! A replicated cluster of real `ordo server` processes on loopback: orders through every
+//! node, leader crashes, a wiped follower rebuilt from a snapshot, membership changes under
+//! load, a paused leader, and read-your-writes across nodes. The tests run one at a time (they
+//! share two cores and Raft timing).
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::future::join_all;
+use ordo_client::{v1, Client};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_sell_exactly_the_stock_and_agree_on_the_hash() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0, 10, &[]).await;
+    let admin = cluster.client().await;
+    admin.restock(1, 1, 40, None).await.unwrap();
+
+    eprintln!("--- phase: 150 buyers spread over the three nodes order 1 of 50 units at once");
+    let mut buyers = Vec::new();
+    for i in 0..150 {
+        let node = &cluster.nodes[i % 3];
+        buyers.push(Client::connect(node.endpoint()).await.unwrap());
+    }
+    let calls = buyers
+        .into_iter()
+        .map(|c| tokio::spawn(async move { c.place_order(&[line(1, 1, 1)], false, None).await }));
+    let results: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    assert_eq!(results.iter().filter(|r| committed(r)).count(), 50);
+
+    eprintln!("--- phase: every node shows zero left and the same state hash");
+    let epoch = results.iter().map(|r| r.epoch).max().unwrap();
+    let agreed = cluster.wait_agreement(epoch, Duration::from_secs(20)).await;
+    assert!(agreed >= epoch);
+    for node in &cluster.nodes {
+        let c = node.client().await;
+        let raw = v1::GetStockRequest {
+            dc_id: 1,
+            sku: 1,
+            consistency: v1::ReadConsistency::AtLeast as i32,
+            at_least_epoch: epoch,
+        };
+        let stock = c.raw().get_stock(raw).await.unwrap().into_inner();
+        assert_eq!(stock.on_hand, 0, "node {}", node.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_under_load_loses_nothing_and_applies_nothing_twice() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 0, 2_000, &[]).await;
+    let client = cluster.client().await;
+    let initial = total_on_hand(&client).await;
+    let writers = Writers::start(cluster.endpoints(), 6, "kl").await;
+    writers.wait_acked(200, Duration::from_secs(30)).await;
+
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    eprintln!(
+        "--- phase: SIGKILL the leader (node {leader}) at {} acknowledged orders",
+        writers.acked_count()
+    );
+    cluster.node(leader).kill9();
+    let killed_at = Instant::now();
+    let new_leader = cluster.leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    eprintln!(
+        "--- phase: node {new_leader} leads after {:?}",
+        killed_at.elapsed()
+    );
+    let before = writers.acked_count();
+    writers
+        .wait_acked(before + 200, Duration::from_secs(30))
+        .await;
+
+    eprintln!("--- phase: the old leader restarts and catches up");
+    cluster.node(leader).start();
+    writers
+        .wait_acked(writers.acked_count() + 100, Duration::from_secs(30))
+        .await;
+    let (attempted, acked) = writers.finish().await;
+    let client = cluster.client().await;
+    verify_exactly_once(&client, initial, &attempted, &acked).await;
+    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
+    cluster
+        .wait_agreement(max_epoch, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+
+    eprintln!("--- phase: SIGKILL follower {follower}, write well past the snapshot threshold");
+    cluster.node(follower).kill9();
+    let client = cluster.client().await;
+    for i in 0..300u32 {
+        client.restock(i % 4 + 1, i % 3 + 1, 1, None).await.unwrap();
+    }
+
+    eprintln!("--- phase: remove it, wipe it, start it empty, add it back");
+    client.remove_member(follower).await.unwrap();
+    cluster.node(follower).wipe();
+    cluster.node(follower).start();
+    let addr = cluster.node(follower).addr.clone();
+    let members = client.add_member(follower, addr).await.unwrap();
+    assert!(members
+        .members
+        .iter()
+        .any(|m| m.node_id == follower && m.voter));
+
+    eprintln!("--- phase: it installed a snapshot and agrees with the others");
+    let epoch = client.status().await.unwrap().applied_epoch;
+    cluster.wait_agreement(epoch, Duration::from_secs(30)).await;
+    let snapshot = cluster
+        .node(follower)
+        .data_dir
+        .join("snapshots/current.snap");
+    assert!(
+        snapshot.exists(),
+        "the rebuilt node has no snapshot: it did not catch up by one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn growing_to_five_and_shrinking_to_three_under_load() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 2, 2_000, &[]).await;
+    let client = cluster.client().await;
+    let initial = total_on_hand(&client).await;
+    let writers = Writers::start(cluster.endpoints(), 4, "gs").await;
+    writers.wait_acked(100, Duration::from_secs(30)).await;
+
+    eprintln!("--- phase: add nodes 4 and 5 while orders flow");
+    for id in [4u64, 5] {
+        cluster.node(id).start();
+        let addr = cluster.node(id).addr.clone();
+        client.add_member(id, addr).await.unwrap();
+        writers
+            .wait_acked(writers.acked_count() + 50, Duration::from_secs(30))
+            .await;
+    }
+    let status = client.status().await.unwrap();
+    assert_eq!(status.members.iter().filter(|m| m.voter).count(), 5);
+
+    eprintln!("--- phase: remove nodes 4 and 5 again");
+    for id in [4u64, 5] {
+        client.remove_member(id).await.unwrap();
+        writers
+            .wait_acked(writers.acked_count() + 50, Duration::from_secs(30))
+            .await;
+    }
+    let status = client.status().await.unwrap();
+    let voters: Vec<u64> = status
+        .members
+        .iter()
+        .filter(|m| m.voter)
+        .map(|m| m.node_id)
+        .collect();
+    assert_eq!(voters, vec![1, 2, 3]);
+    let (attempted, acked) = writers.finish().await;
+    for id in [4u64, 5] {
+        cluster.node(id).kill9();
+    }
+    verify_exactly_once(&client, initial, &attempted, &acked).await;
+    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
+    cluster
+        .wait_agreement(max_epoch, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_loses_nothing_it_acknowledged() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 0, 2_000, &[]).await;
+    let client = cluster.client().await;
+    let initial = total_on_hand(&client).await;
+    let writers = Writers::start(cluster.endpoints(), 6, "ps").await;
+    writers.wait_acked(150, Duration::from_secs(30)).await;
+
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    eprintln!("--- phase: SIGSTOP the leader (node {leader}) past the election timeout");
+    cluster.node(leader).pause();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = writers.acked_count();
+    writers
+        .wait_acked(before + 100, Duration::from_secs(30))
+        .await;
+    eprintln!("--- phase: SIGCONT; it steps down and catches up");
+    cluster.node(leader).resume();
+    writers
+        .wait_acked(writers.acked_count() + 100, Duration::from_secs(30))
+        .await;
+    let (attempted, acked) = writers.finish().await;
+    verify_exactly_once(&client, initial, &attempted, &acked).await;
+    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
+    cluster
+        .wait_agreement(max_epoch, Duration::from_secs(30))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_through_one_node_is_read_on_another() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0, 10, &[]).await;
+    let a = cluster.nodes[0].client().await;
+    let b = cluster.nodes[2].client().await;
+    for i in 1..=20 {
+        let r = a.restock(2, 3, 1, None).await.unwrap();
+        assert_eq!(r.on_hand, 10 + i);
+        // AT_LEAST the epoch of the write, on another node.
+        let raw = v1::GetStockRequest {
+            dc_id: 2,
+            sku: 3,
+            consistency: v1::ReadConsistency::AtLeast as i32,
+            at_least_epoch: a.highest_epoch(),
+        };
+        let seen = b.raw().get_stock(raw).await.unwrap().into_inner();
+        assert_eq!(
+            seen.on_hand,
+            10 + i,
+            "node 3 did not show the write made through node 1"
+        );
+        assert!(seen.epoch >= r.epoch);
+    }
+    eprintln!("--- phase: linearizable reads on a follower");
+    let lin = cluster.nodes[1]
+        .client()
+        .await
+        .with_consistency(ordo_client::Consistency::Linearizable);
+    assert_eq!(lin.get_stock(2, 3).await.unwrap().on_hand, 30);
+    eprintln!("--- phase: the client library carries its epoch itself");
+    let ab = Client::connect_many(vec![
+        cluster.nodes[0].endpoint(),
+        cluster.nodes[1].endpoint(),
+    ])
+    .await
+    .unwrap();
+    ab.restock(2, 3, 5, None).await.unwrap();
+    let other = cluster.nodes[2].client().await;
+    let raw = v1::GetStockRequest {
+        dc_id: 2,
+        sku: 3,
+        consistency: v1::ReadConsistency::Unspecified as i32,
+        at_least_epoch: ab.highest_epoch(),
+    };
+    assert_eq!(
+        other
+            .raw()
+            .get_stock(raw)
+            .await
+            .unwrap()
+            .into_inner()
+            .on_hand,
+        35
+    );
+}
