@@ -13,9 +13,6 @@ use ordo_client::{v1, RetryPolicy};
 
 const WRITERS: u32 = 6;
 
-/// A request id and the lines it asked for.
-type Attempt = (String, Vec<ordo_client::Line>);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_nine_during_orders_loses_nothing_acknowledged_and_applies_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();

@@ -394,13 +394,17 @@ impl Cluster {
     }
 }
 
+/// A request id and the lines it asked for.
+pub type Attempt = (String, Vec<Line>);
+/// Acknowledged results by request id.
+pub type Acks = std::collections::BTreeMap<String, v1::OrderResult>;
+
 /// Writers placing orders with known request ids until stopped, recording what was attempted
 /// and what was acknowledged.
 pub struct Writers {
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    pub attempted: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<Line>)>>>,
-    pub acked:
-        std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, v1::OrderResult>>>,
+    pub attempted: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>>,
+    pub acked: std::sync::Arc<std::sync::Mutex<Acks>>,
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -408,11 +412,8 @@ impl Writers {
     /// `count` writers, each with its own client over `endpoints` (failover between them).
     pub async fn start(endpoints: Vec<String>, count: u32, prefix: &str) -> Writers {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let attempted: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<Line>)>>> =
-            Default::default();
-        let acked: std::sync::Arc<
-            std::sync::Mutex<std::collections::BTreeMap<String, v1::OrderResult>>,
-        > = Default::default();
+        let attempted: std::sync::Arc<std::sync::Mutex<Vec<Attempt>>> = Default::default();
+        let acked: std::sync::Arc<std::sync::Mutex<Acks>> = Default::default();
         let mut tasks = Vec::new();
         for w in 0..count {
             // Each writer starts on a different node.
@@ -434,7 +435,7 @@ impl Writers {
                     i += 1;
                     let dc = (w + i) % 4 + 1;
                     let sku = i % 3 + 1;
-                    let lines = if i % 4 == 0 {
+                    let lines = if i.is_multiple_of(4) {
                         vec![line(dc, sku, 1), line(dc % 4 + 1, sku, 1)]
                     } else {
                         vec![line(dc, sku, 1)]
@@ -475,12 +476,7 @@ impl Writers {
         }
     }
 
-    pub async fn finish(
-        self,
-    ) -> (
-        Vec<(String, Vec<Line>)>,
-        std::collections::BTreeMap<String, v1::OrderResult>,
-    ) {
+    pub async fn finish(self) -> (Vec<Attempt>, Acks) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
@@ -496,8 +492,8 @@ impl Writers {
 pub async fn verify_exactly_once(
     client: &Client,
     initial_total: i64,
-    attempted: &[(String, Vec<Line>)],
-    acked: &std::collections::BTreeMap<String, v1::OrderResult>,
+    attempted: &[Attempt],
+    acked: &Acks,
 ) {
     // Reads must reflect everything acknowledged to any writer.
     client.observe_epoch(acked.values().map(|r| r.epoch).max().unwrap_or(0));
