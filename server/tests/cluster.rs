@@ -5,22 +5,18 @@
 
 mod common;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::*;
 use futures::future::join_all;
 use ordo_client::{v1, Client};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// Held for a whole test: an async mutex, since each test has its own runtime.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_sell_exactly_the_stock_and_agree_on_the_hash() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, 0, 10, &[]).await;
     let admin = cluster.client().await;
     admin.restock(1, 1, 40, None).await.unwrap();
@@ -60,7 +56,7 @@ async fn three_nodes_sell_exactly_the_stock_and_agree_on_the_hash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_under_load_loses_nothing_and_applies_nothing_twice() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, 0, 2_000, &[]).await;
     let client = cluster.client().await;
     let initial = total_on_hand(&client).await;
@@ -101,7 +97,7 @@ async fn killing_the_leader_under_load_loses_nothing_and_applies_nothing_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let follower = cluster
@@ -144,7 +140,7 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn growing_to_five_and_shrinking_to_three_under_load() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, 2, 2_000, &[]).await;
     let client = cluster.client().await;
     let initial = total_on_hand(&client).await;
@@ -191,7 +187,7 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_loses_nothing_it_acknowledged() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, 0, 2_000, &[]).await;
     let client = cluster.client().await;
     let initial = total_on_hand(&client).await;
@@ -221,7 +217,7 @@ async fn a_paused_leader_loses_nothing_it_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_through_one_node_is_read_on_another() {
-    let _serial = serial();
+    let _serial = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start(3, 0, 10, &[]).await;
     let a = cluster.nodes[0].client().await;
     let b = cluster.nodes[2].client().await;
