@@ -271,3 +271,60 @@ async fn a_write_through_one_node_is_read_on_another() {
         35
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_init_twice_is_a_no_op_and_status_all_flags_a_dead_node() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(3, 0, 5, &[]).await;
+    let ep = cluster.nodes[1].endpoint();
+
+    eprintln!("--- phase: cluster-init again, through another node");
+    let (code, out, _) = ordo_cli(&["cluster-init", "--endpoint", &ep, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let init: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(init["initialized"], false);
+    assert!(
+        init["message"]
+            .as_str()
+            .unwrap()
+            .contains("already initialised"),
+        "{init}"
+    );
+    assert_eq!(init["members"].as_array().unwrap().len(), 3);
+
+    eprintln!("--- phase: status --all agrees while all three run");
+    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &ep, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let all: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(all["agree"], true);
+    assert_eq!(all["nodes"].as_array().unwrap().len(), 3);
+    for n in all["nodes"].as_array().unwrap() {
+        for field in [
+            "node_id",
+            "role",
+            "leader_id",
+            "applied_epoch",
+            "state_hash",
+            "reachable",
+        ] {
+            assert!(!n[field].is_null(), "{field} missing in {n}");
+        }
+    }
+
+    eprintln!("--- phase: a dead node makes status --all exit 1 and shows it unreachable");
+    cluster.node(3).kill9();
+    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &ep, "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let all: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let dead = all["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == 3)
+        .unwrap()
+        .clone();
+    assert_eq!(dead["reachable"], false);
+    assert_eq!(all["agree"], true, "the two live nodes still agree");
+    let (_, human, _) = ordo_cli(&["status", "--all", "--endpoint", &ep]);
+    assert!(human.contains("UNREACHABLE"), "{human}");
+}
