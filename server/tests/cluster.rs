@@ -114,8 +114,17 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
         client.restock(i % 4 + 1, i % 3 + 1, 1, None).await.unwrap();
     }
 
-    eprintln!("--- phase: remove it, wipe it, start it empty, add it back");
+    eprintln!("--- phase: remove it, wipe it, start it empty, add it back, under load");
     client.remove_member(follower).await.unwrap();
+    let initial = total_on_hand(&client).await;
+    let live: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.child.is_some())
+        .map(|n| n.endpoint())
+        .collect();
+    let writers = Writers::start(live, 4, "wp").await;
+    writers.wait_acked(100, Duration::from_secs(30)).await;
     cluster.node(follower).wipe();
     cluster.node(follower).start();
     let addr = cluster.node(follower).addr.clone();
@@ -124,6 +133,11 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
         .members
         .iter()
         .any(|m| m.node_id == follower && m.voter));
+    writers
+        .wait_acked(writers.acked_count() + 200, Duration::from_secs(30))
+        .await;
+    let (attempted, acked) = writers.finish().await;
+    verify_exactly_once(&client, initial, &attempted, &acked).await;
 
     eprintln!("--- phase: it installed a snapshot and agrees with the others");
     let epoch = client.status().await.unwrap().applied_epoch;
