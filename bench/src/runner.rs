@@ -1,0 +1,315 @@
+//! Running one workload against one started target: closed or open loop, warm-up excluded,
+//! an hdrhistogram per client (merged), a per-second time series, and the correctness check.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::check::{check, Check, Tally};
+use crate::servers::Server;
+use crate::targets::{Session, Target};
+use crate::workload::{Generator, Op, WorkloadSpec};
+
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum LoopMode {
+    /// N clients, each sending its next operation when the previous one answers.
+    Closed,
+    /// A fixed arrival rate (operations per second, over all clients); latency counts from the
+    /// intended send time, so queueing cannot hide behind a slow client (coordinated omission).
+    Open { rate: f64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub target: Target,
+    pub spec: WorkloadSpec,
+    pub clients: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub seed: u64,
+    pub mode: LoopMode,
+    /// Orders per `PlaceOrders` call for the batched Ordo targets.
+    pub batch: usize,
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+/// One second of the measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Second {
+    pub second: u64,
+    pub ops: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunResult {
+    pub target: String,
+    pub workload: String,
+    pub clients: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub mode: LoopMode,
+    pub seed: u64,
+    pub throughput_ops_s: f64,
+    pub latency_us: Latency,
+    /// CPU seconds the server processes used during warm-up and measurement.
+    pub server_cpu_s: f64,
+    pub measured_ops: u64,
+    pub check: Check,
+    pub timeline: Vec<Second>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds are valid")
+}
+
+struct ClientStats {
+    hist: Histogram<u64>,
+    seconds: Vec<(u64, Histogram<u64>)>,
+    measured_ops: u64,
+    tally: Tally,
+}
+
+impl ClientStats {
+    fn new(seconds: usize) -> Self {
+        Self {
+            hist: histogram(),
+            seconds: (0..seconds).map(|_| (0, histogram())).collect(),
+            measured_ops: 0,
+            tally: Tally::default(),
+        }
+    }
+
+    fn record(&mut self, started: Instant, measure_from: Instant, latency: Duration) {
+        if started < measure_from {
+            return;
+        }
+        let us = (latency.as_micros() as u64).clamp(1, 60_000_000);
+        self.hist.saturating_record(us);
+        let second = started.duration_since(measure_from).as_secs() as usize;
+        if let Some((ops, h)) = self.seconds.get_mut(second) {
+            *ops += 1;
+            h.saturating_record(us);
+        }
+        self.measured_ops += 1;
+    }
+}
+
+/// Loads the dataset into the started target and runs the workload.
+pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> {
+    let ep = &server.endpoints;
+    let mut loader = Session::open(ep, 0).await.context("opening a session")?;
+    loader
+        .load(&cfg.spec.dataset)
+        .await
+        .context("loading the dataset")?;
+    let mut sessions = Vec::with_capacity(cfg.clients);
+    for i in 0..cfg.clients {
+        sessions.push(
+            Session::open(ep, i)
+                .await
+                .with_context(|| format!("opening session {i}"))?,
+        );
+    }
+    let cpu_before = server.cpu_seconds();
+    let start = Instant::now();
+    let measure_from = start + cfg.warmup;
+    let end = measure_from + cfg.duration;
+    let seconds = cfg.duration.as_secs().max(1) as usize;
+    let done_ops = Arc::new(AtomicU64::new(0));
+
+    let progress = cfg.progress.then(|| {
+        let bar = indicatif::ProgressBar::new((cfg.warmup + cfg.duration).as_secs());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>16} [{bar:30}] {pos:>3}/{len}s {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}", cfg.target));
+        let bar2 = bar.clone();
+        let done_ops = done_ops.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let elapsed = start.elapsed();
+                bar2.set_position(elapsed.as_secs());
+                let ops = done_ops.load(Ordering::Relaxed);
+                bar2.set_message(format!(
+                    "{ops} ops, {:.0}/s",
+                    ops as f64 / elapsed.as_secs_f64()
+                ));
+            }
+        });
+        (bar, ticker)
+    });
+
+    let mut tasks = Vec::with_capacity(cfg.clients);
+    for (i, mut session) in sessions.into_iter().enumerate() {
+        let cfg = cfg.clone();
+        let done_ops = done_ops.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut gen = Generator::new(&cfg.spec, cfg.seed, i as u64);
+            let mut stats = ClientStats::new(seconds);
+            let interval = match cfg.mode {
+                LoopMode::Closed => None,
+                LoopMode::Open { rate } => Some(Duration::from_secs_f64(cfg.clients as f64 / rate)),
+            };
+            // Open loop: clients are staggered within one interval.
+            let mut intended = match interval {
+                Some(iv) => start + iv.mul_f64(i as f64 / cfg.clients as f64),
+                None => start,
+            };
+            loop {
+                let now = Instant::now();
+                if let Some(iv) = interval {
+                    if intended >= end {
+                        break;
+                    }
+                    if intended > now {
+                        tokio::time::sleep_until(intended).await;
+                    }
+                    // Latency counts from the intended send time, not the actual one.
+                    let sent_at = intended;
+                    intended += iv;
+                    let n = one_step(
+                        &mut session,
+                        &mut gen,
+                        &cfg,
+                        &mut stats,
+                        sent_at,
+                        measure_from,
+                    )
+                    .await;
+                    done_ops.fetch_add(n, Ordering::Relaxed);
+                } else {
+                    if now >= end {
+                        break;
+                    }
+                    let n =
+                        one_step(&mut session, &mut gen, &cfg, &mut stats, now, measure_from).await;
+                    done_ops.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            stats
+        }));
+    }
+    let mut hist = histogram();
+    let mut per_second: Vec<(u64, Histogram<u64>)> =
+        (0..seconds).map(|_| (0, histogram())).collect();
+    let mut tally = Tally::default();
+    let mut measured_ops = 0;
+    for task in tasks {
+        let stats = task.await.context("a client task failed")?;
+        hist.add(&stats.hist).expect("same bounds");
+        for (mine, theirs) in per_second.iter_mut().zip(&stats.seconds) {
+            mine.0 += theirs.0;
+            mine.1.add(&theirs.1).expect("same bounds");
+        }
+        tally.merge(stats.tally);
+        measured_ops += stats.measured_ops;
+    }
+    let cpu = server.cpu_seconds() - cpu_before;
+    if let Some((bar, ticker)) = progress {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
+
+    let final_stock = loader
+        .final_stock(&cfg.spec.dataset)
+        .await
+        .context("reading the final stock back")?;
+    let check = check(&cfg.spec.dataset, &tally, &final_stock);
+    Ok(RunResult {
+        target: cfg.target.to_string(),
+        workload: cfg.spec.kind.to_string(),
+        clients: cfg.clients,
+        duration_s: cfg.duration.as_secs_f64(),
+        warmup_s: cfg.warmup.as_secs_f64(),
+        mode: cfg.mode,
+        seed: cfg.seed,
+        throughput_ops_s: measured_ops as f64 / cfg.duration.as_secs_f64(),
+        latency_us: Latency {
+            p50: hist.value_at_quantile(0.50),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+            mean: hist.mean(),
+        },
+        server_cpu_s: cpu,
+        measured_ops,
+        check,
+        timeline: per_second
+            .iter()
+            .enumerate()
+            .map(|(s, (ops, h))| Second {
+                second: s as u64,
+                ops: *ops,
+                p50_us: h.value_at_quantile(0.50),
+                p99_us: h.value_at_quantile(0.99),
+                p999_us: h.value_at_quantile(0.999),
+            })
+            .collect(),
+    })
+}
+
+/// One call: an operation, or a batch of orders for the batched targets. Returns the number of
+/// operations it carried.
+async fn one_step(
+    session: &mut Session,
+    gen: &mut Generator,
+    cfg: &RunConfig,
+    stats: &mut ClientStats,
+    sent_at: Instant,
+    measure_from: Instant,
+) -> u64 {
+    if cfg.target.batched() {
+        let mut orders = Vec::with_capacity(cfg.batch);
+        while orders.len() < cfg.batch {
+            match gen.next_op() {
+                Op::Order(lines) => orders.push(lines),
+                Op::Read(dc, sku) => {
+                    let outcome = session.read(dc, sku).await;
+                    stats.tally.read(&outcome);
+                }
+            }
+        }
+        let outcomes = session.order_batch(&orders).await;
+        let latency = sent_at.elapsed();
+        for (lines, outcome) in orders.iter().zip(&outcomes) {
+            stats.tally.order(lines, outcome);
+            stats.record(sent_at, measure_from, latency);
+        }
+        return orders.len() as u64;
+    }
+    match gen.next_op() {
+        Op::Order(lines) => {
+            let outcome = session.order(&lines).await;
+            stats.tally.order(&lines, &outcome);
+        }
+        Op::Read(dc, sku) => {
+            let outcome = session.read(dc, sku).await;
+            stats.tally.read(&outcome);
+        }
+    }
+    stats.record(sent_at, measure_from, sent_at.elapsed());
+    1
+}

@@ -1,0 +1,443 @@
+//! Starting and stopping the real servers: Ordo (1 or 3 nodes), PostgreSQL, Redis and a
+//! 3-member etcd cluster, each in a temporary directory on loopback, from the machine's own
+//! binaries (Debian's packages for the baselines). Also: CPU seconds the servers used, from
+//! /proc.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::targets::{Endpoints, Target};
+
+/// A started target. Stopped (and its directory removed) on drop.
+pub struct Server {
+    pub endpoints: Endpoints,
+    children: Vec<Child>,
+    /// Processes whose whole tree counts as the server's CPU.
+    roots: Vec<u32>,
+    /// PostgreSQL runs as a daemon, stopped with pg_ctl.
+    pg_stop: Option<Command>,
+    _dir: tempfile::TempDir,
+}
+
+/// How long a server may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
+}
+
+fn is_root() -> bool {
+    // The owner of /proc/self is the effective user.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain(extra_dirs.iter().cloned()) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{name} not found on PATH or in {extra_dirs:?}; install it (see BENCHMARKS.md)")
+}
+
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs.reverse();
+    dirs
+}
+
+/// Waits for a line containing `needle` on the child's stdout.
+fn wait_for_line(child: &mut Child, needle: &str, what: &str) -> anyhow::Result<()> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(&needle) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow::anyhow!("{what} did not start within {START_TIMEOUT:?}"))
+}
+
+async fn wait_until<F, Fut>(what: &str, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !probe().await {
+        if Instant::now() > deadline {
+            bail!("{what} did not answer within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+impl Server {
+    pub async fn start(target: Target, ordo_bin: &Path, partitions: u32) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
+        match target {
+            Target::Ordo1 | Target::Ordo1Batch => {
+                start_ordo(dir, target, ordo_bin, 1, partitions).await
+            }
+            Target::Ordo3 | Target::Ordo3Batch => {
+                start_ordo(dir, target, ordo_bin, 3, partitions).await
+            }
+            Target::Postgres | Target::PostgresCond => start_postgres(dir, target).await,
+            Target::Redis => start_redis(dir, target, "always").await,
+            Target::RedisEverysec => start_redis(dir, target, "everysec").await,
+            #[cfg(feature = "etcd")]
+            Target::Etcd => start_etcd(dir).await,
+            #[cfg(not(feature = "etcd"))]
+            Target::Etcd => bail!("{}", crate::targets::ETCD_MISSING),
+        }
+    }
+
+    /// CPU seconds (user + system) used so far by the server processes and their children.
+    pub fn cpu_seconds(&self) -> f64 {
+        let ticks_per_s = 100.0;
+        let stats = proc_stats();
+        let mut total = 0u64;
+        let mut frontier: Vec<u32> = self.roots.clone();
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(pid) = frontier.pop() {
+            if !seen.insert(pid) {
+                continue;
+            }
+            if let Some(s) = stats.iter().find(|s| s.pid == pid) {
+                total += s.cpu_ticks;
+            }
+            frontier.extend(stats.iter().filter(|s| s.ppid == pid).map(|s| s.pid));
+        }
+        total as f64 / ticks_per_s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(cmd) = &mut self.pg_stop {
+            let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        for child in &mut self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for child in &mut self.children {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct ProcStat {
+    pid: u32,
+    ppid: u32,
+    /// utime + stime + cutime + cstime.
+    cpu_ticks: u64,
+}
+
+fn proc_stats() -> Vec<ProcStat> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // The command name is in parentheses and may hold spaces: split after the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.push(ProcStat {
+            pid,
+            ppid: num(1) as u32,
+            cpu_ticks: num(11) + num(12) + num(13) + num(14),
+        });
+    }
+    out
+}
+
+async fn start_ordo(
+    dir: tempfile::TempDir,
+    target: Target,
+    ordo_bin: &Path,
+    nodes: usize,
+    partitions: u32,
+) -> anyhow::Result<Server> {
+    let ports = free_ports(nodes)?;
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut children = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let mut cmd = Command::new(ordo_bin);
+        cmd.args(["server", "--node-id", &id, "--listen", addr, "--data-dir"])
+            .arg(dir.path().join(format!("ordo-{id}")))
+            .args(["--partitions", &partitions.to_string()])
+            .env("RUST_LOG", "warn,openraft=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if nodes > 1 {
+            for (j, peer) in addrs.iter().enumerate() {
+                cmd.args(["--peer", &format!("{}={peer}", j + 1)]);
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", ordo_bin.display()))?;
+        wait_for_line(&mut child, "listening on", "ordo")?;
+        children.push(child);
+    }
+    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    if nodes > 1 {
+        let client = ordo_client::Client::connect(urls[0].clone()).await?;
+        client
+            .init_cluster(false)
+            .await
+            .context("initialising the Ordo cluster")?;
+    }
+    let roots = children.iter().map(|c| c.id()).collect();
+    Ok(Server {
+        endpoints: Endpoints { target, urls },
+        children,
+        roots,
+        pg_stop: None,
+        _dir: dir,
+    })
+}
+
+async fn start_postgres(dir: tempfile::TempDir, target: Target) -> anyhow::Result<Server> {
+    let bins = postgres_bin_dirs();
+    let initdb = find_binary("initdb", &bins)?;
+    let pg_ctl = find_binary("pg_ctl", &bins)?;
+    let data = dir.path().join("pgdata");
+    let port = free_ports(1)?[0];
+    let root = is_root();
+    // PostgreSQL refuses to run as root: run it as the postgres user, which must own the
+    // directory.
+    let as_postgres = |program: &Path| -> Command {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    };
+    if root {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "chown of {} to postgres failed", dir.path().display());
+    }
+    let out = as_postgres(&initdb)
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "bench", "-A", "trust", "--no-sync"])
+        .output()
+        .context("running initdb")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server's defaults stay: fsync = on, synchronous_commit = on.
+    let options = format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=600 -c shared_buffers=256MB",
+        dir.path().display()
+    );
+    let out = as_postgres(&pg_ctl)
+        .arg("-D")
+        .arg(&data)
+        .args(["-w", "-t", "60", "-o", &options, "-l"])
+        .arg(dir.path().join("postgres.log"))
+        .arg("start")
+        .output()
+        .context("running pg_ctl start")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_ctl start failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: u32 = std::fs::read_to_string(data.join("postmaster.pid"))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("reading postmaster.pid")?;
+    let mut stop = as_postgres(&pg_ctl);
+    stop.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]);
+    let url = format!("host=127.0.0.1 port={port} user=bench dbname=postgres");
+    Ok(Server {
+        endpoints: Endpoints {
+            target,
+            urls: vec![url],
+        },
+        children: Vec::new(),
+        roots: vec![pid],
+        pg_stop: Some(stop),
+        _dir: dir,
+    })
+}
+
+async fn start_redis(
+    dir: tempfile::TempDir,
+    target: Target,
+    fsync: &str,
+) -> anyhow::Result<Server> {
+    let bin = find_binary("redis-server", &[])?;
+    let port = free_ports(1)?[0];
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            fsync,
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting redis-server")?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let probe_url = url.clone();
+    wait_until("redis-server", || {
+        let url = probe_url.clone();
+        async move {
+            let Ok(client) = redis::Client::open(url.as_str()) else {
+                return false;
+            };
+            client.get_multiplexed_async_connection().await.is_ok()
+        }
+    })
+    .await?;
+    let roots = vec![child.id()];
+    Ok(Server {
+        endpoints: Endpoints {
+            target,
+            urls: vec![url],
+        },
+        children: vec![child],
+        roots,
+        pg_stop: None,
+        _dir: dir,
+    })
+}
+
+#[cfg(feature = "etcd")]
+async fn start_etcd(dir: tempfile::TempDir) -> anyhow::Result<Server> {
+    let bin = find_binary("etcd", &[])?;
+    let ports = free_ports(6)?;
+    let peer = |i: usize| format!("http://127.0.0.1:{}", ports[3 + i]);
+    let client_url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+    let cluster: Vec<String> = (0..3).map(|i| format!("e{i}={}", peer(i))).collect();
+    let mut children = Vec::new();
+    for i in 0..3 {
+        let child = Command::new(&bin)
+            .args(["--name", &format!("e{i}"), "--data-dir"])
+            .arg(dir.path().join(format!("e{i}")))
+            .args([
+                "--listen-client-urls",
+                &client_url(i),
+                "--advertise-client-urls",
+                &client_url(i),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer(i),
+                "--initial-advertise-peer-urls",
+                &peer(i),
+            ])
+            .args(["--initial-cluster", &cluster.join(",")])
+            .args([
+                "--initial-cluster-token",
+                "ordo-bench",
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd")?;
+        children.push(child);
+    }
+    let urls: Vec<String> = (0..3).map(client_url).collect();
+    let probe_urls = urls.clone();
+    wait_until("etcd", || {
+        let urls = probe_urls.clone();
+        async move {
+            let Ok(mut client) = etcd_client::Client::connect(urls, None).await else {
+                return false;
+            };
+            client.put("/ordo-bench/ready", "1", None).await.is_ok()
+        }
+    })
+    .await?;
+    let roots = children.iter().map(|c| c.id()).collect();
+    Ok(Server {
+        endpoints: Endpoints {
+            target: Target::Etcd,
+            urls,
+        },
+        children,
+        roots,
+        pg_stop: None,
+        _dir: dir,
+    })
+}
