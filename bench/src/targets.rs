@@ -143,6 +143,7 @@ fn redis_key(dc: u32, sku: u32) -> String {
 }
 
 /// Why the etcd target is unavailable in a build without the `etcd` feature.
+#[cfg(not(feature = "etcd"))]
 pub const ETCD_MISSING: &str = "this ordo-bench was built without etcd support (the etcd-client \
      crate needs a system protoc to build): apt-get install protobuf-compiler, then \
      cargo build --release -p ordo-bench --features etcd";
