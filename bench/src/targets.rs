@@ -120,7 +120,7 @@ pub enum Session {
         script: redis::Script,
     },
     #[cfg(feature = "etcd")]
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 /// Retries of an etcd compare-and-put that lost to a concurrent writer.
@@ -222,7 +222,7 @@ impl Session {
             Target::Etcd => {
                 let mut urls = ep.urls.clone();
                 urls.rotate_left(index % ep.urls.len());
-                Session::Etcd(etcd_client::Client::connect(urls, None).await?)
+                Session::Etcd(Box::new(etcd_client::Client::connect(urls, None).await?))
             }
             #[cfg(not(feature = "etcd"))]
             Target::Etcd => bail!("{ETCD_MISSING}"),
@@ -295,28 +295,30 @@ impl Session {
         out
     }
 
+    /// An availability check.
     pub async fn read(&mut self, dc: u32, sku: u32) -> Outcome {
-        let result: anyhow::Result<i64> = async {
-            Ok(match self {
-                Session::Ordo(client) => client.get_stock(dc, sku).await?.available,
-                Session::Postgres { client, read, .. } => client
-                    .query_one(&*read, &[&(dc as i32), &(sku as i32)])
-                    .await?
-                    .get(0),
-                Session::Redis { conn, .. } => redis::cmd("GET")
-                    .arg(redis_key(dc, sku))
-                    .query_async::<Option<i64>>(conn)
-                    .await?
-                    .unwrap_or(0),
-                #[cfg(feature = "etcd")]
-                Session::Etcd(client) => etcd_read(client, dc, sku).await?.0,
-            })
-        }
-        .await;
-        match result {
+        match self.quantity(dc, sku).await {
             Ok(_) => Outcome::Ok,
             Err(e) => Outcome::Error(e.to_string()),
         }
+    }
+
+    /// The on-hand quantity of one key.
+    async fn quantity(&mut self, dc: u32, sku: u32) -> anyhow::Result<i64> {
+        Ok(match self {
+            Session::Ordo(client) => client.get_stock(dc, sku).await?.on_hand,
+            Session::Postgres { client, read, .. } => client
+                .query_one(&*read, &[&(dc as i32), &(sku as i32)])
+                .await?
+                .get(0),
+            Session::Redis { conn, .. } => redis::cmd("GET")
+                .arg(redis_key(dc, sku))
+                .query_async::<Option<i64>>(conn)
+                .await?
+                .context("a stock key is missing in Redis")?,
+            #[cfg(feature = "etcd")]
+            Session::Etcd(client) => etcd_read(client, dc, sku).await?.0,
+        })
     }
 
     /// Loads the dataset: every (dc, sku) at `dataset.stock` units.
@@ -412,20 +414,7 @@ impl Session {
     ) -> anyhow::Result<BTreeMap<(u32, u32), i64>> {
         let mut out = BTreeMap::new();
         for (dc, sku) in dataset.keys() {
-            let qty = match self {
-                Session::Ordo(client) => client.get_stock(dc, sku).await?.on_hand,
-                Session::Postgres { client, read, .. } => client
-                    .query_one(&*read, &[&(dc as i32), &(sku as i32)])
-                    .await?
-                    .get(0),
-                Session::Redis { conn, .. } => redis::cmd("GET")
-                    .arg(redis_key(dc, sku))
-                    .query_async::<Option<i64>>(conn)
-                    .await?
-                    .context("a stock key is missing in Redis")?,
-                #[cfg(feature = "etcd")]
-                Session::Etcd(client) => etcd_read(client, dc, sku).await?.0,
-            };
+            let qty = self.quantity(dc, sku).await?;
             out.insert((dc, sku), qty);
         }
         Ok(out)

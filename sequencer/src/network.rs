@@ -34,6 +34,10 @@ pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Channels kept at most. Membership changes can name new addresses over a node's life; past
+/// this many the map is cleared (channels are cheap to re-make) rather than grown.
+const CHANNELS_MAX: usize = 64;
+
 /// Channels to peers, shared by the Raft network and the forwarder, keyed by address.
 #[derive(Clone, Default)]
 pub struct Channels {
@@ -55,6 +59,9 @@ impl Channels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5));
         let channel = endpoint.connect_lazy();
+        if map.len() >= CHANNELS_MAX {
+            map.clear();
+        }
         map.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -86,13 +86,8 @@ async fn killing_the_leader_under_load_loses_nothing_and_applies_nothing_twice()
     writers
         .wait_acked(writers.acked_count() + 100, Duration::from_secs(30))
         .await;
-    let (attempted, acked) = writers.finish().await;
     let client = cluster.client().await;
-    verify_exactly_once(&client, initial, &attempted, &acked).await;
-    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
-    cluster
-        .wait_agreement(max_epoch, Duration::from_secs(30))
-        .await;
+    cluster.settle(writers, &client, initial).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -136,8 +131,7 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
     writers
         .wait_acked(writers.acked_count() + 200, Duration::from_secs(30))
         .await;
-    let (attempted, acked) = writers.finish().await;
-    verify_exactly_once(&client, initial, &attempted, &acked).await;
+    cluster.settle(writers, &client, initial).await;
 
     eprintln!("--- phase: it installed a snapshot and agrees with the others");
     let epoch = client.status().await.unwrap().applied_epoch;
@@ -188,15 +182,10 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
         .map(|m| m.node_id)
         .collect();
     assert_eq!(voters, vec![1, 2, 3]);
-    let (attempted, acked) = writers.finish().await;
     for id in [4u64, 5] {
         cluster.node(id).kill9();
     }
-    verify_exactly_once(&client, initial, &attempted, &acked).await;
-    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
-    cluster
-        .wait_agreement(max_epoch, Duration::from_secs(30))
-        .await;
+    cluster.settle(writers, &client, initial).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -221,12 +210,7 @@ async fn a_paused_leader_loses_nothing_it_acknowledged() {
     writers
         .wait_acked(writers.acked_count() + 100, Duration::from_secs(30))
         .await;
-    let (attempted, acked) = writers.finish().await;
-    verify_exactly_once(&client, initial, &attempted, &acked).await;
-    let max_epoch = acked.values().map(|r| r.epoch).max().unwrap();
-    cluster
-        .wait_agreement(max_epoch, Duration::from_secs(30))
-        .await;
+    cluster.settle(writers, &client, initial).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -399,6 +399,19 @@ pub type Attempt = (String, Vec<Line>);
 /// Acknowledged results by request id.
 pub type Acks = std::collections::BTreeMap<String, v1::OrderResult>;
 
+impl Cluster {
+    /// Stops the writers, checks that every acknowledged order is there exactly once and stock
+    /// adds up, then waits until every running node agrees on the state hash at an epoch that
+    /// covers every acknowledged order.
+    pub async fn settle(&self, writers: Writers, client: &Client, initial: i64) {
+        let (attempted, acked) = writers.finish().await;
+        verify_exactly_once(client, initial, &attempted, &acked).await;
+        let max_epoch = acked.values().map(|r| r.epoch).max().unwrap_or(0);
+        self.wait_agreement(max_epoch, Duration::from_secs(30))
+            .await;
+    }
+}
+
 /// Writers placing orders with known request ids until stopped, recording what was attempted
 /// and what was acknowledged.
 pub struct Writers {
