@@ -8,15 +8,19 @@
 //!
 //! - [`model`]: transactions, results, records and key encodings.
 //! - [`lock`]: the deterministic lock manager (locks granted in log order).
-//! - [`exec`]: per-partition executors with the multi-partition read exchange.
+//! - [`exec`]: one epoch's execution: segments, routing, the overlay of pending writes.
+//! - `partition`: per-partition executors with the multi-partition read exchange.
+//! - `decide`: the pure decision every participant of a transaction computes.
 //! - [`reads`]: point reads of applied state for the server edge.
 //!
 //! Must never depend on: a wall clock, randomness, hash-map iteration order or floating point
 //! inside execution; openraft, gRPC or anything that does I/O other than the store.
 
+mod decide;
 pub mod exec;
 pub mod lock;
 pub mod model;
+mod partition;
 pub mod reads;
 
 pub use exec::{execute_epoch, EpochOutput, ExecConfig, ExecError};

@@ -1,0 +1,183 @@
+//! The decision: a pure function from a transaction and every participant's reads to its
+//! result and new stock values. Every participant of a multi-partition transaction calls it
+//! with the same inputs and so reaches the same commit or abort, without two-phase commit.
+
+use std::collections::BTreeMap;
+
+use crate::exec::{ExecError, Route};
+use crate::model::*;
+
+/// One participant's reads for a transaction.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LocalReads {
+    pub(crate) stock: Vec<(u32, u32, StockRecord)>,
+    /// Only the home partition reads the dedupe entry: `Some(found)`.
+    pub(crate) dedupe: Option<Option<TxnResult>>,
+}
+
+/// The decision every participant computes identically from all participants' reads.
+pub(crate) struct Decision {
+    pub(crate) result: TxnResult,
+    /// New stock values, for every participant to write those in its partition.
+    pub(crate) stock: Vec<(u32, u32, StockRecord)>,
+    pub(crate) order: Option<OrderRecord>,
+    /// Whether the home partition records the result for dedupe (false for a dedupe hit).
+    pub(crate) remember: bool,
+}
+
+pub(crate) fn decide(
+    txn: &Txn,
+    route: &Route,
+    seq: usize,
+    epoch: u64,
+    time_ms: u64,
+    reads: &[LocalReads],
+) -> Result<Decision, ExecError> {
+    if let Some(Some(original)) = reads.iter().find_map(|r| r.dedupe.clone()) {
+        return Ok(Decision {
+            result: original,
+            stock: Vec::new(),
+            order: None,
+            remember: false,
+        });
+    }
+    let mut stock: BTreeMap<(u32, u32), StockRecord> = BTreeMap::new();
+    for r in reads {
+        for &(dc, sku, record) in &r.stock {
+            stock.insert((dc, sku), record);
+        }
+    }
+    let result = |outcome| TxnResult {
+        request_id: txn.request_id.clone(),
+        epoch,
+        outcome,
+    };
+    let rejected = |outcome| Decision {
+        result: result(outcome),
+        stock: Vec::new(),
+        order: None,
+        remember: true,
+    };
+    match &txn.op {
+        Op::PlaceOrder { lines, mode, user } => {
+            if let Some(rejection) = route.pre_rejection {
+                return Ok(rejected(Outcome::Order {
+                    order_id: None,
+                    lines: Vec::new(),
+                    rejection: Some(rejection),
+                }));
+            }
+            let mut allocs = Vec::with_capacity(lines.len());
+            let mut first_short: Option<Rejection> = None;
+            for line in lines {
+                let record = stock.entry((line.dc, line.sku)).or_default();
+                let available = record.available();
+                let allocated = match mode {
+                    Mode::AllOrNothing if available < line.qty => 0,
+                    Mode::AllOrNothing => line.qty,
+                    Mode::Partial => line.qty.min(available),
+                };
+                if allocated < line.qty && first_short.is_none() {
+                    first_short = Some(Rejection {
+                        code: RejectCode::InsufficientStock,
+                        dc: line.dc,
+                        sku: line.sku,
+                        available,
+                        requested: line.qty,
+                    });
+                }
+                record.on_hand -= allocated;
+                allocs.push(LineAlloc {
+                    dc: line.dc,
+                    sku: line.sku,
+                    requested: line.qty,
+                    allocated,
+                    available,
+                });
+            }
+            let total: i64 = allocs.iter().map(|a| a.allocated).sum();
+            let reject = match mode {
+                Mode::AllOrNothing => first_short,
+                Mode::Partial if total == 0 => first_short,
+                Mode::Partial => None,
+            };
+            if let Some(rejection) = reject {
+                for a in &mut allocs {
+                    a.allocated = 0;
+                }
+                return Ok(rejected(Outcome::Order {
+                    order_id: None,
+                    lines: allocs,
+                    rejection: Some(rejection),
+                }));
+            }
+            for ((dc, sku), record) in &stock {
+                if record.on_hand < 0 || record.on_hand < record.reserved {
+                    return Err(ExecError::Invariant(format!(
+                        "order {} would leave dc {dc} sku {sku} at on_hand {} reserved {}",
+                        txn.request_id, record.on_hand, record.reserved
+                    )));
+                }
+            }
+            let order_id = (epoch << ORDER_SEQ_BITS) | seq as u64;
+            let order = OrderRecord {
+                order_id,
+                request_id: txn.request_id.clone(),
+                user: user.clone(),
+                epoch,
+                time_ms,
+                lines: allocs.clone(),
+            };
+            Ok(Decision {
+                result: result(Outcome::Order {
+                    order_id: Some(order_id),
+                    lines: allocs,
+                    rejection: None,
+                }),
+                stock: stock.into_iter().map(|((d, s), r)| (d, s, r)).collect(),
+                order: Some(order),
+                remember: true,
+            })
+        }
+        Op::Restock { dc, sku, delta } => {
+            let current = stock.get(&(*dc, *sku)).copied().unwrap_or_default();
+            if let Some(rejection) = route.pre_rejection {
+                return Ok(rejected(Outcome::Restock {
+                    stock: current,
+                    rejection: Some(rejection),
+                }));
+            }
+            let on_hand = current.on_hand.checked_add(*delta);
+            match on_hand {
+                Some(on_hand) if on_hand >= current.reserved && on_hand >= 0 => {
+                    let next = StockRecord {
+                        on_hand,
+                        reserved: current.reserved,
+                    };
+                    Ok(Decision {
+                        result: result(Outcome::Restock {
+                            stock: next,
+                            rejection: None,
+                        }),
+                        stock: vec![(*dc, *sku, next)],
+                        order: None,
+                        remember: true,
+                    })
+                }
+                _ => Ok(rejected(Outcome::Restock {
+                    stock: current,
+                    rejection: Some(Rejection {
+                        code: RejectCode::NegativeStock,
+                        dc: *dc,
+                        sku: *sku,
+                        available: current.available(),
+                        requested: delta.saturating_neg(),
+                    }),
+                })),
+            }
+        }
+        Op::UpsertDc(_) | Op::UpsertItem(_) => Err(ExecError::Invariant(
+            "global transaction in a partition executor".into(),
+        )),
+    }
+}

@@ -1,0 +1,354 @@
+//! The partition executors of one segment: one per partition (a thread each when more than one
+//! partition has work), each granting locks in log order, running ready transactions, and
+//! exchanging local reads with the other participants of multi-partition transactions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc;
+
+use ordo_storage::{Part, Store};
+
+use crate::decide::{decide, LocalReads};
+use crate::exec::{
+    read_dedupe, read_record, remember, route, ExecConfig, ExecError, Overlay, Route,
+};
+use crate::lock::{LockKey, LockManager};
+use crate::model::*;
+
+/// Shared, read-only context of one segment.
+struct Segment<'a> {
+    store: &'a Store,
+    cfg: &'a ExecConfig,
+    txns: &'a [Txn],
+    routes: &'a BTreeMap<usize, Route>,
+    epoch: u64,
+    time_ms: u64,
+}
+
+/// A transaction's part in one partition.
+struct Task {
+    seq: usize,
+    keys: Vec<LockKey>,
+}
+
+enum Msg {
+    Reads {
+        seq: usize,
+        from: Part,
+        reads: LocalReads,
+    },
+    /// A peer executor failed; stop.
+    Abort(Part),
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_segment(
+    store: &Store,
+    cfg: &ExecConfig,
+    global: &Overlay,
+    overlays: &mut BTreeMap<Part, Overlay>,
+    epoch: u64,
+    time_ms: u64,
+    txns: &[Txn],
+    range: std::ops::Range<usize>,
+) -> Result<Vec<(usize, TxnResult)>, ExecError> {
+    let partitions = store.partitions();
+    let mut routes = BTreeMap::new();
+    let mut tasks: BTreeMap<Part, Vec<Task>> = BTreeMap::new();
+    for seq in range {
+        let txn = &txns[seq];
+        let route = route(store, global, txn, partitions)?;
+        for &part in &route.participants {
+            let mut keys = Vec::new();
+            if route.pre_rejection.is_none() {
+                for (line, line_part) in lines_of(txn).iter().zip(&route.line_parts) {
+                    if *line_part == part {
+                        keys.push(LockKey::Stock {
+                            dc: line.0,
+                            sku: line.1,
+                        });
+                    }
+                }
+            }
+            if part == route.home {
+                keys.push(LockKey::Dedupe(txn.request_id.clone()));
+            }
+            tasks.entry(part).or_default().push(Task { seq, keys });
+        }
+        routes.insert(seq, route);
+    }
+    let seg = Segment {
+        store,
+        cfg,
+        txns,
+        routes: &routes,
+        epoch,
+        time_ms,
+    };
+
+    let mut senders = BTreeMap::new();
+    let mut receivers = BTreeMap::new();
+    for &part in tasks.keys() {
+        let (tx, rx) = mpsc::channel();
+        senders.insert(part, tx);
+        receivers.insert(part, rx);
+    }
+    if tasks.len() <= 1 && cfg.timing_jitter_seed.is_none() {
+        // One partition: no exchange is possible, so run inline.
+        let mut results = Vec::new();
+        for (part, part_tasks) in tasks {
+            let overlay = overlays.get_mut(&part).expect("overlay per partition");
+            let inbox = receivers.remove(&part).expect("inbox");
+            results.extend(run_partition(
+                &seg, part, overlay, part_tasks, inbox, &senders,
+            )?);
+        }
+        return Ok(results);
+    }
+    let senders = &senders;
+    let seg = &seg;
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        let busy: BTreeSet<Part> = tasks.keys().copied().collect();
+        for ((part, overlay), part_tasks) in overlays
+            .iter_mut()
+            .filter(|(p, _)| busy.contains(p))
+            .zip(tasks.into_values())
+        {
+            let inbox = receivers.remove(part).expect("inbox");
+            let part = *part;
+            let handle = std::thread::Builder::new()
+                .name(format!("ordo-exec-{part}"))
+                .spawn_scoped(scope, move || {
+                    let guard = AbortOnFailure {
+                        part,
+                        senders,
+                        armed: true,
+                    };
+                    let result = run_partition(seg, part, overlay, part_tasks, inbox, senders);
+                    guard.finish(result.is_ok());
+                    result
+                })
+                .map_err(|e| ExecError::Invariant(format!("cannot start executor thread: {e}")));
+            handles.push(handle);
+        }
+        let mut results = Vec::new();
+        let mut first_error = None;
+        for handle in handles {
+            let outcome = match handle {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(ExecError::Invariant("a partition executor panicked".into()))
+                }),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(r) => results.extend(r),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    })
+}
+
+/// Tells the other executors to stop when this one fails (or panics), so none waits forever
+/// for reads that will never come.
+struct AbortOnFailure<'a> {
+    part: Part,
+    senders: &'a BTreeMap<Part, mpsc::Sender<Msg>>,
+    armed: bool,
+}
+
+impl AbortOnFailure<'_> {
+    fn finish(mut self, ok: bool) {
+        self.armed = !ok;
+    }
+}
+
+impl Drop for AbortOnFailure<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            for (&part, tx) in self.senders {
+                if part != self.part {
+                    let _ = tx.send(Msg::Abort(self.part));
+                }
+            }
+        }
+    }
+}
+
+fn lines_of(txn: &Txn) -> Vec<(u32, u32)> {
+    match &txn.op {
+        Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku)).collect(),
+        Op::Restock { dc, sku, .. } => vec![(*dc, *sku)],
+        Op::UpsertDc(_) | Op::UpsertItem(_) => Vec::new(),
+    }
+}
+
+/// A transaction waiting for other participants' reads.
+struct Waiting {
+    reads: BTreeMap<Part, LocalReads>,
+}
+
+/// xorshift64*: a tiny deterministic generator for the timing-jitter test hook.
+struct Jitter(u64);
+
+impl Jitter {
+    fn pause(&mut self) {
+        if self.0 == 0 {
+            return;
+        }
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let micros = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % 200;
+        std::thread::sleep(std::time::Duration::from_micros(micros));
+    }
+}
+
+fn run_partition(
+    seg: &Segment<'_>,
+    part: Part,
+    overlay: &mut Overlay,
+    tasks: Vec<Task>,
+    inbox: mpsc::Receiver<Msg>,
+    senders: &BTreeMap<Part, mpsc::Sender<Msg>>,
+) -> Result<Vec<(usize, TxnResult)>, ExecError> {
+    let mut jitter = Jitter(match (seg.cfg.timing_jitter_seed, part) {
+        (Some(seed), Part::Region(n)) => seed.wrapping_add(n as u64 + 1) | 1,
+        (Some(seed), Part::Global) => seed | 1,
+        (None, _) => 0,
+    });
+    let mut locks = LockManager::default();
+    let mut ready: BTreeSet<usize> = BTreeSet::new();
+    let total = tasks.len();
+    for task in tasks {
+        if locks.request(task.seq, task.keys) {
+            ready.insert(task.seq);
+        }
+    }
+    let mut waiting: BTreeMap<usize, Waiting> = BTreeMap::new();
+    // Reads that arrived before this partition granted the transaction's locks.
+    let mut early: BTreeMap<usize, BTreeMap<Part, LocalReads>> = BTreeMap::new();
+    let mut results = Vec::new();
+    let mut done = 0;
+
+    while done < total {
+        jitter.pause();
+        // Take in whatever reads have arrived, without blocking.
+        let mut incoming = Vec::new();
+        while let Ok(msg) = inbox.try_recv() {
+            incoming.push(msg);
+        }
+        if incoming.is_empty() && ready.is_empty() {
+            // Nothing runnable here: every remaining transaction waits for a peer's reads.
+            match inbox.recv() {
+                Ok(msg) => incoming.push(msg),
+                Err(_) => return Err(ExecError::Invariant("executor inbox closed".into())),
+            }
+        }
+        let mut complete = Vec::new();
+        for msg in incoming {
+            match msg {
+                Msg::Abort(peer) => return Err(ExecError::PeerFailed(peer)),
+                Msg::Reads { seq, from, reads } => match waiting.get_mut(&seq) {
+                    Some(w) => {
+                        w.reads.insert(from, reads);
+                        if w.reads.len() == seg.routes[&seq].participants.len() {
+                            complete.push(seq);
+                        }
+                    }
+                    None => {
+                        early.entry(seq).or_default().insert(from, reads);
+                    }
+                },
+            }
+        }
+        if let Some(seq) = ready.pop_first() {
+            let route = &seg.routes[&seq];
+            let reads = read_local(seg, part, overlay, seq, route)?;
+            let mut all = early.remove(&seq).unwrap_or_default();
+            for &peer in &route.participants {
+                if peer != part {
+                    senders[&peer]
+                        .send(Msg::Reads {
+                            seq,
+                            from: part,
+                            reads: reads.clone(),
+                        })
+                        .map_err(|_| ExecError::PeerFailed(peer))?;
+                }
+            }
+            all.insert(part, reads);
+            let is_complete = all.len() == route.participants.len();
+            waiting.insert(seq, Waiting { reads: all });
+            if is_complete {
+                complete.push(seq);
+            }
+        }
+        complete.sort_unstable();
+        for seq in complete {
+            let w = waiting
+                .remove(&seq)
+                .expect("complete transaction is waiting");
+            let route = &seg.routes[&seq];
+            let reads: Vec<LocalReads> = w.reads.into_values().collect();
+            let txn = &seg.txns[seq];
+            let decision = decide(txn, route, seq, seg.epoch, seg.time_ms, &reads)?;
+            for &(dc, sku, record) in &decision.stock {
+                let line_part = lines_of(txn)
+                    .iter()
+                    .zip(&route.line_parts)
+                    .find(|((d, s), _)| *d == dc && *s == sku)
+                    .map(|(_, p)| *p);
+                if line_part == Some(part) {
+                    overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&record)));
+                }
+            }
+            if part == route.home {
+                if let Some(order) = &decision.order {
+                    overlay.put(Some(seq), keys::order(order.order_id), Some(encode(order)));
+                }
+                if decision.remember {
+                    remember(overlay, seq, seg.time_ms, &decision.result);
+                }
+                results.push((seq, decision.result));
+            }
+            ready.extend(locks.release(seq));
+            done += 1;
+        }
+    }
+    if !locks.is_empty() {
+        return Err(ExecError::Invariant(format!(
+            "partition {part} finished with locks still held"
+        )));
+    }
+    Ok(results)
+}
+
+fn read_local(
+    seg: &Segment<'_>,
+    part: Part,
+    overlay: &Overlay,
+    seq: usize,
+    route: &Route,
+) -> Result<LocalReads, ExecError> {
+    let txn = &seg.txns[seq];
+    let mut reads = LocalReads::default();
+    for ((dc, sku), line_part) in lines_of(txn).into_iter().zip(&route.line_parts) {
+        if *line_part == part && !reads.stock.iter().any(|&(d, s, _)| d == dc && s == sku) {
+            let record: Option<StockRecord> =
+                read_record(seg.store, overlay, part, &keys::stock(dc, sku), || {
+                    format!("stock dc {dc} sku {sku}")
+                })?;
+            reads.stock.push((dc, sku, record.unwrap_or_default()));
+        }
+    }
+    if part == route.home {
+        reads.dedupe = Some(read_dedupe(seg.store, overlay, part, &txn.request_id)?);
+    }
+    Ok(reads)
+}
