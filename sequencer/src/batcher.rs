@@ -238,11 +238,11 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
                 }
             };
             let size = txn_bytes(&next);
-            if bytes + size > config.batch_bytes_max {
+            if bytes.saturating_add(size) > config.batch_bytes_max {
                 carry = Some(next);
                 break;
             }
-            bytes += size;
+            bytes = bytes.saturating_add(size);
             txns.push(next);
         }
         last_cut = Instant::now();
