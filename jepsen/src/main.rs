@@ -1,0 +1,106 @@
+//! `ordo-jepsen`: check histories (and, to come, run faults against a real cluster).
+//!
+//! `ordo-jepsen check --workload register --history FILE` checks a saved history and exits
+//! 0 (valid), 1 (anomalies found) or 2 (could not check).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ordo_jepsen::{history, register};
+
+#[derive(Parser)]
+#[command(
+    name = "ordo-jepsen",
+    version,
+    about = "Ordo's fault-test runner and history checkers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a saved history (JSONL).
+    Check {
+        /// register (the other workloads' checkers are not built yet).
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        history: PathBuf,
+    },
+}
+
+const VALID: u8 = 0;
+const ANOMALIES: u8 = 1;
+const UNKNOWN: u8 = 2;
+
+fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    let events = history::read_jsonl(std::io::BufReader::new(file))?;
+    let ops = history::pair(&events)?;
+    let verdicts = register::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
+    let mut code = VALID;
+    for v in &verdicts {
+        let key = v
+            .key
+            .as_ref()
+            .map(|k| k.to_string())
+            .unwrap_or_else(|| "-".into());
+        match v.verdict {
+            register::Verdict::Linearizable => {}
+            register::Verdict::NotLinearizable { stuck_at } => {
+                code = ANOMALIES;
+                let op = &ops[stuck_at];
+                println!(
+                    "key {key}: NOT linearizable ({} operations); no order gets past {} {} by process {:?} (events {}..{})",
+                    v.ops, op.f, op.invoke_value, op.process, op.invoke_index,
+                    if op.complete_index == u64::MAX { "open".to_string() } else { op.complete_index.to_string() }
+                );
+            }
+            register::Verdict::Unknown => {
+                if code == VALID {
+                    code = UNKNOWN;
+                }
+                println!(
+                    "key {key}: unknown: the search passed {} states",
+                    register::SEARCH_STATES_MAX
+                );
+            }
+        }
+    }
+    if code == VALID {
+        println!(
+            "valid: {} keys, {} operations, every key linearizable",
+            verdicts.len(),
+            ops.len()
+        );
+    }
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { UNKNOWN } else { 0 });
+        }
+    };
+    let Command::Check { workload, history } = cli.command;
+    let result = match workload.as_str() {
+        "register" => check_register(&history),
+        other => Err(anyhow::anyhow!(
+            "no checker for workload {other:?} yet (register is the one built so far)"
+        )),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(UNKNOWN)
+        }
+    }
+}

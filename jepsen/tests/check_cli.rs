@@ -1,0 +1,70 @@
+//! `ordo-jepsen check --workload register --history FILE`: exit 0 valid, 1 anomalies, 2 could
+//! not check, on histories in the JSONL format.
+
+use std::io::Write;
+use std::process::Command;
+
+fn run(history: &str, workload: &str) -> (i32, String, String) {
+    let mut file = tempfile_path();
+    file.1.write_all(history.as_bytes()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
+        .args(["check", "--workload", workload, "--history"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file.0);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn tempfile_path() -> (std::path::PathBuf, std::fs::File) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("ordo-jepsen-{}-{n}.jsonl", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    (path, file)
+}
+
+const VALID: &str = r#"
+{"index": 0, "time_ns": 10, "process": 0, "type": "invoke", "f": "write", "value": 1, "key": "a"}
+{"index": 1, "time_ns": 11, "process": "nemesis", "type": "info", "f": "partition", "value": "isolate n1"}
+{"index": 2, "time_ns": 20, "process": 0, "type": "ok", "f": "write", "value": 1, "key": "a"}
+{"index": 3, "time_ns": 30, "process": 1, "type": "invoke", "f": "read", "value": null, "key": "a"}
+{"index": 4, "time_ns": 40, "process": 1, "type": "ok", "f": "read", "value": 1, "key": "a"}
+{"index": 5, "time_ns": 50, "process": 1, "type": "invoke", "f": "read", "value": null, "key": "b"}
+{"index": 6, "time_ns": 60, "process": 1, "type": "ok", "f": "read", "value": null, "key": "b"}
+"#;
+
+const STALE: &str = r#"
+{"index": 0, "time_ns": 10, "process": 0, "type": "invoke", "f": "write", "value": 1, "key": 7}
+{"index": 1, "time_ns": 20, "process": 0, "type": "ok", "f": "write", "value": 1, "key": 7}
+{"index": 2, "time_ns": 30, "process": 0, "type": "invoke", "f": "cas", "value": [1, 2], "key": 7}
+{"index": 3, "time_ns": 40, "process": 0, "type": "ok", "f": "cas", "value": [1, 2], "key": 7}
+{"index": 4, "time_ns": 50, "process": 1, "type": "invoke", "f": "read", "value": null, "key": 7}
+{"index": 5, "time_ns": 60, "process": 1, "type": "ok", "f": "read", "value": 1, "key": 7}
+"#;
+
+#[test]
+fn valid_anomalous_and_malformed_histories() {
+    let (code, out, _) = run(VALID, "register");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid: 2 keys"), "{out}");
+
+    let (code, out, _) = run(STALE, "register");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("key 7: NOT linearizable"), "{out}");
+
+    let (code, _, err) = run("{\"index\": 0, \"nonsense\": true}\n", "register");
+    assert_eq!(code, 2);
+    assert!(err.contains("history line 1"), "{err}");
+
+    let (code, _, err) = run(VALID, "bank");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no checker for workload \"bank\" yet"),
+        "{err}"
+    );
+}
