@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ordo_jepsen::{history, register};
+use ordo_jepsen::{bank, history, register};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Check a saved history (JSONL).
     Check {
-        /// register (the other workloads' checkers are not built yet).
+        /// register or bank (the append and inventory checkers are not built yet).
         #[arg(long)]
         workload: String,
         #[arg(long)]
@@ -81,6 +81,30 @@ fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+fn check_bank(path: &PathBuf) -> anyhow::Result<u8> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
+    let events = history::read_jsonl(std::io::BufReader::new(file))?;
+    let (report, count) = bank::check(&events).map_err(|e| anyhow::anyhow!(e))?;
+    for a in &report.anomalies {
+        println!("event {}: {}", a.event_index, a.message);
+    }
+    if count == 0 {
+        println!(
+            "valid: {} reads, every one totals {}",
+            report.reads,
+            report
+                .total
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        Ok(VALID)
+    } else {
+        println!("{count} anomalies in {} reads", report.reads);
+        Ok(ANOMALIES)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -92,8 +116,9 @@ fn main() -> ExitCode {
     let Command::Check { workload, history } = cli.command;
     let result = match workload.as_str() {
         "register" => check_register(&history),
+        "bank" => check_bank(&history),
         other => Err(anyhow::anyhow!(
-            "no checker for workload {other:?} yet (register is the one built so far)"
+            "no checker for workload {other:?} yet (register and bank are built so far)"
         )),
     };
     match result {

@@ -61,10 +61,10 @@ fn valid_anomalous_and_malformed_histories() {
     assert_eq!(code, 2);
     assert!(err.contains("history line 1"), "{err}");
 
-    let (code, _, err) = run(VALID, "bank");
+    let (code, _, err) = run(VALID, "append");
     assert_eq!(code, 2);
     assert!(
-        err.contains("no checker for workload \"bank\" yet"),
+        err.contains("no checker for workload \"append\" yet"),
         "{err}"
     );
 }
