@@ -36,10 +36,14 @@ const VALID: u8 = 0;
 const ANOMALIES: u8 = 1;
 const UNKNOWN: u8 = 2;
 
-fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
+fn read_history(path: &PathBuf) -> anyhow::Result<Vec<history::Event>> {
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-    let events = history::read_jsonl(std::io::BufReader::new(file))?;
+    history::read_jsonl(std::io::BufReader::new(file))
+}
+
+fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
+    let events = read_history(path)?;
     let ops = history::pair(&events)?;
     let verdicts = register::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
     let mut code = VALID;
@@ -82,9 +86,7 @@ fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
 }
 
 fn check_bank(path: &PathBuf) -> anyhow::Result<u8> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-    let events = history::read_jsonl(std::io::BufReader::new(file))?;
+    let events = read_history(path)?;
     let (report, count) = bank::check(&events).map_err(|e| anyhow::anyhow!(e))?;
     for a in &report.anomalies {
         println!("event {}: {}", a.event_index, a.message);

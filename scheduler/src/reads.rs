@@ -80,7 +80,8 @@ pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<TxnResult>, Read
     Ok(None)
 }
 
-/// Number of DCs and items, and the highest ids, for the status page and the demo seeder.
+/// How many keys start with `prefix` in `part`, counting at most `limit` (e.g. whether any DC
+/// exists yet, for the demo seeder).
 pub fn count_prefix(
     store: &Store,
     part: Part,
