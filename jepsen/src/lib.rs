@@ -7,6 +7,7 @@
 //! Must never depend on Ordo's internals: the runner talks to real `ordo` processes through
 //! `ordo-client` only, and the checkers see nothing but the history.
 
+pub mod append;
 pub mod bank;
 pub mod history;
 pub mod porcupine;

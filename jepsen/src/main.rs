@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ordo_jepsen::{bank, history, register};
+use ordo_jepsen::{append, bank, history, register};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Check a saved history (JSONL).
     Check {
-        /// register or bank (the append and inventory checkers are not built yet).
+        /// register, bank or append (the inventory checker is not built yet).
         #[arg(long)]
         workload: String,
         #[arg(long)]
@@ -107,6 +107,31 @@ fn check_bank(path: &PathBuf) -> anyhow::Result<u8> {
     }
 }
 
+fn check_append(path: &PathBuf) -> anyhow::Result<u8> {
+    let events = read_history(path)?;
+    let ops = history::pair(&events)?;
+    let report = append::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
+    for a in &report.anomalies {
+        println!("{}: {}", a.kind, a.explanation);
+    }
+    if report.counts.is_empty() {
+        println!("valid: {} transactions, no anomalies", report.txns);
+        Ok(VALID)
+    } else {
+        let counts: Vec<String> = report
+            .counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!(
+            "anomalies in {} transactions: {}",
+            report.txns,
+            counts.join(", ")
+        );
+        Ok(ANOMALIES)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -119,8 +144,9 @@ fn main() -> ExitCode {
     let result = match workload.as_str() {
         "register" => check_register(&history),
         "bank" => check_bank(&history),
+        "append" => check_append(&history),
         other => Err(anyhow::anyhow!(
-            "no checker for workload {other:?} yet (register and bank are built so far)"
+            "no checker for workload {other:?} yet (register, bank and append are built so far)"
         )),
     };
     match result {

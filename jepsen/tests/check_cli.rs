@@ -47,6 +47,29 @@ const STALE: &str = r#"
 {"index": 5, "time_ns": 60, "process": 1, "type": "ok", "f": "read", "value": 1, "key": 7}
 "#;
 
+const WRITE_SKEW: &str = r#"
+{"index": 0, "time_ns": 1, "process": 1, "type": "invoke", "f": "txn", "value": [["r", "y", null], ["append", "x", 1]]}
+{"index": 1, "time_ns": 2, "process": 2, "type": "invoke", "f": "txn", "value": [["r", "x", null], ["append", "y", 1]]}
+{"index": 2, "time_ns": 3, "process": 1, "type": "ok", "f": "txn", "value": [["r", "y", []], ["append", "x", 1]]}
+{"index": 3, "time_ns": 4, "process": 2, "type": "ok", "f": "txn", "value": [["r", "x", []], ["append", "y", 1]]}
+{"index": 4, "time_ns": 5, "process": 3, "type": "invoke", "f": "txn", "value": [["r", "x", null], ["r", "y", null]]}
+{"index": 5, "time_ns": 6, "process": 3, "type": "ok", "f": "txn", "value": [["r", "x", [1]], ["r", "y", [1]]]}
+"#;
+
+#[test]
+fn append_histories_report_cycles_with_their_explanation() {
+    let (code, out, _) = run(WRITE_SKEW, "append");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("G2: "), "{out}");
+    assert!(
+        out.contains("-rw(x)->") && out.contains("-rw(y)->"),
+        "{out}"
+    );
+    let serial = WRITE_SKEW.replace(r#"["r", "x", []]"#, r#"["r", "x", [1]]"#);
+    let (code, out, _) = run(&serial, "append");
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn valid_anomalous_and_malformed_histories() {
     let (code, out, _) = run(VALID, "register");
@@ -61,10 +84,10 @@ fn valid_anomalous_and_malformed_histories() {
     assert_eq!(code, 2);
     assert!(err.contains("history line 1"), "{err}");
 
-    let (code, _, err) = run(VALID, "append");
+    let (code, _, err) = run(VALID, "inventory");
     assert_eq!(code, 2);
     assert!(
-        err.contains("no checker for workload \"append\" yet"),
+        err.contains("no checker for workload \"inventory\" yet"),
         "{err}"
     );
 }
