@@ -92,13 +92,14 @@ pub fn read_jsonl(reader: impl BufRead) -> anyhow::Result<Vec<Event>> {
     Ok(events)
 }
 
-/// Pairs invocations with completions, per process, in history order. Nemesis events are
-/// skipped. A completion without an invocation is an error (a malformed history).
+/// Pairs invocations with completions, per process, in history order. Events of named
+/// processes (the nemesis, setup) are not client operations and are skipped. A completion
+/// without an invocation is an error (a malformed history).
 pub fn pair(events: &[Event]) -> anyhow::Result<Vec<Operation>> {
     let mut open: std::collections::BTreeMap<Process, usize> = Default::default();
     let mut ops: Vec<Operation> = Vec::new();
     for e in events {
-        if e.process.is_nemesis() {
+        if matches!(e.process, Process::Named(_)) {
             continue;
         }
         match e.kind {

@@ -10,5 +10,6 @@
 pub mod append;
 pub mod bank;
 pub mod history;
+pub mod inventory;
 pub mod porcupine;
 pub mod register;

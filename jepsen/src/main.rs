@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ordo_jepsen::{append, bank, history, register};
+use ordo_jepsen::{append, bank, history, inventory, register};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Check a saved history (JSONL).
     Check {
-        /// register, bank or append (the inventory checker is not built yet).
+        /// inventory, bank, append or register.
         #[arg(long)]
         workload: String,
         #[arg(long)]
@@ -132,6 +132,31 @@ fn check_append(path: &PathBuf) -> anyhow::Result<u8> {
     }
 }
 
+fn check_inventory(path: &PathBuf) -> anyhow::Result<u8> {
+    let events = read_history(path)?;
+    let ops = history::pair(&events)?;
+    let report = inventory::check(&events, &ops).map_err(|e| anyhow::anyhow!(e))?;
+    for a in &report.anomalies {
+        println!("{a}");
+    }
+    println!(
+        "{} keys, {} acknowledged and {} indeterminate orders: {}",
+        report.keys,
+        report.orders_ok,
+        report.orders_indeterminate,
+        if report.anomalies.is_empty() {
+            "valid"
+        } else {
+            "ANOMALIES"
+        }
+    );
+    Ok(if report.anomalies.is_empty() {
+        VALID
+    } else {
+        ANOMALIES
+    })
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -145,8 +170,9 @@ fn main() -> ExitCode {
         "register" => check_register(&history),
         "bank" => check_bank(&history),
         "append" => check_append(&history),
+        "inventory" => check_inventory(&history),
         other => Err(anyhow::anyhow!(
-            "no checker for workload {other:?} yet (register, bank and append are built so far)"
+            "unknown workload {other:?}: inventory, bank, append or register"
         )),
     };
     match result {

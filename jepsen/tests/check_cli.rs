@@ -84,10 +84,7 @@ fn valid_anomalous_and_malformed_histories() {
     assert_eq!(code, 2);
     assert!(err.contains("history line 1"), "{err}");
 
-    let (code, _, err) = run(VALID, "inventory");
+    let (code, _, err) = run(VALID, "ledger");
     assert_eq!(code, 2);
-    assert!(
-        err.contains("no checker for workload \"inventory\" yet"),
-        "{err}"
-    );
+    assert!(err.contains("unknown workload \"ledger\""), "{err}");
 }

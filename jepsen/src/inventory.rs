@@ -1,0 +1,293 @@
+//! The inventory checker: orders (single- and multi-DC), restocks and stock reads.
+//!
+//! History shape (what the runner writes):
+//! - `{"process": "setup", "type": "ok", "f": "init", "value": {"stock": [[dc, sku, qty], ...]}}`
+//! - `f = "order"`: value `{"request_id": ID, "lines": [[dc, sku, qty], ...]}` on invoke;
+//!   `ok` = committed (all-or-nothing), `fail` = rejected (no effect), `info` = unknown;
+//! - `f = "restock"`: value `[dc, sku, delta]`;
+//! - `f = "read"`: `ok` value `[[dc, sku, on_hand], ...]`;
+//! - `f = "final-read"`, after healing: `ok` value `{"stock": [[dc, sku, on_hand], ...],
+//!   "orders": [request ids of every committed order]}`.
+//!
+//! Checks: no read below zero; every acknowledged order is in the final orders; no order is
+//! there that was rejected or never invoked; and per (dc, sku): final = initial + restocks −
+//! committed orders, where an indeterminate order counts iff the final orders hold it and
+//! indeterminate restocks may each have applied or not.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::history::{Event, EventType, Operation, Process};
+
+type Key = (u64, u64);
+/// `[dc, sku, n]`: a quantity at a key.
+type Row = (u64, u64, i64);
+
+fn rows(value: &Value, what: &str) -> Result<Vec<Row>, String> {
+    let list = value
+        .as_array()
+        .ok_or_else(|| format!("{what}: expected [[dc, sku, n], ...]"))?;
+    list.iter()
+        .map(|r| {
+            let r = r.as_array().filter(|r| r.len() == 3);
+            match r.map(|r| (r[0].as_u64(), r[1].as_u64(), r[2].as_i64())) {
+                Some((Some(dc), Some(sku), Some(n))) => Ok((dc, sku, n)),
+                _ => Err(format!("{what}: each row is [dc, sku, n] of integers")),
+            }
+        })
+        .collect()
+}
+
+pub struct Report {
+    pub anomalies: Vec<String>,
+    pub orders_ok: usize,
+    pub orders_indeterminate: usize,
+    pub keys: usize,
+}
+
+/// Indeterminate restocks of one key searched for a matching subset, at most.
+const RESTOCK_SUBSET_MAX: usize = 20;
+/// Anomalies listed at most.
+const EXAMPLES_MAX: usize = 50;
+
+/// Whether some subset of `deltas` sums to `target`.
+fn subset_sums_to(deltas: &[i64], target: i64) -> Option<bool> {
+    if deltas.len() > RESTOCK_SUBSET_MAX {
+        return None;
+    }
+    let mut sums = BTreeSet::from([0i64]);
+    for d in deltas {
+        let next: Vec<i64> = sums.iter().map(|s| s + d).collect();
+        sums.extend(next);
+    }
+    Some(sums.contains(&target))
+}
+
+pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
+    let mut anomalies = Vec::new();
+    let mut note = |a: String| {
+        if anomalies.len() < EXAMPLES_MAX {
+            anomalies.push(a);
+        }
+    };
+    let mut initial: BTreeMap<Key, i64> = BTreeMap::new();
+    for e in events {
+        if e.process == Process::Named("setup".into()) && e.f == "init" {
+            for (dc, sku, n) in rows(&e.value["stock"], &format!("event {} init", e.index))? {
+                initial.insert((dc, sku), n);
+            }
+        }
+    }
+    let mut final_stock: Option<BTreeMap<Key, i64>> = None;
+    let mut final_orders: Option<BTreeSet<String>> = None;
+    let mut expected: BTreeMap<Key, i64> = initial.clone();
+    let mut unknown_restocks: BTreeMap<Key, Vec<i64>> = BTreeMap::new();
+    let mut invoked: BTreeMap<String, (EventType, Vec<Row>)> = BTreeMap::new();
+    let (mut orders_ok, mut orders_indeterminate) = (0, 0);
+
+    for (i, op) in ops.iter().enumerate() {
+        let what = format!("operation {i} ({} at event {})", op.f, op.invoke_index);
+        let completion = if op.is_indeterminate() {
+            EventType::Info
+        } else {
+            op.completion.expect("completed")
+        };
+        match op.f.as_str() {
+            "order" => {
+                let id = op.invoke_value["request_id"]
+                    .as_str()
+                    .ok_or_else(|| format!("{what}: an order needs a request_id"))?
+                    .to_string();
+                let lines = rows(&op.invoke_value["lines"], &what)?;
+                match completion {
+                    EventType::Ok => orders_ok += 1,
+                    EventType::Info => orders_indeterminate += 1,
+                    _ => {}
+                }
+                invoked.insert(id, (completion, lines));
+            }
+            "restock" => {
+                let v = op.invoke_value.as_array().filter(|v| v.len() == 3);
+                let (dc, sku, delta) =
+                    match v.map(|v| (v[0].as_u64(), v[1].as_u64(), v[2].as_i64())) {
+                        Some((Some(dc), Some(sku), Some(d))) => (dc, sku, d),
+                        _ => return Err(format!("{what}: a restock is [dc, sku, delta]")),
+                    };
+                match completion {
+                    EventType::Ok => *expected.entry((dc, sku)).or_default() += delta,
+                    EventType::Info => unknown_restocks.entry((dc, sku)).or_default().push(delta),
+                    _ => {}
+                }
+            }
+            "read" if completion == EventType::Ok => {
+                for (dc, sku, n) in rows(&op.complete_value, &what)? {
+                    if n < 0 {
+                        note(format!("{what}: dc {dc} sku {sku} read at {n}, below zero"));
+                    }
+                }
+            }
+            "final-read" if completion == EventType::Ok => {
+                let stock = rows(&op.complete_value["stock"], &what)?;
+                for &(dc, sku, n) in &stock {
+                    if n < 0 {
+                        note(format!(
+                            "{what}: dc {dc} sku {sku} final stock {n}, below zero"
+                        ));
+                    }
+                }
+                final_stock = Some(
+                    stock
+                        .into_iter()
+                        .map(|(dc, sku, n)| ((dc, sku), n))
+                        .collect(),
+                );
+                let orders = op.complete_value["orders"]
+                    .as_array()
+                    .ok_or_else(|| format!("{what}: orders must be a list of request ids"))?;
+                final_orders = Some(
+                    orders
+                        .iter()
+                        .filter_map(|o| o.as_str().map(String::from))
+                        .collect(),
+                );
+            }
+            _ => {}
+        }
+    }
+    let (Some(final_stock), Some(final_orders)) = (final_stock, final_orders) else {
+        return Err("the history has no final-read: nothing to check the stock against".into());
+    };
+
+    for (id, (completion, lines)) in &invoked {
+        let present = final_orders.contains(id);
+        match completion {
+            EventType::Ok if !present => {
+                note(format!("order {id} was acknowledged but is missing (lost)"))
+            }
+            EventType::Fail if present => note(format!("order {id} was rejected but is present")),
+            _ => {}
+        }
+        if present {
+            for &(dc, sku, qty) in lines {
+                *expected.entry((dc, sku)).or_default() -= qty;
+            }
+        }
+    }
+    for id in final_orders.difference(&invoked.keys().cloned().collect()) {
+        note(format!("order {id} is present but was never invoked"));
+    }
+    let keys: BTreeSet<Key> = expected.keys().chain(final_stock.keys()).copied().collect();
+    for key in &keys {
+        let (dc, sku) = key;
+        let want = expected.get(key).copied().unwrap_or(0);
+        let got = final_stock.get(key).copied().unwrap_or(0);
+        let unknown = unknown_restocks.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        match subset_sums_to(unknown, got - want) {
+            Some(true) => {}
+            Some(false) => note(format!(
+                "dc {dc} sku {sku}: final stock {got}, expected {want} (initial + restocks - committed orders){}",
+                if unknown.is_empty() { String::new() } else { format!(" plus some of the indeterminate restocks {unknown:?}") }
+            )),
+            None => note(format!(
+                "dc {dc} sku {sku}: more than {RESTOCK_SUBSET_MAX} indeterminate restocks; not checked"
+            )),
+        }
+    }
+    Ok(Report {
+        anomalies,
+        orders_ok,
+        orders_indeterminate,
+        keys: keys.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::pair;
+    use serde_json::json;
+
+    fn history(final_stock: Value, final_orders: Value) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut push = |p: Process, kind: &str, f: &str, value: Value| {
+            let i = events.len() as u64;
+            events.push(Event {
+                index: i,
+                time_ns: i,
+                process: p,
+                kind: serde_json::from_value(json!(kind)).unwrap(),
+                f: f.into(),
+                value,
+                key: None,
+            });
+        };
+        let c = Process::Client;
+        push(
+            Process::Named("setup".into()),
+            "ok",
+            "init",
+            json!({"stock": [[1, 1, 10], [2, 1, 5]]}),
+        );
+        let o1 = json!({"request_id": "o1", "lines": [[1, 1, 3], [2, 1, 1]]});
+        push(c(1), "invoke", "order", o1.clone());
+        push(c(1), "ok", "order", o1);
+        let o2 = json!({"request_id": "o2", "lines": [[1, 1, 20]]});
+        push(c(2), "invoke", "order", o2.clone());
+        push(c(2), "fail", "order", o2);
+        let o3 = json!({"request_id": "o3", "lines": [[2, 1, 2]]});
+        push(c(3), "invoke", "order", o3.clone());
+        push(c(3), "info", "order", o3);
+        push(c(4), "invoke", "restock", json!([1, 1, 4]));
+        push(c(4), "info", "restock", json!([1, 1, 4]));
+        push(c(5), "invoke", "read", Value::Null);
+        push(c(5), "ok", "read", json!([[1, 1, 7]]));
+        push(c(6), "invoke", "final-read", Value::Null);
+        push(
+            c(6),
+            "ok",
+            "final-read",
+            json!({"stock": final_stock, "orders": final_orders}),
+        );
+        events
+    }
+
+    fn anomalies(events: &[Event]) -> Vec<String> {
+        check(events, &pair(events).unwrap()).unwrap().anomalies
+    }
+
+    #[test]
+    fn consistent_histories_pass_with_or_without_the_indeterminate_ops() {
+        // o3 applied, restock applied.
+        let h = history(json!([[1, 1, 11], [2, 1, 2]]), json!(["o1", "o3"]));
+        assert!(anomalies(&h).is_empty(), "{:?}", anomalies(&h));
+        // o3 not applied, restock not applied.
+        let h = history(json!([[1, 1, 7], [2, 1, 4]]), json!(["o1"]));
+        assert!(anomalies(&h).is_empty(), "{:?}", anomalies(&h));
+    }
+
+    #[test]
+    fn lost_phantom_rejected_negative_and_miscounted_are_caught() {
+        let lost = history(json!([[1, 1, 10], [2, 1, 5]]), json!([]));
+        assert!(anomalies(&lost)
+            .iter()
+            .any(|a| a.contains("o1 was acknowledged but is missing")));
+        let phantom = history(json!([[1, 1, 7], [2, 1, 4]]), json!(["o1", "zz"]));
+        assert!(anomalies(&phantom)
+            .iter()
+            .any(|a| a.contains("zz is present but was never invoked")));
+        let rejected = history(json!([[1, 1, -13], [2, 1, 4]]), json!(["o1", "o2"]));
+        let a = anomalies(&rejected);
+        assert!(
+            a.iter()
+                .any(|a| a.contains("o2 was rejected but is present")),
+            "{a:?}"
+        );
+        assert!(a.iter().any(|a| a.contains("below zero")), "{a:?}");
+        // One unit vanished: neither explained by orders nor by the indeterminate restock.
+        let drift = history(json!([[1, 1, 6], [2, 1, 4]]), json!(["o1"]));
+        assert!(anomalies(&drift)
+            .iter()
+            .any(|a| a.contains("dc 1 sku 1: final stock 6, expected 7")));
+    }
+}
