@@ -544,6 +544,27 @@ impl Client {
         .await
     }
 
+    /// A key-value transaction: `ops` applied in order, all or nothing.
+    pub async fn transact(
+        &self,
+        ops: Vec<v1::KvOp>,
+        request_id: Option<String>,
+    ) -> Result<v1::TransactResponse, Error> {
+        let request = v1::TransactRequest {
+            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            ops,
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                let request = request.clone();
+                async move { ordo.transact(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
     pub async fn init_cluster(&self, demo_data: bool) -> Result<v1::InitClusterResponse, Error> {
         self.with_retries(|| {
             let mut admin = self.admin();

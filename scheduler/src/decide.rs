@@ -11,6 +11,8 @@ use crate::model::*;
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LocalReads {
     pub(crate) stock: Vec<(u32, u32, StockRecord)>,
+    /// User keys this participant holds, with their values (absent: `None`).
+    pub(crate) kv: Vec<(String, Option<KvValue>)>,
     /// Only the home partition reads the dedupe entry: `Some(found)`.
     pub(crate) dedupe: Option<Option<TxnResult>>,
 }
@@ -21,6 +23,8 @@ pub(crate) struct Decision {
     /// New stock values, for every participant to write those in its partition.
     pub(crate) stock: Vec<(u32, u32, StockRecord)>,
     pub(crate) order: Option<OrderRecord>,
+    /// New values of user keys, for every participant to write those it holds.
+    pub(crate) kv: Vec<(String, KvValue)>,
     /// Whether the home partition records the result for dedupe (false for a dedupe hit).
     pub(crate) remember: bool,
 }
@@ -38,6 +42,7 @@ pub(crate) fn decide(
             result: original,
             stock: Vec::new(),
             order: None,
+            kv: Vec::new(),
             remember: false,
         });
     }
@@ -56,6 +61,7 @@ pub(crate) fn decide(
         result: result(outcome),
         stock: Vec::new(),
         order: None,
+        kv: Vec::new(),
         remember: true,
     };
     match &txn.op {
@@ -136,6 +142,7 @@ pub(crate) fn decide(
                 }),
                 stock: stock.into_iter().map(|((d, s), r)| (d, s, r)).collect(),
                 order: Some(order),
+                kv: Vec::new(),
                 remember: true,
             })
         }
@@ -161,6 +168,7 @@ pub(crate) fn decide(
                         }),
                         stock: vec![(*dc, *sku, next)],
                         order: None,
+                        kv: Vec::new(),
                         remember: true,
                     })
                 }
@@ -176,8 +184,97 @@ pub(crate) fn decide(
                 })),
             }
         }
+        Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
         Op::UpsertDc(_) | Op::UpsertItem(_) => Err(ExecError::Invariant(
             "global transaction in a partition executor".into(),
         )),
+    }
+}
+
+/// A key-value transaction: its ops in order against the participants' reads; a failed cas,
+/// or an append to an integer or past the list limit, aborts it with nothing written.
+fn decide_kv(
+    ops: &[KvOp],
+    reads: &[LocalReads],
+    result: impl Fn(Outcome) -> TxnResult,
+) -> Decision {
+    let mut state: BTreeMap<String, Option<KvValue>> = BTreeMap::new();
+    for r in reads {
+        for (k, v) in &r.kv {
+            state.insert(k.clone(), v.clone());
+        }
+    }
+    let mut changed: BTreeMap<String, KvValue> = BTreeMap::new();
+    let mut results = Vec::with_capacity(ops.len());
+    let mut abort = None;
+    for op in ops {
+        let current = state.get(op.key()).cloned().flatten();
+        let next = match op {
+            KvOp::Read(_) => {
+                results.push(current);
+                continue;
+            }
+            KvOp::Write(_, v) => KvValue::Int(*v),
+            KvOp::Cas { key, from, to } => match current {
+                Some(KvValue::Int(x)) if x == *from => KvValue::Int(*to),
+                other => {
+                    abort = Some(format!(
+                        "cas on key {key:?} expected {from}, found {}",
+                        describe(&other)
+                    ));
+                    break;
+                }
+            },
+            KvOp::Append(key, v) => match current {
+                None => KvValue::List(vec![*v]),
+                Some(KvValue::List(mut list)) if list.len() < KV_LIST_LEN_MAX => {
+                    list.push(*v);
+                    KvValue::List(list)
+                }
+                Some(KvValue::List(_)) => {
+                    abort = Some(format!(
+                        "key {key:?} already holds {KV_LIST_LEN_MAX} elements"
+                    ));
+                    break;
+                }
+                Some(KvValue::Int(_)) => {
+                    abort = Some(format!("key {key:?} holds an integer; cannot append to it"));
+                    break;
+                }
+            },
+        };
+        results.push(None);
+        state.insert(op.key().to_string(), Some(next.clone()));
+        changed.insert(op.key().to_string(), next);
+    }
+    match abort {
+        Some(reason) => Decision {
+            result: result(Outcome::Kv {
+                results: Vec::new(),
+                abort: Some(reason),
+            }),
+            stock: Vec::new(),
+            order: None,
+            kv: Vec::new(),
+            remember: true,
+        },
+        None => Decision {
+            result: result(Outcome::Kv {
+                results,
+                abort: None,
+            }),
+            stock: Vec::new(),
+            order: None,
+            kv: changed.into_iter().collect(),
+            remember: true,
+        },
+    }
+}
+
+fn describe(v: &Option<KvValue>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(KvValue::Int(x)) => x.to_string(),
+        Some(KvValue::List(l)) => format!("a list of {}", l.len()),
     }
 }

@@ -293,6 +293,8 @@ pub(crate) struct Route {
     pub(crate) participants: Vec<Part>,
     /// The partition of each order line (or the restock's DC).
     pub(crate) line_parts: Vec<Part>,
+    /// The partition of each user key of a key-value transaction, keys in first-use order.
+    pub(crate) kv_parts: Vec<(String, Part)>,
     /// A rejection known from the global tables alone (unknown DC or SKU, inactive DC).
     pub(crate) pre_rejection: Option<Rejection>,
 }
@@ -315,10 +317,35 @@ pub(crate) fn route(
     let item_known = |sku: u32| -> Result<bool, ExecError> {
         Ok(global.get(store, Part::Global, &keys::item(sku))?.is_some())
     };
+    if let Op::Kv(ops) = &txn.op {
+        let mut kv_parts: Vec<(String, Part)> = Vec::new();
+        for op in ops {
+            if !kv_parts.iter().any(|(k, _)| k == op.key()) {
+                kv_parts.push((op.key().to_string(), kv_part(op.key(), partitions)));
+            }
+        }
+        let home = kv_parts.first().map(|(_, p)| *p).unwrap_or(Part::Region(0));
+        let mut participants: Vec<Part> = kv_parts
+            .iter()
+            .map(|(_, p)| *p)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if participants.is_empty() {
+            participants.push(home);
+        }
+        return Ok(Route {
+            home,
+            participants,
+            line_parts: Vec::new(),
+            kv_parts,
+            pre_rejection: None,
+        });
+    }
     let pairs: Vec<(u32, u32, i64)> = match &txn.op {
         Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
         Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) => {
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => {
             return Err(ExecError::Invariant(
                 "global transaction routed to a region partition".into(),
             ))
@@ -365,6 +392,7 @@ pub(crate) fn route(
         home,
         participants,
         line_parts,
+        kv_parts: Vec::new(),
         pre_rejection,
     })
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub enum LockKey {
     Stock { dc: u32, sku: u32 },
     Dedupe(String),
+    Kv(String),
 }
 
 /// Per-key FIFO queues of transaction sequence numbers (their index in the epoch batch).

@@ -41,6 +41,50 @@ pub enum Op {
     },
     UpsertDc(DcRecord),
     UpsertItem(ItemRecord),
+    /// A transaction over user keys: reads, writes, compare-and-sets and list appends, applied
+    /// in order, all or nothing (a failed cas aborts the whole transaction).
+    Kv(Vec<KvOp>),
+}
+
+/// One operation of a key-value transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvOp {
+    Read(String),
+    Write(String, i64),
+    /// Sets the key to `to` if it holds the integer `from`; otherwise the transaction aborts.
+    Cas {
+        key: String,
+        from: i64,
+        to: i64,
+    },
+    /// Appends to the key's list (an absent key is an empty list).
+    Append(String, i64),
+}
+
+impl KvOp {
+    pub fn key(&self) -> &str {
+        match self {
+            KvOp::Read(k) | KvOp::Write(k, _) | KvOp::Append(k, _) => k,
+            KvOp::Cas { key, .. } => key,
+        }
+    }
+}
+
+/// What a user key holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvValue {
+    Int(i64),
+    List(Vec<i64>),
+}
+
+/// A list never grows past this many elements; an append beyond it aborts its transaction.
+pub const KV_LIST_LEN_MAX: usize = 100_000;
+
+/// The partition a user key lives in: a hash of the key, the same on every replica.
+pub fn kv_part(key: &str, partitions: u32) -> ordo_storage::Part {
+    let hash = blake3::hash(key.as_bytes());
+    let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+    ordo_storage::Part::Region((n % partitions as u64) as u32)
 }
 
 impl Op {
@@ -172,6 +216,12 @@ pub enum Outcome {
         rejection: Option<Rejection>,
     },
     Upserted,
+    /// A key-value transaction: on commit, one entry per op (the value a read saw; `None`
+    /// for other ops and for reads of absent keys); on abort, why.
+    Kv {
+        results: Vec<Option<KvValue>>,
+        abort: Option<String>,
+    },
 }
 
 impl Outcome {
@@ -180,7 +230,7 @@ impl Outcome {
             Outcome::Order { rejection, .. } | Outcome::Restock { rejection, .. } => {
                 rejection.as_ref()
             }
-            Outcome::Upserted => None,
+            Outcome::Upserted | Outcome::Kv { .. } => None,
         }
     }
 }
@@ -212,6 +262,13 @@ pub mod keys {
     pub const DEDUPE: u8 = b'd';
     /// Dedupe expiry index: `t` + time_ms + request_id.
     pub const DEDUPE_BY_TIME: u8 = b't';
+    pub const KV: u8 = b'k';
+
+    pub fn kv(key: &str) -> Vec<u8> {
+        let mut k = vec![KV];
+        k.extend_from_slice(key.as_bytes());
+        k
+    }
 
     pub fn dc(dc: u32) -> Vec<u8> {
         let mut k = vec![DC];

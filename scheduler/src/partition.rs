@@ -69,6 +69,11 @@ pub(crate) fn run_segment(
                     }
                 }
             }
+            for (key, key_part) in &route.kv_parts {
+                if *key_part == part {
+                    keys.push(LockKey::Kv(key.clone()));
+                }
+            }
             if part == route.home {
                 keys.push(LockKey::Dedupe(txn.request_id.clone()));
             }
@@ -184,7 +189,7 @@ fn lines_of(txn: &Txn) -> Vec<(u32, u32)> {
     match &txn.op {
         Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku)).collect(),
         Op::Restock { dc, sku, .. } => vec![(*dc, *sku)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) => Vec::new(),
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => Vec::new(),
     }
 }
 
@@ -308,6 +313,11 @@ fn run_partition(
                     overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&record)));
                 }
             }
+            for (key, value) in &decision.kv {
+                if route.kv_parts.iter().any(|(k, p)| k == key && *p == part) {
+                    overlay.put(Some(seq), keys::kv(key), Some(encode(value)));
+                }
+            }
             if part == route.home {
                 if let Some(order) = &decision.order {
                     overlay.put(Some(seq), keys::order(order.order_id), Some(encode(order)));
@@ -345,6 +355,15 @@ fn read_local(
                     format!("stock dc {dc} sku {sku}")
                 })?;
             reads.stock.push((dc, sku, record.unwrap_or_default()));
+        }
+    }
+    for (key, key_part) in &route.kv_parts {
+        if *key_part == part {
+            let value: Option<KvValue> =
+                read_record(seg.store, overlay, part, &keys::kv(key), || {
+                    format!("key {key:?}")
+                })?;
+            reads.kv.push((key.clone(), value));
         }
     }
     if part == route.home {

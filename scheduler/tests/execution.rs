@@ -322,3 +322,98 @@ fn dedupe_entries_expire_after_the_window() {
         "expired entry pruned"
     );
 }
+
+fn kv(id: &str, ops: Vec<KvOp>) -> Txn {
+    txn(id, Op::Kv(ops))
+}
+
+#[test]
+fn key_value_transactions_are_atomic_across_partitions() {
+    let mut node = Node::new(ExecConfig::default());
+    // Keys spread over the partitions by hash; find two in different ones.
+    let a = "key-a".to_string();
+    let b = (0..100)
+        .map(|i| format!("key-b{i}"))
+        .find(|k| kv_part(k, PARTITIONS) != kv_part(&a, PARTITIONS))
+        .unwrap();
+    let results = node.run(vec![
+        kv(
+            "t1",
+            vec![KvOp::Write(a.clone(), 1), KvOp::Append(b.clone(), 10)],
+        ),
+        kv("t2", vec![KvOp::Read(a.clone()), KvOp::Read(b.clone())]),
+        // Fails its cas: nothing of it happens, not even the append before it.
+        kv(
+            "t3",
+            vec![
+                KvOp::Append(b.clone(), 11),
+                KvOp::Cas {
+                    key: a.clone(),
+                    from: 5,
+                    to: 6,
+                },
+            ],
+        ),
+        kv(
+            "t4",
+            vec![
+                KvOp::Cas {
+                    key: a.clone(),
+                    from: 1,
+                    to: 2,
+                },
+                KvOp::Append(b.clone(), 12),
+                KvOp::Read(b.clone()),
+            ],
+        ),
+        kv("t5", vec![KvOp::Append(a.clone(), 1)]),
+        kv(
+            "t1",
+            vec![KvOp::Write(a.clone(), 1), KvOp::Append(b.clone(), 10)],
+        ),
+    ]);
+    let outcome = |i: usize| results[i].outcome.clone();
+    assert_eq!(
+        outcome(1),
+        Outcome::Kv {
+            results: vec![Some(KvValue::Int(1)), Some(KvValue::List(vec![10]))],
+            abort: None
+        }
+    );
+    match outcome(2) {
+        Outcome::Kv {
+            abort: Some(reason),
+            ..
+        } => assert_eq!(reason, "cas on key \"key-a\" expected 5, found 1"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        outcome(3),
+        Outcome::Kv {
+            results: vec![None, None, Some(KvValue::List(vec![10, 12]))],
+            abort: None
+        }
+    );
+    match outcome(4) {
+        Outcome::Kv {
+            abort: Some(reason),
+            ..
+        } => assert!(reason.contains("holds an integer")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        results[5], results[0],
+        "a repeated request id returns the first result"
+    );
+    let again = node.run(vec![kv(
+        "t6",
+        vec![KvOp::Read(a.clone()), KvOp::Read(b.clone())],
+    )]);
+    assert_eq!(
+        again[0].outcome,
+        Outcome::Kv {
+            results: vec![Some(KvValue::Int(2)), Some(KvValue::List(vec![10, 12]))],
+            abort: None
+        }
+    );
+}

@@ -125,3 +125,57 @@ pub fn item_record(item: v1::Item, limits: &Limits) -> Result<ItemRecord, Status
         price_cents: item.price_cents,
     })
 }
+
+pub fn kv_value(v: &KvValue) -> v1::KvValue {
+    v1::KvValue {
+        value: Some(match v {
+            KvValue::Int(x) => v1::kv_value::Value::Int(*x),
+            KvValue::List(l) => v1::kv_value::Value::List(v1::KvList { values: l.clone() }),
+        }),
+    }
+}
+
+/// Validates one key-value operation.
+pub fn kv_op(op: v1::KvOp, field: &str, limits: &Limits) -> Result<KvOp, Status> {
+    use v1::kv_op::Op as P;
+    let check_key = |key: &str| -> Result<(), Status> {
+        if key.is_empty() || key.len() > limits.kv_key_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: key must be 1 to {} bytes, not {}",
+                limits.kv_key_bytes_max,
+                key.len()
+            )));
+        }
+        if let Some(bad) = key.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+            return Err(Status::invalid_argument(format!(
+                "{field}: key may hold only printable ASCII without spaces; found byte 0x{bad:02x}"
+            )));
+        }
+        Ok(())
+    };
+    let op = op
+        .op
+        .ok_or_else(|| Status::invalid_argument(format!("{field}: an operation is required")))?;
+    Ok(match op {
+        P::Read(key) => {
+            check_key(&key)?;
+            KvOp::Read(key)
+        }
+        P::Write(w) => {
+            check_key(&w.key)?;
+            KvOp::Write(w.key, w.value)
+        }
+        P::Cas(c) => {
+            check_key(&c.key)?;
+            KvOp::Cas {
+                key: c.key,
+                from: c.from,
+                to: c.to,
+            }
+        }
+        P::Append(a) => {
+            check_key(&a.key)?;
+            KvOp::Append(a.key, a.value)
+        }
+    })
+}

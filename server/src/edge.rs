@@ -540,6 +540,47 @@ impl Ordo for OrdoService {
         }))
     }
 
+    async fn transact(
+        &self,
+        request: Request<v1::TransactRequest>,
+    ) -> Result<Response<v1::TransactResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "transact")?;
+        if r.ops.is_empty() || r.ops.len() > self.limits.kv_ops_per_txn_max {
+            return Err(Status::invalid_argument(format!(
+                "transact: between 1 and {} operations, not {}",
+                self.limits.kv_ops_per_txn_max,
+                r.ops.len()
+            )));
+        }
+        let ops = r
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| convert::kv_op(op, &format!("ops[{i}]"), &self.limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        let txn = Txn {
+            request_id,
+            op: Op::Kv(ops),
+        };
+        let result = self.run(vec![txn]).await?.remove(0);
+        let Outcome::Kv { results, abort } = &result.outcome else {
+            return Err(reused(&result, "this transaction"));
+        };
+        Ok(Response::new(v1::TransactResponse {
+            request_id: result.request_id.clone(),
+            committed: abort.is_none(),
+            epoch: result.epoch,
+            results: results
+                .iter()
+                .map(|v| v1::KvResult {
+                    value: v.as_ref().map(convert::kv_value),
+                })
+                .collect(),
+            reason: abort.clone().unwrap_or_default(),
+        }))
+    }
+
     async fn get_availability(
         &self,
         request: Request<v1::GetAvailabilityRequest>,

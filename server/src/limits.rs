@@ -16,6 +16,8 @@ pub struct Limits {
     pub price_cents_max: i64,
     pub availability_dcs_max: usize,
     pub availability_skus_max: usize,
+    pub kv_ops_per_txn_max: usize,
+    pub kv_key_bytes_max: usize,
     /// The largest gRPC message the server accepts or sends.
     pub message_bytes_max: usize,
     /// How long a write waits for its result before DEADLINE_EXCEEDED.
@@ -35,6 +37,8 @@ impl Default for Limits {
             price_cents_max: 1_000_000_000_000,
             availability_dcs_max: 100,
             availability_skus_max: 1_000,
+            kv_ops_per_txn_max: 64,
+            kv_key_bytes_max: 128,
             message_bytes_max: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
         }
