@@ -13,3 +13,4 @@ pub mod history;
 pub mod inventory;
 pub mod porcupine;
 pub mod register;
+pub mod runner;

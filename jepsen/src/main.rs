@@ -22,6 +22,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a workload against a real cluster under faults, then check the history.
+    Run {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Seconds of workload.
+        #[arg(long, default_value_t = 30)]
+        time_limit: u64,
+        /// register or append (inventory and bank come next).
+        #[arg(long)]
+        workload: String,
+        /// Comma-separated: kill, pause (partition, clock and membership come next).
+        #[arg(long, value_delimiter = ',', default_value = "kill")]
+        nemesis: Vec<String>,
+        /// Operations per second, all processes together.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// Logical client processes.
+        #[arg(long, default_value_t = 5)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "jepsen-results")]
+        out: PathBuf,
+        /// The `ordo` binary [default: next to this binary].
+        #[arg(long)]
+        ordo_bin: Option<PathBuf>,
+    },
     /// Check a saved history (JSONL).
     Check {
         /// inventory, bank, append or register.
@@ -165,7 +192,67 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { UNKNOWN } else { 0 });
         }
     };
-    let Command::Check { workload, history } = cli.command;
+    let (workload, history) = match cli.command {
+        Command::Check { workload, history } => (workload, history),
+        Command::Run {
+            nodes,
+            time_limit,
+            workload,
+            nemesis,
+            rate,
+            concurrency,
+            seed,
+            out,
+            ordo_bin,
+        } => {
+            let ordo_bin = match ordo_bin {
+                Some(b) => b,
+                None => match std::env::current_exe() {
+                    Ok(me) => me.with_file_name("ordo"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(UNKNOWN);
+                    }
+                },
+            };
+            if !ordo_bin.is_file() {
+                eprintln!(
+                    "error: no ordo binary at {} (cargo build --bin ordo, or --ordo-bin)",
+                    ordo_bin.display()
+                );
+                return ExitCode::from(UNKNOWN);
+            }
+            if nodes < 1 || concurrency < 1 || rate <= 0.0 {
+                eprintln!("error: --nodes, --concurrency and --rate must be positive");
+                return ExitCode::from(UNKNOWN);
+            }
+            let opts = ordo_jepsen::runner::RunOpts {
+                nodes,
+                time_limit: std::time::Duration::from_secs(time_limit),
+                workload,
+                nemesis,
+                rate,
+                concurrency,
+                seed,
+                out,
+                ordo_bin,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(UNKNOWN);
+                }
+            };
+            return match runtime.block_on(ordo_jepsen::runner::run(opts)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(UNKNOWN)
+                }
+            };
+        }
+    };
     let result = match workload.as_str() {
         "register" => check_register(&history),
         "bank" => check_bank(&history),
