@@ -42,9 +42,20 @@ const CHANNELS_MAX: usize = 64;
 #[derive(Clone, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// The address outgoing connections are made from: the node's own listen address, so that
+    /// traffic between nodes on one host (each on its own loopback address) can be told apart,
+    /// e.g. by firewall rules in fault tests. `None`: the kernel chooses.
+    local_ip: Option<std::net::IpAddr>,
 }
 
 impl Channels {
+    pub fn bound_to(local_ip: Option<std::net::IpAddr>) -> Self {
+        Self {
+            by_addr: Arc::default(),
+            local_ip,
+        }
+    }
+
     /// The channel to `addr` (`host:port`), made lazily: no connection is attempted until a
     /// call needs one, and a dropped connection is re-made on the next call.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
@@ -57,7 +68,8 @@ impl Channels {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.local_ip);
         let channel = endpoint.connect_lazy();
         if map.len() >= CHANNELS_MAX {
             map.clear();

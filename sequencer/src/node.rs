@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// How long a forwarded batch may take before its transactions are reported failed.
     pub forward_timeout: Duration,
+    /// The address connections to peers are made from (`None`: the kernel chooses).
+    pub bind_ip: Option<std::net::IpAddr>,
     /// Raft timing, in milliseconds.
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
@@ -119,7 +121,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let channels = Channels::default();
+        let channels = Channels::bound_to(config.bind_ip);
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

@@ -90,6 +90,8 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         clock: system_clock(),
         peers: opts.peers.clone(),
         forward_timeout: opts.limits.request_timeout,
+        // Peers see this node's connections come from its own address.
+        bind_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
         heartbeat_ms: 100,
         election_timeout_ms: (500, 1000),
     })
