@@ -1,10 +1,14 @@
 //! `ordo-jepsen run`: a real cluster of `ordo` processes, logical client processes recording
 //! a history, a nemesis schedule, recovery, final reads and the checkers.
 //!
-//! This first cut runs on loopback (one address per node, its own port) with the `kill` and
-//! `pause` nemeses and the `register` and `append` workloads, which use Ordo's `Transact` API.
-//! The network-namespace partitions, the clock and membership nemeses and the `inventory` and
-//! `bank` workloads are refused with a message until they exist.
+//! With the `partition` nemesis the runner re-executes itself in a fresh network namespace
+//! (root and iptables needed; refused loudly otherwise), where every node has its own loopback
+//! address (127.0.0.11, .12, ...) and a partition is a set of iptables DROP rules between node
+//! pairs (nodes connect to peers from their own address). Without it, nodes run on the host's
+//! 127.0.0.1. Nemeses: `partition` (random halves, one node isolated, the leader isolated, a
+//! majorities ring, a bridge), `kill` (SIGKILL, restart), `pause` (SIGSTOP, SIGCONT).
+//! Workloads: `register` and `append`, over Ordo's `Transact` API. The clock and membership
+//! nemeses and the `inventory` and `bank` workloads are refused until they exist.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -259,12 +263,16 @@ fn completion_value(f: &str, invoke: &Value, r: &v1::TransactResponse) -> Value 
 pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     for n in &opts.nemesis {
         match n.as_str() {
-            "kill" | "pause" => {}
-            "partition" | "clock" | "membership" => bail!(
-                "nemesis {n:?} is not built yet (kill and pause are); refusing to run without it rather than pretend"
+            "kill" | "pause" | "partition" => {}
+            "clock" | "membership" => bail!(
+                "nemesis {n:?} is not built yet (partition, kill and pause are); refusing to run without it rather than pretend"
             ),
             other => bail!("unknown nemesis {other:?}: partition, kill, pause, clock, membership"),
         }
+    }
+    let partitions = opts.nemesis.iter().any(|n| n == "partition");
+    if partitions && std::env::var_os(NETNS_ENV).is_none() {
+        return run_in_namespace();
     }
     if !matches!(opts.workload.as_str(), "register" | "append") {
         bail!(
@@ -277,18 +285,29 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         .as_secs();
     let dir = opts.out.join(format!("{}-{stamp}", opts.workload));
     std::fs::create_dir_all(dir.join("nodes"))?;
-    let ports = free_ports(opts.nodes)?;
-    let peers: Vec<String> = ports
+    // In the fault namespace every node has its own loopback address, so iptables rules can
+    // cut node pairs; on the host, 127.0.0.1 and a free port each.
+    let addrs: Vec<String> = if partitions {
+        (0..opts.nodes)
+            .map(|i| format!("127.0.0.{}:7000", 11 + i))
+            .collect()
+    } else {
+        free_ports(opts.nodes)?
+            .into_iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect()
+    };
+    let peers: Vec<String> = addrs
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+        .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
-    let mut nodes: Vec<NodeProc> = ports
+    let mut nodes: Vec<NodeProc> = addrs
         .iter()
         .enumerate()
-        .map(|(i, p)| NodeProc {
+        .map(|(i, a)| NodeProc {
             id: i + 1,
-            addr: format!("127.0.0.1:{p}"),
+            addr: a.clone(),
             data_dir: dir.join(format!("nodes/n{}-data", i + 1)),
             log: dir.join(format!("nodes/n{}.log", i + 1)),
             peers: peers.clone(),
@@ -378,34 +397,45 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         tokio::time::sleep(Duration::from_secs(2 + rng.below(3))).await;
         let which = nemeses[rng.below(nemeses.len() as u64) as usize].clone();
         let victim = rng.below(nodes.len() as u64) as usize;
-        let name = format!("n{}", victim + 1);
+        let name = if which == "partition" {
+            let leader = leader_of(&endpoints).await;
+            let (shape, cut) = partition_plan(&mut rng, nodes.len(), leader);
+            for (a, b) in &cut {
+                drop_between(&nodes[*a].addr, &nodes[*b].addr)?;
+            }
+            json!({"shape": shape, "cut": cut.iter().map(|(a, b)| [a + 1, b + 1]).collect::<Vec<_>>()})
+        } else {
+            json!(format!("n{}", victim + 1))
+        };
         recorder.lock().unwrap().push(
             Process::Named("nemesis".into()),
             EventType::Info,
             &which,
-            json!(name),
+            name.clone(),
             None,
         );
         match which.as_str() {
             "kill" => nodes[victim].kill9(),
-            _ => {
+            "pause" => {
                 nodes[victim].signal("-STOP");
                 nodes[victim].paused = true;
             }
+            _ => {}
         }
         tokio::time::sleep(Duration::from_secs(2 + rng.below(3))).await;
         match which.as_str() {
             "kill" => nodes[victim].start(&opts.ordo_bin)?,
-            _ => {
+            "pause" => {
                 nodes[victim].signal("-CONT");
                 nodes[victim].paused = false;
             }
+            _ => heal_partitions()?,
         }
         recorder.lock().unwrap().push(
             Process::Named("nemesis".into()),
             EventType::Info,
             &format!("heal-{which}"),
-            json!(name),
+            name,
             None,
         );
     }
@@ -586,4 +616,136 @@ async fn agreement(endpoints: &[String]) -> Option<(u64, bool)> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Set in the re-executed runner inside its network namespace.
+const NETNS_ENV: &str = "ORDO_JEPSEN_NETNS";
+
+/// Runs this same command again inside a fresh network namespace (root and iptables needed),
+/// so partitions are iptables rules between the nodes' loopback addresses there and never
+/// touch the host. Returns the inner run's exit code.
+fn run_in_namespace() -> anyhow::Result<u8> {
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let has = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if !is_root || !has("iptables") || !has("ip") {
+        bail!(
+            "the partition nemesis needs root, iproute2 and iptables (apt-get install iptables): \
+             REFUSING to run it without them"
+        );
+    }
+    let name = format!("ordo-jepsen-{}", std::process::id());
+    let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+    if !ok(Command::new("ip").args(["netns", "add", &name])) {
+        bail!("ip netns add {name} failed");
+    }
+    let result = (|| {
+        if !ok(Command::new("ip").args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])) {
+            bail!("bringing up lo in {name} failed");
+        }
+        let me = std::env::current_exe()?;
+        let status = Command::new("ip")
+            .args(["netns", "exec", &name])
+            .arg(me)
+            .args(std::env::args_os().skip(1))
+            .env(NETNS_ENV, &name)
+            .status()?;
+        Ok(status.code().unwrap_or(2) as u8)
+    })();
+    let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+    result
+}
+
+fn host(addr: &str) -> &str {
+    addr.split(':').next().unwrap_or(addr)
+}
+
+/// Drops traffic between two nodes, both ways (inside the namespace).
+fn drop_between(a: &str, b: &str) -> anyhow::Result<()> {
+    for (src, dst) in [(host(a), host(b)), (host(b), host(a))] {
+        let ok = Command::new("iptables")
+            .args(["-A", "INPUT", "-s", src, "-d", dst, "-j", "DROP"])
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "iptables -A INPUT -s {src} -d {dst} -j DROP failed");
+    }
+    Ok(())
+}
+
+fn heal_partitions() -> anyhow::Result<()> {
+    let ok = Command::new("iptables")
+        .args(["-F", "INPUT"])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "iptables -F INPUT failed");
+    Ok(())
+}
+
+/// Which node pairs (0-based) a partition cuts: random halves, one node isolated, the leader
+/// isolated, a majorities ring (each node sees only its ring neighbours), or a bridge (two
+/// halves joined by one node that sees both).
+fn partition_plan(
+    rng: &mut Rng,
+    n: usize,
+    leader: Option<usize>,
+) -> (&'static str, Vec<(usize, usize)>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let pos = |x: usize| {
+        order
+            .iter()
+            .position(|&y| y == x)
+            .expect("a node is in the order")
+    };
+    let shapes = ["halves", "isolate", "leader", "ring", "bridge"];
+    let shape = shapes[rng.below(shapes.len() as u64) as usize];
+    let lone = match shape {
+        "leader" => leader.unwrap_or(order[0]),
+        _ => order[0],
+    };
+    // Whether a and b can still talk.
+    let connected = |a: usize, b: usize| -> bool {
+        match shape {
+            "halves" => (pos(a) < n / 2) == (pos(b) < n / 2),
+            "isolate" | "leader" => a != lone && b != lone,
+            "ring" => {
+                let d = pos(a).abs_diff(pos(b));
+                d <= 1 || d == n - 1
+            }
+            // bridge: order[0] sees everyone; the others split in two halves.
+            _ => {
+                a == order[0]
+                    || b == order[0]
+                    || ((pos(a) - 1) < (n - 1) / 2) == ((pos(b) - 1) < (n - 1) / 2)
+            }
+        }
+    };
+    let mut cut = Vec::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            if !connected(a, b) {
+                cut.push((a, b));
+            }
+        }
+    }
+    (shape, cut)
+}
+
+/// The current leader (0-based), if any node knows it.
+async fn leader_of(endpoints: &[String]) -> Option<usize> {
+    for ep in endpoints {
+        let probe = async {
+            let c = Client::connect(ep.clone()).await.ok()?;
+            c.status().await.ok()
+        };
+        if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), probe).await {
+            if s.leader_id > 0 {
+                return Some(s.leader_id as usize - 1);
+            }
+        }
+    }
+    None
 }
