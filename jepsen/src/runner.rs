@@ -749,3 +749,33 @@ async fn leader_of(endpoints: &[String]) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_shapes_cut_the_right_pairs_for_five_nodes() {
+        let mut seen = BTreeMap::new();
+        for seed in 0..200 {
+            let mut rng = Rng(seed);
+            let (shape, cut) = partition_plan(&mut rng, 5, Some(2));
+            seen.insert(shape, cut.clone());
+            let cuts = cut.len();
+            match shape {
+                "halves" => assert_eq!(cuts, 6, "2 x 3 pairs between the halves"),
+                "isolate" | "leader" => assert_eq!(cuts, 4),
+                "ring" => assert_eq!(cuts, 5, "each node keeps its two ring neighbours"),
+                "bridge" => assert_eq!(cuts, 4, "two pairs of two, the bridge sees all"),
+                other => panic!("unknown shape {other}"),
+            }
+            if shape == "leader" {
+                assert!(
+                    cut.iter().all(|&(a, b)| a == 2 || b == 2),
+                    "only the leader is cut off"
+                );
+            }
+        }
+        assert_eq!(seen.len(), 5, "every shape comes up: {:?}", seen.keys());
+    }
+}
