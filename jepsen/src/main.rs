@@ -69,9 +69,13 @@ fn read_history(path: &PathBuf) -> anyhow::Result<Vec<history::Event>> {
     history::read_jsonl(std::io::BufReader::new(file))
 }
 
+/// The history's client operations, invocations paired with completions.
+fn read_ops(path: &PathBuf) -> anyhow::Result<Vec<history::Operation>> {
+    history::pair(&read_history(path)?)
+}
+
 fn check_register(path: &PathBuf) -> anyhow::Result<u8> {
-    let events = read_history(path)?;
-    let ops = history::pair(&events)?;
+    let ops = read_ops(path)?;
     let verdicts = register::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
     let mut code = VALID;
     for v in &verdicts {
@@ -135,8 +139,7 @@ fn check_bank(path: &PathBuf) -> anyhow::Result<u8> {
 }
 
 fn check_append(path: &PathBuf) -> anyhow::Result<u8> {
-    let events = read_history(path)?;
-    let ops = history::pair(&events)?;
+    let ops = read_ops(path)?;
     let report = append::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
     for a in &report.anomalies {
         println!("{}: {}", a.kind, a.explanation);
@@ -205,46 +208,34 @@ fn main() -> ExitCode {
             out,
             ordo_bin,
         } => {
-            let ordo_bin = match ordo_bin {
-                Some(b) => b,
-                None => match std::env::current_exe() {
-                    Ok(me) => me.with_file_name("ordo"),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(UNKNOWN);
-                    }
-                },
-            };
-            if !ordo_bin.is_file() {
-                eprintln!(
-                    "error: no ordo binary at {} (cargo build --bin ordo, or --ordo-bin)",
+            let run = || -> anyhow::Result<u8> {
+                let ordo_bin = match ordo_bin {
+                    Some(b) => b,
+                    None => std::env::current_exe()?.with_file_name("ordo"),
+                };
+                anyhow::ensure!(
+                    ordo_bin.is_file(),
+                    "no ordo binary at {} (cargo build --bin ordo, or --ordo-bin)",
                     ordo_bin.display()
                 );
-                return ExitCode::from(UNKNOWN);
-            }
-            if nodes < 1 || concurrency < 1 || rate <= 0.0 {
-                eprintln!("error: --nodes, --concurrency and --rate must be positive");
-                return ExitCode::from(UNKNOWN);
-            }
-            let opts = ordo_jepsen::runner::RunOpts {
-                nodes,
-                time_limit: std::time::Duration::from_secs(time_limit),
-                workload,
-                nemesis,
-                rate,
-                concurrency,
-                seed,
-                out,
-                ordo_bin,
+                anyhow::ensure!(
+                    nodes >= 1 && concurrency >= 1 && rate > 0.0,
+                    "--nodes, --concurrency and --rate must be positive"
+                );
+                let opts = ordo_jepsen::runner::RunOpts {
+                    nodes,
+                    time_limit: std::time::Duration::from_secs(time_limit),
+                    workload,
+                    nemesis,
+                    rate,
+                    concurrency,
+                    seed,
+                    out,
+                    ordo_bin,
+                };
+                tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
             };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(UNKNOWN);
-                }
-            };
-            return match runtime.block_on(ordo_jepsen::runner::run(opts)) {
+            return match run() {
                 Ok(code) => ExitCode::from(code),
                 Err(e) => {
                     eprintln!("error: {e:#}");
