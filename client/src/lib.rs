@@ -433,6 +433,33 @@ impl Client {
         Ok(response)
     }
 
+    /// Moves `qty` of `sku` from one DC to another, all or nothing.
+    pub async fn transfer_stock(
+        &self,
+        sku: u32,
+        from_dc_id: u32,
+        to_dc_id: u32,
+        qty: i64,
+        request_id: Option<String>,
+    ) -> Result<v1::TransferStockResponse, Error> {
+        let request = v1::TransferStockRequest {
+            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            sku,
+            from_dc_id,
+            to_dc_id,
+            qty,
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                let request = request.clone();
+                async move { ordo.transfer_stock(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
     pub async fn upsert_dc(&self, dc: v1::Dc) -> Result<v1::UpsertDcResponse, Error> {
         let request = v1::UpsertDcRequest {
             request_id: self.new_request_id(),
@@ -499,6 +526,29 @@ impl Client {
         response
             .order
             .ok_or_else(|| Error::Protocol("GetOrder response without an order".into()))
+    }
+
+    /// One page of committed orders after `after_order_id`, in commit order.
+    pub async fn list_orders(
+        &self,
+        after_order_id: u64,
+        limit: u32,
+    ) -> Result<v1::ListOrdersResponse, Error> {
+        let (consistency, at_least_epoch) = self.read_fields();
+        let request = v1::ListOrdersRequest {
+            after_order_id,
+            limit,
+            consistency,
+            at_least_epoch,
+        };
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                async move { ordo.list_orders(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
     }
 
     pub async fn get_availability(
@@ -590,6 +640,26 @@ impl Client {
                     .add_member(v1::AddMemberRequest { node_id, addr })
                     .await
             }
+        })
+        .await
+    }
+
+    /// Skews the connected node's sequencer clock (fault tests; the node must run with
+    /// --fault-injection). All zeros clear it.
+    pub async fn set_clock_fault(
+        &self,
+        offset_ms: i64,
+        strobe_ms: i64,
+        strobe_period_ms: u64,
+    ) -> Result<v1::SetClockFaultResponse, Error> {
+        let request = v1::SetClockFaultRequest {
+            offset_ms,
+            strobe_ms,
+            strobe_period_ms,
+        };
+        self.with_retries(|| {
+            let mut admin = self.admin();
+            async move { admin.set_clock_fault(request).await }
         })
         .await
     }

@@ -184,6 +184,71 @@ pub(crate) fn decide(
                 })),
             }
         }
+        Op::Transfer {
+            sku,
+            from_dc,
+            to_dc,
+            qty,
+        } => {
+            let from = stock.get(&(*from_dc, *sku)).copied().unwrap_or_default();
+            let to = stock.get(&(*to_dc, *sku)).copied().unwrap_or_default();
+            let refuse = |code, dc, available| {
+                rejected(Outcome::Transfer {
+                    from,
+                    to,
+                    rejection: Some(Rejection {
+                        code,
+                        dc,
+                        sku: *sku,
+                        available,
+                        requested: *qty,
+                    }),
+                })
+            };
+            if let Some(rejection) = route.pre_rejection {
+                return Ok(rejected(Outcome::Transfer {
+                    from,
+                    to,
+                    rejection: Some(rejection),
+                }));
+            }
+            if from_dc == to_dc || *qty <= 0 {
+                return Err(ExecError::Invariant(format!(
+                    "transfer {} of {qty} from dc {from_dc} to dc {to_dc}: the edge admits \
+                     only positive transfers between two DCs",
+                    txn.request_id
+                )));
+            }
+            if from.available() < *qty {
+                return Ok(refuse(
+                    RejectCode::InsufficientStock,
+                    *from_dc,
+                    from.available(),
+                ));
+            }
+            let Some(to_on_hand) = to.on_hand.checked_add(*qty) else {
+                return Ok(refuse(RejectCode::StockOverflow, *to_dc, to.available()));
+            };
+            let from_next = StockRecord {
+                on_hand: from.on_hand - qty,
+                reserved: from.reserved,
+            };
+            let to_next = StockRecord {
+                on_hand: to_on_hand,
+                reserved: to.reserved,
+            };
+            Ok(Decision {
+                result: result(Outcome::Transfer {
+                    from: from_next,
+                    to: to_next,
+                    rejection: None,
+                }),
+                stock: vec![(*from_dc, *sku, from_next), (*to_dc, *sku, to_next)],
+                order: None,
+                kv: Vec::new(),
+                remember: true,
+            })
+        }
         Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
         Op::UpsertDc(_) | Op::UpsertItem(_) => Err(ExecError::Invariant(
             "global transaction in a partition executor".into(),

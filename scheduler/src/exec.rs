@@ -345,6 +345,12 @@ pub(crate) fn route(
     let pairs: Vec<(u32, u32, i64)> = match &txn.op {
         Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
         Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
+        Op::Transfer {
+            sku,
+            from_dc,
+            to_dc,
+            qty,
+        } => vec![(*from_dc, *sku, *qty), (*to_dc, *sku, *qty)],
         Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => {
             return Err(ExecError::Invariant(
                 "global transaction routed to a region partition".into(),

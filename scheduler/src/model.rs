@@ -44,6 +44,14 @@ pub enum Op {
     /// A transaction over user keys: reads, writes, compare-and-sets and list appends, applied
     /// in order, all or nothing (a failed cas aborts the whole transaction).
     Kv(Vec<KvOp>),
+    /// Moves `qty` units of on-hand stock of `sku` from one DC to another, all or nothing:
+    /// rejected when the source has fewer than `qty` available. Total stock is unchanged.
+    Transfer {
+        sku: u32,
+        from_dc: u32,
+        to_dc: u32,
+        qty: i64,
+    },
 }
 
 /// One operation of a key-value transaction.
@@ -157,6 +165,7 @@ pub enum RejectCode {
     UnknownSku,
     DcInactive,
     NegativeStock,
+    StockOverflow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +199,11 @@ impl std::fmt::Display for Rejection {
                 "adjustment would make stock negative: dc {dc} sku {sku} available {available} \
                  delta -{requested}"
             ),
+            RejectCode::StockOverflow => write!(
+                f,
+                "dc {dc} sku {sku} would hold more than {} units",
+                i64::MAX
+            ),
         }
     }
 }
@@ -222,14 +236,20 @@ pub enum Outcome {
         results: Vec<Option<KvValue>>,
         abort: Option<String>,
     },
+    /// A stock transfer: both rows after it (unchanged when rejected).
+    Transfer {
+        from: StockRecord,
+        to: StockRecord,
+        rejection: Option<Rejection>,
+    },
 }
 
 impl Outcome {
     pub fn rejection(&self) -> Option<&Rejection> {
         match self {
-            Outcome::Order { rejection, .. } | Outcome::Restock { rejection, .. } => {
-                rejection.as_ref()
-            }
+            Outcome::Order { rejection, .. }
+            | Outcome::Restock { rejection, .. }
+            | Outcome::Transfer { rejection, .. } => rejection.as_ref(),
             Outcome::Upserted | Outcome::Kv { .. } => None,
         }
     }

@@ -189,6 +189,12 @@ fn lines_of(txn: &Txn) -> Vec<(u32, u32)> {
     match &txn.op {
         Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku)).collect(),
         Op::Restock { dc, sku, .. } => vec![(*dc, *sku)],
+        Op::Transfer {
+            sku,
+            from_dc,
+            to_dc,
+            ..
+        } => vec![(*from_dc, *sku), (*to_dc, *sku)],
         Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => Vec::new(),
     }
 }

@@ -66,6 +66,33 @@ pub fn order(store: &Store, order_id: u64) -> Result<Option<OrderRecord>, ReadEr
     Ok(None)
 }
 
+/// Committed orders with ids above `after`, in id order, at most `limit` (from every
+/// partition; an order lives in its first DC's).
+pub fn orders_after(
+    store: &Store,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<OrderRecord>, ReadError> {
+    let Some(start_id) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let start = keys::order(start_id);
+    let end = [keys::ORDER + 1];
+    let mut orders = Vec::new();
+    for n in 0..store.partitions() {
+        for (key, value) in store.range(Part::Region(n), &start, &end, limit)? {
+            let order: OrderRecord = decode(&value).map_err(|e| ReadError::Corrupt {
+                what: format!("order at key {key:?}"),
+                detail: e.to_string(),
+            })?;
+            orders.push(order);
+        }
+    }
+    orders.sort_by_key(|o| o.order_id);
+    orders.truncate(limit);
+    Ok(orders)
+}
+
 /// The remembered result of `request_id`, from whichever partition holds it.
 pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<TxnResult>, ReadError> {
     let key = keys::dedupe(request_id);

@@ -102,6 +102,40 @@ impl Model {
                     }
                 }
             }
+            Op::Transfer {
+                sku,
+                from_dc,
+                to_dc,
+                qty,
+            } => {
+                let from = self.stock[&(*from_dc, *sku)];
+                let to = self.stock[&(*to_dc, *sku)];
+                let row = |on_hand| StockRecord {
+                    on_hand,
+                    reserved: 0,
+                };
+                if from < *qty {
+                    Outcome::Transfer {
+                        from: row(from),
+                        to: row(to),
+                        rejection: Some(Rejection {
+                            code: RejectCode::InsufficientStock,
+                            dc: *from_dc,
+                            sku: *sku,
+                            available: from,
+                            requested: *qty,
+                        }),
+                    }
+                } else {
+                    self.stock.insert((*from_dc, *sku), from - qty);
+                    self.stock.insert((*to_dc, *sku), to + qty);
+                    Outcome::Transfer {
+                        from: row(from - qty),
+                        to: row(to + qty),
+                        rejection: None,
+                    }
+                }
+            }
             _ => unreachable!("the workload has no global transactions after seeding"),
         };
         self.seen.insert(txn.request_id.clone(), outcome.clone());
@@ -124,7 +158,16 @@ impl Rng {
 }
 
 fn random_txn(rng: &mut Rng, id: String) -> Txn {
+    let from_dc = rng.below(DCS as u64) as u32 + 1;
     let op = if rng.below(8) == 0 {
+        Op::Transfer {
+            sku: rng.below(SKUS as u64) as u32 + 1,
+            from_dc,
+            // Any other DC, often in another partition.
+            to_dc: (from_dc + rng.below(DCS as u64 - 1) as u32) % DCS + 1,
+            qty: rng.below(4) as i64 + 1,
+        }
+    } else if rng.below(8) == 0 {
         Op::Restock {
             dc: rng.below(DCS as u64) as u32 + 1,
             sku: rng.below(SKUS as u64) as u32 + 1,

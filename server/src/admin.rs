@@ -13,6 +13,8 @@ use ordo_sequencer::{InitOutcome, Node};
 use ordo_storage::Part;
 use tonic::{Request, Response, Status};
 
+use crate::fault::FaultClock;
+
 /// State hashes listed in `Status.recent_hashes`.
 const RECENT_HASHES: u64 = 16;
 /// How long a membership change may take (a learner may need a whole snapshot first).
@@ -21,13 +23,20 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct AdminService {
     node: Arc<Node>,
     queue_txns_max: usize,
+    /// Set on a node started with --fault-injection.
+    fault_clock: Option<Arc<FaultClock>>,
 }
 
 impl AdminService {
-    pub fn new(node: Arc<Node>, queue_txns_max: usize) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        queue_txns_max: usize,
+        fault_clock: Option<Arc<FaultClock>>,
+    ) -> Self {
         Self {
             node,
             queue_txns_max,
+            fault_clock,
         }
     }
 
@@ -276,5 +285,31 @@ impl Admin for AdminService {
         .map_err(|_| Status::deadline_exceeded("the membership change did not commit in time"))?
         .map_err(raft_err)?;
         Ok(Response::new(self.membership_response()))
+    }
+
+    async fn set_clock_fault(
+        &self,
+        request: Request<v1::SetClockFaultRequest>,
+    ) -> Result<Response<v1::SetClockFaultResponse>, Status> {
+        let Some(clock) = &self.fault_clock else {
+            return Err(Status::failed_precondition(format!(
+                "node {} does not accept fault injection; start it with --fault-injection \
+                 (for fault tests only)",
+                self.node.node_id
+            )));
+        };
+        let r = request.into_inner();
+        clock
+            .set(r.offset_ms, r.strobe_ms, r.strobe_period_ms)
+            .map_err(|e| Status::invalid_argument(format!("set_clock_fault: {e}")))?;
+        tracing::warn!(
+            offset_ms = r.offset_ms,
+            strobe_ms = r.strobe_ms,
+            strobe_period_ms = r.strobe_period_ms,
+            "clock fault set"
+        );
+        Ok(Response::new(v1::SetClockFaultResponse {
+            clock_ms: clock.now_ms(),
+        }))
     }
 }

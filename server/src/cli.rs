@@ -163,6 +163,44 @@ pub async fn restock(
     })
 }
 
+pub async fn transfer(
+    client: &Client,
+    sku: u32,
+    from_dc: u32,
+    to_dc: u32,
+    qty: i64,
+    request_id: Option<String>,
+) -> Result<Output, ordo_client::Error> {
+    let r = client
+        .transfer_stock(sku, from_dc, to_dc, qty, request_id)
+        .await?;
+    let (from, to) = (r.from.unwrap_or_default(), r.to.unwrap_or_default());
+    let mut json = json!({
+        "applied": r.applied,
+        "request_id": r.request_id,
+        "sku": sku,
+        "qty": qty,
+        "from": {"dc_id": from_dc, "on_hand": from.on_hand, "available": from.available},
+        "to": {"dc_id": to_dc, "on_hand": to.on_hand, "available": to.available},
+        "epoch": r.epoch,
+    });
+    let human = if r.applied {
+        format!(
+            "moved {qty} of sku {sku}: dc {from_dc} now {} on hand, dc {to_dc} now {} (epoch {})",
+            from.on_hand, to.on_hand, r.epoch
+        )
+    } else {
+        json["reason"] = json!(r.reason);
+        format!("transfer rejected in epoch {}: {}", r.epoch, r.reason)
+    };
+    Ok(Output {
+        json,
+        human,
+        exit: if r.applied { EXIT_OK } else { EXIT_REJECTED },
+        is_error: false,
+    })
+}
+
 pub async fn get_order(client: &Client, order_id: u64) -> Result<Output, ordo_client::Error> {
     let o = client.get_order(order_id).await?;
     let mut human = format!(

@@ -23,6 +23,7 @@ fn reject_code(code: RejectCode) -> v1::RejectCode {
         RejectCode::UnknownSku => v1::RejectCode::UnknownSku,
         RejectCode::DcInactive => v1::RejectCode::DcInactive,
         RejectCode::NegativeStock => v1::RejectCode::NegativeStock,
+        RejectCode::StockOverflow => v1::RejectCode::StockOverflow,
     }
 }
 

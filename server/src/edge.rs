@@ -26,6 +26,9 @@ pub struct OrdoService {
     generated_id_counter: AtomicU64,
 }
 
+/// Orders in a ListOrders page when the request names no limit.
+const LIST_ORDERS_DEFAULT: usize = 100;
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
@@ -435,6 +438,98 @@ impl Ordo for OrdoService {
         }))
     }
 
+    async fn transfer_stock(
+        &self,
+        request: Request<v1::TransferStockRequest>,
+    ) -> Result<Response<v1::TransferStockResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "transfer_stock")?;
+        if r.qty <= 0 || r.qty > self.limits.restock_delta_max {
+            return Err(Status::invalid_argument(format!(
+                "transfer_stock: qty must be 1 to {}, not {}",
+                self.limits.restock_delta_max, r.qty
+            )));
+        }
+        if r.from_dc_id == r.to_dc_id {
+            return Err(Status::invalid_argument(format!(
+                "transfer_stock: from_dc_id and to_dc_id are both {}; a transfer moves stock \
+                 between two DCs",
+                r.from_dc_id
+            )));
+        }
+        self.known_dc(r.from_dc_id, "transfer_stock from_dc_id")?;
+        self.known_dc(r.to_dc_id, "transfer_stock to_dc_id")?;
+        self.known_sku(r.sku, "transfer_stock")?;
+        let txn = Txn {
+            request_id,
+            op: Op::Transfer {
+                sku: r.sku,
+                from_dc: r.from_dc_id,
+                to_dc: r.to_dc_id,
+                qty: r.qty,
+            },
+        };
+        let result = self.run(vec![txn]).await?.remove(0);
+        let Outcome::Transfer {
+            from,
+            to,
+            rejection,
+        } = &result.outcome
+        else {
+            return Err(reused(&result, "a transfer"));
+        };
+        let row = |dc_id, s: &model::StockRecord| v1::DcAvailability {
+            dc_id,
+            on_hand: s.on_hand,
+            reserved: s.reserved,
+            available: s.available(),
+        };
+        Ok(Response::new(v1::TransferStockResponse {
+            request_id: result.request_id.clone(),
+            applied: rejection.is_none(),
+            epoch: result.epoch,
+            from: Some(row(r.from_dc_id, from)),
+            to: Some(row(r.to_dc_id, to)),
+            reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<v1::ListOrdersRequest>,
+    ) -> Result<Response<v1::ListOrdersResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => LIST_ORDERS_DEFAULT,
+            n if n as usize <= self.limits.list_orders_max => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "list_orders: limit must be 1 to {}, not {n}",
+                    self.limits.list_orders_max
+                )))
+            }
+        };
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
+        let store = &self.node.store;
+        // One more than asked, to know whether another page follows.
+        let (epoch, mut orders) = store.consistent(|epoch| {
+            reads::orders_after(store, r.after_order_id, limit + 1)
+                .map(|o| (epoch, o))
+                .map_err(internal)
+        })?;
+        let next_after_order_id = if orders.len() > limit {
+            orders.truncate(limit);
+            orders.last().map(|o| o.order_id).unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(Response::new(v1::ListOrdersResponse {
+            orders: orders.iter().map(convert::order).collect(),
+            next_after_order_id,
+            epoch,
+        }))
+    }
+
     async fn upsert_dc(
         &self,
         request: Request<v1::UpsertDcRequest>,
@@ -492,11 +587,14 @@ impl Ordo for OrdoService {
     ) -> Result<Response<v1::GetStockResponse>, Status> {
         let r = request.into_inner();
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
-        // Read the epoch first: the stock is at least as new as it.
-        let epoch = self.applied_epoch();
         let dc = self.known_dc(r.dc_id, "get_stock")?;
         self.known_sku(r.sku, "get_stock")?;
-        let stock = reads::stock(&self.node.store, &dc, r.sku).map_err(internal)?;
+        let store = &self.node.store;
+        let (epoch, stock) = store.consistent(|epoch| {
+            reads::stock(store, &dc, r.sku)
+                .map(|s| (epoch, s))
+                .map_err(internal)
+        })?;
         Ok(Response::new(v1::GetStockResponse {
             dc_id: r.dc_id,
             sku: r.sku,
@@ -609,32 +707,38 @@ impl Ordo for OrdoService {
             ));
         }
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
-        let epoch = self.applied_epoch();
         let dcs = r
             .dc_ids
             .iter()
             .enumerate()
             .map(|(i, &dc)| self.known_dc(dc, &format!("dc_ids[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut items = Vec::with_capacity(r.skus.len());
         for (i, &sku) in r.skus.iter().enumerate() {
             self.known_sku(sku, &format!("skus[{i}]"))?;
-            let mut per_dc = Vec::with_capacity(dcs.len());
-            for dc in &dcs {
-                let stock = reads::stock(&self.node.store, dc, sku).map_err(internal)?;
-                per_dc.push(v1::DcAvailability {
-                    dc_id: dc.dc,
-                    on_hand: stock.on_hand,
-                    reserved: stock.reserved,
-                    available: stock.available(),
+        }
+        // Every row from one epoch: the answer is a snapshot at a point of the serial order.
+        let store = &self.node.store;
+        let (epoch, items) = store.consistent(|epoch| {
+            let mut items = Vec::with_capacity(r.skus.len());
+            for &sku in &r.skus {
+                let mut per_dc = Vec::with_capacity(dcs.len());
+                for dc in &dcs {
+                    let stock = reads::stock(store, dc, sku).map_err(internal)?;
+                    per_dc.push(v1::DcAvailability {
+                        dc_id: dc.dc,
+                        on_hand: stock.on_hand,
+                        reserved: stock.reserved,
+                        available: stock.available(),
+                    });
+                }
+                items.push(v1::SkuAvailability {
+                    sku,
+                    available_total: per_dc.iter().map(|d| d.available).sum(),
+                    dcs: per_dc,
                 });
             }
-            items.push(v1::SkuAvailability {
-                sku,
-                available_total: per_dc.iter().map(|d| d.available).sum(),
-                dcs: per_dc,
-            });
-        }
+            Ok::<_, Status>((epoch, items))
+        })?;
         Ok(Response::new(v1::GetAvailabilityResponse { epoch, items }))
     }
 }

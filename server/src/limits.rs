@@ -18,6 +18,8 @@ pub struct Limits {
     pub availability_skus_max: usize,
     pub kv_ops_per_txn_max: usize,
     pub kv_key_bytes_max: usize,
+    /// Orders in one ListOrders page (at 100 lines an order, 1,000 orders stay under 4 MiB).
+    pub list_orders_max: usize,
     /// The largest gRPC message the server accepts or sends.
     pub message_bytes_max: usize,
     /// How long a write waits for its result before DEADLINE_EXCEEDED.
@@ -39,6 +41,7 @@ impl Default for Limits {
             availability_skus_max: 1_000,
             kv_ops_per_txn_max: 64,
             kv_key_bytes_max: 128,
+            list_orders_max: 1_000,
             message_bytes_max: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
         }

@@ -6,6 +6,7 @@ mod cli;
 mod convert;
 mod demo;
 mod edge;
+mod fault;
 mod limits;
 mod replay;
 mod serve;
@@ -118,6 +119,17 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Move stock of a SKU from one DC to another, all or nothing (exit 3 when rejected).
+    Transfer {
+        sku: u32,
+        from_dc: u32,
+        to_dc: u32,
+        qty: i64,
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show a committed order.
     GetOrder {
         order_id: u64,
@@ -204,6 +216,11 @@ struct Tuning {
     /// Largest gRPC message accepted, in bytes [default: 4194304]
     #[arg(long)]
     message_bytes_max: Option<usize>,
+    /// Accept fault-injection admin calls (SetClockFault: skew this node's sequencer clock).
+    /// For fault tests such as ordo-jepsen; never on a production node.
+    #[arg(long)]
+    #[serde(default)]
+    fault_injection: bool,
 }
 
 impl Tuning {
@@ -221,6 +238,7 @@ impl Tuning {
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
             snapshot_every: self.snapshot_every.or(other.snapshot_every),
             message_bytes_max: self.message_bytes_max.or(other.message_bytes_max),
+            fault_injection: self.fault_injection || other.fault_injection,
         }
     }
 }
@@ -272,6 +290,7 @@ fn serve_options(
                 .unwrap_or(defaults.proposals_in_flight_max),
         },
         snapshot_every_entries: tuning.snapshot_every.unwrap_or(20_000).max(100),
+        fault_injection: tuning.fault_injection,
         limits: limits::Limits {
             request_timeout: Duration::from_millis(tuning.request_timeout_ms.unwrap_or(10_000)),
             message_bytes_max: tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024),
@@ -465,6 +484,19 @@ async fn main() -> ExitCode {
         } => {
             run_client(conn, |c| async move {
                 cli::restock(&c, dc, sku, delta, request_id).await
+            })
+            .await
+        }
+        Command::Transfer {
+            sku,
+            from_dc,
+            to_dc,
+            qty,
+            request_id,
+            conn,
+        } => {
+            run_client(conn, |c| async move {
+                cli::transfer(&c, sku, from_dc, to_dc, qty, request_id).await
             })
             .await
         }

@@ -13,7 +13,7 @@ use ordo_proto::v1::admin_server::AdminServer;
 use ordo_proto::v1::ordo_server::OrdoServer;
 use ordo_scheduler::{keys, reads, ExecConfig};
 use ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX;
-use ordo_sequencer::{system_clock, Node, NodeConfig, SequencerConfig};
+use ordo_sequencer::{Node, NodeConfig, SequencerConfig};
 use ordo_storage::Part;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -22,6 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
 use crate::edge::OrdoService;
+use crate::fault::FaultClock;
 use crate::limits::Limits;
 
 #[derive(Clone)]
@@ -36,6 +37,8 @@ pub struct ServeOptions {
     pub sequencer: SequencerConfig,
     pub snapshot_every_entries: u64,
     pub limits: Limits,
+    /// Whether the Admin service accepts fault injection (clock skew).
+    pub fault_injection: bool,
 }
 
 /// A node with its gRPC server running.
@@ -79,6 +82,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         .with_context(|| format!("binding {}", opts.listen))?;
     let local = listener.local_addr()?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| local.to_string());
+    let fault_clock = Arc::new(FaultClock::default());
     let node = Node::start(NodeConfig {
         node_id: opts.node_id,
         advertise_addr: advertise,
@@ -87,7 +91,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         exec: ExecConfig::default(),
         sequencer: opts.sequencer.clone(),
         snapshot_every_entries: opts.snapshot_every_entries,
-        clock: system_clock(),
+        clock: fault_clock.clock(),
         peers: opts.peers.clone(),
         forward_timeout: opts.limits.request_timeout,
         // Peers see this node's connections come from its own address.
@@ -125,6 +129,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     let admin = AdminServer::new(AdminService::new(
         node.clone(),
         opts.sequencer.queue_txns_max,
+        opts.fault_injection.then_some(fault_clock),
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -84,6 +84,9 @@ pub struct Store {
     regions: Vec<Tree>,
     /// A copy of the meta `applied` record, so readers need not decode it each time.
     applied: Mutex<Applied>,
+    /// Held for writing while an epoch commits and for reading by [`Store::consistent`], so a
+    /// multi-row read sees whole epochs. Lock order: `gate`, then `applied`.
+    gate: RwLock<()>,
 }
 
 /// One tree's name and every key/value pair in it.
@@ -167,6 +170,7 @@ impl Store {
             meta,
             regions,
             applied: Mutex::new(applied),
+            gate: RwLock::new(()),
         })
     }
 
@@ -222,6 +226,15 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `read` with the applied epoch while no epoch commits: every row it reads is from
+    /// that epoch (sled makes a commit atomic to crash recovery, not to concurrent readers).
+    /// Commits wait for the read, so keep it short.
+    pub fn consistent<T>(&self, read: impl FnOnce(u64) -> T) -> T {
+        let _gate = self.gate.read().expect("epoch gate");
+        let epoch = self.applied_epoch();
+        read(epoch)
+    }
+
     /// The applied state as of the last commit.
     pub fn applied(&self) -> Applied {
         self.applied.lock().expect("applied lock").clone()
@@ -243,6 +256,7 @@ impl Store {
     /// the next one: anything else means the log was applied out of order or twice, and the node
     /// must stop. Returns the state hash after the commit.
     pub fn commit(&self, commit: EpochCommit) -> Result<StateHash, StoreError> {
+        let _gate = self.gate.write().expect("epoch gate");
         let mut applied = self.applied.lock().expect("applied lock");
         let mut next = applied.clone();
         next.raft_meta = commit.raft_meta;
@@ -359,6 +373,7 @@ impl Store {
                 self.partitions()
             )));
         }
+        let _gate = self.gate.write().expect("epoch gate");
         let mut applied = self.applied.lock().expect("applied lock");
         self.meta.insert(META_IMPORTING, &[1u8])?;
         self.db.flush()?;
