@@ -14,6 +14,8 @@ use crate::history::{Event, EventType, Process};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BankAnomaly {
     pub event_index: u64,
+    /// `wrong-total` or `negative-balance`.
+    pub kind: &'static str,
     pub message: String,
 }
 
@@ -22,6 +24,8 @@ pub struct BankReport {
     pub reads: usize,
     pub total: Option<i64>,
     pub anomalies: Vec<BankAnomaly>,
+    /// Every anomaly, counted by kind.
+    pub counts: std::collections::BTreeMap<&'static str, usize>,
 }
 
 /// Anomalies listed at most (the count is always exact).
@@ -67,18 +71,20 @@ pub fn check(events: &[Event]) -> Result<(BankReport, usize), String> {
         let total = *report.total.get_or_insert(sum);
         let mut problems = Vec::new();
         if sum != total {
-            problems.push(format!("read total {sum}, expected {total}"));
+            problems.push(("wrong-total", format!("read total {sum}, expected {total}")));
         }
         for (dc, sku, qty) in &rows {
             if *qty < 0 {
-                problems.push(format!("dc {dc} sku {sku} at {qty}"));
+                problems.push(("negative-balance", format!("dc {dc} sku {sku} at {qty}")));
             }
         }
-        for message in problems {
+        for (kind, message) in problems {
             count += 1;
+            *report.counts.entry(kind).or_default() += 1;
             if report.anomalies.len() < EXAMPLES_MAX {
                 report.anomalies.push(BankAnomaly {
                     event_index: e.index,
+                    kind,
                     message,
                 });
             }

@@ -40,35 +40,45 @@ fn rows(value: &Value, what: &str) -> Result<Vec<Row>, String> {
 }
 
 pub struct Report {
+    /// Examples, at most [`EXAMPLES_MAX`], each `kind: explanation`.
     pub anomalies: Vec<String>,
+    /// Every anomaly counted by kind: `negative-read`, `lost-order`, `rejected-order-present`,
+    /// `phantom-order`, `stock-mismatch`.
+    pub counts: BTreeMap<&'static str, usize>,
+    /// Keys whose stock could not be checked (too many indeterminate restocks to search).
+    pub unchecked: Vec<String>,
     pub orders_ok: usize,
     pub orders_indeterminate: usize,
     pub keys: usize,
 }
 
-/// Indeterminate restocks of one key searched for a matching subset, at most.
-const RESTOCK_SUBSET_MAX: usize = 20;
+/// Distinct subset sums of one key's indeterminate restocks tracked, at most (small deltas
+/// keep this far below the limit however many restocks there are).
+const SUBSET_SUMS_MAX: usize = 1_000_000;
 /// Anomalies listed at most.
 const EXAMPLES_MAX: usize = 50;
 
-/// Whether some subset of `deltas` sums to `target`.
+/// Whether some subset of `deltas` sums to `target`; `None` when the search grows too big.
 fn subset_sums_to(deltas: &[i64], target: i64) -> Option<bool> {
-    if deltas.len() > RESTOCK_SUBSET_MAX {
-        return None;
-    }
     let mut sums = BTreeSet::from([0i64]);
     for d in deltas {
         let next: Vec<i64> = sums.iter().map(|s| s + d).collect();
         sums.extend(next);
+        if sums.len() > SUBSET_SUMS_MAX {
+            return None;
+        }
     }
     Some(sums.contains(&target))
 }
 
 pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
     let mut anomalies = Vec::new();
-    let mut note = |a: String| {
+    let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut unchecked = Vec::new();
+    let mut note = |kind: &'static str, a: String| {
+        *counts.entry(kind).or_default() += 1;
         if anomalies.len() < EXAMPLES_MAX {
-            anomalies.push(a);
+            anomalies.push(format!("{kind}: {a}"));
         }
     };
     let mut initial: BTreeMap<Key, i64> = BTreeMap::new();
@@ -123,7 +133,10 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
             "read" if completion == EventType::Ok => {
                 for (dc, sku, n) in rows(&op.complete_value, &what)? {
                     if n < 0 {
-                        note(format!("{what}: dc {dc} sku {sku} read at {n}, below zero"));
+                        note(
+                            "negative-read",
+                            format!("{what}: dc {dc} sku {sku} read at {n}, below zero"),
+                        );
                     }
                 }
             }
@@ -131,9 +144,10 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
                 let stock = rows(&op.complete_value["stock"], &what)?;
                 for &(dc, sku, n) in &stock {
                     if n < 0 {
-                        note(format!(
-                            "{what}: dc {dc} sku {sku} final stock {n}, below zero"
-                        ));
+                        note(
+                            "negative-read",
+                            format!("{what}: dc {dc} sku {sku} final stock {n}, below zero"),
+                        );
                     }
                 }
                 final_stock = Some(
@@ -162,10 +176,14 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
     for (id, (completion, lines)) in &invoked {
         let present = final_orders.contains(id);
         match completion {
-            EventType::Ok if !present => {
-                note(format!("order {id} was acknowledged but is missing (lost)"))
-            }
-            EventType::Fail if present => note(format!("order {id} was rejected but is present")),
+            EventType::Ok if !present => note(
+                "lost-order",
+                format!("order {id} was acknowledged but is missing (lost)"),
+            ),
+            EventType::Fail if present => note(
+                "rejected-order-present",
+                format!("order {id} was rejected but is present"),
+            ),
             _ => {}
         }
         if present {
@@ -175,7 +193,10 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         }
     }
     for id in final_orders.difference(&invoked.keys().cloned().collect()) {
-        note(format!("order {id} is present but was never invoked"));
+        note(
+            "phantom-order",
+            format!("order {id} is present but was never invoked"),
+        );
     }
     let keys: BTreeSet<Key> = expected.keys().chain(final_stock.keys()).copied().collect();
     for key in &keys {
@@ -185,17 +206,20 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         let unknown = unknown_restocks.get(key).map(Vec::as_slice).unwrap_or(&[]);
         match subset_sums_to(unknown, got - want) {
             Some(true) => {}
-            Some(false) => note(format!(
+            Some(false) => note("stock-mismatch", format!(
                 "dc {dc} sku {sku}: final stock {got}, expected {want} (initial + restocks - committed orders){}",
-                if unknown.is_empty() { String::new() } else { format!(" plus some of the indeterminate restocks {unknown:?}") }
+                if unknown.is_empty() { String::new() } else { format!(" plus some of the {} indeterminate restocks", unknown.len()) }
             )),
-            None => note(format!(
-                "dc {dc} sku {sku}: more than {RESTOCK_SUBSET_MAX} indeterminate restocks; not checked"
+            None => unchecked.push(format!(
+                "dc {dc} sku {sku}: the {} indeterminate restocks have over {SUBSET_SUMS_MAX} subset sums; not checked",
+                unknown.len()
             )),
         }
     }
     Ok(Report {
         anomalies,
+        counts,
+        unchecked,
         orders_ok,
         orders_indeterminate,
         keys: keys.len(),

@@ -9,8 +9,10 @@
 
 pub mod append;
 pub mod bank;
+pub mod checks;
 pub mod history;
 pub mod inventory;
+pub mod plot;
 pub mod porcupine;
 pub mod register;
 pub mod runner;

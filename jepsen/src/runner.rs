@@ -5,10 +5,16 @@
 //! (root and iptables needed; refused loudly otherwise), where every node has its own loopback
 //! address (127.0.0.11, .12, ...) and a partition is a set of iptables DROP rules between node
 //! pairs (nodes connect to peers from their own address). Without it, nodes run on the host's
-//! 127.0.0.1. Nemeses: `partition` (random halves, one node isolated, the leader isolated, a
-//! majorities ring, a bridge), `kill` (SIGKILL, restart), `pause` (SIGSTOP, SIGCONT).
-//! Workloads: `register` and `append`, over Ordo's `Transact` API. The clock and membership
-//! nemeses and the `inventory` and `bank` workloads are refused until they exist.
+//! 127.0.0.1.
+//!
+//! Nemeses, one fault at a time, each 2-4 s after the last heal and lasting 2-4 s:
+//! `partition` (random halves, one node isolated, the leader isolated, a majorities ring, a
+//! bridge), `kill` (SIGKILL one node, a minority, the leader or all, then restart), `pause`
+//! (SIGSTOP one node or the leader, then SIGCONT), `clock` (bumps and strobes of the nodes'
+//! sequencer clocks through the `--fault-injection` admin call), `membership` (remove a node,
+//! then add it back). Workloads: `register` and `append` over `Transact`; `inventory` (orders
+//! in one DC, several DCs of a region, or across regions; restocks; stock reads) and `bank`
+//! (transfers between DC rows; whole-snapshot reads of every row).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,9 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ordo_client::{v1, Client, RetryPolicy};
+use ordo_client::{v1, Client, Consistency, RetryPolicy};
 use serde_json::{json, Value};
 
+use crate::checks;
 use crate::history::{Event, EventType, Process};
 
 #[derive(Clone, Debug)]
@@ -36,10 +43,24 @@ pub struct RunOpts {
     pub ordo_bin: PathBuf,
 }
 
+pub const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membership"];
+
 /// Keys the register and append workloads use.
 const KEYS: u64 = 5;
-/// How long recovery (restarts, agreement) may take after the nemesis stops.
+/// The inventory and bank dataset: (dc, region). Regions 0, 1, 2 are the three partitions,
+/// so DCs 1 and 4 share one (multi-DC orders) and the others are cross-region.
+const DCS: [(u32, u32); 4] = [(1, 0), (2, 1), (3, 2), (4, 0)];
+const SKUS: [u32; 2] = [1, 2];
+/// Initial units per (dc, sku): inventory (small, so orders run out and restocks matter)...
+const INVENTORY_STOCK: i64 = 20;
+/// ... and bank.
+const BANK_STOCK: i64 = 100;
+/// How long one client operation may take before its outcome counts as unknown.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long recovery (restarts, final reads, agreement) may take after the nemesis stops.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Orders read per ListOrders page in the final read.
+const LIST_PAGE: u32 = 1_000;
 
 /// SplitMix64, seeded: the same seed gives the same operations and fault schedule.
 struct Rng(u64);
@@ -54,6 +75,9 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
+    }
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
     }
 }
 
@@ -85,18 +109,30 @@ impl Recorder {
     }
 }
 
+type Shared = Arc<Mutex<Recorder>>;
+
+fn record(rec: &Shared, process: Process, kind: EventType, f: &str, value: Value) {
+    rec.lock()
+        .expect("recorder")
+        .push(process, kind, f, value, None);
+}
+
 struct NodeProc {
     id: usize,
     addr: String,
     data_dir: PathBuf,
     log: PathBuf,
     peers: Vec<String>,
+    fault_injection: bool,
     child: Option<Child>,
     paused: bool,
 }
 
 impl NodeProc {
     fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -117,6 +153,9 @@ impl NodeProc {
         for p in &self.peers {
             cmd.args(["--peer", p]);
         }
+        if self.fault_injection {
+            cmd.arg("--fault-injection");
+        }
         self.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", bin.display()))?,
@@ -132,15 +171,28 @@ impl NodeProc {
         }
     }
 
+    fn pause(&mut self) {
+        self.signal("-STOP");
+        self.paused = self.child.is_some();
+    }
+
+    fn resume(&mut self) {
+        if self.paused {
+            self.signal("-CONT");
+        }
+        self.paused = false;
+    }
+
     fn kill9(&mut self) {
+        self.resume();
         if let Some(mut c) = self.child.take() {
-            if self.paused {
-                self.signal("-CONT");
-            }
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.paused = false;
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
 }
 
@@ -164,62 +216,179 @@ fn key_name(k: u64) -> String {
     format!("k{k}")
 }
 
-/// One operation of the workload: (f, invoke value, key, the Transact ops).
-fn next_op(
-    workload: &str,
-    rng: &mut Rng,
-    counter: &mut i64,
-) -> (String, Value, Option<Value>, Vec<v1::KvOp>) {
-    let k = rng.below(KEYS);
-    let key = key_name(k);
-    let op = |o| v1::KvOp { op: Some(o) };
-    if workload == "register" {
-        match rng.below(3) {
-            0 => (
-                "read".into(),
-                Value::Null,
-                Some(json!(k)),
-                vec![op(v1::kv_op::Op::Read(key))],
-            ),
-            1 => {
-                let v = rng.below(5) as i64;
-                (
-                    "write".into(),
-                    json!(v),
-                    Some(json!(k)),
-                    vec![op(v1::kv_op::Op::Write(v1::KvWrite { key, value: v }))],
-                )
+/// What a client operation does against Ordo.
+enum Call {
+    Transact(Vec<v1::KvOp>),
+    Order {
+        request_id: String,
+        lines: Vec<(u32, u32, i64)>,
+    },
+    Restock {
+        request_id: String,
+        dc: u32,
+        sku: u32,
+        delta: i64,
+    },
+    /// Every (dc, sku) row in one snapshot (GetAvailability reads one epoch).
+    ReadAll,
+    Transfer {
+        request_id: String,
+        sku: u32,
+        from: u32,
+        to: u32,
+        qty: i64,
+    },
+}
+
+/// One generated operation: its history fields and its call.
+struct Op {
+    f: &'static str,
+    value: Value,
+    key: Option<Value>,
+    call: Call,
+}
+
+/// A logical client slot's generator state.
+struct Generator {
+    workload: String,
+    rng: Rng,
+    slot: usize,
+    /// Unique per slot: appended values and request ids.
+    counter: i64,
+}
+
+impl Generator {
+    fn request_id(&mut self) -> String {
+        self.counter += 1;
+        format!("j{}-{}", self.slot, self.counter)
+    }
+
+    fn next(&mut self) -> Op {
+        let kv = |o| v1::KvOp { op: Some(o) };
+        let rng = &mut self.rng;
+        match self.workload.as_str() {
+            "register" => {
+                let k = rng.below(KEYS);
+                let key = key_name(k);
+                let (f, value, op) = match rng.below(3) {
+                    0 => ("read", Value::Null, v1::kv_op::Op::Read(key)),
+                    1 => {
+                        let v = rng.below(5) as i64;
+                        let op = v1::kv_op::Op::Write(v1::KvWrite { key, value: v });
+                        ("write", json!(v), op)
+                    }
+                    _ => {
+                        let (from, to) = (rng.below(5) as i64, rng.below(5) as i64);
+                        let op = v1::kv_op::Op::Cas(v1::KvCas { key, from, to });
+                        ("cas", json!([from, to]), op)
+                    }
+                };
+                Op {
+                    f,
+                    value,
+                    key: Some(json!(k)),
+                    call: Call::Transact(vec![kv(op)]),
+                }
             }
+            "append" => {
+                // 1-3 micro-ops over the keys; appended values unique (slot-major ranges).
+                let n = 1 + rng.below(3);
+                let mut mops = Vec::new();
+                let mut ops = Vec::new();
+                for _ in 0..n {
+                    let k = rng.below(KEYS);
+                    if rng.below(2) == 0 {
+                        self.counter += 1;
+                        let v = self.slot as i64 * 1_000_000_000 + self.counter;
+                        mops.push(json!(["append", k, v]));
+                        ops.push(kv(v1::kv_op::Op::Append(v1::KvAppend {
+                            key: key_name(k),
+                            value: v,
+                        })));
+                    } else {
+                        mops.push(json!(["r", k, null]));
+                        ops.push(kv(v1::kv_op::Op::Read(key_name(k))));
+                    }
+                }
+                Op {
+                    f: "txn",
+                    value: Value::Array(mops),
+                    key: None,
+                    call: Call::Transact(ops),
+                }
+            }
+            "inventory" => match rng.below(10) {
+                0..=5 => {
+                    // One DC; two DCs of region 0 (one partition); or two regions.
+                    let sku = *rng.pick(&SKUS);
+                    let qty = 1 + rng.below(3) as i64;
+                    let lines = match rng.below(3) {
+                        0 => vec![(rng.pick(&DCS).0, sku, qty)],
+                        1 => vec![(1, sku, qty), (4, *rng.pick(&SKUS), 1)],
+                        _ => {
+                            let a = rng.pick(&DCS).0;
+                            let b = 1 + (a % 3);
+                            vec![(a, sku, qty), (b, *rng.pick(&SKUS), 1)]
+                        }
+                    };
+                    let request_id = self.request_id();
+                    Op {
+                        f: "order",
+                        value: json!({"request_id": request_id, "lines": lines}),
+                        key: None,
+                        call: Call::Order { request_id, lines },
+                    }
+                }
+                6 => {
+                    let (dc, sku, delta) = (rng.pick(&DCS).0, *rng.pick(&SKUS), 3);
+                    Op {
+                        f: "restock",
+                        value: json!([dc, sku, delta]),
+                        key: None,
+                        call: Call::Restock {
+                            request_id: self.request_id(),
+                            dc,
+                            sku,
+                            delta,
+                        },
+                    }
+                }
+                _ => Op {
+                    f: "read",
+                    value: Value::Null,
+                    key: None,
+                    call: Call::ReadAll,
+                },
+            },
             _ => {
-                let (from, to) = (rng.below(5) as i64, rng.below(5) as i64);
-                (
-                    "cas".into(),
-                    json!([from, to]),
-                    Some(json!(k)),
-                    vec![op(v1::kv_op::Op::Cas(v1::KvCas { key, from, to }))],
-                )
+                // bank
+                if rng.below(2) == 0 {
+                    Op {
+                        f: "read",
+                        value: Value::Null,
+                        key: None,
+                        call: Call::ReadAll,
+                    }
+                } else {
+                    let sku = *rng.pick(&SKUS);
+                    let from = rng.pick(&DCS).0;
+                    let to = 1 + (from + rng.below(3) as u32) % 4;
+                    let qty = 1 + rng.below(20) as i64;
+                    Op {
+                        f: "transfer",
+                        value: json!({"from": [from, sku], "to": [to, sku], "amount": qty}),
+                        key: None,
+                        call: Call::Transfer {
+                            request_id: self.request_id(),
+                            sku,
+                            from,
+                            to,
+                            qty,
+                        },
+                    }
+                }
             }
         }
-    } else {
-        // append: 1-3 micro-ops over the keys, appends of unique values.
-        let n = 1 + rng.below(3);
-        let mut mops = Vec::new();
-        let mut ops = Vec::new();
-        for _ in 0..n {
-            let k = rng.below(KEYS);
-            if rng.below(2) == 0 {
-                *counter += 1;
-                mops.push(json!(["append", k, *counter]));
-                ops.push(op(v1::kv_op::Op::Append(v1::KvAppend {
-                    key: key_name(k),
-                    value: *counter,
-                })));
-            } else {
-                mops.push(json!(["r", k, null]));
-                ops.push(op(v1::kv_op::Op::Read(key_name(k))));
-            }
-        }
-        ("txn".into(), Value::Array(mops), None, ops)
     }
 }
 
@@ -231,8 +400,8 @@ fn kv_value(v: &Option<v1::KvValue>) -> Value {
     }
 }
 
-/// The completion value for a committed transaction.
-fn completion_value(f: &str, invoke: &Value, r: &v1::TransactResponse) -> Value {
+/// The completion value for a committed key-value transaction.
+fn transact_value(f: &str, invoke: &Value, r: &v1::TransactResponse) -> Value {
     match f {
         "read" => r
             .results
@@ -260,30 +429,464 @@ fn completion_value(f: &str, invoke: &Value, r: &v1::TransactResponse) -> Value 
     }
 }
 
-pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
-    for n in &opts.nemesis {
-        match n.as_str() {
-            "kill" | "pause" | "partition" => {}
-            "clock" | "membership" => bail!(
-                "nemesis {n:?} is not built yet (partition, kill and pause are); refusing to run without it rather than pretend"
-            ),
-            other => bail!("unknown nemesis {other:?}: partition, kill, pause, clock, membership"),
+/// Every row as `[[dc, sku, on_hand], ...]`, from one snapshot.
+async fn read_all(client: &Client) -> Result<Value, ordo_client::Error> {
+    let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
+    let r = client.get_availability(dcs, SKUS.to_vec()).await?;
+    let mut rows = Vec::new();
+    for item in &r.items {
+        for d in &item.dcs {
+            rows.push(json!([d.dc_id, item.sku, d.on_hand]));
         }
+    }
+    Ok(Value::Array(rows))
+}
+
+/// Runs one operation: its completion type and value. An error whose effect is unknown is
+/// `info`; a read that failed had no effect and is `fail`.
+async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
+    let unknown = || (EventType::Info, op.value.clone());
+    let definite = |applied: bool| {
+        let kind = if applied {
+            EventType::Ok
+        } else {
+            EventType::Fail
+        };
+        (kind, op.value.clone())
+    };
+    match &op.call {
+        Call::Transact(ops) => match client.transact(ops.clone(), None).await {
+            Ok(r) if r.committed => (EventType::Ok, transact_value(op.f, &op.value, &r)),
+            // An aborted transaction (a failed cas) definitely did not apply.
+            Ok(_) => definite(false),
+            Err(_) => unknown(),
+        },
+        Call::Order { request_id, lines } => {
+            let lines: Vec<ordo_client::Line> = lines
+                .iter()
+                .map(|&(dc_id, sku, qty)| ordo_client::Line { dc_id, sku, qty })
+                .collect();
+            match client
+                .place_order(&lines, false, Some(request_id.clone()))
+                .await
+            {
+                Ok(r) => definite(r.status() == v1::OrderStatus::Committed),
+                Err(_) => unknown(),
+            }
+        }
+        Call::Restock {
+            request_id,
+            dc,
+            sku,
+            delta,
+        } => match client
+            .restock(*dc, *sku, *delta, Some(request_id.clone()))
+            .await
+        {
+            Ok(r) => definite(r.applied),
+            Err(_) => unknown(),
+        },
+        Call::Transfer {
+            request_id,
+            sku,
+            from,
+            to,
+            qty,
+        } => match client
+            .transfer_stock(*sku, *from, *to, *qty, Some(request_id.clone()))
+            .await
+        {
+            Ok(r) => definite(r.applied),
+            Err(_) => unknown(),
+        },
+        Call::ReadAll => match read_all(client).await {
+            Ok(rows) => (EventType::Ok, rows),
+            Err(_) => (EventType::Fail, Value::Null),
+        },
+    }
+}
+
+/// One logical client slot until `end`: single-threaded processes, one attempt per operation;
+/// an operation with an unknown outcome retires its process and a fresh one takes the slot.
+async fn client_slot(
+    rec: Shared,
+    endpoint: String,
+    mut gen: Generator,
+    interval: Duration,
+    concurrency: usize,
+    end: Instant,
+) {
+    let mut process = gen.slot as u64;
+    let mut client: Option<Client> = None;
+    while Instant::now() < end {
+        if client.is_none() {
+            client = Client::connect(endpoint.clone()).await.ok().map(|c| {
+                c.with_retry(RetryPolicy {
+                    attempts_max: 1,
+                    ..Default::default()
+                })
+            });
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let op = gen.next();
+        rec.lock().expect("recorder").push(
+            Process::Client(process),
+            EventType::Invoke,
+            op.f,
+            op.value.clone(),
+            op.key.clone(),
+        );
+        let c = client.as_ref().expect("connected");
+        let (kind, value) = tokio::time::timeout(OP_TIMEOUT, execute(c, &op))
+            .await
+            .unwrap_or((EventType::Info, op.value.clone()));
+        rec.lock().expect("recorder").push(
+            Process::Client(process),
+            kind,
+            op.f,
+            value,
+            op.key.clone(),
+        );
+        if kind == EventType::Info {
+            process += concurrency as u64;
+            client = None;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// The cluster under test.
+struct Cluster {
+    nodes: Vec<NodeProc>,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(NodeProc::endpoint).collect()
+    }
+}
+
+/// A fault in force, to heal.
+enum Fault {
+    Partition,
+    Killed(Vec<usize>),
+    Paused(Vec<usize>),
+    Clock(Vec<usize>),
+    Removed(usize),
+    Nothing,
+}
+
+/// Starts one fault of kind `which`; returns it with a description for the history.
+async fn inject(
+    cluster: &mut Cluster,
+    which: &str,
+    rng: &mut Rng,
+) -> anyhow::Result<(Fault, Value)> {
+    let n = cluster.nodes.len();
+    let endpoints = cluster.endpoints();
+    let random_node = |rng: &mut Rng| rng.below(n as u64) as usize;
+    let names = |v: &[usize]| v.iter().map(|i| format!("n{}", i + 1)).collect::<Vec<_>>();
+    Ok(match which {
+        "partition" => {
+            let leader = leader_of(&endpoints).await;
+            let (shape, cut) = partition_plan(rng, n, leader);
+            for (a, b) in &cut {
+                drop_between(&cluster.nodes[*a].addr, &cluster.nodes[*b].addr)?;
+            }
+            let pairs: Vec<[usize; 2]> = cut.iter().map(|(a, b)| [a + 1, b + 1]).collect();
+            (Fault::Partition, json!({"shape": shape, "cut": pairs}))
+        }
+        "kill" | "pause" => {
+            let modes: &[&str] = if which == "kill" {
+                &["one", "minority", "leader", "all"]
+            } else {
+                &["one", "minority", "leader"]
+            };
+            let mode = *rng.pick(modes);
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                order.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let victims: Vec<usize> = match mode {
+                "one" => vec![order[0]],
+                "minority" => order[..((n - 1) / 2).max(1)].to_vec(),
+                "leader" => vec![leader_of(&endpoints).await.unwrap_or(order[0])],
+                _ => order,
+            };
+            for &v in &victims {
+                if which == "kill" {
+                    cluster.nodes[v].kill9();
+                } else {
+                    cluster.nodes[v].pause();
+                }
+            }
+            let value = json!({"mode": mode, "nodes": names(&victims)});
+            if which == "kill" {
+                (Fault::Killed(victims), value)
+            } else {
+                (Fault::Paused(victims), value)
+            }
+        }
+        "clock" => {
+            let victims: Vec<usize> = if rng.below(3) == 0 {
+                (0..n).collect()
+            } else {
+                vec![random_node(rng)]
+            };
+            let sign = if rng.below(2) == 0 { 1 } else { -1 };
+            let (offset_ms, strobe_ms, period_ms) = if rng.below(2) == 0 {
+                // A bump: up to ten minutes either way.
+                (sign * (1 + rng.below(600_000) as i64), 0, 0)
+            } else {
+                // A strobe: flipping by up to a minute every 1-20 ms.
+                (0, sign * (1 + rng.below(60_000) as i64), 1 + rng.below(20))
+            };
+            let mut set = Vec::new();
+            for &v in &victims {
+                let r = async {
+                    let c = Client::connect(endpoints[v].clone()).await?;
+                    c.set_clock_fault(offset_ms, strobe_ms, period_ms).await
+                };
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(2), r).await,
+                    Ok(Ok(_))
+                );
+                set.push(json!({"node": format!("n{}", v + 1), "set": ok}));
+            }
+            (
+                Fault::Clock(victims),
+                json!({"offset_ms": offset_ms, "strobe_ms": strobe_ms,
+                       "strobe_period_ms": period_ms, "nodes": set}),
+            )
+        }
+        "membership" => {
+            let victim = random_node(rng);
+            let admin = connect_retrying(&endpoints, Duration::from_secs(5)).await?;
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                admin.remove_member(victim as u64 + 1),
+            )
+            .await
+            {
+                Ok(Ok(_)) => (
+                    Fault::Removed(victim),
+                    json!({"removed": format!("n{}", victim + 1)}),
+                ),
+                other => {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    // The change may still commit later: add the node back when healing.
+                    (
+                        Fault::Removed(victim),
+                        json!({"removed": format!("n{}", victim + 1), "error": why}),
+                    )
+                }
+            }
+        }
+        other => bail!("unknown nemesis {other:?}"),
+    })
+}
+
+/// Ends a fault; returns a description of anything that went wrong.
+async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
+    let endpoints = cluster.endpoints();
+    Ok(match fault {
+        Fault::Partition => {
+            heal_partitions()?;
+            Value::Null
+        }
+        Fault::Killed(victims) => {
+            for v in victims {
+                let bin = cluster.bin.clone();
+                cluster.nodes[v].start(&bin)?;
+            }
+            Value::Null
+        }
+        Fault::Paused(victims) => {
+            for v in victims {
+                cluster.nodes[v].resume();
+            }
+            Value::Null
+        }
+        Fault::Clock(victims) => {
+            let mut failed = Vec::new();
+            for v in victims {
+                let ep = endpoints[v].clone();
+                let cleared = retry_until(Duration::from_secs(10), || {
+                    let ep = ep.clone();
+                    async move {
+                        let c = Client::connect(ep).await?;
+                        c.set_clock_fault(0, 0, 0).await
+                    }
+                })
+                .await;
+                if cleared.is_err() {
+                    failed.push(format!("n{}", v + 1));
+                }
+            }
+            if failed.is_empty() {
+                Value::Null
+            } else {
+                json!({"clock_not_cleared": failed})
+            }
+        }
+        Fault::Removed(victim) => {
+            let addr = cluster.nodes[victim].addr.clone();
+            let added = retry_until(RECOVERY_TIMEOUT, || {
+                let endpoints = endpoints.clone();
+                let addr = addr.clone();
+                async move {
+                    let admin = Client::connect_many(endpoints).await?;
+                    admin.add_member(victim as u64 + 1, addr).await
+                }
+            })
+            .await;
+            match added {
+                Ok(_) => Value::Null,
+                Err(e) => json!({"not_re_added": format!("n{}: {e}", victim + 1)}),
+            }
+        }
+        Fault::Nothing => Value::Null,
+    })
+}
+
+/// Creates the inventory and bank dataset through the API; returns the setup event's value.
+async fn load_dataset(client: &Client, workload: &str) -> anyhow::Result<Value> {
+    let stock = if workload == "bank" {
+        BANK_STOCK
+    } else {
+        INVENTORY_STOCK
+    };
+    for &(dc, region) in &DCS {
+        client
+            .upsert_dc(v1::Dc {
+                dc_id: dc,
+                name: format!("DC {dc}"),
+                lat: 50.0 + dc as f64,
+                lon: 10.0,
+                region,
+                active: true,
+            })
+            .await?;
+    }
+    for &sku in &SKUS {
+        client
+            .upsert_item(v1::Item {
+                sku,
+                name: format!("item {sku}"),
+                price_cents: 100,
+            })
+            .await?;
+    }
+    let mut rows = Vec::new();
+    for &(dc, _) in &DCS {
+        for &sku in &SKUS {
+            let r = client
+                .restock(dc, sku, stock, Some(format!("setup-{dc}-{sku}")))
+                .await?;
+            anyhow::ensure!(r.applied, "setup restock dc {dc} sku {sku}: {}", r.reason);
+            rows.push(json!([dc, sku, r.on_hand]));
+        }
+    }
+    Ok(if workload == "bank" {
+        json!({"total": stock * rows.len() as i64})
+    } else {
+        json!({"stock": rows})
+    })
+}
+
+/// After healing: the final reads the workload's checker needs, as client operations.
+async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::Result<()> {
+    let process = Process::Client(u64::MAX / 2);
+    match workload {
+        "append" => {
+            let ops: Vec<v1::KvOp> = (0..KEYS)
+                .map(|k| v1::KvOp {
+                    op: Some(v1::kv_op::Op::Read(key_name(k))),
+                })
+                .collect();
+            let value = Value::Array((0..KEYS).map(|k| json!(["r", k, null])).collect());
+            record(
+                rec,
+                process.clone(),
+                EventType::Invoke,
+                "txn",
+                value.clone(),
+            );
+            let r = retry_until(RECOVERY_TIMEOUT, || client.transact(ops.clone(), None)).await?;
+            let v = transact_value("txn", &value, &r);
+            record(rec, process, EventType::Ok, "txn", v);
+        }
+        "bank" => {
+            record(rec, process.clone(), EventType::Invoke, "read", Value::Null);
+            let rows = retry_until(RECOVERY_TIMEOUT, || read_all(client)).await?;
+            record(rec, process, EventType::Ok, "read", rows);
+        }
+        "inventory" => {
+            record(
+                rec,
+                process.clone(),
+                EventType::Invoke,
+                "final-read",
+                Value::Null,
+            );
+            let stock = retry_until(RECOVERY_TIMEOUT, || read_all(client)).await?;
+            let mut orders = Vec::new();
+            let mut after = 0;
+            loop {
+                let page =
+                    retry_until(RECOVERY_TIMEOUT, || client.list_orders(after, LIST_PAGE)).await?;
+                orders.extend(page.orders.into_iter().map(|o| json!(o.request_id)));
+                if page.next_after_order_id == 0 {
+                    break;
+                }
+                after = page.next_after_order_id;
+            }
+            record(
+                rec,
+                process,
+                EventType::Ok,
+                "final-read",
+                json!({"stock": stock, "orders": orders}),
+            );
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
+    if !checks::WORKLOADS.contains(&opts.workload.as_str()) {
+        bail!(
+            "unknown workload {:?}: {}",
+            opts.workload,
+            checks::WORKLOADS.join(", ")
+        );
+    }
+    for n in &opts.nemesis {
+        if !NEMESES.contains(&n.as_str()) {
+            bail!("unknown nemesis {n:?}: {}", NEMESES.join(", "));
+        }
+    }
+    if opts.nemesis.iter().any(|n| n == "membership") && opts.nodes < 3 {
+        bail!("the membership nemesis needs at least 3 nodes (removing one must leave a majority)");
     }
     let partitions = opts.nemesis.iter().any(|n| n == "partition");
     if partitions && std::env::var_os(NETNS_ENV).is_none() {
         return run_in_namespace();
     }
-    if !matches!(opts.workload.as_str(), "register" | "append") {
-        bail!(
-            "workload {:?} is not built into the runner yet (register and append are)",
-            opts.workload
-        );
-    }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let dir = opts.out.join(format!("{}-{stamp}", opts.workload));
+    let dir = opts
+        .out
+        .join(format!("{}-{stamp}-s{}", opts.workload, opts.seed));
     std::fs::create_dir_all(dir.join("nodes"))?;
     // In the fault namespace every node has its own loopback address, so iptables rules can
     // cut node pairs; on the host, 127.0.0.1 and a free port each.
@@ -302,257 +905,225 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
-    let mut nodes: Vec<NodeProc> = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| NodeProc {
-            id: i + 1,
-            addr: a.clone(),
-            data_dir: dir.join(format!("nodes/n{}-data", i + 1)),
-            log: dir.join(format!("nodes/n{}.log", i + 1)),
-            peers: peers.clone(),
-            child: None,
-            paused: false,
-        })
-        .collect();
-    for n in &mut nodes {
+    let fault_injection = opts.nemesis.iter().any(|n| n == "clock");
+    let mut cluster = Cluster {
+        nodes: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| NodeProc {
+                id: i + 1,
+                addr: a.clone(),
+                data_dir: dir.join(format!("nodes/n{}-data", i + 1)),
+                log: dir.join(format!("nodes/n{}.log", i + 1)),
+                peers: peers.clone(),
+                fault_injection,
+                child: None,
+                paused: false,
+            })
+            .collect(),
+        bin: opts.ordo_bin.clone(),
+    };
+    for n in &mut cluster.nodes {
         n.start(&opts.ordo_bin)?;
     }
-    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", n.addr)).collect();
+    let endpoints = cluster.endpoints();
     let admin = connect_retrying(&endpoints, Duration::from_secs(30)).await?;
     admin.init_cluster(false).await.context("cluster-init")?;
 
-    let recorder = Arc::new(Mutex::new(Recorder {
+    let recorder: Shared = Arc::new(Mutex::new(Recorder {
         started: Instant::now(),
         events: Vec::new(),
     }));
-    let end = Instant::now() + opts.time_limit;
-    let mut clients = Vec::new();
-    for slot in 0..opts.concurrency {
-        let rec = recorder.clone();
-        let endpoints = endpoints.clone();
-        let workload = opts.workload.clone();
-        let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
-        let seed = opts.seed;
-        let concurrency = opts.concurrency;
-        clients.push(tokio::spawn(async move {
-            let mut rng = Rng(seed ^ (slot as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93));
-            // Unique append values per slot: slot-major ranges.
-            let mut counter: i64 = slot as i64 * 1_000_000_000;
-            let mut process = slot as u64;
-            let node = endpoints[slot % endpoints.len()].clone();
-            let mut client: Option<Client> = None;
-            while Instant::now() < end {
-                if client.is_none() {
-                    client = Client::connect(node.clone()).await.ok().map(|c| {
-                        // One attempt: a logical process is single-threaded and never retries
-                        // on its own; an unknown outcome retires it.
-                        c.with_retry(RetryPolicy {
-                            attempts_max: 1,
-                            ..Default::default()
-                        })
-                    });
-                    if client.is_none() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                }
-                let (f, value, key, ops) = next_op(&workload, &mut rng, &mut counter);
-                rec.lock().unwrap().push(
-                    Process::Client(process),
-                    EventType::Invoke,
-                    &f,
-                    value.clone(),
-                    key.clone(),
-                );
-                let call = client.as_ref().unwrap().transact(ops, None);
-                let outcome = tokio::time::timeout(Duration::from_secs(5), call).await;
-                let completion = match outcome {
-                    Ok(Ok(r)) if r.committed => (EventType::Ok, completion_value(&f, &value, &r)),
-                    // An aborted transaction (a failed cas) definitely did not apply.
-                    Ok(Ok(_)) => (EventType::Fail, value),
-                    // Unknown outcome: the process retires; a fresh one takes its slot.
-                    _ => (EventType::Info, value),
-                };
-                rec.lock().unwrap().push(
-                    Process::Client(process),
-                    completion.0,
-                    &f,
-                    completion.1,
-                    key,
-                );
-                if completion.0 == EventType::Info {
-                    process += concurrency as u64;
-                    client = None;
-                }
-                tokio::time::sleep(interval).await;
-            }
-        }));
+    if matches!(opts.workload.as_str(), "inventory" | "bank") {
+        let value = load_dataset(&admin, &opts.workload)
+            .await
+            .context("loading the dataset")?;
+        record(
+            &recorder,
+            Process::Named("setup".into()),
+            EventType::Ok,
+            "init",
+            value,
+        );
     }
 
-    // The nemesis: every few seconds, a fault on a random node, then healing.
+    let end = Instant::now() + opts.time_limit;
+    let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
+    let clients: Vec<_> = (0..opts.concurrency)
+        .map(|slot| {
+            let gen = Generator {
+                workload: opts.workload.clone(),
+                rng: Rng(opts.seed ^ (slot as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93)),
+                slot,
+                counter: 0,
+            };
+            tokio::spawn(client_slot(
+                recorder.clone(),
+                endpoints[slot % endpoints.len()].clone(),
+                gen,
+                interval,
+                opts.concurrency,
+                end,
+            ))
+        })
+        .collect();
+
+    // The nemesis: one fault at a time, then healing.
     let mut rng = Rng(opts.seed ^ 0x5EED);
-    let nemeses = opts.nemesis.clone();
-    while !nemeses.is_empty() && Instant::now() + Duration::from_secs(6) < end {
+    let nemesis = Process::Named("nemesis".into());
+    while !opts.nemesis.is_empty() && Instant::now() + Duration::from_secs(6) < end {
         tokio::time::sleep(Duration::from_secs(2 + rng.below(3))).await;
-        let which = nemeses[rng.below(nemeses.len() as u64) as usize].clone();
-        let victim = rng.below(nodes.len() as u64) as usize;
-        let name = if which == "partition" {
-            let leader = leader_of(&endpoints).await;
-            let (shape, cut) = partition_plan(&mut rng, nodes.len(), leader);
-            for (a, b) in &cut {
-                drop_between(&nodes[*a].addr, &nodes[*b].addr)?;
-            }
-            json!({"shape": shape, "cut": cut.iter().map(|(a, b)| [a + 1, b + 1]).collect::<Vec<_>>()})
-        } else {
-            json!(format!("n{}", victim + 1))
+        let which = rng.pick(&opts.nemesis).clone();
+        let (fault, value) = match inject(&mut cluster, &which, &mut rng).await {
+            Ok(x) => x,
+            Err(e) => (Fault::Nothing, json!({"error": e.to_string()})),
         };
-        recorder.lock().unwrap().push(
-            Process::Named("nemesis".into()),
-            EventType::Info,
-            &which,
-            name.clone(),
-            None,
-        );
-        match which.as_str() {
-            "kill" => nodes[victim].kill9(),
-            "pause" => {
-                nodes[victim].signal("-STOP");
-                nodes[victim].paused = true;
-            }
-            _ => {}
-        }
+        record(&recorder, nemesis.clone(), EventType::Info, &which, value);
         tokio::time::sleep(Duration::from_secs(2 + rng.below(3))).await;
-        match which.as_str() {
-            "kill" => nodes[victim].start(&opts.ordo_bin)?,
-            "pause" => {
-                nodes[victim].signal("-CONT");
-                nodes[victim].paused = false;
-            }
-            _ => heal_partitions()?,
-        }
-        recorder.lock().unwrap().push(
-            Process::Named("nemesis".into()),
+        let healed = heal(&mut cluster, fault).await?;
+        record(
+            &recorder,
+            nemesis.clone(),
             EventType::Info,
             &format!("heal-{which}"),
-            name,
-            None,
+            healed,
         );
     }
     for c in clients {
         c.await?;
     }
 
-    // Recovery, then final reads (append) and replica agreement.
-    let client = connect_retrying(&endpoints, RECOVERY_TIMEOUT).await?;
-    if opts.workload == "append" {
-        let ops: Vec<v1::KvOp> = (0..KEYS)
-            .map(|k| v1::KvOp {
-                op: Some(v1::kv_op::Op::Read(key_name(k))),
-            })
-            .collect();
-        let mops: Vec<Value> = (0..KEYS).map(|k| json!(["r", k, null])).collect();
-        let value = Value::Array(mops);
-        let process = Process::Client(u64::MAX / 2);
-        recorder.lock().unwrap().push(
-            process.clone(),
-            EventType::Invoke,
-            "txn",
-            value.clone(),
-            None,
-        );
-        let r = retry_until(RECOVERY_TIMEOUT, || client.transact(ops.clone(), None)).await?;
-        let v = completion_value("txn", &value, &r);
-        recorder
-            .lock()
-            .unwrap()
-            .push(process, EventType::Ok, "txn", v, None);
-    }
+    // Recovery: everything running, then the final reads and replica agreement.
+    heal_everything(&mut cluster)?;
+    let client = connect_retrying(&endpoints, RECOVERY_TIMEOUT)
+        .await?
+        .with_consistency(Consistency::Linearizable);
+    let final_read = final_reads(&recorder, &client, &opts.workload).await;
     let agreement = agreement(&endpoints).await;
 
-    // The history and the verdict.
-    let events = recorder.lock().unwrap().events.clone();
-    let mut file = std::fs::File::create(dir.join("history.jsonl"))?;
+    // The history, the verdict, the pictures.
+    let events = recorder.lock().expect("recorder").events.clone();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(dir.join("history.jsonl"))?);
     for e in &events {
         writeln!(file, "{}", serde_json::to_string(e)?)?;
     }
-    let ops = crate::history::pair(&events)?;
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for o in &ops {
-        let t = match o.completion {
-            Some(EventType::Ok) => "ok",
-            Some(EventType::Fail) => "fail",
-            _ => "info",
-        };
-        *counts.entry(t.to_string()).or_default() += 1;
-    }
-    let (valid, anomalies): (bool, Vec<String>) = if opts.workload == "register" {
-        let verdicts = crate::register::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
-        let bad: Vec<String> = verdicts
-            .iter()
-            .filter(|v| v.verdict != crate::register::Verdict::Linearizable)
-            .map(|v| format!("key {:?}: {:?}", v.key, v.verdict))
-            .collect();
-        (bad.is_empty(), bad)
-    } else {
-        let report = crate::append::check(&ops).map_err(|e| anyhow::anyhow!(e))?;
-        (
-            report.counts.is_empty(),
-            report
-                .anomalies
-                .iter()
-                .map(|a| format!("{}: {}", a.kind, a.explanation))
-                .collect(),
-        )
+    file.flush()?;
+    let mut verdict = match &final_read {
+        Ok(()) => checks::check(&opts.workload, &events)?,
+        Err(e) => checks::Verdict {
+            valid: None,
+            counts: BTreeMap::new(),
+            examples: vec![format!("final reads failed: {e:#}")],
+            summary: "no final reads; not checked".into(),
+        },
     };
-    let agree = agreement.as_ref().map(|(_, a)| *a).unwrap_or(false);
+    let agree = agreement.as_ref().map(|(_, a)| *a);
+    match agreement {
+        Some((_, false)) => {
+            *verdict
+                .counts
+                .entry("replica-divergence".into())
+                .or_default() += 1;
+            verdict.valid = Some(false);
+        }
+        None if verdict.valid == Some(true) => verdict.valid = None,
+        _ => {}
+    }
+    let plots = crate::plot::write(
+        &dir,
+        &format!("{} / {}", opts.workload, opts.nemesis.join("+")),
+        &events,
+    )
+    .unwrap_or_else(|e| Some(format!("plots failed: {e:#}")));
+
+    let mut op_counts: BTreeMap<String, BTreeMap<&str, usize>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| !matches!(e.process, Process::Named(_)))
+    {
+        let kind = match e.kind {
+            EventType::Invoke => continue,
+            EventType::Ok => "ok",
+            EventType::Fail => "fail",
+            EventType::Info => "info",
+        };
+        *op_counts
+            .entry(e.f.clone())
+            .or_default()
+            .entry(kind)
+            .or_default() += 1;
+    }
+    let faults: Vec<Value> = events
+        .iter()
+        .filter(|e| e.process.is_nemesis())
+        .map(|e| json!({"time_s": e.time_ns as f64 / 1e9, "f": e.f, "value": e.value}))
+        .collect();
     let results = json!({
-        "valid": valid && agree,
+        "valid": match verdict.valid { Some(v) => json!(v), None => json!("unknown") },
         "workload": opts.workload,
         "nodes": opts.nodes,
         "nemesis": opts.nemesis,
         "seed": opts.seed,
-        "op_counts": counts,
-        "anomalies": anomalies,
+        "time_limit_s": opts.time_limit.as_secs(),
+        "rate": opts.rate,
+        "concurrency": opts.concurrency,
+        "op_counts": op_counts,
+        "anomaly_counts": verdict.counts,
+        "anomalies": verdict.examples,
+        "checker": verdict.summary,
         "replicas_agree": agree,
-        "common_epoch": agreement.as_ref().map(|(e, _)| *e),
+        "common_epoch": agreement.map(|(e, _)| e),
+        "nemesis_events": faults,
+        "plots": plots.clone().unwrap_or_else(|| "latency.png, throughput.png".into()),
     });
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
-    let summary = format!(
-        "{} on {} nodes, nemesis {:?}, seed {}: {} ops ({:?}); {}; replicas {}\n",
+    let mut summary = format!(
+        "{} on {} nodes, nemesis {}, seed {}, {} s: {}\n  ops {}\n  checker: {}\n  replicas: {}\n  faults: {}\n",
         opts.workload,
         opts.nodes,
-        opts.nemesis,
+        if opts.nemesis.is_empty() { "none".to_string() } else { opts.nemesis.join(",") },
         opts.seed,
-        ops.len(),
-        counts,
-        if valid {
-            "no anomalies".to_string()
-        } else {
-            format!("{} anomalies", anomalies.len())
+        opts.time_limit.as_secs(),
+        match verdict.valid {
+            Some(true) => "VALID".to_string(),
+            Some(false) => format!("ANOMALIES {:?}", verdict.counts),
+            None => "UNKNOWN".to_string(),
         },
-        match &agreement {
-            Some((e, true)) => format!("agree at epoch {e}"),
-            Some((e, false)) => format!("DISAGREE at epoch {e}"),
-            None => "could not be compared".into(),
-        }
+        serde_json::to_string(&op_counts)?,
+        verdict.summary,
+        match (agree, agreement) {
+            (Some(true), Some((e, _))) => format!("agree at epoch {e}"),
+            (Some(false), Some((e, _))) => format!("DISAGREE at epoch {e}"),
+            _ => "could not be compared".into(),
+        },
+        faults.len() / 2,
     );
+    for e in verdict.examples.iter().take(20) {
+        summary.push_str(&format!("  {e}\n"));
+    }
+    if let Some(why) = plots {
+        summary.push_str(&format!("  {why}\n"));
+    }
     std::fs::write(dir.join("summary.txt"), &summary)?;
     print!("{summary}");
-    for a in &anomalies {
-        println!("  {a}");
-    }
     println!("output in {}", dir.display());
-    Ok(if valid && agree {
-        0
-    } else if agreement.is_none() {
-        2
-    } else {
-        1
-    })
+    Ok(verdict.exit_code())
+}
+
+/// Every node running and resumed, partitions healed: the state recovery starts from.
+fn heal_everything(cluster: &mut Cluster) -> anyhow::Result<()> {
+    if std::env::var_os(NETNS_ENV).is_some() {
+        heal_partitions()?;
+    }
+    let bin = cluster.bin.clone();
+    for n in &mut cluster.nodes {
+        n.resume();
+        n.start(&bin)?;
+    }
+    Ok(())
 }
 
 async fn connect_retrying(endpoints: &[String], timeout: Duration) -> anyhow::Result<Client> {
@@ -577,7 +1148,7 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if Instant::now() > deadline => bail!("final read failed: {e}"),
+            Err(e) if Instant::now() > deadline => bail!("still failing after {timeout:?}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
@@ -700,8 +1271,13 @@ fn partition_plan(
             .position(|&y| y == x)
             .expect("a node is in the order")
     };
-    let shapes = ["halves", "isolate", "leader", "ring", "bridge"];
-    let shape = shapes[rng.below(shapes.len() as u64) as usize];
+    // A ring of three or fewer nodes cuts nothing (every node neighbours every other).
+    let shapes: &[&'static str] = if n >= 4 {
+        &["halves", "isolate", "leader", "ring", "bridge"]
+    } else {
+        &["halves", "isolate", "leader", "bridge"]
+    };
+    let shape = *rng.pick(shapes);
     let lone = match shape {
         "leader" => leader.unwrap_or(order[0]),
         _ => order[0],
@@ -777,5 +1353,9 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 5, "every shape comes up: {:?}", seen.keys());
+        for seed in 0..50 {
+            let (shape, cut) = partition_plan(&mut Rng(seed), 3, Some(0));
+            assert!(!cut.is_empty(), "{shape} cuts nothing among 3 nodes");
+        }
     }
 }

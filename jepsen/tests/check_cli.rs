@@ -88,3 +88,56 @@ fn valid_anomalous_and_malformed_histories() {
     assert_eq!(code, 2);
     assert!(err.contains("unknown workload \"ledger\""), "{err}");
 }
+
+const BANK: &str = r#"
+{"index": 0, "time_ns": 1, "process": "setup", "type": "ok", "f": "init", "value": {"total": 20}}
+{"index": 1, "time_ns": 2, "process": 0, "type": "invoke", "f": "transfer", "value": {"from": [1, 1], "to": [2, 1], "amount": 3}}
+{"index": 2, "time_ns": 3, "process": 1, "type": "invoke", "f": "read", "value": null}
+{"index": 3, "time_ns": 4, "process": 0, "type": "ok", "f": "transfer", "value": {"from": [1, 1], "to": [2, 1], "amount": 3}}
+{"index": 4, "time_ns": 5, "process": 1, "type": "ok", "f": "read", "value": [[1, 1, 7], [2, 1, 13]]}
+"#;
+
+#[test]
+fn bank_histories_must_keep_the_total_in_every_read() {
+    let (code, out, _) = run(BANK, "bank");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid: 1 reads, initial total 20"), "{out}");
+    // A read that saw the debit but not the credit: half a transfer.
+    let torn = BANK.replace("[2, 1, 13]", "[2, 1, 10]");
+    let (code, out, _) = run(&torn, "bank");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("wrong-total: event 4: read total 17, expected 20"),
+        "{out}"
+    );
+}
+
+const INVENTORY: &str = r#"
+{"index": 0, "time_ns": 1, "process": "setup", "type": "ok", "f": "init", "value": {"stock": [[1, 1, 5]]}}
+{"index": 1, "time_ns": 2, "process": 0, "type": "invoke", "f": "order", "value": {"request_id": "a", "lines": [[1, 1, 2]]}}
+{"index": 2, "time_ns": 3, "process": 0, "type": "ok", "f": "order", "value": {"request_id": "a", "lines": [[1, 1, 2]]}}
+{"index": 3, "time_ns": 4, "process": 1, "type": "invoke", "f": "order", "value": {"request_id": "b", "lines": [[1, 1, 1]]}}
+{"index": 4, "time_ns": 5, "process": 1, "type": "info", "f": "order", "value": {"request_id": "b", "lines": [[1, 1, 1]]}}
+{"index": 5, "time_ns": 6, "process": 2, "type": "invoke", "f": "final-read", "value": null}
+{"index": 6, "time_ns": 7, "process": 2, "type": "ok", "f": "final-read", "value": {"stock": [[1, 1, 2]], "orders": ["a", "b"]}}
+"#;
+
+#[test]
+fn inventory_histories_account_for_every_unit_and_order() {
+    let (code, out, _) = run(INVENTORY, "inventory");
+    assert_eq!(code, 0, "{out}");
+    // The acknowledged order is gone and its units came back: lost, and the stock is off.
+    let lost = INVENTORY
+        .replace(r#""orders": ["a", "b"]"#, r#""orders": ["b"]"#)
+        .replace("[[1, 1, 2]], \"orders\"", "[[1, 1, 4]], \"orders\"");
+    let (code, out, _) = run(&lost, "inventory");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("lost-order: order a was acknowledged but is missing"),
+        "{out}"
+    );
+    let phantom = INVENTORY.replace(r#""orders": ["a", "b"]"#, r#""orders": ["a", "b", "z"]"#);
+    let (code, out, _) = run(&phantom, "inventory");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("phantom-order"), "{out}");
+}

@@ -1,0 +1,198 @@
+//! One verdict for a history, whichever workload wrote it: what `ordo-jepsen check` prints and
+//! what `ordo-jepsen run` puts in `results.json`.
+
+use std::collections::BTreeMap;
+
+use crate::history::{self, Event};
+use crate::{append, bank, inventory, register};
+
+pub const WORKLOADS: [&str; 4] = ["inventory", "bank", "append", "register"];
+
+/// Exit codes of `check` and `run`.
+pub const VALID: u8 = 0;
+pub const ANOMALIES: u8 = 1;
+pub const UNKNOWN: u8 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    /// `Some(true)`: valid; `Some(false)`: anomalies found; `None`: could not be decided.
+    pub valid: Option<bool>,
+    /// Anomalies by kind (exact counts).
+    pub counts: BTreeMap<String, usize>,
+    /// Anomalies (and undecided parts) explained, a bounded number.
+    pub examples: Vec<String>,
+    /// One line: what was checked and the outcome.
+    pub summary: String,
+}
+
+impl Verdict {
+    pub fn exit_code(&self) -> u8 {
+        match self.valid {
+            Some(true) => VALID,
+            Some(false) => ANOMALIES,
+            None => UNKNOWN,
+        }
+    }
+
+    fn from_counts(counts: BTreeMap<String, usize>, undecided: bool) -> Option<bool> {
+        if !counts.is_empty() {
+            Some(false)
+        } else if undecided {
+            None
+        } else {
+            Some(true)
+        }
+    }
+}
+
+fn owned(counts: BTreeMap<&'static str, usize>) -> BTreeMap<String, usize> {
+    counts
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect()
+}
+
+/// Checks a history of `workload`. Errors mean a malformed history (exit 2).
+pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
+    let ops = history::pair(events)?;
+    let err = |e: String| anyhow::anyhow!(e);
+    Ok(match workload {
+        "register" => {
+            let verdicts = register::check(&ops).map_err(err)?;
+            let mut counts = BTreeMap::new();
+            let mut examples = Vec::new();
+            let mut undecided = false;
+            for v in &verdicts {
+                let key = v
+                    .key
+                    .as_ref()
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| "-".into());
+                match v.verdict {
+                    register::Verdict::Linearizable => {}
+                    register::Verdict::NotLinearizable { stuck_at } => {
+                        *counts.entry("nonlinearizable-key".to_string()).or_default() += 1;
+                        let op = &ops[stuck_at];
+                        examples.push(format!(
+                            "key {key}: NOT linearizable ({} operations); no order gets past {} {} \
+                             by process {:?} (events {}..{})",
+                            v.ops,
+                            op.f,
+                            op.invoke_value,
+                            op.process,
+                            op.invoke_index,
+                            if op.complete_index == u64::MAX {
+                                "open".to_string()
+                            } else {
+                                op.complete_index.to_string()
+                            }
+                        ));
+                    }
+                    register::Verdict::Unknown => {
+                        undecided = true;
+                        examples.push(format!(
+                            "key {key}: unknown: the search passed {} states",
+                            register::SEARCH_STATES_MAX
+                        ));
+                    }
+                }
+            }
+            let summary = format!(
+                "{} keys, {} operations: {}",
+                verdicts.len(),
+                ops.len(),
+                if counts.is_empty() && !undecided {
+                    "every key linearizable"
+                } else if counts.is_empty() {
+                    "some keys undecided"
+                } else {
+                    "NOT linearizable"
+                }
+            );
+            Verdict {
+                valid: Verdict::from_counts(counts.clone(), undecided),
+                counts,
+                examples,
+                summary,
+            }
+        }
+        "append" => {
+            let report = append::check(&ops).map_err(err)?;
+            let examples = report
+                .anomalies
+                .iter()
+                .map(|a| format!("{}: {}", a.kind, a.explanation))
+                .collect();
+            Verdict {
+                valid: Verdict::from_counts(report.counts.clone(), false),
+                summary: format!(
+                    "{} transactions: {}",
+                    report.txns,
+                    if report.counts.is_empty() {
+                        "no anomalies".to_string()
+                    } else {
+                        format!("anomalies {:?}", report.counts)
+                    }
+                ),
+                counts: report.counts,
+                examples,
+            }
+        }
+        "bank" => {
+            let (report, _) = bank::check(events).map_err(err)?;
+            let counts = owned(report.counts.clone());
+            Verdict {
+                valid: Verdict::from_counts(counts.clone(), report.reads == 0),
+                summary: format!(
+                    "{} reads, initial total {}: {}",
+                    report.reads,
+                    report
+                        .total
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    if counts.is_empty() && report.reads > 0 {
+                        "every read totals it".to_string()
+                    } else if counts.is_empty() {
+                        "no successful read to check".to_string()
+                    } else {
+                        format!("anomalies {counts:?}")
+                    }
+                ),
+                counts,
+                examples: report
+                    .anomalies
+                    .iter()
+                    .map(|a| format!("{}: event {}: {}", a.kind, a.event_index, a.message))
+                    .collect(),
+            }
+        }
+        "inventory" => {
+            let report = inventory::check(events, &ops).map_err(err)?;
+            let counts = owned(report.counts.clone());
+            let undecided = !report.unchecked.is_empty();
+            Verdict {
+                valid: Verdict::from_counts(counts.clone(), undecided),
+                summary: format!(
+                    "{} keys, {} acknowledged and {} indeterminate orders: {}",
+                    report.keys,
+                    report.orders_ok,
+                    report.orders_indeterminate,
+                    if !counts.is_empty() {
+                        format!("anomalies {counts:?}")
+                    } else if undecided {
+                        "some keys undecided".to_string()
+                    } else {
+                        "valid".to_string()
+                    }
+                ),
+                counts,
+                examples: report
+                    .anomalies
+                    .into_iter()
+                    .chain(report.unchecked)
+                    .collect(),
+            }
+        }
+        other => anyhow::bail!("unknown workload {other:?}: {}", WORKLOADS.join(", ")),
+    })
+}
