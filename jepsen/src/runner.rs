@@ -881,12 +881,12 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     if partitions && std::env::var_os(NETNS_ENV).is_none() {
         return run_in_namespace();
     }
+    // <workload>-<timestamp>: Unix milliseconds, so back-to-back runs never share a directory.
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let dir = opts
-        .out
-        .join(format!("{}-{stamp}-s{}", opts.workload, opts.seed));
+        .as_millis();
+    let dir = opts.out.join(format!("{}-{stamp}", opts.workload));
+    anyhow::ensure!(!dir.exists(), "{} exists already", dir.display());
     std::fs::create_dir_all(dir.join("nodes"))?;
     // In the fault namespace every node has its own loopback address, so iptables rules can
     // cut node pairs; on the host, 127.0.0.1 and a free port each.
