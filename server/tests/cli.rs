@@ -78,6 +78,20 @@ async fn cli_commands_print_json_and_exit_with_documented_codes() {
     assert_eq!(code, 0);
     assert_eq!(json_of(&out)["on_hand"], 7);
 
+    eprintln!("--- phase: transfer: applied exits 0, rejected 3, both rows shown");
+    let (code, out, _) = ordo_cli(&["transfer", "2", "1", "2", "3", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let moved = json_of(&out);
+    assert_eq!(moved["applied"], true);
+    assert_eq!(moved["from"]["on_hand"], 4);
+    assert_eq!(moved["to"]["dc_id"], 2);
+    let (code, out, _) = ordo_cli(&["transfer", "2", "1", "2", "5", "--endpoint", ep, "--json"]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(
+        json_of(&out)["reason"],
+        "insufficient stock: dc 1 sku 2 available 4 requested 5"
+    );
+
     eprintln!("--- phase: errors exit 1");
     let (code, out, _) = ordo_cli(&["order", "--line", "1:2:0", "--endpoint", ep, "--json"]);
     assert_eq!(code, 1);
