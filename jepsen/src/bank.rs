@@ -2,7 +2,8 @@
 //! every read (all balances from one transaction) must sum to the initial total, and no
 //! balance may be negative.
 //!
-//! History shape: `f = "read"` with `ok` value `[[dc, sku, qty], ...]`; `f = "transfer"` with
+//! History shape: `f = "read"` with `ok` value `[[dc, sku, qty], ...]` (or, as Jepsen's bank
+//! test writes it, a map of account to balance, `{"a": 10, "b": 7}`); `f = "transfer"` with
 //! value `{"from": [dc, sku], "to": [dc, sku], "amount": n}` (not needed for the check).
 //! The initial total comes from an `f = "init"` event of process `"setup"` with value
 //! `{"total": N}`; without one, the first complete read sets it.
@@ -31,10 +32,20 @@ pub struct BankReport {
 /// Anomalies listed at most (the count is always exact).
 const EXAMPLES_MAX: usize = 50;
 
-fn balances(value: &Value) -> Result<Vec<(u64, u64, i64)>, String> {
+/// A read's balances, each named: `dc D sku S` rows, or a map's accounts.
+fn balances(value: &Value) -> Result<Vec<(String, i64)>, String> {
+    if let Some(accounts) = value.as_object() {
+        return accounts
+            .iter()
+            .map(|(account, n)| match n.as_i64() {
+                Some(n) => Ok((format!("account {account}"), n)),
+                None => Err(format!("account {account}: the balance must be an integer")),
+            })
+            .collect();
+    }
     let rows = value
         .as_array()
-        .ok_or("a read's value must be [[dc, sku, qty], ...]")?;
+        .ok_or("a read's value must be [[dc, sku, qty], ...] or {account: balance}")?;
     rows.iter()
         .map(|row| {
             let r = row
@@ -42,7 +53,7 @@ fn balances(value: &Value) -> Result<Vec<(u64, u64, i64)>, String> {
                 .filter(|r| r.len() == 3)
                 .ok_or("each balance is [dc, sku, qty]")?;
             match (r[0].as_u64(), r[1].as_u64(), r[2].as_i64()) {
-                (Some(dc), Some(sku), Some(qty)) => Ok((dc, sku, qty)),
+                (Some(dc), Some(sku), Some(qty)) => Ok((format!("dc {dc} sku {sku}"), qty)),
                 _ => Err("each balance is [dc, sku, qty] of integers".to_string()),
             }
         })
@@ -67,15 +78,15 @@ pub fn check(events: &[Event]) -> Result<(BankReport, usize), String> {
         }
         let rows = balances(&e.value).map_err(|m| format!("event {}: {m}", e.index))?;
         report.reads += 1;
-        let sum: i64 = rows.iter().map(|r| r.2).sum();
+        let sum: i64 = rows.iter().map(|r| r.1).sum();
         let total = *report.total.get_or_insert(sum);
         let mut problems = Vec::new();
         if sum != total {
             problems.push(("wrong-total", format!("read total {sum}, expected {total}")));
         }
-        for (dc, sku, qty) in &rows {
+        for (name, qty) in &rows {
             if *qty < 0 {
-                problems.push(("negative-balance", format!("dc {dc} sku {sku} at {qty}")));
+                problems.push(("negative-balance", format!("{name} at {qty}")));
             }
         }
         for (kind, message) in problems {

@@ -141,3 +141,21 @@ fn inventory_histories_account_for_every_unit_and_order() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("phantom-order"), "{out}");
 }
+
+#[test]
+fn bank_reads_may_also_be_jepsen_style_account_maps() {
+    let history = r#"
+{"index": 0, "time_ns": 1, "process": 0, "type": "invoke", "f": "read", "value": null}
+{"index": 1, "time_ns": 2, "process": 0, "type": "ok", "f": "read", "value": {"a": 10, "b": 10}}
+{"index": 2, "time_ns": 3, "process": 0, "type": "invoke", "f": "read", "value": null}
+{"index": 3, "time_ns": 4, "process": 0, "type": "ok", "f": "read", "value": {"a": 25, "b": -5}}
+"#;
+    let (code, out, _) = run(history, "bank");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("negative-balance: event 3: account b at -5"),
+        "{out}"
+    );
+    let (code, out, _) = run(&history.replace("-5", "-5.5"), "bank");
+    assert_eq!(code, 2, "{out}");
+}
