@@ -1,0 +1,92 @@
+//! `ordo-jepsen run` end to end, without root: a 3-node cluster of real `ordo` processes under
+//! the kill and clock nemeses, the bank workload; then what the run directory holds.
+//! (Partitions need root and iptables; `.ci/run` runs them.)
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn ordo_bin() -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_ordo-jepsen"));
+    let ordo = me.with_file_name("ordo");
+    assert!(
+        ordo.is_file(),
+        "{} is missing: build it first (cargo test --workspace builds it; or cargo build --bin ordo)",
+        ordo.display()
+    );
+    ordo
+}
+
+#[test]
+fn a_bank_run_under_kills_and_clock_faults_checks_out_and_writes_its_report() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
+        .args([
+            "run",
+            "--nodes",
+            "3",
+            "--time-limit",
+            "8",
+            "--workload",
+            "bank",
+            "--nemesis",
+            "kill,clock",
+            "--rate",
+            "40",
+            "--concurrency",
+            "3",
+            "--seed",
+            "7",
+            "--ordo-bin",
+        ])
+        .arg(ordo_bin())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("bank on 3 nodes"), "{stdout}");
+
+    let dirs: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1);
+    let dir = &dirs[0];
+    assert!(dir
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("bank-"));
+    for f in [
+        "history.jsonl",
+        "summary.txt",
+        "nodes/n1.log",
+        "nodes/n3.log",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["valid"], true, "{results:#}");
+    assert_eq!(results["replicas_agree"], true);
+    assert!(results["anomaly_counts"].as_object().unwrap().is_empty());
+    assert!(
+        results["op_counts"]["read"]["ok"].as_u64().unwrap() > 0,
+        "{results:#}"
+    );
+    assert!(results["op_counts"]["transfer"].is_object(), "{results:#}");
+    // The 8 s leave room for exactly one fault, recorded with its heal.
+    let faults = results["nemesis_events"].as_array().unwrap();
+    assert_eq!(faults.len(), 2, "{faults:?}");
+    assert!(["kill", "clock"].contains(&faults[0]["f"].as_str().unwrap()));
+
+    // The history checks out on its own too.
+    let check = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
+        .args(["check", "--workload", "bank", "--history"])
+        .arg(dir.join("history.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0));
+}
