@@ -114,6 +114,9 @@ pub enum Consistency {
 pub struct Client {
     endpoints: Arc<Endpoints>,
     retry: RetryPolicy,
+    /// How long one attempt may go unanswered before it counts as DEADLINE_EXCEEDED and the
+    /// next attempt goes elsewhere (a paused node accepts connections and answers nothing).
+    attempt_timeout: Duration,
     consistency: Consistency,
     shared: Arc<Shared>,
 }
@@ -123,6 +126,9 @@ struct Endpoints {
     list: std::sync::Mutex<Vec<(String, Channel)>>,
     current: std::sync::atomic::AtomicUsize,
 }
+
+/// One attempt's default time limit ([`Client::with_attempt_timeout`]).
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Endpoints a leader hint may add to the list, at most.
 const ENDPOINTS_MAX: usize = 64;
@@ -196,6 +202,7 @@ impl Client {
                 current: std::sync::atomic::AtomicUsize::new(current),
             }),
             retry: RetryPolicy::default(),
+            attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             consistency: Consistency::default(),
             shared: Arc::new(Shared {
                 highest_epoch: AtomicU64::new(0),
@@ -208,6 +215,13 @@ impl Client {
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// How long one attempt may wait for an answer (default 30 s; above the server's own
+    /// 10 s request timeout, so it only fires when a node does not answer at all).
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
         self
     }
 
@@ -329,7 +343,16 @@ impl Client {
     {
         let mut attempt = 0;
         loop {
-            match call().await {
+            let answer = tokio::time::timeout(self.attempt_timeout, call())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "{} did not answer within {:?}",
+                        self.current_endpoint(),
+                        self.attempt_timeout
+                    )))
+                });
+            match answer {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) && attempt + 1 < self.retry.attempts_max => {
                     tracing::debug!(code = ?status.code(), attempt, "retrying");

@@ -128,6 +128,10 @@ impl Sequencer {
         let (tx, rx) = mpsc::channel(ctx.config.queue_txns_max);
         let capacity = ctx.config.queue_txns_max;
         let waiters = ctx.waiters.clone();
+        tokio::spawn(fail_waiters_on_leader_change(
+            ctx.raft.clone(),
+            waiters.clone(),
+        ));
         tokio::spawn(run_batcher(rx, ctx));
         Self {
             tx,
@@ -264,6 +268,35 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
     }
 }
 
+/// Fails every waiting request when a new leader is known. A batch proposed by, or forwarded
+/// to, the old leader may or may not commit; waiting for it would hold clients until their
+/// timeout (a paused leader answers nothing). The failure is UNAVAILABLE with the new leader
+/// as the hint, which tells clients to retry there with the same request id; the dedupe table
+/// makes that retry safe whether or not the first attempt commits. While no leader is known,
+/// requests keep waiting (up to the request timeout): there is nowhere better to send them.
+/// Ends when Raft shuts down.
+async fn fail_waiters_on_leader_change(raft: Raft, waiters: Arc<Waiters>) {
+    let mut metrics = raft.metrics();
+    let mut known = metrics.borrow().current_leader;
+    while metrics.changed().await.is_ok() {
+        let Some(now) = metrics.borrow().current_leader else {
+            continue;
+        };
+        if known == Some(now) {
+            continue;
+        }
+        if let (Some(old), false) = (known, waiters.is_empty()) {
+            let failure = TxnFailure::Unavailable(format!(
+                "leader {old} was replaced by {now}; the outcome is unknown: retry with the \
+                 same request id"
+            ));
+            let failed = waiters.fail_all(&failure);
+            tracing::info!(old, now, failed, "leader changed; failed waiting requests");
+        }
+        known = Some(now);
+    }
+}
+
 /// Proposes a batch as one Raft entry, in cut order; waits for the commit off the batcher task.
 async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: OwnedSemaphorePermit) {
     let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
@@ -304,12 +337,25 @@ fn forward(
     let client = ctx.channels.raft_client(&addr);
     let from_node = ctx.node_id;
     let timeout = ctx.forward_timeout;
+    let mut metrics = ctx.raft.metrics();
     tokio::spawn(async move {
         let outcome = async {
             let mut client = client.map_err(TxnFailure::Unavailable)?;
             let txns = encode(&txns).map_err(TxnFailure::Unavailable)?;
             let call = client.forward(ForwardRequest { from_node, txns });
-            match tokio::time::timeout(timeout, call).await {
+            // A leader that stops answering (paused, cut off) is usually replaced long before
+            // the timeout: stop waiting for it then.
+            let replaced = metrics.wait_for(|m| m.current_leader != Some(leader));
+            let answer = tokio::select! {
+                answer = tokio::time::timeout(timeout, call) => answer,
+                _ = replaced => {
+                    return Err(TxnFailure::Unavailable(format!(
+                        "leader {leader} was replaced before it answered a forwarded batch; the \
+                         outcome is unknown: retry with the same request id"
+                    )))
+                }
+            };
+            match answer {
                 Err(_) => Err(TxnFailure::Unavailable(format!(
                     "leader {leader} at {addr} did not answer a forwarded batch within {timeout:?}"
                 ))),

@@ -87,6 +87,17 @@ impl Waiters {
         }
     }
 
+    /// Fails every waiter (the leader changed: no pending outcome can be vouched for).
+    /// Returns how many request ids were failed.
+    pub fn fail_all(&self, failure: &TxnFailure) -> usize {
+        let pending = std::mem::take(&mut *self.by_request.lock().expect("waiters lock"));
+        let count = pending.len();
+        for (_, tx) in pending.into_values().flatten() {
+            let _ = tx.send(Err(failure.clone()));
+        }
+        count
+    }
+
     /// Forgets one wait (the client gave up or timed out).
     pub fn cancel(&self, request_id: &str, id: u64) {
         let mut map = self.by_request.lock().expect("waiters lock");
