@@ -117,3 +117,27 @@ impl Waiters {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_all_answers_every_waiter_and_joined_one_once() {
+        let waiters = Waiters::default();
+        let a = waiters.register("a");
+        let (b1, joined1) = waiters.register_or_join("b");
+        let (b2, joined2) = waiters.register_or_join("b");
+        assert!(!joined1 && joined2);
+        let failure = TxnFailure::Unavailable("leader 1 was replaced by 2".into());
+        assert_eq!(waiters.fail_all(&failure), 2, "two request ids");
+        assert!(waiters.is_empty());
+        for mut w in [a, b1, b2] {
+            assert_eq!(w.rx.try_recv().unwrap(), Err(failure.clone()));
+        }
+        // A request registered afterwards waits for its own outcome.
+        let mut c = waiters.register("c");
+        assert!(c.rx.try_recv().is_err());
+        assert_eq!(waiters.len(), 1);
+    }
+}
