@@ -508,6 +508,8 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
 
 /// One logical client slot until `end`: single-threaded processes, one attempt per operation;
 /// an operation with an unknown outcome retires its process and a fresh one takes the slot.
+/// Reads are at least as new as `setup_epoch` (the dataset the history's `init` describes),
+/// wherever the slot's node is.
 async fn client_slot(
     rec: Shared,
     endpoint: String,
@@ -515,12 +517,14 @@ async fn client_slot(
     interval: Duration,
     concurrency: usize,
     end: Instant,
+    setup_epoch: u64,
 ) {
     let mut process = gen.slot as u64;
     let mut client: Option<Client> = None;
     while Instant::now() < end {
         if client.is_none() {
             client = Client::connect(endpoint.clone()).await.ok().map(|c| {
+                c.observe_epoch(setup_epoch);
                 c.with_retry(RetryPolicy {
                     attempts_max: 1,
                     ..Default::default()
@@ -946,6 +950,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             value,
         );
     }
+    let setup_epoch = admin.highest_epoch();
 
     let end = Instant::now() + opts.time_limit;
     let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
@@ -964,6 +969,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
                 interval,
                 opts.concurrency,
                 end,
+                setup_epoch,
             ))
         })
         .collect();
