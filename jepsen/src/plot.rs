@@ -143,11 +143,7 @@ pub fn write(dir: &Path, title: &str, events: &[Event]) -> anyhow::Result<Option
                 .label(label)
                 .legend(move |(x, y)| Circle::new((x + 8, y), 3, color.filled()));
         }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .draw()?;
+        legend(&mut chart)?;
         root.present()?;
     }
 
@@ -197,14 +193,21 @@ pub fn write(dir: &Path, title: &str, events: &[Event]) -> anyhow::Result<Option
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
-        chart
-            .configure_series_labels()
-            .border_style(BLACK)
-            .background_style(WHITE.mix(0.85))
-            .draw()?;
+        legend(&mut chart)?;
         root.present()?;
     }
     Ok(None)
+}
+
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.85))
+        .draw()?;
+    Ok(())
 }
 
 /// Shades each fault period across the chart, in its kind's colour, labelled once per kind.
