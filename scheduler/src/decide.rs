@@ -212,14 +212,9 @@ pub(crate) fn decide(
                     rejection: Some(rejection),
                 }));
             }
-            if from_dc == to_dc || *qty <= 0 {
-                return Err(ExecError::Invariant(format!(
-                    "transfer {} of {qty} from dc {from_dc} to dc {to_dc}: the edge admits \
-                     only positive transfers between two DCs",
-                    txn.request_id
-                )));
-            }
-            if from.available() < *qty {
+            // The edge admits only positive transfers between two DCs; anything else is
+            // refused here too (deterministically, on every replica) rather than applied.
+            if from.available() < *qty || from_dc == to_dc || *qty <= 0 {
                 return Ok(refuse(
                     RejectCode::InsufficientStock,
                     *from_dc,

@@ -251,6 +251,39 @@ fn unknown_and_negative_are_rejected_deterministically() {
     assert_eq!(node.stock(1, 1).on_hand, 5);
 }
 
+#[test]
+fn transfers_the_edge_would_refuse_are_rejected_not_applied() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let transfer = |id: &str, from_dc, to_dc, qty| {
+        txn(
+            id,
+            Op::Transfer {
+                sku: 1,
+                from_dc,
+                to_dc,
+                qty,
+            },
+        )
+    };
+    let results = node.run(vec![
+        transfer("same-dc", 1, 1, 2),
+        transfer("negative", 1, 2, -2),
+        transfer("too-much", 1, 2, 6),
+        transfer("fine", 1, 2, 5),
+    ]);
+    for r in &results[..3] {
+        assert_eq!(
+            r.outcome.rejection().map(|x| x.code),
+            Some(RejectCode::InsufficientStock),
+            "{r:?}"
+        );
+    }
+    assert!(results[3].outcome.rejection().is_none());
+    assert_eq!(node.stock(1, 1).on_hand, 0);
+    assert_eq!(node.stock(2, 1).on_hand, 10);
+}
+
 fn mixed_workload(epoch: u64) -> Vec<Txn> {
     // A deterministic mix of single- and multi-partition orders, restocks and partials.
     (0..300u64)
