@@ -90,8 +90,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { UNKNOWN } else { 0 });
         }
     };
-    let (workload, history) = match cli.command {
-        Command::Check { workload, history } => (workload, history),
+    let result = match cli.command {
+        Command::Check { workload, history } => check(&workload, &history),
         Command::Run {
             nodes,
             time_limit,
@@ -102,44 +102,34 @@ fn main() -> ExitCode {
             seed,
             out,
             ordo_bin,
-        } => {
-            let run = || -> anyhow::Result<u8> {
-                let ordo_bin = match ordo_bin {
-                    Some(b) => b,
-                    None => std::env::current_exe()?.with_file_name("ordo"),
-                };
-                anyhow::ensure!(
-                    ordo_bin.is_file(),
-                    "no ordo binary at {} (cargo build --bin ordo, or --ordo-bin)",
-                    ordo_bin.display()
-                );
-                anyhow::ensure!(
-                    nodes >= 1 && concurrency >= 1 && rate > 0.0,
-                    "--nodes, --concurrency and --rate must be positive"
-                );
-                let opts = ordo_jepsen::runner::RunOpts {
-                    nodes,
-                    time_limit: std::time::Duration::from_secs(time_limit),
-                    workload,
-                    nemesis,
-                    rate,
-                    concurrency,
-                    seed,
-                    out,
-                    ordo_bin,
-                };
-                tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
+        } => (|| {
+            let ordo_bin = match ordo_bin {
+                Some(b) => b,
+                None => std::env::current_exe()?.with_file_name("ordo"),
             };
-            return match run() {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(UNKNOWN)
-                }
+            anyhow::ensure!(
+                ordo_bin.is_file(),
+                "no ordo binary at {} (cargo build --bin ordo, or --ordo-bin)",
+                ordo_bin.display()
+            );
+            anyhow::ensure!(
+                nodes >= 1 && concurrency >= 1 && rate > 0.0,
+                "--nodes, --concurrency and --rate must be positive"
+            );
+            let opts = ordo_jepsen::runner::RunOpts {
+                nodes,
+                time_limit: std::time::Duration::from_secs(time_limit),
+                workload,
+                nemesis,
+                rate,
+                concurrency,
+                seed,
+                out,
+                ordo_bin,
             };
-        }
+            tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
+        })(),
     };
-    let result = check(&workload, &history);
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
