@@ -332,7 +332,7 @@ impl Session {
                             name: format!("bench dc {dc}"),
                             lat: 0.0,
                             lon: 0.0,
-                            region: dataset.region(dc),
+                            region: Some(dataset.region(dc)),
                             active: true,
                         })
                         .await?;

@@ -71,6 +71,36 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether a failed write is known not to have been applied, now or later: the request
+    /// was refused before it was sequenced. `false` means the outcome is unknown (retry with
+    /// the same request id to learn it). Refusals of the request itself (INVALID_ARGUMENT,
+    /// NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE) are definite; UNAVAILABLE
+    /// and RESOURCE_EXHAUSTED are definite when the server said so in the `ordo-outcome:
+    /// not-applied` trailer, and only if no earlier attempt of the call had an unknown outcome.
+    pub fn not_applied(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Status(s) => status_not_applied(s),
+            Error::Protocol(_) => false,
+        }
+    }
+}
+
+fn status_not_applied(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+    ) || status
+        .metadata()
+        .get(ordo_proto::OUTCOME_METADATA_KEY)
+        .is_some_and(|v| v == ordo_proto::OUTCOME_NOT_APPLIED)
 }
 
 /// How retries of transient errors behave.
@@ -342,6 +372,9 @@ impl Client {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut attempt = 0;
+        // Whether an earlier attempt may have been applied: then no later refusal can make
+        // the call's failure definite.
+        let mut maybe_applied = false;
         loop {
             let answer = tokio::time::timeout(self.attempt_timeout, call())
                 .await
@@ -356,11 +389,19 @@ impl Client {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if retryable(&status) && attempt + 1 < self.retry.attempts_max => {
                     tracing::debug!(code = ?status.code(), attempt, "retrying");
+                    maybe_applied |= !status_not_applied(&status);
                     self.fail_over(&status);
                     tokio::time::sleep(self.backoff(attempt)).await;
                     attempt += 1;
                 }
-                Err(status) => return Err(status.into()),
+                Err(mut status) => {
+                    if maybe_applied {
+                        status
+                            .metadata_mut()
+                            .remove(ordo_proto::OUTCOME_METADATA_KEY);
+                    }
+                    return Err(status.into());
+                }
             }
         }
     }

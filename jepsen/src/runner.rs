@@ -443,9 +443,13 @@ async fn read_all(client: &Client) -> Result<Value, ordo_client::Error> {
 }
 
 /// Runs one operation: its completion type and value. An error whose effect is unknown is
-/// `info`; a read that failed had no effect and is `fail`.
+/// `info`; a write the server refused before sequencing it ([`ordo_client::Error::not_applied`])
+/// and a read that failed had no effect and are `fail`.
 async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
-    let unknown = || (EventType::Info, op.value.clone());
+    let failed = |e: ordo_client::Error| match e.not_applied() {
+        true => (EventType::Fail, op.value.clone()),
+        false => (EventType::Info, op.value.clone()),
+    };
     let definite = |applied: bool| {
         let kind = if applied {
             EventType::Ok
@@ -459,7 +463,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
             Ok(r) if r.committed => (EventType::Ok, transact_value(op.f, &op.value, &r)),
             // An aborted transaction (a failed cas) definitely did not apply.
             Ok(_) => definite(false),
-            Err(_) => unknown(),
+            Err(e) => failed(e),
         },
         Call::Order { request_id, lines } => {
             let lines: Vec<ordo_client::Line> = lines
@@ -471,7 +475,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
                 .await
             {
                 Ok(r) => definite(r.status() == v1::OrderStatus::Committed),
-                Err(_) => unknown(),
+                Err(e) => failed(e),
             }
         }
         Call::Restock {
@@ -484,7 +488,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
             .await
         {
             Ok(r) => definite(r.applied),
-            Err(_) => unknown(),
+            Err(e) => failed(e),
         },
         Call::Transfer {
             request_id,
@@ -497,7 +501,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
             .await
         {
             Ok(r) => definite(r.applied),
-            Err(_) => unknown(),
+            Err(e) => failed(e),
         },
         Call::ReadAll => match read_all(client).await {
             Ok(rows) => (EventType::Ok, rows),
@@ -774,7 +778,7 @@ async fn load_dataset(client: &Client, workload: &str) -> anyhow::Result<Value> 
                 name: format!("DC {dc}"),
                 lat: 50.0 + dc as f64,
                 lon: 10.0,
-                region,
+                region: Some(region),
                 active: true,
             })
             .await?;

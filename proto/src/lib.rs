@@ -23,3 +23,10 @@ pub mod internal {
 /// The encoded `FileDescriptorSet` of every Ordo `.proto` file, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ordo_descriptor.bin"));
+
+/// The trailer (response metadata) that tells a client whether a failed write may have been
+/// applied. Only [`OUTCOME_NOT_APPLIED`] is sent: a definite failure (refused before it was
+/// sequenced). A failed write without it may or may not have been applied.
+pub const OUTCOME_METADATA_KEY: &str = "ordo-outcome";
+/// See [`OUTCOME_METADATA_KEY`].
+pub const OUTCOME_NOT_APPLIED: &str = "not-applied";

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::exec::{ExecError, Route};
+use crate::exec::{dedupe_answer, ExecError, Route};
 use crate::model::*;
 
 /// One participant's reads for a transaction.
@@ -14,7 +14,7 @@ pub(crate) struct LocalReads {
     /// User keys this participant holds, with their values (absent: `None`).
     pub(crate) kv: Vec<(String, Option<KvValue>)>,
     /// Only the home partition reads the dedupe entry: `Some(found)`.
-    pub(crate) dedupe: Option<Option<TxnResult>>,
+    pub(crate) dedupe: Option<Option<DedupeRecord>>,
 }
 
 /// The decision every participant computes identically from all participants' reads.
@@ -37,9 +37,9 @@ pub(crate) fn decide(
     time_ms: u64,
     reads: &[LocalReads],
 ) -> Result<Decision, ExecError> {
-    if let Some(Some(original)) = reads.iter().find_map(|r| r.dedupe.clone()) {
+    if let Some(Some(record)) = reads.iter().find_map(|r| r.dedupe.clone()) {
         return Ok(Decision {
-            result: original,
+            result: dedupe_answer(txn, record, epoch),
             stock: Vec::new(),
             order: None,
             kv: Vec::new(),
@@ -64,6 +64,12 @@ pub(crate) fn decide(
         kv: Vec::new(),
         remember: true,
     };
+    if let Some(reason) = &route.invalid {
+        return Ok(rejected(Outcome::Refused {
+            code: RefuseCode::Invalid,
+            reason: reason.clone(),
+        }));
+    }
     match &txn.op {
         Op::PlaceOrder { lines, mode, user } => {
             if let Some(rejection) = route.pre_rejection {
@@ -147,13 +153,14 @@ pub(crate) fn decide(
             })
         }
         Op::Restock { dc, sku, delta } => {
-            let current = stock.get(&(*dc, *sku)).copied().unwrap_or_default();
             if let Some(rejection) = route.pre_rejection {
+                // Nothing was read: the row is not reported.
                 return Ok(rejected(Outcome::Restock {
-                    stock: current,
+                    stock: StockRecord::default(),
                     rejection: Some(rejection),
                 }));
             }
+            let current = stock.get(&(*dc, *sku)).copied().unwrap_or_default();
             let on_hand = current.on_hand.checked_add(*delta);
             match on_hand {
                 Some(on_hand) if on_hand >= current.reserved && on_hand >= 0 => {
@@ -206,9 +213,10 @@ pub(crate) fn decide(
                 })
             };
             if let Some(rejection) = route.pre_rejection {
+                // Nothing was read: the rows are not reported.
                 return Ok(rejected(Outcome::Transfer {
-                    from,
-                    to,
+                    from: StockRecord::default(),
+                    to: StockRecord::default(),
                     rejection: Some(rejection),
                 }));
             }

@@ -19,6 +19,7 @@ use ordo_storage::{Part, Store, StoreError, Write};
 
 use crate::model::*;
 use crate::partition::run_segment;
+use crate::validate;
 
 /// Execution settings. They are part of the replicated configuration: every replica must run
 /// with the same values, or the replicas diverge.
@@ -26,7 +27,13 @@ use crate::partition::run_segment;
 pub struct ExecConfig {
     /// How long a request id is remembered for dedupe, in sequencer milliseconds.
     pub dedupe_window_ms: u64,
-    /// At most this many expired dedupe entries are dropped per partition per epoch, so a
+    /// ... and in epochs: an entry is dropped only once *both* windows have passed. Sequencer
+    /// time comes from the leader's clock and may leap forward (a clock stepped by days); the
+    /// epoch count cannot, so a retry within this many epochs is exactly-once whatever any
+    /// clock did. (At one epoch per 5 ms that is over 80 minutes of continuous load.)
+    pub dedupe_window_epochs_min: u64,
+    /// At least this many expired dedupe entries are dropped per partition per epoch (and at
+    /// least twice the epoch's transactions, so pruning keeps up with the largest batch), so a
     /// burst of expiries never makes one epoch large.
     pub dedupe_prune_max: usize,
     /// Test hook: when set, partition executors sleep for pseudo-random microseconds (seeded by
@@ -38,10 +45,23 @@ impl Default for ExecConfig {
     fn default() -> Self {
         Self {
             dedupe_window_ms: 24 * 60 * 60 * 1000,
+            dedupe_window_epochs_min: 1_000_000,
             dedupe_prune_max: 1024,
             timing_jitter_seed: None,
         }
     }
+}
+
+/// The latest epoch time execution accepts from a proposer (the year 9999): a leader clock
+/// gone wild cannot push epoch time towards overflow.
+pub const EPOCH_TIME_MS_MAX: u64 = 253_402_300_799_999;
+
+/// The time of the next epoch: after the previous one, and the proposed time unless that is
+/// earlier or absurd. A pure function of the log, the same on every replica.
+pub fn epoch_time_ms(previous_ms: u64, proposed_ms: u64) -> u64 {
+    proposed_ms
+        .min(EPOCH_TIME_MS_MAX)
+        .max(previous_ms.saturating_add(1))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +93,9 @@ pub fn execute_epoch(
     time_ms: u64,
     txns: &[Txn],
 ) -> Result<EpochOutput, ExecError> {
-    if txns.len() > BATCH_TXNS_LIMIT {
-        return Err(ExecError::Invariant(format!(
-            "epoch {epoch} has {} transactions, more than the limit {BATCH_TXNS_LIMIT}",
-            txns.len()
-        )));
-    }
+    // A batch longer than the order-id space cannot come from an Ordo leader; whatever wrote
+    // it, the excess is refused on every replica rather than stopping them.
+    let (txns, excess) = txns.split_at(txns.len().min(BATCH_TXNS_LIMIT));
     let partitions = store.partitions();
     let mut overlays: BTreeMap<Part, Overlay> = BTreeMap::new();
     overlays.insert(Part::Global, Overlay::default());
@@ -86,9 +103,13 @@ pub fn execute_epoch(
         overlays.insert(Part::Region(n), Overlay::default());
     }
     // Expire old dedupe entries first: deterministic, bounded, and before any transaction.
-    let cutoff = time_ms.saturating_sub(cfg.dedupe_window_ms);
+    let cutoff = DedupeCutoff {
+        time_ms: time_ms.saturating_sub(cfg.dedupe_window_ms),
+        epoch: epoch.saturating_sub(cfg.dedupe_window_epochs_min),
+    };
+    let prune_max = cfg.dedupe_prune_max.max(txns.len().saturating_mul(2));
     for (part, overlay) in overlays.iter_mut() {
-        prune_dedupe(store, *part, overlay, cutoff, cfg.dedupe_prune_max)?;
+        prune_dedupe(store, *part, overlay, cutoff, prune_max)?;
     }
 
     let mut results: Vec<Option<TxnResult>> = vec![None; txns.len()];
@@ -133,6 +154,16 @@ pub fn execute_epoch(
             ))
         })?;
         output.results.push(result);
+    }
+    for txn in excess {
+        output.results.push(TxnResult {
+            request_id: txn.request_id.clone(),
+            epoch,
+            outcome: Outcome::Refused {
+                code: RefuseCode::Invalid,
+                reason: format!("the epoch batch holds more than {BATCH_TXNS_LIMIT} transactions"),
+            },
+        });
     }
     for (part, overlay) in overlays {
         let writes = overlay.into_writes();
@@ -204,32 +235,55 @@ pub(crate) fn read_record<T: for<'de> serde::Deserialize<'de>>(
     }
 }
 
+/// Dedupe entries older than both of these may be dropped.
+#[derive(Clone, Copy)]
+struct DedupeCutoff {
+    time_ms: u64,
+    epoch: u64,
+}
+
+/// Drops expired dedupe entries, oldest first. The expiry index is in time order, and time
+/// grows with the epoch, so the entries old enough by both measures are a prefix of it.
 fn prune_dedupe(
     store: &Store,
     part: Part,
     overlay: &mut Overlay,
-    cutoff_ms: u64,
+    cutoff: DedupeCutoff,
     limit: usize,
 ) -> Result<(), ExecError> {
-    if cutoff_ms == 0 {
+    if cutoff.time_ms == 0 || cutoff.epoch == 0 {
         return Ok(());
     }
     let start = [keys::DEDUPE_BY_TIME];
-    let end = keys::dedupe_by_time(cutoff_ms, "");
+    let end = keys::dedupe_by_time(cutoff.time_ms, "");
     for (key, _) in store.range(part, &start, &end, limit)? {
         let request_id = keys::request_id_of_time_key(&key).unwrap_or_default();
         let mut dedupe_key = vec![keys::DEDUPE];
         dedupe_key.extend_from_slice(request_id);
+        if let Some(bytes) = overlay.get(store, part, &dedupe_key)? {
+            let record = DedupeRecord::decode(&bytes)
+                .map_err(|e| corrupt(format!("dedupe entry {dedupe_key:?} in {part}"), e))?;
+            if record.result.epoch > cutoff.epoch {
+                break;
+            }
+        }
         overlay.put(None, dedupe_key, None);
         overlay.put(None, key.to_vec(), None);
     }
     Ok(())
 }
 
-pub(crate) fn remember(overlay: &mut Overlay, seq: usize, time_ms: u64, result: &TxnResult) {
+pub(crate) fn remember(
+    overlay: &mut Overlay,
+    seq: usize,
+    time_ms: u64,
+    txn: &Txn,
+    result: &TxnResult,
+) {
     let record = DedupeRecord {
         time_ms,
         result: result.clone(),
+        body_digest: Some(body_digest(&txn.op)),
     };
     overlay.put(
         Some(seq),
@@ -248,12 +302,33 @@ pub(crate) fn read_dedupe(
     overlay: &Overlay,
     part: Part,
     request_id: &str,
-) -> Result<Option<TxnResult>, ExecError> {
-    let record: Option<DedupeRecord> =
-        read_record(store, overlay, part, &keys::dedupe(request_id), || {
-            format!("dedupe {request_id:?} in {part}")
-        })?;
-    Ok(record.map(|r| r.result))
+) -> Result<Option<DedupeRecord>, ExecError> {
+    match overlay.get(store, part, &keys::dedupe(request_id))? {
+        Some(bytes) => DedupeRecord::decode(&bytes)
+            .map(Some)
+            .map_err(|e| corrupt(format!("dedupe {request_id:?} in {part}"), e)),
+        None => Ok(None),
+    }
+}
+
+/// What a request id's earlier use means for this transaction: its result when the body is
+/// the same, a refusal when the id names another request.
+pub(crate) fn dedupe_answer(txn: &Txn, record: DedupeRecord, epoch: u64) -> TxnResult {
+    if record.same_body(&body_digest(&txn.op)) {
+        return record.result;
+    }
+    TxnResult {
+        request_id: txn.request_id.clone(),
+        epoch,
+        outcome: Outcome::Refused {
+            code: RefuseCode::IdReused,
+            reason: format!(
+                "request_id {:?} was already used for a different request (epoch {}); use a \
+                 new request_id",
+                txn.request_id, record.result.epoch
+            ),
+        },
+    }
 }
 
 /// A DC or catalogue change: runs alone against the global partition.
@@ -265,42 +340,103 @@ fn run_global(
     seq: usize,
     txn: &Txn,
 ) -> Result<TxnResult, ExecError> {
-    if let Some(original) = read_dedupe(store, overlay, Part::Global, &txn.request_id)? {
-        return Ok(original);
-    }
-    match &txn.op {
-        Op::UpsertDc(dc) => overlay.put(Some(seq), keys::dc(dc.dc), Some(encode(dc))),
-        Op::UpsertItem(item) => overlay.put(Some(seq), keys::item(item.sku), Some(encode(item))),
-        other => {
-            return Err(ExecError::Invariant(format!(
-                "non-global transaction {other:?} routed to the global partition"
-            )))
+    let refused = |code, reason| TxnResult {
+        request_id: txn.request_id.clone(),
+        epoch,
+        outcome: Outcome::Refused { code, reason },
+    };
+    if validate::request_id_ok(&txn.request_id).is_ok() {
+        if let Some(record) = read_dedupe(store, overlay, Part::Global, &txn.request_id)? {
+            return Ok(dedupe_answer(txn, record, epoch));
         }
     }
-    let result = TxnResult {
+    let result = match validate::validate(txn) {
+        Err(reason) => refused(RefuseCode::Invalid, reason),
+        Ok(()) => match &txn.op {
+            Op::UpsertDc(dc) => {
+                let existing: Option<DcRecord> =
+                    read_record(store, overlay, Part::Global, &keys::dc(dc.dc), || {
+                        format!("dc {}", dc.dc)
+                    })?;
+                match existing {
+                    Some(old) if old.region != dc.region => refused(
+                        RefuseCode::RegionChange,
+                        format!(
+                            "dc {} is in region {}; its stock and orders live there, so it \
+                             cannot move to region {} (create a new DC instead)",
+                            dc.dc, old.region, dc.region
+                        ),
+                    ),
+                    _ => {
+                        overlay.put(Some(seq), keys::dc(dc.dc), Some(encode(dc)));
+                        upserted(txn, epoch)
+                    }
+                }
+            }
+            Op::UpsertItem(item) => {
+                overlay.put(Some(seq), keys::item(item.sku), Some(encode(item)));
+                upserted(txn, epoch)
+            }
+            other => {
+                return Err(ExecError::Invariant(format!(
+                    "non-global transaction {other:?} routed to the global partition"
+                )))
+            }
+        },
+    };
+    if validate::request_id_ok(&txn.request_id).is_ok() {
+        remember(overlay, seq, time_ms, txn, &result);
+    }
+    Ok(result)
+}
+
+fn upserted(txn: &Txn, epoch: u64) -> TxnResult {
+    TxnResult {
         request_id: txn.request_id.clone(),
         epoch,
         outcome: Outcome::Upserted,
-    };
-    remember(overlay, seq, time_ms, &result);
-    Ok(result)
+    }
 }
 
 /// Where a transaction runs: its home partition (dedupe, order record) and every participant.
 #[derive(Clone, Debug)]
 pub(crate) struct Route {
+    /// The partition of the request id ([`request_part`]).
     pub(crate) home: Part,
+    /// Every partition the transaction touches, the home included, ascending.
     pub(crate) participants: Vec<Part>,
-    /// The partition of each order line (or the restock's DC).
+    /// The partition of each order line (or the restock's DC, the transfer's two DCs).
     pub(crate) line_parts: Vec<Part>,
     /// The partition of each user key of a key-value transaction, keys in first-use order.
     pub(crate) kv_parts: Vec<(String, Part)>,
-    /// A rejection known from the global tables alone (unknown DC or SKU, inactive DC).
+    /// A rejection known from the global tables alone (unknown DC or SKU, inactive DC). Such a
+    /// transaction runs in its home only and reads nothing but its dedupe entry, so its answer
+    /// cannot depend on when other transactions ran.
     pub(crate) pre_rejection: Option<Rejection>,
+    /// Why the transaction is inadmissible ([`validate::validate`]); like a pre-rejection, it
+    /// runs in its home only and reads nothing else.
+    pub(crate) invalid: Option<validate::Invalid>,
+    /// Whether the request id is admissible, and so looked up in and recorded for dedupe.
+    pub(crate) dedupe: bool,
+}
+
+impl Route {
+    /// Whether the transaction is decided without reading any stock or user key.
+    pub(crate) fn decided_early(&self) -> bool {
+        self.pre_rejection.is_some() || self.invalid.is_some()
+    }
 }
 
 fn dc_part(dc: &DcRecord, partitions: u32) -> Part {
     Part::Region(dc.region % partitions)
+}
+
+fn ascending(parts: impl IntoIterator<Item = Part>) -> Vec<Part> {
+    parts
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 pub(crate) fn route(
@@ -309,6 +445,21 @@ pub(crate) fn route(
     txn: &Txn,
     partitions: u32,
 ) -> Result<Route, ExecError> {
+    let home = request_part(&txn.request_id, partitions);
+    let dedupe = validate::request_id_ok(&txn.request_id).is_ok();
+    let mut route = Route {
+        home,
+        participants: vec![home],
+        line_parts: Vec::new(),
+        kv_parts: Vec::new(),
+        pre_rejection: None,
+        invalid: None,
+        dedupe,
+    };
+    if let Err(reason) = validate::validate(txn) {
+        route.invalid = Some(reason);
+        return Ok(route);
+    }
     let dc_lookup = |dc: u32| -> Result<Option<DcRecord>, ExecError> {
         read_record(store, global, Part::Global, &keys::dc(dc), || {
             format!("dc {dc}")
@@ -318,29 +469,15 @@ pub(crate) fn route(
         Ok(global.get(store, Part::Global, &keys::item(sku))?.is_some())
     };
     if let Op::Kv(ops) = &txn.op {
-        let mut kv_parts: Vec<(String, Part)> = Vec::new();
         for op in ops {
-            if !kv_parts.iter().any(|(k, _)| k == op.key()) {
-                kv_parts.push((op.key().to_string(), kv_part(op.key(), partitions)));
+            if !route.kv_parts.iter().any(|(k, _)| k == op.key()) {
+                route
+                    .kv_parts
+                    .push((op.key().to_string(), kv_part(op.key(), partitions)));
             }
         }
-        let home = kv_parts.first().map(|(_, p)| *p).unwrap_or(Part::Region(0));
-        let mut participants: Vec<Part> = kv_parts
-            .iter()
-            .map(|(_, p)| *p)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if participants.is_empty() {
-            participants.push(home);
-        }
-        return Ok(Route {
-            home,
-            participants,
-            line_parts: Vec::new(),
-            kv_parts,
-            pre_rejection: None,
-        });
+        route.participants = ascending(route.kv_parts.iter().map(|(_, p)| *p).chain([home]));
+        return Ok(route);
     }
     let pairs: Vec<(u32, u32, i64)> = match &txn.op {
         Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
@@ -357,8 +494,6 @@ pub(crate) fn route(
             ))
         }
     };
-    let mut line_parts = Vec::with_capacity(pairs.len());
-    let mut pre_rejection = None;
     for &(dc, sku, qty) in &pairs {
         let reject = |code| Rejection {
             code,
@@ -369,36 +504,28 @@ pub(crate) fn route(
         };
         match dc_lookup(dc)? {
             None => {
-                pre_rejection.get_or_insert(reject(RejectCode::UnknownDc));
-                line_parts.push(Part::Region(0));
+                route
+                    .pre_rejection
+                    .get_or_insert(reject(RejectCode::UnknownDc));
+                route.line_parts.push(home);
             }
             Some(record) => {
                 if !record.active && matches!(txn.op, Op::PlaceOrder { .. }) {
-                    pre_rejection.get_or_insert(reject(RejectCode::DcInactive));
+                    route
+                        .pre_rejection
+                        .get_or_insert(reject(RejectCode::DcInactive));
                 }
                 if !item_known(sku)? {
-                    pre_rejection.get_or_insert(reject(RejectCode::UnknownSku));
+                    route
+                        .pre_rejection
+                        .get_or_insert(reject(RejectCode::UnknownSku));
                 }
-                line_parts.push(dc_part(&record, partitions));
+                route.line_parts.push(dc_part(&record, partitions));
             }
         }
     }
-    let home = line_parts.first().copied().unwrap_or(Part::Region(0));
-    let participants = if pre_rejection.is_some() {
-        vec![home]
-    } else {
-        line_parts
-            .iter()
-            .copied()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    };
-    Ok(Route {
-        home,
-        participants,
-        line_parts,
-        kv_parts: Vec::new(),
-        pre_rejection,
-    })
+    if route.pre_rejection.is_none() {
+        route.participants = ascending(route.line_parts.iter().copied().chain([home]));
+    }
+    Ok(route)
 }

@@ -12,6 +12,7 @@
 //! - `partition`: per-partition executors with the multi-partition read exchange.
 //! - `decide`: the pure decision every participant of a transaction computes.
 //! - [`reads`]: point reads of applied state for the server edge.
+//! - [`validate`]: the one validator of a transaction's shape (edge, leader and execution).
 //!
 //! Must never depend on: a wall clock, randomness, hash-map iteration order or floating point
 //! inside execution; openraft, gRPC or anything that does I/O other than the store.
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod model;
 mod partition;
 pub mod reads;
+pub mod validate;
 
-pub use exec::{execute_epoch, EpochOutput, ExecConfig, ExecError};
+pub use exec::{epoch_time_ms, execute_epoch, EpochOutput, ExecConfig, ExecError};
 pub use model::*;

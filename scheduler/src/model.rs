@@ -242,6 +242,24 @@ pub enum Outcome {
         to: StockRecord,
         rejection: Option<Rejection>,
     },
+    /// Refused before it could do anything, whatever its kind: an inadmissible transaction
+    /// that reached the log anyway, a request id already used for another request, a DC
+    /// moved to another region. Deterministic on every replica, never a stop.
+    Refused {
+        code: RefuseCode,
+        reason: String,
+    },
+}
+
+/// Why a transaction was refused outright.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseCode {
+    /// It breaks a limit of [`crate::validate`] (the edge's INVALID_ARGUMENT).
+    Invalid,
+    /// Its request id names an earlier, different request (ALREADY_EXISTS).
+    IdReused,
+    /// It would move an existing DC to another region (FAILED_PRECONDITION).
+    RegionChange,
 }
 
 impl Outcome {
@@ -250,7 +268,7 @@ impl Outcome {
             Outcome::Order { rejection, .. }
             | Outcome::Restock { rejection, .. }
             | Outcome::Transfer { rejection, .. } => rejection.as_ref(),
-            Outcome::Upserted | Outcome::Kv { .. } => None,
+            Outcome::Upserted | Outcome::Kv { .. } | Outcome::Refused { .. } => None,
         }
     }
 }
@@ -271,6 +289,52 @@ pub struct OrderRecord {
 pub struct DedupeRecord {
     pub time_ms: u64,
     pub result: TxnResult,
+    /// [`body_digest`] of the request that produced the result, so a later request with the
+    /// same id and another body is told apart (`None` in records written before it existed).
+    pub body_digest: Option<[u8; 32]>,
+}
+
+/// The record layout before `body_digest`, still readable.
+#[derive(Deserialize)]
+struct DedupeRecordV0 {
+    time_ms: u64,
+    result: TxnResult,
+}
+
+impl DedupeRecord {
+    /// Decodes either layout. bincode records carry no schema, so the current layout is tried
+    /// first; an older record is too short for it.
+    pub fn decode(bytes: &[u8]) -> Result<Self, bincode::Error> {
+        match decode::<DedupeRecord>(bytes) {
+            Ok(record) => Ok(record),
+            Err(current) => match decode::<DedupeRecordV0>(bytes) {
+                Ok(v0) => Ok(DedupeRecord {
+                    time_ms: v0.time_ms,
+                    result: v0.result,
+                    body_digest: None,
+                }),
+                Err(_) => Err(current),
+            },
+        }
+    }
+
+    /// Whether this record belongs to a request with this body. Records without a digest
+    /// cannot tell and say yes; the edge then compares the result's shape.
+    pub fn same_body(&self, digest: &[u8; 32]) -> bool {
+        self.body_digest.is_none_or(|d| &d == digest)
+    }
+}
+
+/// What a request id is bound to: the BLAKE3 hash of the request's operation.
+pub fn body_digest(op: &Op) -> [u8; 32] {
+    blake3::hash(&encode(op)).into()
+}
+
+/// The partition that remembers a request id (its dedupe home, where an order's record also
+/// lives): a hash of the id, so every request with that id meets the same entry, whatever
+/// DCs its body names.
+pub fn request_part(request_id: &str, partitions: u32) -> ordo_storage::Part {
+    kv_part(request_id, partitions)
 }
 
 /// Key encodings. Big-endian integers keep keys in numeric order.

@@ -34,7 +34,7 @@ enum Msg {
     Reads {
         seq: usize,
         from: Part,
-        reads: LocalReads,
+        reads: Box<LocalReads>,
     },
     /// A peer executor failed; stop.
     Abort(Part),
@@ -59,7 +59,7 @@ pub(crate) fn run_segment(
         let route = route(store, global, txn, partitions)?;
         for &part in &route.participants {
             let mut keys = Vec::new();
-            if route.pre_rejection.is_none() {
+            if !route.decided_early() {
                 for (line, line_part) in lines_of(txn).iter().zip(&route.line_parts) {
                     if *line_part == part {
                         keys.push(LockKey::Stock {
@@ -74,7 +74,7 @@ pub(crate) fn run_segment(
                     keys.push(LockKey::Kv(key.clone()));
                 }
             }
-            if part == route.home {
+            if part == route.home && route.dedupe {
                 keys.push(LockKey::Dedupe(txn.request_id.clone()));
             }
             tasks.entry(part).or_default().push(Task { seq, keys });
@@ -267,13 +267,13 @@ fn run_partition(
                 Msg::Abort(peer) => return Err(ExecError::PeerFailed(peer)),
                 Msg::Reads { seq, from, reads } => match waiting.get_mut(&seq) {
                     Some(w) => {
-                        w.reads.insert(from, reads);
+                        w.reads.insert(from, *reads);
                         if w.reads.len() == seg.routes[&seq].participants.len() {
                             complete.push(seq);
                         }
                     }
                     None => {
-                        early.entry(seq).or_default().insert(from, reads);
+                        early.entry(seq).or_default().insert(from, *reads);
                     }
                 },
             }
@@ -288,7 +288,7 @@ fn run_partition(
                         .send(Msg::Reads {
                             seq,
                             from: part,
-                            reads: reads.clone(),
+                            reads: Box::new(reads.clone()),
                         })
                         .map_err(|_| ExecError::PeerFailed(peer))?;
                 }
@@ -328,8 +328,8 @@ fn run_partition(
                 if let Some(order) = &decision.order {
                     overlay.put(Some(seq), keys::order(order.order_id), Some(encode(order)));
                 }
-                if decision.remember {
-                    remember(overlay, seq, seg.time_ms, &decision.result);
+                if decision.remember && route.dedupe {
+                    remember(overlay, seq, seg.time_ms, txn, &decision.result);
                 }
                 results.push((seq, decision.result));
             }
@@ -354,6 +354,14 @@ fn read_local(
 ) -> Result<LocalReads, ExecError> {
     let txn = &seg.txns[seq];
     let mut reads = LocalReads::default();
+    if part == route.home && route.dedupe {
+        reads.dedupe = Some(read_dedupe(seg.store, overlay, part, &txn.request_id)?);
+    }
+    if route.decided_early() {
+        // Decided from the log and the global tables alone: it holds no lock on any row, so
+        // reading one would see whatever other transactions happened to have written.
+        return Ok(reads);
+    }
     for ((dc, sku), line_part) in lines_of(txn).into_iter().zip(&route.line_parts) {
         if *line_part == part && !reads.stock.iter().any(|&(d, s, _)| d == dc && s == sku) {
             let record: Option<StockRecord> =
@@ -371,9 +379,6 @@ fn read_local(
                 })?;
             reads.kv.push((key.clone(), value));
         }
-    }
-    if part == route.home {
-        reads.dedupe = Some(read_dedupe(seg.store, overlay, part, &txn.request_id)?);
     }
     Ok(reads)
 }

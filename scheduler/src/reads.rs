@@ -67,7 +67,7 @@ pub fn order(store: &Store, order_id: u64) -> Result<Option<OrderRecord>, ReadEr
 }
 
 /// Committed orders with ids above `after`, in id order, at most `limit` (from every
-/// partition; an order lives in its first DC's).
+/// partition; an order lives in its request id's home partition).
 pub fn orders_after(
     store: &Store,
     after: u64,
@@ -93,15 +93,23 @@ pub fn orders_after(
     Ok(orders)
 }
 
-/// The remembered result of `request_id`, from whichever partition holds it.
-pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<TxnResult>, ReadError> {
+/// The remembered result of `request_id` with the digest of its request: from its home
+/// partition (or the global one, for DC and catalogue changes), or, for entries written before
+/// homes were chosen by request id, from whichever partition holds it.
+pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<DedupeRecord>, ReadError> {
     let key = keys::dedupe(request_id);
-    let parts = std::iter::once(Part::Global).chain((0..store.partitions()).map(Part::Region));
-    for part in parts {
-        let found: Option<DedupeRecord> =
-            get(store, part, &key, || format!("dedupe {request_id:?}"))?;
-        if let Some(record) = found {
-            return Ok(Some(record.result));
+    let home = request_part(request_id, store.partitions());
+    let others = (0..store.partitions())
+        .map(Part::Region)
+        .filter(|&p| p != home);
+    for part in [home, Part::Global].into_iter().chain(others) {
+        if let Some(bytes) = store.get(part, &key)? {
+            return DedupeRecord::decode(&bytes)
+                .map(Some)
+                .map_err(|e| ReadError::Corrupt {
+                    what: format!("dedupe {request_id:?}"),
+                    detail: e.to_string(),
+                });
         }
     }
     Ok(None)

@@ -272,13 +272,23 @@ fn transfers_the_edge_would_refuse_are_rejected_not_applied() {
         transfer("too-much", 1, 2, 6),
         transfer("fine", 1, 2, 5),
     ]);
-    for r in &results[..3] {
-        assert_eq!(
-            r.outcome.rejection().map(|x| x.code),
-            Some(RejectCode::InsufficientStock),
+    // What the edge would refuse is refused by execution too, with the edge's reason.
+    for r in &results[..2] {
+        assert!(
+            matches!(
+                &r.outcome,
+                Outcome::Refused {
+                    code: RefuseCode::Invalid,
+                    ..
+                }
+            ),
             "{r:?}"
         );
     }
+    assert_eq!(
+        results[2].outcome.rejection().map(|x| x.code),
+        Some(RejectCode::InsufficientStock)
+    );
     assert!(results[3].outcome.rejection().is_none());
     assert_eq!(node.stock(1, 1).on_hand, 0);
     assert_eq!(node.stock(2, 1).on_hand, 10);
@@ -342,6 +352,7 @@ fn same_log_under_different_thread_timings_gives_the_same_hashes() {
 fn dedupe_entries_expire_after_the_window() {
     let mut node = Node::new(ExecConfig {
         dedupe_window_ms: 3,
+        dedupe_window_epochs_min: 2,
         ..ExecConfig::default()
     });
     seed(&mut node, 5);
@@ -449,4 +460,187 @@ fn key_value_transactions_are_atomic_across_partitions() {
             abort: None
         }
     );
+}
+
+/// Runs one epoch at an explicit sequencer time.
+fn run_at(node: &mut Node, time_ms: u64, txns: Vec<Txn>) -> Vec<TxnResult> {
+    node.epoch += 1;
+    let time_ms = epoch_time_ms(node.store.applied().time_ms, time_ms);
+    let out = execute_epoch(&node.store, &node.cfg, node.epoch, time_ms, &txns).unwrap();
+    node.store
+        .commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch: node.epoch,
+                time_ms,
+            }),
+            writes: out.writes,
+            raft_meta: Vec::new(),
+        })
+        .unwrap();
+    out.results
+}
+
+#[test]
+fn a_clock_stepped_forward_by_days_does_not_expire_request_ids() {
+    let day_ms = 24 * 60 * 60 * 1000;
+    let mut node = Node::new(ExecConfig {
+        dedupe_window_ms: day_ms,
+        dedupe_window_epochs_min: 100,
+        ..ExecConfig::default()
+    });
+    seed(&mut node, 5);
+    let first = run_at(
+        &mut node,
+        10_000,
+        vec![order("retried", &[(1, 1, 1)], Mode::AllOrNothing)],
+    );
+    assert!(first[0].outcome.rejection().is_none());
+    // The leader's clock leaps two days ahead; the next epochs carry that time.
+    for i in 0..5 {
+        run_at(&mut node, 10_000 + 2 * day_ms + i, vec![]);
+    }
+    let retry = run_at(
+        &mut node,
+        10_000 + 2 * day_ms + 10,
+        vec![order("retried", &[(1, 1, 1)], Mode::AllOrNothing)],
+    );
+    assert_eq!(
+        retry[0], first[0],
+        "the retry is answered, not executed again"
+    );
+    assert_eq!(node.stock(1, 1).on_hand, 4, "one unit taken, once");
+    // Once both windows have passed, the entry goes.
+    for i in 0..100 {
+        run_at(&mut node, 10_000 + 3 * day_ms + i, vec![]);
+    }
+    assert!(reads::dedupe(&node.store, "retried").unwrap().is_none());
+}
+
+#[test]
+fn epoch_time_is_monotonic_and_bounded() {
+    assert_eq!(epoch_time_ms(5, 3), 6);
+    assert_eq!(epoch_time_ms(5, 50), 50);
+    assert_eq!(epoch_time_ms(5, u64::MAX), exec::EPOCH_TIME_MS_MAX);
+    assert_eq!(epoch_time_ms(u64::MAX - 1, 0), u64::MAX);
+    assert_eq!(epoch_time_ms(u64::MAX, 0), u64::MAX);
+}
+
+#[test]
+fn a_request_id_names_exactly_one_request() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let first = node.run(vec![order("id-1", &[(1, 1, 1)], Mode::AllOrNothing)]);
+    // The same id with other bodies, the first line in another region, in the same epoch as
+    // the same request again: only the identical body gets the first answer.
+    let results = node.run(vec![
+        order("id-1", &[(2, 1, 1)], Mode::AllOrNothing),
+        txn(
+            "id-1",
+            Op::Restock {
+                dc: 1,
+                sku: 1,
+                delta: 7,
+            },
+        ),
+        order("id-1", &[(1, 1, 1)], Mode::AllOrNothing),
+        order("id-2", &[(3, 2, 1)], Mode::AllOrNothing),
+        order("id-2", &[(3, 2, 2)], Mode::AllOrNothing),
+    ]);
+    for i in [0, 1, 4] {
+        assert!(
+            matches!(
+                &results[i].outcome,
+                Outcome::Refused {
+                    code: RefuseCode::IdReused,
+                    ..
+                }
+            ),
+            "{:?}",
+            results[i]
+        );
+    }
+    assert_eq!(results[2], first[0]);
+    assert!(results[3].outcome.rejection().is_none());
+    assert_eq!(node.stock(1, 1).on_hand, 4);
+    assert_eq!(node.stock(2, 1).on_hand, 5);
+    assert_eq!(node.stock(3, 2).on_hand, 4);
+}
+
+#[test]
+fn a_dc_cannot_change_region_but_can_change_anything_else() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let mut dc = reads::dc(&node.store, 1).unwrap().unwrap();
+    dc.region += 1;
+    let moved = node.run(vec![txn("move", Op::UpsertDc(dc.clone()))]);
+    assert!(
+        matches!(
+            &moved[0].outcome,
+            Outcome::Refused {
+                code: RefuseCode::RegionChange,
+                ..
+            }
+        ),
+        "{moved:?}"
+    );
+    dc.region -= 1;
+    dc.active = false;
+    dc.name = "renamed".into();
+    let changed = node.run(vec![txn("rename", Op::UpsertDc(dc.clone()))]);
+    assert_eq!(changed[0].outcome, Outcome::Upserted);
+    assert_eq!(reads::dc(&node.store, 1).unwrap().unwrap(), dc);
+    assert_eq!(
+        node.stock(1, 1).on_hand,
+        5,
+        "the stock stayed where it lives"
+    );
+}
+
+#[test]
+fn pre_rejected_transactions_report_no_rows() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 5);
+    let results = node.run(vec![
+        txn(
+            "t",
+            Op::Transfer {
+                sku: 1,
+                from_dc: 1,
+                to_dc: 99,
+                qty: 1,
+            },
+        ),
+        txn(
+            "r",
+            Op::Restock {
+                dc: 2,
+                sku: 99,
+                delta: 1,
+            },
+        ),
+    ]);
+    assert_eq!(
+        results[0].outcome,
+        Outcome::Transfer {
+            from: StockRecord::default(),
+            to: StockRecord::default(),
+            rejection: Some(Rejection {
+                code: RejectCode::UnknownDc,
+                dc: 99,
+                sku: 1,
+                available: 0,
+                requested: 1
+            }),
+        }
+    );
+    assert!(matches!(
+        results[1].outcome,
+        Outcome::Restock {
+            stock: StockRecord {
+                on_hand: 0,
+                reserved: 0
+            },
+            rejection: Some(_)
+        }
+    ));
 }

@@ -1,7 +1,10 @@
 //! Property: the partitioned, lock-managed executor gives exactly the results and the final
 //! stock of the simplest possible model, one that applies every transaction alone, in log
 //! order. Random workloads (seeded, so a failure reproduces) mix single- and multi-partition
-//! orders, partial orders, restocks and retries (the same request again, same request id).
+//! orders, partial orders, restocks and retries (the same request again, same request id),
+//! and transactions only the internal path can deliver: inadmissible ones (zero or negative
+//! quantities, a transfer to the same DC, duplicate lines), ones naming unknown DCs or SKUs,
+//! and request ids reused for a different request.
 
 use std::collections::BTreeMap;
 
@@ -15,13 +18,80 @@ const SKUS: u32 = 4;
 #[derive(Default)]
 struct Model {
     stock: BTreeMap<(u32, u32), i64>,
-    seen: BTreeMap<String, Outcome>,
+    seen: BTreeMap<String, (Op, Outcome)>,
 }
+
+/// A DC and a SKU that do not exist.
+const UNKNOWN: u32 = 99;
 
 impl Model {
     fn apply(&mut self, txn: &Txn, epoch: u64, seq: usize) -> Outcome {
-        if let Some(outcome) = self.seen.get(&txn.request_id) {
+        if let Some((op, outcome)) = self.seen.get(&txn.request_id) {
+            if *op != txn.op {
+                return Outcome::Refused {
+                    code: RefuseCode::IdReused,
+                    reason: String::new(),
+                };
+            }
             return outcome.clone();
+        }
+        if validate::validate(txn).is_err() {
+            let outcome = Outcome::Refused {
+                code: RefuseCode::Invalid,
+                reason: String::new(),
+            };
+            self.seen
+                .insert(txn.request_id.clone(), (txn.op.clone(), outcome.clone()));
+            return outcome;
+        }
+        // Unknown DCs and SKUs are known from the global tables alone; nothing is read.
+        let pairs: Vec<(u32, u32, i64)> = match &txn.op {
+            Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
+            Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
+            Op::Transfer {
+                sku,
+                from_dc,
+                to_dc,
+                qty,
+            } => vec![(*from_dc, *sku, *qty), (*to_dc, *sku, *qty)],
+            _ => vec![],
+        };
+        let unknown = pairs.iter().find_map(|&(dc, sku, qty)| {
+            let code = if dc == UNKNOWN {
+                RejectCode::UnknownDc
+            } else if sku == UNKNOWN {
+                RejectCode::UnknownSku
+            } else {
+                return None;
+            };
+            Some(Rejection {
+                code,
+                dc,
+                sku,
+                available: 0,
+                requested: qty,
+            })
+        });
+        if let Some(rejection) = unknown {
+            let outcome = match &txn.op {
+                Op::PlaceOrder { .. } => Outcome::Order {
+                    order_id: None,
+                    lines: vec![],
+                    rejection: Some(rejection),
+                },
+                Op::Restock { .. } => Outcome::Restock {
+                    stock: StockRecord::default(),
+                    rejection: Some(rejection),
+                },
+                _ => Outcome::Transfer {
+                    from: StockRecord::default(),
+                    to: StockRecord::default(),
+                    rejection: Some(rejection),
+                },
+            };
+            self.seen
+                .insert(txn.request_id.clone(), (txn.op.clone(), outcome.clone()));
+            return outcome;
         }
         let outcome = match &txn.op {
             Op::PlaceOrder { lines, mode, .. } => {
@@ -138,9 +208,59 @@ impl Model {
             }
             _ => unreachable!("the workload has no global transactions after seeding"),
         };
-        self.seen.insert(txn.request_id.clone(), outcome.clone());
+        self.seen
+            .insert(txn.request_id.clone(), (txn.op.clone(), outcome.clone()));
         outcome
     }
+}
+
+/// Refusals are compared by code: their reasons are prose.
+fn comparable(outcome: &Outcome) -> Outcome {
+    match outcome {
+        Outcome::Refused { code, .. } => Outcome::Refused {
+            code: *code,
+            reason: String::new(),
+        },
+        other => other.clone(),
+    }
+}
+
+/// What only the internal path can deliver: inadmissible transactions and unknown DCs/SKUs.
+fn hostile_txn(rng: &mut Rng, id: String) -> Txn {
+    let dc = rng.below(DCS as u64) as u32 + 1;
+    let sku = rng.below(SKUS as u64) as u32 + 1;
+    let qty = [0, -5, i64::MIN, i64::MAX, 1_000_001][rng.below(5) as usize];
+    let line = |dc, sku, qty| Line { dc, sku, qty };
+    let order = |lines| Op::PlaceOrder {
+        lines,
+        mode: Mode::AllOrNothing,
+        user: String::new(),
+    };
+    let op = match rng.below(8) {
+        0 => order(vec![line(dc, sku, qty)]),
+        1 => order(vec![line(dc, sku, 1), line(dc, sku, 1)]),
+        2 => order(vec![line(dc, sku, 1), line(UNKNOWN, sku, 1)]),
+        3 => order(vec![line(dc, UNKNOWN, 1)]),
+        4 => Op::Restock { dc, sku, delta: 0 },
+        5 => Op::Restock {
+            dc: UNKNOWN,
+            sku,
+            delta: 1,
+        },
+        6 => Op::Transfer {
+            sku,
+            from_dc: dc,
+            to_dc: dc,
+            qty: 1,
+        },
+        _ => Op::Transfer {
+            sku,
+            from_dc: dc,
+            to_dc: UNKNOWN,
+            qty: 1,
+        },
+    };
+    Txn { request_id: id, op }
 }
 
 struct Rng(u64);
@@ -158,6 +278,9 @@ impl Rng {
 }
 
 fn random_txn(rng: &mut Rng, id: String) -> Txn {
+    if rng.below(10) == 0 {
+        return hostile_txn(rng, id);
+    }
     let from_dc = rng.below(DCS as u64) as u32 + 1;
     let op = if rng.below(8) == 0 {
         Op::Transfer {
@@ -202,13 +325,17 @@ fn random_txn(rng: &mut Rng, id: String) -> Txn {
 }
 
 /// An epoch's transactions; about one in ten is a retry (the same request again) of an
-/// earlier one, from this epoch or an earlier one.
+/// earlier one, from this epoch or an earlier one, and one in thirty reuses an earlier id
+/// for a new body.
 fn random_epoch(rng: &mut Rng, history: &mut Vec<Txn>, epoch: u64, count: usize) -> Vec<Txn> {
     let mut txns = Vec::with_capacity(count);
     for i in 0..count {
         if !history.is_empty() && rng.below(10) == 0 {
             let earlier = history[rng.below(history.len() as u64) as usize].clone();
             txns.push(earlier);
+        } else if !history.is_empty() && rng.below(30) == 0 {
+            let earlier = &history[rng.below(history.len() as u64) as usize];
+            txns.push(random_txn(rng, earlier.request_id.clone()));
         } else {
             let txn = random_txn(rng, format!("e{epoch}-t{i}"));
             history.push(txn.clone());
@@ -285,7 +412,8 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         for (seq, (txn, got)) in txns.iter().zip(&results).enumerate() {
             let want = model.apply(txn, epoch, seq);
             assert_eq!(
-                got.outcome, want,
+                comparable(&got.outcome),
+                want,
                 "seed {seed} epoch {epoch} txn {seq} ({txn:?})"
             );
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use ordo_proto::internal::v1::ForwardRequest;
+use ordo_proto::internal::v1::{forward_refusal, ForwardRequest};
 use ordo_scheduler::{Batch, Txn, BATCH_TXNS_LIMIT};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -260,7 +260,8 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
             }
             Ok(Some((leader, addr))) => forward(&ctx, txns, leader, addr, permit),
             Err(why) => {
-                let failure = TxnFailure::Unavailable(why);
+                // Cut but never proposed nor forwarded: definitely not applied.
+                let failure = TxnFailure::NotApplied(why);
                 ctx.waiters
                     .fail(txns.iter().map(|t| t.request_id.as_str()), &failure);
             }
@@ -340,8 +341,9 @@ fn forward(
     let mut metrics = ctx.raft.metrics();
     tokio::spawn(async move {
         let outcome = async {
-            let mut client = client.map_err(TxnFailure::Unavailable)?;
-            let txns = encode(&txns).map_err(TxnFailure::Unavailable)?;
+            // Nothing has left this node yet: a failure here is definite.
+            let mut client = client.map_err(TxnFailure::NotApplied)?;
+            let txns = encode(&txns).map_err(TxnFailure::NotApplied)?;
             let call = client.forward(ForwardRequest { from_node, txns });
             // A leader that stops answering (paused, cut off) is usually replaced long before
             // the timeout: stop waiting for it then.
@@ -362,6 +364,20 @@ fn forward(
                 Ok(Err(status)) if status.code() == tonic::Code::ResourceExhausted => {
                     Err(TxnFailure::Overloaded(status.message().to_string()))
                 }
+                // Refused by the leader before anything was queued there.
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::FailedPrecondition
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::InvalidArgument
+                    ) =>
+                {
+                    Err(TxnFailure::NotApplied(format!(
+                        "leader {leader} at {addr} refused a forwarded batch: {}",
+                        status.message()
+                    )))
+                }
                 Ok(Err(status)) => Err(TxnFailure::Unavailable(format!(
                     "forwarding to leader {leader} at {addr}: {}",
                     status.message()
@@ -372,14 +388,27 @@ fn forward(
         .await;
         drop(permit);
         match outcome {
-            Ok(response) if response.failed_request_ids.is_empty() => {}
             Ok(response) => {
-                let failure =
-                    TxnFailure::Unavailable(format!("on leader {leader}: {}", response.error));
-                waiters.fail(
-                    response.failed_request_ids.iter().map(String::as_str),
-                    &failure,
-                );
+                for refusal in &response.refused {
+                    let failure = match refusal.kind() {
+                        forward_refusal::Kind::Invalid => {
+                            TxnFailure::Invalid(refusal.reason.clone())
+                        }
+                        forward_refusal::Kind::NotApplied => TxnFailure::NotApplied(format!(
+                            "on leader {leader}: {}",
+                            refusal.reason
+                        )),
+                    };
+                    waiters.fail([refusal.request_id.as_str()], &failure);
+                }
+                if !response.failed_request_ids.is_empty() {
+                    let failure =
+                        TxnFailure::Unavailable(format!("on leader {leader}: {}", response.error));
+                    waiters.fail(
+                        response.failed_request_ids.iter().map(String::as_str),
+                        &failure,
+                    );
+                }
             }
             Err(failure) => {
                 tracing::debug!(%failure, txns = request_ids.len(), "forwarded batch failed");

@@ -6,14 +6,17 @@ use std::time::Duration;
 
 use ordo_proto::internal::v1::raft_server::Raft as RaftRpc;
 use ordo_proto::internal::v1::{
-    ForwardRequest, ForwardResponse, RaftPayload, ReadIndexRequest, ReadIndexResponse,
+    forward_refusal, ForwardRefusal, ForwardRequest, ForwardResponse, RaftPayload,
+    ReadIndexRequest, ReadIndexResponse,
 };
+use ordo_scheduler::validate::validate;
 use ordo_scheduler::Txn;
 use tonic::{Request, Response, Status};
 
 use crate::batcher::{Sequencer, SubmitError};
 use crate::network::{decode, encode};
 use crate::types::{NodeId, Raft};
+use crate::waiters::TxnFailure;
 
 pub struct RaftService {
     pub node_id: NodeId,
@@ -68,7 +71,21 @@ impl RaftRpc for RaftService {
                 self.node_id
             )));
         }
-        let waits = self.sequencer.submit(txns).map_err(|e| match e {
+        // The same validator as the edge's and execution's: a follower of another version, or
+        // anything else that reaches this port, gets inadmissible transactions back unsequenced.
+        let mut refused = Vec::new();
+        let mut admissible = Vec::with_capacity(txns.len());
+        for txn in txns {
+            match validate(&txn) {
+                Ok(()) => admissible.push(txn),
+                Err(reason) => refused.push(ForwardRefusal {
+                    request_id: txn.request_id,
+                    reason,
+                    kind: forward_refusal::Kind::Invalid as i32,
+                }),
+            }
+        }
+        let waits = self.sequencer.submit(admissible).map_err(|e| match e {
             SubmitError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
             SubmitError::ShuttingDown => Status::unavailable(e.to_string()),
         })?;
@@ -79,6 +96,21 @@ impl RaftRpc for RaftService {
         for wait in waits {
             match tokio::time::timeout_at(deadline, wait.rx).await {
                 Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(
+                    e @ (TxnFailure::NotApplied(_)
+                    | TxnFailure::Overloaded(_)
+                    | TxnFailure::Invalid(_)),
+                ))) => {
+                    let kind = match e {
+                        TxnFailure::Invalid(_) => forward_refusal::Kind::Invalid,
+                        _ => forward_refusal::Kind::NotApplied,
+                    };
+                    refused.push(ForwardRefusal {
+                        request_id: wait.request_id,
+                        reason: e.to_string(),
+                        kind: kind as i32,
+                    });
+                }
                 Ok(Ok(Err(e))) => {
                     error = e.to_string();
                     failed.push(wait.request_id);
@@ -97,6 +129,7 @@ impl RaftRpc for RaftService {
         Ok(Response::new(ForwardResponse {
             failed_request_ids: failed,
             error,
+            refused,
         }))
     }
 

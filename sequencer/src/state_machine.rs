@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
-use ordo_scheduler::{execute_epoch, ExecConfig};
+use ordo_scheduler::{epoch_time_ms, execute_epoch, ExecConfig};
 use ordo_storage::{EpochCommit, EpochStamp, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -113,7 +113,7 @@ impl StateMachine {
     async fn apply_batch(&mut self, log_id: LogId, batch: Batch) -> Result<u64, StorageError> {
         let previous = self.store.applied();
         let epoch = previous.epoch + 1;
-        let time_ms = batch.time_ms.max(previous.time_ms + 1);
+        let time_ms = epoch_time_ms(previous.time_ms, batch.time_ms);
         let next_meta = RaftMeta {
             last_applied: Some(log_id),
             membership: self.meta.membership.clone(),

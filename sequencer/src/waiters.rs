@@ -19,9 +19,17 @@ pub enum TxnFailure {
     /// transaction may or may not be applied later: retry with the same request id.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// The leader's sequencer queue was full: retry later with the same request id.
+    /// The leader's sequencer queue was full: retry later with the same request id. The
+    /// transaction was not sequenced.
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The transaction was not sequenced and never will be from this attempt (no leader was
+    /// known when its batch was cut, the leader refused the forwarded batch): retry.
+    #[error("not applied: {0}")]
+    NotApplied(String),
+    /// The leader found the transaction inadmissible (the validator execution uses).
+    #[error("invalid: {0}")]
+    Invalid(String),
 }
 
 pub type TxnOutcome = Result<TxnResult, TxnFailure>;

@@ -92,18 +92,41 @@ fn micro_degrees(field: &str, degrees: f64, bound: f64) -> Result<i32, Status> {
     Ok((degrees * 1e6).round() as i32)
 }
 
-pub fn dc_record(dc: v1::Dc, limits: &Limits) -> Result<DcRecord, Status> {
+/// The DC record an upsert asks for. `existing` is the DC as this node knows it: an upsert
+/// may leave the region out for a known DC, and may not change it.
+pub fn dc_record(
+    dc: v1::Dc,
+    existing: Option<&DcRecord>,
+    limits: &Limits,
+) -> Result<DcRecord, Status> {
     if dc.dc_id == 0 {
         return Err(Status::invalid_argument(
             "upsert_dc: dc_id must be at least 1",
         ));
     }
+    let region = match (dc.region, existing) {
+        (Some(asked), Some(old)) if asked != old.region => {
+            return Err(Status::failed_precondition(format!(
+                "upsert_dc: dc {} is in region {}; its stock and orders live there, so it cannot \
+                 move to region {asked} (create a new DC instead)",
+                dc.dc_id, old.region
+            )))
+        }
+        (Some(region), _) => region,
+        (None, Some(old)) => old.region,
+        (None, None) => {
+            return Err(Status::invalid_argument(format!(
+                "upsert_dc: dc {} is new, so its region is required",
+                dc.dc_id
+            )))
+        }
+    };
     Ok(DcRecord {
         dc: dc.dc_id,
         name: name("upsert_dc", dc.name, limits)?,
         lat_e6: micro_degrees("upsert_dc: lat", dc.lat, 90.0)?,
         lon_e6: micro_degrees("upsert_dc: lon", dc.lon, 180.0)?,
-        region: dc.region,
+        region,
         active: dc.active,
     })
 }

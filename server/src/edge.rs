@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use ordo_proto::v1;
 use ordo_proto::v1::ordo_server::Ordo;
-use ordo_scheduler::{model, reads, Line, Mode, Op, Outcome, Txn, TxnResult, ORDER_SEQ_BITS};
+use ordo_scheduler::{
+    model, reads, validate, Line, Mode, Op, Outcome, Txn, TxnResult, ORDER_SEQ_BITS,
+};
 use ordo_sequencer::{Node, SubmitError, TxnFailure, Wait};
 use tonic::{Request, Response, Status};
 
@@ -158,21 +160,36 @@ impl OrdoService {
     }
 
     /// Answers transactions: from the dedupe table when already executed, else by queueing
-    /// them (all or none) and waiting for this replica to execute them.
+    /// them (all or none) and waiting for this replica to execute them. Every transaction
+    /// passes the validator execution uses before anything is queued; a request id already
+    /// bound to another request is ALREADY_EXISTS, and so is such a result from execution.
     async fn run(&self, txns: Vec<Txn>) -> Result<Vec<TxnResult>, Status> {
         let mut results: Vec<Option<TxnResult>> = Vec::with_capacity(txns.len());
         let mut fresh = Vec::new();
         for txn in txns {
+            validate::validate(&txn).map_err(|e| not_applied(Status::invalid_argument(e)))?;
             let known = reads::dedupe(&self.node.store, &txn.request_id).map_err(internal)?;
-            if known.is_none() {
-                fresh.push(txn);
+            match known {
+                Some(record) if !record.same_body(&model::body_digest(&txn.op)) => {
+                    return Err(not_applied(Status::already_exists(format!(
+                        "request_id {:?} was already used for a different request (epoch {}); \
+                         use a new request_id",
+                        txn.request_id, record.result.epoch
+                    ))));
+                }
+                Some(record) => results.push(Some(record.result)),
+                None => {
+                    fresh.push(txn);
+                    results.push(None);
+                }
             }
-            results.push(known);
         }
         if !fresh.is_empty() {
             let waits = self.node.sequencer.submit(fresh).map_err(|e| match e {
-                SubmitError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
-                SubmitError::ShuttingDown => self.unavailable(e.to_string()),
+                SubmitError::QueueFull { .. } => {
+                    not_applied(Status::resource_exhausted(e.to_string()))
+                }
+                SubmitError::ShuttingDown => not_applied(self.unavailable(e.to_string())),
             })?;
             let mut executed = self.wait_all(waits).await?.into_iter();
             for slot in results.iter_mut().filter(|r| r.is_none()) {
@@ -181,7 +198,13 @@ impl OrdoService {
         }
         results
             .into_iter()
-            .map(|r| r.ok_or_else(|| Status::internal("a transaction produced no result")))
+            .map(|r| {
+                let r = r.ok_or_else(|| Status::internal("a transaction produced no result"))?;
+                match refused(&r) {
+                    Some(status) => Err(status),
+                    None => Ok(r),
+                }
+            })
             .collect()
     }
 
@@ -200,9 +223,15 @@ impl OrdoService {
                 Ok(Ok(Err(TxnFailure::Unavailable(why)))) => self.unavailable(format!(
                     "{why}; the request may or may not be applied: retry with the same request_id"
                 )),
-                Ok(Ok(Err(TxnFailure::Overloaded(why)))) => Status::resource_exhausted(format!(
-                    "{why}; retry later with the same request_id"
-                )),
+                Ok(Ok(Err(TxnFailure::Overloaded(why)))) => {
+                    not_applied(Status::resource_exhausted(format!(
+                        "{why}; retry later with the same request_id"
+                    )))
+                }
+                Ok(Ok(Err(TxnFailure::NotApplied(why)))) => not_applied(self.unavailable(format!(
+                    "{why}; the request was not applied: retry with the same request_id"
+                ))),
+                Ok(Ok(Err(TxnFailure::Invalid(why)))) => not_applied(Status::invalid_argument(why)),
                 Ok(Err(_)) => {
                     self.unavailable("the node is shutting down; retry with the same request_id")
                 }
@@ -351,6 +380,31 @@ fn order_results(txns: &[Txn], results: &[TxnResult]) -> Result<Vec<v1::OrderRes
                 .ok_or_else(|| reused(result, "this order"))
         })
         .collect()
+}
+
+/// Marks a failure as definite: the request was refused before it could be sequenced, so it
+/// will never be applied (trailer `ordo-outcome: not-applied`). Any other failure of a write
+/// may or may not have been applied.
+fn not_applied(mut status: Status) -> Status {
+    status.metadata_mut().insert(
+        ordo_proto::OUTCOME_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(ordo_proto::OUTCOME_NOT_APPLIED),
+    );
+    status
+}
+
+/// The status of a transaction that execution refused outright; `None` for any other result.
+/// Such a transaction changed nothing, on any replica.
+fn refused(result: &TxnResult) -> Option<Status> {
+    let Outcome::Refused { code, reason } = &result.outcome else {
+        return None;
+    };
+    let status = match code {
+        model::RefuseCode::Invalid => Status::invalid_argument(reason.clone()),
+        model::RefuseCode::IdReused => Status::already_exists(reason.clone()),
+        model::RefuseCode::RegionChange => Status::failed_precondition(reason.clone()),
+    };
+    Some(not_applied(status))
 }
 
 fn reused(result: &TxnResult, expected: &str) -> Status {
@@ -538,7 +592,11 @@ impl Ordo for OrdoService {
         let request_id = self.request_id(r.request_id, "upsert_dc")?;
         let dc =
             r.dc.ok_or_else(|| Status::invalid_argument("upsert_dc: dc is required"))?;
-        let record = convert::dc_record(dc, &self.limits)?;
+        let existing = match dc.dc_id {
+            0 => None,
+            id => reads::dc(&self.node.store, id).map_err(internal)?,
+        };
+        let record = convert::dc_record(dc, existing.as_ref(), &self.limits)?;
         let result = self
             .run(vec![Txn {
                 request_id,

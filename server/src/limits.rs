@@ -27,20 +27,23 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The limits on a transaction's shape are execution's ([`ordo_scheduler::validate`]): the
+    /// edge refuses with field-precise messages what execution would refuse anyway.
     fn default() -> Self {
+        use ordo_scheduler::validate as v;
         Self {
-            lines_per_order_max: 100,
-            qty_per_line_max: 1_000_000,
+            lines_per_order_max: v::LINES_PER_ORDER_MAX,
+            qty_per_line_max: v::QTY_PER_LINE_MAX,
             orders_per_call_max: 1_000,
-            request_id_bytes_max: 128,
-            user_bytes_max: 128,
-            name_bytes_max: 256,
-            restock_delta_max: 1_000_000_000,
-            price_cents_max: 1_000_000_000_000,
+            request_id_bytes_max: v::REQUEST_ID_BYTES_MAX,
+            user_bytes_max: v::USER_BYTES_MAX,
+            name_bytes_max: v::NAME_BYTES_MAX,
+            restock_delta_max: v::RESTOCK_DELTA_MAX,
+            price_cents_max: v::PRICE_CENTS_MAX,
             availability_dcs_max: 100,
             availability_skus_max: 1_000,
-            kv_ops_per_txn_max: 64,
-            kv_key_bytes_max: 128,
+            kv_ops_per_txn_max: v::KV_OPS_PER_TXN_MAX,
+            kv_key_bytes_max: v::KV_KEY_BYTES_MAX,
             list_orders_max: 1_000,
             message_bytes_max: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),

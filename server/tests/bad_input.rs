@@ -175,7 +175,7 @@ async fn every_bad_request_is_refused_precisely_and_changes_nothing() {
         name: "x".into(),
         lat,
         lon: 0.0,
-        region: 0,
+        region: Some(0),
         active: true,
     };
     expect_status(

@@ -113,7 +113,7 @@ pub async fn seed(client: &Client, stock: i64) {
                 name: format!("DC {dc}"),
                 lat: 52.0 + dc as f64,
                 lon: 13.0,
-                region: (dc - 1) % 3,
+                region: Some((dc - 1) % 3),
                 active: true,
             })
             .await

@@ -1,0 +1,282 @@
+//! The one validator of a transaction's shape, shared by the edge (before anything is queued),
+//! the leader (for transactions forwarded by followers) and execution (for whatever reaches the
+//! log anyway: forwarded, replayed, written by an older version, or crafted).
+//!
+//! It checks what can be decided from the transaction alone: sizes, ranges, duplicates. What
+//! depends on state (unknown or inactive DCs, unknown SKUs, stock levels) is decided during
+//! execution against the global tables, deterministically. Execution turns a violation into a
+//! [`Outcome::Refused`] with [`RefuseCode::Invalid`] and the reason below, the same on every
+//! replica, and never into a stop.
+//!
+//! The limits are part of execution semantics: every replica must use the same values, so
+//! they are constants here, not configuration.
+
+use std::collections::BTreeSet;
+
+use crate::model::*;
+
+/// Bytes in a request id (printable ASCII, no spaces).
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Lines in one order.
+pub const LINES_PER_ORDER_MAX: usize = 100;
+/// Units in one order line.
+pub const QTY_PER_LINE_MAX: i64 = 1_000_000;
+/// Bytes in an order's user.
+pub const USER_BYTES_MAX: usize = 128;
+/// Bytes in a DC or item name.
+pub const NAME_BYTES_MAX: usize = 256;
+/// Magnitude of one restock delta, and the most units one transfer moves.
+pub const RESTOCK_DELTA_MAX: i64 = 1_000_000_000;
+/// An item's price.
+pub const PRICE_CENTS_MAX: i64 = 1_000_000_000_000;
+/// Operations in one key-value transaction.
+pub const KV_OPS_PER_TXN_MAX: usize = 64;
+/// Bytes in a user key (printable ASCII, no spaces).
+pub const KV_KEY_BYTES_MAX: usize = 128;
+/// Latitude and longitude bounds, in micro-degrees.
+pub const LAT_E6_MAX: i32 = 90_000_000;
+pub const LON_E6_MAX: i32 = 180_000_000;
+
+/// Why a transaction is not admissible; a sentence a person can act on.
+pub type Invalid = String;
+
+/// Whether `id` is an admissible request id. A transaction with an inadmissible id is refused
+/// and, having no usable id, is neither looked up in nor recorded for dedupe.
+pub fn request_id_ok(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > REQUEST_ID_BYTES_MAX {
+        return Err(format!(
+            "request_id must be 1 to {REQUEST_ID_BYTES_MAX} bytes, not {}",
+            id.len()
+        ));
+    }
+    printable("request_id", id)
+}
+
+fn printable(what: &str, s: &str) -> Result<(), Invalid> {
+    match s.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+        Some(bad) => Err(format!(
+            "{what} may hold only printable ASCII without spaces; found byte 0x{bad:02x}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn id_at_least_one(what: &str, id: u32) -> Result<(), Invalid> {
+    match id {
+        0 => Err(format!("{what} must be at least 1")),
+        _ => Ok(()),
+    }
+}
+
+fn name_ok(name: &str) -> Result<(), Invalid> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(format!(
+            "name must be 1 to {NAME_BYTES_MAX} bytes, not {}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a key-value operation's key.
+pub fn kv_key_ok(key: &str) -> Result<(), Invalid> {
+    if key.is_empty() || key.len() > KV_KEY_BYTES_MAX {
+        return Err(format!(
+            "key must be 1 to {KV_KEY_BYTES_MAX} bytes, not {}",
+            key.len()
+        ));
+    }
+    printable("key", key)
+}
+
+/// Checks everything about `txn` that does not depend on state.
+pub fn validate(txn: &Txn) -> Result<(), Invalid> {
+    request_id_ok(&txn.request_id)?;
+    validate_op(&txn.op)
+}
+
+/// Checks everything about `op` that does not depend on state.
+pub fn validate_op(op: &Op) -> Result<(), Invalid> {
+    match op {
+        Op::PlaceOrder { lines, user, .. } => {
+            if lines.is_empty() || lines.len() > LINES_PER_ORDER_MAX {
+                return Err(format!(
+                    "an order has 1 to {LINES_PER_ORDER_MAX} lines, not {}",
+                    lines.len()
+                ));
+            }
+            if user.len() > USER_BYTES_MAX {
+                return Err(format!(
+                    "user is {} bytes, the limit is {USER_BYTES_MAX}",
+                    user.len()
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, line) in lines.iter().enumerate() {
+                id_at_least_one(&format!("lines[{i}].dc_id"), line.dc)?;
+                id_at_least_one(&format!("lines[{i}].sku"), line.sku)?;
+                if !(1..=QTY_PER_LINE_MAX).contains(&line.qty) {
+                    return Err(format!(
+                        "lines[{i}]: qty must be between 1 and {QTY_PER_LINE_MAX}, not {}",
+                        line.qty
+                    ));
+                }
+                if !seen.insert((line.dc, line.sku)) {
+                    return Err(format!(
+                        "lines[{i}]: duplicate line for dc {} sku {}; merge the quantities into \
+                         one line",
+                        line.dc, line.sku
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Op::Restock { dc, sku, delta } => {
+            id_at_least_one("dc_id", *dc)?;
+            id_at_least_one("sku", *sku)?;
+            if *delta == 0 || delta.unsigned_abs() > RESTOCK_DELTA_MAX as u64 {
+                return Err(format!(
+                    "delta must be non-zero and at most {RESTOCK_DELTA_MAX} in magnitude, not \
+                     {delta}"
+                ));
+            }
+            Ok(())
+        }
+        Op::Transfer {
+            sku,
+            from_dc,
+            to_dc,
+            qty,
+        } => {
+            id_at_least_one("from_dc_id", *from_dc)?;
+            id_at_least_one("to_dc_id", *to_dc)?;
+            id_at_least_one("sku", *sku)?;
+            if !(1..=RESTOCK_DELTA_MAX).contains(qty) {
+                return Err(format!("qty must be 1 to {RESTOCK_DELTA_MAX}, not {qty}"));
+            }
+            if from_dc == to_dc {
+                return Err(format!(
+                    "from_dc_id and to_dc_id are both {from_dc}; a transfer moves stock between \
+                     two DCs"
+                ));
+            }
+            Ok(())
+        }
+        Op::UpsertDc(dc) => {
+            id_at_least_one("dc_id", dc.dc)?;
+            name_ok(&dc.name)?;
+            if dc.lat_e6.unsigned_abs() > LAT_E6_MAX as u32 {
+                return Err(format!(
+                    "lat must be between -90 and 90 degrees, not {} micro-degrees",
+                    dc.lat_e6
+                ));
+            }
+            if dc.lon_e6.unsigned_abs() > LON_E6_MAX as u32 {
+                return Err(format!(
+                    "lon must be between -180 and 180 degrees, not {} micro-degrees",
+                    dc.lon_e6
+                ));
+            }
+            Ok(())
+        }
+        Op::UpsertItem(item) => {
+            id_at_least_one("sku", item.sku)?;
+            name_ok(&item.name)?;
+            if !(0..=PRICE_CENTS_MAX).contains(&item.price_cents) {
+                return Err(format!(
+                    "price_cents must be between 0 and {PRICE_CENTS_MAX}, not {}",
+                    item.price_cents
+                ));
+            }
+            Ok(())
+        }
+        Op::Kv(ops) => {
+            if ops.is_empty() || ops.len() > KV_OPS_PER_TXN_MAX {
+                return Err(format!(
+                    "a transaction has 1 to {KV_OPS_PER_TXN_MAX} operations, not {}",
+                    ops.len()
+                ));
+            }
+            for (i, op) in ops.iter().enumerate() {
+                kv_key_ok(op.key()).map_err(|e| format!("ops[{i}]: {e}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(lines: Vec<Line>) -> Txn {
+        Txn {
+            request_id: "r1".into(),
+            op: Op::PlaceOrder {
+                lines,
+                mode: Mode::AllOrNothing,
+                user: String::new(),
+            },
+        }
+    }
+
+    fn line(dc: u32, sku: u32, qty: i64) -> Line {
+        Line { dc, sku, qty }
+    }
+
+    #[test]
+    fn orders() {
+        assert!(validate(&order(vec![line(1, 1, 1)])).is_ok());
+        assert!(validate(&order(vec![line(1, 1, QTY_PER_LINE_MAX)])).is_ok());
+        for bad in [0, -5, i64::MIN, QTY_PER_LINE_MAX + 1, i64::MAX] {
+            let e = validate(&order(vec![line(1, 1, bad)])).unwrap_err();
+            assert!(e.contains("qty must be between 1"), "{e}");
+        }
+        assert!(validate(&order(vec![])).is_err());
+        assert!(validate(&order(vec![line(0, 1, 1)])).is_err());
+        assert!(validate(&order(vec![line(1, 0, 1)])).is_err());
+        let dup = validate(&order(vec![line(1, 1, 1), line(1, 1, 2)])).unwrap_err();
+        assert!(dup.contains("duplicate line"), "{dup}");
+        let many = (1..=101).map(|sku| line(1, sku, 1)).collect();
+        assert!(validate(&order(many)).is_err());
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut txn = order(vec![line(1, 1, 1)]);
+        for bad in [
+            "",
+            "has space",
+            "\u{e9}",
+            &"x".repeat(REQUEST_ID_BYTES_MAX + 1),
+        ] {
+            txn.request_id = bad.to_string();
+            assert!(validate(&txn).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfers_restocks_kv() {
+        let transfer = |from_dc, to_dc, qty| Op::Transfer {
+            sku: 1,
+            from_dc,
+            to_dc,
+            qty,
+        };
+        assert!(validate_op(&transfer(1, 2, 1)).is_ok());
+        assert!(validate_op(&transfer(1, 1, 1)).is_err());
+        assert!(validate_op(&transfer(1, 2, 0)).is_err());
+        assert!(validate_op(&transfer(1, 2, i64::MIN)).is_err());
+        let restock = |delta| Op::Restock {
+            dc: 1,
+            sku: 1,
+            delta,
+        };
+        assert!(validate_op(&restock(-3)).is_ok());
+        assert!(validate_op(&restock(0)).is_err());
+        assert!(validate_op(&restock(i64::MIN)).is_err());
+        assert!(validate_op(&Op::Kv(vec![])).is_err());
+        assert!(validate_op(&Op::Kv(vec![KvOp::Read(String::new())])).is_err());
+        assert!(validate_op(&Op::Kv(vec![KvOp::Write("k".into(), i64::MIN)])).is_ok());
+    }
+}
