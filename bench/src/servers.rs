@@ -213,8 +213,19 @@ async fn start_ordo(
     nodes: usize,
     partitions: u32,
 ) -> anyhow::Result<Server> {
-    let ports = free_ports(nodes)?;
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    // Client ports, then peer ports.
+    let ports = free_ports(2 * nodes)?;
+    let addrs: Vec<String> = ports[..nodes]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let peer_addrs: Vec<String> = ports[nodes..]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let secret_file = dir.path().join("cluster-secret");
+    std::fs::write(&secret_file, "ordo-bench-cluster-secret-0123456789")
+        .context("writing the cluster secret")?;
     let mut children = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let id = (i + 1).to_string();
@@ -226,8 +237,11 @@ async fn start_ordo(
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if nodes > 1 {
-            for (j, peer) in addrs.iter().enumerate() {
-                cmd.args(["--peer", &format!("{}={peer}", j + 1)]);
+            cmd.args(["--peer-listen", &peer_addrs[i]])
+                .arg("--cluster-secret-file")
+                .arg(&secret_file);
+            for (j, peer) in peer_addrs.iter().enumerate() {
+                cmd.args(["--peer", &format!("{}={peer},{}", j + 1, addrs[j])]);
             }
         }
         let mut child = cmd

@@ -691,19 +691,31 @@ impl Client {
         .await
     }
 
+    /// Adds a node by its client address; its peer listener is the client port + 1000.
     pub async fn add_member(
         &self,
         node_id: u64,
         addr: String,
     ) -> Result<v1::MembershipResponse, Error> {
+        self.add_member_at(node_id, addr, String::new()).await
+    }
+
+    /// Adds a node by its client address and its peer listener (empty: the client port +
+    /// 1000 on the same host).
+    pub async fn add_member_at(
+        &self,
+        node_id: u64,
+        addr: String,
+        peer_addr: String,
+    ) -> Result<v1::MembershipResponse, Error> {
         self.with_retries(|| {
             let mut admin = self.admin();
-            let addr = addr.clone();
-            async move {
-                admin
-                    .add_member(v1::AddMemberRequest { node_id, addr })
-                    .await
-            }
+            let request = v1::AddMemberRequest {
+                node_id,
+                addr: addr.clone(),
+                peer_addr: peer_addr.clone(),
+            };
+            async move { admin.add_member(request).await }
         })
         .await
     }

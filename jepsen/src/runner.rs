@@ -119,7 +119,12 @@ fn record(rec: &Shared, process: Process, kind: EventType, f: &str, value: Value
 
 struct NodeProc {
     id: usize,
+    /// Its client address.
     addr: String,
+    /// Its peer listener (node-to-node traffic, same host as `addr`).
+    peer_addr: String,
+    /// The cluster secret every node shares.
+    secret_file: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
     peers: Vec<String>,
@@ -144,9 +149,13 @@ impl NodeProc {
             &self.id.to_string(),
             "--listen",
             &self.addr,
+            "--peer-listen",
+            &self.peer_addr,
             "--data-dir",
         ])
         .arg(&self.data_dir)
+        .arg("--cluster-secret-file")
+        .arg(&self.secret_file)
         .env("RUST_LOG", "info,openraft=warn")
         .stdout(Stdio::null())
         .stderr(log);
@@ -746,12 +755,16 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
         }
         Fault::Removed(victim) => {
             let addr = cluster.nodes[victim].addr.clone();
+            let peer_addr = cluster.nodes[victim].peer_addr.clone();
             let added = retry_until(RECOVERY_TIMEOUT, || {
                 let endpoints = endpoints.clone();
                 let addr = addr.clone();
+                let peer_addr = peer_addr.clone();
                 async move {
                     let admin = Client::connect_many(endpoints).await?;
-                    admin.add_member(victim as u64 + 1, addr).await
+                    admin
+                        .add_member_at(victim as u64 + 1, addr, peer_addr)
+                        .await
                 }
             })
             .await;
@@ -897,22 +910,37 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     anyhow::ensure!(!dir.exists(), "{} exists already", dir.display());
     std::fs::create_dir_all(dir.join("nodes"))?;
     // In the fault namespace every node has its own loopback address, so iptables rules can
-    // cut node pairs; on the host, 127.0.0.1 and a free port each.
-    let addrs: Vec<String> = if partitions {
+    // cut node pairs; on the host, 127.0.0.1 and free ports. Client ports, then peer ports.
+    let (addrs, peer_addrs): (Vec<String>, Vec<String>) = if partitions {
         (0..opts.nodes)
-            .map(|i| format!("127.0.0.{}:7000", 11 + i))
-            .collect()
+            .map(|i| {
+                let ip = format!("127.0.0.{}", 11 + i);
+                (format!("{ip}:7000"), format!("{ip}:8000"))
+            })
+            .unzip()
     } else {
-        free_ports(opts.nodes)?
-            .into_iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect()
+        let ports = free_ports(2 * opts.nodes)?;
+        (0..opts.nodes)
+            .map(|i| {
+                (
+                    format!("127.0.0.1:{}", ports[i]),
+                    format!("127.0.0.1:{}", ports[opts.nodes + i]),
+                )
+            })
+            .unzip()
     };
     let peers: Vec<String> = addrs
         .iter()
+        .zip(&peer_addrs)
         .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
+        .map(|(i, (a, p))| format!("{}={p},{a}", i + 1))
         .collect();
+    let secret_file = dir.join("nodes/cluster-secret");
+    std::fs::write(
+        &secret_file,
+        format!("ordo-jepsen-{stamp}-cluster-secret\n"),
+    )
+    .context("writing the cluster secret")?;
     let fault_injection = opts.nemesis.iter().any(|n| n == "clock");
     let mut cluster = Cluster {
         nodes: addrs
@@ -921,6 +949,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             .map(|(i, a)| NodeProc {
                 id: i + 1,
                 addr: a.clone(),
+                peer_addr: peer_addrs[i].clone(),
+                secret_file: secret_file.clone(),
                 data_dir: dir.join(format!("nodes/n{}-data", i + 1)),
                 log: dir.join(format!("nodes/n{}.log", i + 1)),
                 peers: peers.clone(),

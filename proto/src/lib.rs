@@ -20,7 +20,8 @@ pub mod internal {
     }
 }
 
-/// The encoded `FileDescriptorSet` of every Ordo `.proto` file, for server reflection.
+/// The encoded `FileDescriptorSet` of the public `.proto` files (`ordo.v1`), for server
+/// reflection on the client port. The internal package is not in it.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/ordo_descriptor.bin"));
 

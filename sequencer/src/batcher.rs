@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::network::{encode, Channels};
+use crate::peers::MemberAddr;
 use crate::types::{NodeId, Raft};
 use crate::waiters::{TxnFailure, Wait, Waiters};
 
@@ -186,7 +187,7 @@ fn remote_leader(raft: &Raft, node_id: NodeId) -> Result<Option<(NodeId, String)
                 .membership_config
                 .membership()
                 .get_node(&leader)
-                .map(|n| n.addr.clone())
+                .map(|n| MemberAddr::parse(&n.addr).peer)
                 .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
             Ok(Some((leader, addr)))
         }

@@ -12,6 +12,7 @@
 //! - [`network`]: the Raft network over tonic (`ordo.internal.v1.Raft`), one lazy channel a peer.
 //! - [`raft_service`]: the server side of that service: Raft messages, forwarded batches,
 //!   read index.
+//! - [`peers`]: member addresses (peer and client listeners) and the cluster secret.
 //! - [`node`]: the wiring of one node.
 //!
 //! Must never depend on: the client-facing gRPC API (`ordo.v1` is the server's), nor let this
@@ -23,6 +24,7 @@
 pub mod batcher;
 pub mod network;
 pub mod node;
+pub mod peers;
 pub mod raft_service;
 pub mod state_machine;
 pub mod types;

@@ -23,8 +23,10 @@ use ordo_proto::internal::v1::raft_client::RaftClient;
 use ordo_proto::internal::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::peers::{AttachSecret, ClusterSecret, MemberAddr};
 use crate::types::{NodeId, TypeConfig};
 
 /// The largest Raft message a node sends or accepts. AppendEntries carries at most
@@ -39,9 +41,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const CHANNELS_MAX: usize = 64;
 
 /// Channels to peers, shared by the Raft network and the forwarder, keyed by address.
+/// A client of a peer's `ordo.internal.v1.Raft` service, carrying the cluster secret.
+pub type PeerRaftClient = RaftClient<InterceptedService<Channel, AttachSecret>>;
+
 #[derive(Clone, Default)]
 pub struct Channels {
     by_addr: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// Put on every call to a peer's internal service.
+    secret: Option<ClusterSecret>,
     /// The address outgoing connections are made from: the node's own listen address, so that
     /// traffic between nodes on one host (each on its own loopback address) can be told apart,
     /// e.g. by firewall rules in fault tests. `None`: the kernel chooses.
@@ -49,9 +56,10 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn bound_to(local_ip: Option<std::net::IpAddr>) -> Self {
+    pub fn new(local_ip: Option<std::net::IpAddr>, secret: Option<ClusterSecret>) -> Self {
         Self {
             by_addr: Arc::default(),
+            secret,
             local_ip,
         }
     }
@@ -78,10 +86,13 @@ impl Channels {
         Ok(channel)
     }
 
-    pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, String> {
-        Ok(RaftClient::new(self.get(addr)?)
-            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX))
+    /// A client of the internal service at a peer listener (`peer_addr`), with the secret.
+    pub fn raft_client(&self, peer_addr: &str) -> Result<PeerRaftClient, String> {
+        Ok(
+            RaftClient::with_interceptor(self.get(peer_addr)?, AttachSecret(self.secret.clone()))
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX),
+        )
     }
 }
 
@@ -102,7 +113,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerClient {
             target,
-            addr: node.addr.clone(),
+            addr: MemberAddr::parse(&node.addr).peer,
             channels: self.channels.clone(),
         }
     }
@@ -133,7 +144,7 @@ impl PeerClient {
         &self,
         request: &Req,
         option: &RPCOption,
-        send: impl FnOnce(RaftClient<Channel>, RaftPayload) -> CallFuture,
+        send: impl FnOnce(PeerRaftClient, RaftPayload) -> CallFuture,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, Err>>
     where
         Req: Serialize,

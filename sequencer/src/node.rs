@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::batcher::{BatcherContext, Clock, Sequencer, SequencerConfig};
 use crate::network::{Channels, GrpcNetwork};
+use crate::peers::{ClusterSecret, MemberAddr};
 use crate::raft_service::RaftService;
 use crate::state_machine::StateMachine;
 use crate::types::*;
@@ -21,8 +22,11 @@ use crate::waiters::Waiters;
 #[derive(Clone)]
 pub struct NodeConfig {
     pub node_id: NodeId,
-    /// The address other nodes and clients reach this node's gRPC server at.
-    pub advertise_addr: String,
+    /// Where this node is reached: its peer listener (other nodes) and its client listener
+    /// (clients, leader hints). Used as its membership entry when it initialises itself.
+    pub advertise: MemberAddr,
+    /// The secret every peer call carries (`None`: a single node that takes no peers).
+    pub secret: Option<ClusterSecret>,
     pub data_dir: PathBuf,
     /// Region partitions; fixed when the data directory is created.
     pub partitions: u32,
@@ -33,7 +37,7 @@ pub struct NodeConfig {
     pub clock: Clock,
     /// Every voter of the cluster, this node included, by id. Empty: a single-node cluster
     /// that initialises itself. Otherwise the cluster waits for [`Node::init_cluster`].
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<NodeId, MemberAddr>,
     /// How long a forwarded batch may take before its transactions are reported failed.
     pub forward_timeout: Duration,
     /// The address connections to peers are made from (`None`: the kernel chooses).
@@ -65,7 +69,9 @@ pub struct Node {
     /// Channels to peers (Raft, forwarding, read index), shared.
     pub channels: Channels,
     /// The configured voters (for `init_cluster`); just this node when single.
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<NodeId, MemberAddr>,
+    /// Whether this node has a cluster secret, and so can take peers (a membership change).
+    pub has_secret: bool,
     forward_timeout: Duration,
 }
 
@@ -121,7 +127,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let channels = Channels::bound_to(config.bind_ip);
+        let channels = Channels::new(config.bind_ip, config.secret.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
@@ -136,7 +142,7 @@ impl Node {
 
         let single = config.peers.is_empty();
         let peers = if single {
-            BTreeMap::from([(config.node_id, config.advertise_addr.clone())])
+            BTreeMap::from([(config.node_id, config.advertise.clone())])
         } else {
             if !config.peers.contains_key(&config.node_id) {
                 return Err(StartError::Config(format!(
@@ -164,6 +170,7 @@ impl Node {
             applied_epoch,
             channels,
             peers,
+            has_secret: config.secret.is_some(),
             forward_timeout: config.forward_timeout,
         };
         if single {
@@ -188,7 +195,7 @@ impl Node {
         let members: BTreeMap<NodeId, BasicNode> = self
             .peers
             .iter()
-            .map(|(&id, addr)| (id, BasicNode { addr: addr.clone() }))
+            .map(|(&id, addr)| (id, BasicNode { addr: addr.entry() }))
             .collect();
         match self.raft.initialize(members).await {
             Ok(()) => Ok(InitOutcome::Initialized),
@@ -207,6 +214,15 @@ impl Node {
             sequencer: self.sequencer.clone(),
             forward_timeout: self.forward_timeout,
         }
+    }
+
+    /// The leader this node knows of, when it is another node, with its addresses: its client
+    /// address is the hint clients get, its peer address where forwards and read-index calls go.
+    pub fn remote_leader(&self) -> Option<(NodeId, MemberAddr)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader.filter(|&id| id != self.node_id)?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, MemberAddr::parse(&node.addr)))
     }
 
     /// Waits until some node leads (this one or another) and returns its id.

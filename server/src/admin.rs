@@ -9,6 +9,7 @@ use ordo_proto::v1;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::admin_server::Admin;
 use ordo_scheduler::{keys, reads};
+use ordo_sequencer::peers::{shift_port, MemberAddr, PEER_PORT_OFFSET};
 use ordo_sequencer::{InitOutcome, Node};
 use ordo_storage::Part;
 use tonic::{Request, Response, Status};
@@ -46,30 +47,33 @@ impl AdminService {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(&id, node)| v1::Member {
-                node_id: id,
-                addr: node.addr.clone(),
-                voter: voters.contains(&id),
+            .map(|(&id, node)| {
+                let addr = MemberAddr::parse(&node.addr);
+                v1::Member {
+                    node_id: id,
+                    addr: addr.client,
+                    voter: voters.contains(&id),
+                    peer_addr: addr.peer,
+                }
             })
             .collect()
     }
 
     /// The leader's admin client, when this node is not the leader.
     fn leader_admin(&self) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        match metrics.current_leader {
-            Some(id) if id == self.node.node_id => Ok(None),
-            Some(id) => {
-                let addr = metrics
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-                    .ok_or_else(|| Status::unavailable(format!("leader {id} has no address")))?;
-                let channel = self.node.channels.get(&addr).map_err(Status::unavailable)?;
+        let leader = self.node.raft.metrics().borrow().current_leader;
+        match (leader, self.node.remote_leader()) {
+            (Some(id), _) if id == self.node.node_id => Ok(None),
+            (Some(_), Some((_, addr))) => {
+                let channel = self
+                    .node
+                    .channels
+                    .get(&addr.client)
+                    .map_err(Status::unavailable)?;
                 Ok(Some(AdminClient::new(channel)))
             }
-            None => Err(Status::unavailable(
+            (Some(id), None) => Err(Status::unavailable(format!("leader {id} has no address"))),
+            (None, _) => Err(Status::unavailable(
                 "no leader is known right now; retry shortly",
             )),
         }
@@ -230,12 +234,38 @@ impl Admin for AdminService {
                 "add_member: node_id must be at least 1 and addr (host:port) is required",
             ));
         }
+        let peer = match r.peer_addr.as_str() {
+            "" => shift_port(&r.addr, i32::from(PEER_PORT_OFFSET)).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "add_member: no peer_addr given, and {:?} + {PEER_PORT_OFFSET} is no address",
+                    r.addr
+                ))
+            })?,
+            given => given.to_string(),
+        };
+        for (what, addr) in [("addr", &r.addr), ("peer_addr", &peer)] {
+            if addr.contains(',') || !addr.contains(':') || addr.len() > 256 {
+                return Err(Status::invalid_argument(format!(
+                    "add_member: {what} {addr:?} is not HOST:PORT"
+                )));
+            }
+        }
         if let Some(mut leader) = self.leader_admin()? {
             return leader.add_member(r).await;
         }
+        if !self.node.has_secret {
+            return Err(Status::failed_precondition(
+                "this node was started without a cluster secret, so it cannot take peers; \
+                 restart it with --cluster-secret-file (the new member needs the same file)",
+            ));
+        }
         let raft = &self.node.raft;
         let node = BasicNode {
-            addr: r.addr.clone(),
+            addr: MemberAddr {
+                peer,
+                client: r.addr.clone(),
+            }
+            .entry(),
         };
         tokio::time::timeout(MEMBERSHIP_TIMEOUT, async {
             raft.add_learner(r.node_id, node, true)

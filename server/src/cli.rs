@@ -5,6 +5,7 @@
 //! 1 any error.
 
 use ordo_client::{v1, Client, Line};
+use ordo_sequencer::peers::{shift_port, MemberAddr, PEER_PORT_OFFSET};
 use ordo_storage::hex;
 use serde_json::{json, Value};
 
@@ -294,10 +295,33 @@ pub fn error_output(e: &ordo_client::Error) -> Output {
     }
 }
 
-pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
+/// `--peer ID=PEER_ADDR[,CLIENT_ADDR]`: a member by its peer listener, and its client listener
+/// when that is not the peer port − 1000 on the same host.
+pub fn parse_peer(s: &str) -> Result<(u64, MemberAddr), String> {
+    let (id, addrs) = parse_member(s)?;
+    let (peer, client) = match addrs.split_once(',') {
+        Some((peer, client)) => (peer.trim().to_string(), client.trim().to_string()),
+        None => {
+            let client = shift_port(&addrs, -i32::from(PEER_PORT_OFFSET)).ok_or_else(|| {
+                format!(
+                    "{s:?}: {addrs:?} names a peer port; its client port would be \
+                     {PEER_PORT_OFFSET} lower, which is no port: give ID=PEER_ADDR,CLIENT_ADDR"
+                )
+            })?;
+            (addrs, client)
+        }
+    };
+    for addr in [&peer, &client] {
+        host_port(s, addr)?;
+    }
+    Ok((id, MemberAddr { peer, client }))
+}
+
+/// `ID=HOST:PORT` (for `ordo member add`, the node's client address).
+pub fn parse_member(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT, e.g. 2=127.0.0.1:50052"))?;
+        .ok_or_else(|| format!("{s:?}: expected ID=HOST:PORT, e.g. 2=127.0.0.1:51052"))?;
     let id: u64 = id
         .trim()
         .parse()
@@ -306,16 +330,25 @@ pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
         return Err(format!("{s:?}: node ids start at 1"));
     }
     let addr = addr.trim();
+    if !addr.contains(',') {
+        host_port(s, addr)?;
+    }
+    Ok((id, addr.to_string()))
+}
+
+fn host_port(s: &str, addr: &str) -> Result<(), String> {
     if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
         return Err(format!("{s:?}: {addr:?} is not HOST:PORT"));
     }
-    Ok((id, addr.to_string()))
+    Ok(())
 }
 
 fn members_json(members: &[v1::Member]) -> Value {
     members
         .iter()
-        .map(|m| json!({"node_id": m.node_id, "addr": m.addr, "voter": m.voter}))
+        .map(|m| {
+            json!({"node_id": m.node_id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter})
+        })
         .collect()
 }
 
@@ -354,8 +387,11 @@ pub async fn member_add(
     client: &Client,
     id: u64,
     addr: String,
+    peer_addr: Option<String>,
 ) -> Result<Output, ordo_client::Error> {
-    let r = client.add_member(id, addr).await?;
+    let r = client
+        .add_member_at(id, addr, peer_addr.unwrap_or_default())
+        .await?;
     Ok(Output {
         json: json!({"leader_id": r.leader_id, "members": members_json(&r.members)}),
         human: format!(

@@ -267,17 +267,9 @@ impl OrdoService {
         status
     }
 
-    /// The address of the leader when it is another node.
+    /// The client address of the leader when it is another node.
     fn leader_addr(&self) -> Option<String> {
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let leader = metrics
-            .current_leader
-            .filter(|&id| id != self.node.node_id)?;
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        self.node.remote_leader().map(|(_, addr)| addr.client)
     }
 
     /// Makes a read wait until this node's state is as fresh as the request asks.
@@ -319,7 +311,7 @@ impl OrdoService {
     /// node waits until it has applied that far.
     async fn wait_for_read_index(&self) -> Result<(), Status> {
         let timeout = self.limits.request_timeout;
-        let Some(addr) = self.leader_addr() else {
+        let Some((_, leader)) = self.node.remote_leader() else {
             // This node leads (or thinks so: ensure_linearizable confirms it with a quorum and
             // waits until this node has applied the read index).
             tokio::time::timeout(timeout, self.node.raft.ensure_linearizable())
@@ -331,7 +323,7 @@ impl OrdoService {
         let mut client = self
             .node
             .channels
-            .raft_client(&addr)
+            .raft_client(&leader.peer)
             .map_err(Status::unavailable)?;
         let call = client.read_index(ordo_proto::internal::v1::ReadIndexRequest {});
         let read_index = tokio::time::timeout(timeout, call)

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ordo_client::Client;
+use ordo_sequencer::peers::{ClusterSecret, MemberAddr, PEER_PORT_OFFSET};
 use ordo_sequencer::SequencerConfig;
 
 #[derive(Parser)]
@@ -39,9 +40,13 @@ enum Command {
     Dev {
         #[arg(long, default_value = "./ordo-data")]
         data_dir: PathBuf,
-        /// The first node's address; more nodes take the following ports.
+        /// The first node's client address; more nodes take the following ports.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// The first node's peer address [default: the client port + 1000]; more nodes take
+        /// the following ports. The cluster secret is written to DATA_DIR/cluster-secret.
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
         /// Nodes in the local cluster (each with its own data directory under --data-dir).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
         nodes: u64,
@@ -53,16 +58,28 @@ enum Command {
     Server {
         #[arg(long)]
         node_id: Option<u64>,
+        /// The client listener: ordo.v1, health, reflection.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// The peer listener: Raft, forwarding, read index; calls need the cluster secret
+        /// [default: the client port + 1000 on the same host].
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
+        /// A file holding the cluster secret (at least 16 printable bytes), the same on every
+        /// node; required with --peer. `ordo dev` writes one.
+        #[arg(long)]
+        cluster_secret_file: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The address clients and peers reach this node at (default: the bound address).
+        /// The address clients reach this node at (default: its --peer entry's client
+        /// address, else the bound address).
         #[arg(long)]
         advertise: Option<String>,
-        /// A cluster member ID=HOST:PORT; repeat for each, this node included.
+        /// A cluster member ID=PEER_HOST:PORT (its peer listener; its client port is taken
+        /// to be 1000 lower), or ID=PEER_HOST:PORT,CLIENT_HOST:PORT; repeat for each member,
+        /// this node included.
         #[arg(long = "peer", value_parser = cli::parse_peer)]
-        peers: Vec<(u64, String)>,
+        peers: Vec<(u64, MemberAddr)>,
         /// A TOML file with any of the settings above (flags given here win).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -155,10 +172,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MemberAction {
-    /// Add a node (ID=HOST:PORT): it joins as a learner, catches up, then votes.
+    /// Add a node (ID=HOST:PORT, its client address): it joins as a learner, catches up,
+    /// then votes. It must run with the cluster's secret file.
     Add {
-        #[arg(value_parser = cli::parse_peer)]
+        #[arg(value_parser = cli::parse_member)]
         member: (u64, String),
+        /// Its peer listener [default: its client port + 1000 on the same host].
+        #[arg(long)]
+        peer_addr: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -249,9 +270,12 @@ impl Tuning {
 struct ConfigFile {
     node_id: Option<u64>,
     listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    cluster_secret_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     advertise: Option<String>,
-    /// `[peers]` table: node id (as a string key) = "HOST:PORT".
+    /// `[peers]` table: node id (as a string key) = "PEER_HOST:PORT" or
+    /// "PEER_HOST:PORT,CLIENT_HOST:PORT", as `--peer`.
     #[serde(default)]
     peers: BTreeMap<String, String>,
     #[serde(default)]
@@ -264,19 +288,72 @@ fn read_config(path: &std::path::Path) -> anyhow::Result<ConfigFile> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Where nodes listen and what they share.
+struct Listeners {
+    listen: SocketAddr,
+    peer_listen: SocketAddr,
+    advertise: Option<String>,
+    secret: Option<ClusterSecret>,
+}
+
+/// The peer listener when none is given: the client port + 1000 on the same address (an
+/// ephemeral port when the client port is).
+fn default_peer_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(PEER_PORT_OFFSET).with_context(|| {
+            format!("client port {p} + {PEER_PORT_OFFSET} is no port: give --peer-listen")
+        })?,
+    };
+    Ok(SocketAddr::new(listen.ip(), port))
+}
+
+fn read_secret(path: &std::path::Path) -> anyhow::Result<ClusterSecret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the cluster secret file {}", path.display()))?;
+    ClusterSecret::new(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `ordo dev`'s secret: DATA_DIR/cluster-secret, made (32 random bytes, hex, mode 0600) the
+/// first time.
+fn dev_secret(data_dir: &std::path::Path) -> anyhow::Result<ClusterSecret> {
+    use std::io::Read;
+    let path = data_dir.join("cluster-secret");
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom for a cluster secret")?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        use std::io::Write;
+        options
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    read_secret(&path)
+}
+
 fn serve_options(
     node_id: u64,
-    listen: SocketAddr,
-    advertise: Option<String>,
+    listeners: Listeners,
     data_dir: PathBuf,
-    peers: BTreeMap<u64, String>,
+    peers: BTreeMap<u64, MemberAddr>,
     tuning: Tuning,
 ) -> serve::ServeOptions {
     let defaults = SequencerConfig::default();
     serve::ServeOptions {
         node_id,
-        listen,
-        advertise,
+        listen: listeners.listen,
+        peer_listen: listeners.peer_listen,
+        advertise: listeners.advertise,
+        secret: listeners.secret,
         data_dir,
         peers,
         partitions: tuning.partitions.unwrap_or(3),
@@ -304,9 +381,11 @@ fn serve_options(
 fn server_options(
     node_id: Option<u64>,
     listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    cluster_secret_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     advertise: Option<String>,
-    peers: Vec<(u64, String)>,
+    peers: Vec<(u64, MemberAddr)>,
     config: Option<PathBuf>,
     tuning: Tuning,
 ) -> anyhow::Result<serve::ServeOptions> {
@@ -343,11 +422,29 @@ fn server_options(
     }
     let advertise = advertise
         .or(file.advertise)
-        .or_else(|| peer_map.get(&node_id).cloned());
+        .or_else(|| peer_map.get(&node_id).map(|a| a.client.clone()));
+    let peer_listen = match peer_listen.or(file.peer_listen) {
+        Some(addr) => addr,
+        None => default_peer_listen(listen)?,
+    };
+    let secret = cluster_secret_file
+        .or(file.cluster_secret_file)
+        .map(|path| read_secret(&path))
+        .transpose()?;
+    anyhow::ensure!(
+        peer_map.is_empty() || secret.is_some(),
+        "--cluster-secret-file is required with --peer: peer calls carry the cluster secret \
+         (the same file on every node)"
+    );
+    let listeners = Listeners {
+        listen,
+        peer_listen,
+        advertise,
+        secret,
+    };
     Ok(serve_options(
         node_id,
-        listen,
-        advertise,
+        listeners,
         data_dir,
         peer_map,
         tuning.or(file.tuning),
@@ -399,11 +496,27 @@ async fn main() -> ExitCode {
         Command::Dev {
             data_dir,
             listen,
+            peer_listen,
             nodes,
             tuning,
         } => {
             init_tracing();
-            let opts = serve_options(1, listen, None, data_dir, BTreeMap::new(), tuning);
+            let listeners = peer_listen
+                .map(Ok)
+                .unwrap_or_else(|| default_peer_listen(listen))
+                .and_then(|peer_listen| {
+                    Ok(Listeners {
+                        listen,
+                        peer_listen,
+                        advertise: None,
+                        secret: Some(dev_secret(&data_dir)?),
+                    })
+                });
+            let listeners = match listeners {
+                Ok(l) => l,
+                Err(e) => return report(Err(e)),
+            };
+            let opts = serve_options(1, listeners, data_dir, BTreeMap::new(), tuning);
             if nodes == 1 {
                 report(serve::serve(opts, true).await)
             } else {
@@ -413,6 +526,8 @@ async fn main() -> ExitCode {
         Command::Server {
             node_id,
             listen,
+            peer_listen,
+            cluster_secret_file,
             data_dir,
             advertise,
             peers,
@@ -420,7 +535,18 @@ async fn main() -> ExitCode {
             tuning,
         } => {
             init_tracing();
-            match server_options(node_id, listen, data_dir, advertise, peers, config, tuning) {
+            let options = server_options(
+                node_id,
+                listen,
+                peer_listen,
+                cluster_secret_file,
+                data_dir,
+                advertise,
+                peers,
+                config,
+                tuning,
+            );
+            match options {
                 Ok(opts) => report(serve::serve(opts, false).await),
                 Err(e) => report(Err(e)),
             }
@@ -433,9 +559,13 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Member { action } => match action {
-            MemberAction::Add { member, conn } => {
+            MemberAction::Add {
+                member,
+                peer_addr,
+                conn,
+            } => {
                 run_client(conn, |c| async move {
-                    cli::member_add(&c, member.0, member.1).await
+                    cli::member_add(&c, member.0, member.1, peer_addr).await
                 })
                 .await
             }

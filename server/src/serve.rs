@@ -1,5 +1,7 @@
-//! Running nodes: the Raft/scheduler core plus the gRPC server (Ordo, Admin, the internal Raft
-//! service, health, reflection) on one port, until SIGINT or SIGTERM.
+//! Running nodes: the Raft/scheduler core plus two gRPC servers, until SIGINT or SIGTERM. The
+//! client port serves `ordo.v1` (Ordo, Admin), health and reflection (v1 and v1alpha, public
+//! files only); the peer port serves `ordo.internal.v1` (Raft, forwarding, read index) and
+//! refuses every call without the cluster secret.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,12 +15,14 @@ use ordo_proto::v1::admin_server::AdminServer;
 use ordo_proto::v1::ordo_server::OrdoServer;
 use ordo_scheduler::{keys, reads, ExecConfig};
 use ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX;
+use ordo_sequencer::peers::{CheckSecret, ClusterSecret, MemberAddr};
 use ordo_sequencer::{Node, NodeConfig, SequencerConfig};
 use ordo_storage::Part;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codegen::InterceptedService;
 
 use crate::admin::AdminService;
 use crate::edge::OrdoService;
@@ -28,11 +32,18 @@ use crate::limits::Limits;
 #[derive(Clone)]
 pub struct ServeOptions {
     pub node_id: u64,
+    /// The client listener.
     pub listen: SocketAddr,
+    /// The peer listener; opened only with a cluster secret.
+    pub peer_listen: SocketAddr,
+    /// The client address others are told (default: the bound one).
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
     /// Every voter, this node included; empty for a single self-initialising node.
-    pub peers: BTreeMap<u64, String>,
+    pub peers: BTreeMap<u64, MemberAddr>,
+    /// What every peer call must carry. Required with peers; a single node without one takes
+    /// no peer traffic at all (no peer listener) and cannot add members.
+    pub secret: Option<ClusterSecret>,
     pub partitions: u32,
     pub sequencer: SequencerConfig,
     pub snapshot_every_entries: u64,
@@ -41,19 +52,27 @@ pub struct ServeOptions {
     pub fault_injection: bool,
 }
 
-/// A node with its gRPC server running.
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+
+/// A node with its gRPC servers running.
 pub struct Running {
     pub node: Arc<Node>,
     pub local: SocketAddr,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The bound peer listener, if any.
+    pub peer_local: Option<SocketAddr>,
+    stop: Vec<oneshot::Sender<()>>,
+    servers: Vec<ServerTask>,
 }
 
 impl Running {
     /// Stops taking requests, lets those in flight finish, then stops Raft and flushes.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.server.await.context("joining the gRPC server")??;
+        for stop in self.stop {
+            let _ = stop.send(());
+        }
+        for server in self.servers {
+            server.await.context("joining a gRPC server")??;
+        }
         self.node.shutdown().await;
         Ok(())
     }
@@ -75,17 +94,43 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Starts a node and its gRPC server. A single node (no peers) is leader when this returns.
+/// Starts a node and its gRPC servers. A single node (no peers) is leader when this returns.
 pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
+    if !opts.peers.is_empty() && opts.secret.is_none() {
+        anyhow::bail!(
+            "a node with peers needs the cluster secret: --cluster-secret-file PATH (the same \
+             file on every node; `ordo dev` writes one)"
+        );
+    }
     let listener = TcpListener::bind(opts.listen)
         .await
-        .with_context(|| format!("binding {}", opts.listen))?;
+        .with_context(|| format!("binding the client port {}", opts.listen))?;
     let local = listener.local_addr()?;
+    let peer_listener = match &opts.secret {
+        Some(_) => Some(TcpListener::bind(opts.peer_listen).await.with_context(|| {
+            format!(
+                "binding the peer port {} (--peer-listen; default: the client port + 1000)",
+                opts.peer_listen
+            )
+        })?),
+        None => None,
+    };
+    let peer_local = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| local.to_string());
+    // Peers reach this node at the peer port, on the host clients are told.
+    let peer_advertise = match (peer_local, advertise.rsplit_once(':')) {
+        (Some(peer), Some((host, _))) => format!("{host}:{}", peer.port()),
+        (Some(peer), None) => peer.to_string(),
+        (None, _) => advertise.clone(),
+    };
     let fault_clock = Arc::new(FaultClock::default());
     let node = Node::start(NodeConfig {
         node_id: opts.node_id,
-        advertise_addr: advertise,
+        advertise: MemberAddr {
+            peer: peer_advertise,
+            client: advertise,
+        },
+        secret: opts.secret.clone(),
         data_dir: opts.data_dir.clone(),
         partitions: opts.partitions,
         exec: ExecConfig::default(),
@@ -117,11 +162,19 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<OrdoServer<OrdoService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection offers the public files only, in both protocol versions (grpcurl and most
+    // tools speak v1; Python's grpcio-reflection still speaks v1alpha).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ordo_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
     let max = opts.limits.message_bytes_max;
     let ordo = OrdoServer::new(OrdoService::new(node.clone(), opts.limits.clone()))
         .max_decoding_message_size(max)
@@ -133,29 +186,58 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let raft = RaftServer::new(node.raft_service())
-        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(
+    let mut stop = Vec::new();
+    let mut servers = Vec::new();
+    let (stop_client, stopped) = oneshot::channel::<()>();
+    stop.push(stop_client);
+    servers.push(tokio::spawn(
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(1024)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(ordo)
             .add_service(admin)
-            .add_service(raft)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
             }),
-    );
-    tracing::info!(%local, node_id = opts.node_id, "serving");
+    ));
+    if let (Some(peer_listener), Some(secret)) = (peer_listener, &opts.secret) {
+        let raft = RaftServer::new(node.raft_service())
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let raft = InterceptedService::new(raft, CheckSecret(secret.clone()));
+        let (stop_peer, stopped) = oneshot::channel::<()>();
+        stop.push(stop_peer);
+        servers.push(tokio::spawn(
+            tonic::transport::Server::builder()
+                .concurrency_limit_per_connection(1024)
+                .add_service(raft)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async {
+                    let _ = stopped.await;
+                }),
+        ));
+    }
+    tracing::info!(%local, peer = ?peer_local, node_id = opts.node_id, "serving");
     Ok(Running {
         node,
         local,
+        peer_local,
         stop,
-        server,
+        servers,
     })
+}
+
+/// Prints the lines that say a node is up: the peer port first, then `listening on ADDR`,
+/// the line scripts wait for.
+fn announce(running: &Running) {
+    if let Some(peer) = running.peer_local {
+        println!("ordo: node {} peer port {peer}", running.node.node_id);
+    }
+    println!(
+        "ordo: node {} listening on {}",
+        running.node.node_id, running.local
+    );
 }
 
 async fn seed_if_empty(node: &Node, queue_txns_max: usize) -> anyhow::Result<()> {
@@ -178,7 +260,7 @@ pub async fn serve(opts: ServeOptions, dev: bool) -> anyhow::Result<()> {
     if dev {
         seed_if_empty(&running.node, opts.sequencer.queue_txns_max).await?;
     }
-    println!("ordo: node {} listening on {}", opts.node_id, running.local);
+    announce(&running);
     if dev {
         print_quickstart(running.local, &opts.data_dir, 1);
     }
@@ -192,13 +274,24 @@ pub async fn serve(opts: ServeOptions, dev: bool) -> anyhow::Result<()> {
 /// each under the given one, initialised as one cluster with the demo data.
 pub async fn serve_dev_cluster(base: ServeOptions, nodes: u64) -> anyhow::Result<()> {
     let port = base.listen.port();
+    let peer_port = base.peer_listen.port();
     let addr_of = |i: u64| SocketAddr::new(base.listen.ip(), port + (i - 1) as u16);
-    let peers: BTreeMap<u64, String> = (1..=nodes).map(|i| (i, addr_of(i).to_string())).collect();
+    let peer_of = |i: u64| SocketAddr::new(base.peer_listen.ip(), peer_port + (i - 1) as u16);
+    let peers: BTreeMap<u64, MemberAddr> = (1..=nodes)
+        .map(|i| {
+            let addr = MemberAddr {
+                peer: peer_of(i).to_string(),
+                client: addr_of(i).to_string(),
+            };
+            (i, addr)
+        })
+        .collect();
     let mut running = Vec::new();
     for i in 1..=nodes {
         let opts = ServeOptions {
             node_id: i,
             listen: addr_of(i),
+            peer_listen: peer_of(i),
             advertise: Some(addr_of(i).to_string()),
             data_dir: base.data_dir.join(format!("node-{i}")),
             peers: peers.clone(),
@@ -214,7 +307,7 @@ pub async fn serve_dev_cluster(base: ServeOptions, nodes: u64) -> anyhow::Result
     first.wait_for_leader(Duration::from_secs(30)).await?;
     seed_if_empty(first, base.sequencer.queue_txns_max).await?;
     for r in &running {
-        println!("ordo: node {} listening on {}", r.node.node_id, r.local);
+        announce(r);
     }
     print_quickstart(running[0].local, &base.data_dir, nodes);
     shutdown_signal().await;

@@ -123,7 +123,8 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
     cluster.node(follower).wipe();
     cluster.node(follower).start();
     let addr = cluster.node(follower).addr.clone();
-    let members = client.add_member(follower, addr).await.unwrap();
+    let peer = cluster.node(follower).peer_addr.clone();
+    let members = client.add_member_at(follower, addr, peer).await.unwrap();
     assert!(members
         .members
         .iter()
@@ -159,7 +160,8 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
     for id in [4u64, 5] {
         cluster.node(id).start();
         let addr = cluster.node(id).addr.clone();
-        client.add_member(id, addr).await.unwrap();
+        let peer = cluster.node(id).peer_addr.clone();
+        client.add_member_at(id, addr, peer).await.unwrap();
         writers
             .wait_acked(writers.acked_count() + 50, Duration::from_secs(30))
             .await;

@@ -14,6 +14,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_ordo");
 
 /// A running `ordo server` process.
 pub struct TestNode {
+    /// The peer listener, when the node has one (started with a cluster secret).
+    pub peer_endpoint: Option<String>,
     pub child: Child,
     pub endpoint: String,
     pub data_dir: PathBuf,
@@ -42,18 +44,23 @@ impl TestNode {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut peer = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("peer port ").nth(1) {
+                    peer = Some(addr.trim().to_string());
+                }
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_string());
+                    let _ = tx.send((addr.trim().to_string(), peer.take()));
                 }
             }
         });
-        let addr = rx
+        let (addr, peer) = rx
             .recv_timeout(Duration::from_secs(60))
             .expect("ordo server did not report its address within 60 s");
         TestNode {
             child,
             endpoint: format!("http://{addr}"),
+            peer_endpoint: peer.map(|p| format!("http://{p}")),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         }
@@ -175,10 +182,18 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The cluster secret the test clusters share.
+pub const TEST_SECRET: &str = "test-cluster-secret-0123456789";
+
 /// One `ordo server` process of a cluster.
 pub struct ClusterNode {
     pub id: u64,
+    /// Its client address.
     pub addr: String,
+    /// Its peer listener.
+    pub peer_addr: String,
+    pub secret_file: PathBuf,
+    /// `--peer` values: `ID=PEER,CLIENT`.
     pub data_dir: PathBuf,
     pub peers: Vec<(u64, String)>,
     pub extra: Vec<String>,
@@ -199,9 +214,13 @@ impl ClusterNode {
             &self.id.to_string(),
             "--listen",
             &self.addr,
+            "--peer-listen",
+            &self.peer_addr,
             "--data-dir",
         ])
         .arg(&self.data_dir)
+        .arg("--cluster-secret-file")
+        .arg(&self.secret_file)
         .args(&self.extra)
         .env("RUST_LOG", "warn,openraft=off")
         .stdout(Stdio::piped())
@@ -286,23 +305,28 @@ impl Cluster {
     /// started or members, initialises the voters as one cluster and seeds the test dataset.
     pub async fn start(voters: usize, spares: usize, stock: i64, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(voters + spares);
-        let peers: Vec<(u64, String)> = (0..voters)
-            .map(|i| (i as u64 + 1, format!("127.0.0.1:{}", ports[i])))
-            .collect();
+        let secret_file = dir.path().join("cluster-secret");
+        std::fs::write(&secret_file, TEST_SECRET).unwrap();
+        let n = voters + spares;
+        let ports = free_ports(2 * n);
+        let client_addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+        let peer_addr = |i: usize| format!("127.0.0.1:{}", ports[n + i]);
+        let entry = |i: usize| format!("{},{}", peer_addr(i), client_addr(i));
+        let peers: Vec<(u64, String)> = (0..voters).map(|i| (i as u64 + 1, entry(i))).collect();
         let mut nodes = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
+        for i in 0..n {
             let id = i as u64 + 1;
-            let addr = format!("127.0.0.1:{port}");
             nodes.push(ClusterNode {
                 id,
-                addr: addr.clone(),
+                addr: client_addr(i),
+                peer_addr: peer_addr(i),
+                secret_file: secret_file.clone(),
                 data_dir: dir.path().join(format!("node-{id}")),
                 // A spare knows only itself until it is added.
                 peers: if i < voters {
                     peers.clone()
                 } else {
-                    vec![(id, addr)]
+                    vec![(id, entry(i))]
                 },
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 child: None,

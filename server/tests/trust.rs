@@ -1,0 +1,310 @@
+//! The trust boundary, tried as a hostile client would: the internal service is not on the
+//! client port, the peer port wants the cluster secret, and a crafted transaction that gets
+//! past both is a deterministic refusal, never a stop (also after a restart).
+
+mod common;
+
+use common::*;
+use ordo_client::v1;
+use ordo_proto::internal::v1::raft_client::RaftClient;
+use ordo_proto::internal::v1::{ForwardRequest, RaftPayload};
+use ordo_scheduler::{encode, Line, Mode, Op, Txn};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const SECRET: &str = "trust-test-secret-0123456789";
+
+fn forward_request(txns: &[Txn]) -> tonic::Request<ForwardRequest> {
+    tonic::Request::new(ForwardRequest {
+        from_node: 7,
+        txns: encode(&txns.to_vec()),
+    })
+}
+
+fn with_secret<T>(mut request: tonic::Request<T>, secret: &str) -> tonic::Request<T> {
+    request.metadata_mut().insert(
+        ordo_sequencer::peers::SECRET_METADATA_KEY,
+        MetadataValue::try_from(secret).unwrap(),
+    );
+    request
+}
+
+fn order(request_id: &str, dc: u32, sku: u32, qty: i64) -> Txn {
+    Txn {
+        request_id: request_id.into(),
+        op: Op::PlaceOrder {
+            lines: vec![Line { dc, sku, qty }],
+            mode: Mode::AllOrNothing,
+            user: String::new(),
+        },
+    }
+}
+
+async fn channel(endpoint: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_peer_messages_cannot_stop_or_corrupt_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let data = dir.path().join("data");
+    let secret_arg = secret_file.to_str().unwrap();
+    let mut node = TestNode::start(&data, &["--cluster-secret-file", secret_arg]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let peer = node
+        .peer_endpoint
+        .clone()
+        .expect("a node with a secret has a peer port");
+
+    eprintln!("--- phase: the client port does not serve the internal service");
+    let mut on_client_port = RaftClient::new(channel(&node.endpoint).await);
+    let refused = on_client_port
+        .forward(forward_request(&[order("h1", 1, 1, -5)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented, "{refused:?}");
+
+    eprintln!("--- phase: the peer port wants the secret");
+    let mut on_peer_port = RaftClient::new(channel(&peer).await);
+    for request in [
+        forward_request(&[order("h2", 1, 1, -5)]),
+        with_secret(
+            forward_request(&[order("h3", 1, 1, -5)]),
+            "wrong-secret-0123456789",
+        ),
+    ] {
+        let refused = on_peer_port.forward(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    let refused = on_peer_port
+        .append_entries(RaftPayload {
+            data: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 10);
+
+    eprintln!("--- phase: with the secret, inadmissible transactions are refused unsequenced");
+    let hostile = [
+        order("h4", 1, 1, -5),
+        order("h5", 1, 1, i64::MIN),
+        order("h6", 1, 1, 0),
+    ];
+    let answer = on_peer_port
+        .forward(with_secret(forward_request(&hostile), SECRET))
+        .await
+        .unwrap()
+        .into_inner();
+    let refused: Vec<&str> = answer
+        .refused
+        .iter()
+        .map(|r| r.request_id.as_str())
+        .collect();
+    assert_eq!(refused, ["h4", "h5", "h6"], "{answer:?}");
+    assert!(answer.refused[0].reason.contains("qty must be between 1"));
+    let garbage = on_peer_port
+        .append_entries(with_secret(
+            tonic::Request::new(RaftPayload {
+                data: vec![0xff; 64],
+            }),
+            SECRET,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::InvalidArgument);
+
+    eprintln!("--- phase: the node still applies the log, and does after a restart");
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 10);
+    let placed = client
+        .place_order(&[line(1, 1, 3)], false, None)
+        .await
+        .unwrap();
+    assert!(committed(&placed));
+    node.kill9();
+    let node = TestNode::start(&data, &["--cluster-secret-file", secret_arg]);
+    let client = node.client().await;
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 7);
+    let placed = client
+        .place_order(&[line(1, 1, 1)], false, None)
+        .await
+        .unwrap();
+    assert!(committed(&placed), "the restarted node applies new epochs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_a_secret_has_no_peer_port_and_takes_no_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    assert!(node.peer_endpoint.is_none());
+    let client = node.client().await;
+    let refused = client
+        .add_member(2, "127.0.0.1:1".into())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+    assert!(refused.not_applied());
+}
+
+#[test]
+fn peers_without_a_secret_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--node-id", "1", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--peer", "1=127.0.0.1:51999", "--peer", "2=127.0.0.1:51998"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--cluster-secret-file"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_speaks_v1_and_v1alpha_and_hides_the_internal_service() {
+    use tonic_reflection::pb::v1 as r1;
+    use tonic_reflection::pb::v1alpha as r0;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let channel = channel(&node.endpoint).await;
+
+    let mut v1 = r1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = v1
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1: no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "ordo.v1.Ordo"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("internal")), "{names:?}");
+
+    let mut v0 = r0::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = r0::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r0::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = v0
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(r0::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha: no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == "ordo.v1.Admin"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("internal")), "{names:?}");
+
+    eprintln!("--- phase: the internal file is not offered by name either");
+    let request = r0::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            r0::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "ordo.internal.v1.Raft".into(),
+            ),
+        ),
+    };
+    let mut stream = v0
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match stream.message().await {
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "{status:?}"),
+        Ok(response) => {
+            let response = response.and_then(|r| r.message_response);
+            assert!(
+                matches!(
+                    response,
+                    Some(r0::server_reflection_response::MessageResponse::ErrorResponse(_))
+                ),
+                "{response:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_names_one_request_at_the_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let id = Some("one-request".to_string());
+    // Lines in different regions (DC 1: region 0, DC 2: region 1).
+    let first = client
+        .place_order(&[line(1, 1, 1)], false, id.clone())
+        .await
+        .unwrap();
+    assert!(committed(&first));
+    let other = client
+        .place_order(&[line(2, 1, 1)], false, id.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Some(Code::AlreadyExists), "{other}");
+    assert!(other.not_applied());
+    let restock = client.restock(1, 1, 5, id.clone()).await.unwrap_err();
+    assert_eq!(restock.code(), Some(Code::AlreadyExists));
+    let again = client
+        .place_order(&[line(1, 1, 1)], false, id)
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 9);
+    assert_eq!(client.get_stock(2, 1).await.unwrap().on_hand, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dc_keeps_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let dc = |region: Option<u32>, active: bool| v1::Dc {
+        dc_id: 1,
+        name: "Renamed".into(),
+        lat: 52.5,
+        lon: 13.4,
+        region,
+        active,
+    };
+    let moved = client.upsert_dc(dc(Some(2), true)).await.unwrap_err();
+    assert_eq!(moved.code(), Some(Code::FailedPrecondition), "{moved}");
+    assert!(moved.to_string().contains("is in region 0"), "{moved}");
+    // Renaming or deactivating never needs the region.
+    client.upsert_dc(dc(None, false)).await.unwrap();
+    client.upsert_dc(dc(Some(0), true)).await.unwrap();
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 10);
+    let new = client
+        .upsert_dc(v1::Dc {
+            dc_id: 77,
+            ..dc(None, true)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(new.code(), Some(Code::InvalidArgument), "{new}");
+}
