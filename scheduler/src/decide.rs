@@ -253,9 +253,9 @@ pub(crate) fn decide(
             })
         }
         Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
-        Op::UpsertDc(_) | Op::UpsertItem(_) => Err(ExecError::Invariant(
-            "global transaction in a partition executor".into(),
-        )),
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } => Err(
+            ExecError::Invariant("global transaction in a partition executor".into()),
+        ),
     }
 }
 

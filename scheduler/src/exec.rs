@@ -74,6 +74,10 @@ pub enum ExecError {
     Invariant(String),
     #[error("partition executor {0} failed")]
     PeerFailed(Part),
+    /// This replica cannot execute the log as the cluster does (its partition count is not
+    /// the cluster's): it must stop rather than diverge.
+    #[error("misconfigured node: {0}")]
+    Misconfigured(String),
 }
 
 /// What executing one epoch produced.
@@ -377,6 +381,36 @@ fn run_global(
                 overlay.put(Some(seq), keys::item(item.sku), Some(encode(item)));
                 upserted(txn, epoch)
             }
+            Op::ClusterConfig { partitions } => {
+                let recorded: Option<ClusterRecord> =
+                    read_record(store, overlay, Part::Global, keys::CLUSTER_CONFIG, || {
+                        "cluster configuration".into()
+                    })?;
+                let record = recorded.unwrap_or(ClusterRecord {
+                    partitions: *partitions,
+                    epoch,
+                });
+                check_partitions(&record, store.partitions())?;
+                match recorded {
+                    None => {
+                        overlay.put(
+                            Some(seq),
+                            keys::CLUSTER_CONFIG.to_vec(),
+                            Some(encode(&record)),
+                        );
+                        upserted(txn, epoch)
+                    }
+                    Some(r) if r.partitions == *partitions => upserted(txn, epoch),
+                    Some(r) => refused(
+                        RefuseCode::Invalid,
+                        format!(
+                            "the cluster has {} partitions, recorded at epoch {}; the count \
+                             never changes",
+                            r.partitions, r.epoch
+                        ),
+                    ),
+                }
+            }
             other => {
                 return Err(ExecError::Invariant(format!(
                     "non-global transaction {other:?} routed to the global partition"
@@ -388,6 +422,18 @@ fn run_global(
         remember(overlay, seq, time_ms, txn, &result);
     }
     Ok(result)
+}
+
+/// Whether this replica's partition count is the cluster's.
+pub fn check_partitions(record: &ClusterRecord, mine: u32) -> Result<(), ExecError> {
+    if record.partitions == mine {
+        return Ok(());
+    }
+    Err(ExecError::Misconfigured(format!(
+        "the cluster has {} partitions (recorded in the log at epoch {}), this node was started \
+         with --partitions {mine}: restart it with --partitions {} on an empty data directory",
+        record.partitions, record.epoch, record.partitions
+    )))
 }
 
 fn upserted(txn: &Txn, epoch: u64) -> TxnResult {
@@ -488,7 +534,7 @@ pub(crate) fn route(
             to_dc,
             qty,
         } => vec![(*from_dc, *sku, *qty), (*to_dc, *sku, *qty)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => {
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::Kv(_) => {
             return Err(ExecError::Invariant(
                 "global transaction routed to a region partition".into(),
             ))

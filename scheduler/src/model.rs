@@ -52,7 +52,16 @@ pub enum Op {
         to_dc: u32,
         qty: i64,
     },
+    /// Records the cluster's partition count in the log, once, at cluster-init. The first
+    /// record stands; a later one with another count is refused. A replica whose own
+    /// partition count differs from the record stops: routing would diverge.
+    ClusterConfig {
+        partitions: u32,
+    },
 }
+
+/// The request id under which nodes record the cluster configuration.
+pub const CLUSTER_CONFIG_REQUEST_ID: &str = "ordo-cluster-config";
 
 /// One operation of a key-value transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +108,10 @@ impl Op {
     /// Whether the transaction changes the global tables (DCs, catalogue). Such transactions
     /// run alone, between the partitioned parts of an epoch.
     pub fn is_global(&self) -> bool {
-        matches!(self, Op::UpsertDc(_) | Op::UpsertItem(_))
+        matches!(
+            self,
+            Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. }
+        )
     }
 }
 
@@ -284,6 +296,14 @@ pub struct OrderRecord {
     pub lines: Vec<LineAlloc>,
 }
 
+/// The cluster configuration as recorded in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub partitions: u32,
+    /// The epoch that recorded it.
+    pub epoch: u64,
+}
+
 /// A remembered result, for `request_id` dedupe.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupeRecord {
@@ -347,6 +367,8 @@ pub mod keys {
     /// Dedupe expiry index: `t` + time_ms + request_id.
     pub const DEDUPE_BY_TIME: u8 = b't';
     pub const KV: u8 = b'k';
+    /// The cluster configuration record (global partition): [`super::ClusterRecord`].
+    pub const CLUSTER_CONFIG: &[u8] = b"Pcluster";
 
     pub fn kv(key: &str) -> Vec<u8> {
         let mut k = vec![KV];

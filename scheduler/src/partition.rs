@@ -195,7 +195,7 @@ fn lines_of(txn: &Txn) -> Vec<(u32, u32)> {
             to_dc,
             ..
         } => vec![(*from_dc, *sku), (*to_dc, *sku)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::Kv(_) => Vec::new(),
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::Kv(_) => Vec::new(),
     }
 }
 

@@ -190,6 +190,10 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Op::ClusterConfig { partitions } => match partitions {
+            0 => Err("partitions must be at least 1".into()),
+            _ => Ok(()),
+        },
         Op::Kv(ops) => {
             if ops.is_empty() || ops.len() > KV_OPS_PER_TXN_MAX {
                 return Err(format!(

@@ -644,3 +644,36 @@ fn pre_rejected_transactions_report_no_rows() {
         }
     ));
 }
+
+#[test]
+fn the_partition_count_is_recorded_once_and_checked_on_apply() {
+    let config = |id: &str, partitions| txn(id, Op::ClusterConfig { partitions });
+    let mut node = Node::new(ExecConfig::default());
+    let first = node.run(vec![config("c1", PARTITIONS)]);
+    assert_eq!(first[0].outcome, Outcome::Upserted);
+    // Another count later is refused, deterministically; the record stands.
+    let other = node.run(vec![config("c2", PARTITIONS + 2)]);
+    assert!(
+        matches!(&other[0].outcome, Outcome::Refused { code: RefuseCode::Invalid, reason } if reason.contains("never changes")),
+        "{other:?}"
+    );
+    let again = node.run(vec![config("c3", PARTITIONS)]);
+    assert_eq!(again[0].outcome, Outcome::Upserted);
+
+    // A replica with another count cannot execute the record: it stops, saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), PARTITIONS + 2).unwrap();
+    let err = execute_epoch(
+        &store,
+        &ExecConfig::default(),
+        1,
+        1,
+        &[config("c1", PARTITIONS)],
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("the cluster has 3 partitions") && message.contains("--partitions 5"),
+        "{message}"
+    );
+}

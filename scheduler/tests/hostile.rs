@@ -62,7 +62,12 @@ impl Rng {
 }
 
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(7) {
+    match rng.below(8) {
+        // Cluster records come only from a node's own sequencer (a forwarded one must carry
+        // the leader's own count), so only the store's own count is arbitrary input here.
+        7 => Op::ClusterConfig {
+            partitions: PARTITIONS,
+        },
         0 => {
             let n = match rng.below(6) {
                 0 => 0,

@@ -210,6 +210,7 @@ impl Node {
     pub fn raft_service(&self) -> RaftService {
         RaftService {
             node_id: self.node_id,
+            partitions: self.store.partitions(),
             raft: self.raft.clone(),
             sequencer: self.sequencer.clone(),
             forward_timeout: self.forward_timeout,

@@ -10,7 +10,7 @@ use ordo_proto::internal::v1::{
     ReadIndexRequest, ReadIndexResponse,
 };
 use ordo_scheduler::validate::validate;
-use ordo_scheduler::Txn;
+use ordo_scheduler::{Op, Txn};
 use tonic::{Request, Response, Status};
 
 use crate::batcher::{Sequencer, SubmitError};
@@ -20,6 +20,8 @@ use crate::waiters::TxnFailure;
 
 pub struct RaftService {
     pub node_id: NodeId,
+    /// This node's partition count: the only one a forwarded cluster record may carry.
+    pub partitions: u32,
     pub raft: Raft,
     pub sequencer: Sequencer,
     /// How long a forwarded batch may take to execute before its ids are reported failed.
@@ -76,7 +78,17 @@ impl RaftRpc for RaftService {
         let mut refused = Vec::new();
         let mut admissible = Vec::with_capacity(txns.len());
         for txn in txns {
-            match validate(&txn) {
+            let verdict = validate(&txn).and_then(|()| match txn.op {
+                // Only a node's own sequencer proposes the cluster record; a follower
+                // forwards it at cluster-init. A replica with another count would stop on
+                // it, so the leader admits only its own count.
+                Op::ClusterConfig { partitions } if partitions != self.partitions => Err(format!(
+                    "a cluster record with {partitions} partitions; this cluster has {}",
+                    self.partitions
+                )),
+                _ => Ok(()),
+            });
+            match verdict {
                 Ok(()) => admissible.push(txn),
                 Err(reason) => refused.push(ForwardRefusal {
                     request_id: txn.request_id,

@@ -191,6 +191,9 @@ impl Admin for AdminService {
             .wait_for_leader(Duration::from_secs(30))
             .await
             .map_err(|e| Status::unavailable(format!("no leader was elected: {e}")))?;
+        crate::serve::record_cluster_config(&self.node)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
         let mut message = match outcome {
             InitOutcome::Initialized => format!(
                 "cluster initialised with {} voters; leader is node {leader_id}",

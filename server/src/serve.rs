@@ -13,7 +13,7 @@ use anyhow::Context;
 use ordo_proto::internal::v1::raft_server::RaftServer;
 use ordo_proto::v1::admin_server::AdminServer;
 use ordo_proto::v1::ordo_server::OrdoServer;
-use ordo_scheduler::{keys, reads, ExecConfig};
+use ordo_scheduler::{keys, reads, ExecConfig, Op, Outcome, Txn, CLUSTER_CONFIG_REQUEST_ID};
 use ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX;
 use ordo_sequencer::peers::{CheckSecret, ClusterSecret, MemberAddr};
 use ordo_sequencer::{Node, NodeConfig, SequencerConfig};
@@ -157,6 +157,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         node.wait_leader(Duration::from_secs(30))
             .await
             .context("waiting for this node to become leader")?;
+        record_cluster_config(&node).await?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -240,6 +241,47 @@ fn announce(running: &Running) {
     );
 }
 
+/// Records the cluster's partition count in the log: at cluster-init, and at every start of a
+/// single node (a repeat is answered from dedupe, or finds the same record). From then on a
+/// replica with another count stops instead of diverging.
+pub async fn record_cluster_config(node: &Node) -> anyhow::Result<()> {
+    let txn = Txn {
+        request_id: CLUSTER_CONFIG_REQUEST_ID.to_string(),
+        op: Op::ClusterConfig {
+            partitions: node.store.partitions(),
+        },
+    };
+    let waits = node
+        .sequencer
+        .submit(vec![txn])
+        .context("recording the cluster configuration")?;
+    for wait in waits {
+        let result = tokio::time::timeout(Duration::from_secs(30), wait.rx)
+            .await
+            .context("recording the cluster configuration: no result within 30 s")?
+            .context("recording the cluster configuration: the node is shutting down")?
+            .map_err(|e| anyhow::anyhow!("recording the cluster configuration: {e}"))?;
+        if let Outcome::Refused { reason, .. } = result.outcome {
+            anyhow::bail!("recording the cluster configuration: {reason}");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when Raft stops on a fatal error (a storage error, or a replica that cannot
+/// execute the log as the cluster does), with what it said.
+pub async fn fatal(node: &Node) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft stopped".into();
+        }
+    }
+}
+
 async fn seed_if_empty(node: &Node, queue_txns_max: usize) -> anyhow::Result<()> {
     let has_dcs = reads::count_prefix(&node.store, Part::Global, keys::DC, 1)? > 0;
     if !has_dcs {
@@ -264,7 +306,13 @@ pub async fn serve(opts: ServeOptions, dev: bool) -> anyhow::Result<()> {
     if dev {
         print_quickstart(running.local, &opts.data_dir, 1);
     }
-    shutdown_signal().await;
+    let stopped = tokio::select! {
+        _ = shutdown_signal() => None,
+        why = fatal(&running.node) => Some(why),
+    };
+    if let Some(why) = stopped {
+        anyhow::bail!("node {} stopped applying the log: {why}", opts.node_id);
+    }
     running.stop().await?;
     println!("ordo: node {} stopped", opts.node_id);
     Ok(())
@@ -305,6 +353,7 @@ pub async fn serve_dev_cluster(base: ServeOptions, nodes: u64) -> anyhow::Result
         .await
         .map_err(|e| anyhow::anyhow!("initialising the cluster: {e}"))?;
     first.wait_for_leader(Duration::from_secs(30)).await?;
+    record_cluster_config(first).await?;
     seed_if_empty(first, base.sequencer.queue_txns_max).await?;
     for r in &running {
         announce(r);

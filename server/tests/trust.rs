@@ -308,3 +308,68 @@ async fn a_dc_keeps_its_region() {
         .unwrap_err();
     assert_eq!(new.code(), Some(Code::InvalidArgument), "{new}");
 }
+
+#[test]
+fn a_replica_with_another_partition_count_stops_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let ports = free_ports(4);
+    let client = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let peer = |i: usize| format!("127.0.0.1:{}", ports[2 + i]);
+    let start = |i: usize, partitions: &str| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["server", "--node-id", &(i + 1).to_string()])
+            .args(["--listen", &client(i), "--peer-listen", &peer(i)])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("n{i}")))
+            .arg("--cluster-secret-file")
+            .arg(&secret_file)
+            .args(["--partitions", partitions])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for j in 0..2 {
+            cmd.args(["--peer", &format!("{}={},{}", j + 1, peer(j), client(j))]);
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut good = start(0, "3");
+    let bad = start(1, "5");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            // cluster-init may fail while node 2 stops: what matters is what node 2 says.
+            if let Ok(c) = ordo_client::Client::connect(format!("http://{}", client(0))).await {
+                if c.init_cluster(false).await.is_ok() {
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    // Bounded: a node that never stops fails the test instead of hanging it.
+    let mut bad = bad;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bad.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            bad.kill().unwrap();
+            good.kill().unwrap();
+            panic!("the misconfigured node did not stop within 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = bad.wait_with_output().unwrap();
+    good.kill().unwrap();
+    let _ = good.wait();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the cluster has 3 partitions") && stderr.contains("--partitions 5"),
+        "{stderr}"
+    );
+}
