@@ -469,6 +469,8 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
     };
     match &op.call {
         Call::Transact(ops) => match client.transact(ops.clone(), None).await {
+            // Committed, but what it read is not known (a retry answered from dedupe).
+            Ok(r) if r.committed && r.results_not_kept => (EventType::Info, op.value.clone()),
             Ok(r) if r.committed => (EventType::Ok, transact_value(op.f, &op.value, &r)),
             // An aborted transaction (a failed cas) definitely did not apply.
             Ok(_) => definite(false),

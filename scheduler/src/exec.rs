@@ -178,15 +178,22 @@ pub fn execute_epoch(
     Ok(output)
 }
 
-/// One partition's pending writes for the epoch: readable by later transactions, emitted in
-/// log order at the end.
+/// One partition's pending writes for the epoch: readable by later transactions, emitted at
+/// the end. It holds one value per key, however many transactions wrote it (a hot list that
+/// every transaction of an epoch appends to costs one list, not one per transaction).
 #[derive(Default)]
 pub(crate) struct Overlay {
-    current: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Writes made before any transaction (dedupe expiry).
-    prologue: Vec<Write>,
-    /// Writes per transaction sequence number.
-    by_txn: BTreeMap<usize, Vec<Write>>,
+    /// Each written key's latest value and the transaction that wrote it last.
+    current: BTreeMap<Vec<u8>, Pending>,
+}
+
+/// A key's pending value in an overlay.
+struct Pending {
+    /// The log position of the transaction that wrote it last (`None`: the prologue, before
+    /// any transaction).
+    seq: Option<usize>,
+    /// `None`: deleted.
+    value: Option<Vec<u8>>,
 }
 
 impl Overlay {
@@ -197,25 +204,26 @@ impl Overlay {
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, ExecError> {
         match self.current.get(key) {
-            Some(value) => Ok(value.clone()),
+            Some(pending) => Ok(pending.value.clone()),
             None => Ok(store.get(part, key)?.map(|v| v.to_vec())),
         }
     }
 
     pub(crate) fn put(&mut self, seq: Option<usize>, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.current.insert(key.clone(), value.clone());
-        match seq {
-            Some(seq) => self.by_txn.entry(seq).or_default().push((key, value)),
-            None => self.prologue.push((key, value)),
-        }
+        self.current.insert(key, Pending { seq, value });
     }
 
+    /// The epoch's writes: the prologue's first, then by the log position of the transaction
+    /// that wrote each key last, keys in order within one transaction. A function of the log
+    /// alone, whatever order the executors ran in.
     fn into_writes(self) -> Vec<Write> {
-        let mut writes = self.prologue;
-        for (_, w) in self.by_txn {
-            writes.extend(w);
-        }
+        let mut writes: Vec<(Vec<u8>, Pending)> = self.current.into_iter().collect();
+        // Stable: keys stay in order within one writer.
+        writes.sort_by_key(|(_, pending)| pending.seq);
         writes
+            .into_iter()
+            .map(|(key, pending)| (key, pending.value))
+            .collect()
     }
 }
 
@@ -284,11 +292,7 @@ pub(crate) fn remember(
     txn: &Txn,
     result: &TxnResult,
 ) {
-    let record = DedupeRecord {
-        time_ms,
-        result: result.clone(),
-        body_digest: Some(body_digest(&txn.op)),
-    };
+    let record = DedupeRecord::new(time_ms, &txn.op, result);
     overlay.put(
         Some(seq),
         keys::dedupe(&result.request_id),

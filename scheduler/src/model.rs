@@ -312,6 +312,11 @@ pub struct DedupeRecord {
     /// [`body_digest`] of the request that produced the result, so a later request with the
     /// same id and another body is told apart (`None` in records written before it existed).
     pub body_digest: Option<[u8; 32]>,
+    /// For a key-value transaction that read values: the BLAKE3 digest of what it read. The
+    /// values themselves are not kept (a list may hold 100,000 elements; one epoch may hold
+    /// thousands of such reads), so `result` holds no results, and a retry learns that the
+    /// transaction committed, not what it read.
+    pub reads_digest: Option<[u8; 32]>,
 }
 
 /// The record layout before `body_digest`, still readable.
@@ -332,9 +337,29 @@ impl DedupeRecord {
                     time_ms: v0.time_ms,
                     result: v0.result,
                     body_digest: None,
+                    reads_digest: None,
                 }),
                 Err(_) => Err(current),
             },
+        }
+    }
+
+    /// The record to keep for `result` of the request `op`: read values are replaced by their
+    /// digest.
+    pub fn new(time_ms: u64, op: &Op, result: &TxnResult) -> Self {
+        let mut kept = result.clone();
+        let mut reads_digest = None;
+        if let Outcome::Kv { results, .. } = &mut kept.outcome {
+            if results.iter().any(Option::is_some) {
+                reads_digest = Some(blake3::hash(&encode(results)).into());
+                results.clear();
+            }
+        }
+        DedupeRecord {
+            time_ms,
+            result: kept,
+            body_digest: Some(body_digest(op)),
+            reads_digest,
         }
     }
 

@@ -677,3 +677,60 @@ fn the_partition_count_is_recorded_once_and_checked_on_apply() {
         "{message}"
     );
 }
+
+#[test]
+fn an_epoch_of_appends_to_one_key_writes_that_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), PARTITIONS).unwrap();
+    let txns: Vec<Txn> = (0..500)
+        .map(|i| kv(&format!("a{i}"), vec![KvOp::Append("hot".into(), i)]))
+        .collect();
+    let out = execute_epoch(&store, &ExecConfig::default(), 1, 1, &txns).unwrap();
+    let hot = keys::kv("hot");
+    let writes_of_hot = out
+        .writes
+        .values()
+        .flatten()
+        .filter(|(k, _)| *k == hot)
+        .count();
+    assert_eq!(writes_of_hot, 1, "one value per key per epoch");
+    let (_, value) = out
+        .writes
+        .values()
+        .flatten()
+        .find(|(k, _)| *k == hot)
+        .unwrap();
+    let list: KvValue = decode(value.as_ref().unwrap()).unwrap();
+    assert_eq!(list, KvValue::List((0..500).collect()));
+}
+
+#[test]
+fn dedupe_keeps_a_digest_of_what_a_transaction_read() {
+    let mut node = Node::new(ExecConfig::default());
+    let first = node.run(vec![kv(
+        "r1",
+        vec![KvOp::Append("l".into(), 1), KvOp::Read("l".into())],
+    )]);
+    assert_eq!(
+        first[0].outcome,
+        Outcome::Kv {
+            results: vec![None, Some(KvValue::List(vec![1]))],
+            abort: None
+        }
+    );
+    let record = reads::dedupe(&node.store, "r1").unwrap().unwrap();
+    assert!(record.reads_digest.is_some());
+    assert_eq!(
+        record.result.outcome,
+        Outcome::Kv {
+            results: vec![],
+            abort: None
+        },
+        "the values read are not kept"
+    );
+    let again = node.run(vec![kv(
+        "r1",
+        vec![KvOp::Append("l".into(), 1), KvOp::Read("l".into())],
+    )]);
+    assert_eq!(again[0].outcome, record.result.outcome);
+}

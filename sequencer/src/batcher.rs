@@ -24,7 +24,9 @@ use ordo_scheduler::{Batch, Txn, BATCH_TXNS_LIMIT};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::network::{encode, Channels};
+use crate::network::{
+    encode, Channels, APPEND_ENTRIES_MAX, BATCH_BYTES_LIMIT, RAFT_MESSAGE_BYTES_MAX,
+};
 use crate::peers::MemberAddr;
 use crate::types::{NodeId, Raft};
 use crate::waiters::{TxnFailure, Wait, Waiters};
@@ -79,9 +81,10 @@ impl SequencerConfig {
                 self.batch_txns_max
             ));
         }
-        if self.batch_bytes_max < 64 * 1024 {
+        if self.batch_bytes_max < 64 * 1024 || self.batch_bytes_max > BATCH_BYTES_LIMIT {
             return Err(format!(
-                "batch_bytes_max must be at least 65536, not {}",
+                "batch_bytes_max must be 65536..={BATCH_BYTES_LIMIT} (so that {APPEND_ENTRIES_MAX} \
+                 batches fit one Raft message of {RAFT_MESSAGE_BYTES_MAX} bytes), not {}",
                 self.batch_bytes_max
             ));
         }
@@ -217,6 +220,16 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
                 None => return,
             },
         };
+        // No batch may outgrow its budget, not even a batch of one.
+        let first_bytes = txn_bytes(&first);
+        if first_bytes > config.batch_bytes_max {
+            let failure = TxnFailure::Invalid(format!(
+                "the transaction is {first_bytes} bytes; one epoch batch holds at most {}",
+                config.batch_bytes_max
+            ));
+            ctx.waiters.fail([first.request_id.as_str()], &failure);
+            continue;
+        }
         let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
         // A follower forwards at once; the leader cuts at most once per epoch.
         let deadline = if leading {
@@ -224,7 +237,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
         } else {
             Instant::now()
         };
-        let mut bytes = txn_bytes(&first);
+        let mut bytes = first_bytes;
         let mut txns = vec![first];
         while txns.len() < config.batch_txns_max && bytes < config.batch_bytes_max {
             let next = if Instant::now() >= deadline {
@@ -417,4 +430,25 @@ fn forward(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_bytes_max_is_capped_so_append_entries_fits_a_raft_message() {
+        let with = |batch_bytes_max| SequencerConfig {
+            batch_bytes_max,
+            ..SequencerConfig::default()
+        };
+        assert!(with(BATCH_BYTES_LIMIT).validate().is_ok());
+        let refused = with(BATCH_BYTES_LIMIT + 1).validate().unwrap_err();
+        assert!(refused.contains("batch_bytes_max"), "{refused}");
+        assert!(with(64 * 1024 - 1).validate().is_err());
+        assert!(
+            (APPEND_ENTRIES_MAX as usize) * BATCH_BYTES_LIMIT < RAFT_MESSAGE_BYTES_MAX,
+            "room for the envelopes"
+        );
+    }
 }

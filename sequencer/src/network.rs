@@ -30,8 +30,16 @@ use crate::peers::{AttachSecret, ClusterSecret, MemberAddr};
 use crate::types::{NodeId, TypeConfig};
 
 /// The largest Raft message a node sends or accepts. AppendEntries carries at most
-/// `max_payload_entries` batches, each bounded by `batch_bytes_max`.
+/// [`APPEND_ENTRIES_MAX`] batches, each bounded by `batch_bytes_max`.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Entries in one AppendEntries message (openraft's `max_payload_entries`).
+pub const APPEND_ENTRIES_MAX: u64 = 32;
+
+/// The largest `batch_bytes_max` a node accepts: [`APPEND_ENTRIES_MAX`] batches of it, with
+/// room for each entry's envelope and the message's own, fit in [`RAFT_MESSAGE_BYTES_MAX`].
+pub const BATCH_BYTES_LIMIT: usize =
+    RAFT_MESSAGE_BYTES_MAX / APPEND_ENTRIES_MAX as usize - 64 * 1024;
 
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -118,7 +118,7 @@ impl Node {
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 1024 * 1024,
             // Bounds one AppendEntries message: entries x batch_bytes_max.
-            max_payload_entries: 32,
+            max_payload_entries: crate::network::APPEND_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
             // Keep a window of log behind each snapshot, so a follower that is a little behind
             // catches up from the log rather than racing a purge with a snapshot install.

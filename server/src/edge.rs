@@ -715,6 +715,9 @@ impl Ordo for OrdoService {
         let Outcome::Kv { results, abort } = &result.outcome else {
             return Err(reused(&result, "this transaction"));
         };
+        // A committed transaction has one result per operation, unless it answers a retry
+        // whose read values were not kept (see `DedupeRecord::new`).
+        let results_not_kept = abort.is_none() && results.is_empty();
         Ok(Response::new(v1::TransactResponse {
             request_id: result.request_id.clone(),
             committed: abort.is_none(),
@@ -726,6 +729,7 @@ impl Ordo for OrdoService {
                 })
                 .collect(),
             reason: abort.clone().unwrap_or_default(),
+            results_not_kept,
         }))
     }
 

@@ -103,6 +103,22 @@ async fn registers_lists_cas_and_atomicity() {
     let r = c.transact(vec![read("once")], None).await.unwrap();
     assert_eq!(list(&r.results[0]), Some(vec![1]));
 
+    eprintln!("--- phase: a retry of a transaction that read says so, without the values");
+    let first = c
+        .transact(vec![append("r", 4), read("r")], Some("kv-2".into()))
+        .await
+        .unwrap();
+    assert_eq!(list(&first.results[1]), Some(vec![4]));
+    assert!(!first.results_not_kept);
+    let again = c
+        .transact(vec![append("r", 4), read("r")], Some("kv-2".into()))
+        .await
+        .unwrap();
+    assert!(again.committed && again.results_not_kept && again.results.is_empty());
+    assert_eq!(again.epoch, first.epoch);
+    let r = c.transact(vec![read("r")], None).await.unwrap();
+    assert_eq!(list(&r.results[0]), Some(vec![4]), "applied once");
+
     eprintln!("--- phase: many keys (several partitions) in one transaction");
     let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
     let r = c

@@ -9,11 +9,22 @@
 //! On disk: a directory of segment files `seg-<seqno>.wal`, each a sequence of records
 //! `[len: u32 LE][crc32: u32 LE][payload: len bytes]`. A payload is a one-byte tag followed by
 //! the bincode of an entry, a truncation point, a purge point, a vote or the committed log id.
-//! Replaying the segments in order rebuilds the state. Every new segment starts with the current
-//! vote, committed id and purge point, so deleting a prefix of old segments (after a purge) never
-//! loses them. A torn record at the tail of the last segment (a crash during an append that was
-//! never acknowledged) is cut off on open; a bad record anywhere else is corruption and opening
-//! fails loudly.
+//! Replaying the segments in order rebuilds the state.
+//!
+//! Every segment starts with a header: the current vote and purge point (when there are any),
+//! then the committed id, always present and always last, so that a whole header can be told
+//! from a torn one. A new segment's header is written and fsynced, and the directory fsynced,
+//! before any record lands in it; a purge deletes only segments before the tail. So the vote,
+//! committed id and purge point survive a crash at any step of starting a segment and the
+//! deletion of every older segment: on open, a newest segment whose header is torn is a torn
+//! tail and is removed (the segment before it still holds the state), and an oldest segment
+//! after the first whose header is torn is refused, never read as an empty log.
+//!
+//! A bad record (short, implausible length, checksum mismatch) that is the last thing in the
+//! last segment is a torn append that was never acknowledged, and is cut off on open. A bad
+//! record followed by an intact one, or a bad record in any segment but the last, is damage to
+//! fsynced data: opening fails with an error that names the segment file and the offset, and
+//! the node does not start.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -72,7 +83,8 @@ struct State<C: RaftTypeConfig> {
     last_purged: Option<LogId<C::NodeId>>,
     vote: Option<Vote<C::NodeId>>,
     committed: Option<LogId<C::NodeId>>,
-    /// Segments in order; the last one is being appended to.
+    /// Segments in order; the last one is being appended to. Each starts with a whole header
+    /// (see `start_segment`), which is what lets a purge delete the ones before the tail.
     segments: Vec<Segment>,
     /// Bytes written to the last segment.
     tail_len: u64,
@@ -132,6 +144,100 @@ fn encode_record(tag: u8, body: &impl Serialize) -> io::Result<Vec<u8>> {
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
     bincode::deserialize(bytes).map_err(|e| io_err(format!("undecodable log record: {e}")))
+}
+
+/// The payload of the record that starts at `pos`, or why there is no whole, intact record.
+fn record_at(bytes: &[u8], pos: usize) -> Result<&[u8], &'static str> {
+    let header_end = pos + RECORD_HEADER_BYTES;
+    if header_end > bytes.len() {
+        return Err("torn record header");
+    }
+    let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[pos + 4..header_end].try_into().expect("4 bytes"));
+    if len == 0 || len > RECORD_BYTES_MAX {
+        return Err("implausible record length");
+    }
+    if header_end + len > bytes.len() {
+        return Err("torn record");
+    }
+    let payload = &bytes[header_end..header_end + len];
+    if crc32fast::hash(payload) != crc {
+        return Err("checksum mismatch");
+    }
+    Ok(payload)
+}
+
+/// A record read back from a segment.
+struct Record<'a> {
+    /// Where the record (its length field) starts in the segment, for errors and locations.
+    offset: usize,
+    /// The tag byte and the bincode body.
+    payload: &'a [u8],
+}
+
+/// A segment's records in order, and the length of the valid prefix they fill.
+///
+/// A record that cannot be read ends the segment only if it can be a torn append: in the last
+/// segment, with no intact record anywhere after it. A bad record followed by an intact one is
+/// damage to data that was already fsynced (appends are written in order, and each is
+/// acknowledged only once synced): cutting it off would silently drop acknowledged records, so
+/// that is an error and the node does not start. (A crash could in principle leave unsynced
+/// pages on disk out of order and be refused too; refusing is the side on which nothing
+/// acknowledged is lost.)
+fn read_records<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    is_last: bool,
+) -> io::Result<(Vec<Record<'a>>, usize)> {
+    let mut records = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let what = match record_at(bytes, pos) {
+            Ok(payload) => {
+                records.push(Record {
+                    offset: pos,
+                    payload,
+                });
+                pos += RECORD_HEADER_BYTES + payload.len();
+                continue;
+            }
+            Err(what) => what,
+        };
+        if !is_last {
+            return Err(io_err(format!(
+                "corrupt raft log: {what} at offset {pos} of {} (not the last segment)",
+                path.display()
+            )));
+        }
+        // Bounded by the segment's size; only runs on a log that a crash or damage left bad.
+        let intact_after = (pos + 1..bytes.len()).find(|&at| {
+            record_at(bytes, at).is_ok_and(|p| (TAG_ENTRY..=TAG_COMMITTED).contains(&p[0]))
+        });
+        if let Some(next) = intact_after {
+            return Err(io_err(format!(
+                "corrupt raft log: {what} at offset {pos} of {}, followed by an intact record at \
+                 offset {next}: records that were already fsynced are damaged; refusing to open \
+                 the log rather than cut them off",
+                path.display()
+            )));
+        }
+        break;
+    }
+    Ok((records, pos))
+}
+
+/// Whether a segment starts with a whole header: votes and purge points, then the committed id
+/// that every header carries and writes last. (Segments written when the committed id came
+/// second in the header pass the same test.)
+fn header_complete(records: &[Record]) -> bool {
+    for record in records {
+        match record.payload[0] {
+            TAG_VOTE | TAG_PURGE => continue,
+            TAG_COMMITTED => return true,
+            _ => return false,
+        }
+    }
+    false
 }
 
 impl<C> LogStore<C>
@@ -198,82 +304,90 @@ impl<C: RaftTypeConfig> State<C>
 where
     C::Entry: Serialize + DeserializeOwned,
 {
+    /// Replays segment `seqno` into the state and adopts it, or removes it if it is the newest
+    /// segment and its header never reached the disk whole.
     fn replay_segment(&mut self, seqno: u64, is_last: bool) -> io::Result<()> {
         let path = segment_path(&self.dir, seqno);
         let bytes = fs::read(&path)?;
-        let mut pos = 0usize;
+        let (records, valid_len) = read_records(&path, &bytes, is_last)?;
+        if !header_complete(&records) {
+            let has_earlier = !self.segments.is_empty();
+            // A crash while a segment was started leaves it with a torn header and nothing after
+            // it: no record is written to a segment before its header is fsynced. What the torn
+            // header holds repeats the segments before it, which are all still there (none is
+            // deleted before the newest header is durable), so removing it loses nothing. The
+            // log's first segment has no segment before it: torn, it means nothing was ever saved.
+            if is_last && (has_earlier || seqno == 1) && self.repeats_state(&path, &records)? {
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = bytes.len(),
+                    "removing the newest raft log segment: a crash tore its header, the segment \
+                     before it holds the log's state"
+                );
+                fs::remove_file(&path)?;
+                sync_dir(&self.dir)?;
+                return Ok(());
+            }
+            // With no segment before it, a segment after the first one had its predecessors
+            // deleted by a purge, and its header is all that held the vote.
+            if !has_earlier && seqno > 1 {
+                return Err(io_err(format!(
+                    "corrupt raft log: {} is the oldest segment left but its header (vote, purge \
+                     point, committed id) is incomplete, and the segments that held them are \
+                     deleted; refusing to open the log rather than lose the vote",
+                    path.display()
+                )));
+            }
+            // Otherwise a segment that an earlier version of this log adopted with a torn header
+            // and wrote to: what it holds is real, and the segments before it (if any were
+            // ever written) still hold the rest of the state. Replay it as it is.
+        }
         let mut max_index = None;
-        while pos < bytes.len() {
-            let header_end = pos + RECORD_HEADER_BYTES;
-            let torn = |what: &str| -> io::Result<()> {
-                if is_last {
-                    Ok(())
-                } else {
-                    Err(io_err(format!(
-                        "corrupt raft log: {what} at offset {pos} of {} (not the last segment)",
-                        path.display()
-                    )))
-                }
-            };
-            if header_end > bytes.len() {
-                torn("torn record header")?;
-                break;
-            }
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_le_bytes(bytes[pos + 4..header_end].try_into().expect("4 bytes"));
-            if len == 0 || len > RECORD_BYTES_MAX || header_end + len > bytes.len() {
-                torn("torn record")?;
-                break;
-            }
-            let payload = &bytes[header_end..header_end + len];
-            if crc32fast::hash(payload) != crc {
-                torn("checksum mismatch")?;
-                break;
-            }
+        for Record { offset, payload } in records {
             let body = &payload[1..];
+            let corrupt = |e: io::Error| {
+                io_err(format!(
+                    "corrupt raft log: {e} at offset {offset} of {}",
+                    path.display()
+                ))
+            };
             match payload[0] {
                 TAG_ENTRY => {
-                    let entry: C::Entry = decode(body)?;
+                    let entry: C::Entry = decode(body).map_err(corrupt)?;
                     let log_id = entry.get_log_id().clone();
                     let loc = Loc {
                         seqno,
-                        offset: header_end as u64,
-                        len: len as u32,
+                        offset: (offset + RECORD_HEADER_BYTES) as u64,
+                        len: payload.len() as u32,
                     };
                     max_index = max_index.max(Some(log_id.index));
                     self.index.insert(log_id.index, (log_id, loc));
                 }
                 TAG_TRUNCATE => {
-                    let since: u64 = decode(body)?;
+                    let since: u64 = decode(body).map_err(corrupt)?;
                     self.index.split_off(&since);
                 }
                 TAG_PURGE => {
-                    let upto: LogId<C::NodeId> = decode(body)?;
+                    let upto: LogId<C::NodeId> = decode(body).map_err(corrupt)?;
                     self.index = self.index.split_off(&(upto.index + 1));
                     self.last_purged = Some(upto);
                 }
-                TAG_VOTE => self.vote = Some(decode(body)?),
-                TAG_COMMITTED => self.committed = decode(body)?,
-                tag => {
-                    return Err(io_err(format!(
-                        "corrupt raft log: unknown record tag {tag} in {}",
-                        path.display()
-                    )))
-                }
+                TAG_VOTE => self.vote = Some(decode(body).map_err(corrupt)?),
+                TAG_COMMITTED => self.committed = decode(body).map_err(corrupt)?,
+                tag => return Err(corrupt(io_err(format!("unknown record tag {tag}")))),
             }
-            pos = header_end + len;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        if is_last && (pos as u64) < file.metadata()?.len() {
+        if valid_len < bytes.len() {
             tracing::warn!(
                 segment = %path.display(),
-                valid_bytes = pos,
+                valid_bytes = valid_len,
                 "cutting a torn tail off the raft log (an append that was never acknowledged)"
             );
-            file.set_len(pos as u64)?;
+            file.set_len(valid_len as u64)?;
             file.sync_all()?;
         }
-        self.tail_len = pos as u64;
+        self.tail_len = valid_len as u64;
         self.segments.push(Segment {
             seqno,
             file: Arc::new(file),
@@ -283,7 +397,38 @@ where
         Ok(())
     }
 
-    /// Starts segment `seqno` with the records that must survive the deletion of older ones.
+    /// Whether every record is a vote or a purge point the state already holds: all that a
+    /// header torn before its committed id can contain.
+    fn repeats_state(&self, path: &Path, records: &[Record]) -> io::Result<bool> {
+        for Record { offset, payload } in records {
+            let body = &payload[1..];
+            let corrupt = |e: io::Error| {
+                io_err(format!(
+                    "corrupt raft log: {e} at offset {offset} of {}",
+                    path.display()
+                ))
+            };
+            let repeated = match payload[0] {
+                TAG_VOTE => self.vote == Some(decode(body).map_err(corrupt)?),
+                TAG_PURGE => self.last_purged == Some(decode(body).map_err(corrupt)?),
+                _ => false,
+            };
+            if !repeated {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Starts segment `seqno` with its header: the vote, the purge point and the committed id,
+    /// the state that must survive the deletion of older segments. The committed id is always
+    /// written, and written last, so that open can tell a whole header from a torn one.
+    ///
+    /// Order of operations: the file is created, the header written and fsynced, then the
+    /// directory fsynced; only then does the segment become the tail. So no record lands in it,
+    /// and no older segment is deleted (a purge deletes only segments before the tail), until
+    /// its header is on disk whole. A crash at any step leaves no new file, or one with a torn
+    /// header that open removes (the segment before it holds the state), or a whole header.
     fn start_segment(&mut self, seqno: u64) -> io::Result<()> {
         let path = segment_path(&self.dir, seqno);
         let file = OpenOptions::new()
@@ -295,10 +440,10 @@ where
         if let Some(vote) = &self.vote {
             header.extend(encode_record(TAG_VOTE, vote)?);
         }
-        header.extend(encode_record(TAG_COMMITTED, &self.committed)?);
         if let Some(purged) = &self.last_purged {
             header.extend(encode_record(TAG_PURGE, purged)?);
         }
+        header.extend(encode_record(TAG_COMMITTED, &self.committed)?);
         file.write_all_at(&header, 0)?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
@@ -520,7 +665,9 @@ where
         state.write_synced(&record).map_err(write_err::<C>)?;
         state.index = state.index.split_off(&(log_id.index + 1));
         state.last_purged = Some(log_id.clone());
-        // Delete whole segments (never the tail) that hold nothing past the purge point.
+        // Delete whole segments (never the tail) that hold nothing past the purge point. The
+        // purge record above is synced first, and the tail's header has been on disk whole since
+        // it became the tail, so the vote and committed id outlive the deleted segments.
         let mut removed = 0;
         while state.segments.len() > 1 {
             let first = &state.segments[0];
