@@ -57,6 +57,12 @@ const INVENTORY_STOCK: i64 = 20;
 const BANK_STOCK: i64 = 100;
 /// How long one client operation may take before its outcome counts as unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of one operation, all with the same request id (the client retries UNAVAILABLE
+/// and unanswered attempts), within [`OP_TIMEOUT`].
+const OP_ATTEMPTS: u32 = 3;
+/// How long one attempt may go unanswered before the next.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+const DAY_MS: i64 = 24 * 3600 * 1000;
 /// How long recovery (restarts, final reads, agreement) may take after the nemesis stops.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Orders read per ListOrders page in the final read.
@@ -521,8 +527,9 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
     }
 }
 
-/// One logical client slot until `end`: single-threaded processes, one attempt per operation;
-/// an operation with an unknown outcome retires its process and a fresh one takes the slot.
+/// One logical client slot until `end`: single-threaded processes, up to [`OP_ATTEMPTS`]
+/// attempts per operation with the same request id; an operation with an unknown outcome
+/// retires its process and a fresh one takes the slot.
 /// Reads are at least as new as `setup_epoch` (the dataset the history's `init` describes),
 /// wherever the slot's node is.
 async fn client_slot(
@@ -541,9 +548,11 @@ async fn client_slot(
             client = Client::connect(endpoint.clone()).await.ok().map(|c| {
                 c.observe_epoch(setup_epoch);
                 c.with_retry(RetryPolicy {
-                    attempts_max: 1,
-                    ..Default::default()
+                    attempts_max: OP_ATTEMPTS,
+                    backoff_initial: Duration::from_millis(50),
+                    backoff_max: Duration::from_millis(500),
                 })
+                .with_attempt_timeout(ATTEMPT_TIMEOUT)
             });
             if client.is_none() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -657,12 +666,15 @@ async fn inject(
                 vec![random_node(rng)]
             };
             let sign = if rng.below(2) == 0 { 1 } else { -1 };
-            let (offset_ms, strobe_ms, period_ms) = if rng.below(2) == 0 {
+            let (offset_ms, strobe_ms, period_ms) = match rng.below(3) {
                 // A bump: up to ten minutes either way.
-                (sign * (1 + rng.below(600_000) as i64), 0, 0)
-            } else {
+                0 => (sign * (1 + rng.below(600_000) as i64), 0, 0),
+                // A leap forward by one to two days: past the 24 h dedupe time window, so a
+                // request id retried across it is exactly-once only if retention does not
+                // trust the clock.
+                1 => (DAY_MS + rng.below(DAY_MS as u64 + 1) as i64, 0, 0),
                 // A strobe: flipping by up to a minute every 1-20 ms.
-                (0, sign * (1 + rng.below(60_000) as i64), 1 + rng.below(20))
+                _ => (0, sign * (1 + rng.below(60_000) as i64), 1 + rng.below(20)),
             };
             let mut set = Vec::new();
             for &v in &victims {

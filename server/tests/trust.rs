@@ -373,3 +373,37 @@ fn a_replica_with_another_partition_count_stops_and_says_why() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_across_a_two_day_clock_leap_is_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &["--fault-injection"]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let id = Some("before-the-leap".to_string());
+    let first = client
+        .place_order(&[line(1, 1, 2)], false, id.clone())
+        .await
+        .unwrap();
+    assert!(committed(&first));
+
+    eprintln!("--- phase: the leader's clock leaps two days ahead; epochs go on");
+    let two_days_ms = 2 * 24 * 3600 * 1000;
+    client.set_clock_fault(two_days_ms, 0, 0).await.unwrap();
+    for _ in 0..8 {
+        let placed = client
+            .place_order(&[line(2, 1, 1)], false, None)
+            .await
+            .unwrap();
+        assert!(committed(&placed));
+    }
+
+    eprintln!("--- phase: the retry gets the first answer; nothing is applied twice");
+    let retry = client
+        .place_order(&[line(1, 1, 2)], false, id)
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 8);
+    client.set_clock_fault(0, 0, 0).await.unwrap();
+}
