@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use ordo_client::v1;
 use ordo_proto::internal::v1::raft_client::RaftClient;
@@ -406,4 +408,142 @@ async fn a_retry_across_a_two_day_clock_leap_is_exactly_once() {
     assert_eq!(retry, first);
     assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 8);
     client.set_clock_fault(0, 0, 0).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_traffic_on_every_port_of_a_cluster_changes_nothing() {
+    let cluster = Cluster::start(3, 0, 10, &[]).await;
+    let client = cluster.client().await;
+
+    eprintln!("--- phase: orders through every node");
+    let mut committed_ids = Vec::new();
+    for node in &cluster.nodes {
+        let c = node.client().await;
+        let r = c.place_order(&[line(1, 1, 1)], false, None).await.unwrap();
+        assert!(committed(&r));
+        committed_ids.push(r.order_id);
+    }
+
+    eprintln!("--- phase: hostile calls on every client port and every peer port");
+    for node in &cluster.nodes {
+        let mut on_client = RaftClient::new(channel(&node.endpoint()).await);
+        let refused = on_client
+            .forward(forward_request(&[order("x1", 1, 1, i64::MIN)]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unimplemented);
+
+        let mut on_peer = RaftClient::new(channel(&format!("http://{}", node.peer_addr)).await);
+        let refused = on_peer
+            .forward(forward_request(&[order("x2", 1, 1, -5)]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+        // With the secret: inadmissible transactions come back refused (from the leader), or
+        // the whole call is refused (a follower is not the leader); nothing is sequenced.
+        let answer = on_peer
+            .forward(with_secret(
+                forward_request(&[order("x3", 1, 1, -5), order("x4", 1, 1, i64::MIN)]),
+                TEST_SECRET,
+            ))
+            .await;
+        match answer {
+            Ok(a) => assert_eq!(a.into_inner().refused.len(), 2),
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition),
+        }
+        for data in [vec![], vec![0xff; 1000], vec![1; 7]] {
+            for call in 0..3 {
+                let request = with_secret(
+                    tonic::Request::new(RaftPayload { data: data.clone() }),
+                    TEST_SECRET,
+                );
+                let refused = match call {
+                    0 => on_peer.append_entries(request).await,
+                    1 => on_peer.vote(request).await,
+                    _ => on_peer.install_snapshot(request).await,
+                }
+                .unwrap_err();
+                assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+            }
+        }
+        // Oversized and malformed client messages.
+        let mut ordo =
+            ordo_proto::v1::ordo_client::OrdoClient::new(channel(&node.endpoint()).await)
+                .max_encoding_message_size(64 * 1024 * 1024);
+        let huge = v1::PlaceOrderRequest {
+            request_id: "huge".into(),
+            user: "u".repeat(8 * 1024 * 1024),
+            lines: vec![v1::OrderLine {
+                dc_id: 1,
+                sku: 1,
+                qty: 1,
+            }],
+            ..Default::default()
+        };
+        let refused = ordo.place_order(huge).await.unwrap_err();
+        assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+        let bad = ordo
+            .place_order(v1::PlaceOrderRequest {
+                request_id: "bad qty".into(),
+                lines: vec![v1::OrderLine {
+                    dc_id: 1,
+                    sku: 1,
+                    qty: i64::MIN,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument);
+    }
+
+    eprintln!("--- phase: one request id, other bodies, sent to different nodes at once");
+    let mut calls = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let c = node.client().await;
+        calls.push(tokio::spawn(async move {
+            c.place_order(&[line(i as u32 + 1, 2, 1)], false, Some("shared-id".into()))
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                assert!(committed(&r));
+                committed_ids.push(r.order_id);
+                winners += 1;
+            }
+            Err(e) => assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}"),
+        }
+    }
+    assert_eq!(
+        winners, 1,
+        "the first of them commits, the others are refused"
+    );
+    let sku2: i64 = {
+        let mut total = 0;
+        for dc in 1..=3 {
+            total += client.get_stock(dc, 2).await.unwrap().on_hand;
+        }
+        total
+    };
+    assert_eq!(sku2, 30 - 1, "one body under the id was applied, once");
+
+    eprintln!("--- phase: the cluster still works, agrees, and lost nothing");
+    let r = client
+        .place_order(&[line(2, 1, 1)], false, None)
+        .await
+        .unwrap();
+    assert!(committed(&r));
+    committed_ids.push(r.order_id);
+    let epoch = client.status().await.unwrap().applied_epoch;
+    cluster.wait_agreement(epoch, Duration::from_secs(30)).await;
+    let listed = client.list_orders(0, 1000).await.unwrap();
+    for id in committed_ids {
+        assert!(
+            listed.orders.iter().any(|o| o.order_id == id),
+            "order {id} is missing"
+        );
+    }
 }
