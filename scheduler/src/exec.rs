@@ -120,8 +120,7 @@ pub fn execute_epoch(
     let mut start = 0;
     while start < txns.len() {
         if txns[start].op.is_global() {
-            let overlay = overlays.get_mut(&Part::Global).expect("global overlay");
-            let result = run_global(store, overlay, epoch, time_ms, start, &txns[start])?;
+            let result = run_global(store, &mut overlays, epoch, time_ms, start, &txns[start])?;
             results[start] = Some(result);
             start += 1;
             continue;
@@ -339,10 +338,12 @@ pub(crate) fn dedupe_answer(txn: &Txn, record: DedupeRecord, epoch: u64) -> TxnR
     }
 }
 
-/// A DC or catalogue change: runs alone against the global partition.
+/// A DC or catalogue change: runs alone, between the partitioned segments of an epoch, so it
+/// may touch any partition: its data goes to the global partition, its dedupe entry to its
+/// request id's home like every other transaction's (one namespace of request ids).
 fn run_global(
     store: &Store,
-    overlay: &mut Overlay,
+    overlays: &mut BTreeMap<Part, Overlay>,
     epoch: u64,
     time_ms: u64,
     seq: usize,
@@ -353,11 +354,19 @@ fn run_global(
         epoch,
         outcome: Outcome::Refused { code, reason },
     };
-    if validate::request_id_ok(&txn.request_id).is_ok() {
-        if let Some(record) = read_dedupe(store, overlay, Part::Global, &txn.request_id)? {
-            return Ok(dedupe_answer(txn, record, epoch));
+    let home = request_part(&txn.request_id, store.partitions());
+    let dedupe = validate::request_id_ok(&txn.request_id).is_ok();
+    if dedupe {
+        // Entries written before request ids had one home kept global ones in the global
+        // partition.
+        for part in [home, Part::Global] {
+            let overlay = overlays.get(&part).expect("overlay per partition");
+            if let Some(record) = read_dedupe(store, overlay, part, &txn.request_id)? {
+                return Ok(dedupe_answer(txn, record, epoch));
+            }
         }
     }
+    let overlay = overlays.get_mut(&Part::Global).expect("global overlay");
     let result = match validate::validate(txn) {
         Err(reason) => refused(RefuseCode::Invalid, reason),
         Ok(()) => match &txn.op {
@@ -422,7 +431,8 @@ fn run_global(
             }
         },
     };
-    if validate::request_id_ok(&txn.request_id).is_ok() {
+    if dedupe {
+        let overlay = overlays.get_mut(&home).expect("overlay per partition");
         remember(overlay, seq, time_ms, txn, &result);
     }
     Ok(result)

@@ -206,7 +206,8 @@ impl Model {
                     }
                 }
             }
-            _ => unreachable!("the workload has no global transactions after seeding"),
+            Op::ClusterConfig { .. } => Outcome::Upserted,
+            _ => unreachable!("the workload has no other global transactions after seeding"),
         };
         self.seen
             .insert(txn.request_id.clone(), (txn.op.clone(), outcome.clone()));
@@ -280,6 +281,13 @@ impl Rng {
 fn random_txn(rng: &mut Rng, id: String) -> Txn {
     if rng.below(10) == 0 {
         return hostile_txn(rng, id);
+    }
+    if rng.below(60) == 0 {
+        // A global transaction in the middle of an epoch splits it into segments.
+        return Txn {
+            request_id: id,
+            op: Op::ClusterConfig { partitions: 3 },
+        };
     }
     let from_dc = rng.below(DCS as u64) as u32 + 1;
     let op = if rng.below(8) == 0 {
