@@ -385,6 +385,19 @@ fn not_applied(mut status: Status) -> Status {
     status
 }
 
+/// Marks a write's failure as definite when its code says the request itself was refused
+/// (nothing of it was queued); other failures keep whatever trailer they carry.
+fn mark_definite(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::OutOfRange => not_applied(status),
+        _ => status,
+    }
+}
+
 /// The status of a transaction that execution refused outright; `None` for any other result.
 /// Such a transaction changed nothing, on any replica.
 fn refused(result: &TxnResult) -> Option<Status> {
@@ -406,9 +419,9 @@ fn reused(result: &TxnResult, expected: &str) -> Status {
     ))
 }
 
-#[tonic::async_trait]
-impl Ordo for OrdoService {
-    async fn place_order(
+/// The write handlers; the `Ordo` impl marks their definite failures ([`mark_definite`]).
+impl OrdoService {
+    async fn place_order_unmarked(
         &self,
         request: Request<v1::PlaceOrderRequest>,
     ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
@@ -418,7 +431,7 @@ impl Ordo for OrdoService {
         Ok(Response::new(v1::PlaceOrderResponse { result }))
     }
 
-    async fn place_orders(
+    async fn place_orders_unmarked(
         &self,
         request: Request<v1::PlaceOrdersRequest>,
     ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
@@ -447,7 +460,7 @@ impl Ordo for OrdoService {
         Ok(Response::new(v1::PlaceOrdersResponse { results }))
     }
 
-    async fn restock(
+    async fn restock_unmarked(
         &self,
         request: Request<v1::RestockRequest>,
     ) -> Result<Response<v1::RestockResponse>, Status> {
@@ -484,7 +497,7 @@ impl Ordo for OrdoService {
         }))
     }
 
-    async fn transfer_stock(
+    async fn transfer_stock_unmarked(
         &self,
         request: Request<v1::TransferStockRequest>,
     ) -> Result<Response<v1::TransferStockResponse>, Status> {
@@ -540,6 +553,168 @@ impl Ordo for OrdoService {
         }))
     }
 
+    async fn upsert_dc_unmarked(
+        &self,
+        request: Request<v1::UpsertDcRequest>,
+    ) -> Result<Response<v1::UpsertDcResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "upsert_dc")?;
+        let dc =
+            r.dc.ok_or_else(|| Status::invalid_argument("upsert_dc: dc is required"))?;
+        let existing = match dc.dc_id {
+            0 => None,
+            id => reads::dc(&self.node.store, id).map_err(internal)?,
+        };
+        let record = convert::dc_record(dc, existing.as_ref(), &self.limits)?;
+        let result = self
+            .run(vec![Txn {
+                request_id,
+                op: Op::UpsertDc(record),
+            }])
+            .await?
+            .remove(0);
+        if result.outcome != Outcome::Upserted {
+            return Err(reused(&result, "an upsert"));
+        }
+        Ok(Response::new(v1::UpsertDcResponse {
+            request_id: result.request_id,
+            epoch: result.epoch,
+        }))
+    }
+
+    async fn upsert_item_unmarked(
+        &self,
+        request: Request<v1::UpsertItemRequest>,
+    ) -> Result<Response<v1::UpsertItemResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "upsert_item")?;
+        let item = r
+            .item
+            .ok_or_else(|| Status::invalid_argument("upsert_item: item is required"))?;
+        let record = convert::item_record(item, &self.limits)?;
+        let result = self
+            .run(vec![Txn {
+                request_id,
+                op: Op::UpsertItem(record),
+            }])
+            .await?
+            .remove(0);
+        if result.outcome != Outcome::Upserted {
+            return Err(reused(&result, "an upsert"));
+        }
+        Ok(Response::new(v1::UpsertItemResponse {
+            request_id: result.request_id,
+            epoch: result.epoch,
+        }))
+    }
+
+    async fn transact_unmarked(
+        &self,
+        request: Request<v1::TransactRequest>,
+    ) -> Result<Response<v1::TransactResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "transact")?;
+        if r.ops.is_empty() || r.ops.len() > self.limits.kv_ops_per_txn_max {
+            return Err(Status::invalid_argument(format!(
+                "transact: between 1 and {} operations, not {}",
+                self.limits.kv_ops_per_txn_max,
+                r.ops.len()
+            )));
+        }
+        let ops = r
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| convert::kv_op(op, &format!("ops[{i}]"), &self.limits))
+            .collect::<Result<Vec<_>, _>>()?;
+        let txn = Txn {
+            request_id,
+            op: Op::Kv(ops),
+        };
+        let result = self.run(vec![txn]).await?.remove(0);
+        let Outcome::Kv { results, abort } = &result.outcome else {
+            return Err(reused(&result, "this transaction"));
+        };
+        // A committed transaction has one result per operation, unless it answers a retry
+        // whose read values were not kept (see `DedupeRecord::new`).
+        let results_not_kept = abort.is_none() && results.is_empty();
+        Ok(Response::new(v1::TransactResponse {
+            request_id: result.request_id.clone(),
+            committed: abort.is_none(),
+            epoch: result.epoch,
+            results: results
+                .iter()
+                .map(|v| v1::KvResult {
+                    value: v.as_ref().map(convert::kv_value),
+                })
+                .collect(),
+            reason: abort.clone().unwrap_or_default(),
+            results_not_kept,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Ordo for OrdoService {
+    async fn place_order(
+        &self,
+        request: Request<v1::PlaceOrderRequest>,
+    ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
+        self.place_order_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn place_orders(
+        &self,
+        request: Request<v1::PlaceOrdersRequest>,
+    ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
+        self.place_orders_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn restock(
+        &self,
+        request: Request<v1::RestockRequest>,
+    ) -> Result<Response<v1::RestockResponse>, Status> {
+        self.restock_unmarked(request).await.map_err(mark_definite)
+    }
+
+    async fn transfer_stock(
+        &self,
+        request: Request<v1::TransferStockRequest>,
+    ) -> Result<Response<v1::TransferStockResponse>, Status> {
+        self.transfer_stock_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn upsert_dc(
+        &self,
+        request: Request<v1::UpsertDcRequest>,
+    ) -> Result<Response<v1::UpsertDcResponse>, Status> {
+        self.upsert_dc_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn upsert_item(
+        &self,
+        request: Request<v1::UpsertItemRequest>,
+    ) -> Result<Response<v1::UpsertItemResponse>, Status> {
+        self.upsert_item_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn transact(
+        &self,
+        request: Request<v1::TransactRequest>,
+    ) -> Result<Response<v1::TransactResponse>, Status> {
+        self.transact_unmarked(request).await.map_err(mark_definite)
+    }
+
     async fn list_orders(
         &self,
         request: Request<v1::ListOrdersRequest>,
@@ -573,61 +748,6 @@ impl Ordo for OrdoService {
             orders: orders.iter().map(convert::order).collect(),
             next_after_order_id,
             epoch,
-        }))
-    }
-
-    async fn upsert_dc(
-        &self,
-        request: Request<v1::UpsertDcRequest>,
-    ) -> Result<Response<v1::UpsertDcResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "upsert_dc")?;
-        let dc =
-            r.dc.ok_or_else(|| Status::invalid_argument("upsert_dc: dc is required"))?;
-        let existing = match dc.dc_id {
-            0 => None,
-            id => reads::dc(&self.node.store, id).map_err(internal)?,
-        };
-        let record = convert::dc_record(dc, existing.as_ref(), &self.limits)?;
-        let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertDc(record),
-            }])
-            .await?
-            .remove(0);
-        if result.outcome != Outcome::Upserted {
-            return Err(reused(&result, "an upsert"));
-        }
-        Ok(Response::new(v1::UpsertDcResponse {
-            request_id: result.request_id,
-            epoch: result.epoch,
-        }))
-    }
-
-    async fn upsert_item(
-        &self,
-        request: Request<v1::UpsertItemRequest>,
-    ) -> Result<Response<v1::UpsertItemResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "upsert_item")?;
-        let item = r
-            .item
-            .ok_or_else(|| Status::invalid_argument("upsert_item: item is required"))?;
-        let record = convert::item_record(item, &self.limits)?;
-        let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertItem(record),
-            }])
-            .await?
-            .remove(0);
-        if result.outcome != Outcome::Upserted {
-            return Err(reused(&result, "an upsert"));
-        }
-        Ok(Response::new(v1::UpsertItemResponse {
-            request_id: result.request_id,
-            epoch: result.epoch,
         }))
     }
 
@@ -685,51 +805,6 @@ impl Ordo for OrdoService {
             .ok_or_else(|| Status::not_found(format!("order {order_id} does not exist")))?;
         Ok(Response::new(v1::GetOrderResponse {
             order: Some(convert::order(&order)),
-        }))
-    }
-
-    async fn transact(
-        &self,
-        request: Request<v1::TransactRequest>,
-    ) -> Result<Response<v1::TransactResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "transact")?;
-        if r.ops.is_empty() || r.ops.len() > self.limits.kv_ops_per_txn_max {
-            return Err(Status::invalid_argument(format!(
-                "transact: between 1 and {} operations, not {}",
-                self.limits.kv_ops_per_txn_max,
-                r.ops.len()
-            )));
-        }
-        let ops = r
-            .ops
-            .into_iter()
-            .enumerate()
-            .map(|(i, op)| convert::kv_op(op, &format!("ops[{i}]"), &self.limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        let txn = Txn {
-            request_id,
-            op: Op::Kv(ops),
-        };
-        let result = self.run(vec![txn]).await?.remove(0);
-        let Outcome::Kv { results, abort } = &result.outcome else {
-            return Err(reused(&result, "this transaction"));
-        };
-        // A committed transaction has one result per operation, unless it answers a retry
-        // whose read values were not kept (see `DedupeRecord::new`).
-        let results_not_kept = abort.is_none() && results.is_empty();
-        Ok(Response::new(v1::TransactResponse {
-            request_id: result.request_id.clone(),
-            committed: abort.is_none(),
-            epoch: result.epoch,
-            results: results
-                .iter()
-                .map(|v| v1::KvResult {
-                    value: v.as_ref().map(convert::kv_value),
-                })
-                .collect(),
-            reason: abort.clone().unwrap_or_default(),
-            results_not_kept,
         }))
     }
 

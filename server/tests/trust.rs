@@ -547,3 +547,30 @@ async fn hostile_traffic_on_every_port_of_a_cluster_changes_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_say_the_write_was_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    seed(&node.client().await, 10).await;
+    let mut ordo = ordo_proto::v1::ordo_client::OrdoClient::new(channel(&node.endpoint).await);
+    let order = |dc_id, qty| v1::PlaceOrderRequest {
+        lines: vec![v1::OrderLine { dc_id, sku: 1, qty }],
+        ..Default::default()
+    };
+    for (request, code) in [
+        (order(1, 0), Code::InvalidArgument),
+        (order(99, 1), Code::NotFound),
+    ] {
+        let status = ordo.place_order(request).await.unwrap_err();
+        assert_eq!(status.code(), code);
+        assert_eq!(
+            status
+                .metadata()
+                .get(ordo_proto::OUTCOME_METADATA_KEY)
+                .map(|v| v.to_str().unwrap()),
+            Some(ordo_proto::OUTCOME_NOT_APPLIED),
+            "{status:?}"
+        );
+    }
+}
