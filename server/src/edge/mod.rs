@@ -20,6 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::limits::Limits;
 
+mod writes;
+
 pub struct OrdoService {
     node: Arc<Node>,
     limits: Limits,
@@ -31,7 +33,7 @@ pub struct OrdoService {
 /// Orders in a ListOrders page when the request names no limit.
 const LIST_ORDERS_DEFAULT: usize = 100;
 
-fn internal(e: impl std::fmt::Display) -> Status {
+pub(super) fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
@@ -347,33 +349,6 @@ impl OrdoService {
     }
 }
 
-/// Whether an order's result belongs to this order request: the same lines (DC, SKU and
-/// requested quantity, in order). A result without lines (rejected before allocation) cannot
-/// tell and is accepted.
-fn same_order(txn: &Txn, result: &v1::OrderResult) -> bool {
-    let Op::PlaceOrder { lines, .. } = &txn.op else {
-        return false;
-    };
-    result.lines.is_empty()
-        || (result.lines.len() == lines.len()
-            && lines
-                .iter()
-                .zip(&result.lines)
-                .all(|(l, r)| (l.dc, l.sku, l.qty) == (r.dc_id, r.sku, r.requested)))
-}
-
-/// The wire results of orders, refusing any whose request id belongs to another request.
-fn order_results(txns: &[Txn], results: &[TxnResult]) -> Result<Vec<v1::OrderResult>, Status> {
-    txns.iter()
-        .zip(results)
-        .map(|(txn, result)| {
-            convert::order_result(result)
-                .filter(|wire| same_order(txn, wire))
-                .ok_or_else(|| reused(result, "this order"))
-        })
-        .collect()
-}
-
 /// Marks a failure as definite: the request was refused before it could be sequenced, so it
 /// will never be applied (trailer `ordo-outcome: not-applied`). Any other failure of a write
 /// may or may not have been applied.
@@ -410,248 +385,6 @@ fn refused(result: &TxnResult) -> Option<Status> {
         model::RefuseCode::RegionChange => Status::failed_precondition(reason.clone()),
     };
     Some(not_applied(status))
-}
-
-fn reused(result: &TxnResult, expected: &str) -> Status {
-    Status::already_exists(format!(
-        "request_id {:?} was already used for a different request than {expected}; use a new request_id",
-        result.request_id
-    ))
-}
-
-/// The write handlers; the `Ordo` impl marks their definite failures ([`mark_definite`]).
-impl OrdoService {
-    async fn place_order_unmarked(
-        &self,
-        request: Request<v1::PlaceOrderRequest>,
-    ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
-        let txns = vec![self.order_txn(request.into_inner(), "order")?];
-        let results = self.run(txns.clone()).await?;
-        let result = order_results(&txns, &results)?.pop();
-        Ok(Response::new(v1::PlaceOrderResponse { result }))
-    }
-
-    async fn place_orders_unmarked(
-        &self,
-        request: Request<v1::PlaceOrdersRequest>,
-    ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
-        let orders = request.into_inner().orders;
-        if orders.is_empty() || orders.len() > self.limits.orders_per_call_max {
-            return Err(Status::invalid_argument(format!(
-                "orders: between 1 and {} orders per call, not {}",
-                self.limits.orders_per_call_max,
-                orders.len()
-            )));
-        }
-        let mut txns = Vec::with_capacity(orders.len());
-        let mut ids = BTreeSet::new();
-        for (i, order) in orders.into_iter().enumerate() {
-            let txn = self.order_txn(order, &format!("orders[{i}]"))?;
-            if !ids.insert(txn.request_id.clone()) {
-                return Err(Status::invalid_argument(format!(
-                    "orders[{i}]: request_id {:?} appears twice in one call",
-                    txn.request_id
-                )));
-            }
-            txns.push(txn);
-        }
-        let results = self.run(txns.clone()).await?;
-        let results = order_results(&txns, &results)?;
-        Ok(Response::new(v1::PlaceOrdersResponse { results }))
-    }
-
-    async fn restock_unmarked(
-        &self,
-        request: Request<v1::RestockRequest>,
-    ) -> Result<Response<v1::RestockResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "restock")?;
-        if r.delta == 0 || r.delta.unsigned_abs() > self.limits.restock_delta_max as u64 {
-            return Err(Status::invalid_argument(format!(
-                "restock: delta must be non-zero and at most {} in magnitude, not {}",
-                self.limits.restock_delta_max, r.delta
-            )));
-        }
-        self.known_dc(r.dc_id, "restock")?;
-        self.known_sku(r.sku, "restock")?;
-        let txn = Txn {
-            request_id,
-            op: Op::Restock {
-                dc: r.dc_id,
-                sku: r.sku,
-                delta: r.delta,
-            },
-        };
-        let result = self.run(vec![txn]).await?.remove(0);
-        let Outcome::Restock { stock, rejection } = &result.outcome else {
-            return Err(reused(&result, "a restock"));
-        };
-        Ok(Response::new(v1::RestockResponse {
-            request_id: result.request_id.clone(),
-            applied: rejection.is_none(),
-            epoch: result.epoch,
-            on_hand: stock.on_hand,
-            reserved: stock.reserved,
-            available: stock.available(),
-            reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
-        }))
-    }
-
-    async fn transfer_stock_unmarked(
-        &self,
-        request: Request<v1::TransferStockRequest>,
-    ) -> Result<Response<v1::TransferStockResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "transfer_stock")?;
-        if r.qty <= 0 || r.qty > self.limits.restock_delta_max {
-            return Err(Status::invalid_argument(format!(
-                "transfer_stock: qty must be 1 to {}, not {}",
-                self.limits.restock_delta_max, r.qty
-            )));
-        }
-        if r.from_dc_id == r.to_dc_id {
-            return Err(Status::invalid_argument(format!(
-                "transfer_stock: from_dc_id and to_dc_id are both {}; a transfer moves stock \
-                 between two DCs",
-                r.from_dc_id
-            )));
-        }
-        self.known_dc(r.from_dc_id, "transfer_stock from_dc_id")?;
-        self.known_dc(r.to_dc_id, "transfer_stock to_dc_id")?;
-        self.known_sku(r.sku, "transfer_stock")?;
-        let txn = Txn {
-            request_id,
-            op: Op::Transfer {
-                sku: r.sku,
-                from_dc: r.from_dc_id,
-                to_dc: r.to_dc_id,
-                qty: r.qty,
-            },
-        };
-        let result = self.run(vec![txn]).await?.remove(0);
-        let Outcome::Transfer {
-            from,
-            to,
-            rejection,
-        } = &result.outcome
-        else {
-            return Err(reused(&result, "a transfer"));
-        };
-        let row = |dc_id, s: &model::StockRecord| v1::DcAvailability {
-            dc_id,
-            on_hand: s.on_hand,
-            reserved: s.reserved,
-            available: s.available(),
-        };
-        Ok(Response::new(v1::TransferStockResponse {
-            request_id: result.request_id.clone(),
-            applied: rejection.is_none(),
-            epoch: result.epoch,
-            from: Some(row(r.from_dc_id, from)),
-            to: Some(row(r.to_dc_id, to)),
-            reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
-        }))
-    }
-
-    async fn upsert_dc_unmarked(
-        &self,
-        request: Request<v1::UpsertDcRequest>,
-    ) -> Result<Response<v1::UpsertDcResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "upsert_dc")?;
-        let dc =
-            r.dc.ok_or_else(|| Status::invalid_argument("upsert_dc: dc is required"))?;
-        let existing = match dc.dc_id {
-            0 => None,
-            id => reads::dc(&self.node.store, id).map_err(internal)?,
-        };
-        let record = convert::dc_record(dc, existing.as_ref(), &self.limits)?;
-        let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertDc(record),
-            }])
-            .await?
-            .remove(0);
-        if result.outcome != Outcome::Upserted {
-            return Err(reused(&result, "an upsert"));
-        }
-        Ok(Response::new(v1::UpsertDcResponse {
-            request_id: result.request_id,
-            epoch: result.epoch,
-        }))
-    }
-
-    async fn upsert_item_unmarked(
-        &self,
-        request: Request<v1::UpsertItemRequest>,
-    ) -> Result<Response<v1::UpsertItemResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "upsert_item")?;
-        let item = r
-            .item
-            .ok_or_else(|| Status::invalid_argument("upsert_item: item is required"))?;
-        let record = convert::item_record(item, &self.limits)?;
-        let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertItem(record),
-            }])
-            .await?
-            .remove(0);
-        if result.outcome != Outcome::Upserted {
-            return Err(reused(&result, "an upsert"));
-        }
-        Ok(Response::new(v1::UpsertItemResponse {
-            request_id: result.request_id,
-            epoch: result.epoch,
-        }))
-    }
-
-    async fn transact_unmarked(
-        &self,
-        request: Request<v1::TransactRequest>,
-    ) -> Result<Response<v1::TransactResponse>, Status> {
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "transact")?;
-        if r.ops.is_empty() || r.ops.len() > self.limits.kv_ops_per_txn_max {
-            return Err(Status::invalid_argument(format!(
-                "transact: between 1 and {} operations, not {}",
-                self.limits.kv_ops_per_txn_max,
-                r.ops.len()
-            )));
-        }
-        let ops = r
-            .ops
-            .into_iter()
-            .enumerate()
-            .map(|(i, op)| convert::kv_op(op, &format!("ops[{i}]"), &self.limits))
-            .collect::<Result<Vec<_>, _>>()?;
-        let txn = Txn {
-            request_id,
-            op: Op::Kv(ops),
-        };
-        let result = self.run(vec![txn]).await?.remove(0);
-        let Outcome::Kv { results, abort } = &result.outcome else {
-            return Err(reused(&result, "this transaction"));
-        };
-        // A committed transaction has one result per operation, unless it answers a retry
-        // whose read values were not kept (see `DedupeRecord::new`).
-        let results_not_kept = abort.is_none() && results.is_empty();
-        Ok(Response::new(v1::TransactResponse {
-            request_id: result.request_id.clone(),
-            committed: abort.is_none(),
-            epoch: result.epoch,
-            results: results
-                .iter()
-                .map(|v| v1::KvResult {
-                    value: v.as_ref().map(convert::kv_value),
-                })
-                .collect(),
-            reason: abort.clone().unwrap_or_default(),
-            results_not_kept,
-        }))
-    }
 }
 
 #[tonic::async_trait]
