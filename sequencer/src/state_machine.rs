@@ -7,11 +7,21 @@
 //! thread; its writes and the Raft metadata (last applied log id, membership) are committed in
 //! one atomic store commit. An execution or storage error is returned to openraft, which stops
 //! the node: a replica never handles such a failure differently from its peers.
+//!
+//! Snapshots live in `snapshots/current.snap`. Two writers can race for it: the snapshot
+//! builder (openraft runs it in its own task while entries go on being applied) and
+//! [`RaftStateMachine::install_snapshot`]. Both go through [`CurrentSnapshot`]: one writer at a
+//! time, each through its own temporary file that is fsynced and renamed into place, and only
+//! a snapshot with a newer last log id than the file's replaces it, so a build that read the
+//! store before an install finished never puts the older state back. An install writes the file
+//! before it imports: if the node dies during the import, the store says so on the next open
+//! ([`Store::import_interrupted`]) and [`StateMachine::open`] imports that file again.
 
 use std::fs::{self, File};
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
@@ -55,33 +65,68 @@ pub struct StateMachine {
     waiters: Arc<Waiters>,
     /// The applied epoch, for readers that wait for one (read-your-writes) and for status.
     applied_epoch: watch::Sender<u64>,
-    snapshot_path: PathBuf,
+    /// `current.snap`, shared with the snapshot builders.
+    snapshot: CurrentSnapshot,
     meta: RaftMeta,
 }
 
 impl StateMachine {
-    /// Opens the state machine over `store`. If the last snapshot on disk is ahead of the store
-    /// (sled lost its newest epochs in a crash after the log was purged behind the snapshot),
-    /// the store is restored from the snapshot first.
+    /// Opens the state machine over `store`. The store is restored from the last snapshot on
+    /// disk first if it is behind it (sled lost its newest epochs in a crash after the log was
+    /// purged behind the snapshot), or if a snapshot install was interrupted: the install wrote
+    /// `current.snap` before it began importing, so importing it again finishes the install.
     pub fn open(
         store: Arc<Store>,
         exec: ExecConfig,
         waiters: Arc<Waiters>,
         snapshot_dir: &Path,
     ) -> Result<Self, StorageError> {
-        fs::create_dir_all(snapshot_dir).map_err(snapshot_err)?;
-        let snapshot_path = snapshot_dir.join("current.snap");
+        let snapshot = CurrentSnapshot::open(snapshot_dir)?;
         let mut meta = decode_meta(&store.applied().raft_meta)?;
-        if let Some((snap_meta, data)) = read_snapshot_file(&snapshot_path)? {
-            if snap_meta.last_log_id > meta.last_applied {
+        let current = snapshot.read()?;
+        let restore = match current {
+            None if store.import_interrupted() => {
+                return Err(sm_read_err(format!(
+                    "a snapshot install was interrupted, but the snapshot it was installing \
+                     ({}) is missing, so it cannot be finished; wipe the data directory and let \
+                     the node catch up from the cluster",
+                    snapshot.path.display()
+                )));
+            }
+            None => None,
+            Some((snap_meta, data)) if store.import_interrupted() => {
+                // An install only ever imports a snapshot past the store's state, so an older
+                // file cannot be the one it was importing.
+                if snap_meta.last_log_id < meta.last_applied {
+                    return Err(sm_read_err(format!(
+                        "a snapshot install was interrupted, but {} (up to {:?}) is older than \
+                         the store (up to {:?}), so it is not the snapshot being installed; wipe \
+                         the data directory and let the node catch up from the cluster",
+                        snapshot.path.display(),
+                        snap_meta.last_log_id,
+                        meta.last_applied
+                    )));
+                }
+                tracing::warn!(
+                    snapshot = ?snap_meta.last_log_id,
+                    store = ?meta.last_applied,
+                    "a snapshot install was interrupted; finishing it from the snapshot on disk"
+                );
+                Some(data)
+            }
+            Some((snap_meta, data)) if snap_meta.last_log_id > meta.last_applied => {
                 tracing::warn!(
                     snapshot = ?snap_meta.last_log_id,
                     store = ?meta.last_applied,
                     "store is behind the last snapshot; restoring it from the snapshot"
                 );
-                store.import_snapshot(&data).map_err(sm_write_err)?;
-                meta = decode_meta(&store.applied().raft_meta)?;
+                Some(data)
             }
+            Some(_) => None,
+        };
+        if let Some(data) = restore {
+            store.import_snapshot(&data).map_err(sm_write_err)?;
+            meta = decode_meta(&store.applied().raft_meta)?;
         }
         let (applied_epoch, _) = watch::channel(store.applied_epoch());
         Ok(Self {
@@ -89,7 +134,7 @@ impl StateMachine {
             exec,
             waiters,
             applied_epoch,
-            snapshot_path,
+            snapshot,
             meta,
         })
     }
@@ -187,7 +232,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
             store: self.store.clone(),
-            path: self.snapshot_path.clone(),
+            snapshot: self.snapshot.clone(),
         }
     }
 
@@ -201,13 +246,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        write_snapshot_file(&self.snapshot_path, meta, &data)?;
-        let store = self.store.clone();
-        let data_for_store = data;
-        tokio::task::spawn_blocking(move || store.import_snapshot(&data_for_store))
-            .await
-            .map_err(sm_write_err)?
-            .map_err(sm_write_err)?;
+        let (store, current, snapshot_meta) =
+            (self.store.clone(), self.snapshot.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || {
+            // The file first: if this node dies during the import, the next open finishes the
+            // import from it. A newer file would stay, and finishing from it would reach a
+            // state this node applied itself; but openraft installs only snapshots past the
+            // applied state, and the file is never past it.
+            current.replace_if_newer(&snapshot_meta, &data)?;
+            store.import_snapshot(&data).map_err(sm_write_err)
+        })
+        .await
+        .map_err(sm_write_err)??;
         self.meta = RaftMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -218,40 +268,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(
-            read_snapshot_file(&self.snapshot_path)?.map(|(meta, data)| Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }),
-        )
+        Ok(self.snapshot.read()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 
 /// Builds snapshots from the store while the state machine goes on applying.
 pub struct SnapshotBuilder {
     store: Arc<Store>,
-    path: PathBuf,
+    snapshot: CurrentSnapshot,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Returns the snapshot it built, whether or not it replaced `current.snap`: openraft
+    /// reads only the returned meta, keeps it only if it is newer than the snapshot it knows
+    /// (which an install that made the file newer already told it of), and purges the log no
+    /// further than that meta. Meta and data always describe the same state.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let store = self.store.clone();
-        let (applied, data) = tokio::task::spawn_blocking(move || store.export_snapshot())
-            .await
-            .map_err(snapshot_err)?
-            .map_err(snapshot_err)?;
-        let raft_meta = decode_meta(&applied.raft_meta)?;
-        let snapshot_id = format!(
-            "e{}-i{}",
-            applied.epoch,
-            raft_meta.last_applied.map(|id| id.index).unwrap_or(0)
-        );
-        let meta = SnapshotMeta {
-            last_log_id: raft_meta.last_applied,
-            last_membership: raft_meta.membership,
-            snapshot_id,
-        };
-        write_snapshot_file(&self.path, &meta, &data)?;
+        let (store, current) = (self.store.clone(), self.snapshot.clone());
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let (applied, data) = store.export_snapshot().map_err(snapshot_err)?;
+            let raft_meta = decode_meta(&applied.raft_meta)?;
+            let snapshot_id = format!(
+                "e{}-i{}",
+                applied.epoch,
+                raft_meta.last_applied.map(|id| id.index).unwrap_or(0)
+            );
+            let meta = SnapshotMeta {
+                last_log_id: raft_meta.last_applied,
+                last_membership: raft_meta.membership,
+                snapshot_id,
+            };
+            current.replace_if_newer(&meta, &data)?;
+            Ok::<_, StorageError>((meta, data))
+        })
+        .await
+        .map_err(snapshot_err)??;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -259,53 +313,217 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-/// `[meta length: u32 LE][bincode meta][data]`, written to a temporary file, fsynced and
-/// renamed into place, so the current snapshot is always whole.
-fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let meta_bytes = bincode::serialize(meta).map_err(snapshot_err)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(snapshot_err)?;
-    file.write_all(&(meta_bytes.len() as u32).to_le_bytes())
-        .and_then(|_| file.write_all(&meta_bytes))
-        .and_then(|_| file.write_all(data))
-        .and_then(|_| file.sync_all())
-        .map_err(snapshot_err)?;
-    fs::rename(&tmp, path).map_err(snapshot_err)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(snapshot_err)?;
+/// Numbers temporary snapshot files, so no two writes in this process share one.
+static SNAPSHOT_TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// `current.snap` in a node's snapshot directory: `[meta length: u32 LE][bincode meta][data]`.
+/// Clones share the writer lock; the state machine and its snapshot builders hold one each.
+#[derive(Clone)]
+pub struct CurrentSnapshot {
+    path: PathBuf,
+    /// Held from reading the current file's meta until the new file is renamed over it, so a
+    /// writer's "is mine newer?" and its rename are one step.
+    writer: Arc<Mutex<()>>,
+}
+
+impl CurrentSnapshot {
+    /// Creates `dir` if needed and removes temporary files a crashed writer left behind.
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        fs::create_dir_all(dir).map_err(snapshot_err)?;
+        for entry in fs::read_dir(dir).map_err(snapshot_err)? {
+            let name = entry.map_err(snapshot_err)?.file_name();
+            let name = name.to_string_lossy();
+            // `current.tmp` is the one temporary name earlier versions used.
+            if name.starts_with("current.snap.tmp-") || name == "current.tmp" {
+                let stale = dir.join(&*name);
+                tracing::debug!(path = %stale.display(), "removing a stale temporary snapshot");
+                fs::remove_file(&stale).map_err(snapshot_err)?;
+            }
+        }
+        Ok(Self::at(dir))
     }
-    Ok(())
+
+    fn at(dir: &Path) -> Self {
+        Self {
+            path: dir.join("current.snap"),
+            writer: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// The snapshot's metadata and the store export, if there is a snapshot.
+    pub fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let mut file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(sm_read_err(e)),
+        };
+        let meta = self.read_meta_from(&mut file)?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(sm_read_err)?;
+        Ok(Some((meta, data)))
+    }
+
+    /// Only the snapshot's metadata, without reading its data.
+    fn read_meta(&self) -> Result<Option<SnapshotMeta>, StorageError> {
+        match File::open(&self.path) {
+            Ok(mut file) => Ok(Some(self.read_meta_from(&mut file)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(sm_read_err(e)),
+        }
+    }
+
+    fn read_meta_from(&self, file: &mut File) -> Result<SnapshotMeta, StorageError> {
+        let truncated = |_| sm_read_err(format!("snapshot {} is truncated", self.path.display()));
+        let mut len = [0u8; 4];
+        file.read_exact(&mut len).map_err(truncated)?;
+        let mut meta = vec![0u8; u32::from_le_bytes(len) as usize];
+        file.read_exact(&mut meta).map_err(truncated)?;
+        bincode::deserialize(&meta).map_err(sm_read_err)
+    }
+
+    /// Makes `(meta, data)` the current snapshot if its last log id is newer than the current
+    /// one's; otherwise leaves the file alone. Returns whether it replaced the file. The new
+    /// file is written under a name of its own, fsynced, then renamed over the old one, so a
+    /// reader always finds a whole snapshot.
+    pub fn replace_if_newer(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StorageError> {
+        let _writer = self.writer.lock().expect("snapshot writer lock");
+        if let Some(current) = self.read_meta()? {
+            if meta.last_log_id <= current.last_log_id {
+                tracing::debug!(
+                    snapshot = ?meta.last_log_id,
+                    current = ?current.last_log_id,
+                    "keeping the current snapshot: this one is not newer"
+                );
+                return Ok(false);
+            }
+        }
+        let meta_bytes = bincode::serialize(meta).map_err(snapshot_err)?;
+        let tmp = self.path.with_file_name(format!(
+            "current.snap.tmp-{}-{}",
+            std::process::id(),
+            SNAPSHOT_TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = File::create(&tmp).and_then(|mut file| {
+            file.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
+            file.write_all(&meta_bytes)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &self.path)
+        });
+        if let Err(e) = written {
+            // Best effort: a leftover is removed by the next open anyway.
+            let _ = fs::remove_file(&tmp);
+            return Err(snapshot_err(format!(
+                "writing snapshot {}: {e}",
+                self.path.display()
+            )));
+        }
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(snapshot_err)?;
+        }
+        Ok(true)
+    }
 }
 
 /// The current snapshot in `snapshot_dir`, if any: its metadata and the store export.
 pub fn load_snapshot(snapshot_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    read_snapshot_file(&snapshot_dir.join("current.snap"))
+    CurrentSnapshot::at(snapshot_dir).read()
 }
 
-fn read_snapshot_file(path: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(sm_read_err(e)),
-    };
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(sm_read_err)?;
-    if bytes.len() < 4 {
-        return Err(sm_read_err(format!(
-            "snapshot {} is truncated",
-            path.display()
-        )));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_at(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(openraft::testing::log_id(1, 1, index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("i{index}"),
+        }
     }
-    let meta_len = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as usize;
-    let meta_end = 4 + meta_len;
-    if bytes.len() < meta_end {
-        return Err(sm_read_err(format!(
-            "snapshot {} is truncated",
-            path.display()
-        )));
+
+    /// A snapshot body that names its index in every byte, sized so writes take a while.
+    fn data_at(index: u64) -> Vec<u8> {
+        vec![index as u8; 256 * 1024 + index as usize]
     }
-    let meta: SnapshotMeta = bincode::deserialize(&bytes[4..meta_end]).map_err(sm_read_err)?;
-    Ok(Some((meta, bytes.split_off(meta_end))))
+
+    #[test]
+    fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let current = CurrentSnapshot::open(dir.path()).expect("open");
+        assert!(current
+            .replace_if_newer(&meta_at(20), &data_at(20))
+            .expect("write 20"));
+        assert!(!current
+            .replace_if_newer(&meta_at(10), &data_at(10))
+            .expect("write 10"));
+        let (meta, data) = current.read().expect("read").expect("a snapshot");
+        assert_eq!(meta, meta_at(20), "snapshot 10 replaced snapshot 20");
+        assert!(data == data_at(20));
+        assert!(current
+            .replace_if_newer(&meta_at(30), &data_at(30))
+            .expect("write 30"));
+        let (meta, _) = current.read().expect("read").expect("a snapshot");
+        assert_eq!(meta, meta_at(30));
+    }
+
+    #[test]
+    fn concurrent_writers_leave_the_newest_whole_snapshot() {
+        const WRITERS: u64 = 4;
+        const WRITES_EACH: u64 = 16;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let current = CurrentSnapshot::open(dir.path()).expect("open");
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|writer| {
+                let current = current.clone();
+                std::thread::spawn(move || {
+                    for n in 0..WRITES_EACH {
+                        let index = n * WRITERS + writer + 1;
+                        current
+                            .replace_if_newer(&meta_at(index), &data_at(index))
+                            .unwrap_or_else(|e| panic!("writing snapshot {index}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("a writer failed");
+        }
+        let newest = WRITERS * WRITES_EACH;
+        let (meta, data) = current.read().expect("read").expect("a snapshot");
+        assert_eq!(meta, meta_at(newest));
+        assert!(data == data_at(newest), "the data is not its meta's");
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|name| name != "current.snap")
+            .collect();
+        assert!(left.is_empty(), "temporary files left behind: {left:?}");
+    }
+
+    #[test]
+    fn opening_removes_stale_temporary_files() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let current = CurrentSnapshot::open(dir.path()).expect("open");
+        current
+            .replace_if_newer(&meta_at(5), &data_at(5))
+            .expect("write");
+        for stale in [
+            "current.snap.tmp-1-0",
+            "current.snap.tmp-77-3",
+            "current.tmp",
+        ] {
+            fs::write(dir.path().join(stale), b"half a snapshot").expect("write stale");
+        }
+        let current = CurrentSnapshot::open(dir.path()).expect("reopen");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["current.snap"]);
+        let (meta, _) = current.read().expect("read").expect("a snapshot");
+        assert_eq!(meta, meta_at(5));
+    }
 }

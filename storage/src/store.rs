@@ -9,9 +9,25 @@
 //! that also moves the applied-epoch watermark, so after a crash the store is either before or
 //! after an epoch, never inside one. sled is not the durability anchor (its flush is
 //! `sync_file_range`): the Raft log is, and a restarted node re-applies from the watermark.
+//!
+//! Snapshots: [`Store::export_snapshot`] dumps every tree as of one epoch without stopping
+//! commits. It notes the applied state under the epoch gate, dumps the trees while commits go
+//! on, and has each of those commits record the value every key it writes had before it (its
+//! before-image, once per key); at the end it puts those before-images back into the dump,
+//! which then holds exactly the state at the noted epoch. The price is one extra point read
+//! per key written while an export runs, and memory for at most
+//! [`EXPORT_CAPTURE_KEYS_MAX`] before-images; past that bound the export redoes its dump
+//! with the gate held, stopping commits for that one dump instead of growing further.
+//! [`Store::import_snapshot`] applies a snapshot as a diff in one sled transaction over all
+//! trees: keys the snapshot lacks are removed, the rest written, no tree is ever cleared, so a
+//! point read outside the gate never misses a key present before and after the import. A
+//! marker written before that transaction and removed by it tells [`Store::open`] that an
+//! import was interrupted ([`Store::import_interrupted`]); the caller finishes it by importing
+//! the same snapshot again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -70,10 +86,22 @@ pub struct Applied {
 /// State hashes of this many most recent epochs are kept for the admin API.
 pub const HASH_WINDOW_EPOCHS: u64 = 10_000;
 
+/// At most this many before-images are kept for one running export (see the module docs). An
+/// export usually sees far fewer: commits mostly rewrite the same stock and order rows. At the
+/// bound the capture stops and the export redoes its dump under the epoch gate.
+pub const EXPORT_CAPTURE_KEYS_MAX: usize = 1_000_000;
+
 const META_APPLIED: &[u8] = b"applied";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
 const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Positions of the fixed trees in a snapshot's tree list; region `n` follows at
+/// `FIRST_REGION_TREE + n`. An export's capture names trees by these positions.
+const META_TREE: usize = 0;
+const HASHES_TREE: usize = 1;
+const GLOBAL_TREE: usize = 2;
+const FIRST_REGION_TREE: usize = 3;
 
 /// A node's partition stores.
 pub struct Store {
@@ -84,9 +112,67 @@ pub struct Store {
     regions: Vec<Tree>,
     /// A copy of the meta `applied` record, so readers need not decode it each time.
     applied: Mutex<Applied>,
-    /// Held for writing while an epoch commits and for reading by [`Store::consistent`], so a
-    /// multi-row read sees whole epochs. Lock order: `gate`, then `applied`.
+    /// Held for writing while an epoch commits or a snapshot is imported, and for reading by
+    /// [`Store::consistent`] and briefly at the start and end of an export, so a multi-row
+    /// read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`, then
+    /// `capture`.
     gate: RwLock<()>,
+    /// The before-images of a running export; `None` when no export runs. Commits fill it, so
+    /// the export can undo what they changed after the epoch it reflects.
+    capture: Mutex<Option<Capture>>,
+    /// Held by an export or an import for its whole run. One export at a time owns the
+    /// capture, and an import never runs under an export: its writes bypass the capture and
+    /// would leave the export's dump neither before nor after it.
+    snapshot: Mutex<()>,
+    /// Set when the store was opened with the import marker: a crash interrupted
+    /// [`Store::import_snapshot`], and the state is the one before it. Cleared by the next
+    /// successful import.
+    import_interrupted: AtomicBool,
+    /// [`EXPORT_CAPTURE_KEYS_MAX`], a field so unit tests can reach the bound with few keys.
+    capture_keys_max: usize,
+}
+
+/// What commits record while an export runs.
+#[derive(Debug, Default)]
+struct Capture {
+    /// (tree position, key) → the key's value when the export began (`None`: absent). Only
+    /// the first write of a key records it: later writes would record values after that.
+    before: BTreeMap<(usize, Vec<u8>), Option<IVec>>,
+    /// Set when `before` reached the bound; recording stopped and `before` was dropped.
+    overflowed: bool,
+}
+
+impl Capture {
+    /// Records `key`'s current value in `tree` unless this capture has one for it already.
+    /// Called by a commit before it writes, with the gate held, so the value read is the one
+    /// before this commit.
+    fn record(
+        &mut self,
+        bound: usize,
+        tree_id: usize,
+        tree: &Tree,
+        key: &[u8],
+    ) -> Result<(), StoreError> {
+        if self.overflowed {
+            return Ok(());
+        }
+        let slot = (tree_id, key.to_vec());
+        if self.before.contains_key(&slot) {
+            return Ok(());
+        }
+        if self.before.len() >= bound {
+            tracing::warn!(
+                keys = self.before.len(),
+                "a snapshot export's capture reached its bound; the export will redo its dump \
+                 with commits held"
+            );
+            self.overflowed = true;
+            self.before = BTreeMap::new();
+            return Ok(());
+        }
+        self.before.insert(slot, tree.get(key)?);
+        Ok(())
+    }
 }
 
 /// One tree's name and every key/value pair in it.
@@ -124,13 +210,9 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let meta = db.open_tree("meta")?;
-        if meta.get(META_IMPORTING)?.is_some() {
-            return Err(StoreError::Corrupt(
-                "a snapshot install was interrupted; wipe the data directory and let the node \
-                 catch up from the cluster"
-                    .into(),
-            ));
-        }
+        // An interrupted import left the state before it whole (the import is one
+        // transaction); the caller finishes it from the snapshot it was importing.
+        let import_interrupted = meta.get(META_IMPORTING)?.is_some();
         let partitions = match (meta.get(META_PARTITIONS)?, partitions) {
             (Some(stored), wanted) => {
                 let stored: u32 = decode("partition count", &stored)?;
@@ -171,7 +253,27 @@ impl Store {
             regions,
             applied: Mutex::new(applied),
             gate: RwLock::new(()),
+            capture: Mutex::new(None),
+            snapshot: Mutex::new(()),
+            import_interrupted: AtomicBool::new(import_interrupted),
+            capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
         })
+    }
+
+    /// Whether a snapshot import was interrupted (by a crash) and not finished since. The store
+    /// then holds the state before that import; import the same snapshot again to finish it.
+    pub fn import_interrupted(&self) -> bool {
+        self.import_interrupted.load(Ordering::SeqCst)
+    }
+
+    /// The first step of [`Store::import_snapshot`] alone: the durable marker that an import
+    /// has begun. Tests use it to leave a store as a crash during an import would; nothing
+    /// else should call it.
+    #[doc(hidden)]
+    pub fn mark_import_started(&self) -> Result<(), StoreError> {
+        self.meta.insert(META_IMPORTING, &[1u8])?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Opens an existing store with the partition count it was created with.
@@ -191,6 +293,28 @@ impl Store {
                 .get(n as usize)
                 .ok_or_else(|| StoreError::Config(format!("no partition {n}"))),
         }
+    }
+
+    /// A partition's position in [`Store::snapshot_trees`].
+    fn tree_id(part: Part) -> usize {
+        match part {
+            Part::Global => GLOBAL_TREE,
+            Part::Region(n) => FIRST_REGION_TREE + n as usize,
+        }
+    }
+
+    /// Every tree with its name, in the order a snapshot lists them.
+    fn snapshot_trees(&self) -> Vec<(String, &Tree)> {
+        let mut trees = vec![
+            ("meta".to_string(), &self.meta),
+            ("hashes".to_string(), &self.hashes),
+            (Part::Global.to_string(), &self.global),
+        ];
+        for (n, tree) in self.regions.iter().enumerate() {
+            trees.push((Part::Region(n as u32).to_string(), tree));
+        }
+        debug_assert_eq!(trees[GLOBAL_TREE].0, "global");
+        trees
     }
 
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
@@ -285,6 +409,26 @@ impl Store {
             ));
         }
 
+        // A running export needs the value of every key this commit writes as it was before
+        // the commit; the gate keeps other commits and imports out while they are read.
+        if let Some(capture) = self.capture.lock().expect("capture lock").as_mut() {
+            let bound = self.capture_keys_max;
+            capture.record(bound, META_TREE, &self.meta, META_APPLIED)?;
+            if let Some(stamp) = commit.stamp {
+                capture.record(bound, HASHES_TREE, &self.hashes, &stamp.epoch.to_be_bytes())?;
+                if stamp.epoch > HASH_WINDOW_EPOCHS {
+                    let expired = (stamp.epoch - HASH_WINDOW_EPOCHS).to_be_bytes();
+                    capture.record(bound, HASHES_TREE, &self.hashes, &expired)?;
+                }
+            }
+            for (part, writes) in &commit.writes {
+                let tree = self.tree(*part)?;
+                for (key, _) in writes {
+                    capture.record(bound, Self::tree_id(*part), tree, key)?;
+                }
+            }
+        }
+
         let mut trees: Vec<&Tree> = vec![&self.meta, &self.hashes];
         let mut batches: Vec<sled::Batch> = vec![sled::Batch::default(), sled::Batch::default()];
         batches[0].insert(META_APPLIED, encode(&next));
@@ -305,18 +449,7 @@ impl Store {
             trees.push(self.tree(part)?);
             batches.push(batch);
         }
-        trees
-            .as_slice()
-            .transaction(|views| {
-                for (view, batch) in views.iter().zip(&batches) {
-                    view.apply_batch(batch)?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Storage(e) => StoreError::Sled(e),
-                TransactionError::Abort(()) => StoreError::Corrupt("epoch commit aborted".into()),
-            })?;
+        apply_atomically(&trees, &batches, "epoch commit")?;
         let hash = next.state_hash;
         *applied = next;
         Ok(hash)
@@ -329,35 +462,110 @@ impl Store {
     }
 
     /// Exports every tree, including the applied state and the hash window, as one blob.
-    /// Returns the applied state the export reflects, with the blob.
+    /// Returns the applied state the export reflects, with the blob. Commits and reads go on
+    /// while it runs (see the module docs for how the blob still reflects one epoch).
     pub fn export_snapshot(&self) -> Result<(Applied, Vec<u8>), StoreError> {
-        // Hold the applied lock so no commit runs while the trees are read.
-        let applied = self.applied.lock().expect("applied lock");
-        let mut trees = Vec::new();
-        let mut names = vec![
-            "meta".to_string(),
-            "hashes".to_string(),
-            "global".to_string(),
-        ];
-        names.extend((0..self.partitions()).map(|n| Part::Region(n).to_string()));
-        for name in names {
-            let tree = self.db.open_tree(&name)?;
-            let mut pairs = Vec::with_capacity(tree.len());
-            for kv in tree.iter() {
-                let (k, v) = kv?;
-                pairs.push((k.to_vec(), v.to_vec()));
+        let _one = self.snapshot.lock().expect("snapshot lock");
+        let applied = self.begin_capture();
+        let dump = match self.dump_trees() {
+            Ok(dump) => dump,
+            Err(e) => {
+                // Stop the capture, or every later commit would go on recording into it.
+                self.capture.lock().expect("capture lock").take();
+                return Err(e);
             }
-            trees.push((name, pairs));
-        }
+        };
+        let (applied, trees) = self.finish_capture(applied, dump)?;
         let blob = encode(&SnapshotFile {
             format: SNAPSHOT_FORMAT,
             partitions: self.partitions(),
             trees,
         });
-        Ok((applied.clone(), blob))
+        Ok((applied, blob))
     }
 
-    /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`].
+    /// Starts an export's capture at an epoch boundary and returns the applied state there.
+    fn begin_capture(&self) -> Applied {
+        let _gate = self.gate.read().expect("epoch gate");
+        let applied = self.applied();
+        let mut capture = self.capture.lock().expect("capture lock");
+        debug_assert!(capture.is_none(), "two exports at once");
+        *capture = Some(Capture::default());
+        applied
+    }
+
+    /// Every tree's pairs as they are while it reads them: a mix of epochs, repaired by
+    /// [`Store::finish_capture`]. The import marker is left out: it describes this store's
+    /// disk, not the state.
+    fn dump_trees(&self) -> Result<Vec<TreeDump>, StoreError> {
+        let mut dump = Vec::new();
+        for (id, (name, tree)) in self.snapshot_trees().into_iter().enumerate() {
+            // No `with_capacity(tree.len())`: sled counts a tree by scanning it.
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if id == META_TREE && k == META_IMPORTING {
+                    continue;
+                }
+                // sled's iterator resumes after the last key it returned, so concurrent
+                // writes never make it repeat a key or go back; the patch relies on that.
+                debug_assert!(pairs.last().is_none_or(|(last, _)| last.as_slice() < &*k));
+                pairs.push((k.to_vec(), v.to_vec()));
+            }
+            dump.push((name, pairs));
+        }
+        Ok(dump)
+    }
+
+    /// Ends the export's capture at an epoch boundary and returns the dump as of `applied`:
+    /// each key a commit wrote since gets its before-image back. If the capture overflowed,
+    /// dumps again with the gate held instead, as of the epoch applied now.
+    fn finish_capture(
+        &self,
+        applied: Applied,
+        dump: Vec<TreeDump>,
+    ) -> Result<(Applied, Vec<TreeDump>), StoreError> {
+        let gate = self.gate.read().expect("epoch gate");
+        let capture = self
+            .capture
+            .lock()
+            .expect("capture lock")
+            .take()
+            .expect("the export's capture");
+        if capture.overflowed {
+            let dump = self.dump_trees()?;
+            return Ok((self.applied(), dump));
+        }
+        drop(gate);
+        let mut before = capture.before.into_iter().peekable();
+        let mut patched = Vec::with_capacity(dump.len());
+        for (id, (name, pairs)) in dump.into_iter().enumerate() {
+            let mut out = Vec::with_capacity(pairs.len());
+            let mut undo = std::iter::from_fn(|| before.next_if(|((tree, _), _)| *tree == id))
+                .map(|((_, key), value)| (key, value))
+                .peekable();
+            // Both are in key order: merge them, the before-image winning on a tie (an absent
+            // before-image removes the key).
+            for (key, value) in pairs {
+                let mut replaced = false;
+                while let Some((undo_key, undo_value)) = undo.next_if(|(k, _)| *k <= key) {
+                    replaced = undo_key == key;
+                    if let Some(undo_value) = undo_value {
+                        out.push((undo_key, undo_value.to_vec()));
+                    }
+                }
+                if !replaced {
+                    out.push((key, value));
+                }
+            }
+            out.extend(undo.filter_map(|(key, value)| value.map(|v| (key, v.to_vec()))));
+            patched.push((name, out));
+        }
+        Ok((applied, patched))
+    }
+
+    /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`], as a diff
+    /// applied in one sled transaction (see the module docs).
     pub fn import_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let snapshot: SnapshotFile = decode("snapshot", bytes)?;
         if snapshot.format != SNAPSHOT_FORMAT {
@@ -373,31 +581,177 @@ impl Store {
                 self.partitions()
             )));
         }
-        let _gate = self.gate.write().expect("epoch gate");
-        let mut applied = self.applied.lock().expect("applied lock");
-        self.meta.insert(META_IMPORTING, &[1u8])?;
-        self.db.flush()?;
-        // The meta tree goes last: replacing it also drops the importing marker, so a crash
-        // anywhere before that point leaves the marker set and the next open refuses the store.
-        let (meta, data): (Vec<_>, Vec<_>) =
-            snapshot.trees.iter().partition(|(name, _)| name == "meta");
-        for (name, pairs) in data.into_iter().chain(meta) {
-            let tree = self.db.open_tree(name)?;
-            tree.clear()?;
-            let mut batch = sled::Batch::default();
-            for (k, v) in pairs {
-                batch.insert(k.as_slice(), v.as_slice());
-            }
-            tree.apply_batch(batch)?;
+        let ours = self.snapshot_trees();
+        let names: Vec<&str> = snapshot.trees.iter().map(|(n, _)| n.as_str()).collect();
+        if names != ours.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot trees {names:?} are not this store's"
+            )));
         }
+        let _one = self.snapshot.lock().expect("snapshot lock");
+        // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
+        let _gate = self.gate.write().expect("epoch gate");
+        self.mark_import_started()?;
+        let mut batches = Vec::with_capacity(ours.len());
+        for ((_, tree), (_, pairs)) in ours.iter().zip(&snapshot.trees) {
+            batches.push(diff(tree, pairs)?);
+        }
+        // The diff removes the marker (no snapshot holds it); say so outright, last, so the
+        // import is done exactly when this transaction is.
+        batches[META_TREE].remove(META_IMPORTING);
+        let trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
+        apply_atomically(&trees, &batches, "snapshot import")?;
         self.db.flush()?;
-        *applied = match self.meta.get(META_APPLIED)? {
+        *self.applied.lock().expect("applied lock") = match self.meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
             None => Applied {
                 chain: HashChain::new(self.partitions()),
                 ..Applied::default()
             },
         };
+        self.import_interrupted.store(false, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// The batch that turns `tree` into exactly `pairs` (sorted by key, as exported): removes the
+/// keys `pairs` lacks and writes the pairs whose value differs. It never clears the tree.
+fn diff(tree: &Tree, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<sled::Batch, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut wanted = pairs.iter().peekable();
+    for kv in tree.iter() {
+        let (key, value) = kv?;
+        while let Some((k, v)) = wanted.next_if(|(k, _)| k.as_slice() < &*key) {
+            batch.insert(k.as_slice(), v.as_slice());
+        }
+        match wanted.next_if(|(k, _)| k.as_slice() == &*key) {
+            Some((_, v)) if v.as_slice() == &*value => {}
+            Some((k, v)) => batch.insert(k.as_slice(), v.as_slice()),
+            None => batch.remove(key),
+        }
+    }
+    for (k, v) in wanted {
+        batch.insert(k.as_slice(), v.as_slice());
+    }
+    Ok(batch)
+}
+
+/// Applies `batches[i]` to `trees[i]` for every `i` in one sled transaction: after a crash
+/// all of them are applied or none.
+fn apply_atomically(
+    trees: &[&Tree],
+    batches: &[sled::Batch],
+    what: &str,
+) -> Result<(), StoreError> {
+    trees
+        .transaction(|views| {
+            for (view, batch) in views.iter().zip(batches) {
+                view.apply_batch(batch)?;
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        })
+        .map_err(|e| match e {
+            TransactionError::Storage(e) => StoreError::Sled(e),
+            TransactionError::Abort(()) => StoreError::Corrupt(format!("{what} aborted")),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(store: &Store, epoch: u64, writes: Vec<(Part, Vec<Write>)>) {
+        store
+            .commit(EpochCommit {
+                stamp: Some(EpochStamp {
+                    epoch,
+                    time_ms: epoch,
+                }),
+                writes: writes.into_iter().collect(),
+                raft_meta: epoch.to_be_bytes().to_vec(),
+            })
+            .expect("commit");
+    }
+
+    fn put(key: &str, value: &str) -> Write {
+        (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec()))
+    }
+
+    fn del(key: &str) -> Write {
+        (key.as_bytes().to_vec(), None)
+    }
+
+    fn seeded_store(dir: &Path) -> Store {
+        let store = Store::open(dir, 2).expect("open");
+        commit(
+            &store,
+            1,
+            vec![
+                (Part::Global, vec![put("dc-1", "a"), put("dc-2", "a")]),
+                (
+                    Part::Region(0),
+                    vec![put("k1", "a"), put("k2", "a"), put("k3", "a")],
+                ),
+            ],
+        );
+        store
+    }
+
+    /// Commits after the capture began change keys every way they can; the patched dump is
+    /// the state the capture began at, whether a commit landed before or after the dump.
+    #[test]
+    fn the_capture_undoes_every_kind_of_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = seeded_store(dir.path());
+        let applied = store.begin_capture();
+        let at_begin = store.dump_trees().expect("dump");
+        commit(
+            &store,
+            2,
+            vec![
+                // Overwritten, deleted, created.
+                (
+                    Part::Global,
+                    vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "b")],
+                ),
+                // With epoch 3: k1 deleted and written back, k0 created and deleted, k3
+                // overwritten twice.
+                (
+                    Part::Region(0),
+                    vec![del("k1"), put("k0", "b"), put("k3", "b")],
+                ),
+            ],
+        );
+        let dump = store.dump_trees().expect("dump");
+        commit(
+            &store,
+            3,
+            vec![
+                (
+                    Part::Region(0),
+                    vec![put("k1", "c"), del("k0"), put("k3", "c")],
+                ),
+                (Part::Region(1), vec![put("r1", "c")]),
+            ],
+        );
+        let (exported_at, patched) = store.finish_capture(applied.clone(), dump).expect("finish");
+        assert_eq!(exported_at, applied);
+        assert_eq!(patched, at_begin);
+        assert!(store.capture.lock().expect("capture").is_none());
+    }
+
+    #[test]
+    fn an_overflowing_capture_dumps_again_under_the_gate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = seeded_store(dir.path());
+        store.capture_keys_max = 2;
+        let applied = store.begin_capture();
+        let dump = store.dump_trees().expect("dump");
+        commit(&store, 2, vec![(Part::Region(0), vec![put("k1", "b")])]);
+        commit(&store, 3, vec![(Part::Region(0), vec![put("k2", "b")])]);
+        let (exported_at, trees) = store.finish_capture(applied, dump).expect("finish");
+        assert_eq!(exported_at, store.applied());
+        assert_eq!(exported_at.epoch, 3);
+        assert_eq!(trees, store.dump_trees().expect("dump"));
     }
 }

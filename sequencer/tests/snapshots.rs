@@ -1,0 +1,176 @@
+//! Snapshots through the state machine: a build racing the applies leaves the newest snapshot
+//! whole on disk, and a node killed while installing a snapshot finishes the install when it
+//! opens again, without anyone wiping its data.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{Entry, EntryPayload};
+use ordo_scheduler::{Batch, ExecConfig, KvOp, Op, Txn};
+use ordo_sequencer::state_machine::{CurrentSnapshot, StateMachine};
+use ordo_sequencer::{LogId, TypeConfig, Waiters};
+use ordo_storage::Store;
+
+const PARTITIONS: u32 = 2;
+
+/// Opens a node's store and state machine in `dir`, as `Node::start` lays them out.
+fn open_node(dir: &Path) -> (Arc<Store>, StateMachine) {
+    let store = Arc::new(Store::open(dir.join("state"), PARTITIONS).expect("open store"));
+    let sm = StateMachine::open(
+        store.clone(),
+        ExecConfig::default(),
+        Arc::new(Waiters::default()),
+        &dir.join("snapshots"),
+    )
+    .expect("open state machine");
+    (store, sm)
+}
+
+fn log_id(index: u64) -> LogId {
+    openraft::testing::log_id(1, 1, index)
+}
+
+/// The entry at `index`: one epoch writing `{tag}-{index}` (and its dedupe record).
+fn entry(tag: &str, index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(Batch {
+            time_ms: 1_000 + index,
+            txns: vec![Txn {
+                request_id: format!("{tag}-request-{index}"),
+                op: Op::Kv(vec![KvOp::Write(format!("{tag}-{index}"), index as i64)]),
+            }],
+        }),
+    }
+}
+
+async fn apply(sm: &mut StateMachine, tag: &str, indexes: std::ops::RangeInclusive<u64>) {
+    let entries: Vec<_> = indexes.map(|index| entry(tag, index)).collect();
+    sm.apply(entries).await.expect("apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_install_interrupted_by_a_crash_is_finished_on_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    eprintln!("--- phase: a leader's snapshot at index 20");
+    let (_leader_store, mut leader) = open_node(&dir.path().join("leader"));
+    apply(&mut leader, "leader", 1..=20).await;
+    let snapshot = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let data = snapshot.snapshot.into_inner();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(20)));
+
+    eprintln!("--- phase: a follower at index 5 dies while installing it");
+    let follower_dir = dir.path().join("follower");
+    {
+        let (store, mut follower) = open_node(&follower_dir);
+        apply(&mut follower, "follower", 1..=5).await;
+        // What install_snapshot does before the crash: the snapshot file, then the marker.
+        CurrentSnapshot::open(&follower_dir.join("snapshots"))
+            .expect("snapshot dir")
+            .replace_if_newer(&snapshot.meta, &data)
+            .expect("write the snapshot");
+        store.mark_import_started().expect("mark the import");
+    }
+
+    eprintln!("--- phase: the follower opens and holds exactly the snapshot's state");
+    let (store, mut follower) = open_node(&follower_dir);
+    assert!(!store.import_interrupted());
+    let (last_applied, _) = follower.applied_state().await.expect("applied state");
+    assert_eq!(last_applied, Some(log_id(20)));
+    assert_eq!(*follower.applied_epoch().borrow(), 20);
+    let (_, state) = store.export_snapshot().expect("export");
+    assert!(state == data, "the follower's state is not the snapshot's");
+
+    eprintln!("--- phase: it goes on applying from there");
+    apply(&mut follower, "leader", 21..=22).await;
+    assert_eq!(store.applied_epoch(), 22);
+}
+
+#[test]
+fn an_interrupted_install_without_its_snapshot_file_is_an_error_that_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let store = Store::open(dir.path().join("state"), PARTITIONS).expect("open store");
+        store.mark_import_started().expect("mark the import");
+    }
+    let store = Arc::new(Store::open(dir.path().join("state"), PARTITIONS).expect("open store"));
+    let error = StateMachine::open(
+        store,
+        ExecConfig::default(),
+        Arc::new(Waiters::default()),
+        &dir.path().join("snapshots"),
+    )
+    .err()
+    .expect("opening must fail");
+    let message = error.to_string();
+    eprintln!("{message}");
+    assert!(
+        message.contains("interrupted") && message.contains("current.snap"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn builds_racing_the_applies_leave_the_newest_snapshot_whole() {
+    const ENTRIES: u64 = 200;
+    const BUILDERS: usize = 3;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_store, mut sm) = open_node(dir.path());
+    apply(&mut sm, "base", 1..=1).await;
+
+    eprintln!("--- phase: {BUILDERS} builders build over and over while {ENTRIES} entries apply");
+    let built = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut builders = Vec::new();
+    for _ in 0..BUILDERS {
+        let mut builder = sm.get_snapshot_builder().await;
+        let (built, done) = (built.clone(), done.clone());
+        builders.push(tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let snapshot = builder.build_snapshot().await.expect("build");
+                built.lock().expect("built").push(snapshot.meta.last_log_id);
+            }
+        }));
+    }
+    for index in 2..=ENTRIES {
+        apply(&mut sm, "race", index..=index).await;
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for builder in builders {
+        builder.await.expect("a build failed");
+    }
+
+    eprintln!("--- phase: the file holds the newest build, and its data is its meta's");
+    let newest = built.lock().expect("built").iter().max().copied().flatten();
+    eprintln!(
+        "{} builds, newest {newest:?}",
+        built.lock().expect("built").len()
+    );
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(current.meta.last_log_id, newest);
+    let restored_dir = dir.path().join("restored");
+    CurrentSnapshot::open(&restored_dir.join("snapshots"))
+        .expect("snapshot dir")
+        .replace_if_newer(&current.meta, current.snapshot.get_ref())
+        .expect("copy the snapshot");
+    let (_, mut restored) = open_node(&restored_dir);
+    let (last_applied, _) = restored.applied_state().await.expect("applied state");
+    assert_eq!(last_applied, newest);
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|name| name != "current.snap")
+        .collect();
+    assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
