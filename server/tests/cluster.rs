@@ -328,3 +328,42 @@ async fn cluster_init_twice_is_a_no_op_and_status_all_flags_a_dead_node() {
     let (_, human, _) = ordo_cli(&["status", "--all", "--endpoint", &ep]);
     assert!(human.contains("UNREACHABLE"), "{human}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_killed_while_it_installs_a_snapshot_catches_up_on_restart() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
+    let leader = cluster.leader(Duration::from_secs(10)).await;
+    let follower = cluster
+        .nodes
+        .iter()
+        .map(|n| n.id)
+        .find(|&id| id != leader)
+        .unwrap();
+
+    eprintln!(
+        "--- phase: SIGKILL follower {follower}; the log it needs is purged behind snapshots"
+    );
+    cluster.node(follower).kill9();
+    let client = cluster.client().await;
+    for i in 0..600u32 {
+        client.restock(i % 4 + 1, i % 3 + 1, 1, None).await.unwrap();
+    }
+
+    eprintln!("--- phase: restart it and SIGKILL it again while it catches up, several times");
+    for delay_ms in [0u64, 20, 60, 150, 400] {
+        cluster.node(follower).start();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        cluster.node(follower).kill9();
+    }
+
+    eprintln!("--- phase: a last restart, no operator: it catches up and agrees");
+    cluster.node(follower).start();
+    let epoch = client.status().await.unwrap().applied_epoch;
+    cluster.wait_agreement(epoch, Duration::from_secs(60)).await;
+    let snapshot = cluster
+        .node(follower)
+        .data_dir
+        .join("snapshots/current.snap");
+    assert!(snapshot.exists(), "it caught up by a snapshot");
+}
