@@ -1,0 +1,259 @@
+//! Node configuration, resolved in one place: command-line flags, then the config file, then
+//! the defaults. `ordo dev` and `ordo server` both end in [`serve::ServeOptions`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use ordo_sequencer::peers::{ClusterSecret, MemberAddr, PEER_PORT_OFFSET};
+use ordo_sequencer::SequencerConfig;
+
+use crate::{cli, limits, serve};
+
+/// Node tuning. Unset flags fall back to the config file, then to the defaults.
+#[derive(Args, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Region partitions (fixed when the data directory is created) [default: 3]
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Epoch length in milliseconds [default: 5]
+    #[arg(long)]
+    pub epoch_ms: Option<u64>,
+    /// Most transactions in one epoch batch [default: 10000]
+    #[arg(long)]
+    pub batch_txns_max: Option<usize>,
+    /// Most bytes in one epoch batch [default: 4194304]
+    #[arg(long)]
+    pub batch_bytes_max: Option<usize>,
+    /// Most transactions waiting in the sequencer queue; more get RESOURCE_EXHAUSTED [default: 100000]
+    #[arg(long)]
+    pub queue_txns_max: Option<usize>,
+    /// Most batches proposed (or forwarded) but not yet committed [default: 64]
+    #[arg(long)]
+    pub proposals_in_flight_max: Option<usize>,
+    /// How long a write waits for its result, in milliseconds [default: 10000]
+    #[arg(long)]
+    pub request_timeout_ms: Option<u64>,
+    /// Raft entries (epochs) between snapshots [default: 20000]
+    #[arg(long)]
+    pub snapshot_every: Option<u64>,
+    /// Largest gRPC message accepted, in bytes [default: 4194304]
+    #[arg(long)]
+    pub message_bytes_max: Option<usize>,
+    /// Accept fault-injection admin calls (SetClockFault: skew this node's sequencer clock).
+    /// For fault tests such as ordo-jepsen; never on a production node.
+    #[arg(long)]
+    #[serde(default)]
+    pub fault_injection: bool,
+}
+
+impl Tuning {
+    /// This, with unset fields taken from `other`.
+    fn or(self, other: Tuning) -> Tuning {
+        Tuning {
+            partitions: self.partitions.or(other.partitions),
+            epoch_ms: self.epoch_ms.or(other.epoch_ms),
+            batch_txns_max: self.batch_txns_max.or(other.batch_txns_max),
+            batch_bytes_max: self.batch_bytes_max.or(other.batch_bytes_max),
+            queue_txns_max: self.queue_txns_max.or(other.queue_txns_max),
+            proposals_in_flight_max: self
+                .proposals_in_flight_max
+                .or(other.proposals_in_flight_max),
+            request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
+            snapshot_every: self.snapshot_every.or(other.snapshot_every),
+            message_bytes_max: self.message_bytes_max.or(other.message_bytes_max),
+            fault_injection: self.fault_injection || other.fault_injection,
+        }
+    }
+}
+
+/// `ordo server --config FILE`.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub node_id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub peer_listen: Option<SocketAddr>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub advertise: Option<String>,
+    /// `[peers]` table: node id (as a string key) = "PEER_HOST:PORT" or
+    /// "PEER_HOST:PORT,CLIENT_HOST:PORT", as `--peer`.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+pub fn read_config(path: &std::path::Path) -> anyhow::Result<ConfigFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Where nodes listen and what they share.
+pub struct Listeners {
+    pub listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub secret: Option<ClusterSecret>,
+}
+
+/// The peer listener when none is given: the client port + 1000 on the same address (an
+/// ephemeral port when the client port is).
+pub fn default_peer_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let port = match listen.port() {
+        0 => 0,
+        p => p.checked_add(PEER_PORT_OFFSET).with_context(|| {
+            format!("client port {p} + {PEER_PORT_OFFSET} is no port: give --peer-listen")
+        })?,
+    };
+    Ok(SocketAddr::new(listen.ip(), port))
+}
+
+pub fn read_secret(path: &std::path::Path) -> anyhow::Result<ClusterSecret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the cluster secret file {}", path.display()))?;
+    ClusterSecret::new(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `ordo dev`'s secret: DATA_DIR/cluster-secret, made (32 random bytes, hex, mode 0600) the
+/// first time.
+pub fn dev_secret(data_dir: &std::path::Path) -> anyhow::Result<ClusterSecret> {
+    use std::io::Read;
+    let path = data_dir.join("cluster-secret");
+    if !path.exists() {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .context("reading /dev/urandom for a cluster secret")?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        use std::io::Write;
+        options
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    read_secret(&path)
+}
+
+pub fn serve_options(
+    node_id: u64,
+    listeners: Listeners,
+    data_dir: PathBuf,
+    peers: BTreeMap<u64, MemberAddr>,
+    tuning: Tuning,
+) -> serve::ServeOptions {
+    let defaults = SequencerConfig::default();
+    serve::ServeOptions {
+        node_id,
+        listen: listeners.listen,
+        peer_listen: listeners.peer_listen,
+        advertise: listeners.advertise,
+        secret: listeners.secret,
+        data_dir,
+        peers,
+        partitions: tuning.partitions.unwrap_or(3),
+        sequencer: SequencerConfig {
+            epoch_ms: tuning.epoch_ms.unwrap_or(defaults.epoch_ms),
+            batch_txns_max: tuning.batch_txns_max.unwrap_or(defaults.batch_txns_max),
+            batch_bytes_max: tuning.batch_bytes_max.unwrap_or(defaults.batch_bytes_max),
+            queue_txns_max: tuning.queue_txns_max.unwrap_or(defaults.queue_txns_max),
+            proposals_in_flight_max: tuning
+                .proposals_in_flight_max
+                .unwrap_or(defaults.proposals_in_flight_max),
+        },
+        snapshot_every_entries: tuning.snapshot_every.unwrap_or(20_000).max(100),
+        fault_injection: tuning.fault_injection,
+        limits: limits::Limits {
+            request_timeout: Duration::from_millis(tuning.request_timeout_ms.unwrap_or(10_000)),
+            message_bytes_max: tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024),
+            ..limits::Limits::default()
+        },
+    }
+}
+
+/// Resolves `ordo server`'s settings: flags, then the config file.
+#[allow(clippy::too_many_arguments)]
+pub fn server_options(
+    node_id: Option<u64>,
+    listen: Option<SocketAddr>,
+    peer_listen: Option<SocketAddr>,
+    cluster_secret_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    advertise: Option<String>,
+    peers: Vec<(u64, MemberAddr)>,
+    config: Option<PathBuf>,
+    tuning: Tuning,
+) -> anyhow::Result<serve::ServeOptions> {
+    let file = match &config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    let node_id = node_id.or(file.node_id).context("--node-id is required")?;
+    anyhow::ensure!(node_id >= 1, "--node-id must be at least 1");
+    let listen = listen.or(file.listen).context("--listen is required")?;
+    let data_dir = data_dir
+        .or(file.data_dir)
+        .context("--data-dir is required")?;
+    let mut peer_map = BTreeMap::new();
+    if peers.is_empty() {
+        for (id, addr) in file.peers {
+            let (id, addr) = cli::parse_peer(&format!("{id}={addr}"))
+                .map_err(|e| anyhow::anyhow!("config peers: {e}"))?;
+            peer_map.insert(id, addr);
+        }
+    } else {
+        for (id, addr) in peers {
+            anyhow::ensure!(
+                peer_map.insert(id, addr).is_none(),
+                "--peer {id} is given twice"
+            );
+        }
+    }
+    if !peer_map.is_empty() {
+        anyhow::ensure!(
+            peer_map.contains_key(&node_id),
+            "the peer list must include this node ({node_id}=HOST:PORT)"
+        );
+    }
+    let advertise = advertise
+        .or(file.advertise)
+        .or_else(|| peer_map.get(&node_id).map(|a| a.client.clone()));
+    let peer_listen = match peer_listen.or(file.peer_listen) {
+        Some(addr) => addr,
+        None => default_peer_listen(listen)?,
+    };
+    let secret = cluster_secret_file
+        .or(file.cluster_secret_file)
+        .map(|path| read_secret(&path))
+        .transpose()?;
+    anyhow::ensure!(
+        peer_map.is_empty() || secret.is_some(),
+        "--cluster-secret-file is required with --peer: peer calls carry the cluster secret \
+         (the same file on every node)"
+    );
+    let listeners = Listeners {
+        listen,
+        peer_listen,
+        advertise,
+        secret,
+    };
+    Ok(serve_options(
+        node_id,
+        listeners,
+        data_dir,
+        peer_map,
+        tuning.or(file.tuning),
+    ))
+}
