@@ -6,7 +6,7 @@
 #   DURATION=60 CLIENTS=128 bench/benchmarks.sh
 #
 # Needs the baseline servers from Debian's packages and protoc for the etcd client:
-#   apt-get install -y postgresql redis-server etcd-server protobuf-compiler fonts-dejavu-core
+#   apt-get install -y postgresql redis-server etcd-server protobuf-compiler libprotobuf-dev fonts-dejavu-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
