@@ -4,25 +4,23 @@
 //! empty and oversized strings, unknown and duplicate ids, huge line counts), mixed with
 //! ordinary traffic so that the hostile ones meet real rows.
 
+mod common;
+
+use common::{dataset, Rng};
 use ordo_scheduler::*;
 use ordo_storage::{EpochCommit, EpochStamp, Part, StateHash, Store};
 
 const PARTITIONS: u32 = 3;
 
-/// splitmix64: every field of every transaction comes from here.
-struct Rng(u64);
+/// Every field of every transaction comes from the seeded generator, favouring extremes.
+trait Extremes {
+    fn i64(&mut self) -> i64;
+    fn u32(&mut self) -> u32;
+    fn i32(&mut self) -> i32;
+    fn string(&mut self) -> String;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+impl Extremes for Rng {
     fn i64(&mut self) -> i64 {
         match self.below(8) {
             0 => i64::MIN,
@@ -165,39 +163,7 @@ fn arbitrary_txn(rng: &mut Rng, history: &[Txn]) -> Txn {
 
 /// A sane starting point: DCs 1..=8 in regions 0..=3, SKUs 1..=8, 20 units of each.
 fn setup() -> Vec<Txn> {
-    let mut txns = Vec::new();
-    for dc in 1..=8u32 {
-        txns.push(Txn {
-            request_id: format!("dc{dc}"),
-            op: Op::UpsertDc(DcRecord {
-                dc,
-                name: "d".into(),
-                lat_e6: 0,
-                lon_e6: 0,
-                region: dc % 4,
-                active: true,
-            }),
-        });
-    }
-    for sku in 1..=8u32 {
-        txns.push(Txn {
-            request_id: format!("sku{sku}"),
-            op: Op::UpsertItem(ItemRecord {
-                sku,
-                name: "i".into(),
-                price_cents: 1,
-            }),
-        });
-    }
-    for dc in 1..=8u32 {
-        for sku in 1..=8u32 {
-            txns.push(Txn {
-                request_id: format!("stock{dc}-{sku}"),
-                op: Op::Restock { dc, sku, delta: 20 },
-            });
-        }
-    }
-    txns
+    dataset(8, 8, 20)
 }
 
 fn log(seed: u64) -> Vec<(u64, Vec<Txn>)> {

@@ -8,6 +8,9 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
+use common::{dataset, Rng};
 use ordo_scheduler::*;
 use ordo_storage::{EpochCommit, EpochStamp, Store};
 
@@ -264,20 +267,6 @@ fn hostile_txn(rng: &mut Rng, id: String) -> Txn {
     Txn { request_id: id, op }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn random_txn(rng: &mut Rng, id: String) -> Txn {
     if rng.below(10) == 0 {
         return hostile_txn(rng, id);
@@ -376,38 +365,10 @@ fn run_case(seed: u64, jitter: Option<u64>) {
             .unwrap();
         out.results
     };
-    let mut seed_txns = Vec::new();
-    for dc in 1..=DCS {
-        seed_txns.push(Txn {
-            request_id: format!("dc{dc}"),
-            op: Op::UpsertDc(DcRecord {
-                dc,
-                name: "d".into(),
-                lat_e6: 0,
-                lon_e6: 0,
-                region: dc % 4,
-                active: true,
-            }),
-        });
-    }
-    for sku in 1..=SKUS {
-        seed_txns.push(Txn {
-            request_id: format!("sku{sku}"),
-            op: Op::UpsertItem(ItemRecord {
-                sku,
-                name: "i".into(),
-                price_cents: 1,
-            }),
-        });
-    }
-    for dc in 1..=DCS {
-        for sku in 1..=SKUS {
-            let t = Txn {
-                request_id: format!("s{dc}-{sku}"),
-                op: Op::Restock { dc, sku, delta: 6 },
-            };
-            model.apply(&t, 1, 0);
-            seed_txns.push(t);
+    let seed_txns = dataset(DCS, SKUS, 6);
+    for (seq, t) in seed_txns.iter().enumerate() {
+        if matches!(t.op, Op::Restock { .. }) {
+            model.apply(t, 1, seq);
         }
     }
     commit(1, &seed_txns);

@@ -183,19 +183,53 @@ pub fn serve_options(
     }
 }
 
+/// `ordo server`'s flags. Unset ones fall back to the config file, then to the defaults.
+#[derive(Args)]
+pub struct ServerArgs {
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// The client listener: ordo.v1, health, reflection.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The peer listener: Raft, forwarding, read index; calls need the cluster secret
+    /// [default: the client port + 1000 on the same host].
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// A file holding the cluster secret (at least 16 printable bytes), the same on every
+    /// node; required with --peer. `ordo dev` writes one.
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The address clients reach this node at (default: its --peer entry's client
+    /// address, else the bound address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// A cluster member ID=PEER_HOST:PORT (its peer listener; its client port is taken
+    /// to be 1000 lower), or ID=PEER_HOST:PORT,CLIENT_HOST:PORT; repeat for each member,
+    /// this node included.
+    #[arg(long = "peer", value_parser = cli::parse_peer)]
+    pub peers: Vec<(u64, MemberAddr)>,
+    /// A TOML file with any of the settings above (flags given here win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub tuning: Tuning,
+}
+
 /// Resolves `ordo server`'s settings: flags, then the config file.
-#[allow(clippy::too_many_arguments)]
-pub fn server_options(
-    node_id: Option<u64>,
-    listen: Option<SocketAddr>,
-    peer_listen: Option<SocketAddr>,
-    cluster_secret_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    advertise: Option<String>,
-    peers: Vec<(u64, MemberAddr)>,
-    config: Option<PathBuf>,
-    tuning: Tuning,
-) -> anyhow::Result<serve::ServeOptions> {
+pub fn server_options(args: ServerArgs) -> anyhow::Result<serve::ServeOptions> {
+    let ServerArgs {
+        node_id,
+        listen,
+        peer_listen,
+        cluster_secret_file,
+        data_dir,
+        advertise,
+        peers,
+        config,
+        tuning,
+    } = args;
     let file = match &config {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),

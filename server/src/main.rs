@@ -19,10 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ordo_client::Client;
-use ordo_sequencer::peers::MemberAddr;
 
 use crate::config::{
-    default_peer_listen, dev_secret, serve_options, server_options, Listeners, Tuning,
+    default_peer_listen, dev_secret, serve_options, server_options, Listeners, ServerArgs, Tuning,
 };
 
 #[derive(Parser)]
@@ -57,37 +56,7 @@ enum Command {
     },
     /// Run a node. With --peer (every voter, this node included) it is one node of a cluster
     /// that `ordo cluster-init` initialises; without, a single node that initialises itself.
-    Server {
-        #[arg(long)]
-        node_id: Option<u64>,
-        /// The client listener: ordo.v1, health, reflection.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// The peer listener: Raft, forwarding, read index; calls need the cluster secret
-        /// [default: the client port + 1000 on the same host].
-        #[arg(long)]
-        peer_listen: Option<SocketAddr>,
-        /// A file holding the cluster secret (at least 16 printable bytes), the same on every
-        /// node; required with --peer. `ordo dev` writes one.
-        #[arg(long)]
-        cluster_secret_file: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// The address clients reach this node at (default: its --peer entry's client
-        /// address, else the bound address).
-        #[arg(long)]
-        advertise: Option<String>,
-        /// A cluster member ID=PEER_HOST:PORT (its peer listener; its client port is taken
-        /// to be 1000 lower), or ID=PEER_HOST:PORT,CLIENT_HOST:PORT; repeat for each member,
-        /// this node included.
-        #[arg(long = "peer", value_parser = cli::parse_peer)]
-        peers: Vec<(u64, MemberAddr)>,
-        /// A TOML file with any of the settings above (flags given here win).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        tuning: Tuning,
-    },
+    Server(ServerArgs),
     /// Initialise a cluster's membership from the node's peer list (once; again is a no-op).
     ClusterInit {
         /// Then load the demo dataset through the log, on every replica.
@@ -280,29 +249,9 @@ async fn main() -> ExitCode {
                 report(serve::serve_dev_cluster(opts, nodes).await)
             }
         }
-        Command::Server {
-            node_id,
-            listen,
-            peer_listen,
-            cluster_secret_file,
-            data_dir,
-            advertise,
-            peers,
-            config,
-            tuning,
-        } => {
+        Command::Server(args) => {
             init_tracing();
-            let options = server_options(
-                node_id,
-                listen,
-                peer_listen,
-                cluster_secret_file,
-                data_dir,
-                advertise,
-                peers,
-                config,
-                tuning,
-            );
+            let options = server_options(args);
             match options {
                 Ok(opts) => report(serve::serve(opts, false).await),
                 Err(e) => report(Err(e)),
