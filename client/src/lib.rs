@@ -149,6 +149,8 @@ pub struct Client {
     attempt_timeout: Duration,
     consistency: Consistency,
     shared: Arc<Shared>,
+    /// The cluster secret, for membership changes (`with_cluster_secret`).
+    cluster_secret: Option<Arc<str>>,
 }
 
 struct Endpoints {
@@ -240,6 +242,7 @@ impl Client {
                 id_counter: AtomicU64::new(0),
                 jitter: AtomicU64::new(seed | 1),
             }),
+            cluster_secret: None,
         })
     }
 
@@ -259,6 +262,27 @@ impl Client {
     pub fn with_consistency(mut self, consistency: Consistency) -> Self {
         self.consistency = consistency;
         self
+    }
+
+    /// The cluster secret (the contents of the nodes' `--cluster-secret-file`), which
+    /// membership changes must carry; without it they are refused with UNAUTHENTICATED.
+    pub fn with_cluster_secret(mut self, secret: &str) -> Self {
+        self.cluster_secret = Some(secret.trim().into());
+        self
+    }
+
+    /// A request carrying the cluster secret, if this client has one.
+    fn with_secret<T>(&self, message: T) -> Result<tonic::Request<T>, Status> {
+        let mut request = tonic::Request::new(message);
+        if let Some(secret) = &self.cluster_secret {
+            let value = secret.parse().map_err(|_| {
+                Status::invalid_argument("the cluster secret is not valid metadata")
+            })?;
+            request
+                .metadata_mut()
+                .insert(ordo_proto::SECRET_METADATA_KEY, value);
+        }
+        Ok(request)
     }
 
     /// The endpoint calls currently go to.
@@ -710,12 +734,12 @@ impl Client {
     ) -> Result<v1::MembershipResponse, Error> {
         self.with_retries(|| {
             let mut admin = self.admin();
-            let request = v1::AddMemberRequest {
+            let request = self.with_secret(v1::AddMemberRequest {
                 node_id,
                 addr: addr.clone(),
                 peer_addr: peer_addr.clone(),
-            };
-            async move { admin.add_member(request).await }
+            });
+            async move { admin.add_member(request?).await }
         })
         .await
     }
@@ -743,11 +767,8 @@ impl Client {
     pub async fn remove_member(&self, node_id: u64) -> Result<v1::MembershipResponse, Error> {
         self.with_retries(|| {
             let mut admin = self.admin();
-            async move {
-                admin
-                    .remove_member(v1::RemoveMemberRequest { node_id })
-                    .await
-            }
+            let request = self.with_secret(v1::RemoveMemberRequest { node_id });
+            async move { admin.remove_member(request?).await }
         })
         .await
     }

@@ -590,6 +590,8 @@ async fn client_slot(
 struct Cluster {
     nodes: Vec<NodeProc>,
     bin: PathBuf,
+    /// The cluster secret, which membership changes carry.
+    secret: String,
 }
 
 impl Cluster {
@@ -696,7 +698,9 @@ async fn inject(
         }
         "membership" => {
             let victim = random_node(rng);
-            let admin = connect_retrying(&endpoints, Duration::from_secs(5)).await?;
+            let admin = connect_retrying(&endpoints, Duration::from_secs(5))
+                .await?
+                .with_cluster_secret(&cluster.secret);
             match tokio::time::timeout(
                 Duration::from_secs(10),
                 admin.remove_member(victim as u64 + 1),
@@ -770,12 +774,16 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
         Fault::Removed(victim) => {
             let addr = cluster.nodes[victim].addr.clone();
             let peer_addr = cluster.nodes[victim].peer_addr.clone();
+            let secret = cluster.secret.clone();
             let added = retry_until(RECOVERY_TIMEOUT, || {
                 let endpoints = endpoints.clone();
                 let addr = addr.clone();
                 let peer_addr = peer_addr.clone();
+                let secret = secret.clone();
                 async move {
-                    let admin = Client::connect_many(endpoints).await?;
+                    let admin = Client::connect_many(endpoints)
+                        .await?
+                        .with_cluster_secret(&secret);
                     admin
                         .add_member_at(victim as u64 + 1, addr, peer_addr)
                         .await
@@ -950,11 +958,8 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         .map(|(i, (a, p))| format!("{}={p},{a}", i + 1))
         .collect();
     let secret_file = dir.join("nodes/cluster-secret");
-    std::fs::write(
-        &secret_file,
-        format!("ordo-jepsen-{stamp}-cluster-secret\n"),
-    )
-    .context("writing the cluster secret")?;
+    let secret = format!("ordo-jepsen-{stamp}-cluster-secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).context("writing the cluster secret")?;
     let fault_injection = opts.nemesis.iter().any(|n| n == "clock");
     let mut cluster = Cluster {
         nodes: addrs
@@ -974,6 +979,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             })
             .collect(),
         bin: opts.ordo_bin.clone(),
+        secret,
     };
     for n in &mut cluster.nodes {
         n.start(&opts.ordo_bin)?;

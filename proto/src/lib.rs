@@ -31,3 +31,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub const OUTCOME_METADATA_KEY: &str = "ordo-outcome";
 /// See [`OUTCOME_METADATA_KEY`].
 pub const OUTCOME_NOT_APPLIED: &str = "not-applied";
+
+/// The metadata key of the cluster secret: on every peer call, and on the Admin calls that
+/// change membership.
+pub const SECRET_METADATA_KEY: &str = "ordo-cluster-secret";

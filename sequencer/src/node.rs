@@ -70,8 +70,9 @@ pub struct Node {
     pub channels: Channels,
     /// The configured voters (for `init_cluster`); just this node when single.
     pub peers: BTreeMap<NodeId, MemberAddr>,
-    /// Whether this node has a cluster secret, and so can take peers (a membership change).
-    pub has_secret: bool,
+    /// The cluster secret, if this node has one (it can then take peers, and it authorises
+    /// membership changes).
+    pub secret: Option<ClusterSecret>,
     forward_timeout: Duration,
 }
 
@@ -170,7 +171,7 @@ impl Node {
             applied_epoch,
             channels,
             peers,
-            has_secret: config.secret.is_some(),
+            secret: config.secret.clone(),
             forward_timeout: config.forward_timeout,
         };
         if single {

@@ -61,7 +61,7 @@ pub fn shift_port(addr: &str, delta: i32) -> Option<String> {
 }
 
 /// The metadata key of the cluster secret on peer calls.
-pub const SECRET_METADATA_KEY: &str = "ordo-cluster-secret";
+pub const SECRET_METADATA_KEY: &str = ordo_proto::SECRET_METADATA_KEY;
 
 /// The fewest bytes a cluster secret may have.
 pub const SECRET_BYTES_MIN: usize = 16;
@@ -95,6 +95,19 @@ impl ClusterSecret {
         Ok(Self(text.into()))
     }
 
+    /// The secret as metadata (it is printable ASCII, checked in [`ClusterSecret::new`]).
+    pub fn metadata_value(&self) -> MetadataValue<tonic::metadata::Ascii> {
+        MetadataValue::try_from(&*self.0).expect("printable ASCII is valid metadata")
+    }
+
+    /// Puts the secret on a request.
+    pub fn attach<T>(&self, mut request: Request<T>) -> Request<T> {
+        request
+            .metadata_mut()
+            .insert(SECRET_METADATA_KEY, self.metadata_value());
+        request
+    }
+
     /// Whether `offered` is this secret. Compares BLAKE3 digests byte by byte without an early
     /// exit, so the time taken says nothing about how much of a guess was right.
     pub fn matches(&self, offered: &[u8]) -> bool {
@@ -115,9 +128,7 @@ pub struct AttachSecret(pub Option<ClusterSecret>);
 impl Interceptor for AttachSecret {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(secret) = &self.0 {
-            let value = MetadataValue::try_from(&*secret.0)
-                .map_err(|_| Status::internal("the cluster secret is not valid metadata"))?;
-            request.metadata_mut().insert(SECRET_METADATA_KEY, value);
+            request = secret.attach(request);
         }
         Ok(request)
     }

@@ -9,7 +9,9 @@ use ordo_proto::v1;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::admin_server::Admin;
 use ordo_scheduler::{keys, reads};
-use ordo_sequencer::peers::{shift_port, MemberAddr, PEER_PORT_OFFSET};
+use ordo_sequencer::peers::{
+    shift_port, ClusterSecret, MemberAddr, PEER_PORT_OFFSET, SECRET_METADATA_KEY,
+};
 use ordo_sequencer::{InitOutcome, Node};
 use ordo_storage::Part;
 use tonic::{Request, Response, Status};
@@ -79,6 +81,32 @@ impl AdminService {
         }
     }
 
+    /// Membership changes decide which addresses receive the log (and the secret, on every
+    /// peer call): they need the cluster secret, like peer calls. Returns the secret, for a
+    /// call proxied to the leader.
+    fn authorise_membership(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<&ClusterSecret, Status> {
+        let Some(secret) = &self.node.secret else {
+            return Err(Status::failed_precondition(
+                "this node was started without a cluster secret, so it cannot take peers; \
+                 restart it with --cluster-secret-file (the new member needs the same file)",
+            ));
+        };
+        let offered = metadata
+            .get(SECRET_METADATA_KEY)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !secret.matches(offered) {
+            return Err(Status::unauthenticated(
+                "membership changes need the cluster secret: ordo member ... \
+                 --cluster-secret-file PATH (the nodes' file)",
+            ));
+        }
+        Ok(secret)
+    }
+
     fn membership_response(&self) -> v1::MembershipResponse {
         v1::MembershipResponse {
             members: self.members(),
@@ -91,6 +119,11 @@ impl AdminService {
                 .unwrap_or(0),
         }
     }
+}
+
+/// A request to the leader's Admin service carrying this node's secret.
+fn with_secret<T>(message: T, secret: &ClusterSecret) -> Request<T> {
+    secret.attach(Request::new(message))
 }
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
@@ -231,6 +264,7 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::AddMemberRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let request_metadata = request.metadata().clone();
         let r = request.into_inner();
         if r.node_id == 0 || r.addr.is_empty() {
             return Err(Status::invalid_argument(
@@ -253,14 +287,9 @@ impl Admin for AdminService {
                 )));
             }
         }
+        let secret = self.authorise_membership(&request_metadata)?;
         if let Some(mut leader) = self.leader_admin()? {
-            return leader.add_member(r).await;
-        }
-        if !self.node.has_secret {
-            return Err(Status::failed_precondition(
-                "this node was started without a cluster secret, so it cannot take peers; \
-                 restart it with --cluster-secret-file (the new member needs the same file)",
-            ));
+            return leader.add_member(with_secret(r, secret)).await;
         }
         let raft = &self.node.raft;
         let node = BasicNode {
@@ -291,9 +320,10 @@ impl Admin for AdminService {
         &self,
         request: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let secret = self.authorise_membership(request.metadata())?;
         let r = request.into_inner();
         if let Some(mut leader) = self.leader_admin()? {
-            return leader.remove_member(r).await;
+            return leader.remove_member(with_secret(r, secret)).await;
         }
         let known = self.members();
         let Some(member) = known.iter().find(|m| m.node_id == r.node_id) else {

@@ -152,14 +152,39 @@ enum MemberAction {
         #[arg(long)]
         peer_addr: Option<String>,
         #[command(flatten)]
+        secret: SecretArg,
+        #[command(flatten)]
         conn: Conn,
     },
     /// Remove a node by id.
     Remove {
         node_id: u64,
         #[command(flatten)]
+        secret: SecretArg,
+        #[command(flatten)]
         conn: Conn,
     },
+}
+
+/// Membership changes carry the cluster secret.
+#[derive(Args)]
+struct SecretArg {
+    /// The nodes' cluster secret file; membership changes without it get UNAUTHENTICATED.
+    #[arg(long, env = "ORDO_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<PathBuf>,
+}
+
+impl SecretArg {
+    /// The secret's text, when a file is given.
+    fn read(&self) -> Result<Option<String>, ExitCode> {
+        let Some(path) = &self.cluster_secret_file else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path).map(Some).map_err(|e| {
+            eprintln!("error: reading {}: {e}", path.display());
+            ExitCode::from(cli::EXIT_ERROR)
+        })
+    }
 }
 
 #[derive(Args)]
@@ -268,18 +293,38 @@ async fn main() -> ExitCode {
             MemberAction::Add {
                 member,
                 peer_addr,
+                secret,
                 conn,
             } => {
+                let secret = match secret.read() {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                };
                 run_client(conn, |c| async move {
+                    let c = match &secret {
+                        Some(s) => c.with_cluster_secret(s),
+                        None => c,
+                    };
                     cli::member_add(&c, member.0, member.1, peer_addr).await
                 })
                 .await
             }
-            MemberAction::Remove { node_id, conn } => {
-                run_client(
-                    conn,
-                    |c| async move { cli::member_remove(&c, node_id).await },
-                )
+            MemberAction::Remove {
+                node_id,
+                secret,
+                conn,
+            } => {
+                let secret = match secret.read() {
+                    Ok(s) => s,
+                    Err(code) => return code,
+                };
+                run_client(conn, |c| async move {
+                    let c = match &secret {
+                        Some(s) => c.with_cluster_secret(s),
+                        None => c,
+                    };
+                    cli::member_remove(&c, node_id).await
+                })
                 .await
             }
         },

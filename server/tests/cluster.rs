@@ -110,7 +110,8 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
     }
 
     eprintln!("--- phase: remove it, wipe it, start it empty, add it back, under load");
-    client.remove_member(follower).await.unwrap();
+    let admin = client.clone().with_cluster_secret(TEST_SECRET);
+    admin.remove_member(follower).await.unwrap();
     let initial = total_on_hand(&client).await;
     let live: Vec<String> = cluster
         .nodes
@@ -124,7 +125,7 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
     cluster.node(follower).start();
     let addr = cluster.node(follower).addr.clone();
     let peer = cluster.node(follower).peer_addr.clone();
-    let members = client.add_member_at(follower, addr, peer).await.unwrap();
+    let members = admin.add_member_at(follower, addr, peer).await.unwrap();
     assert!(members
         .members
         .iter()
@@ -152,6 +153,7 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(3, 2, 2_000, &[]).await;
     let client = cluster.client().await;
+    let admin = client.clone().with_cluster_secret(TEST_SECRET);
     let initial = total_on_hand(&client).await;
     let writers = Writers::start(cluster.endpoints(), 4, "gs").await;
     writers.wait_acked(100, Duration::from_secs(30)).await;
@@ -161,7 +163,7 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
         cluster.node(id).start();
         let addr = cluster.node(id).addr.clone();
         let peer = cluster.node(id).peer_addr.clone();
-        client.add_member_at(id, addr, peer).await.unwrap();
+        admin.add_member_at(id, addr, peer).await.unwrap();
         writers
             .wait_acked(writers.acked_count() + 50, Duration::from_secs(30))
             .await;
@@ -171,7 +173,7 @@ async fn growing_to_five_and_shrinking_to_three_under_load() {
 
     eprintln!("--- phase: remove nodes 4 and 5 again");
     for id in [4u64, 5] {
-        client.remove_member(id).await.unwrap();
+        admin.remove_member(id).await.unwrap();
         writers
             .wait_acked(writers.acked_count() + 50, Duration::from_secs(30))
             .await;

@@ -497,6 +497,21 @@ async fn hostile_traffic_on_every_port_of_a_cluster_changes_nothing() {
         assert_eq!(bad.code(), Code::InvalidArgument);
     }
 
+    eprintln!("--- phase: membership changes need the secret (they pick who receives the log)");
+    let refused = client
+        .add_member_at(9, "127.0.0.1:1".into(), "127.0.0.1:2".into())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
+    let refused = client.remove_member(2).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
+    let wrong = client
+        .clone()
+        .with_cluster_secret("not-the-cluster-secret-0123");
+    let refused = wrong.remove_member(2).await.unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unauthenticated), "{refused}");
+    assert_eq!(client.status().await.unwrap().members.len(), 3);
+
     eprintln!("--- phase: one request id, other bodies, sent to different nodes at once");
     let mut calls = Vec::new();
     for (i, node) in cluster.nodes.iter().enumerate() {
