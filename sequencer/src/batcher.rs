@@ -159,7 +159,7 @@ impl Sequencer {
         };
         let mut waits = Vec::with_capacity(txns.len());
         for (permit, txn) in permits.zip(txns) {
-            let (wait, joined) = self.waiters.register_or_join(&txn.request_id);
+            let (wait, joined) = self.waiters.register_or_join(&txn);
             waits.push(wait);
             if joined {
                 drop(permit);
@@ -227,7 +227,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
                 "the transaction is {first_bytes} bytes; one epoch batch holds at most {}",
                 config.batch_bytes_max
             ));
-            ctx.waiters.fail([first.request_id.as_str()], &failure);
+            ctx.waiters.fail([&first], &failure);
             continue;
         }
         let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
@@ -276,8 +276,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
             Err(why) => {
                 // Cut but never proposed nor forwarded: definitely not applied.
                 let failure = TxnFailure::NotApplied(why);
-                ctx.waiters
-                    .fail(txns.iter().map(|t| t.request_id.as_str()), &failure);
+                ctx.waiters.fail(&txns, &failure);
             }
         }
     }
@@ -327,13 +326,13 @@ async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: Own
                     Err(_) => TxnFailure::Unavailable("the raft node stopped".into()),
                 };
                 tracing::warn!(%failure, txns = request_ids.len(), "batch not committed");
-                waiters.fail(request_ids.iter().map(String::as_str), &failure);
+                waiters.fail_uncertain(request_ids.iter().map(String::as_str), &failure);
             });
         }
         Err(fatal) => {
             let failure = TxnFailure::Unavailable(format!("raft stopped: {fatal}"));
             ctx.waiters
-                .fail(request_ids.iter().map(String::as_str), &failure);
+                .fail_uncertain(request_ids.iter().map(String::as_str), &failure);
         }
     }
 }
@@ -413,12 +412,13 @@ fn forward(
                             refusal.reason
                         )),
                     };
-                    waiters.fail([refusal.request_id.as_str()], &failure);
+                    let refused = txns.iter().filter(|t| t.request_id == refusal.request_id);
+                    waiters.fail(refused, &failure);
                 }
                 if !response.failed_request_ids.is_empty() {
                     let failure =
                         TxnFailure::Unavailable(format!("on leader {leader}: {}", response.error));
-                    waiters.fail(
+                    waiters.fail_uncertain(
                         response.failed_request_ids.iter().map(String::as_str),
                         &failure,
                     );
@@ -426,7 +426,12 @@ fn forward(
             }
             Err(failure) => {
                 tracing::debug!(%failure, txns = request_ids.len(), "forwarded batch failed");
-                waiters.fail(request_ids.iter().map(String::as_str), &failure);
+                match failure {
+                    TxnFailure::Unavailable(_) => {
+                        waiters.fail_uncertain(request_ids.iter().map(String::as_str), &failure)
+                    }
+                    _ => waiters.fail(&txns, &failure),
+                }
             }
         }
     });

@@ -166,7 +166,7 @@ impl StateMachine {
         let raft_meta = bincode::serialize(&next_meta).map_err(sm_write_err)?;
         let store = self.store.clone();
         let exec = self.exec.clone();
-        let results = tokio::task::spawn_blocking(move || {
+        let (txns, results) = tokio::task::spawn_blocking(move || {
             let output = execute_epoch(&store, &exec, epoch, time_ms, &batch.txns)
                 .map_err(|e| format!("executing epoch {epoch}: {e}"))?;
             store
@@ -176,7 +176,7 @@ impl StateMachine {
                     raft_meta,
                 })
                 .map_err(|e| format!("committing epoch {epoch}: {e}"))?;
-            Ok::<_, String>(output.results)
+            Ok::<_, String>((batch.txns, output.results))
         })
         .await
         .map_err(sm_write_err)?
@@ -185,8 +185,8 @@ impl StateMachine {
             sm_write_err(e)
         })?;
         self.meta = next_meta;
-        for result in &results {
-            self.waiters.complete(result);
+        for (txn, result) in txns.iter().zip(&results) {
+            self.waiters.complete(txn, result);
         }
         self.applied_epoch.send_replace(epoch);
         Ok(epoch)

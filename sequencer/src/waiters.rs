@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ordo_scheduler::TxnResult;
+use ordo_scheduler::{body_digest, Txn, TxnResult};
 use tokio::sync::oneshot;
 
 /// Why a waiting request got no result.
@@ -34,7 +34,15 @@ pub enum TxnFailure {
 
 pub type TxnOutcome = Result<TxnResult, TxnFailure>;
 
-type Slot = (u64, oneshot::Sender<TxnOutcome>);
+/// What a request's body hashes to ([`body_digest`]): waits are per request id *and* body, so
+/// two requests that share an id but not a body never answer each other.
+pub type Digest = [u8; 32];
+
+struct Slot {
+    id: u64,
+    digest: Digest,
+    tx: oneshot::Sender<TxnOutcome>,
+}
 
 #[derive(Default)]
 pub struct Waiters {
@@ -51,46 +59,74 @@ pub struct Wait {
 }
 
 impl Waiters {
-    pub fn register(&self, request_id: &str) -> Wait {
-        self.register_or_join(request_id).0
+    pub fn register(&self, txn: &Txn) -> Wait {
+        self.register_or_join(txn).0
     }
 
-    /// Registers a wait; the flag says whether the request id was already waited for (in
-    /// flight on this node), in which case the caller joins that request instead of queueing
-    /// the same request again.
-    pub fn register_or_join(&self, request_id: &str) -> (Wait, bool) {
+    /// Registers a wait for `txn`; the flag says whether the same request (same id, same
+    /// body) is already waited for on this node, in which case the caller joins it instead of
+    /// queueing it again. A request with the same id and another body does not join: it is
+    /// sequenced, and execution refuses it (ALREADY_EXISTS) or refuses the other one.
+    pub fn register_or_join(&self, txn: &Txn) -> (Wait, bool) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let digest = body_digest(&txn.op);
         let (tx, rx) = oneshot::channel();
         let mut map = self.by_request.lock().expect("waiters lock");
-        let slots = map.entry(request_id.to_string()).or_default();
-        let joined = !slots.is_empty();
-        slots.push((id, tx));
+        let slots = map.entry(txn.request_id.clone()).or_default();
+        let joined = slots.iter().any(|s| s.digest == digest);
+        slots.push(Slot { id, digest, tx });
         let wait = Wait {
-            request_id: request_id.to_string(),
+            request_id: txn.request_id.clone(),
             id,
             rx,
         };
         (wait, joined)
     }
 
-    /// Delivers an executed transaction's result to everyone waiting for its request id.
-    pub fn complete(&self, result: &TxnResult) {
-        let slots = self
-            .by_request
-            .lock()
-            .expect("waiters lock")
-            .remove(&result.request_id);
-        for (_, tx) in slots.unwrap_or_default() {
-            let _ = tx.send(Ok(result.clone()));
+    /// Delivers an executed transaction's result to everyone waiting for that request (its
+    /// request id and its body).
+    pub fn complete(&self, txn: &Txn, result: &TxnResult) {
+        let mut map = self.by_request.lock().expect("waiters lock");
+        let Some(slots) = map.get_mut(&result.request_id) else {
+            return;
+        };
+        let digest = body_digest(&txn.op);
+        for slot in take_matching(slots, &digest) {
+            let _ = slot.tx.send(Ok(result.clone()));
+        }
+        if slots.is_empty() {
+            map.remove(&result.request_id);
         }
     }
 
-    /// Fails the waiters of requests whose proposal did not reach the log.
-    pub fn fail<'a>(&self, request_ids: impl IntoIterator<Item = &'a str>, failure: &TxnFailure) {
+    /// Fails the waiters of these requests (id and body): for definite failures, which must
+    /// not reach a request with the same id and another body.
+    pub fn fail<'a>(&self, txns: impl IntoIterator<Item = &'a Txn>, failure: &TxnFailure) {
+        let mut map = self.by_request.lock().expect("waiters lock");
+        for txn in txns {
+            let Some(slots) = map.get_mut(&txn.request_id) else {
+                continue;
+            };
+            for slot in take_matching(slots, &body_digest(&txn.op)) {
+                let _ = slot.tx.send(Err(failure.clone()));
+            }
+            if slots.is_empty() {
+                map.remove(&txn.request_id);
+            }
+        }
+    }
+
+    /// Fails every waiter of these request ids, whatever its body, with an outcome that is
+    /// not definite (UNAVAILABLE: retry with the same request id, and dedupe sorts it out).
+    pub fn fail_uncertain<'a>(
+        &self,
+        request_ids: impl IntoIterator<Item = &'a str>,
+        failure: &TxnFailure,
+    ) {
         let mut map = self.by_request.lock().expect("waiters lock");
         for request_id in request_ids {
-            for (_, tx) in map.remove(request_id).unwrap_or_default() {
-                let _ = tx.send(Err(failure.clone()));
+            for slot in map.remove(request_id).unwrap_or_default() {
+                let _ = slot.tx.send(Err(failure.clone()));
             }
         }
     }
@@ -100,8 +136,8 @@ impl Waiters {
     pub fn fail_all(&self, failure: &TxnFailure) -> usize {
         let pending = std::mem::take(&mut *self.by_request.lock().expect("waiters lock"));
         let count = pending.len();
-        for (_, tx) in pending.into_values().flatten() {
-            let _ = tx.send(Err(failure.clone()));
+        for slot in pending.into_values().flatten() {
+            let _ = slot.tx.send(Err(failure.clone()));
         }
         count
     }
@@ -110,7 +146,7 @@ impl Waiters {
     pub fn cancel(&self, request_id: &str, id: u64) {
         let mut map = self.by_request.lock().expect("waiters lock");
         if let Some(slots) = map.get_mut(request_id) {
-            slots.retain(|(slot, _)| *slot != id);
+            slots.retain(|slot| slot.id != id);
             if slots.is_empty() {
                 map.remove(request_id);
             }
@@ -126,16 +162,62 @@ impl Waiters {
     }
 }
 
+/// Removes and returns the slots waiting for the request with this body.
+fn take_matching(slots: &mut Vec<Slot>, digest: &Digest) -> Vec<Slot> {
+    let (matching, rest): (Vec<Slot>, Vec<Slot>) = std::mem::take(slots)
+        .into_iter()
+        .partition(|s| &s.digest == digest);
+    *slots = rest;
+    matching
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ordo_scheduler::{KvOp, Op, Outcome};
+
+    fn kv(id: &str, value: i64) -> Txn {
+        Txn {
+            request_id: id.into(),
+            op: Op::Kv(vec![KvOp::Write("k".into(), value)]),
+        }
+    }
+
+    fn result(id: &str) -> TxnResult {
+        TxnResult {
+            request_id: id.into(),
+            epoch: 1,
+            outcome: Outcome::Kv {
+                results: vec![None],
+                abort: None,
+            },
+        }
+    }
+
+    #[test]
+    fn one_id_two_bodies_never_answer_each_other() {
+        let waiters = Waiters::default();
+        let (mut first, joined) = waiters.register_or_join(&kv("x", 5));
+        assert!(!joined);
+        let (mut other, joined) = waiters.register_or_join(&kv("x", -3));
+        assert!(!joined, "another body does not join");
+        waiters.complete(&kv("x", 5), &result("x"));
+        assert!(first.rx.try_recv().unwrap().is_ok());
+        assert!(
+            other.rx.try_recv().is_err(),
+            "still waiting for its own execution"
+        );
+        waiters.fail([&kv("x", -3)], &TxnFailure::NotApplied("no leader".into()));
+        assert!(other.rx.try_recv().unwrap().is_err());
+        assert!(waiters.is_empty());
+    }
 
     #[test]
     fn fail_all_answers_every_waiter_and_joined_one_once() {
         let waiters = Waiters::default();
-        let a = waiters.register("a");
-        let (b1, joined1) = waiters.register_or_join("b");
-        let (b2, joined2) = waiters.register_or_join("b");
+        let a = waiters.register(&kv("a", 1));
+        let (b1, joined1) = waiters.register_or_join(&kv("b", 1));
+        let (b2, joined2) = waiters.register_or_join(&kv("b", 1));
         assert!(!joined1 && joined2);
         let failure = TxnFailure::Unavailable("leader 1 was replaced by 2".into());
         assert_eq!(waiters.fail_all(&failure), 2, "two request ids");
@@ -144,7 +226,7 @@ mod tests {
             assert_eq!(w.rx.try_recv().unwrap(), Err(failure.clone()));
         }
         // A request registered afterwards waits for its own outcome.
-        let mut c = waiters.register("c");
+        let mut c = waiters.register(&kv("c", 1));
         assert!(c.rx.try_recv().is_err());
         assert_eq!(waiters.len(), 1);
     }

@@ -545,6 +545,34 @@ async fn hostile_traffic_on_every_port_of_a_cluster_changes_nothing() {
     };
     assert_eq!(sku2, 30 - 1, "one body under the id was applied, once");
 
+    eprintln!("--- phase: one request id, two restocks (+5 and -3), at once via two nodes");
+    let before = client.get_stock(4, 3).await.unwrap().on_hand;
+    let mut calls = Vec::new();
+    for (node, delta) in [(0usize, 5i64), (1, -3)] {
+        let c = cluster.nodes[node].client().await;
+        calls.push(tokio::spawn(async move {
+            (
+                delta,
+                c.restock(4, 3, delta, Some("shared-restock".into())).await,
+            )
+        }));
+    }
+    let mut applied = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            (delta, Ok(r)) => {
+                assert!(r.applied);
+                applied.push((delta, r.on_hand));
+            }
+            (_, Err(e)) => assert_eq!(e.code(), Some(Code::AlreadyExists), "{e}"),
+        }
+    }
+    assert_eq!(applied.len(), 1, "one body applied: {applied:?}");
+    let (delta, on_hand) = applied[0];
+    assert_eq!(on_hand, before + delta, "its answer is its own");
+    let now = client.get_stock(4, 3).await.unwrap();
+    assert_eq!(now.on_hand, before + delta);
+
     eprintln!("--- phase: the cluster still works, agrees, and lost nothing");
     let r = client
         .place_order(&[line(2, 1, 1)], false, None)
