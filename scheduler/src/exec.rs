@@ -355,7 +355,10 @@ fn run_global(
         outcome: Outcome::Refused { code, reason },
     };
     let home = request_part(&txn.request_id, store.partitions());
-    let dedupe = validate::request_id_ok(&txn.request_id).is_ok();
+    // The cluster record needs no dedupe: comparing with the record is idempotent, and no
+    // entry under its id can then be made to stand in its way.
+    let dedupe = validate::request_id_ok(&txn.request_id).is_ok()
+        && !matches!(txn.op, Op::ClusterConfig { .. });
     if dedupe {
         // Entries written before request ids had one home kept global ones in the global
         // partition.

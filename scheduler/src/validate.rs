@@ -89,9 +89,18 @@ pub fn kv_key_ok(key: &str) -> Result<(), Invalid> {
     printable("key", key)
 }
 
+/// Request ids Ordo uses for its own transactions start with this; clients' may not.
+pub const RESERVED_REQUEST_ID_PREFIX: &str = "ordo-";
+
 /// Checks everything about `txn` that does not depend on state.
 pub fn validate(txn: &Txn) -> Result<(), Invalid> {
     request_id_ok(&txn.request_id)?;
+    let ours = matches!(txn.op, Op::ClusterConfig { .. });
+    if !ours && txn.request_id.starts_with(RESERVED_REQUEST_ID_PREFIX) {
+        return Err(format!(
+            "request ids starting with {RESERVED_REQUEST_ID_PREFIX:?} are reserved for Ordo itself"
+        ));
+    }
     validate_op(&txn.op)
 }
 
@@ -243,6 +252,15 @@ mod tests {
         assert!(dup.contains("duplicate line"), "{dup}");
         let many = (1..=101).map(|sku| line(1, sku, 1)).collect();
         assert!(validate(&order(many)).is_err());
+    }
+
+    #[test]
+    fn the_reserved_prefix_is_ordo_s_own() {
+        let mut txn = order(vec![line(1, 1, 1)]);
+        txn.request_id = "ordo-cluster-config".into();
+        assert!(validate(&txn).unwrap_err().contains("reserved"));
+        txn.op = Op::ClusterConfig { partitions: 3 };
+        assert!(validate(&txn).is_ok());
     }
 
     #[test]

@@ -29,6 +29,10 @@ const UNKNOWN: u32 = 99;
 
 impl Model {
     fn apply(&mut self, txn: &Txn, epoch: u64, seq: usize) -> Outcome {
+        // The cluster record bypasses dedupe: it is idempotent by itself.
+        if let Op::ClusterConfig { .. } = txn.op {
+            return Outcome::Upserted;
+        }
         if let Some((op, outcome)) = self.seen.get(&txn.request_id) {
             if *op != txn.op {
                 return Outcome::Refused {
