@@ -5,7 +5,8 @@
 //! and `cas` (`[from, to]`). The register starts empty (null). What each completion means:
 //! - `ok`: it took effect between its invocation and its completion;
 //! - `fail` of a `cas`: it ran and its comparison failed, so at its linearization point the
-//!   register did not hold `from`; a failed `write` did not happen; a failed `read` says nothing;
+//!   register did not hold `from`; unless its completion value is `{"error": ...}`: then it
+//!   was refused before it ran and constrains nothing; a failed `write` did not happen; a failed `read` says nothing;
 //! - `info` or no completion: unknown. It may have taken effect at any point after its
 //!   invocation, or never (which is the same as taking effect after everything else).
 
@@ -85,6 +86,10 @@ fn reg_op(i: usize, op: &Operation) -> Result<Option<RegOp>, String> {
             let from = int(&pair[0], &ctx("cas from"))?;
             let to = int(&pair[1], &ctx("cas to"))?;
             match completion {
+                // Refused before it ran (the server said it was not applied).
+                Some(EventType::Fail) if op.complete_value.get("error").is_some() => {
+                    return Ok(None)
+                }
                 Some(EventType::Fail) => Step::CasFailed { from },
                 Some(EventType::Ok) => Step::Cas { from, to },
                 _ => Step::CasUnknown { from, to },
@@ -323,6 +328,14 @@ mod tests {
             (1, "fail", "cas", json!([5, 6])),
         ];
         assert!(matches!(verdict(&h), Verdict::NotLinearizable { .. }));
+        // Refused before it ran: it says nothing about the register.
+        let refused = [
+            (0, "invoke", "write", json!(5)),
+            (0, "ok", "write", json!(5)),
+            (1, "invoke", "cas", json!([5, 6])),
+            (1, "fail", "cas", json!({"error": "not-applied"})),
+        ];
+        assert_eq!(verdict(&refused), Verdict::Linearizable);
     }
 
     #[test]
