@@ -167,6 +167,13 @@ fn record_at(bytes: &[u8], pos: usize) -> Result<&[u8], &'static str> {
     Ok(payload)
 }
 
+/// Whether an intact record of a known kind starts at `pos` (the tag is checked before the
+/// checksum is computed).
+fn intact_record_at(bytes: &[u8], pos: usize) -> bool {
+    let tag = bytes.get(pos + RECORD_HEADER_BYTES).copied();
+    tag.is_some_and(|t| (TAG_ENTRY..=TAG_COMMITTED).contains(&t)) && record_at(bytes, pos).is_ok()
+}
+
 /// A record read back from a segment.
 struct Record<'a> {
     /// Where the record (its length field) starts in the segment, for errors and locations.
@@ -209,10 +216,23 @@ fn read_records<'a>(
                 path.display()
             )));
         }
-        // Bounded by the segment's size; only runs on a log that a crash or damage left bad.
-        let intact_after = (pos + 1..bytes.len()).find(|&at| {
-            record_at(bytes, at).is_ok_and(|p| (TAG_ENTRY..=TAG_COMMITTED).contains(&p[0]))
-        });
+        let intact_after = match what {
+            // The record claims bytes past the end of the file: an append torn by a crash.
+            // Nothing intact can follow it; and its partial payload (which may hold bytes a
+            // client chose) is never searched for records.
+            "torn record header" | "torn record" => None,
+            // A whole record whose checksum fails: damage, if the file goes on after it with
+            // the record an append would have written next; if it ends the file, a torn write.
+            "checksum mismatch" => {
+                let len =
+                    u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize;
+                let next = pos + RECORD_HEADER_BYTES + len;
+                (next < bytes.len() && intact_record_at(bytes, next)).then_some(next)
+            }
+            // A header that is not one (a damaged length): look for any intact record after
+            // it. Bounded by the segment's size; only runs on a log a crash or damage left bad.
+            _ => (pos + 1..bytes.len()).find(|&at| intact_record_at(bytes, at)),
+        };
         if let Some(next) = intact_after {
             return Err(io_err(format!(
                 "corrupt raft log: {what} at offset {pos} of {}, followed by an intact record at \
