@@ -227,7 +227,8 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
                 "the transaction is {first_bytes} bytes; one epoch batch holds at most {}",
                 config.batch_bytes_max
             ));
-            ctx.waiters.fail([&first], &failure);
+            ctx.waiters
+                .fail([&first], &failure, ctx.waiters.watermark());
             continue;
         }
         let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
@@ -276,7 +277,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
             Err(why) => {
                 // Cut but never proposed nor forwarded: definitely not applied.
                 let failure = TxnFailure::NotApplied(why);
-                ctx.waiters.fail(&txns, &failure);
+                ctx.waiters.fail(&txns, &failure, ctx.waiters.watermark());
             }
         }
     }
@@ -348,6 +349,9 @@ fn forward(
 ) {
     let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
     let waiters = ctx.waiters.clone();
+    // Every wait of this batch was registered before now; a retry registered later is not
+    // this attempt's to fail.
+    let watermark = waiters.watermark();
     let client = ctx.channels.raft_client(&addr);
     let from_node = ctx.node_id;
     let timeout = ctx.forward_timeout;
@@ -413,7 +417,7 @@ fn forward(
                         )),
                     };
                     let refused = txns.iter().filter(|t| t.request_id == refusal.request_id);
-                    waiters.fail(refused, &failure);
+                    waiters.fail(refused, &failure, watermark);
                 }
                 if !response.failed_request_ids.is_empty() {
                     let failure =
@@ -430,7 +434,7 @@ fn forward(
                     TxnFailure::Unavailable(_) => {
                         waiters.fail_uncertain(request_ids.iter().map(String::as_str), &failure)
                     }
-                    _ => waiters.fail(&txns, &failure),
+                    _ => waiters.fail(&txns, &failure, watermark),
                 }
             }
         }

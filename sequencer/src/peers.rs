@@ -4,8 +4,8 @@
 //! Every node has two listeners. The client port serves `ordo.v1` (with health and
 //! reflection); the peer port serves `ordo.internal.v1` (Raft, forwarding, read index) and
 //! nothing else. A member's entry in the Raft membership (`BasicNode.addr`) names both:
-//! `PEER_ADDR,CLIENT_ADDR`, or one address for both (what nodes wrote before the split, and
-//! still read that way).
+//! `PEER_ADDR,CLIENT_ADDR`. An entry of one address was written before the split and named
+//! the client port; it is read with the default peer port (client port + 1000).
 //!
 //! Every peer call carries the cluster secret in [`SECRET_METADATA_KEY`]; the peer listener
 //! refuses a call without the right one with UNAUTHENTICATED before it reaches the service,
@@ -30,17 +30,21 @@ pub struct MemberAddr {
 pub const PEER_PORT_OFFSET: u16 = 1000;
 
 impl MemberAddr {
-    /// Reads a membership entry: `PEER,CLIENT`, or one address for both.
+    /// Reads a membership entry: `PEER,CLIENT`, or one address: an entry written before the
+    /// peer port existed, which named the client port; its peer port is then the default one
+    /// ([`PEER_PORT_OFFSET`] above), so a cluster restarted on this version finds its peers.
     pub fn parse(entry: &str) -> MemberAddr {
         match entry.split_once(',') {
             Some((peer, client)) => MemberAddr {
                 peer: peer.trim().to_string(),
                 client: client.trim().to_string(),
             },
-            None => MemberAddr {
-                peer: entry.trim().to_string(),
-                client: entry.trim().to_string(),
-            },
+            None => {
+                let client = entry.trim().to_string();
+                let peer = shift_port(&client, i32::from(PEER_PORT_OFFSET))
+                    .unwrap_or_else(|| client.clone());
+                MemberAddr { peer, client }
+            }
         }
     }
 
@@ -161,9 +165,9 @@ mod tests {
 
     #[test]
     fn member_entries_old_and_new() {
-        let both = MemberAddr::parse("127.0.0.1:50051");
-        assert_eq!(both.peer, "127.0.0.1:50051");
-        assert_eq!(both.client, "127.0.0.1:50051");
+        let legacy = MemberAddr::parse("127.0.0.1:50051");
+        assert_eq!(legacy.peer, "127.0.0.1:51051");
+        assert_eq!(legacy.client, "127.0.0.1:50051");
         let split = MemberAddr::parse("127.0.0.1:51051,127.0.0.1:50051");
         assert_eq!(split.peer, "127.0.0.1:51051");
         assert_eq!(split.client, "127.0.0.1:50051");

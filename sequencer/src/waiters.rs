@@ -99,15 +99,32 @@ impl Waiters {
         }
     }
 
-    /// Fails the waiters of these requests (id and body): for definite failures, which must
-    /// not reach a request with the same id and another body.
-    pub fn fail<'a>(&self, txns: impl IntoIterator<Item = &'a Txn>, failure: &TxnFailure) {
+    /// The id the next wait will get: waits registered from now on have ids at or above it.
+    pub fn watermark(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Fails the waiters of these requests (id and body) registered before `watermark`: for
+    /// definite failures, which must reach neither a request with the same id and another
+    /// body, nor a retry registered after the failed attempt left (its own attempt may still
+    /// be applied).
+    pub fn fail<'a>(
+        &self,
+        txns: impl IntoIterator<Item = &'a Txn>,
+        failure: &TxnFailure,
+        watermark: u64,
+    ) {
         let mut map = self.by_request.lock().expect("waiters lock");
         for txn in txns {
             let Some(slots) = map.get_mut(&txn.request_id) else {
                 continue;
             };
-            for slot in take_matching(slots, &body_digest(&txn.op)) {
+            let digest = body_digest(&txn.op);
+            let (failed, kept): (Vec<Slot>, Vec<Slot>) = std::mem::take(slots)
+                .into_iter()
+                .partition(|s| s.digest == digest && s.id < watermark);
+            *slots = kept;
+            for slot in failed {
                 let _ = slot.tx.send(Err(failure.clone()));
             }
             if slots.is_empty() {
@@ -207,9 +224,19 @@ mod tests {
             other.rx.try_recv().is_err(),
             "still waiting for its own execution"
         );
-        waiters.fail([&kv("x", -3)], &TxnFailure::NotApplied("no leader".into()));
+        let mark = waiters.watermark();
+        let (mut retry, joined) = waiters.register_or_join(&kv("x", -3));
+        assert!(joined);
+        waiters.fail(
+            [&kv("x", -3)],
+            &TxnFailure::NotApplied("no leader".into()),
+            mark,
+        );
         assert!(other.rx.try_recv().unwrap().is_err());
-        assert!(waiters.is_empty());
+        assert!(
+            retry.rx.try_recv().is_err(),
+            "a wait registered after the failed attempt left is not failed by it"
+        );
     }
 
     #[test]
