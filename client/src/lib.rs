@@ -88,6 +88,11 @@ impl Error {
 }
 
 fn status_not_applied(status: &Status) -> bool {
+    let outcome = status.metadata().get(ordo_proto::OUTCOME_METADATA_KEY);
+    // Set by this client when an earlier attempt of the same call may have been applied.
+    if outcome.is_some_and(|v| v == OUTCOME_UNKNOWN) {
+        return false;
+    }
     matches!(
         status.code(),
         Code::InvalidArgument
@@ -158,6 +163,10 @@ struct Endpoints {
     list: std::sync::Mutex<Vec<(String, Channel)>>,
     current: std::sync::atomic::AtomicUsize,
 }
+
+/// What the client writes into a failed call's `ordo-outcome` when an earlier attempt of the
+/// call may have been applied, whatever the last attempt's answer said.
+const OUTCOME_UNKNOWN: &str = "unknown";
 
 /// One attempt's default time limit ([`Client::with_attempt_timeout`]).
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -420,9 +429,10 @@ impl Client {
                 }
                 Err(mut status) => {
                     if maybe_applied {
-                        status
-                            .metadata_mut()
-                            .remove(ordo_proto::OUTCOME_METADATA_KEY);
+                        status.metadata_mut().insert(
+                            ordo_proto::OUTCOME_METADATA_KEY,
+                            tonic::metadata::MetadataValue::from_static(OUTCOME_UNKNOWN),
+                        );
                     }
                     return Err(status.into());
                 }
@@ -776,5 +786,30 @@ impl Client {
     /// Direct access to the generated stub of the current endpoint.
     pub fn raw(&self) -> OrdoClient<Channel> {
         self.ordo()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_failures_say_not_applied() {
+        let mut refused = Status::resource_exhausted("queue full");
+        assert!(!status_not_applied(&refused), "no trailer: unknown");
+        refused.metadata_mut().insert(
+            ordo_proto::OUTCOME_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(ordo_proto::OUTCOME_NOT_APPLIED),
+        );
+        assert!(status_not_applied(&refused));
+        assert!(status_not_applied(&Status::invalid_argument("qty 0")));
+        assert!(!status_not_applied(&Status::deadline_exceeded("slow")));
+        // An earlier attempt of the call may have been applied: nothing later makes it definite.
+        let mut after_unknown = Status::not_found("unknown dc");
+        after_unknown.metadata_mut().insert(
+            ordo_proto::OUTCOME_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(OUTCOME_UNKNOWN),
+        );
+        assert!(!Error::Status(after_unknown).not_applied());
     }
 }
