@@ -175,6 +175,14 @@ struct SecretArg {
 }
 
 impl SecretArg {
+    /// The client, carrying the secret when there is one.
+    fn apply(client: Client, secret: Option<&str>) -> Client {
+        match secret {
+            Some(s) => client.with_cluster_secret(s),
+            None => client,
+        }
+    }
+
     /// The secret's text, when a file is given.
     fn read(&self) -> Result<Option<String>, ExitCode> {
         let Some(path) = &self.cluster_secret_file else {
@@ -301,10 +309,7 @@ async fn main() -> ExitCode {
                     Err(code) => return code,
                 };
                 run_client(conn, |c| async move {
-                    let c = match &secret {
-                        Some(s) => c.with_cluster_secret(s),
-                        None => c,
-                    };
+                    let c = SecretArg::apply(c, secret.as_deref());
                     cli::member_add(&c, member.0, member.1, peer_addr).await
                 })
                 .await
@@ -319,10 +324,7 @@ async fn main() -> ExitCode {
                     Err(code) => return code,
                 };
                 run_client(conn, |c| async move {
-                    let c = match &secret {
-                        Some(s) => c.with_cluster_secret(s),
-                        None => c,
-                    };
+                    let c = SecretArg::apply(c, secret.as_deref());
                     cli::member_remove(&c, node_id).await
                 })
                 .await

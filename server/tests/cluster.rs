@@ -90,10 +90,9 @@ async fn killing_the_leader_under_load_loses_nothing_and_applies_nothing_twice()
     cluster.settle(writers, &client, initial).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
-    let _serial = ONE_AT_A_TIME.lock().await;
-    let mut cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
+/// Three nodes that snapshot every 100 entries, and one of the followers.
+async fn snapshotting_cluster_and_a_follower() -> (Cluster, u64) {
+    let cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
     let leader = cluster.leader(Duration::from_secs(10)).await;
     let follower = cluster
         .nodes
@@ -101,6 +100,13 @@ async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
         .map(|n| n.id)
         .find(|&id| id != leader)
         .unwrap();
+    (cluster, follower)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_is_rebuilt_from_a_snapshot() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (mut cluster, follower) = snapshotting_cluster_and_a_follower().await;
 
     eprintln!("--- phase: SIGKILL follower {follower}, write well past the snapshot threshold");
     cluster.node(follower).kill9();
@@ -334,14 +340,7 @@ async fn cluster_init_twice_is_a_no_op_and_status_all_flags_a_dead_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_killed_while_it_installs_a_snapshot_catches_up_on_restart() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let mut cluster = Cluster::start(3, 0, 1_000, &["--snapshot-every", "100"]).await;
-    let leader = cluster.leader(Duration::from_secs(10)).await;
-    let follower = cluster
-        .nodes
-        .iter()
-        .map(|n| n.id)
-        .find(|&id| id != leader)
-        .unwrap();
+    let (mut cluster, follower) = snapshotting_cluster_and_a_follower().await;
 
     eprintln!(
         "--- phase: SIGKILL follower {follower}; the log it needs is purged behind snapshots"

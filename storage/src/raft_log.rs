@@ -167,6 +167,14 @@ fn record_at(bytes: &[u8], pos: usize) -> Result<&[u8], &'static str> {
     Ok(payload)
 }
 
+/// A record that passed its checksum but does not decode: damage, named by file and offset.
+fn corrupt_at(path: &Path, offset: usize, e: io::Error) -> io::Error {
+    io_err(format!(
+        "corrupt raft log: {e} at offset {offset} of {}",
+        path.display()
+    ))
+}
+
 /// Whether an intact record of a known kind starts at `pos` (the tag is checked before the
 /// checksum is computed).
 fn intact_record_at(bytes: &[u8], pos: usize) -> bool {
@@ -365,12 +373,7 @@ where
         let mut max_index = None;
         for Record { offset, payload } in records {
             let body = &payload[1..];
-            let corrupt = |e: io::Error| {
-                io_err(format!(
-                    "corrupt raft log: {e} at offset {offset} of {}",
-                    path.display()
-                ))
-            };
+            let corrupt = |e: io::Error| corrupt_at(&path, offset, e);
             match payload[0] {
                 TAG_ENTRY => {
                     let entry: C::Entry = decode(body).map_err(corrupt)?;
@@ -422,12 +425,7 @@ where
     fn repeats_state(&self, path: &Path, records: &[Record]) -> io::Result<bool> {
         for Record { offset, payload } in records {
             let body = &payload[1..];
-            let corrupt = |e: io::Error| {
-                io_err(format!(
-                    "corrupt raft log: {e} at offset {offset} of {}",
-                    path.display()
-                ))
-            };
+            let corrupt = |e: io::Error| corrupt_at(path, *offset, e);
             let repeated = match payload[0] {
                 TAG_VOTE => self.vote == Some(decode(body).map_err(corrupt)?),
                 TAG_PURGE => self.last_purged == Some(decode(body).map_err(corrupt)?),
