@@ -181,7 +181,10 @@ impl Sequencer {
 }
 
 /// The leader this node knows of, with its address, unless it is this node.
-fn remote_leader(raft: &Raft, node_id: NodeId) -> Result<Option<(NodeId, String)>, String> {
+pub(crate) fn remote_leader(
+    raft: &Raft,
+    node_id: NodeId,
+) -> Result<Option<(NodeId, MemberAddr)>, String> {
     let metrics = raft.metrics().borrow().clone();
     match metrics.current_leader {
         Some(leader) if leader == node_id && metrics.state == ServerState::Leader => Ok(None),
@@ -190,7 +193,7 @@ fn remote_leader(raft: &Raft, node_id: NodeId) -> Result<Option<(NodeId, String)
                 .membership_config
                 .membership()
                 .get_node(&leader)
-                .map(|n| MemberAddr::parse(&n.addr).peer)
+                .map(|n| MemberAddr::parse(&n.addr))
                 .ok_or_else(|| format!("leader {leader} has no address in the membership"))?;
             Ok(Some((leader, addr)))
         }
@@ -273,7 +276,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
                 last_time_ms = (ctx.clock)().max(last_time_ms + 1);
                 propose(&ctx, txns, last_time_ms, permit).await;
             }
-            Ok(Some((leader, addr))) => forward(&ctx, txns, leader, addr, permit),
+            Ok(Some((leader, addr))) => forward(&ctx, txns, leader, addr.peer, permit),
             Err(why) => {
                 // Cut but never proposed nor forwarded: definitely not applied.
                 let failure = TxnFailure::NotApplied(why);

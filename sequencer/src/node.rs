@@ -221,10 +221,9 @@ impl Node {
     /// The leader this node knows of, when it is another node, with its addresses: its client
     /// address is the hint clients get, its peer address where forwards and read-index calls go.
     pub fn remote_leader(&self) -> Option<(NodeId, MemberAddr)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let leader = metrics.current_leader.filter(|&id| id != self.node_id)?;
-        let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some((leader, MemberAddr::parse(&node.addr)))
+        crate::batcher::remote_leader(&self.raft, self.node_id)
+            .ok()
+            .flatten()
     }
 
     /// Waits until some node leads (this one or another) and returns its id.
