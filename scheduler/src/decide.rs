@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::exec::{dedupe_answer, ExecError, Route};
+use ordo_storage::Part;
+
+use crate::exec::{dedupe_answer, ExecConfig, ExecError, Route};
 use crate::model::*;
 
 /// One participant's reads for a transaction.
@@ -15,7 +17,14 @@ pub(crate) struct LocalReads {
     pub(crate) kv: Vec<(String, Option<KvValue>)>,
     /// Only the home partition reads the dedupe entry: `Some(found)`.
     pub(crate) dedupe: Option<Option<DedupeRecord>>,
+    /// Only the reservation's home reads its record: `Some(found)`.
+    pub(crate) reservation: Option<Option<ReservationRecord>>,
+    /// Only the cart's partition reads its latest reservation: `Some(found)`.
+    pub(crate) cart: Option<Option<u64>>,
 }
+
+/// A write for whichever participant holds `Part`.
+pub(crate) type PartWrite = (Part, Vec<u8>, Option<Vec<u8>>);
 
 /// The decision every participant computes identically from all participants' reads.
 pub(crate) struct Decision {
@@ -25,11 +34,15 @@ pub(crate) struct Decision {
     pub(crate) order: Option<OrderRecord>,
     /// New values of user keys, for every participant to write those it holds.
     pub(crate) kv: Vec<(String, KvValue)>,
-    /// Whether the home partition records the result for dedupe (false for a dedupe hit).
+    /// Whether the home partition records the result for dedupe (false for a dedupe hit and
+    /// for a conflict, which runs again).
     pub(crate) remember: bool,
+    /// Other writes, each for the participant that holds its partition.
+    pub(crate) writes: Vec<PartWrite>,
 }
 
 pub(crate) fn decide(
+    cfg: &ExecConfig,
     txn: &Txn,
     route: &Route,
     seq: usize,
@@ -44,6 +57,7 @@ pub(crate) fn decide(
             order: None,
             kv: Vec::new(),
             remember: false,
+            writes: Vec::new(),
         });
     }
     let mut stock: BTreeMap<(u32, u32), StockRecord> = BTreeMap::new();
@@ -63,6 +77,7 @@ pub(crate) fn decide(
         order: None,
         kv: Vec::new(),
         remember: true,
+        writes: Vec::new(),
     };
     if let Some(reason) = &route.invalid {
         return Ok(rejected(Outcome::Refused {
@@ -150,6 +165,7 @@ pub(crate) fn decide(
                 order: Some(order),
                 kv: Vec::new(),
                 remember: true,
+                writes: Vec::new(),
             })
         }
         Op::Restock { dc, sku, delta } => {
@@ -177,6 +193,7 @@ pub(crate) fn decide(
                         order: None,
                         kv: Vec::new(),
                         remember: true,
+                        writes: Vec::new(),
                     })
                 }
                 _ => Ok(rejected(Outcome::Restock {
@@ -250,9 +267,25 @@ pub(crate) fn decide(
                 order: None,
                 kv: Vec::new(),
                 remember: true,
+                writes: Vec::new(),
             })
         }
         Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
+        Op::Reserve { .. }
+        | Op::ConfirmReservation { .. }
+        | Op::CancelReservation { .. }
+        | Op::ExtendReservation { .. } => crate::decide_holds::decide(
+            &crate::decide_holds::Ctx {
+                cfg,
+                txn,
+                route,
+                seq,
+                epoch,
+                time_ms,
+            },
+            stock,
+            reads,
+        ),
         Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } => Err(
             ExecError::Invariant("global transaction in a partition executor".into()),
         ),
@@ -325,6 +358,7 @@ fn decide_kv(
             order: None,
             kv: Vec::new(),
             remember: true,
+            writes: Vec::new(),
         },
         None => Decision {
             result: result(Outcome::Kv {
@@ -335,6 +369,7 @@ fn decide_kv(
             order: None,
             kv: changed.into_iter().collect(),
             remember: true,
+            writes: Vec::new(),
         },
     }
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ordo_storage::{Part, Store, StoreError, Write};
 
+use crate::holds::{self, HoldError, View};
 use crate::model::*;
 use crate::partition::run_segment;
 use crate::validate;
@@ -36,6 +37,14 @@ pub struct ExecConfig {
     /// least twice the epoch's transactions, so pruning keeps up with the largest batch), so a
     /// burst of expiries never makes one epoch large.
     pub dedupe_prune_max: usize,
+    /// At most this many holds are swept (their units returned) per partition per epoch, the
+    /// earliest first; the rest in later epochs. Reads and decisions count a dead hold as
+    /// released whether or not it was swept, so the bound changes when the writes happen,
+    /// never what anyone sees. The same bound applies to dropping old reservation records.
+    pub expiry_per_epoch_max: usize,
+    /// How long a reservation's record is kept after its life cap (for `GetReservation`),
+    /// in sequencer milliseconds.
+    pub reservation_retention_ms: u64,
     /// Test hook: when set, partition executors sleep for pseudo-random microseconds (seeded by
     /// this value) between steps. It changes thread timing only, never results or writes.
     pub timing_jitter_seed: Option<u64>,
@@ -47,6 +56,8 @@ impl Default for ExecConfig {
             dedupe_window_ms: 24 * 60 * 60 * 1000,
             dedupe_window_epochs_min: 1_000_000,
             dedupe_prune_max: 1024,
+            expiry_per_epoch_max: 10_000,
+            reservation_retention_ms: 24 * 60 * 60 * 1000,
             timing_jitter_seed: None,
         }
     }
@@ -115,6 +126,15 @@ pub fn execute_epoch(
     for (part, overlay) in overlays.iter_mut() {
         prune_dedupe(store, *part, overlay, cutoff, prune_max)?;
     }
+    // Then return the units of dead holds, earliest first, and drop old reservation records.
+    // A partition with dead holds left over is in backlog: its rows are read net of them.
+    let mut backlog = BTreeSet::new();
+    for (part, overlay) in overlays.iter_mut() {
+        if *part != Part::Global && sweep_holds(store, *part, overlay, time_ms, cfg)? {
+            backlog.insert(*part);
+        }
+    }
+    prune_reservations(store, &mut overlays, time_ms, cfg.expiry_per_epoch_max)?;
 
     let mut results: Vec<Option<TxnResult>> = vec![None; txns.len()];
     let mut start = 0;
@@ -134,6 +154,7 @@ pub fn execute_epoch(
             cfg,
             &global,
             &mut overlays,
+            &backlog,
             epoch,
             time_ms,
             txns,
@@ -208,6 +229,35 @@ impl Overlay {
         }
     }
 
+    /// Pairs with `start <= key < end` under the pending writes, in key order, at most `limit`.
+    pub(crate) fn range(
+        &self,
+        store: &Store,
+        part: Part,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<holds::Pairs, StoreError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let pending: Vec<(&Vec<u8>, &Pending)> =
+            self.current.range(start.to_vec()..end.to_vec()).collect();
+        // Each pending write can hide at most one stored key: fetch that many more.
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = store
+            .range(part, start, end, limit.saturating_add(pending.len()))?
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        for (key, p) in pending {
+            match &p.value {
+                Some(v) => merged.insert(key.clone(), v.clone()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().take(limit).collect())
+    }
+
     pub(crate) fn put(&mut self, seq: Option<usize>, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.current.insert(key, Pending { seq, value });
     }
@@ -224,6 +274,167 @@ impl Overlay {
             .map(|(key, pending)| (key, pending.value))
             .collect()
     }
+}
+
+/// One partition's state under an executing epoch's pending writes.
+pub(crate) struct Layered<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) part: Part,
+    pub(crate) overlay: &'a Overlay,
+}
+
+impl Layered<'_> {
+    fn check(&self, part: Part) -> Result<(), StoreError> {
+        if part != self.part {
+            return Err(StoreError::Invariant(format!(
+                "partition {part} read through the overlay of {}",
+                self.part
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl View for Layered<'_> {
+    fn get(&self, part: Part, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check(part)?;
+        match self.overlay.current.get(key) {
+            Some(pending) => Ok(pending.value.clone()),
+            None => Ok(self.store.get(part, key)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn range(
+        &self,
+        part: Part,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<holds::Pairs, StoreError> {
+        self.check(part)?;
+        self.overlay.range(self.store, part, start, end, limit)
+    }
+}
+
+impl From<HoldError> for ExecError {
+    fn from(e: HoldError) -> Self {
+        match e {
+            HoldError::Store(e) => ExecError::Store(e),
+            HoldError::Corrupt { what, detail } => ExecError::Corrupt { what, detail },
+        }
+    }
+}
+
+/// Returns the units of holds dead at `now_ms` in `part`, earliest first, at most the
+/// configured number. Returns whether dead holds remain (the partition is in backlog).
+fn sweep_holds(
+    store: &Store,
+    part: Part,
+    overlay: &mut Overlay,
+    now_ms: u64,
+    cfg: &ExecConfig,
+) -> Result<bool, ExecError> {
+    let max = cfg.expiry_per_epoch_max;
+    let due = holds::due(
+        &Layered {
+            store,
+            part,
+            overlay,
+        },
+        part,
+        now_ms,
+        max.saturating_add(1),
+    )?;
+    let backlog = due.len() > max;
+    for (due_key, dc, sku, qty) in due.into_iter().take(max) {
+        let stock_key = keys::stock(dc, sku);
+        let row: StockRecord = read_record(store, overlay, part, &stock_key, || {
+            format!("stock dc {dc} sku {sku}")
+        })?
+        .unwrap_or_default();
+        let reserved = row.reserved - qty;
+        if reserved < 0 {
+            return Err(ExecError::Invariant(format!(
+                "sweeping a hold of {qty} on dc {dc} sku {sku} would leave reserved at {reserved}"
+            )));
+        }
+        let next = StockRecord {
+            on_hand: row.on_hand,
+            reserved,
+        };
+        overlay.put(None, stock_key, Some(encode(&next)));
+        if let Some(row_key) = holds::row_key_of_due(&due_key) {
+            overlay.put(None, row_key, None);
+        }
+        overlay.put(None, due_key, None);
+    }
+    Ok(backlog)
+}
+
+/// Drops reservation records whose retention ended, at most `limit` per partition, with their
+/// indexes and their cart's pointer when it still names them.
+fn prune_reservations(
+    store: &Store,
+    overlays: &mut BTreeMap<Part, Overlay>,
+    now_ms: u64,
+    limit: usize,
+) -> Result<(), ExecError> {
+    let partitions = store.partitions();
+    for n in 0..partitions {
+        let part = Part::Region(n);
+        let start = [keys::RESERVATION_PRUNE];
+        let end = holds::key::prune(now_ms.saturating_add(1), 0);
+        let overlay = overlays.get(&part).expect("overlay per partition");
+        let expired = overlay.range(store, part, &start, &end, limit)?;
+        for (prune_key, _) in expired {
+            let Some(id) = holds::key::trailing_id(&prune_key) else {
+                continue;
+            };
+            let overlay = overlays.get_mut(&part).expect("overlay per partition");
+            let record = holds::reservation(
+                &Layered {
+                    store,
+                    part,
+                    overlay,
+                },
+                part,
+                id,
+            )?;
+            overlay.put(None, prune_key, None);
+            let Some(record) = record else {
+                continue;
+            };
+            overlay.put(None, holds::key::reservation(id), None);
+            overlay.put(
+                None,
+                holds::key::by_id(keys::RESERVATION_BY_USER, &record.user, id),
+                None,
+            );
+            if record.cart_id.is_empty() {
+                continue;
+            }
+            overlay.put(
+                None,
+                holds::key::by_id(keys::RESERVATION_BY_CART, &record.cart_id, id),
+                None,
+            );
+            let cart = cart_part(&record.cart_id, partitions);
+            let cart_overlay = overlays.get_mut(&cart).expect("overlay per partition");
+            let latest = holds::cart(
+                &Layered {
+                    store,
+                    part: cart,
+                    overlay: cart_overlay,
+                },
+                cart,
+                &record.cart_id,
+            )?;
+            if latest == Some(id) {
+                cart_overlay.put(None, holds::key::cart(&record.cart_id), None);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(what: String, e: bincode::Error) -> ExecError {
@@ -468,10 +679,13 @@ pub(crate) struct Route {
     pub(crate) home: Part,
     /// Every partition the transaction touches, the home included, ascending.
     pub(crate) participants: Vec<Part>,
-    /// The partition of each order line (or the restock's DC, the transfer's two DCs).
-    pub(crate) line_parts: Vec<Part>,
+    /// The stock rows it locks and reads, each with its partition: an order's lines, the
+    /// restock's row, the transfer's two rows, a reservation's rows.
+    pub(crate) rows: Vec<(u32, u32, Part)>,
     /// The partition of each user key of a key-value transaction, keys in first-use order.
     pub(crate) kv_parts: Vec<(String, Part)>,
+    /// For reservation transactions: the reservation, as routing saw it.
+    pub(crate) hold: Option<HoldRoute>,
     /// A rejection known from the global tables alone (unknown DC or SKU, inactive DC). Such a
     /// transaction runs in its home only and reads nothing but its dedupe entry, so its answer
     /// cannot depend on when other transactions ran.
@@ -483,10 +697,36 @@ pub(crate) struct Route {
     pub(crate) dedupe: bool,
 }
 
+/// A reservation transaction's target, read when the segment was routed (its start). The
+/// rows a transaction locks must be known before it runs; they come from this reading, and
+/// the decision refuses the transaction as a conflict (to run again in a later epoch) when
+/// what it finds under its locks differs from it.
+#[derive(Clone, Debug)]
+pub(crate) struct HoldRoute {
+    /// The reservation acted on; for a `Reserve` that starts one, its new id.
+    pub(crate) id: u64,
+    /// Its home partition ([`reservation_part`]).
+    pub(crate) home: Part,
+    /// Its record at routing (`None`: unknown, or a new reservation).
+    pub(crate) seen: Option<ReservationRecord>,
+    /// A `Reserve` with a cart: the cart's partition and its latest reservation at routing.
+    pub(crate) cart: Option<(String, Part, Option<u64>)>,
+    /// A `Reserve` that adds to the cart's live reservation (`id`) instead of starting one.
+    pub(crate) adds: bool,
+}
+
 impl Route {
     /// Whether the transaction is decided without reading any stock or user key.
     pub(crate) fn decided_early(&self) -> bool {
         self.pre_rejection.is_some() || self.invalid.is_some()
+    }
+
+    /// The partition of a stock row this transaction touches.
+    pub(crate) fn row_part(&self, dc: u32, sku: u32) -> Option<Part> {
+        self.rows
+            .iter()
+            .find(|&&(d, s, _)| d == dc && s == sku)
+            .map(|&(_, _, p)| p)
     }
 }
 
@@ -502,19 +742,47 @@ fn ascending(parts: impl IntoIterator<Item = Part>) -> Vec<Part> {
         .collect()
 }
 
-pub(crate) fn route(
-    store: &Store,
-    global: &Overlay,
-    txn: &Txn,
-    partitions: u32,
-) -> Result<Route, ExecError> {
+/// What routing reads: the store under the global overlay and the region overlays as they
+/// stand at the segment's start (deterministic: earlier segments and the prologue only).
+pub(crate) struct RouteCtx<'a> {
+    pub(crate) store: &'a Store,
+    pub(crate) global: &'a Overlay,
+    pub(crate) regions: &'a BTreeMap<Part, Overlay>,
+    pub(crate) epoch: u64,
+    pub(crate) time_ms: u64,
+}
+
+impl RouteCtx<'_> {
+    fn view(&self, part: Part) -> Result<Layered<'_>, ExecError> {
+        let overlay = self
+            .regions
+            .get(&part)
+            .ok_or_else(|| ExecError::Invariant(format!("no overlay for {part}")))?;
+        Ok(Layered {
+            store: self.store,
+            part,
+            overlay,
+        })
+    }
+
+    fn dc(&self, dc: u32) -> Result<Option<DcRecord>, ExecError> {
+        read_record(self.store, self.global, Part::Global, &keys::dc(dc), || {
+            format!("dc {dc}")
+        })
+    }
+}
+
+pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, ExecError> {
+    let store = ctx.store;
+    let partitions = store.partitions();
     let home = request_part(&txn.request_id, partitions);
     let dedupe = validate::request_id_ok(&txn.request_id).is_ok();
     let mut route = Route {
         home,
         participants: vec![home],
-        line_parts: Vec::new(),
+        rows: Vec::new(),
         kv_parts: Vec::new(),
+        hold: None,
         pre_rejection: None,
         invalid: None,
         dedupe,
@@ -523,13 +791,11 @@ pub(crate) fn route(
         route.invalid = Some(reason);
         return Ok(route);
     }
-    let dc_lookup = |dc: u32| -> Result<Option<DcRecord>, ExecError> {
-        read_record(store, global, Part::Global, &keys::dc(dc), || {
-            format!("dc {dc}")
-        })
-    };
     let item_known = |sku: u32| -> Result<bool, ExecError> {
-        Ok(global.get(store, Part::Global, &keys::item(sku))?.is_some())
+        Ok(ctx
+            .global
+            .get(store, Part::Global, &keys::item(sku))?
+            .is_some())
     };
     if let Op::Kv(ops) = &txn.op {
         for op in ops {
@@ -542,8 +808,30 @@ pub(crate) fn route(
         route.participants = ascending(route.kv_parts.iter().map(|(_, p)| *p).chain([home]));
         return Ok(route);
     }
+    if let Some(id) = txn.op.reservation_id() {
+        // Confirm, cancel, extend: the rows are the reservation's, as it stands now.
+        let res_home = reservation_part(id, partitions);
+        let seen = holds::reservation(&ctx.view(res_home)?, res_home, id)?;
+        for (dc, sku) in seen.as_ref().map(|r| r.rows()).unwrap_or_default() {
+            let record = ctx.dc(dc)?.ok_or_else(|| {
+                ExecError::Invariant(format!("reservation {id} holds stock of unknown dc {dc}"))
+            })?;
+            route.rows.push((dc, sku, dc_part(&record, partitions)));
+        }
+        route.hold = Some(HoldRoute {
+            id,
+            home: res_home,
+            seen,
+            cart: None,
+            adds: false,
+        });
+        route.participants = ascending(route.rows.iter().map(|r| r.2).chain([home, res_home]));
+        return Ok(route);
+    }
     let pairs: Vec<(u32, u32, i64)> = match &txn.op {
-        Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
+        Op::PlaceOrder { lines, .. } | Op::Reserve { lines, .. } => {
+            lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect()
+        }
         Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
         Op::Transfer {
             sku,
@@ -551,12 +839,13 @@ pub(crate) fn route(
             to_dc,
             qty,
         } => vec![(*from_dc, *sku, *qty), (*to_dc, *sku, *qty)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::Kv(_) => {
-            return Err(ExecError::Invariant(
-                "global transaction routed to a region partition".into(),
-            ))
+        other => {
+            return Err(ExecError::Invariant(format!(
+                "transaction {other:?} has no stock rows to route"
+            )))
         }
     };
+    let takes_stock = matches!(txn.op, Op::PlaceOrder { .. } | Op::Reserve { .. });
     for &(dc, sku, qty) in &pairs {
         let reject = |code| Rejection {
             code,
@@ -565,15 +854,15 @@ pub(crate) fn route(
             available: 0,
             requested: qty,
         };
-        match dc_lookup(dc)? {
+        match ctx.dc(dc)? {
             None => {
                 route
                     .pre_rejection
                     .get_or_insert(reject(RejectCode::UnknownDc));
-                route.line_parts.push(home);
+                route.rows.push((dc, sku, home));
             }
             Some(record) => {
-                if !record.active && matches!(txn.op, Op::PlaceOrder { .. }) {
+                if !record.active && takes_stock {
                     route
                         .pre_rejection
                         .get_or_insert(reject(RejectCode::DcInactive));
@@ -583,12 +872,46 @@ pub(crate) fn route(
                         .pre_rejection
                         .get_or_insert(reject(RejectCode::UnknownSku));
                 }
-                route.line_parts.push(dc_part(&record, partitions));
+                route.rows.push((dc, sku, dc_part(&record, partitions)));
             }
         }
     }
-    if route.pre_rejection.is_none() {
-        route.participants = ascending(route.line_parts.iter().copied().chain([home]));
+    if route.pre_rejection.is_some() {
+        return Ok(route);
     }
+    let mut parts: Vec<Part> = route.rows.iter().map(|r| r.2).chain([home]).collect();
+    if let Op::Reserve { cart_id, .. } = &txn.op {
+        // A new reservation's id is its order-id-like position in the log; with a cart whose
+        // latest reservation is live at this epoch's time, the lines join that one.
+        let mut hold = HoldRoute {
+            id: (ctx.epoch << ORDER_SEQ_BITS) | seq as u64,
+            home: Part::Global,
+            seen: None,
+            cart: None,
+            adds: false,
+        };
+        if !cart_id.is_empty() {
+            let cart = cart_part(cart_id, partitions);
+            let latest = holds::cart(&ctx.view(cart)?, cart, cart_id)?;
+            if let Some(latest) = latest {
+                let latest_home = reservation_part(latest, partitions);
+                let seen = holds::reservation(&ctx.view(latest_home)?, latest_home, latest)?;
+                if seen
+                    .as_ref()
+                    .is_some_and(|r| r.status_at(ctx.time_ms) == HoldStatus::Live)
+                {
+                    hold.id = latest;
+                    hold.seen = seen;
+                    hold.adds = true;
+                }
+            }
+            hold.cart = Some((cart_id.clone(), cart, latest));
+            parts.push(cart);
+        }
+        hold.home = reservation_part(hold.id, partitions);
+        parts.push(hold.home);
+        route.hold = Some(hold);
+    }
+    route.participants = ascending(parts);
     Ok(route)
 }

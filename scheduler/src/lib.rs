@@ -10,7 +10,9 @@
 //! - [`lock`]: the deterministic lock manager (locks granted in log order).
 //! - [`exec`]: one epoch's execution: segments, routing, the overlay of pending writes.
 //! - `partition`: per-partition executors with the multi-partition read exchange.
-//! - `decide`: the pure decision every participant of a transaction computes.
+//! - `decide`: the pure decision every participant of a transaction computes;
+//!   `decide_holds` those of reservations.
+//! - [`holds`]: reservation state behind one interface (keys, sweep order, dead holds).
 //! - [`reads`]: point reads of applied state for the server edge.
 //! - [`validate`]: the one validator of a transaction's shape (edge, leader and execution).
 //!
@@ -18,7 +20,9 @@
 //! inside execution; openraft, gRPC or anything that does I/O other than the store.
 
 mod decide;
+mod decide_holds;
 pub mod exec;
+pub mod holds;
 pub mod lock;
 pub mod model;
 mod partition;

@@ -8,9 +8,16 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// What a transaction locks in one partition.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LockKey {
-    Stock { dc: u32, sku: u32 },
+    Stock {
+        dc: u32,
+        sku: u32,
+    },
     Dedupe(String),
     Kv(String),
+    /// A reservation, in every partition a transaction on it touches.
+    Reservation(u64),
+    /// A cart's pointer to its latest reservation, in the cart's partition.
+    Cart(String),
 }
 
 /// Per-key FIFO queues of transaction sequence numbers (their index in the epoch batch).

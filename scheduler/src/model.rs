@@ -58,6 +58,34 @@ pub enum Op {
     ClusterConfig {
         partitions: u32,
     },
+    /// Holds units for a cart: they move from available to reserved until the hold is
+    /// confirmed, cancelled or reaches `expires_at = epoch time + ttl_ms`. With a `cart_id`
+    /// whose reservation is live, the lines are added to that reservation (and lapse with
+    /// it). The edge resolves the server's default TTL and life cap into the two durations.
+    Reserve {
+        cart_id: String,
+        user: String,
+        lines: Vec<Line>,
+        mode: Mode,
+        ttl_ms: u64,
+        /// The longest the reservation may live, extensions included.
+        life_max_ms: u64,
+    },
+    /// Turns a live reservation into an order. `lines` empty: every held unit; otherwise
+    /// those quantities (at most what is held per line), and the rest is released.
+    ConfirmReservation {
+        reservation_id: u64,
+        lines: Vec<Line>,
+    },
+    CancelReservation {
+        reservation_id: u64,
+    },
+    /// Moves a live reservation's expiry to `epoch time + ttl_ms`, never earlier than it was
+    /// and never past its life cap.
+    ExtendReservation {
+        reservation_id: u64,
+        ttl_ms: u64,
+    },
 }
 
 /// The request id under which nodes record the cluster configuration.
@@ -105,6 +133,16 @@ pub fn kv_part(key: &str, partitions: u32) -> ordo_storage::Part {
 }
 
 impl Op {
+    /// The existing reservation a confirm, cancel or extend names.
+    pub fn reservation_id(&self) -> Option<u64> {
+        match self {
+            Op::ConfirmReservation { reservation_id, .. }
+            | Op::CancelReservation { reservation_id }
+            | Op::ExtendReservation { reservation_id, .. } => Some(*reservation_id),
+            _ => None,
+        }
+    }
+
     /// Whether the transaction changes the global tables (DCs, catalogue). Such transactions
     /// run alone, between the partitioned parts of an epoch.
     pub fn is_global(&self) -> bool {
@@ -178,6 +216,13 @@ pub enum RejectCode {
     DcInactive,
     NegativeStock,
     StockOverflow,
+    /// The reservation's hold lapsed: the epoch's time reached its `expires_at`.
+    ReservationExpired,
+    ReservationConfirmed,
+    ReservationCancelled,
+    ReservationUnknown,
+    /// A confirm line names a row the reservation does not hold, or more than it holds.
+    NotHeld,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +260,14 @@ impl std::fmt::Display for Rejection {
                 f,
                 "dc {dc} sku {sku} would hold more than {} units",
                 i64::MAX
+            ),
+            RejectCode::ReservationExpired => write!(f, "the reservation expired"),
+            RejectCode::ReservationConfirmed => write!(f, "the reservation is already confirmed"),
+            RejectCode::ReservationCancelled => write!(f, "the reservation is cancelled"),
+            RejectCode::ReservationUnknown => write!(f, "unknown reservation"),
+            RejectCode::NotHeld => write!(
+                f,
+                "the reservation holds {available} of dc {dc} sku {sku}, not {requested}"
             ),
         }
     }
@@ -261,6 +314,12 @@ pub enum Outcome {
         code: RefuseCode,
         reason: String,
     },
+    /// A reservation as this transaction left it (`None` when none was made or it is unknown),
+    /// and why the transaction changed nothing.
+    Reservation {
+        reservation: Option<ReservationRecord>,
+        rejection: Option<Rejection>,
+    },
 }
 
 /// Why a transaction was refused outright.
@@ -272,6 +331,10 @@ pub enum RefuseCode {
     IdReused,
     /// It would move an existing DC to another region (FAILED_PRECONDITION).
     RegionChange,
+    /// The reservation or cart it names changed earlier in the same epoch segment, after the
+    /// transaction was routed: nothing was done and nothing is remembered, so the same request
+    /// runs again in a later epoch (the edge resubmits it).
+    Conflict,
 }
 
 impl Outcome {
@@ -279,7 +342,8 @@ impl Outcome {
         match self {
             Outcome::Order { rejection, .. }
             | Outcome::Restock { rejection, .. }
-            | Outcome::Transfer { rejection, .. } => rejection.as_ref(),
+            | Outcome::Transfer { rejection, .. }
+            | Outcome::Reservation { rejection, .. } => rejection.as_ref(),
             Outcome::Upserted | Outcome::Kv { .. } | Outcome::Refused { .. } => None,
         }
     }
@@ -294,6 +358,83 @@ pub struct OrderRecord {
     pub epoch: u64,
     pub time_ms: u64,
     pub lines: Vec<LineAlloc>,
+}
+
+/// One line of a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldLine {
+    pub dc: u32,
+    pub sku: u32,
+    pub requested: i64,
+    pub held: i64,
+}
+
+/// Where a reservation stands, as stored. An expired hold is stored as `Live`: it is dead
+/// whenever the epoch's time is at or past `expires_at` ([`ReservationRecord::status_at`]), so
+/// no write is needed at the moment it lapses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldState {
+    Live,
+    Confirmed { order_id: u64, epoch: u64 },
+    Cancelled { epoch: u64 },
+}
+
+/// A reservation's status as seen at some epoch time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldStatus {
+    Live,
+    Expired,
+    Confirmed,
+    Cancelled,
+}
+
+/// A reservation (a cart's holds), kept in its home partition ([`reservation_part`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    pub reservation_id: u64,
+    /// The request that created it.
+    pub request_id: String,
+    pub cart_id: String,
+    pub user: String,
+    pub lines: Vec<HoldLine>,
+    pub created_epoch: u64,
+    pub created_ms: u64,
+    /// Live while the epoch's time is before this.
+    pub expires_at_ms: u64,
+    /// No extension goes past this.
+    pub life_cap_ms: u64,
+    pub state: HoldState,
+}
+
+impl ReservationRecord {
+    /// The status at epoch time `now_ms`: a live hold whose time has come is expired.
+    pub fn status_at(&self, now_ms: u64) -> HoldStatus {
+        match self.state {
+            HoldState::Live if now_ms >= self.expires_at_ms => HoldStatus::Expired,
+            HoldState::Live => HoldStatus::Live,
+            HoldState::Confirmed { .. } => HoldStatus::Confirmed,
+            HoldState::Cancelled { .. } => HoldStatus::Cancelled,
+        }
+    }
+
+    /// The rows it holds units of.
+    pub fn rows(&self) -> Vec<(u32, u32)> {
+        self.lines
+            .iter()
+            .filter(|l| l.held > 0)
+            .map(|l| (l.dc, l.sku))
+            .collect()
+    }
+}
+
+/// The partition a reservation lives in: a hash of its id.
+pub fn reservation_part(reservation_id: u64, partitions: u32) -> ordo_storage::Part {
+    kv_part(&format!("reservation/{reservation_id}"), partitions)
+}
+
+/// The partition that knows a cart's latest reservation: a hash of the cart id.
+pub fn cart_part(cart_id: &str, partitions: u32) -> ordo_storage::Part {
+    kv_part(&format!("cart/{cart_id}"), partitions)
 }
 
 /// The cluster configuration as recorded in the log.
@@ -394,6 +535,14 @@ pub mod keys {
     pub const KV: u8 = b'k';
     /// The cluster configuration record (global partition): [`super::ClusterRecord`].
     pub const CLUSTER_CONFIG: &[u8] = b"Pcluster";
+    /// Reservation state: see `crate::holds` for the layout.
+    pub const RESERVATION: u8 = b'r';
+    pub const HOLD_DUE: u8 = b'x';
+    pub const HOLD_ROW: u8 = b'e';
+    pub const RESERVATION_PRUNE: u8 = b'y';
+    pub const CART: u8 = b'C';
+    pub const RESERVATION_BY_CART: u8 = b'K';
+    pub const RESERVATION_BY_USER: u8 = b'u';
 
     pub fn kv(key: &str) -> Vec<u8> {
         let mut k = vec![KV];

@@ -9,8 +9,10 @@ use ordo_storage::{Part, Store};
 
 use crate::decide::{decide, LocalReads};
 use crate::exec::{
-    read_dedupe, read_record, remember, route, ExecConfig, ExecError, Overlay, Route,
+    read_dedupe, read_record, remember, route, ExecConfig, ExecError, Layered, Overlay, Route,
+    RouteCtx,
 };
+use crate::holds;
 use crate::lock::{LockKey, LockManager};
 use crate::model::*;
 
@@ -20,6 +22,8 @@ struct Segment<'a> {
     cfg: &'a ExecConfig,
     txns: &'a [Txn],
     routes: &'a BTreeMap<usize, Route>,
+    /// Partitions with dead holds not swept yet: their rows are read net of them.
+    backlog: &'a BTreeSet<Part>,
     epoch: u64,
     time_ms: u64,
 }
@@ -46,26 +50,38 @@ pub(crate) fn run_segment(
     cfg: &ExecConfig,
     global: &Overlay,
     overlays: &mut BTreeMap<Part, Overlay>,
+    backlog: &BTreeSet<Part>,
     epoch: u64,
     time_ms: u64,
     txns: &[Txn],
     range: std::ops::Range<usize>,
 ) -> Result<Vec<(usize, TxnResult)>, ExecError> {
-    let partitions = store.partitions();
     let mut routes = BTreeMap::new();
     let mut tasks: BTreeMap<Part, Vec<Task>> = BTreeMap::new();
+    let ctx = RouteCtx {
+        store,
+        global,
+        regions: overlays,
+        epoch,
+        time_ms,
+    };
     for seq in range {
         let txn = &txns[seq];
-        let route = route(store, global, txn, partitions)?;
+        let route = route(&ctx, seq, txn)?;
         for &part in &route.participants {
             let mut keys = Vec::new();
             if !route.decided_early() {
-                for (line, line_part) in lines_of(txn).iter().zip(&route.line_parts) {
-                    if *line_part == part {
-                        keys.push(LockKey::Stock {
-                            dc: line.0,
-                            sku: line.1,
-                        });
+                for &(dc, sku, row_part) in &route.rows {
+                    if row_part == part {
+                        keys.push(LockKey::Stock { dc, sku });
+                    }
+                }
+                if let Some(hold) = &route.hold {
+                    keys.push(LockKey::Reservation(hold.id));
+                    if let Some((cart_id, cart_part, _)) = &hold.cart {
+                        if *cart_part == part {
+                            keys.push(LockKey::Cart(cart_id.clone()));
+                        }
                     }
                 }
             }
@@ -86,6 +102,7 @@ pub(crate) fn run_segment(
         cfg,
         txns,
         routes: &routes,
+        backlog,
         epoch,
         time_ms,
     };
@@ -185,20 +202,6 @@ impl Drop for AbortOnFailure<'_> {
     }
 }
 
-fn lines_of(txn: &Txn) -> Vec<(u32, u32)> {
-    match &txn.op {
-        Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku)).collect(),
-        Op::Restock { dc, sku, .. } => vec![(*dc, *sku)],
-        Op::Transfer {
-            sku,
-            from_dc,
-            to_dc,
-            ..
-        } => vec![(*from_dc, *sku), (*to_dc, *sku)],
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::Kv(_) => Vec::new(),
-    }
-}
-
 /// A transaction waiting for other participants' reads.
 struct Waiting {
     reads: BTreeMap<Part, LocalReads>,
@@ -246,6 +249,9 @@ fn run_partition(
     let mut early: BTreeMap<usize, BTreeMap<Part, LocalReads>> = BTreeMap::new();
     let mut results = Vec::new();
     let mut done = 0;
+    // Units of dead, unswept holds on the rows this partition read (backlog only): the
+    // decisions see rows net of them, and they are added back when a row is written.
+    let mut dead_rows: BTreeMap<(u32, u32), i64> = BTreeMap::new();
 
     while done < total {
         jitter.pause();
@@ -280,7 +286,7 @@ fn run_partition(
         }
         if let Some(seq) = ready.pop_first() {
             let route = &seg.routes[&seq];
-            let reads = read_local(seg, part, overlay, seq, route)?;
+            let reads = read_local(seg, part, overlay, seq, route, &mut dead_rows)?;
             let mut all = early.remove(&seq).unwrap_or_default();
             for &peer in &route.participants {
                 if peer != part {
@@ -308,15 +314,20 @@ fn run_partition(
             let route = &seg.routes[&seq];
             let reads: Vec<LocalReads> = w.reads.into_values().collect();
             let txn = &seg.txns[seq];
-            let decision = decide(txn, route, seq, seg.epoch, seg.time_ms, &reads)?;
+            let decision = decide(seg.cfg, txn, route, seq, seg.epoch, seg.time_ms, &reads)?;
             for &(dc, sku, record) in &decision.stock {
-                let line_part = lines_of(txn)
-                    .iter()
-                    .zip(&route.line_parts)
-                    .find(|((d, s), _)| *d == dc && *s == sku)
-                    .map(|(_, p)| *p);
-                if line_part == Some(part) {
-                    overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&record)));
+                if route.row_part(dc, sku) == Some(part) {
+                    let dead = dead_rows.get(&(dc, sku)).copied().unwrap_or(0);
+                    let stored = StockRecord {
+                        on_hand: record.on_hand,
+                        reserved: record.reserved + dead,
+                    };
+                    overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&stored)));
+                }
+            }
+            for (write_part, key, value) in &decision.writes {
+                if *write_part == part {
+                    overlay.put(Some(seq), key.clone(), value.clone());
                 }
             }
             for (key, value) in &decision.kv {
@@ -351,6 +362,7 @@ fn read_local(
     overlay: &Overlay,
     seq: usize,
     route: &Route,
+    dead_rows: &mut BTreeMap<(u32, u32), i64>,
 ) -> Result<LocalReads, ExecError> {
     let txn = &seg.txns[seq];
     let mut reads = LocalReads::default();
@@ -362,13 +374,36 @@ fn read_local(
         // reading one would see whatever other transactions happened to have written.
         return Ok(reads);
     }
-    for ((dc, sku), line_part) in lines_of(txn).into_iter().zip(&route.line_parts) {
-        if *line_part == part && !reads.stock.iter().any(|&(d, s, _)| d == dc && s == sku) {
+    let view = Layered {
+        store: seg.store,
+        part,
+        overlay,
+    };
+    for &(dc, sku, row_part) in &route.rows {
+        if row_part == part && !reads.stock.iter().any(|&(d, s, _)| d == dc && s == sku) {
             let record: Option<StockRecord> =
                 read_record(seg.store, overlay, part, &keys::stock(dc, sku), || {
                     format!("stock dc {dc} sku {sku}")
                 })?;
-            reads.stock.push((dc, sku, record.unwrap_or_default()));
+            let mut record = record.unwrap_or_default();
+            if seg.backlog.contains(&part) {
+                // Dead holds are not added or removed by any transaction (only the prologue
+                // sweeps them), so this stays right for the whole epoch.
+                let dead = holds::dead_on_row(&view, part, dc, sku, seg.time_ms)?;
+                dead_rows.insert((dc, sku), dead);
+                record = holds::effective(record, dead);
+            }
+            reads.stock.push((dc, sku, record));
+        }
+    }
+    if let Some(hold) = &route.hold {
+        if part == hold.home {
+            reads.reservation = Some(holds::reservation(&view, part, hold.id)?);
+        }
+        if let Some((cart_id, cart_part, _)) = &hold.cart {
+            if *cart_part == part {
+                reads.cart = Some(holds::cart(&view, part, cart_id)?);
+            }
         }
     }
     for (key, key_part) in &route.kv_parts {

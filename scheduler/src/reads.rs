@@ -5,6 +5,7 @@
 
 use ordo_storage::{Part, Store, StoreError};
 
+use crate::holds;
 use crate::model::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +14,15 @@ pub enum ReadError {
     Store(#[from] StoreError),
     #[error("corrupt record {what}: {detail}")]
     Corrupt { what: String, detail: String },
+}
+
+impl From<holds::HoldError> for ReadError {
+    fn from(e: holds::HoldError) -> Self {
+        match e {
+            holds::HoldError::Store(e) => ReadError::Store(e),
+            holds::HoldError::Corrupt { what, detail } => ReadError::Corrupt { what, detail },
+        }
+    }
 }
 
 fn get<T: for<'de> serde::Deserialize<'de>>(
@@ -45,13 +55,63 @@ pub fn part_of(store: &Store, dc: &DcRecord) -> Part {
     Part::Region(dc.region % store.partitions())
 }
 
-/// Stock of `sku` at a known DC (zero when never stocked).
+/// Stock of `sku` at a known DC (zero when never stocked), as of the applied epoch: holds
+/// dead at its time count as released, swept or not.
 pub fn stock(store: &Store, dc: &DcRecord, sku: u32) -> Result<StockRecord, ReadError> {
     let part = part_of(store, dc);
-    Ok(get(store, part, &keys::stock(dc.dc, sku), || {
+    let stored = get(store, part, &keys::stock(dc.dc, sku), || {
         format!("stock dc {} sku {sku}", dc.dc)
     })?
-    .unwrap_or_default())
+    .unwrap_or_default();
+    let now = store.applied_time_ms();
+    let dead = match holds::first_due(store, part)? {
+        Some(at) if at <= now => holds::dead_on_row(store, part, dc.dc, sku, now)?,
+        _ => 0,
+    };
+    Ok(holds::effective(stored, dead))
+}
+
+/// A reservation by id, from its home partition.
+pub fn reservation(store: &Store, id: u64) -> Result<Option<ReservationRecord>, ReadError> {
+    let part = reservation_part(id, store.partitions());
+    Ok(holds::reservation(store, part, id)?)
+}
+
+/// Whose reservations to list.
+#[derive(Clone, Copy, Debug)]
+pub enum ReservationsOf<'a> {
+    Cart(&'a str),
+    User(&'a str),
+}
+
+/// Reservations of a cart or a user with ids above `after`, in id order, at most `limit`.
+pub fn reservations(
+    store: &Store,
+    of: ReservationsOf<'_>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<ReservationRecord>, ReadError> {
+    let (tag, name) = match of {
+        ReservationsOf::Cart(cart) => (keys::RESERVATION_BY_CART, cart),
+        ReservationsOf::User(user) => (keys::RESERVATION_BY_USER, user),
+    };
+    let mut out = Vec::new();
+    for id in holds::ids_by(store, tag, name, after, limit)? {
+        out.extend(reservation(store, id)?);
+    }
+    Ok(out)
+}
+
+/// When the earliest hold not swept yet lapses, over every partition: the leader cuts an
+/// epoch at that time even when no transaction comes, so holds lapse on an idle cluster.
+pub fn next_hold_due(store: &Store) -> Result<Option<u64>, ReadError> {
+    let mut first: Option<u64> = None;
+    for n in 0..store.partitions() {
+        if let Some(at) = holds::first_due(store, Part::Region(n))? {
+            first = Some(first.map_or(at, |f| f.min(at)));
+        }
+    }
+    Ok(first)
 }
 
 pub fn order(store: &Store, order_id: u64) -> Result<Option<OrderRecord>, ReadError> {

@@ -33,6 +33,10 @@ pub const PRICE_CENTS_MAX: i64 = 1_000_000_000_000;
 pub const KV_OPS_PER_TXN_MAX: usize = 64;
 /// Bytes in a user key (printable ASCII, no spaces).
 pub const KV_KEY_BYTES_MAX: usize = 128;
+/// The longest hold, and the longest a reservation may live with its extensions (30 days).
+pub const RESERVATION_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
+/// Bytes in a cart id (printable ASCII, no spaces; empty: no cart).
+pub const CART_ID_BYTES_MAX: usize = 128;
 /// Latitude and longitude bounds, in micro-degrees.
 pub const LAT_E6_MAX: i32 = 90_000_000;
 pub const LON_E6_MAX: i32 = 180_000_000;
@@ -104,39 +108,104 @@ pub fn validate(txn: &Txn) -> Result<(), Invalid> {
     validate_op(&txn.op)
 }
 
+fn reservation_id_ok(id: u64) -> Result<(), Invalid> {
+    match id {
+        0 => Err("reservation_id must be at least 1".into()),
+        _ => Ok(()),
+    }
+}
+
+fn user_ok(user: &str) -> Result<(), Invalid> {
+    if user.len() > USER_BYTES_MAX {
+        return Err(format!(
+            "user is {} bytes, the limit is {USER_BYTES_MAX}",
+            user.len()
+        ));
+    }
+    Ok(())
+}
+
+/// An order's or a reservation's lines (`may_be_empty`: a confirm's, where none means all).
+fn lines_ok(lines: &[Line], may_be_empty: bool) -> Result<(), Invalid> {
+    if (lines.is_empty() && !may_be_empty) || lines.len() > LINES_PER_ORDER_MAX {
+        return Err(format!(
+            "an order has 1 to {LINES_PER_ORDER_MAX} lines, not {}",
+            lines.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        id_at_least_one(&format!("lines[{i}].dc_id"), line.dc)?;
+        id_at_least_one(&format!("lines[{i}].sku"), line.sku)?;
+        if !(1..=QTY_PER_LINE_MAX).contains(&line.qty) {
+            return Err(format!(
+                "lines[{i}]: qty must be between 1 and {QTY_PER_LINE_MAX}, not {}",
+                line.qty
+            ));
+        }
+        if !seen.insert((line.dc, line.sku)) {
+            return Err(format!(
+                "lines[{i}]: duplicate line for dc {} sku {}; merge the quantities into one \
+                 line",
+                line.dc, line.sku
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks everything about `op` that does not depend on state.
 pub fn validate_op(op: &Op) -> Result<(), Invalid> {
     match op {
         Op::PlaceOrder { lines, user, .. } => {
-            if lines.is_empty() || lines.len() > LINES_PER_ORDER_MAX {
+            lines_ok(lines, false)?;
+            user_ok(user)
+        }
+        Op::Reserve {
+            cart_id,
+            user,
+            lines,
+            ttl_ms,
+            life_max_ms,
+            ..
+        } => {
+            lines_ok(lines, false)?;
+            user_ok(user)?;
+            if cart_id.len() > CART_ID_BYTES_MAX {
                 return Err(format!(
-                    "an order has 1 to {LINES_PER_ORDER_MAX} lines, not {}",
-                    lines.len()
+                    "cart_id is {} bytes, the limit is {CART_ID_BYTES_MAX}",
+                    cart_id.len()
                 ));
             }
-            if user.len() > USER_BYTES_MAX {
-                return Err(format!(
-                    "user is {} bytes, the limit is {USER_BYTES_MAX}",
-                    user.len()
-                ));
+            printable("cart_id", cart_id)?;
+            for (what, ms) in [("ttl", ttl_ms), ("life cap", life_max_ms)] {
+                if !(1..=RESERVATION_TTL_MS_MAX).contains(ms) {
+                    return Err(format!(
+                        "the {what} must be 1 ms to {} s, not {ms} ms",
+                        RESERVATION_TTL_MS_MAX / 1000
+                    ));
+                }
             }
-            let mut seen = BTreeSet::new();
-            for (i, line) in lines.iter().enumerate() {
-                id_at_least_one(&format!("lines[{i}].dc_id"), line.dc)?;
-                id_at_least_one(&format!("lines[{i}].sku"), line.sku)?;
-                if !(1..=QTY_PER_LINE_MAX).contains(&line.qty) {
-                    return Err(format!(
-                        "lines[{i}]: qty must be between 1 and {QTY_PER_LINE_MAX}, not {}",
-                        line.qty
-                    ));
-                }
-                if !seen.insert((line.dc, line.sku)) {
-                    return Err(format!(
-                        "lines[{i}]: duplicate line for dc {} sku {}; merge the quantities into \
-                         one line",
-                        line.dc, line.sku
-                    ));
-                }
+            Ok(())
+        }
+        Op::ConfirmReservation {
+            reservation_id,
+            lines,
+        } => {
+            reservation_id_ok(*reservation_id)?;
+            lines_ok(lines, true)
+        }
+        Op::CancelReservation { reservation_id } => reservation_id_ok(*reservation_id),
+        Op::ExtendReservation {
+            reservation_id,
+            ttl_ms,
+        } => {
+            reservation_id_ok(*reservation_id)?;
+            if !(1..=RESERVATION_TTL_MS_MAX).contains(ttl_ms) {
+                return Err(format!(
+                    "the ttl must be 1 ms to {} s, not {ttl_ms} ms",
+                    RESERVATION_TTL_MS_MAX / 1000
+                ));
             }
             Ok(())
         }

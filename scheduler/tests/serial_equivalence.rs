@@ -2,7 +2,9 @@
 //! stock of the simplest possible model, one that applies every transaction alone, in log
 //! order. Random workloads (seeded, so a failure reproduces) mix single- and multi-partition
 //! orders, partial orders, restocks and retries (the same request again, same request id),
-//! and transactions only the internal path can deliver: inadmissible ones (zero or negative
+//! reservations (holds in carts, confirms of all or part, cancels, extensions) whose TTLs lapse
+//! at random epoch times with a sweep bound small enough to leave dead holds unswept, and
+//! transactions only the internal path can deliver: inadmissible ones (zero or negative
 //! quantities, a transfer to the same DC, duplicate lines), ones naming unknown DCs or SKUs,
 //! and request ids reused for a different request.
 
@@ -17,18 +19,80 @@ use ordo_storage::{EpochCommit, EpochStamp, Store};
 const DCS: u32 = 8;
 const SKUS: u32 = 4;
 
-/// The reference: a map of stock and a map of remembered results, nothing else.
+/// The reference: a map of stock, the reservations, and a map of remembered results. Holds
+/// lapse exactly at their time here; nothing is swept, nothing is partitioned.
 #[derive(Default)]
 struct Model {
     stock: BTreeMap<(u32, u32), i64>,
     seen: BTreeMap<String, (Op, Outcome)>,
+    holds: Holds,
+}
+
+/// Reservations by id and each cart's latest one.
+#[derive(Clone, Default)]
+struct Holds {
+    by_id: BTreeMap<u64, ReservationRecord>,
+    carts: BTreeMap<String, u64>,
+}
+
+impl Holds {
+    /// Units of the row held by live reservations at `now`, leaving out `except`.
+    fn reserved(&self, dc: u32, sku: u32, now: u64, except: Option<u64>) -> i64 {
+        self.by_id
+            .values()
+            .filter(|r| r.status_at(now) == HoldStatus::Live && Some(r.reservation_id) != except)
+            .flat_map(|r| &r.lines)
+            .filter(|l| l.dc == dc && l.sku == sku)
+            .map(|l| l.held)
+            .sum()
+    }
+
+    fn live(&self, id: u64, now: u64) -> bool {
+        self.by_id
+            .get(&id)
+            .is_some_and(|r| r.status_at(now) == HoldStatus::Live)
+    }
+}
+
+/// Where the transaction runs: its epoch, position, time, and the reservations as they
+/// stood when its segment began (what routing saw).
+struct At<'a> {
+    epoch: u64,
+    seq: usize,
+    now: u64,
+    segment_start: &'a Holds,
+}
+
+fn reject(code: RejectCode) -> Rejection {
+    Rejection {
+        code,
+        dc: 0,
+        sku: 0,
+        available: 0,
+        requested: 0,
+    }
+}
+
+fn conflict() -> Outcome {
+    Outcome::Refused {
+        code: RefuseCode::Conflict,
+        reason: String::new(),
+    }
 }
 
 /// A DC and a SKU that do not exist.
 const UNKNOWN: u32 = 99;
 
 impl Model {
-    fn apply(&mut self, txn: &Txn, epoch: u64, seq: usize) -> Outcome {
+    fn row(&self, dc: u32, sku: u32, now: u64) -> StockRecord {
+        StockRecord {
+            on_hand: self.stock.get(&(dc, sku)).copied().unwrap_or(0),
+            reserved: self.holds.reserved(dc, sku, now, None),
+        }
+    }
+
+    fn apply(&mut self, txn: &Txn, at: &At<'_>) -> Outcome {
+        let (epoch, seq, now) = (at.epoch, at.seq, at.now);
         // The cluster record bypasses dedupe: it is idempotent by itself.
         if let Op::ClusterConfig { .. } = txn.op {
             return Outcome::Upserted;
@@ -53,7 +117,9 @@ impl Model {
         }
         // Unknown DCs and SKUs are known from the global tables alone; nothing is read.
         let pairs: Vec<(u32, u32, i64)> = match &txn.op {
-            Op::PlaceOrder { lines, .. } => lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect(),
+            Op::PlaceOrder { lines, .. } | Op::Reserve { lines, .. } => {
+                lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect()
+            }
             Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
             Op::Transfer {
                 sku,
@@ -90,6 +156,10 @@ impl Model {
                     stock: StockRecord::default(),
                     rejection: Some(rejection),
                 },
+                Op::Reserve { .. } => Outcome::Reservation {
+                    reservation: None,
+                    rejection: Some(rejection),
+                },
                 _ => Outcome::Transfer {
                     from: StockRecord::default(),
                     to: StockRecord::default(),
@@ -106,7 +176,10 @@ impl Model {
                 let mut allocs = Vec::new();
                 let mut short = None;
                 for l in lines {
-                    let have = next.entry((l.dc, l.sku)).or_default();
+                    let reserved = self.holds.reserved(l.dc, l.sku, now, None);
+                    let on_hand = next.entry((l.dc, l.sku)).or_default();
+                    let mut have = *on_hand - reserved;
+                    let have = &mut have;
                     let got = match mode {
                         Mode::AllOrNothing if *have < l.qty => 0,
                         Mode::AllOrNothing => l.qty,
@@ -122,7 +195,7 @@ impl Model {
                         allocated: got,
                         available: *have,
                     });
-                    *have -= got;
+                    *on_hand -= got;
                 }
                 let total: i64 = allocs.iter().map(|a| a.allocated).sum();
                 let rejected = match mode {
@@ -153,27 +226,21 @@ impl Model {
                 }
             }
             Op::Restock { dc, sku, delta } => {
-                let have = self.stock.entry((*dc, *sku)).or_default();
-                if *have + delta >= 0 {
-                    *have += delta;
+                let row = self.row(*dc, *sku, now);
+                if row.on_hand + delta >= row.reserved {
+                    self.stock.insert((*dc, *sku), row.on_hand + delta);
                     Outcome::Restock {
-                        stock: StockRecord {
-                            on_hand: *have,
-                            reserved: 0,
-                        },
+                        stock: self.row(*dc, *sku, now),
                         rejection: None,
                     }
                 } else {
                     Outcome::Restock {
-                        stock: StockRecord {
-                            on_hand: *have,
-                            reserved: 0,
-                        },
+                        stock: row,
                         rejection: Some(Rejection {
                             code: RejectCode::NegativeStock,
                             dc: *dc,
                             sku: *sku,
-                            available: *have,
+                            available: row.available(),
                             requested: -delta,
                         }),
                     }
@@ -185,40 +252,269 @@ impl Model {
                 to_dc,
                 qty,
             } => {
-                let from = self.stock[&(*from_dc, *sku)];
-                let to = self.stock[&(*to_dc, *sku)];
-                let row = |on_hand| StockRecord {
-                    on_hand,
-                    reserved: 0,
-                };
-                if from < *qty {
+                let from = self.row(*from_dc, *sku, now);
+                let to = self.row(*to_dc, *sku, now);
+                if from.available() < *qty {
                     Outcome::Transfer {
-                        from: row(from),
-                        to: row(to),
+                        from,
+                        to,
                         rejection: Some(Rejection {
                             code: RejectCode::InsufficientStock,
                             dc: *from_dc,
                             sku: *sku,
-                            available: from,
+                            available: from.available(),
                             requested: *qty,
                         }),
                     }
                 } else {
-                    self.stock.insert((*from_dc, *sku), from - qty);
-                    self.stock.insert((*to_dc, *sku), to + qty);
+                    self.stock.insert((*from_dc, *sku), from.on_hand - qty);
+                    self.stock.insert((*to_dc, *sku), to.on_hand + qty);
                     Outcome::Transfer {
-                        from: row(from - qty),
-                        to: row(to + qty),
+                        from: self.row(*from_dc, *sku, now),
+                        to: self.row(*to_dc, *sku, now),
                         rejection: None,
                     }
                 }
             }
             Op::ClusterConfig { .. } => Outcome::Upserted,
+            Op::Reserve { .. }
+            | Op::ConfirmReservation { .. }
+            | Op::CancelReservation { .. }
+            | Op::ExtendReservation { .. } => match self.apply_hold(txn, at) {
+                Some(outcome) => outcome,
+                // A conflict is not remembered: the request runs again later.
+                None => return conflict(),
+            },
             _ => unreachable!("the workload has no other global transactions after seeding"),
         };
         self.seen
             .insert(txn.request_id.clone(), (txn.op.clone(), outcome.clone()));
         outcome
+    }
+
+    /// A reservation transaction, or `None` for a conflict: what routing saw at the start of
+    /// the segment is not what the transaction finds.
+    fn apply_hold(&mut self, txn: &Txn, at: &At<'_>) -> Option<Outcome> {
+        let now = at.now;
+        let rows = |r: Option<&ReservationRecord>| r.map(ReservationRecord::rows);
+        match &txn.op {
+            Op::Reserve {
+                cart_id,
+                user,
+                lines,
+                mode,
+                ttl_ms,
+                life_max_ms,
+            } => {
+                let mut target = None;
+                if !cart_id.is_empty() {
+                    let seen = at.segment_start.carts.get(cart_id).copied();
+                    if self.holds.carts.get(cart_id).copied() != seen {
+                        return None;
+                    }
+                    target = seen.filter(|&id| at.segment_start.live(id, now));
+                    if target.is_some_and(|id| !self.holds.live(id, now)) {
+                        return None;
+                    }
+                }
+                let mut granted = Vec::new();
+                let mut short = None;
+                for l in lines {
+                    let available = self.row(l.dc, l.sku, now).available();
+                    let held = match mode {
+                        Mode::AllOrNothing if available < l.qty => 0,
+                        Mode::AllOrNothing => l.qty,
+                        Mode::Partial => l.qty.min(available),
+                    };
+                    if held < l.qty && short.is_none() {
+                        short = Some(Rejection {
+                            code: RejectCode::InsufficientStock,
+                            dc: l.dc,
+                            sku: l.sku,
+                            available,
+                            requested: l.qty,
+                        });
+                    }
+                    granted.push((*l, held));
+                }
+                let total: i64 = granted.iter().map(|g| g.1).sum();
+                let refused = match mode {
+                    Mode::AllOrNothing => short.is_some(),
+                    Mode::Partial => total == 0,
+                };
+                if refused {
+                    return Some(Outcome::Reservation {
+                        reservation: None,
+                        rejection: short,
+                    });
+                }
+                let id = target.unwrap_or((at.epoch << ORDER_SEQ_BITS) | at.seq as u64);
+                let record = self.holds.by_id.entry(id).or_insert_with(|| {
+                    let life_cap_ms = now + life_max_ms;
+                    ReservationRecord {
+                        reservation_id: id,
+                        request_id: txn.request_id.clone(),
+                        cart_id: cart_id.clone(),
+                        user: user.clone(),
+                        lines: vec![],
+                        created_epoch: at.epoch,
+                        created_ms: now,
+                        expires_at_ms: (now + ttl_ms).min(life_cap_ms),
+                        life_cap_ms,
+                        state: HoldState::Live,
+                    }
+                });
+                for (l, held) in granted {
+                    match record
+                        .lines
+                        .iter_mut()
+                        .find(|h| h.dc == l.dc && h.sku == l.sku)
+                    {
+                        Some(h) => {
+                            h.requested += l.qty;
+                            h.held += held;
+                        }
+                        None => record.lines.push(HoldLine {
+                            dc: l.dc,
+                            sku: l.sku,
+                            requested: l.qty,
+                            held,
+                        }),
+                    }
+                }
+                let record = record.clone();
+                if !cart_id.is_empty() {
+                    self.holds.carts.insert(cart_id.clone(), id);
+                }
+                Some(Outcome::Reservation {
+                    reservation: Some(record),
+                    rejection: None,
+                })
+            }
+            Op::ConfirmReservation {
+                reservation_id,
+                lines,
+            } => {
+                let found = self.holds.by_id.get(reservation_id).cloned();
+                if rows(found.as_ref()) != rows(at.segment_start.by_id.get(reservation_id)) {
+                    return None;
+                }
+                let refuse = |code| Outcome::Order {
+                    order_id: None,
+                    lines: vec![],
+                    rejection: Some(reject(code)),
+                };
+                let Some(mut record) = found else {
+                    return Some(refuse(RejectCode::ReservationUnknown));
+                };
+                if let Some(code) = not_live(&record, now) {
+                    return Some(refuse(code));
+                }
+                let mut take = BTreeMap::new();
+                for h in &record.lines {
+                    take.insert((h.dc, h.sku), if lines.is_empty() { h.held } else { 0 });
+                }
+                for l in lines {
+                    let held = take_held(&record, l.dc, l.sku);
+                    if l.qty > held {
+                        return Some(Outcome::Order {
+                            order_id: None,
+                            lines: vec![],
+                            rejection: Some(Rejection {
+                                code: RejectCode::NotHeld,
+                                dc: l.dc,
+                                sku: l.sku,
+                                available: held,
+                                requested: l.qty,
+                            }),
+                        });
+                    }
+                    take.insert((l.dc, l.sku), l.qty);
+                }
+                let mut allocs = Vec::new();
+                for h in &record.lines {
+                    let qty = take[&(h.dc, h.sku)];
+                    if qty == 0 {
+                        continue;
+                    }
+                    let reserved =
+                        self.holds
+                            .reserved(h.dc, h.sku, now, Some(record.reservation_id));
+                    let on_hand = self.stock.entry((h.dc, h.sku)).or_default();
+                    allocs.push(LineAlloc {
+                        dc: h.dc,
+                        sku: h.sku,
+                        requested: qty,
+                        allocated: qty,
+                        available: *on_hand - reserved,
+                    });
+                    *on_hand -= qty;
+                }
+                let order_id = (at.epoch << ORDER_SEQ_BITS) | at.seq as u64;
+                record.state = HoldState::Confirmed {
+                    order_id,
+                    epoch: at.epoch,
+                };
+                self.holds.by_id.insert(record.reservation_id, record);
+                Some(Outcome::Order {
+                    order_id: Some(order_id),
+                    lines: allocs,
+                    rejection: None,
+                })
+            }
+            Op::CancelReservation { reservation_id }
+            | Op::ExtendReservation { reservation_id, .. } => {
+                let found = self.holds.by_id.get(reservation_id).cloned();
+                if rows(found.as_ref()) != rows(at.segment_start.by_id.get(reservation_id)) {
+                    return None;
+                }
+                let Some(mut record) = found else {
+                    return Some(Outcome::Reservation {
+                        reservation: None,
+                        rejection: Some(reject(RejectCode::ReservationUnknown)),
+                    });
+                };
+                if let Some(code) = not_live(&record, now) {
+                    return Some(Outcome::Reservation {
+                        reservation: Some(record),
+                        rejection: Some(reject(code)),
+                    });
+                }
+                match &txn.op {
+                    Op::ExtendReservation { ttl_ms, .. } => {
+                        record.expires_at_ms = record
+                            .expires_at_ms
+                            .max((now + ttl_ms).min(record.life_cap_ms));
+                    }
+                    _ => record.state = HoldState::Cancelled { epoch: at.epoch },
+                }
+                self.holds
+                    .by_id
+                    .insert(record.reservation_id, record.clone());
+                Some(Outcome::Reservation {
+                    reservation: Some(record),
+                    rejection: None,
+                })
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+fn take_held(record: &ReservationRecord, dc: u32, sku: u32) -> i64 {
+    record
+        .lines
+        .iter()
+        .find(|h| h.dc == dc && h.sku == sku)
+        .map_or(0, |h| h.held)
+}
+
+fn not_live(record: &ReservationRecord, now: u64) -> Option<RejectCode> {
+    match record.status_at(now) {
+        HoldStatus::Live => None,
+        HoldStatus::Expired => Some(RejectCode::ReservationExpired),
+        HoldStatus::Confirmed => Some(RejectCode::ReservationConfirmed),
+        HoldStatus::Cancelled => Some(RejectCode::ReservationCancelled),
     }
 }
 
@@ -271,9 +567,76 @@ fn hostile_txn(rng: &mut Rng, id: String) -> Txn {
     Txn { request_id: id, op }
 }
 
-fn random_txn(rng: &mut Rng, id: String) -> Txn {
+/// A reservation transaction: a hold (often into one of three carts) with a TTL of a few
+/// epochs, or a confirm, cancel or extend of a reservation seen earlier (or of none).
+fn hold_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
+    // Mostly recent reservations, so many are still live.
+    let recent = &known[known.len().saturating_sub(30)..];
+    let target = if recent.is_empty() || rng.below(12) == 0 {
+        rng.below(1 << 30) + 1
+    } else {
+        recent[rng.below(recent.len() as u64) as usize]
+    };
+    let lines = |rng: &mut Rng, n: u64| {
+        let mut lines: Vec<Line> = Vec::new();
+        while lines.len() < n as usize {
+            let dc = rng.below(DCS as u64) as u32 + 1;
+            let sku = rng.below(SKUS as u64) as u32 + 1;
+            if !lines.iter().any(|l| l.dc == dc && l.sku == sku) {
+                lines.push(Line {
+                    dc,
+                    sku,
+                    qty: rng.below(3) as i64 + 1,
+                });
+            }
+        }
+        lines
+    };
+    let op = match rng.below(10) {
+        0..=4 => {
+            let n = rng.below(3) + 1;
+            let ttl_ms = rng.below(90) + 10;
+            Op::Reserve {
+                cart_id: match rng.below(4) {
+                    0 => String::new(),
+                    c => format!("cart{c}"),
+                },
+                user: "u".into(),
+                lines: lines(rng, n),
+                mode: if rng.below(4) == 0 {
+                    Mode::Partial
+                } else {
+                    Mode::AllOrNothing
+                },
+                ttl_ms,
+                life_max_ms: ttl_ms + rng.below(80),
+            }
+        }
+        5 | 6 => Op::ConfirmReservation {
+            reservation_id: target,
+            lines: if rng.below(3) == 0 {
+                lines(rng, 1)
+            } else {
+                Vec::new()
+            },
+        },
+        7 => Op::CancelReservation {
+            reservation_id: target,
+        },
+        _ => Op::ExtendReservation {
+            reservation_id: target,
+            ttl_ms: rng.below(60) + 1,
+        },
+    };
+    Txn { request_id: id, op }
+}
+
+fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
     if rng.below(10) == 0 {
         return hostile_txn(rng, id);
+    }
+    if rng.below(2) == 0 {
+        return hold_txn(rng, id, known);
     }
     if rng.below(60) == 0 {
         // A global transaction in the middle of an epoch splits it into segments.
@@ -328,7 +691,13 @@ fn random_txn(rng: &mut Rng, id: String) -> Txn {
 /// An epoch's transactions; about one in ten is a retry (the same request again) of an
 /// earlier one, from this epoch or an earlier one, and one in thirty reuses an earlier id
 /// for a new body.
-fn random_epoch(rng: &mut Rng, history: &mut Vec<Txn>, epoch: u64, count: usize) -> Vec<Txn> {
+fn random_epoch(
+    rng: &mut Rng,
+    history: &mut Vec<Txn>,
+    known: &[u64],
+    epoch: u64,
+    count: usize,
+) -> Vec<Txn> {
     let mut txns = Vec::with_capacity(count);
     for i in 0..count {
         if !history.is_empty() && rng.below(10) == 0 {
@@ -336,9 +705,9 @@ fn random_epoch(rng: &mut Rng, history: &mut Vec<Txn>, epoch: u64, count: usize)
             txns.push(earlier);
         } else if !history.is_empty() && rng.below(30) == 0 {
             let earlier = &history[rng.below(history.len() as u64) as usize];
-            txns.push(random_txn(rng, earlier.request_id.clone()));
+            txns.push(random_txn(rng, earlier.request_id.clone(), known));
         } else {
-            let txn = random_txn(rng, format!("e{epoch}-t{i}"));
+            let txn = random_txn(rng, format!("e{epoch}-t{i}"), known);
             history.push(txn.clone());
             txns.push(txn);
         }
@@ -350,57 +719,130 @@ fn run_case(seed: u64, jitter: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     // DCs spread over 4 regions, executed on 3 partitions.
     let store = Store::open(dir.path(), 3).unwrap();
+    // A small sweep bound, so holds are often dead and not swept yet.
     let cfg = ExecConfig {
         timing_jitter_seed: jitter,
+        expiry_per_epoch_max: 3,
         ..ExecConfig::default()
     };
     let mut model = Model::default();
-    let commit = |epoch: u64, txns: &[Txn]| {
-        let out = execute_epoch(&store, &cfg, epoch, 10 + epoch, txns).unwrap();
+    let commit = |epoch: u64, time_ms: u64, txns: &[Txn]| {
+        let out = execute_epoch(&store, &cfg, epoch, time_ms, txns).unwrap();
         store
             .commit(EpochCommit {
-                stamp: Some(EpochStamp {
-                    epoch,
-                    time_ms: 10 + epoch,
-                }),
+                stamp: Some(EpochStamp { epoch, time_ms }),
                 writes: out.writes,
                 raft_meta: vec![],
             })
             .unwrap();
         out.results
     };
-    let seed_txns = dataset(DCS, SKUS, 6);
+    let seed_txns = dataset(DCS, SKUS, 12);
+    let start = Holds::default();
     for (seq, t) in seed_txns.iter().enumerate() {
         if matches!(t.op, Op::Restock { .. }) {
-            model.apply(t, 1, seq);
+            let at = At {
+                epoch: 1,
+                seq,
+                now: 11,
+                segment_start: &start,
+            };
+            model.apply(t, &at);
         }
     }
-    commit(1, &seed_txns);
+    commit(1, 11, &seed_txns);
 
     let mut rng = Rng(seed | 1);
     let mut history = Vec::new();
-    for epoch in 2..=8 {
-        let txns = random_epoch(&mut rng, &mut history, epoch, 120);
-        let results = commit(epoch, &txns);
+    let mut known = Vec::new();
+    let mut now = 11;
+    let mut seen_kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for epoch in 2..=14 {
+        // Epoch times move on by 1 to 30 ms: holds of 1 to 60 ms lapse at random epochs.
+        now += rng.below(30) + 1;
+        let txns = random_epoch(&mut rng, &mut history, &known, epoch, 120);
+        let results = commit(epoch, now, &txns);
+        let mut segment_start = model.holds.clone();
         for (seq, (txn, got)) in txns.iter().zip(&results).enumerate() {
-            let want = model.apply(txn, epoch, seq);
+            let at = At {
+                epoch,
+                seq,
+                now,
+                segment_start: &segment_start,
+            };
+            let want = model.apply(txn, &at);
             assert_eq!(
                 comparable(&got.outcome),
                 want,
                 "seed {seed} epoch {epoch} txn {seq} ({txn:?})"
             );
+            if let Outcome::Reservation {
+                reservation: Some(r),
+                ..
+            } = &got.outcome
+            {
+                known.push(r.reservation_id);
+            }
+            let kind = match (&txn.op, &got.outcome) {
+                (
+                    Op::ConfirmReservation { .. },
+                    Outcome::Order {
+                        order_id: Some(_), ..
+                    },
+                ) => "confirmed",
+                (
+                    _,
+                    Outcome::Refused {
+                        code: RefuseCode::Conflict,
+                        ..
+                    },
+                ) => "conflict",
+                (
+                    Op::Reserve { .. },
+                    Outcome::Reservation {
+                        rejection: None, ..
+                    },
+                ) => "held",
+                (
+                    Op::ExtendReservation { .. },
+                    Outcome::Reservation {
+                        rejection: None, ..
+                    },
+                ) => "extended",
+                (
+                    Op::CancelReservation { .. },
+                    Outcome::Reservation {
+                        rejection: None, ..
+                    },
+                ) => "cancelled",
+                _ => match got.outcome.rejection().map(|r| r.code) {
+                    Some(RejectCode::ReservationExpired) => "expired",
+                    _ => "other",
+                },
+            };
+            *seen_kinds.entry(kind).or_default() += 1;
+            if txn.op.is_global() {
+                segment_start = model.holds.clone();
+            }
         }
+    }
+    // The workload did what it is for.
+    for kind in ["held", "confirmed", "cancelled", "extended", "expired", "conflict"] {
+        assert!(
+            seen_kinds.get(kind).copied().unwrap_or(0) >= 1,
+            "seed {seed}: too few {kind} in {seen_kinds:?}"
+        );
     }
     for dc in 1..=DCS {
         let record = reads::dc(&store, dc).unwrap().unwrap();
         for sku in 1..=SKUS {
-            let got = reads::stock(&store, &record, sku).unwrap().on_hand;
+            let got = reads::stock(&store, &record, sku).unwrap();
             assert_eq!(
                 got,
-                model.stock[&(dc, sku)],
+                model.row(dc, sku, now),
                 "seed {seed}: final stock dc {dc} sku {sku}"
             );
-            assert!(got >= 0);
+            assert!(got.on_hand >= 0 && got.reserved >= 0 && got.reserved <= got.on_hand);
         }
     }
 }

@@ -364,6 +364,11 @@ impl Store {
         self.applied.lock().expect("applied lock").clone()
     }
 
+    /// The time of the applied epoch (0 before the first).
+    pub fn applied_time_ms(&self) -> u64 {
+        self.applied.lock().expect("applied lock").time_ms
+    }
+
     pub fn applied_epoch(&self) -> u64 {
         self.applied.lock().expect("applied lock").epoch
     }
