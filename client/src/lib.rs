@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use ordo_proto::v1;
+
+mod holds;
+pub use holds::Reserve;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::ordo_client::OrdoClient;
 use tonic::transport::{Channel, Endpoint};

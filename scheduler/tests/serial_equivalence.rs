@@ -827,7 +827,14 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         }
     }
     // The workload did what it is for.
-    for kind in ["held", "confirmed", "cancelled", "extended", "expired", "conflict"] {
+    for kind in [
+        "held",
+        "confirmed",
+        "cancelled",
+        "extended",
+        "expired",
+        "conflict",
+    ] {
         assert!(
             seen_kinds.get(kind).copied().unwrap_or(0) >= 1,
             "seed {seed}: too few {kind} in {seen_kinds:?}"

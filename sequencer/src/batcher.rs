@@ -21,6 +21,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use ordo_proto::internal::v1::{forward_refusal, ForwardRequest};
 use ordo_scheduler::{Batch, Txn, BATCH_TXNS_LIMIT};
+use ordo_storage::Store;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -124,6 +125,34 @@ pub struct BatcherContext {
     pub channels: Channels,
     /// How long a follower waits for the leader to answer a forwarded batch.
     pub forward_timeout: Duration,
+    /// The applied state, for when the next hold lapses (an idle leader cuts an epoch then).
+    pub store: Arc<Store>,
+}
+
+/// The shortest and the longest an idle batcher sleeps before it looks again for a hold that
+/// has lapsed.
+const HOLDS_CHECK_MIN: Duration = Duration::from_millis(5);
+const HOLDS_CHECK_MAX: Duration = Duration::from_millis(250);
+/// Empty epochs, cut only to expire holds, come at most once per this interval (or per epoch,
+/// if that is longer): a backlog of expiries is swept at `expiry_per_epoch_max` per partition
+/// per empty epoch.
+const EMPTY_EPOCH_GAP: Duration = Duration::from_millis(20);
+
+/// How long an idle batcher may sleep before it must look at the holds again, and whether an
+/// epoch is due now (the earliest unswept hold has lapsed by this leader's clock).
+fn holds_due(ctx: &BatcherContext, now_ms: u64) -> (Duration, bool) {
+    match ordo_scheduler::reads::next_hold_due(&ctx.store) {
+        Ok(Some(at)) if at <= now_ms => (HOLDS_CHECK_MIN, true),
+        Ok(Some(at)) => (
+            Duration::from_millis(at - now_ms).clamp(HOLDS_CHECK_MIN, HOLDS_CHECK_MAX),
+            false,
+        ),
+        Ok(None) => (HOLDS_CHECK_MAX, false),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read when the next hold lapses");
+            (HOLDS_CHECK_MAX, false)
+        }
+    }
 }
 
 impl Sequencer {
@@ -215,13 +244,34 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
     let mut last_time_ms = 0u64;
     // A transaction that did not fit the previous batch's byte budget.
     let mut carry: Option<Txn> = None;
+    let mut idle_sleep = HOLDS_CHECK_MIN;
     loop {
         let first = match carry.take() {
-            Some(txn) => txn,
-            None => match rx.recv().await {
-                Some(txn) => txn,
-                None => return,
+            Some(txn) => Some(txn),
+            None => tokio::select! {
+                biased;
+                next = rx.recv() => match next {
+                    Some(txn) => Some(txn),
+                    None => return,
+                },
+                _ = tokio::time::sleep(idle_sleep) => None,
             },
+        };
+        let Some(first) = first else {
+            // Idle. Holds lapse by epoch time, so when one is due the leader cuts an empty
+            // epoch: its prologue sweeps them, and reads see the new time.
+            let (sleep, due) = holds_due(&ctx, (ctx.clock)());
+            idle_sleep = sleep;
+            let gap = epoch.max(EMPTY_EPOCH_GAP);
+            let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
+            if due && leading && last_cut.elapsed() >= gap {
+                if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+                    last_cut = Instant::now();
+                    last_time_ms = (ctx.clock)().max(last_time_ms + 1);
+                    propose(&ctx, Vec::new(), last_time_ms, permit).await;
+                }
+            }
+            continue;
         };
         // No batch may outgrow its budget, not even a batch of one.
         let first_bytes = txn_bytes(&first);

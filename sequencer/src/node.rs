@@ -161,6 +161,7 @@ impl Node {
             clock: config.clock.clone(),
             channels: channels.clone(),
             forward_timeout: config.forward_timeout,
+            store: store.clone(),
         });
         let node = Node {
             node_id: config.node_id,

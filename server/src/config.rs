@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ordo_scheduler::{validate, ExecConfig};
 use ordo_sequencer::peers::{ClusterSecret, MemberAddr, PEER_PORT_OFFSET};
 use ordo_sequencer::SequencerConfig;
 
@@ -44,6 +45,17 @@ pub struct Tuning {
     /// Largest gRPC message accepted, in bytes [default: 4194304]
     #[arg(long)]
     pub message_bytes_max: Option<usize>,
+    /// A hold's TTL in seconds when a reserve asks for none [default: 600]
+    #[arg(long)]
+    pub reservation_ttl_s: Option<u32>,
+    /// The longest TTL a reserve or extend may ask for, and the longest a reservation lives
+    /// with its extensions, in seconds [default: 86400]
+    #[arg(long)]
+    pub reservation_ttl_max_s: Option<u32>,
+    /// Most lapsed holds swept per partition per epoch; the rest in the next epochs (reads
+    /// never depend on it). Must be the same on every node [default: 10000]
+    #[arg(long)]
+    pub expiry_per_epoch_max: Option<usize>,
     /// Accept fault-injection admin calls (SetClockFault: skew this node's sequencer clock).
     /// For fault tests such as ordo-jepsen; never on a production node.
     #[arg(long)]
@@ -66,6 +78,9 @@ impl Tuning {
             request_timeout_ms: self.request_timeout_ms.or(other.request_timeout_ms),
             snapshot_every: self.snapshot_every.or(other.snapshot_every),
             message_bytes_max: self.message_bytes_max.or(other.message_bytes_max),
+            reservation_ttl_s: self.reservation_ttl_s.or(other.reservation_ttl_s),
+            reservation_ttl_max_s: self.reservation_ttl_max_s.or(other.reservation_ttl_max_s),
+            expiry_per_epoch_max: self.expiry_per_epoch_max.or(other.expiry_per_epoch_max),
             fault_injection: self.fault_injection || other.fault_injection,
         }
     }
@@ -153,9 +168,33 @@ pub fn serve_options(
     data_dir: PathBuf,
     peers: BTreeMap<u64, MemberAddr>,
     tuning: Tuning,
-) -> serve::ServeOptions {
+) -> anyhow::Result<serve::ServeOptions> {
     let defaults = SequencerConfig::default();
-    serve::ServeOptions {
+    let limits = limits::Limits::default();
+    let exec = ExecConfig::default();
+    let ttl_max_s = tuning
+        .reservation_ttl_max_s
+        .unwrap_or(limits.reservation_ttl_max_s);
+    let ttl_s = tuning
+        .reservation_ttl_s
+        .unwrap_or(limits.reservation_ttl_default_s.min(ttl_max_s));
+    let ttl_limit_s = validate::RESERVATION_TTL_MS_MAX / 1000;
+    anyhow::ensure!(
+        (1..=ttl_limit_s).contains(&u64::from(ttl_max_s)),
+        "--reservation-ttl-max-s must be 1 to {ttl_limit_s}, not {ttl_max_s}"
+    );
+    anyhow::ensure!(
+        (1..=ttl_max_s).contains(&ttl_s),
+        "--reservation-ttl-s must be 1 to --reservation-ttl-max-s ({ttl_max_s}), not {ttl_s}"
+    );
+    let expiry_per_epoch_max = tuning
+        .expiry_per_epoch_max
+        .unwrap_or(exec.expiry_per_epoch_max);
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&expiry_per_epoch_max),
+        "--expiry-per-epoch-max must be 1 to 1000000, not {expiry_per_epoch_max}"
+    );
+    Ok(serve::ServeOptions {
         node_id,
         listen: listeners.listen,
         peer_listen: listeners.peer_listen,
@@ -175,12 +214,18 @@ pub fn serve_options(
         },
         snapshot_every_entries: tuning.snapshot_every.unwrap_or(20_000).max(100),
         fault_injection: tuning.fault_injection,
+        exec: ExecConfig {
+            expiry_per_epoch_max,
+            ..exec
+        },
         limits: limits::Limits {
             request_timeout: Duration::from_millis(tuning.request_timeout_ms.unwrap_or(10_000)),
             message_bytes_max: tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024),
-            ..limits::Limits::default()
+            reservation_ttl_default_s: ttl_s,
+            reservation_ttl_max_s: ttl_max_s,
+            ..limits
         },
-    }
+    })
 }
 
 /// `ordo server`'s flags. Unset ones fall back to the config file, then to the defaults.
@@ -283,11 +328,11 @@ pub fn server_options(args: ServerArgs) -> anyhow::Result<serve::ServeOptions> {
         advertise,
         secret,
     };
-    Ok(serve_options(
+    serve_options(
         node_id,
         listeners,
         data_dir,
         peer_map,
         tuning.or(file.tuning),
-    ))
+    )
 }

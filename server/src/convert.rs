@@ -24,7 +24,78 @@ fn reject_code(code: RejectCode) -> v1::RejectCode {
         RejectCode::DcInactive => v1::RejectCode::DcInactive,
         RejectCode::NegativeStock => v1::RejectCode::NegativeStock,
         RejectCode::StockOverflow => v1::RejectCode::StockOverflow,
+        RejectCode::ReservationExpired => v1::RejectCode::ReservationExpired,
+        RejectCode::ReservationConfirmed => v1::RejectCode::ReservationConfirmed,
+        RejectCode::ReservationCancelled => v1::RejectCode::ReservationCancelled,
+        RejectCode::ReservationUnknown => v1::RejectCode::ReservationUnknown,
+        RejectCode::NotHeld => v1::RejectCode::NotHeld,
     }
+}
+
+fn rejection(r: &Rejection) -> v1::Rejection {
+    v1::Rejection {
+        code: reject_code(r.code) as i32,
+        dc_id: r.dc,
+        sku: r.sku,
+        available: r.available,
+        requested: r.requested,
+    }
+}
+
+/// The wire form of a reservation: as a transaction left it (`now_ms` `None`: its stored
+/// state, or what its rejection says), or as read at an epoch whose time is `now_ms`.
+pub fn reservation(
+    record: Option<&ReservationRecord>,
+    refused: Option<&Rejection>,
+    epoch: u64,
+    now_ms: Option<u64>,
+) -> v1::Reservation {
+    use v1::ReservationStatus as S;
+    let status = match (refused.map(|r| r.code), record) {
+        (Some(RejectCode::ReservationExpired), _) => S::Expired,
+        (Some(RejectCode::ReservationConfirmed), _) => S::Confirmed,
+        (Some(RejectCode::ReservationCancelled), _) => S::Cancelled,
+        (Some(_), _) | (None, None) => S::Rejected,
+        (None, Some(r)) => match now_ms.map(|now| r.status_at(now)) {
+            Some(HoldStatus::Expired) => S::Expired,
+            _ => match r.state {
+                HoldState::Live => S::Live,
+                HoldState::Confirmed { .. } => S::Confirmed,
+                HoldState::Cancelled { .. } => S::Cancelled,
+            },
+        },
+    };
+    let mut wire = v1::Reservation {
+        status: status as i32,
+        epoch,
+        reason: refused.map(|r| r.to_string()).unwrap_or_default(),
+        rejection: refused.map(rejection),
+        ..Default::default()
+    };
+    if let Some(r) = record {
+        wire.reservation_id = r.reservation_id;
+        wire.lines = r
+            .lines
+            .iter()
+            .map(|l| v1::HoldLine {
+                dc_id: l.dc,
+                sku: l.sku,
+                requested: l.requested,
+                held: l.held,
+            })
+            .collect();
+        wire.created_epoch = r.created_epoch;
+        wire.expires_at_ms = r.expires_at_ms;
+        wire.request_id = r.request_id.clone();
+        wire.cart_id = r.cart_id.clone();
+        wire.user = r.user.clone();
+        wire.created_ms = r.created_ms;
+        wire.life_cap_ms = r.life_cap_ms;
+        if let HoldState::Confirmed { order_id, .. } = r.state {
+            wire.order_id = order_id;
+        }
+    }
+    wire
 }
 
 /// The wire form of an order's result; `None` if the result is not an order's.
@@ -49,13 +120,7 @@ pub fn order_result(result: &TxnResult) -> Option<v1::OrderResult> {
         epoch: result.epoch,
         lines: lines.iter().map(line_allocation).collect(),
         reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
-        rejection: rejection.map(|r| v1::Rejection {
-            code: reject_code(r.code) as i32,
-            dc_id: r.dc,
-            sku: r.sku,
-            available: r.available,
-            requested: r.requested,
-        }),
+        rejection: rejection.as_ref().map(self::rejection),
     })
 }
 

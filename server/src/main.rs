@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cli_holds;
 mod config;
 mod convert;
 mod demo;
@@ -118,6 +119,8 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    #[command(flatten)]
+    Holds(cli_holds::HoldCommand),
     /// Show a committed order.
     GetOrder {
         order_id: u64,
@@ -275,7 +278,10 @@ async fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(e) => return report(Err(e)),
             };
-            let opts = serve_options(1, listeners, data_dir, BTreeMap::new(), tuning);
+            let opts = match serve_options(1, listeners, data_dir, BTreeMap::new(), tuning) {
+                Ok(opts) => opts,
+                Err(e) => return report(Err(e)),
+            };
             if nodes == 1 {
                 report(serve::serve(opts, true).await)
             } else {
@@ -383,6 +389,7 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Command::Holds(command) => cli_holds::run(command).await,
         Command::GetOrder { order_id, conn } => {
             run_client(conn, |c| async move { cli::get_order(&c, order_id).await }).await
         }

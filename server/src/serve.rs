@@ -47,6 +47,8 @@ pub struct ServeOptions {
     pub partitions: u32,
     pub sequencer: SequencerConfig,
     pub snapshot_every_entries: u64,
+    /// Execution settings; every replica must use the same (`--expiry-per-epoch-max`).
+    pub exec: ExecConfig,
     pub limits: Limits,
     /// Whether the Admin service accepts fault injection (clock skew).
     pub fault_injection: bool,
@@ -133,7 +135,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         secret: opts.secret.clone(),
         data_dir: opts.data_dir.clone(),
         partitions: opts.partitions,
-        exec: ExecConfig::default(),
+        exec: opts.exec.clone(),
         sequencer: opts.sequencer.clone(),
         snapshot_every_entries: opts.snapshot_every_entries,
         clock: fault_clock.clock(),

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::limits::Limits;
 
+mod holds;
 mod writes;
 
 pub struct OrdoService {
@@ -29,6 +30,10 @@ pub struct OrdoService {
     generated_id_prefix: String,
     generated_id_counter: AtomicU64,
 }
+
+/// How many times `run` queues a transaction that conflicted in its epoch (see
+/// `RefuseCode::Conflict`) before it answers UNAVAILABLE.
+const CONFLICT_ROUNDS_MAX: usize = 8;
 
 /// Orders in a ListOrders page when the request names no limit.
 const LIST_ORDERS_DEFAULT: usize = 100;
@@ -97,39 +102,54 @@ impl OrdoService {
     /// Validates one order and turns it into a transaction.
     fn order_txn(&self, request: v1::PlaceOrderRequest, field: &str) -> Result<Txn, Status> {
         let request_id = self.request_id(request.request_id, field)?;
+        self.user(&request.user, field)?;
+        let mode = order_mode(request.mode, field)?;
+        let lines = self.lines(&request.lines, field, false)?;
+        Ok(Txn {
+            request_id,
+            op: Op::PlaceOrder {
+                lines,
+                mode,
+                user: request.user,
+            },
+        })
+    }
+
+    fn user(&self, user: &str, field: &str) -> Result<(), Status> {
+        if user.len() > self.limits.user_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: user is {} bytes, the limit is {}",
+                user.len(),
+                self.limits.user_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Validates the lines of an order, a reservation or a confirm (`may_be_empty`: a
+    /// confirm's, where none means every held unit).
+    fn lines(
+        &self,
+        lines: &[v1::OrderLine],
+        field: &str,
+        may_be_empty: bool,
+    ) -> Result<Vec<Line>, Status> {
         let limits = &self.limits;
-        if request.lines.is_empty() {
+        if lines.is_empty() && !may_be_empty {
             return Err(Status::invalid_argument(format!(
                 "{field}: an order needs at least one line"
             )));
         }
-        if request.lines.len() > limits.lines_per_order_max {
+        if lines.len() > limits.lines_per_order_max {
             return Err(Status::invalid_argument(format!(
                 "{field}: {} lines, the limit is {} per order",
-                request.lines.len(),
+                lines.len(),
                 limits.lines_per_order_max
             )));
         }
-        if request.user.len() > limits.user_bytes_max {
-            return Err(Status::invalid_argument(format!(
-                "{field}: user is {} bytes, the limit is {}",
-                request.user.len(),
-                limits.user_bytes_max
-            )));
-        }
-        let mode = match v1::OrderMode::try_from(request.mode) {
-            Ok(v1::OrderMode::Unspecified | v1::OrderMode::AllOrNothing) => Mode::AllOrNothing,
-            Ok(v1::OrderMode::Partial) => Mode::Partial,
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: unknown order mode {}",
-                    request.mode
-                )))
-            }
-        };
         let mut seen = BTreeSet::new();
-        let mut lines = Vec::with_capacity(request.lines.len());
-        for (i, line) in request.lines.iter().enumerate() {
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
             let at = format!("{field}.lines[{i}]");
             if line.qty <= 0 || line.qty > limits.qty_per_line_max {
                 return Err(Status::invalid_argument(format!(
@@ -145,20 +165,13 @@ impl OrdoService {
             }
             self.known_dc(line.dc_id, &at)?;
             self.known_sku(line.sku, &at)?;
-            lines.push(Line {
+            out.push(Line {
                 dc: line.dc_id,
                 sku: line.sku,
                 qty: line.qty,
             });
         }
-        Ok(Txn {
-            request_id,
-            op: Op::PlaceOrder {
-                lines,
-                mode,
-                user: request.user,
-            },
-        })
+        Ok(out)
     }
 
     /// Answers transactions: from the dedupe table when already executed, else by queueing
@@ -167,8 +180,9 @@ impl OrdoService {
     /// bound to another request is ALREADY_EXISTS, and so is such a result from execution.
     async fn run(&self, txns: Vec<Txn>) -> Result<Vec<TxnResult>, Status> {
         let mut results: Vec<Option<TxnResult>> = Vec::with_capacity(txns.len());
-        let mut fresh = Vec::new();
-        for txn in txns {
+        // Transactions to queue, with their place in `results`.
+        let mut fresh: Vec<(usize, Txn)> = Vec::new();
+        for (slot, txn) in txns.into_iter().enumerate() {
             validate::validate(&txn).map_err(|e| not_applied(Status::invalid_argument(e)))?;
             let known = reads::dedupe(&self.node.store, &txn.request_id).map_err(internal)?;
             match known {
@@ -181,22 +195,39 @@ impl OrdoService {
                 }
                 Some(record) => results.push(Some(record.result)),
                 None => {
-                    fresh.push(txn);
+                    fresh.push((slot, txn));
                     results.push(None);
                 }
             }
         }
-        if !fresh.is_empty() {
-            let waits = self.node.sequencer.submit(fresh).map_err(|e| match e {
+        // A reservation transaction whose cart or reservation changed in its epoch after it
+        // was routed did nothing and was not remembered: it is queued again, a few times.
+        let mut rounds = 0;
+        while !fresh.is_empty() {
+            rounds += 1;
+            let txns: Vec<Txn> = fresh.iter().map(|(_, t)| t.clone()).collect();
+            let waits = self.node.sequencer.submit(txns).map_err(|e| match e {
                 SubmitError::QueueFull { .. } => {
                     not_applied(Status::resource_exhausted(e.to_string()))
                 }
                 SubmitError::ShuttingDown => not_applied(self.unavailable(e.to_string())),
             })?;
-            let mut executed = self.wait_all(waits).await?.into_iter();
-            for slot in results.iter_mut().filter(|r| r.is_none()) {
-                *slot = executed.next();
+            let executed = self.wait_all(waits).await?;
+            let mut again = Vec::new();
+            for ((slot, txn), result) in fresh.into_iter().zip(executed) {
+                let conflict = matches!(
+                    result.outcome,
+                    Outcome::Refused {
+                        code: model::RefuseCode::Conflict,
+                        ..
+                    }
+                );
+                if conflict && rounds < CONFLICT_ROUNDS_MAX {
+                    again.push((slot, txn));
+                }
+                results[slot] = Some(result);
             }
+            fresh = again;
         }
         results
             .into_iter()
@@ -292,6 +323,24 @@ impl OrdoService {
         }
     }
 
+    /// An order or reservation id names its epoch: a replica that has not applied it yet but
+    /// holds it in its log waits for it, so the record is found on any node right after it
+    /// commits.
+    async fn wait_for_id_epoch(&self, id: u64) -> Result<(), Status> {
+        let epoch = id >> ORDER_SEQ_BITS;
+        let last_log_index = self
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or(0);
+        if epoch > self.applied_epoch() && epoch <= last_log_index {
+            self.wait_for_epoch(epoch).await?;
+        }
+        Ok(())
+    }
+
     async fn wait_for_epoch(&self, epoch: u64) -> Result<(), Status> {
         let mut applied = self.node.applied_epoch.clone();
         let timeout = self.limits.request_timeout;
@@ -349,6 +398,17 @@ impl OrdoService {
     }
 }
 
+/// An order's or a reservation's mode.
+fn order_mode(mode: i32, field: &str) -> Result<Mode, Status> {
+    match v1::OrderMode::try_from(mode) {
+        Ok(v1::OrderMode::Unspecified | v1::OrderMode::AllOrNothing) => Ok(Mode::AllOrNothing),
+        Ok(v1::OrderMode::Partial) => Ok(Mode::Partial),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "{field}: unknown order mode {mode}"
+        ))),
+    }
+}
+
 /// Marks a failure as definite: the request was refused before it could be sequenced, so it
 /// will never be applied (trailer `ordo-outcome: not-applied`). Any other failure of a write
 /// may or may not have been applied.
@@ -383,6 +443,10 @@ fn refused(result: &TxnResult) -> Option<Status> {
         model::RefuseCode::Invalid => Status::invalid_argument(reason.clone()),
         model::RefuseCode::IdReused => Status::already_exists(reason.clone()),
         model::RefuseCode::RegionChange => Status::failed_precondition(reason.clone()),
+        // Only after `run` resubmitted it several times: nothing was applied.
+        model::RefuseCode::Conflict => Status::unavailable(format!(
+            "{reason} (it kept conflicting); retry with the same request_id"
+        )),
     };
     Some(not_applied(status))
 }
@@ -446,6 +510,54 @@ impl Ordo for OrdoService {
         request: Request<v1::TransactRequest>,
     ) -> Result<Response<v1::TransactResponse>, Status> {
         self.transact_unmarked(request).await.map_err(mark_definite)
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<v1::ReserveRequest>,
+    ) -> Result<Response<v1::ReserveResponse>, Status> {
+        self.reserve_unmarked(request).await.map_err(mark_definite)
+    }
+
+    async fn confirm_reservation(
+        &self,
+        request: Request<v1::ConfirmReservationRequest>,
+    ) -> Result<Response<v1::ConfirmReservationResponse>, Status> {
+        self.confirm_reservation_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn cancel_reservation(
+        &self,
+        request: Request<v1::CancelReservationRequest>,
+    ) -> Result<Response<v1::CancelReservationResponse>, Status> {
+        self.cancel_reservation_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn extend_reservation(
+        &self,
+        request: Request<v1::ExtendReservationRequest>,
+    ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
+        self.extend_reservation_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn get_reservation(
+        &self,
+        request: Request<v1::GetReservationRequest>,
+    ) -> Result<Response<v1::GetReservationResponse>, Status> {
+        self.get_reservation_inner(request).await
+    }
+
+    async fn list_reservations(
+        &self,
+        request: Request<v1::ListReservationsRequest>,
+    ) -> Result<Response<v1::ListReservationsResponse>, Status> {
+        self.list_reservations_inner(request).await
     }
 
     async fn list_orders(
@@ -520,19 +632,7 @@ impl Ordo for OrdoService {
             ));
         }
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
-        // An order id names its epoch: a replica that has not applied it yet but holds it in
-        // its log waits for it, so an order is found on any node right after it commits.
-        let order_epoch = order_id >> ORDER_SEQ_BITS;
-        let last_log_index = self
-            .node
-            .raft
-            .metrics()
-            .borrow()
-            .last_log_index
-            .unwrap_or(0);
-        if order_epoch > self.applied_epoch() && order_epoch <= last_log_index {
-            self.wait_for_epoch(order_epoch).await?;
-        }
+        self.wait_for_id_epoch(order_id).await?;
         let order = reads::order(&self.node.store, order_id)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("order {order_id} does not exist")))?;
