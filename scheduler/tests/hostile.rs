@@ -59,8 +59,57 @@ impl Extremes for Rng {
     }
 }
 
+/// A duration or a reservation id: zero, the extremes, or something real (ids of reservations
+/// made a few epochs ago: `epoch << 20 | position`).
+fn arbitrary_u64(rng: &mut Rng) -> u64 {
+    match rng.below(6) {
+        0 => 0,
+        1 => u64::MAX,
+        2 => rng.next(),
+        _ => (rng.below(12) << ORDER_SEQ_BITS) | rng.below(6),
+    }
+}
+
+fn arbitrary_lines(rng: &mut Rng) -> Vec<Line> {
+    let n = match rng.below(6) {
+        0 => 0,
+        1 => 150,
+        _ => rng.below(4) as usize + 1,
+    };
+    (0..n)
+        .map(|_| Line {
+            dc: rng.u32(),
+            sku: rng.u32(),
+            qty: rng.i64(),
+        })
+        .collect()
+}
+
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(8) {
+    match rng.below(12) {
+        8 => Op::Reserve {
+            cart_id: rng.string(),
+            user: rng.string(),
+            lines: arbitrary_lines(rng),
+            mode: if rng.below(2) == 0 {
+                Mode::Partial
+            } else {
+                Mode::AllOrNothing
+            },
+            ttl_ms: arbitrary_u64(rng),
+            life_max_ms: arbitrary_u64(rng),
+        },
+        9 => Op::ConfirmReservation {
+            reservation_id: arbitrary_u64(rng),
+            lines: arbitrary_lines(rng),
+        },
+        10 => Op::CancelReservation {
+            reservation_id: arbitrary_u64(rng),
+        },
+        11 => Op::ExtendReservation {
+            reservation_id: arbitrary_u64(rng),
+            ttl_ms: arbitrary_u64(rng),
+        },
         // Cluster records come only from a node's own sequencer (a forwarded one must carry
         // the leader's own count), so only the store's own count is arbitrary input here.
         7 => Op::ClusterConfig {

@@ -139,6 +139,9 @@ enum Command {
     Replay {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The node's --expiry-per-epoch-max, if it ran with another than the default.
+        #[arg(long, default_value_t = ordo_scheduler::ExecConfig::default().expiry_per_epoch_max)]
+        expiry_per_epoch_max: usize,
         #[arg(long)]
         json: bool,
     },
@@ -403,7 +406,11 @@ async fn main() -> ExitCode {
             })
             .await
         }
-        Command::Replay { data_dir, json } => match replay::replay(&data_dir).await {
+        Command::Replay {
+            data_dir,
+            expiry_per_epoch_max,
+            json,
+        } => match replay::replay(&data_dir, expiry_per_epoch_max).await {
             Ok(report) => {
                 if json {
                     println!("{}", report.json());

@@ -39,7 +39,7 @@ impl ReplayReport {
     }
 }
 
-pub async fn replay(data_dir: &Path) -> anyhow::Result<ReplayReport> {
+pub async fn replay(data_dir: &Path, expiry_per_epoch_max: usize) -> anyhow::Result<ReplayReport> {
     if !data_dir.join("raft-log").is_dir() {
         bail!("{} holds no Ordo raft log", data_dir.display());
     }
@@ -61,7 +61,10 @@ pub async fn replay(data_dir: &Path) -> anyhow::Result<ReplayReport> {
     )?);
     let mut sm = StateMachine::open(
         store.clone(),
-        ExecConfig::default(),
+        ExecConfig {
+            expiry_per_epoch_max,
+            ..ExecConfig::default()
+        },
         Arc::new(Waiters::default()),
         &scratch.path().join("snapshots"),
     )?;
