@@ -41,6 +41,53 @@ pub(crate) struct Decision {
     pub(crate) writes: Vec<PartWrite>,
 }
 
+/// What `mode` grants of each line from the rows as they stand (lines name distinct rows), and
+/// the rejection when the request is refused as a whole: all-or-nothing with a line short, or
+/// partial with nothing at all. Orders take the granted units; reservations hold them.
+pub(crate) fn grant(
+    lines: &[Line],
+    mode: Mode,
+    stock: &BTreeMap<(u32, u32), StockRecord>,
+) -> (Vec<LineAlloc>, Option<Rejection>) {
+    let mut allocs = Vec::with_capacity(lines.len());
+    let mut first_short: Option<Rejection> = None;
+    for line in lines {
+        let available = stock
+            .get(&(line.dc, line.sku))
+            .copied()
+            .unwrap_or_default()
+            .available();
+        let allocated = match mode {
+            Mode::AllOrNothing if available < line.qty => 0,
+            Mode::AllOrNothing => line.qty,
+            Mode::Partial => line.qty.min(available),
+        };
+        if allocated < line.qty && first_short.is_none() {
+            first_short = Some(Rejection {
+                code: RejectCode::InsufficientStock,
+                dc: line.dc,
+                sku: line.sku,
+                available,
+                requested: line.qty,
+            });
+        }
+        allocs.push(LineAlloc {
+            dc: line.dc,
+            sku: line.sku,
+            requested: line.qty,
+            allocated,
+            available,
+        });
+    }
+    let total: i64 = allocs.iter().map(|a| a.allocated).sum();
+    let reject = match mode {
+        Mode::AllOrNothing => first_short,
+        Mode::Partial if total == 0 => first_short,
+        Mode::Partial => None,
+    };
+    (allocs, reject)
+}
+
 pub(crate) fn decide(
     cfg: &ExecConfig,
     txn: &Txn,
@@ -94,40 +141,10 @@ pub(crate) fn decide(
                     rejection: Some(rejection),
                 }));
             }
-            let mut allocs = Vec::with_capacity(lines.len());
-            let mut first_short: Option<Rejection> = None;
-            for line in lines {
-                let record = stock.entry((line.dc, line.sku)).or_default();
-                let available = record.available();
-                let allocated = match mode {
-                    Mode::AllOrNothing if available < line.qty => 0,
-                    Mode::AllOrNothing => line.qty,
-                    Mode::Partial => line.qty.min(available),
-                };
-                if allocated < line.qty && first_short.is_none() {
-                    first_short = Some(Rejection {
-                        code: RejectCode::InsufficientStock,
-                        dc: line.dc,
-                        sku: line.sku,
-                        available,
-                        requested: line.qty,
-                    });
-                }
-                record.on_hand -= allocated;
-                allocs.push(LineAlloc {
-                    dc: line.dc,
-                    sku: line.sku,
-                    requested: line.qty,
-                    allocated,
-                    available,
-                });
+            let (mut allocs, reject) = grant(lines, *mode, &stock);
+            for a in &allocs {
+                stock.entry((a.dc, a.sku)).or_default().on_hand -= a.allocated;
             }
-            let total: i64 = allocs.iter().map(|a| a.allocated).sum();
-            let reject = match mode {
-                Mode::AllOrNothing => first_short,
-                Mode::Partial if total == 0 => first_short,
-                Mode::Partial => None,
-            };
             if let Some(rejection) = reject {
                 for a in &mut allocs {
                     a.allocated = 0;

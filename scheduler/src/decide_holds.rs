@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use ordo_storage::Part;
 
-use crate::decide::{Decision, LocalReads, PartWrite};
+use crate::decide::{grant, Decision, LocalReads, PartWrite};
 use crate::exec::{ExecConfig, ExecError, Route};
 use crate::holds;
 use crate::model::*;
@@ -60,6 +60,33 @@ impl Ctx<'_> {
             kv: Vec::new(),
             remember: false,
             writes: Vec::new(),
+        }
+    }
+
+    /// The reservation written back with the rows and hold writes that changed it, answered
+    /// as it now is.
+    fn stored(
+        &self,
+        record: ReservationRecord,
+        stock: Stock,
+        mut writes: Vec<PartWrite>,
+    ) -> Decision {
+        let home = self.route.hold.as_ref().map_or(Part::Global, |h| h.home);
+        writes.push((
+            home,
+            holds::key::reservation(record.reservation_id),
+            Some(encode(&record)),
+        ));
+        Decision {
+            result: self.result(Outcome::Reservation {
+                reservation: Some(record),
+                rejection: None,
+            }),
+            stock: stock.into_iter().map(|((d, s), r)| (d, s, r)).collect(),
+            order: None,
+            kv: Vec::new(),
+            remember: true,
+            writes,
         }
     }
 
@@ -233,33 +260,7 @@ fn reserve(
     mut stock: Stock,
     (cart_id, user, lines, mode, ttl_ms, life_max_ms): ReserveArgs<'_>,
 ) -> Result<Decision, ExecError> {
-    let mut granted = Vec::with_capacity(lines.len());
-    let mut first_short = None;
-    for line in lines {
-        let row = stock.entry((line.dc, line.sku)).or_default();
-        let available = row.available();
-        let held = match mode {
-            Mode::AllOrNothing if available < line.qty => 0,
-            Mode::AllOrNothing => line.qty,
-            Mode::Partial => line.qty.min(available),
-        };
-        if held < line.qty && first_short.is_none() {
-            first_short = Some(Rejection {
-                code: RejectCode::InsufficientStock,
-                dc: line.dc,
-                sku: line.sku,
-                available,
-                requested: line.qty,
-            });
-        }
-        granted.push((*line, held));
-    }
-    let total: i64 = granted.iter().map(|(_, h)| h).sum();
-    let refuse = match mode {
-        Mode::AllOrNothing => first_short,
-        Mode::Partial if total == 0 => first_short,
-        Mode::Partial => None,
-    };
+    let (granted, refuse) = grant(lines, mode, &stock);
     if let Some(rejection) = refuse {
         return Ok(ctx.unchanged(Outcome::Reservation {
             reservation: None,
@@ -285,7 +286,15 @@ fn reserve(
     let fresh = record.lines.is_empty();
     let mut writes = Vec::new();
     let mut rows = Vec::new();
-    for (line, held) in granted {
+    for g in granted {
+        let (line, held) = (
+            Line {
+                dc: g.dc,
+                sku: g.sku,
+                qty: g.requested,
+            },
+            g.allocated,
+        );
         let at = match record
             .lines
             .iter()
@@ -487,23 +496,7 @@ fn cancel(
         check_row(&ctx.txn.request_id, dc, sku, row)?;
     }
     record.state = HoldState::Cancelled { epoch: ctx.epoch };
-    let home = ctx.route.hold.as_ref().map(|h| h.home).expect("routed");
-    writes.push((
-        home,
-        holds::key::reservation(record.reservation_id),
-        Some(encode(&record)),
-    ));
-    Ok(Decision {
-        result: ctx.result(Outcome::Reservation {
-            reservation: Some(record),
-            rejection: None,
-        }),
-        stock: stock.into_iter().map(|((d, s), r)| (d, s, r)).collect(),
-        order: None,
-        kv: Vec::new(),
-        remember: true,
-        writes,
-    })
+    Ok(ctx.stored(record, stock, writes))
 }
 
 fn extend(
@@ -525,22 +518,6 @@ fn extend(
             }
         }
         record.expires_at_ms = expires_at;
-        let home = ctx.route.hold.as_ref().map(|h| h.home).expect("routed");
-        writes.push((
-            home,
-            holds::key::reservation(record.reservation_id),
-            Some(encode(&record)),
-        ));
     }
-    Ok(Decision {
-        result: ctx.result(Outcome::Reservation {
-            reservation: Some(record),
-            rejection: None,
-        }),
-        stock: Vec::new(),
-        order: None,
-        kv: Vec::new(),
-        remember: true,
-        writes,
-    })
+    Ok(ctx.stored(record, Stock::new(), writes))
 }

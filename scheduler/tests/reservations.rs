@@ -445,3 +445,46 @@ fn a_cart_change_earlier_in_the_epoch_makes_a_confirm_run_again() {
     assert_eq!(lines.len(), 2);
     assert_eq!(node.stock(6, 2).on_hand, 9);
 }
+
+#[test]
+fn records_are_dropped_after_their_retention_with_their_indexes() {
+    let mut node = Node::new(ExecConfig {
+        reservation_retention_ms: 1_000,
+        ..ExecConfig::default()
+    });
+    // Life cap = 10 x ttl = 1,000 ms; the record goes 1,000 ms after that.
+    let r = held(&node.one(T0 + 1, reserve("r1", "cart-p", &[(1, 1, 1)], 100)));
+    assert_eq!(r.life_cap_ms, T0 + 1_001);
+    node.run_at(T0 + 2_000, vec![]);
+    assert!(reads::reservation(&node.store, r.reservation_id)
+        .unwrap()
+        .is_some());
+    node.run_at(T0 + 2_001, vec![]);
+    assert!(reads::reservation(&node.store, r.reservation_id)
+        .unwrap()
+        .is_none());
+    let listed =
+        reads::reservations(&node.store, reads::ReservationsOf::Cart("cart-p"), 0, 10).unwrap();
+    assert!(listed.is_empty());
+    let by_user =
+        reads::reservations(&node.store, reads::ReservationsOf::User("u1"), 0, 10).unwrap();
+    assert!(by_user.is_empty());
+    // Nothing of it is left in any partition but the stock row.
+    for n in 0..3 {
+        for (key, _) in node
+            .store
+            .scan_prefix(Part::Region(n), &[], usize::MAX)
+            .unwrap()
+        {
+            assert!(
+                ![b'r', b'x', b'e', b'y', b'C', b'K', b'u'].contains(&key[0]),
+                "left over: {key:?}"
+            );
+        }
+    }
+    // A retry of the reserve is still answered from dedupe, and the cart starts afresh.
+    let again = held(&node.one(T0 + 2_002, reserve("r1", "cart-p", &[(1, 1, 1)], 100)));
+    assert_eq!(again.reservation_id, r.reservation_id);
+    let fresh = held(&node.one(T0 + 2_003, reserve("r2", "cart-p", &[(1, 1, 1)], 100)));
+    assert_ne!(fresh.reservation_id, r.reservation_id);
+}
