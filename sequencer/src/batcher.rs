@@ -138,6 +138,36 @@ const HOLDS_CHECK_MAX: Duration = Duration::from_millis(250);
 /// per empty epoch.
 const EMPTY_EPOCH_GAP: Duration = Duration::from_millis(20);
 
+/// The leader's epoch stamps: `max(its clock, previous + 1, previous + the monotonic time since
+/// the previous stamp)`, where the previous stamp is this node's own or, after a leader change,
+/// the applied epoch's time. Sequencer time so moves on at least at real pace even while the
+/// leader's clock is behind it (after a clock stepped forward and back, or a leader change to a
+/// slower clock), so a hold's TTL lasts about that long in real time and not one millisecond
+/// per epoch. Execution still only takes `max(previous + 1, stamp)`.
+#[derive(Default)]
+struct Stamper {
+    /// This node's last stamp and when it was made.
+    last: Option<(u64, Instant)>,
+}
+
+impl Stamper {
+    fn peek(&self, ctx: &BatcherContext) -> u64 {
+        let applied = ctx.store.applied_time_ms();
+        let paced = match self.last {
+            Some((ms, at)) if ms >= applied => ms.saturating_add(at.elapsed().as_millis() as u64),
+            _ => 0,
+        };
+        let previous = self.last.map_or(0, |(ms, _)| ms).max(applied);
+        (ctx.clock)().max(paced).max(previous.saturating_add(1))
+    }
+
+    fn next(&mut self, ctx: &BatcherContext) -> u64 {
+        let ms = self.peek(ctx);
+        self.last = Some((ms, Instant::now()));
+        ms
+    }
+}
+
 /// How long an idle batcher may sleep before it must look at the holds again, and whether an
 /// epoch is due now (the earliest unswept hold has lapsed by this leader's clock).
 fn holds_due(ctx: &BatcherContext, now_ms: u64) -> (Duration, bool) {
@@ -241,7 +271,7 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
     let epoch = Duration::from_millis(config.epoch_ms);
     let in_flight = Arc::new(Semaphore::new(config.proposals_in_flight_max));
     let mut last_cut = Instant::now() - epoch;
-    let mut last_time_ms = 0u64;
+    let mut stamps = Stamper::default();
     // A transaction that did not fit the previous batch's byte budget.
     let mut carry: Option<Txn> = None;
     let mut idle_sleep = HOLDS_CHECK_MIN;
@@ -260,15 +290,15 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
         let Some(first) = first else {
             // Idle. Holds lapse by epoch time, so when one is due the leader cuts an empty
             // epoch: its prologue sweeps them, and reads see the new time.
-            let (sleep, due) = holds_due(&ctx, (ctx.clock)());
+            let (sleep, due) = holds_due(&ctx, stamps.peek(&ctx));
             idle_sleep = sleep;
             let gap = epoch.max(EMPTY_EPOCH_GAP);
             let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
             if due && leading && last_cut.elapsed() >= gap {
                 if let Ok(permit) = in_flight.clone().try_acquire_owned() {
                     last_cut = Instant::now();
-                    last_time_ms = (ctx.clock)().max(last_time_ms + 1);
-                    propose(&ctx, Vec::new(), last_time_ms, permit).await;
+                    let time_ms = stamps.next(&ctx);
+                    propose(&ctx, Vec::new(), time_ms, permit).await;
                 }
             }
             continue;
@@ -323,8 +353,8 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
         };
         match remote_leader(&ctx.raft, ctx.node_id) {
             Ok(None) => {
-                last_time_ms = (ctx.clock)().max(last_time_ms + 1);
-                propose(&ctx, txns, last_time_ms, permit).await;
+                let time_ms = stamps.next(&ctx);
+                propose(&ctx, txns, time_ms, permit).await;
             }
             Ok(Some((leader, addr))) => forward(&ctx, txns, leader, addr.peer, permit),
             Err(why) => {
@@ -379,7 +409,12 @@ async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: Own
                     Ok(Err(e)) => TxnFailure::Unavailable(e.to_string()),
                     Err(_) => TxnFailure::Unavailable("the raft node stopped".into()),
                 };
-                tracing::warn!(%failure, txns = request_ids.len(), "batch not committed");
+                if request_ids.is_empty() {
+                    // An empty epoch cut to expire holds: the next leader cuts its own.
+                    tracing::debug!(%failure, "empty batch not committed");
+                } else {
+                    tracing::warn!(%failure, txns = request_ids.len(), "batch not committed");
+                }
                 waiters.fail_uncertain(request_ids.iter().map(String::as_str), &failure);
             });
         }
