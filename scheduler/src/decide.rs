@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use ordo_storage::Part;
 
-use crate::exec::{dedupe_answer, ExecConfig, ExecError, Route};
+use crate::exec::{dedupe_answer, ExecConfig, ExecError};
 use crate::model::*;
+use crate::route::Route;
 
 /// One participant's reads for a transaction.
 #[derive(Clone, Debug, Default)]

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use ordo_storage::Part;
 
 use crate::decide::{grant, Decision, LocalReads, PartWrite};
-use crate::exec::{ExecConfig, ExecError, Route};
+use crate::exec::{ExecConfig, ExecError};
 use crate::holds;
 use crate::model::*;
+use crate::route::{HoldRoute, Route};
 
 pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a ExecConfig,
@@ -255,7 +256,7 @@ type ReserveArgs<'a> = (&'a String, &'a String, &'a Vec<Line>, Mode, u64, u64);
 
 fn reserve(
     ctx: &Ctx<'_>,
-    hold: &crate::exec::HoldRoute,
+    hold: &HoldRoute,
     existing: Option<ReservationRecord>,
     mut stock: Stock,
     (cart_id, user, lines, mode, ttl_ms, life_max_ms): ReserveArgs<'_>,

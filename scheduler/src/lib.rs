@@ -8,7 +8,8 @@
 //!
 //! - [`model`]: transactions, results, records and key encodings.
 //! - [`lock`]: the deterministic lock manager (locks granted in log order).
-//! - [`exec`]: one epoch's execution: segments, routing, the overlay of pending writes.
+//! - [`exec`]: one epoch's execution: segments, the overlay of pending writes; `prologue` what
+//!   runs before its transactions; `route` where each transaction runs.
 //! - `partition`: per-partition executors with the multi-partition read exchange.
 //! - `decide`: the pure decision every participant of a transaction computes;
 //!   `decide_holds` those of reservations.
@@ -26,7 +27,9 @@ pub mod holds;
 pub mod lock;
 pub mod model;
 mod partition;
+mod prologue;
 pub mod reads;
+mod route;
 pub mod validate;
 
 pub use exec::{epoch_time_ms, execute_epoch, EpochOutput, ExecConfig, ExecError};

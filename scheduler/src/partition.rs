@@ -8,13 +8,11 @@ use std::sync::mpsc;
 use ordo_storage::{Part, Store};
 
 use crate::decide::{decide, LocalReads};
-use crate::exec::{
-    read_dedupe, read_record, remember, route, ExecConfig, ExecError, Layered, Overlay, Route,
-    RouteCtx,
-};
+use crate::exec::{read_dedupe, read_record, remember, ExecConfig, ExecError, Layered, Overlay};
 use crate::holds;
 use crate::lock::{LockKey, LockManager};
 use crate::model::*;
+use crate::route::{route, Route, RouteCtx};
 
 /// Shared, read-only context of one segment.
 struct Segment<'a> {
