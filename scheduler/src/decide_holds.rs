@@ -288,24 +288,13 @@ fn reserve(
     let mut writes = Vec::new();
     let mut rows = Vec::new();
     for g in granted {
-        let (line, held) = (
-            Line {
-                dc: g.dc,
-                sku: g.sku,
-                qty: g.requested,
-            },
-            g.allocated,
-        );
-        let at = match record
-            .lines
-            .iter()
-            .position(|l| l.dc == line.dc && l.sku == line.sku)
-        {
+        let (dc, sku, held) = (g.dc, g.sku, g.allocated);
+        let at = match record.lines.iter().position(|l| l.dc == dc && l.sku == sku) {
             Some(at) => at,
             None => {
                 record.lines.push(HoldLine {
-                    dc: line.dc,
-                    sku: line.sku,
+                    dc,
+                    sku,
                     requested: 0,
                     held: 0,
                 });
@@ -313,21 +302,21 @@ fn reserve(
             }
         };
         let kept = &mut record.lines[at];
-        kept.requested = kept.requested.saturating_add(line.qty);
+        kept.requested = kept.requested.saturating_add(g.requested);
         kept.held = kept.held.saturating_add(held);
         if held == 0 {
             continue;
         }
-        let row = stock.get_mut(&(line.dc, line.sku)).expect("read above");
+        let row = stock.entry((dc, sku)).or_default();
         row.reserved += held;
-        check_row(&ctx.txn.request_id, line.dc, line.sku, row)?;
-        rows.push((line.dc, line.sku, *row));
-        let part = ctx.row_part(line.dc, line.sku)?;
+        check_row(&ctx.txn.request_id, dc, sku, row)?;
+        rows.push((dc, sku, *row));
+        let part = ctx.row_part(dc, sku)?;
         for (key, value) in holds::hold_writes(
             record.reservation_id,
             record.expires_at_ms,
-            line.dc,
-            line.sku,
+            dc,
+            sku,
             kept.held,
         ) {
             writes.push((part, key, value));
@@ -438,7 +427,7 @@ fn confirm(
         if qty == 0 {
             continue;
         }
-        let row = stock.get_mut(&(line.dc, line.sku)).expect("released above");
+        let row = stock.entry((line.dc, line.sku)).or_default();
         // The units were held, so they are there: what is available now includes them.
         let available = row.available();
         row.on_hand -= qty;
@@ -458,7 +447,7 @@ fn confirm(
         order_id,
         epoch: ctx.epoch,
     };
-    let home = ctx.route.hold.as_ref().map(|h| h.home).expect("routed");
+    let home = ctx.route.hold.as_ref().map_or(Part::Global, |h| h.home);
     writes.push((
         home,
         holds::key::reservation(record.reservation_id),
