@@ -23,7 +23,7 @@ pub struct Tally {
 }
 
 /// Errors are grouped by their first words, so one kind of failure is one count.
-fn error_kind(e: &str) -> String {
+pub(crate) fn error_kind(e: &str) -> String {
     e.split_whitespace().take(6).collect::<Vec<_>>().join(" ")
 }
 
@@ -87,7 +87,7 @@ pub struct Check {
 }
 
 /// Problems listed per run, at most.
-const PROBLEMS_MAX: usize = 20;
+pub(crate) const PROBLEMS_MAX: usize = 20;
 
 pub fn check(dataset: &Dataset, tally: &Tally, final_stock: &BTreeMap<(u32, u32), i64>) -> Check {
     let mut problems = Vec::new();

@@ -4,7 +4,10 @@
 //! `ordo-bench run` runs one target; `ordo-bench compare` starts each target in turn (real
 //! servers from the machine's packages, in temporary directories on loopback), runs them with
 //! the same seed, prints one table and writes `results.json`, `results.md` and PNG plots.
+//! `--workload cart` runs reservations (hold, then confirm, cancel or let lapse) against Ordo
+//! and the PostgreSQL and Redis hold designs, with its own check (`cart/`).
 
+mod cart;
 mod check;
 mod report;
 mod runner;
@@ -61,7 +64,7 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Knobs {
-    /// flash-sale, hot-items, uniform, multi-dc or browse.
+    /// flash-sale, hot-items, uniform, multi-dc, browse or cart.
     #[arg(long)]
     workload: WorkloadKind,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.
@@ -93,6 +96,12 @@ struct Knobs {
     /// browse: availability reads per order.
     #[arg(long, default_value_t = 100)]
     reads_per_order: u32,
+    /// cart: every hold's TTL in whole seconds (at least 1).
+    #[arg(long, default_value_t = cart::CartKnobs::default().ttl_s)]
+    ttl_s: u32,
+    /// cart: the share of confirms sent at the hold's expiry (± 100 ms) instead of at once.
+    #[arg(long, default_value_t = cart::CartKnobs::default().late_confirm_share)]
+    late_confirms: f64,
     /// Ordo's region partitions.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
@@ -129,6 +138,20 @@ impl Knobs {
         if let Some(rate) = self.rate {
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
         }
+        anyhow::ensure!(
+            self.ttl_s >= 1 && self.ttl_s <= 3_600,
+            "--ttl-s must be 1..=3600"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.late_confirms),
+            "--late-confirms must be in [0, 1]"
+        );
+        if self.workload == WorkloadKind::Cart {
+            anyhow::ensure!(
+                self.rate.is_none(),
+                "the cart workload runs a closed loop only (drop --rate)"
+            );
+        }
         Ok(())
     }
 
@@ -152,6 +175,10 @@ impl Knobs {
             },
             batch: self.batch,
             progress: !self.quiet,
+            cart: cart::CartKnobs {
+                ttl_s: self.ttl_s,
+                late_confirm_share: self.late_confirms,
+            },
         }
     }
 
@@ -177,12 +204,19 @@ async fn run_one(knobs: &Knobs, target: Target) -> anyhow::Result<RunResult> {
     } else {
         PathBuf::new()
     };
+    if knobs.workload == WorkloadKind::Cart {
+        cart::supported(target)
+            .map_err(|why| anyhow::anyhow!("{target} cannot run the cart workload: {why}"))?;
+    }
     let server = Server::start(target, &ordo_bin, knobs.partitions)
         .await
         .with_context(|| format!("starting {target}"))?;
-    runner::run(&server, &cfg)
-        .await
-        .with_context(|| format!("running {target}"))
+    let run = if knobs.workload == WorkloadKind::Cart {
+        cart::run(&server, &cfg).await
+    } else {
+        runner::run(&server, &cfg).await
+    };
+    run.with_context(|| format!("running {target}"))
 }
 
 fn finish(out: &Path, runs: &[RunResult]) -> anyhow::Result<bool> {
@@ -221,11 +255,39 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         Command::Compare { targets, knobs } => {
             knobs.validate()?;
             anyhow::ensure!(!targets.is_empty(), "--targets is empty");
+            let targets = if knobs.workload == WorkloadKind::Cart {
+                // Targets without a cart design are skipped, each with the reason; the
+                // others still run.
+                let (runnable, skipped) = cart::split_targets(&targets);
+                for (target, why) in &skipped {
+                    eprintln!("skipping {target}: {why}");
+                }
+                anyhow::ensure!(
+                    !runnable.is_empty(),
+                    "none of --targets can run the cart workload (ordo-1, ordo-3, postgres, redis, redis-everysec can)"
+                );
+                runnable
+            } else {
+                targets
+            };
             let mut runs = Vec::new();
             for target in targets {
                 let result = run_one(&knobs, target).await?;
+                let carts = result
+                    .cart
+                    .as_ref()
+                    .map(|c| {
+                        format!(
+                            ", {:.0} carts/s, {} confirmed after expiry, {} units lost, {} oversold",
+                            c.carts_s,
+                            c.check.holds_confirmed_after_expiry,
+                            c.check.units_lost,
+                            c.check.units_oversold
+                        )
+                    })
+                    .unwrap_or_default();
                 eprintln!(
-                    "{target}: {:.0} ops/s, p99 {:.2} ms, check {}",
+                    "{target}: {:.0} ops/s, p99 {:.2} ms{carts}, check {}",
                     result.throughput_ops_s,
                     result.latency_us.p99 as f64 / 1000.0,
                     if result.check.ok { "ok" } else { "FAILED" }

@@ -68,6 +68,66 @@ pub fn table(runs: &[RunResult]) -> String {
             check
         ));
     }
+    if runs.iter().any(|r| r.cart.is_some()) {
+        out.push('\n');
+        out.push_str(&cart_table(runs));
+    }
+    out
+}
+
+/// The cart workload's table: carts per second and the ratio to the reference (the first Ordo
+/// run, else the first run), cart latency, server CPU per cart, and the check's counts.
+pub fn cart_table(runs: &[RunResult]) -> String {
+    let carts: Vec<(&RunResult, &crate::cart::CartReport)> = runs
+        .iter()
+        .filter_map(|r| r.cart.as_ref().map(|c| (r, c)))
+        .collect();
+    let reference = carts
+        .iter()
+        .find(|(r, _)| r.target.starts_with("ordo"))
+        .or(carts.first())
+        .map(|(r, c)| (r.target.clone(), c.carts_s));
+    let ref_name = reference.as_ref().map(|r| r.0.as_str()).unwrap_or("-");
+    let mut out = format!(
+        "| target | carts/s | {ref_name} ÷ target | cart p50 ms | cart p99 ms | server CPU ms/cart | confirmed | confirms refused (expired) | confirmed after expiry | units held 1 s after last expiry | units lost | units oversold | holds leaked | check |\n"
+    );
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (r, c) in carts {
+        let ratio = match &reference {
+            Some((_, base)) if c.carts_s > 0.0 => format!("{:.1}×", base / c.carts_s),
+            _ => "-".into(),
+        };
+        let k = &c.check;
+        let verdict = match (r.check.ok, k.anomalies.is_empty()) {
+            (false, _) => "FAILED",
+            (true, true) => "ok",
+            (true, false) => "ok (anomalies reported, design allows them)",
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {:.3} | {} | {} ({}) | {} | {}{} | {} | {} | {} | {} |\n",
+            r.target,
+            c.carts_s,
+            ratio,
+            c.cart_latency_us.p50 as f64 / 1000.0,
+            c.cart_latency_us.p99 as f64 / 1000.0,
+            c.server_cpu_ms_per_cart,
+            c.confirmed,
+            c.confirm_refused.values().sum::<u64>(),
+            c.confirm_refused.get("expired").copied().unwrap_or(0),
+            k.holds_confirmed_after_expiry,
+            c.units_held_after_last_expiry,
+            match c.released_after_last_expiry_ms {
+                Some(ms) if c.units_held_after_last_expiry > 0 => {
+                    format!(" (all back {:.1} s after)", ms as f64 / 1000.0)
+                }
+                _ => String::new(),
+            },
+            k.units_lost,
+            k.units_oversold,
+            k.holds_leaked,
+            verdict
+        ));
+    }
     out
 }
 

@@ -37,6 +37,8 @@ pub struct RunConfig {
     /// Orders per `PlaceOrders` call for the batched Ordo targets.
     pub batch: usize,
     pub progress: bool,
+    /// The cart workload's TTL and late confirms (ignored by the order workloads).
+    pub cart: crate::cart::CartKnobs,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -74,30 +76,34 @@ pub struct RunResult {
     pub measured_ops: u64,
     pub check: Check,
     pub timeline: Vec<Second>,
+    /// The cart workload's own figures (carts per second, expiry anomalies, the release
+    /// path's work); absent for the order workloads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart: Option<crate::cart::CartReport>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds are valid")
 }
 
-struct ClientStats {
+/// One client's latencies: all measured calls, and per second of the measured run.
+pub(crate) struct Timing {
     hist: Histogram<u64>,
     seconds: Vec<(u64, Histogram<u64>)>,
     measured_ops: u64,
-    tally: Tally,
 }
 
-impl ClientStats {
-    fn new(seconds: usize) -> Self {
+impl Timing {
+    pub(crate) fn new(seconds: usize) -> Self {
         Self {
             hist: histogram(),
             seconds: (0..seconds).map(|_| (0, histogram())).collect(),
             measured_ops: 0,
-            tally: Tally::default(),
         }
     }
 
-    fn record(&mut self, started: Instant, measure_from: Instant, latency: Duration) {
+    /// Counts a call sent at `started`, unless it was sent during the warm-up.
+    pub(crate) fn record(&mut self, started: Instant, measure_from: Instant, latency: Duration) {
         if started < measure_from {
             return;
         }
@@ -109,6 +115,108 @@ impl ClientStats {
             h.saturating_record(us);
         }
         self.measured_ops += 1;
+    }
+
+    pub(crate) fn merge(&mut self, other: &Timing) {
+        self.hist.add(&other.hist).expect("same bounds");
+        for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
+            mine.0 += theirs.0;
+            mine.1.add(&theirs.1).expect("same bounds");
+        }
+        self.measured_ops += other.measured_ops;
+    }
+
+    pub(crate) fn measured_ops(&self) -> u64 {
+        self.measured_ops
+    }
+
+    pub(crate) fn latency(&self) -> Latency {
+        latency_of(&self.hist)
+    }
+
+    pub(crate) fn timeline(&self) -> Vec<Second> {
+        self.seconds
+            .iter()
+            .enumerate()
+            .map(|(s, (ops, h))| Second {
+                second: s as u64,
+                ops: *ops,
+                p50_us: h.value_at_quantile(0.50),
+                p99_us: h.value_at_quantile(0.99),
+                p999_us: h.value_at_quantile(0.999),
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn latency_of(hist: &Histogram<u64>) -> Latency {
+    Latency {
+        p50: hist.value_at_quantile(0.50),
+        p99: hist.value_at_quantile(0.99),
+        p999: hist.value_at_quantile(0.999),
+        max: hist.max(),
+        mean: hist.mean(),
+    }
+}
+
+struct ClientStats {
+    timing: Timing,
+    tally: Tally,
+}
+
+impl ClientStats {
+    fn new(seconds: usize) -> Self {
+        Self {
+            timing: Timing::new(seconds),
+            tally: Tally::default(),
+        }
+    }
+
+    fn record(&mut self, started: Instant, measure_from: Instant, latency: Duration) {
+        self.timing.record(started, measure_from, latency);
+    }
+}
+
+/// The progress bar of a run (warm-up and measurement), with the calls answered so far.
+pub(crate) struct Progress {
+    bar: indicatif::ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// `None` when `cfg.progress` is off.
+    pub(crate) fn start(cfg: &RunConfig, start: Instant, done_ops: Arc<AtomicU64>) -> Option<Self> {
+        if !cfg.progress {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new((cfg.warmup + cfg.duration).as_secs());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>16} [{bar:30}] {pos:>3}/{len}s {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}", cfg.target));
+        let bar2 = bar.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let elapsed = start.elapsed();
+                bar2.set_position(elapsed.as_secs());
+                let ops = done_ops.load(Ordering::Relaxed);
+                bar2.set_message(format!(
+                    "{ops} ops, {:.0}/s",
+                    ops as f64 / elapsed.as_secs_f64()
+                ));
+            }
+        });
+        Some(Self { bar, ticker })
+    }
+
+    pub(crate) fn finish(self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
     }
 }
 
@@ -135,32 +243,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
     let seconds = cfg.duration.as_secs().max(1) as usize;
     let done_ops = Arc::new(AtomicU64::new(0));
 
-    let progress = cfg.progress.then(|| {
-        let bar = indicatif::ProgressBar::new((cfg.warmup + cfg.duration).as_secs());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:>16} [{bar:30}] {pos:>3}/{len}s {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("{}", cfg.target));
-        let bar2 = bar.clone();
-        let done_ops = done_ops.clone();
-        let ticker = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let elapsed = start.elapsed();
-                bar2.set_position(elapsed.as_secs());
-                let ops = done_ops.load(Ordering::Relaxed);
-                bar2.set_message(format!(
-                    "{ops} ops, {:.0}/s",
-                    ops as f64 / elapsed.as_secs_f64()
-                ));
-            }
-        });
-        (bar, ticker)
-    });
+    let progress = Progress::start(cfg, start, done_ops.clone());
 
     let mut tasks = Vec::with_capacity(cfg.clients);
     for (i, mut session) in sessions.into_iter().enumerate() {
@@ -212,26 +295,18 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
             stats
         }));
     }
-    let mut hist = histogram();
-    let mut per_second: Vec<(u64, Histogram<u64>)> =
-        (0..seconds).map(|_| (0, histogram())).collect();
+    let mut timing = Timing::new(seconds);
     let mut tally = Tally::default();
-    let mut measured_ops = 0;
     for task in tasks {
         let stats = task.await.context("a client task failed")?;
-        hist.add(&stats.hist).expect("same bounds");
-        for (mine, theirs) in per_second.iter_mut().zip(&stats.seconds) {
-            mine.0 += theirs.0;
-            mine.1.add(&theirs.1).expect("same bounds");
-        }
+        timing.merge(&stats.timing);
         tally.merge(stats.tally);
-        measured_ops += stats.measured_ops;
     }
     let cpu = server.cpu_seconds() - cpu_before;
-    if let Some((bar, ticker)) = progress {
-        ticker.abort();
-        bar.finish_and_clear();
+    if let Some(progress) = progress {
+        progress.finish();
     }
+    let measured_ops = timing.measured_ops();
 
     let final_stock = loader
         .final_stock(&cfg.spec.dataset)
@@ -247,27 +322,12 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         mode: cfg.mode,
         seed: cfg.seed,
         throughput_ops_s: measured_ops as f64 / cfg.duration.as_secs_f64(),
-        latency_us: Latency {
-            p50: hist.value_at_quantile(0.50),
-            p99: hist.value_at_quantile(0.99),
-            p999: hist.value_at_quantile(0.999),
-            max: hist.max(),
-            mean: hist.mean(),
-        },
+        latency_us: timing.latency(),
         server_cpu_s: cpu,
         measured_ops,
         check,
-        timeline: per_second
-            .iter()
-            .enumerate()
-            .map(|(s, (ops, h))| Second {
-                second: s as u64,
-                ops: *ops,
-                p50_us: h.value_at_quantile(0.50),
-                p99_us: h.value_at_quantile(0.99),
-                p999_us: h.value_at_quantile(0.999),
-            })
-            .collect(),
+        timeline: timing.timeline(),
+        cart: None,
     })
 }
 

@@ -138,7 +138,7 @@ end
 return 1
 "#;
 
-fn redis_key(dc: u32, sku: u32) -> String {
+pub(crate) fn redis_key(dc: u32, sku: u32) -> String {
     format!("s:{dc}:{sku}")
 }
 
@@ -153,7 +153,7 @@ fn etcd_key(dc: u32, sku: u32) -> String {
     format!("/stock/{dc}/{sku}")
 }
 
-async fn postgres_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+pub(crate) async fn postgres_connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {url}"))?;

@@ -27,6 +27,9 @@ pub enum WorkloadKind {
     MultiDc,
     /// Availability reads mixed with orders.
     Browse,
+    /// Carts: reserve 1-3 zipf-hot lines with a short TTL, then confirm, cancel or let the
+    /// hold lapse (`crate::cart`).
+    Cart,
 }
 
 impl FromStr for WorkloadKind {
@@ -38,9 +41,10 @@ impl FromStr for WorkloadKind {
             "uniform" => WorkloadKind::Uniform,
             "multi-dc" => WorkloadKind::MultiDc,
             "browse" => WorkloadKind::Browse,
+            "cart" => WorkloadKind::Cart,
             other => {
                 return Err(format!(
-                    "unknown workload {other:?}: flash-sale, hot-items, uniform, multi-dc or browse"
+                    "unknown workload {other:?}: flash-sale, hot-items, uniform, multi-dc, browse or cart"
                 ))
             }
         })
@@ -55,6 +59,7 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Uniform => "uniform",
             WorkloadKind::MultiDc => "multi-dc",
             WorkloadKind::Browse => "browse",
+            WorkloadKind::Cart => "cart",
         })
     }
 }
@@ -94,7 +99,8 @@ pub struct WorkloadSpec {
 
 impl WorkloadSpec {
     /// The workload with its default dataset: flash-sale is one DC and one SKU with `stock`
-    /// units; the others are 12 DCs in 3 regions with 1,000 SKUs and `stock` of each.
+    /// units; cart is a small set of DCs (6 in 3 regions) with 1,000 SKUs; the others are 12
+    /// DCs in 3 regions with 1,000 SKUs and `stock` of each.
     pub fn new(
         kind: WorkloadKind,
         stock: Option<i64>,
@@ -108,6 +114,12 @@ impl WorkloadSpec {
                 skus: 1,
                 stock: stock.unwrap_or(10_000),
                 regions: 1,
+            },
+            WorkloadKind::Cart => Dataset {
+                dcs: 6,
+                skus: 1_000,
+                stock: stock.unwrap_or(1_000_000),
+                regions: 3,
             },
             _ => Dataset {
                 dcs: 12,
@@ -207,7 +219,8 @@ pub struct Generator {
 impl Generator {
     pub fn new(spec: &WorkloadSpec, seed: u64, client: u64) -> Self {
         let keys = spec.dataset.dcs as u64 * spec.dataset.skus as u64;
-        let zipf = (spec.kind == WorkloadKind::HotItems).then(|| Zipf::new(keys, spec.theta));
+        let zipf = matches!(spec.kind, WorkloadKind::HotItems | WorkloadKind::Cart)
+            .then(|| Zipf::new(keys, spec.theta));
         // The permutation depends only on the seed, so every client (and target) agrees on
         // which keys are hot.
         let mut perm_rng = Rng::new(seed ^ 0xA5A5_5A5A);
@@ -240,13 +253,28 @@ impl Generator {
         )
     }
 
+    /// A zipf-hot key (hot-items and cart): the same keys are hot for every client.
+    pub fn hot_key(&mut self) -> (u32, u32) {
+        let rank = self
+            .zipf
+            .as_ref()
+            .expect("hot-items and cart have a zipf")
+            .sample(&mut self.rng);
+        self.key(self.hot_order[rank as usize])
+    }
+
+    /// The client's own random stream, for mixes drawn beside the keys (cart).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
     pub fn next_op(&mut self) -> Op {
         let d = self.spec.dataset;
         match self.spec.kind {
             WorkloadKind::FlashSale => Op::Order(vec![(1, 1, 1)]),
-            WorkloadKind::HotItems => {
-                let rank = self.zipf.as_ref().expect("zipf").sample(&mut self.rng);
-                let (dc, sku) = self.key(self.hot_order[rank as usize]);
+            // As plain orders a cart is one hot line; `crate::cart` draws the real carts.
+            WorkloadKind::HotItems | WorkloadKind::Cart => {
+                let (dc, sku) = self.hot_key();
                 Op::Order(vec![(dc, sku, 1)])
             }
             WorkloadKind::Uniform => {
