@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The fault campaign behind JEPSEN.md: one `ordo-jepsen run` per seed, rotating through every
-# workload and nemesis (seed s runs WORKLOADS[s % 4] under NEMESES[(s / 4) % 6]), one line
-# per run in $OUT/campaign.tsv. Needs root and iptables for the partition nemesis.
+# workload and nemesis (with W workloads, seed s runs WORKLOADS[s % W] under
+# NEMESES[(s / W) % 6]), one line per run in $OUT/campaign.tsv. Needs root and iptables for the
+# partition nemesis.
 #
 #   cargo build --release --bin ordo --bin ordo-jepsen
 #   jepsen/campaign.sh                      # seeds 1-100, 60 s each, 5 nodes
 #   FIRST=1 LAST=24 TIME=30 jepsen/campaign.sh
+#   WORKLOADS=inventory FIRST=1 LAST=12 TIME=40 jepsen/campaign.sh   # one workload, every nemesis
 set -uo pipefail
 
 FIRST="${FIRST:-1}"
@@ -14,15 +16,15 @@ TIME="${TIME:-60}"
 NODES="${NODES:-5}"
 BIN="${BIN:-target/release}"
 OUT="${OUT:-jepsen-campaign}"
-WORKLOADS=(inventory bank append register)
+read -r -a WORKLOADS <<< "${WORKLOADS:-inventory bank append register}"
 NEMESES=(partition kill pause clock membership partition,kill,pause,clock,membership)
 
 mkdir -p "$OUT"
 tsv="$OUT/campaign.tsv"
 [ -s "$tsv" ] || printf 'seed\tworkload\tnemesis\texit\tvalid\tok\tfail\tinfo\tanomalies\tdir\n' > "$tsv"
 for seed in $(seq "$FIRST" "$LAST"); do
-  w="${WORKLOADS[$((seed % 4))]}"
-  n="${NEMESES[$(((seed / 4) % 6))]}"
+  w="${WORKLOADS[$((seed % ${#WORKLOADS[@]}))]}"
+  n="${NEMESES[$(((seed / ${#WORKLOADS[@]}) % 6))]}"
   log="$OUT/seed-$seed.out"
   "$BIN/ordo-jepsen" run --ordo-bin "$BIN/ordo" --nodes "$NODES" --time-limit "$TIME" \
     --workload "$w" --nemesis "$n" --rate 50 --concurrency 5 --seed "$seed" --out "$OUT/runs" \

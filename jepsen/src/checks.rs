@@ -23,6 +23,9 @@ pub struct Verdict {
     pub examples: Vec<String>,
     /// One line: what was checked and the outcome.
     pub summary: String,
+    /// Figures a checker reports beyond anomalies (the inventory checker's holds: operations by
+    /// outcome, holds by final status and ended during faults); empty for most.
+    pub stats: BTreeMap<String, u64>,
 }
 
 impl Verdict {
@@ -114,6 +117,7 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                 counts,
                 examples,
                 summary,
+                stats: BTreeMap::new(),
             }
         }
         "append" => {
@@ -136,6 +140,7 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                 ),
                 counts: report.counts,
                 examples,
+                stats: BTreeMap::new(),
             }
         }
         "bank" => {
@@ -164,19 +169,27 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                     .iter()
                     .map(|a| format!("{}: event {}: {}", a.kind, a.event_index, a.message))
                     .collect(),
+                stats: BTreeMap::new(),
             }
         }
         "inventory" => {
             let report = inventory::check(events, &ops).map_err(err)?;
             let counts = owned(report.counts.clone());
             let undecided = !report.unchecked.is_empty();
+            let hold_stat = |k: &str| report.holds.stats.get(k).copied().unwrap_or(0);
             Verdict {
                 valid: Verdict::from_counts(counts.clone(), undecided),
                 summary: format!(
-                    "{} keys, {} acknowledged and {} indeterminate orders: {}",
+                    "{} keys, {} acknowledged and {} indeterminate orders, {} holds ({} confirmed, \
+                     {} cancelled, {} expired, {} live): {}",
                     report.keys,
                     report.orders_ok,
                     report.orders_indeterminate,
+                    report.holds.holds,
+                    hold_stat("holds-confirmed"),
+                    hold_stat("holds-cancelled"),
+                    hold_stat("holds-expired"),
+                    hold_stat("holds-live"),
                     if !counts.is_empty() {
                         format!("anomalies {counts:?}")
                     } else if undecided {
@@ -186,6 +199,7 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                     }
                 ),
                 counts,
+                stats: report.holds.stats.clone(),
                 examples: report
                     .anomalies
                     .into_iter()

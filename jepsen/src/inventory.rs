@@ -5,20 +5,25 @@
 //! - `f = "order"`: value `{"request_id": ID, "lines": [[dc, sku, qty], ...]}` on invoke;
 //!   `ok` = committed (all-or-nothing), `fail` = rejected (no effect), `info` = unknown;
 //! - `f = "restock"`: value `[dc, sku, delta]`;
-//! - `f = "read"`: `ok` value `[[dc, sku, on_hand], ...]`;
+//! - `f = "read"`: `ok` value `[[dc, sku, on_hand], ...]` (rows may add `reserved`);
 //! - `f = "final-read"`, after healing: `ok` value `{"stock": [[dc, sku, on_hand], ...],
-//!   "orders": [request ids of every committed order]}`.
+//!   "orders": [request ids of every committed order]}`;
+//! - reservations (`reserve`, `confirm`, `cancel`, `extend`, and the final read's `holds`), as
+//!   [`crate::cart`] describes them.
 //!
 //! Checks: no read below zero; every acknowledged order is in the final orders; no order is
-//! there that was rejected or never invoked; and per (dc, sku): final = initial + restocks −
-//! committed orders, where an indeterminate order counts iff the final orders hold it and
-//! indeterminate restocks may each have applied or not.
+//! there that was rejected or never invoked (a confirm's order is the reservations checker's);
+//! and per (dc, sku): final = initial + restocks − committed orders − units of confirmed holds,
+//! where an indeterminate order counts iff the final orders hold it, indeterminate restocks
+//! may each have applied or not, and a hold counts iff its final status is confirmed. The
+//! holds themselves are [`crate::reservations`]'s to check; its anomalies join these.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use crate::history::{Event, EventType, Operation, Process};
+use crate::reservations;
 
 type Key = (u64, u64);
 /// `[dc, sku, n]`: a quantity at a key.
@@ -30,7 +35,8 @@ fn rows(value: &Value, what: &str) -> Result<Vec<Row>, String> {
         .ok_or_else(|| format!("{what}: expected [[dc, sku, n], ...]"))?;
     list.iter()
         .map(|r| {
-            let r = r.as_array().filter(|r| r.len() == 3);
+            // Stock rows may carry `reserved` after on_hand.
+            let r = r.as_array().filter(|r| r.len() >= 3);
             match r.map(|r| (r[0].as_u64(), r[1].as_u64(), r[2].as_i64())) {
                 Some((Some(dc), Some(sku), Some(n))) => Ok((dc, sku, n)),
                 _ => Err(format!("{what}: each row is [dc, sku, n] of integers")),
@@ -43,13 +49,15 @@ pub struct Report {
     /// Examples, at most [`EXAMPLES_MAX`], each `kind: explanation`.
     pub anomalies: Vec<String>,
     /// Every anomaly counted by kind: `negative-read`, `lost-order`, `rejected-order-present`,
-    /// `phantom-order`, `stock-mismatch`.
+    /// `phantom-order`, `stock-mismatch`, and the reservations checker's.
     pub counts: BTreeMap<&'static str, usize>,
     /// Keys whose stock could not be checked (too many indeterminate restocks to search).
     pub unchecked: Vec<String>,
     pub orders_ok: usize,
     pub orders_indeterminate: usize,
     pub keys: usize,
+    /// What the reservations checker found (its anomalies are in `anomalies` and `counts`).
+    pub holds: reservations::Report,
 }
 
 /// Distinct subset sums of one key's indeterminate restocks tracked, at most (small deltas
@@ -192,7 +200,16 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
             }
         }
     }
-    for id in final_orders.difference(&invoked.keys().cloned().collect()) {
+    let holds = reservations::check(events, ops)?;
+    for (key, units) in &holds.confirmed_units {
+        *expected.entry(*key).or_default() -= units;
+    }
+    let accounted: BTreeSet<String> = invoked
+        .keys()
+        .chain(&holds.confirm_request_ids)
+        .cloned()
+        .collect();
+    for id in final_orders.difference(&accounted) {
         note(
             "phantom-order",
             format!("order {id} is present but was never invoked"),
@@ -207,13 +224,21 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         match subset_sums_to(unknown, got - want) {
             Some(true) => {}
             Some(false) => note("stock-mismatch", format!(
-                "dc {dc} sku {sku}: final stock {got}, expected {want} (initial + restocks - committed orders){}",
+                "dc {dc} sku {sku}: final stock {got}, expected {want} (initial + restocks - committed orders - confirmed holds){}",
                 if unknown.is_empty() { String::new() } else { format!(" plus some of the {} indeterminate restocks", unknown.len()) }
             )),
             None => unchecked.push(format!(
                 "dc {dc} sku {sku}: the {} indeterminate restocks have over {SUBSET_SUMS_MAX} subset sums; not checked",
                 unknown.len()
             )),
+        }
+    }
+    for (kind, n) in &holds.counts {
+        *counts.entry(kind).or_default() += n;
+    }
+    for a in &holds.anomalies {
+        if anomalies.len() < EXAMPLES_MAX {
+            anomalies.push(a.clone());
         }
     }
     Ok(Report {
@@ -223,6 +248,7 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         orders_ok,
         orders_indeterminate,
         keys: keys.len(),
+        holds,
     })
 }
 
@@ -313,5 +339,90 @@ mod tests {
         assert!(anomalies(&drift)
             .iter()
             .any(|a| a.contains("dc 1 sku 1: final stock 6, expected 7")));
+    }
+
+    /// The clean history above with holds: h1 confirmed (2 units of dc 1 sku 1, by confirm
+    /// c1, whose order is in the final orders), h2 expired. Final stock and reserved as given.
+    fn with_holds(final_stock: Value, final_orders: Value) -> Vec<Event> {
+        // The same history without its final read (an invocation and its completion).
+        let mut events = history(json!([]), json!([]));
+        let final_read = events.pop().unwrap();
+        events.pop();
+        let mut push = |p: u64, kind: &str, f: &str, value: Value| {
+            let i = events.len() as u64;
+            events.push(Event {
+                index: i,
+                time_ns: i,
+                process: Process::Client(p),
+                kind: serde_json::from_value(json!(kind)).unwrap(),
+                f: f.into(),
+                value,
+                key: None,
+            });
+        };
+        for (id, rid, line) in [(1, "r1", json!([1, 1, 2])), (2, "r2", json!([2, 1, 1]))] {
+            let v = json!({"request_id": rid, "lines": [line], "ttl_s": 1, "cart_id": "",
+                           "partial": false});
+            push(7, "invoke", "reserve", v.clone());
+            let mut ok = v;
+            ok["id"] = json!(id);
+            ok["expires_at_ms"] = json!(2_000);
+            ok["created_ms"] = json!(1_000);
+            ok["held"] = json!([line]);
+            push(7, "ok", "reserve", ok);
+        }
+        let c = json!({"request_id": "c1", "id": 1});
+        push(8, "invoke", "confirm", c.clone());
+        let mut ok = c;
+        ok["order_id"] = json!(77);
+        ok["epoch_time_ms"] = json!(1_500);
+        ok["lines"] = json!([[1, 1, 2]]);
+        push(8, "ok", "confirm", ok);
+        push(6, "invoke", "final-read", Value::Null);
+        let hold = |id: u64, rid: &str, status: &str, order_id: u64, held: Value| {
+            json!({"id": id, "request_id": rid, "status": status, "expires_at_ms": 2_000,
+                   "created_ms": 1_000, "order_id": order_id, "cart_id": "", "held": held})
+        };
+        let holds = json!([
+            hold(1, "r1", "confirmed", 77, json!([[1, 1, 2]])),
+            hold(2, "r2", "expired", 0, json!([[2, 1, 1]])),
+        ]);
+        push(
+            6,
+            "ok",
+            "final-read",
+            json!({"stock": final_stock, "orders": final_orders, "holds": holds,
+                   "listed": holds}),
+        );
+        assert_eq!(final_read.f, "final-read");
+        events
+    }
+
+    #[test]
+    fn confirmed_holds_count_against_the_stock_and_their_orders_are_no_phantoms() {
+        // o1 (3 of dc 1) and h1 (2 of dc 1) committed; o3 and the restock did not apply.
+        let h = with_holds(json!([[1, 1, 5, 0], [2, 1, 4, 0]]), json!(["o1", "c1"]));
+        let report = check(&h, &pair(&h).unwrap()).unwrap();
+        assert!(report.counts.is_empty(), "{:?}", report.anomalies);
+        assert_eq!(report.holds.holds, 2);
+        // Without h1's units taken, the stock does not add up; a confirm's order is expected.
+        let h = with_holds(json!([[1, 1, 7, 0], [2, 1, 4, 0]]), json!(["o1", "c1"]));
+        let a = anomalies(&h);
+        assert!(
+            a.iter().any(|a| a.contains(
+                "dc 1 sku 1: final stock 7, expected 5 (initial + restocks - committed orders - confirmed holds)"
+            )),
+            "{a:?}"
+        );
+        assert!(!a.iter().any(|a| a.contains("phantom-order")), "{a:?}");
+        // The confirm's order missing: the hold checker's, joined to these counts.
+        let h = with_holds(json!([[1, 1, 5, 0], [2, 1, 4, 0]]), json!(["o1"]));
+        let report = check(&h, &pair(&h).unwrap()).unwrap();
+        assert_eq!(
+            report.counts.get("lost-confirm"),
+            Some(&1),
+            "{:?}",
+            report.anomalies
+        );
     }
 }

@@ -9,10 +9,12 @@
 
 pub mod append;
 pub mod bank;
+pub mod cart;
 pub mod checks;
 pub mod history;
 pub mod inventory;
 pub mod plot;
 pub mod porcupine;
 pub mod register;
+pub mod reservations;
 pub mod runner;

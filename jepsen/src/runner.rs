@@ -13,7 +13,8 @@
 //! (SIGSTOP one node or the leader, then SIGCONT), `clock` (bumps and strobes of the nodes'
 //! sequencer clocks through the `--fault-injection` admin call), `membership` (remove a node,
 //! then add it back). Workloads: `register` and `append` over `Transact`; `inventory` (orders
-//! in one DC, several DCs of a region, or across regions; restocks; stock reads) and `bank`
+//! in one DC, several DCs of a region, or across regions; restocks; stock reads; and, for 40%
+//! of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]) and `bank`
 //! (transfers between DC rows; whole-snapshot reads of every row).
 
 use std::collections::BTreeMap;
@@ -27,8 +28,8 @@ use anyhow::{bail, Context};
 use ordo_client::{v1, Client, Consistency, RetryPolicy};
 use serde_json::{json, Value};
 
-use crate::checks;
 use crate::history::{Event, EventType, Process};
+use crate::{cart, checks};
 
 #[derive(Clone, Debug)]
 pub struct RunOpts {
@@ -69,20 +70,20 @@ const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const LIST_PAGE: u32 = 1_000;
 
 /// SplitMix64, seeded: the same seed gives the same operations and fault schedule.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
     }
 }
@@ -246,6 +247,10 @@ enum Call {
     },
     /// Every (dc, sku) row in one snapshot (GetAvailability reads one epoch).
     ReadAll,
+    /// The same with what is reserved of each row (the inventory workload's reads).
+    ReadStock,
+    /// A reservation operation ([`cart`]).
+    Hold(cart::HoldCall),
     Transfer {
         request_id: String,
         sku: u32,
@@ -270,6 +275,8 @@ struct Generator {
     slot: usize,
     /// Unique per slot: appended values and request ids.
     counter: i64,
+    /// The holds every slot has been granted (the inventory workload's reservations).
+    holds: Arc<cart::Holds>,
 }
 
 impl Generator {
@@ -332,6 +339,18 @@ impl Generator {
                     call: Call::Transact(ops),
                 }
             }
+            "inventory" if rng.below(10) < cart::HOLD_OPS_TENTHS => {
+                let request_id = self.request_id();
+                let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
+                let (f, value, call) =
+                    cart::next(&mut self.rng, &self.holds, request_id, &dcs, &SKUS);
+                Op {
+                    f,
+                    value,
+                    key: None,
+                    call: Call::Hold(call),
+                }
+            }
             "inventory" => match rng.below(10) {
                 0..=5 => {
                     // One DC; two DCs of region 0 (one partition); or two regions.
@@ -372,7 +391,7 @@ impl Generator {
                     f: "read",
                     value: Value::Null,
                     key: None,
-                    call: Call::ReadAll,
+                    call: Call::ReadStock,
                 },
             },
             _ => {
@@ -457,6 +476,12 @@ async fn read_all(client: &Client) -> Result<Value, ordo_client::Error> {
     Ok(Value::Array(rows))
 }
 
+/// Every row as `[[dc, sku, on_hand, reserved], ...]`, from one snapshot.
+async fn read_stock(client: &Client) -> Result<Value, ordo_client::Error> {
+    let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
+    cart::read_stock(client, &dcs, &SKUS).await
+}
+
 /// Runs one operation: its completion type and value. An error whose effect is unknown is
 /// `info`; a write the server refused before sequencing it ([`ordo_client::Error::not_applied`])
 /// and a read that failed had no effect and are `fail`.
@@ -527,6 +552,11 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
             Ok(rows) => (EventType::Ok, rows),
             Err(_) => (EventType::Fail, Value::Null),
         },
+        Call::ReadStock => match read_stock(client).await {
+            Ok(rows) => (EventType::Ok, rows),
+            Err(_) => (EventType::Fail, Value::Null),
+        },
+        Call::Hold(call) => cart::execute(client, call, &op.value).await,
     }
 }
 
@@ -882,7 +912,11 @@ async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::R
                 "final-read",
                 Value::Null,
             );
-            let stock = retry_until(RECOVERY_TIMEOUT, || read_all(client)).await?;
+            // Every hold lapses (by epoch time) within the longest TTL of its last reserve or
+            // extend: wait for that before reading what each hold came to.
+            let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
+            let settle_ms = cart::settle(client, &dcs, &SKUS).await;
+            let stock = retry_until(RECOVERY_TIMEOUT, || read_stock(client)).await?;
             let mut orders = Vec::new();
             let mut after = 0;
             loop {
@@ -894,12 +928,15 @@ async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::R
                 }
                 after = page.next_after_order_id;
             }
+            let events = rec.lock().expect("recorder").events.clone();
+            let (holds, listed) = cart::final_holds(client, &events, RECOVERY_TIMEOUT).await?;
             record(
                 rec,
                 process,
                 EventType::Ok,
                 "final-read",
-                json!({"stock": stock, "orders": orders}),
+                json!({"stock": stock, "orders": orders, "holds": holds, "listed": listed,
+                       "settle_ms": settle_ms}),
             );
         }
         _ => {}
@@ -1011,6 +1048,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
 
     let end = Instant::now() + opts.time_limit;
     let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
+    let holds = Arc::new(cart::Holds::default());
     let clients: Vec<_> = (0..opts.concurrency)
         .map(|slot| {
             let gen = Generator {
@@ -1018,6 +1056,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
                 rng: Rng(opts.seed ^ (slot as u64 + 1).wrapping_mul(0xD6E8_FEB8_6659_FD93)),
                 slot,
                 counter: 0,
+                holds: holds.clone(),
             };
             tokio::spawn(client_slot(
                 recorder.clone(),
@@ -1078,6 +1117,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             counts: BTreeMap::new(),
             examples: vec![format!("final reads failed: {e:#}")],
             summary: "no final reads; not checked".into(),
+            stats: BTreeMap::new(),
         },
     };
     let agree = agreement.as_ref().map(|(_, a)| *a);
@@ -1134,6 +1174,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         "anomaly_counts": verdict.counts,
         "anomalies": verdict.examples,
         "checker": verdict.summary,
+        "checker_stats": verdict.stats,
         "replicas_agree": agree,
         "common_epoch": agreement.map(|(e, _)| e),
         "nemesis_events": faults,

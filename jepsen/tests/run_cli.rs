@@ -1,5 +1,6 @@
 //! `ordo-jepsen run` end to end, without root: a 3-node cluster of real `ordo` processes under
-//! the kill and clock nemeses, the bank workload; then what the run directory holds.
+//! the kill and clock nemeses, the bank workload, and under clock faults the inventory workload
+//! with its reservations; then what the run directory holds.
 //! (Partitions need root and iptables; `.ci/run` runs them.)
 
 use std::path::PathBuf;
@@ -89,4 +90,76 @@ fn a_bank_run_under_kills_and_clock_faults_checks_out_and_writes_its_report() {
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(0));
+}
+
+#[test]
+fn an_inventory_run_with_reservations_checks_out_and_reads_every_hold() {
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
+        .args([
+            "run",
+            "--nodes",
+            "3",
+            "--time-limit",
+            "8",
+            "--workload",
+            "inventory",
+            "--nemesis",
+            "clock",
+            "--rate",
+            "40",
+            "--concurrency",
+            "3",
+            "--seed",
+            "7",
+            "--ordo-bin",
+        ])
+        .arg(ordo_bin())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{stderr}");
+
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["valid"], true, "{results:#}");
+    assert!(
+        results["op_counts"]["reserve"]["ok"].as_u64().unwrap() > 0,
+        "{results:#}"
+    );
+    // Every hold the run made ended, and the checker says how.
+    let stats = &results["checker_stats"];
+    let ended: u64 = ["holds-confirmed", "holds-cancelled", "holds-expired"]
+        .iter()
+        .map(|k| stats[k].as_u64().unwrap_or(0))
+        .sum();
+    assert!(ended > 0, "{results:#}");
+    assert!(stats["holds-live"].is_null(), "{results:#}");
+
+    // The final read has every hold the history names, read by id (holds of reserves whose
+    // answer was lost are found by listing, and counted too).
+    let history = std::fs::read_to_string(dir.join("history.jsonl")).unwrap();
+    let final_read: serde_json::Value = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["f"] == "final-read" && e["type"] == "ok")
+        .unwrap();
+    let holds = final_read["value"]["holds"].as_array().unwrap();
+    assert!(
+        !holds.is_empty() && holds.len() as u64 <= ended,
+        "{final_read:#}"
+    );
+    assert!(
+        holds.iter().all(|h| h["status"] != "not-found"),
+        "{final_read:#}"
+    );
 }
