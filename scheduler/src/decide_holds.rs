@@ -197,28 +197,17 @@ pub(crate) fn decide(
                 Ok(record) => confirm(ctx, record, stock, lines),
             }
         }
-        Op::CancelReservation { .. } => {
+        Op::CancelReservation { .. } | Op::ExtendReservation { .. } => {
             let Some(live) = target(ctx, record.clone())? else {
                 return Ok(ctx.conflict("the reservation"));
             };
-            match live {
-                Err(rejection) => Ok(ctx.unchanged(Outcome::Reservation {
+            match (live, &ctx.txn.op) {
+                (Err(rejection), _) => Ok(ctx.unchanged(Outcome::Reservation {
                     reservation: record,
                     rejection: Some(rejection),
                 })),
-                Ok(record) => cancel(ctx, record, stock),
-            }
-        }
-        Op::ExtendReservation { ttl_ms, .. } => {
-            let Some(live) = target(ctx, record.clone())? else {
-                return Ok(ctx.conflict("the reservation"));
-            };
-            match live {
-                Err(rejection) => Ok(ctx.unchanged(Outcome::Reservation {
-                    reservation: record,
-                    rejection: Some(rejection),
-                })),
-                Ok(record) => extend(ctx, record, *ttl_ms),
+                (Ok(record), Op::ExtendReservation { ttl_ms, .. }) => extend(ctx, record, *ttl_ms),
+                (Ok(record), _) => cancel(ctx, record, stock),
             }
         }
         other => Err(ExecError::Invariant(format!(
