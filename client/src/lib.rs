@@ -31,6 +31,7 @@ use std::time::Duration;
 pub use ordo_proto::v1;
 
 mod holds;
+mod nearby;
 pub use holds::Reserve;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::ordo_client::OrdoClient;

@@ -44,6 +44,18 @@ pub fn dc(store: &Store, dc: u32) -> Result<Option<DcRecord>, ReadError> {
     get(store, Part::Global, &keys::dc(dc), || format!("dc {dc}"))
 }
 
+/// Every DC, in id order.
+pub fn dcs(store: &Store) -> Result<Vec<DcRecord>, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in store.scan_prefix(Part::Global, &[keys::DC], usize::MAX)? {
+        out.push(decode(&value).map_err(|e| ReadError::Corrupt {
+            what: format!("dc at key {key:?}"),
+            detail: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
 pub fn item(store: &Store, sku: u32) -> Result<Option<ItemRecord>, ReadError> {
     get(store, Part::Global, &keys::item(sku), || {
         format!("item {sku}")

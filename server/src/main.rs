@@ -3,12 +3,14 @@
 
 mod admin;
 mod cli;
+mod cli_geo;
 mod cli_holds;
 mod config;
 mod convert;
 mod demo;
 mod edge;
 mod fault;
+mod geo;
 mod limits;
 mod replay;
 mod serve;
@@ -121,6 +123,8 @@ enum Command {
     },
     #[command(flatten)]
     Holds(cli_holds::HoldCommand),
+    #[command(flatten)]
+    Geo(cli_geo::GeoCommand),
     /// Show a committed order.
     GetOrder {
         order_id: u64,
@@ -393,6 +397,7 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Holds(command) => cli_holds::run(command).await,
+        Command::Geo(command) => cli_geo::run(command).await,
         Command::GetOrder { order_id, conn } => {
             run_client(conn, |c| async move { cli::get_order(&c, order_id).await }).await
         }

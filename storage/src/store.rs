@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,10 @@ pub struct Store {
     import_interrupted: AtomicBool,
     /// [`EXPORT_CAPTURE_KEYS_MAX`], a field so unit tests can reach the bound with few keys.
     capture_keys_max: usize,
+    /// Bumped by every commit that writes the global partition (DCs, catalogue) and by every
+    /// snapshot import: caches built from the global tables (the edge's nearby index) rebuild
+    /// when it moves. Not persisted; it starts at 1 when the store opens.
+    global_version: AtomicU64,
 }
 
 /// What commits record while an export runs.
@@ -257,6 +261,7 @@ impl Store {
             snapshot: Mutex::new(()),
             import_interrupted: AtomicBool::new(import_interrupted),
             capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
+            global_version: AtomicU64::new(1),
         })
     }
 
@@ -443,6 +448,7 @@ impl Store {
                 batches[1].remove(&(stamp.epoch - HASH_WINDOW_EPOCHS).to_be_bytes());
             }
         }
+        let touches_global = commit.writes.contains_key(&Part::Global);
         for (part, writes) in commit.writes {
             let mut batch = sled::Batch::default();
             for (key, value) in writes {
@@ -455,6 +461,9 @@ impl Store {
             batches.push(batch);
         }
         apply_atomically(&trees, &batches, "epoch commit")?;
+        if touches_global {
+            self.global_version.fetch_add(1, Ordering::SeqCst);
+        }
         let hash = next.state_hash;
         *applied = next;
         Ok(hash)
@@ -615,7 +624,15 @@ impl Store {
             },
         };
         self.import_interrupted.store(false, Ordering::SeqCst);
+        self.global_version.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Moves whenever the global tables (DCs, catalogue) may have changed: a commit that wrote
+    /// them, or a snapshot import. Read it inside [`Store::consistent`] to pair it with the
+    /// rows read there.
+    pub fn global_version(&self) -> u64 {
+        self.global_version.load(Ordering::SeqCst)
     }
 }
 

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::limits::Limits;
 
 mod holds;
+mod nearby;
 mod read;
 mod writes;
 
@@ -29,6 +30,8 @@ pub struct OrdoService {
     /// Prefix of server-generated request ids: node id and a start-up nonce.
     generated_id_prefix: String,
     generated_id_counter: AtomicU64,
+    /// The nearby index of the DC table, rebuilt when the store's global version moves.
+    nearby: std::sync::RwLock<Option<Arc<crate::geo::NearbyIndex>>>,
 }
 
 /// How many times `run` queues a transaction that conflicted in its epoch (see
@@ -50,6 +53,7 @@ impl OrdoService {
             node,
             limits,
             generated_id_counter: AtomicU64::new(0),
+            nearby: std::sync::RwLock::new(None),
         }
     }
 
@@ -555,6 +559,20 @@ impl Ordo for OrdoService {
         request: Request<v1::ListReservationsRequest>,
     ) -> Result<Response<v1::ListReservationsResponse>, Status> {
         self.list_reservations_inner(request).await
+    }
+
+    async fn find_nearby_dcs(
+        &self,
+        request: Request<v1::FindNearbyDcsRequest>,
+    ) -> Result<Response<v1::FindNearbyDcsResponse>, Status> {
+        self.find_nearby_dcs_inner(request).await
+    }
+
+    async fn get_nearby_availability(
+        &self,
+        request: Request<v1::GetNearbyAvailabilityRequest>,
+    ) -> Result<Response<v1::GetNearbyAvailabilityResponse>, Status> {
+        self.get_nearby_availability_inner(request).await
     }
 
     async fn list_orders(

@@ -1,0 +1,189 @@
+//! Reads near a point: the DCs around it and their availability. They use the node's nearby
+//! index ([`crate::geo`]), a cache of the DC table at the edge, and read stock like every
+//! other read: after the consistency barrier, every row at one epoch.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ordo_proto::v1;
+use ordo_scheduler::{reads, DcRecord};
+use ordo_storage::Store;
+use tonic::{Request, Response, Status};
+
+use super::{internal, OrdoService};
+use crate::geo::{NearbyIndex, RADIUS_M_MAX};
+
+/// The radius when a request names none, in metres.
+const RADIUS_M_DEFAULT: u32 = 10_000;
+/// DCs in a FindNearbyDcs answer when the request names no limit, and at most.
+const NEARBY_DCS_DEFAULT: usize = 20;
+const NEARBY_DCS_MAX: usize = 1_000;
+/// DCs counted by GetNearbyAvailability when the request names no limit, and at most.
+const AVAILABILITY_DCS_DEFAULT: usize = 100;
+
+/// A point's coordinates in micro-degrees, refused unless finite and on the globe.
+fn point(lat: f64, lon: f64, field: &str) -> Result<(i32, i32), Status> {
+    if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: lat must be between -90 and 90, not {lat}"
+        )));
+    }
+    if !lon.is_finite() || !(-180.0..=180.0).contains(&lon) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: lon must be between -180 and 180, not {lon}"
+        )));
+    }
+    Ok(((lat * 1e6).round() as i32, (lon * 1e6).round() as i32))
+}
+
+fn radius(radius_m: u32, field: &str) -> Result<u32, Status> {
+    match radius_m {
+        0 => Ok(RADIUS_M_DEFAULT),
+        r if r <= RADIUS_M_MAX => Ok(r),
+        r => Err(Status::invalid_argument(format!(
+            "{field}: radius_m must be at most {RADIUS_M_MAX}, not {r}"
+        ))),
+    }
+}
+
+fn limit(given: u32, default: usize, max: usize, field: &str) -> Result<usize, Status> {
+    match given as usize {
+        0 => Ok(default),
+        n if n <= max => Ok(n),
+        n => Err(Status::invalid_argument(format!(
+            "{field}: the limit is 1 to {max}, not {n}"
+        ))),
+    }
+}
+
+fn nearby_dc(dc: &DcRecord, distance_m: u64) -> v1::NearbyDc {
+    v1::NearbyDc {
+        dc_id: dc.dc,
+        name: dc.name.clone(),
+        lat: f64::from(dc.lat_e6) / 1e6,
+        lon: f64::from(dc.lon_e6) / 1e6,
+        region: dc.region,
+        distance_m,
+    }
+}
+
+impl OrdoService {
+    /// The nearby index of the DC table as the store holds it now; rebuilt when the global
+    /// tables moved since it was built. Call inside [`Store::consistent`] to pair it with the
+    /// rows read there.
+    fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
+        let version = store.global_version();
+        if let Some(index) = self.nearby.read().expect("nearby lock").as_ref() {
+            if index.version == version {
+                return Ok(index.clone());
+            }
+        }
+        let dcs = reads::dcs(store).map_err(internal)?;
+        let index = Arc::new(NearbyIndex::build(&dcs, version));
+        *self.nearby.write().expect("nearby lock") = Some(index.clone());
+        Ok(index)
+    }
+
+    /// The DCs near a point with their records, nearest first, as of the epoch the closure of
+    /// [`Store::consistent`] runs at.
+    fn nearby_dcs(
+        &self,
+        store: &Store,
+        at: (i32, i32),
+        radius_m: u32,
+        limit: usize,
+    ) -> Result<Vec<(DcRecord, u64)>, Status> {
+        let index = self.nearby_index(store)?;
+        let mut out = Vec::new();
+        for found in index.find(at.0, at.1, radius_m, limit) {
+            // The index holds only DCs of this table version, so each is there.
+            if let Some(dc) = reads::dc(store, found.dc).map_err(internal)? {
+                out.push((dc, found.distance_m));
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn find_nearby_dcs_inner(
+        &self,
+        request: Request<v1::FindNearbyDcsRequest>,
+    ) -> Result<Response<v1::FindNearbyDcsResponse>, Status> {
+        let r = request.into_inner();
+        let field = "find_nearby_dcs";
+        let at = point(r.lat, r.lon, field)?;
+        let radius_m = radius(r.radius_m, field)?;
+        let limit = limit(r.limit, NEARBY_DCS_DEFAULT, NEARBY_DCS_MAX, field)?;
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
+        let store = &self.node.store;
+        let (epoch, dcs) = store.consistent(|epoch| {
+            self.nearby_dcs(store, at, radius_m, limit)
+                .map(|dcs| (epoch, dcs))
+        })?;
+        Ok(Response::new(v1::FindNearbyDcsResponse {
+            dcs: dcs.iter().map(|(dc, d)| nearby_dc(dc, *d)).collect(),
+            epoch,
+        }))
+    }
+
+    pub(super) async fn get_nearby_availability_inner(
+        &self,
+        request: Request<v1::GetNearbyAvailabilityRequest>,
+    ) -> Result<Response<v1::GetNearbyAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        let field = "get_nearby_availability";
+        let at = point(r.lat, r.lon, field)?;
+        let radius_m = radius(r.radius_m, field)?;
+        let dcs_limit = limit(
+            r.dcs_limit,
+            AVAILABILITY_DCS_DEFAULT,
+            self.limits.availability_dcs_max,
+            field,
+        )?;
+        if r.skus.is_empty() || r.skus.len() > self.limits.availability_skus_max {
+            return Err(Status::invalid_argument(format!(
+                "{field}: between 1 and {} skus, not {}",
+                self.limits.availability_skus_max,
+                r.skus.len()
+            )));
+        }
+        if r.skus.iter().collect::<BTreeSet<_>>().len() != r.skus.len() {
+            return Err(Status::invalid_argument(format!(
+                "{field}: skus must not repeat"
+            )));
+        }
+        for (i, &sku) in r.skus.iter().enumerate() {
+            self.known_sku(sku, &format!("{field}.skus[{i}]"))?;
+        }
+        self.read_barrier(r.consistency, r.at_least_epoch).await?;
+        let store = &self.node.store;
+        // The DCs and every row from one epoch.
+        let (epoch, dcs, items) = store.consistent(|epoch| {
+            let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
+            let mut items = Vec::with_capacity(r.skus.len());
+            for &sku in &r.skus {
+                let mut rows = Vec::with_capacity(dcs.len());
+                for (dc, distance_m) in &dcs {
+                    let stock = reads::stock(store, dc, sku).map_err(internal)?;
+                    rows.push(v1::NearbyDcAvailability {
+                        dc_id: dc.dc,
+                        distance_m: *distance_m,
+                        on_hand: stock.on_hand,
+                        reserved: stock.reserved,
+                        available: stock.available(),
+                    });
+                }
+                items.push(v1::NearbySkuAvailability {
+                    sku,
+                    available_total: rows.iter().map(|d| d.available).sum(),
+                    dcs: rows,
+                });
+            }
+            Ok::<_, Status>((epoch, dcs, items))
+        })?;
+        Ok(Response::new(v1::GetNearbyAvailabilityResponse {
+            epoch,
+            dcs: dcs.iter().map(|(dc, d)| nearby_dc(dc, *d)).collect(),
+            items,
+        }))
+    }
+}
