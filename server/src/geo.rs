@@ -86,7 +86,7 @@ fn boxes(lat_e6: i32, lon_e6: i32, radius_m: u32) -> Vec<AABB<[i64; 2]>> {
     }
     // The widest longitude difference on the circle, at latitude asin(sin lat / cos delta).
     let sin_dlon = libm::sin(delta) / libm::cos(radians(lat_e6));
-    if !(sin_dlon < 1.0) {
+    if sin_dlon.is_nan() || sin_dlon >= 1.0 {
         return full(lat_min, lat_max);
     }
     let dlon_deg = libm::asin(sin_dlon) * 180.0 / std::f64::consts::PI;
