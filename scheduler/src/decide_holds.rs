@@ -15,6 +15,7 @@ use crate::exec::{ExecConfig, ExecError};
 use crate::holds;
 use crate::model::*;
 use crate::route::{HoldRoute, Route};
+use crate::validate;
 
 pub(crate) struct Ctx<'a> {
     pub(crate) cfg: &'a ExecConfig,
@@ -274,6 +275,22 @@ fn reserve(
         }
     });
     let fresh = record.lines.is_empty();
+    let rows_after = record.lines.len()
+        + lines
+            .iter()
+            .filter(|l| !record.lines.iter().any(|h| h.dc == l.dc && h.sku == l.sku))
+            .count();
+    if rows_after > validate::LINES_PER_ORDER_MAX {
+        // A cart grows by adds; it stays within what one order may hold.
+        return Ok(ctx.unchanged(Outcome::Refused {
+            code: RefuseCode::Invalid,
+            reason: format!(
+                "reservation {} would hold {rows_after} lines; a reservation holds at most {}",
+                record.reservation_id,
+                validate::LINES_PER_ORDER_MAX
+            ),
+        }));
+    }
     let mut writes = Vec::new();
     let mut rows = Vec::new();
     for g in granted {

@@ -387,8 +387,15 @@ fn read_local(
             if seg.backlog.contains(&part) {
                 // Dead holds are not added or removed by any transaction (only the prologue
                 // sweeps them), so this stays right for the whole epoch.
-                let dead = holds::dead_on_row(&view, part, dc, sku, seg.time_ms)?;
-                dead_rows.insert((dc, sku), dead);
+                // Scanned once per row per partition and segment, not per transaction.
+                let dead = match dead_rows.get(&(dc, sku)) {
+                    Some(&dead) => dead,
+                    None => {
+                        let dead = holds::dead_on_row(&view, part, dc, sku, seg.time_ms)?;
+                        dead_rows.insert((dc, sku), dead);
+                        dead
+                    }
+                };
                 record = holds::effective(record, dead);
             }
             reads.stock.push((dc, sku, record));

@@ -17,6 +17,10 @@ const T0: u64 = 1_000_000;
 
 impl Node {
     fn new(cfg: ExecConfig) -> Self {
+        Self::with(cfg, common::dataset(8, 4, 10))
+    }
+
+    fn with(cfg: ExecConfig, dataset: Vec<Txn>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), 3).unwrap();
         let mut node = Self {
@@ -25,7 +29,7 @@ impl Node {
             cfg,
             epoch: 0,
         };
-        node.run_at(T0, common::dataset(8, 4, 10));
+        node.run_at(T0, dataset);
         node
     }
 
@@ -487,4 +491,29 @@ fn records_are_dropped_after_their_retention_with_their_indexes() {
     assert_eq!(again.reservation_id, r.reservation_id);
     let fresh = held(&node.one(T0 + 2_003, reserve("r2", "cart-p", &[(1, 1, 1)], 100)));
     assert_ne!(fresh.reservation_id, r.reservation_id);
+}
+
+#[test]
+fn a_cart_holds_at_most_as_many_lines_as_an_order() {
+    let mut node = Node::with(ExecConfig::default(), common::dataset(8, 20, 10));
+    let rows: Vec<(u32, u32, i64)> = (1..=8)
+        .flat_map(|dc| (1..=20).map(move |sku| (dc, sku, 1)))
+        .collect();
+    let first = held(&node.one(T0 + 1, reserve("r1", "big", &rows[..60], 1_000)));
+    assert_eq!(first.lines.len(), 60);
+    let refused = node.one(T0 + 2, reserve("r2", "big", &rows[60..120], 1_000));
+    assert!(
+        matches!(
+            &refused,
+            Outcome::Refused {
+                code: RefuseCode::Invalid,
+                reason
+            } if reason.contains("at most 100")
+        ),
+        "{refused:?}"
+    );
+    // Nothing of the refused add is held; lines the cart has already do not count twice.
+    assert_eq!(node.stock(4, 1).reserved, 0);
+    let again = held(&node.one(T0 + 3, reserve("r3", "big", &rows[20..100], 1_000)));
+    assert_eq!(again.lines.len(), 100);
 }

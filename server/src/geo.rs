@@ -8,6 +8,8 @@
 //! between systems) and rounded to whole metres; ties are broken by DC id. So every node, on
 //! any platform, answers the same list for the same DC table and point.
 
+use std::sync::Arc;
+
 use rstar::{RTree, RTreeObject, AABB};
 
 use ordo_scheduler::DcRecord;
@@ -17,12 +19,13 @@ pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 /// The largest search radius: 1,000 km.
 pub const RADIUS_M_MAX: u32 = 1_000_000;
 
-/// A DC as the index holds it.
+/// A DC as the index holds it: where it is, and its record (answers need no store reads).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GeoDc {
     pub dc: u32,
     pub lat_e6: i32,
     pub lon_e6: i32,
+    pub record: Arc<DcRecord>,
 }
 
 impl RTreeObject for GeoDc {
@@ -33,7 +36,8 @@ impl RTreeObject for GeoDc {
     }
 }
 
-/// A DC found near a point.
+/// A DC found near a point (what the tests compare).
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nearby {
     pub dc: u32,
@@ -122,6 +126,7 @@ impl NearbyIndex {
                 dc: d.dc,
                 lat_e6: d.lat_e6,
                 lon_e6: d.lon_e6,
+                record: Arc::new(d.clone()),
             })
             .collect();
         Self {
@@ -132,25 +137,44 @@ impl NearbyIndex {
 
     /// Active DCs within `radius_m` of the point, nearest first (ties by DC id), at most
     /// `limit`.
+    #[cfg(test)]
     pub fn find(&self, lat_e6: i32, lon_e6: i32, radius_m: u32, limit: usize) -> Vec<Nearby> {
-        let radius = u64::from(radius_m.min(RADIUS_M_MAX));
-        let mut found: Vec<Nearby> = Vec::new();
-        for envelope in boxes(lat_e6, lon_e6, radius_m.min(RADIUS_M_MAX)) {
+        self.find_records(lat_e6, lon_e6, radius_m, limit)
+            .into_iter()
+            .map(|(dc, distance_m)| Nearby {
+                dc: dc.dc,
+                distance_m,
+            })
+            .collect()
+    }
+
+    /// Active DCs within `radius_m` of the point with their records, nearest first (ties by
+    /// DC id), at most `limit`.
+    pub fn find_records(
+        &self,
+        lat_e6: i32,
+        lon_e6: i32,
+        radius_m: u32,
+        limit: usize,
+    ) -> Vec<(Arc<DcRecord>, u64)> {
+        let radius_m = radius_m.min(RADIUS_M_MAX);
+        let mut found: Vec<(&GeoDc, u64)> = Vec::new();
+        for envelope in boxes(lat_e6, lon_e6, radius_m) {
             for dc in self.tree.locate_in_envelope(envelope) {
                 let distance_m = distance_m(lat_e6, lon_e6, dc.lat_e6, dc.lon_e6);
-                if distance_m <= radius {
-                    found.push(Nearby {
-                        dc: dc.dc,
-                        distance_m,
-                    });
+                if distance_m <= u64::from(radius_m) {
+                    found.push((dc, distance_m));
                 }
             }
         }
-        found.sort_unstable_by_key(|n| (n.distance_m, n.dc));
-        // Boxes may overlap at the poles' full bands; a DC counts once.
-        found.dedup_by_key(|n| n.dc);
+        found.sort_unstable_by_key(|(dc, d)| (*d, dc.dc));
+        // Boxes never overlap, but a DC must count once whatever they do.
+        found.dedup_by_key(|(dc, _)| dc.dc);
         found.truncate(limit);
         found
+            .into_iter()
+            .map(|(dc, d)| (dc.record.clone(), d))
+            .collect()
     }
 }
 

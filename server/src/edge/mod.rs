@@ -203,6 +203,8 @@ impl OrdoService {
         }
         // A reservation transaction whose cart or reservation changed in its epoch after it
         // was routed did nothing and was not remembered: it is queued again, a few times.
+        // One deadline for every round: a write waits at most `request_timeout` in all.
+        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
         let mut rounds = 0;
         while !fresh.is_empty() {
             rounds += 1;
@@ -213,7 +215,7 @@ impl OrdoService {
                 }
                 SubmitError::ShuttingDown => not_applied(self.unavailable(e.to_string())),
             })?;
-            let executed = self.wait_all(waits).await?;
+            let executed = self.wait_all(waits, deadline).await?;
             let mut again = Vec::new();
             for ((slot, txn), result) in fresh.into_iter().zip(executed) {
                 let conflict = matches!(
@@ -242,8 +244,12 @@ impl OrdoService {
             .collect()
     }
 
-    async fn wait_all(&self, waits: Vec<Wait>) -> Result<Vec<TxnResult>, Status> {
-        let deadline = tokio::time::Instant::now() + self.limits.request_timeout;
+    /// Waits for every result, until `deadline` at the latest.
+    async fn wait_all(
+        &self,
+        waits: Vec<Wait>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<TxnResult>, Status> {
         let waiters = self.node.sequencer.waiters().clone();
         let mut out = Vec::with_capacity(waits.len());
         let mut pending = waits.into_iter();

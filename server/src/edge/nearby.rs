@@ -92,16 +92,9 @@ impl OrdoService {
         at: (i32, i32),
         radius_m: u32,
         limit: usize,
-    ) -> Result<Vec<(DcRecord, u64)>, Status> {
+    ) -> Result<Vec<(Arc<DcRecord>, u64)>, Status> {
         let index = self.nearby_index(store)?;
-        let mut out = Vec::new();
-        for found in index.find(at.0, at.1, radius_m, limit) {
-            // The index holds only DCs of this table version, so each is there.
-            if let Some(dc) = reads::dc(store, found.dc).map_err(internal)? {
-                out.push((dc, found.distance_m));
-            }
-        }
-        Ok(out)
+        Ok(index.find_records(at.0, at.1, radius_m, limit))
     }
 
     pub(super) async fn find_nearby_dcs_inner(
