@@ -17,8 +17,19 @@ fn ordo_bin() -> PathBuf {
     ordo
 }
 
+/// Held for a whole test: two runs at once would pick free ports from the same pool (a node
+/// of one could take a port the other just found free) and share two cores' timing.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn a_bank_run_under_kills_and_clock_faults_checks_out_and_writes_its_report() {
+    let _serial = one_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
         .args([
@@ -94,6 +105,7 @@ fn a_bank_run_under_kills_and_clock_faults_checks_out_and_writes_its_report() {
 
 #[test]
 fn an_inventory_run_with_reservations_checks_out_and_reads_every_hold() {
+    let _serial = one_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
         .args([
