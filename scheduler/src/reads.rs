@@ -3,6 +3,8 @@
 //! These read the store as of the last applied epoch (`LOCAL` consistency). They never run
 //! inside execution, so they may use whatever the edge needs.
 
+use std::collections::BTreeMap;
+
 use ordo_storage::{Part, Store, StoreError};
 
 use crate::holds;
@@ -70,17 +72,48 @@ pub fn part_of(store: &Store, dc: &DcRecord) -> Part {
 /// Stock of `sku` at a known DC (zero when never stocked), as of the applied epoch: holds
 /// dead at its time count as released, swept or not.
 pub fn stock(store: &Store, dc: &DcRecord, sku: u32) -> Result<StockRecord, ReadError> {
-    let part = part_of(store, dc);
-    let stored = get(store, part, &keys::stock(dc.dc, sku), || {
-        format!("stock dc {} sku {sku}", dc.dc)
-    })?
-    .unwrap_or_default();
-    let now = store.applied_time_ms();
-    let dead = match holds::first_due(store, part)? {
-        Some(at) if at <= now => holds::dead_on_row(store, part, dc.dc, sku, now)?,
-        _ => 0,
-    };
-    Ok(holds::effective(stored, dead))
+    Stocks::new(store).get(dc, sku)
+}
+
+/// Many stock rows of one applied epoch (use inside [`Store::consistent`]): the epoch's time
+/// and whether each partition has dead holds left to sweep are looked up once, not per row.
+pub struct Stocks<'a> {
+    store: &'a Store,
+    now_ms: u64,
+    /// Per partition: whether its earliest unswept hold is dead at `now_ms`.
+    backlog: BTreeMap<Part, bool>,
+}
+
+impl<'a> Stocks<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            now_ms: store.applied_time_ms(),
+            backlog: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, dc: &DcRecord, sku: u32) -> Result<StockRecord, ReadError> {
+        let store = self.store;
+        let part = part_of(store, dc);
+        let stored = get(store, part, &keys::stock(dc.dc, sku), || {
+            format!("stock dc {} sku {sku}", dc.dc)
+        })?
+        .unwrap_or_default();
+        let backlog = match self.backlog.get(&part) {
+            Some(&b) => b,
+            None => {
+                let b = holds::first_due(store, part)?.is_some_and(|at| at <= self.now_ms);
+                self.backlog.insert(part, b);
+                b
+            }
+        };
+        let dead = match backlog {
+            true => holds::dead_on_row(store, part, dc.dc, sku, self.now_ms)?,
+            false => 0,
+        };
+        Ok(holds::effective(stored, dead))
+    }
 }
 
 /// A reservation by id, from its home partition.

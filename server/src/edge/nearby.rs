@@ -152,11 +152,12 @@ impl OrdoService {
         // The DCs and every row from one epoch.
         let (epoch, dcs, items) = store.consistent(|epoch| {
             let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
+            let mut stocks = reads::Stocks::new(store);
             let mut items = Vec::with_capacity(r.skus.len());
             for &sku in &r.skus {
                 let mut rows = Vec::with_capacity(dcs.len());
                 for (dc, distance_m) in &dcs {
-                    let stock = reads::stock(store, dc, sku).map_err(internal)?;
+                    let stock = stocks.get(dc, sku).map_err(internal)?;
                     rows.push(v1::NearbyDcAvailability {
                         dc_id: dc.dc,
                         distance_m: *distance_m,

@@ -136,11 +136,12 @@ impl OrdoService {
         // Every row from one epoch: the answer is a snapshot at a point of the serial order.
         let store = &self.node.store;
         let (epoch, items) = store.consistent(|epoch| {
+            let mut stocks = reads::Stocks::new(store);
             let mut items = Vec::with_capacity(r.skus.len());
             for &sku in &r.skus {
                 let mut per_dc = Vec::with_capacity(dcs.len());
                 for dc in &dcs {
-                    let stock = reads::stock(store, dc, sku).map_err(internal)?;
+                    let stock = stocks.get(dc, sku).map_err(internal)?;
                     per_dc.push(v1::DcAvailability {
                         dc_id: dc.dc,
                         on_hand: stock.on_hand,
