@@ -1,4 +1,5 @@
-//! Reads near a point: the DCs around it, and availability over them.
+//! Near a point: the DCs around it, availability over them, keyword search with it, and
+//! orders and reservations filled from those stores.
 
 use crate::{v1, Client, Error};
 
@@ -55,6 +56,73 @@ impl Client {
                 let mut ordo = self.ordo();
                 let request = request.clone();
                 async move { ordo.get_nearby_availability(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
+    /// An order filled from the stores near a point (an empty request id is filled in and kept
+    /// across retries). The result is COMMITTED with its shipments, or REJECTED with the reason.
+    pub async fn place_order_nearby(
+        &self,
+        mut request: v1::PlaceOrderNearbyRequest,
+    ) -> Result<v1::PlaceOrderNearbyResponse, Error> {
+        if request.request_id.is_empty() {
+            request.request_id = self.new_request_id();
+        }
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                let request = request.clone();
+                async move { ordo.place_order_nearby(request).await }
+            })
+            .await?;
+        let epoch =
+            response.result.as_ref().map(|r| r.epoch).ok_or_else(|| {
+                Error::Protocol("PlaceOrderNearby response without a result".into())
+            })?;
+        self.saw_epoch(epoch);
+        Ok(response)
+    }
+
+    /// A reservation filled from the stores near a point, like [`Client::place_order_nearby`].
+    pub async fn reserve_nearby(
+        &self,
+        mut request: v1::ReserveNearbyRequest,
+    ) -> Result<v1::ReserveNearbyResponse, Error> {
+        if request.request_id.is_empty() {
+            request.request_id = self.new_request_id();
+        }
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                let request = request.clone();
+                async move { ordo.reserve_nearby(request).await }
+            })
+            .await?;
+        let epoch = response
+            .reservation
+            .as_ref()
+            .map(|r| r.epoch)
+            .ok_or_else(|| {
+                Error::Protocol("ReserveNearby response without a reservation".into())
+            })?;
+        self.saw_epoch(epoch);
+        Ok(response)
+    }
+
+    /// Catalogue items matching `request.query`; this client's read consistency is filled in.
+    pub async fn search_items(
+        &self,
+        mut request: v1::SearchItemsRequest,
+    ) -> Result<v1::SearchItemsResponse, Error> {
+        (request.consistency, request.at_least_epoch) = self.read_fields();
+        let response = self
+            .with_retries(|| {
+                let mut ordo = self.ordo();
+                let request = request.clone();
+                async move { ordo.search_items(request).await }
             })
             .await?;
         self.saw_epoch(response.epoch);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use ordo_storage::Part;
 
 use crate::exec::{dedupe_answer, ExecConfig, ExecError};
+use crate::fill::fill;
 use crate::model::*;
 use crate::route::Route;
 
@@ -142,49 +143,26 @@ pub(crate) fn decide(
                     rejection: Some(rejection),
                 }));
             }
-            let (mut allocs, reject) = grant(lines, *mode, &stock);
-            for a in &allocs {
-                stock.entry((a.dc, a.sku)).or_default().on_hand -= a.allocated;
-            }
-            if let Some(rejection) = reject {
-                for a in &mut allocs {
-                    a.allocated = 0;
-                }
+            let granted = grant(lines, *mode, &stock);
+            place(txn, user, granted, stock, (seq, epoch, time_ms))
+        }
+        Op::PlaceOrderNearby { user, nearby, mode } => {
+            if let Some(rejection) = route.pre_rejection {
                 return Ok(rejected(Outcome::Order {
                     order_id: None,
-                    lines: allocs,
+                    lines: Vec::new(),
                     rejection: Some(rejection),
                 }));
             }
-            for ((dc, sku), record) in &stock {
-                if record.on_hand < 0 || record.on_hand < record.reserved {
-                    return Err(ExecError::Invariant(format!(
-                        "order {} would leave dc {dc} sku {sku} at on_hand {} reserved {}",
-                        txn.request_id, record.on_hand, record.reserved
-                    )));
-                }
-            }
-            let order_id = (epoch << ORDER_SEQ_BITS) | seq as u64;
-            let order = OrderRecord {
-                order_id,
-                request_id: txn.request_id.clone(),
-                user: user.clone(),
-                epoch,
-                time_ms,
-                lines: allocs.clone(),
-            };
-            Ok(Decision {
-                result: result(Outcome::Order {
-                    order_id: Some(order_id),
-                    lines: allocs,
-                    rejection: None,
-                }),
-                stock: stock.into_iter().map(|((d, s), r)| (d, s, r)).collect(),
-                order: Some(order),
-                kv: Vec::new(),
-                remember: true,
-                writes: Vec::new(),
-            })
+            let filled = fill(
+                &nearby.lines,
+                nearby.policy,
+                nearby.max_dcs,
+                *mode,
+                &route.fill_from,
+                &stock,
+            );
+            place(txn, user, filled, stock, (seq, epoch, time_ms))
         }
         Op::Restock { dc, sku, delta } => {
             if let Some(rejection) = route.pre_rejection {
@@ -290,6 +268,7 @@ pub(crate) fn decide(
         }
         Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
         Op::Reserve { .. }
+        | Op::ReserveNearby { .. }
         | Op::ConfirmReservation { .. }
         | Op::CancelReservation { .. }
         | Op::ExtendReservation { .. } => crate::decide_holds::decide(
@@ -308,6 +287,73 @@ pub(crate) fn decide(
             ExecError::Invariant("global transaction in a partition executor".into()),
         ),
     }
+}
+
+/// An order from what `grant` or `fill` allocated: committed with the rows it took, or
+/// rejected with nothing taken. `at` is the transaction's (log position, epoch, epoch time).
+fn place(
+    txn: &Txn,
+    user: &str,
+    (mut allocs, reject): (Vec<LineAlloc>, Option<Rejection>),
+    mut stock: BTreeMap<(u32, u32), StockRecord>,
+    (seq, epoch, time_ms): (usize, u64, u64),
+) -> Result<Decision, ExecError> {
+    let decision = |outcome, stock, order| Decision {
+        result: TxnResult {
+            request_id: txn.request_id.clone(),
+            epoch,
+            outcome,
+        },
+        stock,
+        order,
+        kv: Vec::new(),
+        remember: true,
+        writes: Vec::new(),
+    };
+    if let Some(rejection) = reject {
+        for a in &mut allocs {
+            a.allocated = 0;
+        }
+        return Ok(decision(
+            Outcome::Order {
+                order_id: None,
+                lines: allocs,
+                rejection: Some(rejection),
+            },
+            Vec::new(),
+            None,
+        ));
+    }
+    let mut rows = Vec::with_capacity(allocs.len());
+    for a in &allocs {
+        let record = stock.entry((a.dc, a.sku)).or_default();
+        record.on_hand -= a.allocated;
+        if record.on_hand < 0 || record.on_hand < record.reserved {
+            return Err(ExecError::Invariant(format!(
+                "order {} would leave dc {} sku {} at on_hand {} reserved {}",
+                txn.request_id, a.dc, a.sku, record.on_hand, record.reserved
+            )));
+        }
+        rows.push((a.dc, a.sku, *record));
+    }
+    let order_id = (epoch << ORDER_SEQ_BITS) | seq as u64;
+    let order = OrderRecord {
+        order_id,
+        request_id: txn.request_id.clone(),
+        user: user.to_string(),
+        epoch,
+        time_ms,
+        lines: allocs.clone(),
+    };
+    Ok(decision(
+        Outcome::Order {
+            order_id: Some(order_id),
+            lines: allocs,
+            rejection: None,
+        },
+        rows,
+        Some(order),
+    ))
 }
 
 /// A key-value transaction: its ops in order against the participants' reads; a failed cas,

@@ -12,6 +12,7 @@ use ordo_storage::Part;
 
 use crate::decide::{grant, Decision, LocalReads, PartWrite};
 use crate::exec::{ExecConfig, ExecError};
+use crate::fill::fill;
 use crate::holds;
 use crate::model::*;
 use crate::route::{HoldRoute, Route};
@@ -143,10 +144,18 @@ pub(crate) fn decide(
         Op::Reserve {
             cart_id,
             user,
-            lines,
             mode,
             ttl_ms,
             life_max_ms,
+            ..
+        }
+        | Op::ReserveNearby {
+            cart_id,
+            user,
+            mode,
+            ttl_ms,
+            life_max_ms,
+            ..
         } => {
             if let Some(rejection) = ctx.route.pre_rejection {
                 return Ok(ctx.unchanged(Outcome::Reservation {
@@ -177,12 +186,27 @@ pub(crate) fn decide(
                 }
                 None
             };
+            let granted = match &ctx.txn.op {
+                Op::ReserveNearby { nearby, .. } => fill(
+                    &nearby.lines,
+                    nearby.policy,
+                    nearby.max_dcs,
+                    *mode,
+                    &ctx.route.fill_from,
+                    &stock,
+                ),
+                Op::Reserve { lines, .. } => grant(lines, *mode, &stock),
+                other => {
+                    return Err(ExecError::Invariant(format!("{other:?} is not a reserve")));
+                }
+            };
             reserve(
                 ctx,
                 hold,
                 existing,
                 stock,
-                (cart_id, user, lines, *mode, *ttl_ms, *life_max_ms),
+                granted,
+                (cart_id, user, *ttl_ms, *life_max_ms),
             )
         }
         Op::ConfirmReservation { lines, .. } => {
@@ -242,16 +266,18 @@ fn target(
     }))
 }
 
-type ReserveArgs<'a> = (&'a String, &'a String, &'a Vec<Line>, Mode, u64, u64);
+/// A reserve's cart, user, ttl and life cap.
+type ReserveArgs<'a> = (&'a String, &'a String, u64, u64);
 
+/// Holds what `grant` or `fill` allocated, in a new reservation or the cart's live one.
 fn reserve(
     ctx: &Ctx<'_>,
     hold: &HoldRoute,
     existing: Option<ReservationRecord>,
     mut stock: Stock,
-    (cart_id, user, lines, mode, ttl_ms, life_max_ms): ReserveArgs<'_>,
+    (granted, refuse): (Vec<LineAlloc>, Option<Rejection>),
+    (cart_id, user, ttl_ms, life_max_ms): ReserveArgs<'_>,
 ) -> Result<Decision, ExecError> {
-    let (granted, refuse) = grant(lines, mode, &stock);
     if let Some(rejection) = refuse {
         return Ok(ctx.unchanged(Outcome::Reservation {
             reservation: None,
@@ -276,7 +302,7 @@ fn reserve(
     });
     let fresh = record.lines.is_empty();
     let rows_after = record.lines.len()
-        + lines
+        + granted
             .iter()
             .filter(|l| !record.lines.iter().any(|h| h.dc == l.dc && h.sku == l.sku))
             .count();

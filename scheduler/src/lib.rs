@@ -12,7 +12,7 @@
 //!   runs before its transactions; `route` where each transaction runs.
 //! - `partition`: per-partition executors with the multi-partition read exchange.
 //! - `decide`: the pure decision every participant of a transaction computes;
-//!   `decide_holds` those of reservations.
+//!   `decide_holds` those of reservations; `fill` which nearby stores a split order takes from.
 //! - [`holds`]: reservation state behind one interface (keys, sweep order, dead holds).
 //! - [`reads`]: point reads of applied state for the server edge.
 //! - [`validate`]: the one validator of a transaction's shape (edge, leader and execution).
@@ -23,6 +23,7 @@
 mod decide;
 mod decide_holds;
 pub mod exec;
+mod fill;
 pub mod holds;
 pub mod lock;
 pub mod model;

@@ -86,6 +86,61 @@ pub enum Op {
         reservation_id: u64,
         ttl_ms: u64,
     },
+    /// An order filled from the stores near the user ([`Nearby`]): execution picks the DCs
+    /// from the candidates the edge resolved, by the policy, from the stock as it stands.
+    PlaceOrderNearby {
+        user: String,
+        nearby: Nearby,
+        mode: Mode,
+    },
+    /// A reservation filled from nearby stores like [`Op::PlaceOrderNearby`], held like
+    /// [`Op::Reserve`] (with a cart whose reservation is live, added to it).
+    ReserveNearby {
+        cart_id: String,
+        user: String,
+        nearby: Nearby,
+        mode: Mode,
+        ttl_ms: u64,
+        life_max_ms: u64,
+    },
+}
+
+/// Units of a SKU from whichever nearby store has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuQty {
+    pub sku: u32,
+    pub qty: i64,
+}
+
+/// How a nearby order is split across stores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FillPolicy {
+    /// The nearest store that has every line in full; when none does, greedily the store that
+    /// fills the most remaining units (ties: the nearer), until filled: fewest shipments.
+    #[default]
+    FewestDcs,
+    /// Stores nearest first, each giving what it has of what is still missing.
+    NearestFirst,
+}
+
+/// What a nearby order asks for and where it may come from. Integers only: the edge turned
+/// the user's point into the ordered candidate list; execution never computes a distance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nearby {
+    /// Distinct SKUs.
+    pub lines: Vec<SkuQty>,
+    /// The user's point (micro-degrees) and radius (metres), as the request gave them. Part
+    /// of the request's identity; execution never reads them.
+    pub lat_e6: i32,
+    pub lon_e6: i32,
+    pub radius_m: u32,
+    /// The stores the edge found within the radius, nearest first (ties by dc id). Not part
+    /// of the request's identity: a retry resolved against a changed DC table is still the
+    /// same request and gets the first answer.
+    pub candidates: Vec<u32>,
+    pub policy: FillPolicy,
+    /// At most this many stores (shipments).
+    pub max_dcs: u32,
 }
 
 /// The request id under which nodes record the cluster configuration.
@@ -244,6 +299,11 @@ impl std::fmt::Display for Rejection {
             ..
         } = self;
         match self.code {
+            RejectCode::InsufficientStock if *dc == 0 => write!(
+                f,
+                "insufficient stock nearby: sku {sku} available {available} in the stores \
+                 within reach, requested {requested}"
+            ),
             RejectCode::InsufficientStock => write!(
                 f,
                 "insufficient stock: dc {dc} sku {sku} available {available} requested {requested}"
@@ -513,7 +573,20 @@ impl DedupeRecord {
 
 /// What a request id is bound to: the BLAKE3 hash of the request's operation.
 pub fn body_digest(op: &Op) -> [u8; 32] {
-    blake3::hash(&encode(op)).into()
+    match op {
+        Op::PlaceOrderNearby { nearby, .. } | Op::ReserveNearby { nearby, .. }
+            if !nearby.candidates.is_empty() =>
+        {
+            // The request as the client sent it, without what the edge resolved.
+            let mut op = op.clone();
+            if let Op::PlaceOrderNearby { nearby, .. } | Op::ReserveNearby { nearby, .. } = &mut op
+            {
+                nearby.candidates.clear();
+            }
+            blake3::hash(&encode(&op)).into()
+        }
+        _ => blake3::hash(&encode(op)).into(),
+    }
 }
 
 /// The partition that remembers a request id (its dedupe home, where an order's record also

@@ -64,6 +64,18 @@ pub fn item(store: &Store, sku: u32) -> Result<Option<ItemRecord>, ReadError> {
     })
 }
 
+/// Every catalogue item, in SKU order.
+pub fn items(store: &Store) -> Result<Vec<ItemRecord>, ReadError> {
+    let mut out = Vec::new();
+    for (key, value) in store.scan_prefix(Part::Global, &[keys::ITEM], usize::MAX)? {
+        out.push(decode(&value).map_err(|e| ReadError::Corrupt {
+            what: format!("item at key {key:?}"),
+            detail: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
 /// The partition a DC's stock and orders live in.
 pub fn part_of(store: &Store, dc: &DcRecord) -> Part {
     Part::Region(dc.region % store.partitions())

@@ -25,6 +25,9 @@ pub(crate) struct Route {
     pub(crate) kv_parts: Vec<(String, Part)>,
     /// For reservation transactions: the reservation, as routing saw it.
     pub(crate) hold: Option<HoldRoute>,
+    /// For nearby orders and reservations: the candidate stores that are known and active in
+    /// the global tables, nearest first; their rows of every requested SKU are in `rows`.
+    pub(crate) fill_from: Vec<u32>,
     /// A rejection known from the global tables alone (unknown DC or SKU, inactive DC). Such a
     /// transaction runs in its home only and reads nothing but its dedupe entry, so its answer
     /// cannot depend on when other transactions ran.
@@ -122,6 +125,7 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
         rows: Vec::new(),
         kv_parts: Vec::new(),
         hold: None,
+        fill_from: Vec::new(),
         pre_rejection: None,
         invalid: None,
         dedupe,
@@ -167,7 +171,34 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
         route.participants = ascending(route.rows.iter().map(|r| r.2).chain([home, res_home]));
         return Ok(route);
     }
+    if let Op::PlaceOrderNearby { nearby, .. } | Op::ReserveNearby { nearby, .. } = &txn.op {
+        // An unknown SKU refuses the request; an unknown or inactive candidate is passed over
+        // (the edge resolved the list from its cache of the DC table, which may be older).
+        for line in &nearby.lines {
+            if !item_known(line.sku)? {
+                route.pre_rejection = Some(Rejection {
+                    code: RejectCode::UnknownSku,
+                    dc: 0,
+                    sku: line.sku,
+                    available: 0,
+                    requested: line.qty,
+                });
+                return Ok(route);
+            }
+        }
+        for &dc in &nearby.candidates {
+            let Some(record) = ctx.dc(dc)?.filter(|r| r.active) else {
+                continue;
+            };
+            let part = dc_part(&record, partitions);
+            route.fill_from.push(dc);
+            for line in &nearby.lines {
+                route.rows.push((dc, line.sku, part));
+            }
+        }
+    }
     let pairs: Vec<(u32, u32, i64)> = match &txn.op {
+        Op::PlaceOrderNearby { .. } | Op::ReserveNearby { .. } => Vec::new(),
         Op::PlaceOrder { lines, .. } | Op::Reserve { lines, .. } => {
             lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect()
         }
@@ -219,7 +250,7 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
         return Ok(route);
     }
     let mut parts: Vec<Part> = route.rows.iter().map(|r| r.2).chain([home]).collect();
-    if let Op::Reserve { cart_id, .. } = &txn.op {
+    if let Op::Reserve { cart_id, .. } | Op::ReserveNearby { cart_id, .. } = &txn.op {
         // A new reservation's id is its order-id-like position in the log; with a cart whose
         // latest reservation is live at this epoch's time, the lines join that one.
         let mut hold = HoldRoute {

@@ -37,6 +37,12 @@ pub const KV_KEY_BYTES_MAX: usize = 128;
 pub const RESERVATION_TTL_MS_MAX: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Bytes in a cart id (printable ASCII, no spaces; empty: no cart).
 pub const CART_ID_BYTES_MAX: usize = 128;
+/// Lines (distinct SKUs) in one nearby order or reservation.
+pub const NEARBY_LINES_MAX: usize = 50;
+/// Candidate stores of one nearby order or reservation (the nearest ones).
+pub const NEARBY_CANDIDATES_MAX: usize = 50;
+/// The radius of a nearby request, in metres.
+pub const NEARBY_RADIUS_M_MAX: u32 = 1_000_000;
 /// Latitude and longitude bounds, in micro-degrees.
 pub const LAT_E6_MAX: i32 = 90_000_000;
 pub const LON_E6_MAX: i32 = 180_000_000;
@@ -154,9 +160,116 @@ fn lines_ok(lines: &[Line], may_be_empty: bool) -> Result<(), Invalid> {
     Ok(())
 }
 
+fn cart_id_ok(cart_id: &str) -> Result<(), Invalid> {
+    if cart_id.len() > CART_ID_BYTES_MAX {
+        return Err(format!(
+            "cart_id is {} bytes, the limit is {CART_ID_BYTES_MAX}",
+            cart_id.len()
+        ));
+    }
+    printable("cart_id", cart_id)
+}
+
+fn hold_times_ok(ttl_ms: u64, life_max_ms: u64) -> Result<(), Invalid> {
+    for (what, ms) in [("ttl", ttl_ms), ("life cap", life_max_ms)] {
+        if !(1..=RESERVATION_TTL_MS_MAX).contains(&ms) {
+            return Err(format!(
+                "the {what} must be 1 ms to {} s, not {ms} ms",
+                RESERVATION_TTL_MS_MAX / 1000
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn point_ok(lat_e6: i32, lon_e6: i32) -> Result<(), Invalid> {
+    if lat_e6.unsigned_abs() > LAT_E6_MAX as u32 {
+        return Err(format!(
+            "lat must be between -90 and 90 degrees, not {lat_e6} micro-degrees"
+        ));
+    }
+    if lon_e6.unsigned_abs() > LON_E6_MAX as u32 {
+        return Err(format!(
+            "lon must be between -180 and 180 degrees, not {lon_e6} micro-degrees"
+        ));
+    }
+    Ok(())
+}
+
+/// A nearby order's lines, point, candidates and shipment limit.
+fn nearby_ok(nearby: &Nearby) -> Result<(), Invalid> {
+    let lines = &nearby.lines;
+    if lines.is_empty() || lines.len() > NEARBY_LINES_MAX {
+        return Err(format!(
+            "a nearby order has 1 to {NEARBY_LINES_MAX} lines, not {}",
+            lines.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        id_at_least_one(&format!("lines[{i}].sku"), line.sku)?;
+        if !(1..=QTY_PER_LINE_MAX).contains(&line.qty) {
+            return Err(format!(
+                "lines[{i}]: qty must be between 1 and {QTY_PER_LINE_MAX}, not {}",
+                line.qty
+            ));
+        }
+        if !seen.insert(line.sku) {
+            return Err(format!(
+                "lines[{i}]: sku {} appears twice; merge the quantities into one line",
+                line.sku
+            ));
+        }
+    }
+    point_ok(nearby.lat_e6, nearby.lon_e6)?;
+    if nearby.radius_m == 0 || nearby.radius_m > NEARBY_RADIUS_M_MAX {
+        return Err(format!(
+            "radius_m must be 1 to {NEARBY_RADIUS_M_MAX}, not {}",
+            nearby.radius_m
+        ));
+    }
+    if nearby.candidates.len() > NEARBY_CANDIDATES_MAX {
+        return Err(format!(
+            "a nearby order names at most {NEARBY_CANDIDATES_MAX} candidate stores, not {}",
+            nearby.candidates.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, &dc) in nearby.candidates.iter().enumerate() {
+        id_at_least_one(&format!("candidates[{i}]"), dc)?;
+        if !seen.insert(dc) {
+            return Err(format!("candidates[{i}]: dc {dc} appears twice"));
+        }
+    }
+    if nearby.max_dcs == 0 || nearby.max_dcs as usize > NEARBY_CANDIDATES_MAX {
+        return Err(format!(
+            "max_dcs must be 1 to {NEARBY_CANDIDATES_MAX}, not {}",
+            nearby.max_dcs
+        ));
+    }
+    Ok(())
+}
+
 /// Checks everything about `op` that does not depend on state.
 pub fn validate_op(op: &Op) -> Result<(), Invalid> {
     match op {
+        Op::PlaceOrderNearby { user, nearby, .. } => {
+            nearby_ok(nearby)?;
+            user_ok(user)
+        }
+        Op::ReserveNearby {
+            cart_id,
+            user,
+            nearby,
+            ttl_ms,
+            life_max_ms,
+            ..
+        } => {
+            nearby_ok(nearby)?;
+            user_ok(user)?;
+            cart_id_ok(cart_id)?;
+            hold_times_ok(*ttl_ms, *life_max_ms)
+        }
         Op::PlaceOrder { lines, user, .. } => {
             lines_ok(lines, false)?;
             user_ok(user)
@@ -171,22 +284,8 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
         } => {
             lines_ok(lines, false)?;
             user_ok(user)?;
-            if cart_id.len() > CART_ID_BYTES_MAX {
-                return Err(format!(
-                    "cart_id is {} bytes, the limit is {CART_ID_BYTES_MAX}",
-                    cart_id.len()
-                ));
-            }
-            printable("cart_id", cart_id)?;
-            for (what, ms) in [("ttl", ttl_ms), ("life cap", life_max_ms)] {
-                if !(1..=RESERVATION_TTL_MS_MAX).contains(ms) {
-                    return Err(format!(
-                        "the {what} must be 1 ms to {} s, not {ms} ms",
-                        RESERVATION_TTL_MS_MAX / 1000
-                    ));
-                }
-            }
-            Ok(())
+            cart_id_ok(cart_id)?;
+            hold_times_ok(*ttl_ms, *life_max_ms)
         }
         Op::ConfirmReservation {
             reservation_id,
@@ -243,19 +342,7 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
         Op::UpsertDc(dc) => {
             id_at_least_one("dc_id", dc.dc)?;
             name_ok(&dc.name)?;
-            if dc.lat_e6.unsigned_abs() > LAT_E6_MAX as u32 {
-                return Err(format!(
-                    "lat must be between -90 and 90 degrees, not {} micro-degrees",
-                    dc.lat_e6
-                ));
-            }
-            if dc.lon_e6.unsigned_abs() > LON_E6_MAX as u32 {
-                return Err(format!(
-                    "lon must be between -180 and 180 degrees, not {} micro-degrees",
-                    dc.lon_e6
-                ));
-            }
-            Ok(())
+            point_ok(dc.lat_e6, dc.lon_e6)
         }
         Op::UpsertItem(item) => {
             id_at_least_one("sku", item.sku)?;

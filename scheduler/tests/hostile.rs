@@ -85,8 +85,57 @@ fn arbitrary_lines(rng: &mut Rng) -> Vec<Line> {
         .collect()
 }
 
+/// A nearby order's body: SKUs, candidates and bounds from the extremes.
+fn arbitrary_nearby(rng: &mut Rng) -> Nearby {
+    let lines = match rng.below(6) {
+        0 => 0,
+        1 => 60,
+        _ => rng.below(4) as usize + 1,
+    };
+    let candidates = match rng.below(6) {
+        0 => 0,
+        1 => 60,
+        _ => rng.below(8) as usize + 1,
+    };
+    Nearby {
+        lines: (0..lines)
+            .map(|_| SkuQty {
+                sku: rng.u32(),
+                qty: rng.i64(),
+            })
+            .collect(),
+        lat_e6: rng.i32(),
+        lon_e6: rng.i32(),
+        radius_m: rng.u32(),
+        candidates: (0..candidates).map(|_| rng.u32()).collect(),
+        policy: if rng.below(2) == 0 {
+            FillPolicy::FewestDcs
+        } else {
+            FillPolicy::NearestFirst
+        },
+        max_dcs: rng.u32(),
+    }
+}
+
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(12) {
+    match rng.below(14) {
+        12 => Op::PlaceOrderNearby {
+            user: rng.string(),
+            nearby: arbitrary_nearby(rng),
+            mode: if rng.below(2) == 0 {
+                Mode::Partial
+            } else {
+                Mode::AllOrNothing
+            },
+        },
+        13 => Op::ReserveNearby {
+            cart_id: rng.string(),
+            user: rng.string(),
+            nearby: arbitrary_nearby(rng),
+            mode: Mode::AllOrNothing,
+            ttl_ms: arbitrary_u64(rng),
+            life_max_ms: arbitrary_u64(rng),
+        },
         8 => Op::Reserve {
             cart_id: rng.string(),
             user: rng.string(),

@@ -3,7 +3,9 @@
 //! order. Random workloads (seeded, so a failure reproduces) mix single- and multi-partition
 //! orders, partial orders, restocks and retries (the same request again, same request id),
 //! reservations (holds in carts, confirms of all or part, cancels, extensions) whose TTLs lapse
-//! at random epoch times with a sweep bound small enough to leave dead holds unswept, and
+//! at random epoch times with a sweep bound small enough to leave dead holds unswept, orders and
+//! holds split across nearby stores (both fill policies, a shipment bound, candidates the
+//! global tables do not know, retries resolved against another candidate list), and
 //! transactions only the internal path can deliver: inadmissible ones (zero or negative
 //! quantities, a transfer to the same DC, duplicate lines), ones naming unknown DCs or SKUs,
 //! and request ids reused for a different request.
@@ -84,6 +86,115 @@ fn conflict() -> Outcome {
 const UNKNOWN: u32 = 99;
 
 impl Model {
+    /// A nearby order's shipments, written plainly: candidates the tables do not know are
+    /// passed over; `FewestDcs` takes the nearest store with everything, else repeatedly the
+    /// store giving the most missing units (the nearer on a tie), listed by distance;
+    /// `NearestFirst` walks the stores in order. Refused: one line per SKU with `dc` 0 and
+    /// the total available nearby.
+    fn fill(&self, nearby: &Nearby, mode: Mode, now: u64) -> (Vec<LineAlloc>, Option<Rejection>) {
+        let from: Vec<u32> = nearby
+            .candidates
+            .iter()
+            .copied()
+            .filter(|&dc| dc != UNKNOWN)
+            .collect();
+        let have = |dc: u32, sku: u32| self.row(dc, sku, now).available();
+        let mut missing: BTreeMap<u32, i64> = nearby.lines.iter().map(|l| (l.sku, l.qty)).collect();
+        let mut chosen: BTreeMap<usize, BTreeMap<u32, i64>> = BTreeMap::new();
+        let give = |dc: u32, missing: &BTreeMap<u32, i64>| -> BTreeMap<u32, i64> {
+            missing
+                .iter()
+                .map(|(&sku, &m)| (sku, m.min(have(dc, sku))))
+                .collect()
+        };
+        let max = nearby.max_dcs as usize;
+        let everything = from
+            .iter()
+            .position(|&dc| nearby.lines.iter().all(|l| have(dc, l.sku) >= l.qty));
+        match (nearby.policy, everything) {
+            (FillPolicy::FewestDcs, Some(at)) => {
+                chosen.insert(at, missing.clone());
+                missing.clear();
+            }
+            (FillPolicy::FewestDcs, None) => {
+                while chosen.len() < max {
+                    let best = (0..from.len())
+                        .filter(|at| !chosen.contains_key(at))
+                        .map(|at| (give(from[at], &missing).values().sum::<i64>(), at))
+                        .filter(|&(units, _)| units > 0)
+                        .max_by_key(|&(units, at)| (units, std::cmp::Reverse(at)));
+                    let Some((_, at)) = best else { break };
+                    let g = give(from[at], &missing);
+                    for (sku, units) in &g {
+                        *missing.get_mut(sku).unwrap() -= units;
+                    }
+                    chosen.insert(at, g);
+                }
+            }
+            (FillPolicy::NearestFirst, _) => {
+                for (at, &dc) in from.iter().enumerate() {
+                    if chosen.len() == max {
+                        break;
+                    }
+                    let g = give(dc, &missing);
+                    if g.values().any(|&u| u > 0) {
+                        for (sku, units) in &g {
+                            *missing.get_mut(sku).unwrap() -= units;
+                        }
+                        chosen.insert(at, g);
+                    }
+                }
+            }
+        }
+        let short = nearby
+            .lines
+            .iter()
+            .find(|l| missing.get(&l.sku).copied().unwrap_or(0) > 0);
+        let refuse = match mode {
+            Mode::AllOrNothing => short,
+            Mode::Partial => short.filter(|_| chosen.is_empty()),
+        };
+        if let Some(line) = refuse {
+            let total = |sku| from.iter().map(|&dc| have(dc, sku)).sum::<i64>();
+            let lines = nearby
+                .lines
+                .iter()
+                .map(|l| LineAlloc {
+                    dc: 0,
+                    sku: l.sku,
+                    requested: l.qty,
+                    allocated: 0,
+                    available: total(l.sku),
+                })
+                .collect();
+            let rejection = Rejection {
+                code: RejectCode::InsufficientStock,
+                dc: 0,
+                sku: line.sku,
+                available: total(line.sku),
+                requested: line.qty,
+            };
+            return (lines, Some(rejection));
+        }
+        let mut allocs = Vec::new();
+        for (at, g) in chosen {
+            // Lines in request order within a shipment.
+            for l in &nearby.lines {
+                let units = g.get(&l.sku).copied().unwrap_or(0);
+                if units > 0 {
+                    allocs.push(LineAlloc {
+                        dc: from[at],
+                        sku: l.sku,
+                        requested: units,
+                        allocated: units,
+                        available: have(from[at], l.sku),
+                    });
+                }
+            }
+        }
+        (allocs, None)
+    }
+
     fn row(&self, dc: u32, sku: u32, now: u64) -> StockRecord {
         StockRecord {
             on_hand: self.stock.get(&(dc, sku)).copied().unwrap_or(0),
@@ -98,7 +209,8 @@ impl Model {
             return Outcome::Upserted;
         }
         if let Some((op, outcome)) = self.seen.get(&txn.request_id) {
-            if *op != txn.op {
+            // The same request: the same body, save the candidates the edge resolved.
+            if body_digest(op) != body_digest(&txn.op) {
                 return Outcome::Refused {
                     code: RefuseCode::IdReused,
                     reason: String::new(),
@@ -145,9 +257,23 @@ impl Model {
                 requested: qty,
             })
         });
+        let unknown = unknown.or_else(|| match &txn.op {
+            Op::PlaceOrderNearby { nearby, .. } | Op::ReserveNearby { nearby, .. } => nearby
+                .lines
+                .iter()
+                .find(|l| l.sku == UNKNOWN)
+                .map(|l| Rejection {
+                    code: RejectCode::UnknownSku,
+                    dc: 0,
+                    sku: l.sku,
+                    available: 0,
+                    requested: l.qty,
+                }),
+            _ => None,
+        });
         if let Some(rejection) = unknown {
             let outcome = match &txn.op {
-                Op::PlaceOrder { .. } => Outcome::Order {
+                Op::PlaceOrder { .. } | Op::PlaceOrderNearby { .. } => Outcome::Order {
                     order_id: None,
                     lines: vec![],
                     rejection: Some(rejection),
@@ -156,7 +282,7 @@ impl Model {
                     stock: StockRecord::default(),
                     rejection: Some(rejection),
                 },
-                Op::Reserve { .. } => Outcome::Reservation {
+                Op::Reserve { .. } | Op::ReserveNearby { .. } => Outcome::Reservation {
                     reservation: None,
                     rejection: Some(rejection),
                 },
@@ -225,6 +351,21 @@ impl Model {
                     }
                 }
             }
+            Op::PlaceOrderNearby { nearby, mode, .. } => {
+                let (allocs, rejection) = self.fill(nearby, *mode, now);
+                if rejection.is_none() {
+                    for a in &allocs {
+                        *self.stock.entry((a.dc, a.sku)).or_default() -= a.allocated;
+                    }
+                }
+                Outcome::Order {
+                    order_id: rejection
+                        .is_none()
+                        .then_some((epoch << ORDER_SEQ_BITS) | seq as u64),
+                    lines: allocs,
+                    rejection,
+                }
+            }
             Op::Restock { dc, sku, delta } => {
                 let row = self.row(*dc, *sku, now);
                 if row.on_hand + delta >= row.reserved {
@@ -278,6 +419,7 @@ impl Model {
             }
             Op::ClusterConfig { .. } => Outcome::Upserted,
             Op::Reserve { .. }
+            | Op::ReserveNearby { .. }
             | Op::ConfirmReservation { .. }
             | Op::CancelReservation { .. }
             | Op::ExtendReservation { .. } => match self.apply_hold(txn, at) {
@@ -301,10 +443,18 @@ impl Model {
             Op::Reserve {
                 cart_id,
                 user,
-                lines,
                 mode,
                 ttl_ms,
                 life_max_ms,
+                ..
+            }
+            | Op::ReserveNearby {
+                cart_id,
+                user,
+                mode,
+                ttl_ms,
+                life_max_ms,
+                ..
             } => {
                 let mut target = None;
                 if !cart_id.is_empty() {
@@ -319,7 +469,28 @@ impl Model {
                 }
                 let mut granted = Vec::new();
                 let mut short = None;
-                for l in lines {
+                let lines = match &txn.op {
+                    Op::Reserve { lines, .. } => lines.clone(),
+                    _ => vec![],
+                };
+                if let Op::ReserveNearby { nearby, .. } = &txn.op {
+                    let (allocs, rejection) = self.fill(nearby, *mode, now);
+                    if rejection.is_some() {
+                        return Some(Outcome::Reservation {
+                            reservation: None,
+                            rejection,
+                        });
+                    }
+                    for a in allocs {
+                        let line = Line {
+                            dc: a.dc,
+                            sku: a.sku,
+                            qty: a.requested,
+                        };
+                        granted.push((line, a.allocated));
+                    }
+                }
+                for l in &lines {
                     let available = self.row(l.dc, l.sku, now).available();
                     let held = match mode {
                         Mode::AllOrNothing if available < l.qty => 0,
@@ -631,9 +802,85 @@ fn hold_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
     Txn { request_id: id, op }
 }
 
+/// A nearby order or hold: a few SKUs (now and then one the tables do not know) from a
+/// shuffled subset of the DCs as candidates (now and then one that does not exist), either
+/// policy, a shipment bound of 1 to 3; now and then inadmissible.
+fn nearby_txn(rng: &mut Rng, id: String) -> Txn {
+    let mut lines: Vec<SkuQty> = Vec::new();
+    let n = rng.below(3) + 1;
+    while lines.len() < n as usize {
+        let sku = match rng.below(40) {
+            0 => UNKNOWN,
+            _ => rng.below(SKUS as u64) as u32 + 1,
+        };
+        if !lines.iter().any(|l| l.sku == sku) {
+            lines.push(SkuQty {
+                sku,
+                qty: rng.below(14) as i64 + 1,
+            });
+        }
+    }
+    let mut candidates: Vec<u32> = (1..=DCS).collect();
+    for i in (1..candidates.len()).rev() {
+        candidates.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    candidates.truncate(rng.below(DCS as u64) as usize + 1);
+    if rng.below(8) == 0 {
+        candidates.insert(rng.below(candidates.len() as u64) as usize, UNKNOWN);
+    }
+    let mut nearby = Nearby {
+        lines,
+        lat_e6: 12_970_000,
+        lon_e6: 77_590_000,
+        radius_m: 5_000,
+        candidates,
+        policy: if rng.below(2) == 0 {
+            FillPolicy::FewestDcs
+        } else {
+            FillPolicy::NearestFirst
+        },
+        max_dcs: rng.below(3) as u32 + 1,
+    };
+    match rng.below(30) {
+        0 => nearby.max_dcs = 0,
+        1 => nearby.lines[0].qty = 0,
+        2 => nearby.candidates.push(nearby.candidates[0]),
+        _ => {}
+    }
+    let mode = if rng.below(4) == 0 {
+        Mode::Partial
+    } else {
+        Mode::AllOrNothing
+    };
+    let op = if rng.below(3) == 0 {
+        let ttl_ms = rng.below(90) + 10;
+        Op::ReserveNearby {
+            cart_id: match rng.below(4) {
+                0 => String::new(),
+                c => format!("cart{c}"),
+            },
+            user: "u".into(),
+            nearby,
+            mode,
+            ttl_ms,
+            life_max_ms: ttl_ms + rng.below(80),
+        }
+    } else {
+        Op::PlaceOrderNearby {
+            user: "u".into(),
+            nearby,
+            mode,
+        }
+    };
+    Txn { request_id: id, op }
+}
+
 fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
     if rng.below(10) == 0 {
         return hostile_txn(rng, id);
+    }
+    if rng.below(6) == 0 {
+        return nearby_txn(rng, id);
     }
     if rng.below(2) == 0 {
         return hold_txn(rng, id, known);
@@ -701,7 +948,15 @@ fn random_epoch(
     let mut txns = Vec::with_capacity(count);
     for i in 0..count {
         if !history.is_empty() && rng.below(10) == 0 {
-            let earlier = history[rng.below(history.len() as u64) as usize].clone();
+            let mut earlier = history[rng.below(history.len() as u64) as usize].clone();
+            // A nearby retry resolved against another DC table is still the same request.
+            if let Op::PlaceOrderNearby { nearby, .. } | Op::ReserveNearby { nearby, .. } =
+                &mut earlier.op
+            {
+                if rng.below(2) == 0 {
+                    nearby.candidates.reverse();
+                }
+            }
             txns.push(earlier);
         } else if !history.is_empty() && rng.below(30) == 0 {
             let earlier = &history[rng.below(history.len() as u64) as usize];
@@ -737,7 +992,7 @@ fn run_case(seed: u64, jitter: Option<u64>) {
             .unwrap();
         out.results
     };
-    let seed_txns = dataset(DCS, SKUS, 12);
+    let seed_txns = dataset(DCS, SKUS, 40);
     let start = Holds::default();
     for (seq, t) in seed_txns.iter().enumerate() {
         if matches!(t.op, Op::Restock { .. }) {
@@ -791,6 +1046,26 @@ fn run_case(seed: u64, jitter: Option<u64>) {
                     },
                 ) => "confirmed",
                 (
+                    Op::PlaceOrderNearby { .. },
+                    Outcome::Order {
+                        order_id: Some(_),
+                        lines,
+                        ..
+                    },
+                ) if lines.iter().any(|l| l.dc != lines[0].dc) => "split",
+                (
+                    Op::PlaceOrderNearby { .. },
+                    Outcome::Order {
+                        rejection: None, ..
+                    },
+                ) => "nearby-order",
+                (
+                    Op::ReserveNearby { .. },
+                    Outcome::Reservation {
+                        rejection: None, ..
+                    },
+                ) => "nearby-held",
+                (
                     _,
                     Outcome::Refused {
                         code: RefuseCode::Conflict,
@@ -834,6 +1109,9 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         "extended",
         "expired",
         "conflict",
+        "split",
+        "nearby-order",
+        "nearby-held",
     ] {
         assert!(
             seen_kinds.get(kind).copied().unwrap_or(0) >= 1,

@@ -244,7 +244,7 @@ impl Admin for AdminService {
             if has_dcs {
                 message.push_str("; demo data not loaded: the cluster already has DCs");
             } else {
-                demo_txns = crate::demo::seed(&self.node, self.queue_txns_max)
+                demo_txns = crate::demo::seed(&self.node, self.queue_txns_max, &Default::default())
                     .await
                     .map_err(|e| Status::unavailable(format!("loading demo data: {e:#}")))?
                     as u64;

@@ -13,6 +13,7 @@ mod fault;
 mod geo;
 mod limits;
 mod replay;
+mod search;
 mod serve;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a dev node (or a local cluster with --nodes) with demo data (12 DCs, 1,000 SKUs).
+    /// Run a dev node (or a local cluster with --nodes) with demo data: in each of 12 cities a
+    /// hub DC and 15 to 25 dark stores, 1,000 SKUs.
     Dev {
         #[arg(long, default_value = "./ordo-data")]
         data_dir: PathBuf,
@@ -54,6 +56,14 @@ enum Command {
         /// Nodes in the local cluster (each with its own data directory under --data-dir).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=7))]
         nodes: u64,
+        /// Demo data with this many dark stores (up to 10,000) spread over the 12 cities
+        /// [default: 15 to 25 per city]. Loaded on first start only.
+        #[arg(long)]
+        demo_dcs: Option<u32>,
+        /// Demo data with this many SKUs (up to 100,000) [default: 1000]; each dark store
+        /// stocks about a fifth of them, at most 250.
+        #[arg(long)]
+        demo_skus: Option<u32>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -73,11 +83,28 @@ enum Command {
         #[command(subcommand)]
         action: MemberAction,
     },
-    /// Place an order.
+    /// Place an order: from named DCs (--line), or from the stores near a point (--near with
+    /// --item), split across them when no one store has everything.
     Order {
         /// An order line DC:SKU:QTY; repeat for more lines.
-        #[arg(long = "line", required = true, value_parser = cli::parse_line)]
+        #[arg(long = "line", required_unless_present = "near", conflicts_with = "near", value_parser = cli::parse_line)]
         lines: Vec<ordo_client::Line>,
+        /// LAT,LON: fill the order from the stores near this point.
+        #[arg(long, value_parser = cli_geo::parse_point, allow_hyphen_values = true, requires = "items")]
+        near: Option<(f64, f64)>,
+        /// With --near: SKU:QTY from any nearby store; repeat for more.
+        #[arg(long = "item", value_parser = cli_geo::parse_item, requires = "near")]
+        items: Vec<ordo_client::v1::ItemQty>,
+        /// With --near: the radius in metres [default: 10000].
+        #[arg(long, default_value_t = 10_000, requires = "near")]
+        radius_m: u32,
+        /// With --near: fewest-dcs (one store with everything, else fewest shipments) or
+        /// nearest-first.
+        #[arg(long, default_value = "fewest-dcs", value_parser = ["fewest-dcs", "nearest-first"], requires = "near")]
+        policy: String,
+        /// With --near: at most this many stores (1 to 50) [default: 50].
+        #[arg(long, default_value_t = 0, requires = "near")]
+        max_dcs: u32,
         /// Allocate what is available instead of all-or-nothing.
         #[arg(long)]
         partial: bool,
@@ -267,9 +294,15 @@ async fn main() -> ExitCode {
             listen,
             peer_listen,
             nodes,
+            demo_dcs,
+            demo_skus,
             tuning,
         } => {
             init_tracing();
+            let spec = match demo::Spec::new(demo_dcs, demo_skus) {
+                Ok(spec) => spec,
+                Err(e) => return report(Err(e)),
+            };
             let listeners = peer_listen
                 .map(Ok)
                 .unwrap_or_else(|| default_peer_listen(listen))
@@ -290,16 +323,16 @@ async fn main() -> ExitCode {
                 Err(e) => return report(Err(e)),
             };
             if nodes == 1 {
-                report(serve::serve(opts, true).await)
+                report(serve::serve(opts, Some(spec)).await)
             } else {
-                report(serve::serve_dev_cluster(opts, nodes).await)
+                report(serve::serve_dev_cluster(opts, nodes, spec).await)
             }
         }
         Command::Server(args) => {
             init_tracing();
             let options = server_options(args);
             match options {
-                Ok(opts) => report(serve::serve(opts, false).await),
+                Ok(opts) => report(serve::serve(opts, None).await),
                 Err(e) => report(Err(e)),
             }
         }
@@ -345,16 +378,49 @@ async fn main() -> ExitCode {
         },
         Command::Order {
             lines,
+            near,
+            items,
+            radius_m,
+            policy,
+            max_dcs,
             partial,
             request_id,
             user,
             conn,
-        } => {
-            run_client(conn, |c| async move {
-                cli::order(&c, lines, partial, request_id, user).await
-            })
-            .await
-        }
+        } => match near {
+            None => {
+                run_client(conn, |c| async move {
+                    cli::order(&c, lines, partial, request_id, user).await
+                })
+                .await
+            }
+            Some((lat, lon)) => {
+                let request = ordo_client::v1::PlaceOrderNearbyRequest {
+                    request_id: request_id.unwrap_or_default(),
+                    user: user.unwrap_or_default(),
+                    lat,
+                    lon,
+                    radius_m,
+                    lines: items,
+                    policy: match policy.as_str() {
+                        "nearest-first" => ordo_client::v1::FillPolicy::NearestFirst,
+                        _ => ordo_client::v1::FillPolicy::FewestDcs,
+                    } as i32,
+                    max_dcs,
+                    mode: if partial {
+                        ordo_client::v1::OrderMode::Partial
+                    } else {
+                        ordo_client::v1::OrderMode::AllOrNothing
+                    } as i32,
+                };
+                run_client(conn, |c| async move {
+                    Ok(cli_geo::nearby_order_output(
+                        &c.place_order_nearby(request).await?,
+                    ))
+                })
+                .await
+            }
+        },
         Command::Stock {
             dc,
             sku,

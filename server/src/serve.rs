@@ -284,11 +284,15 @@ pub async fn fatal(node: &Node) -> String {
     }
 }
 
-async fn seed_if_empty(node: &Node, queue_txns_max: usize) -> anyhow::Result<()> {
+async fn seed_if_empty(
+    node: &Node,
+    queue_txns_max: usize,
+    spec: &crate::demo::Spec,
+) -> anyhow::Result<()> {
     let has_dcs = reads::count_prefix(&node.store, Part::Global, keys::DC, 1)? > 0;
     if !has_dcs {
         let started = std::time::Instant::now();
-        let count = crate::demo::seed(node, queue_txns_max).await?;
+        let count = crate::demo::seed(node, queue_txns_max, spec).await?;
         tracing::info!(
             txns = count,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -298,14 +302,15 @@ async fn seed_if_empty(node: &Node, queue_txns_max: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `ordo server` and `ordo dev` (one node): serve until SIGINT/SIGTERM.
-pub async fn serve(opts: ServeOptions, dev: bool) -> anyhow::Result<()> {
+/// `ordo server` and `ordo dev` (one node, with its demo dataset): serve until
+/// SIGINT/SIGTERM.
+pub async fn serve(opts: ServeOptions, demo: Option<crate::demo::Spec>) -> anyhow::Result<()> {
     let running = start(&opts).await?;
-    if dev {
-        seed_if_empty(&running.node, opts.sequencer.queue_txns_max).await?;
+    if let Some(spec) = &demo {
+        seed_if_empty(&running.node, opts.sequencer.queue_txns_max, spec).await?;
     }
     announce(&running);
-    if dev {
+    if demo.is_some() {
         print_quickstart(running.local, &opts.data_dir, 1);
     }
     let stopped = tokio::select! {
@@ -322,7 +327,11 @@ pub async fn serve(opts: ServeOptions, dev: bool) -> anyhow::Result<()> {
 
 /// `ordo dev --nodes N`: N nodes in this process on consecutive ports, one data directory
 /// each under the given one, initialised as one cluster with the demo data.
-pub async fn serve_dev_cluster(base: ServeOptions, nodes: u64) -> anyhow::Result<()> {
+pub async fn serve_dev_cluster(
+    base: ServeOptions,
+    nodes: u64,
+    demo: crate::demo::Spec,
+) -> anyhow::Result<()> {
     let port = base.listen.port();
     let peer_port = base.peer_listen.port();
     let addr_of = |i: u64| SocketAddr::new(base.listen.ip(), port + (i - 1) as u16);
@@ -356,7 +365,7 @@ pub async fn serve_dev_cluster(base: ServeOptions, nodes: u64) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("initialising the cluster: {e}"))?;
     first.wait_for_leader(Duration::from_secs(30)).await?;
     record_cluster_config(first).await?;
-    seed_if_empty(first, base.sequencer.queue_txns_max).await?;
+    seed_if_empty(first, base.sequencer.queue_txns_max, &demo).await?;
     for r in &running {
         announce(r);
     }
@@ -386,15 +395,18 @@ fn print_quickstart(local: SocketAddr, data_dir: &std::path::Path, nodes: u64) {
         "dev node".to_string()
     };
     println!(
-        "\nOrdo {cluster} ready: data in {dir}, demo data: 12 DCs in 3 regions, {skus} SKUs.\n\
+        "\nOrdo {cluster} ready: data in {dir}, demo data: a hub (DCs 1-12) and 15-25 dark \
+         stores in each of 12 cities, 3 regions.\n\
          Try, in another terminal:\n\
          \x20 ordo stock 1 1{endpoint}                      # stock of SKU 1 at DC 1 (Berlin)\n\
          \x20 ordo order --line 1:1:2 --line 5:3:1{endpoint}  # one order across two regions\n\
+         \x20 ordo nearby 12.97 77.59 --sku 1{endpoint}     # stores near central Bengaluru\n\
+         \x20 ordo search \"chips\" --near 12.97,77.59{endpoint}\n\
+         \x20 ordo order --near 12.97,77.59 --item 1:3 --item 30:2{endpoint}  # split fill\n\
          \x20 ordo restock 1 1 10{endpoint}                 # add 10 units\n\
          \x20 ordo status --all{endpoint}                   # every node: epoch and state hash\n\
          (from a checkout: cargo run --release --bin ordo -- stock 1 1)\n\
          Stop with Ctrl-C.",
         dir = data_dir.display(),
-        skus = crate::demo::SKUS,
     );
 }

@@ -39,8 +39,20 @@ fn reservation_of(result: &TxnResult, expected: &str) -> Result<v1::Reservation,
 }
 
 impl OrdoService {
+    pub(super) fn cart_id(&self, cart_id: &str, field: &str) -> Result<(), Status> {
+        if cart_id.len() > validate::CART_ID_BYTES_MAX
+            || cart_id.bytes().any(|b| !(0x21..=0x7e).contains(&b))
+        {
+            return Err(Status::invalid_argument(format!(
+                "{field}: cart_id must be at most {} bytes of printable ASCII without spaces",
+                validate::CART_ID_BYTES_MAX
+            )));
+        }
+        Ok(())
+    }
+
     /// A TTL in milliseconds: the server's default for 0, refused past its maximum.
-    fn ttl_ms(&self, ttl_s: u32, field: &str) -> Result<u64, Status> {
+    pub(super) fn ttl_ms(&self, ttl_s: u32, field: &str) -> Result<u64, Status> {
         let max = self.limits.reservation_ttl_max_s;
         let ttl_s = match ttl_s {
             0 => self.limits.reservation_ttl_default_s,
@@ -72,14 +84,7 @@ impl OrdoService {
         let field = "reserve";
         let request_id = self.request_id(r.request_id, field)?;
         self.user(&r.user, field)?;
-        if r.cart_id.len() > validate::CART_ID_BYTES_MAX
-            || r.cart_id.bytes().any(|b| !(0x21..=0x7e).contains(&b))
-        {
-            return Err(Status::invalid_argument(format!(
-                "{field}: cart_id must be at most {} bytes of printable ASCII without spaces",
-                validate::CART_ID_BYTES_MAX
-            )));
-        }
+        self.cart_id(&r.cart_id, field)?;
         let mode = order_mode(r.mode, field)?;
         let lines = self.lines(&r.lines, field, false)?;
         let txn = Txn {

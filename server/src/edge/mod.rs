@@ -22,6 +22,8 @@ use crate::limits::Limits;
 mod holds;
 mod nearby;
 mod read;
+mod search;
+mod split;
 mod writes;
 
 pub struct OrdoService {
@@ -32,6 +34,8 @@ pub struct OrdoService {
     generated_id_counter: AtomicU64,
     /// The nearby index of the DC table, rebuilt when the store's global version moves.
     nearby: std::sync::RwLock<Option<Arc<crate::geo::NearbyIndex>>>,
+    /// The catalogue's keyword index, rebuilt like `nearby`.
+    search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
 }
 
 /// How many times `run` queues a transaction that conflicted in its epoch (see
@@ -54,6 +58,7 @@ impl OrdoService {
             limits,
             generated_id_counter: AtomicU64::new(0),
             nearby: std::sync::RwLock::new(None),
+            search: std::sync::RwLock::new(None),
         }
     }
 
@@ -579,6 +584,31 @@ impl Ordo for OrdoService {
         request: Request<v1::GetNearbyAvailabilityRequest>,
     ) -> Result<Response<v1::GetNearbyAvailabilityResponse>, Status> {
         self.get_nearby_availability_inner(request).await
+    }
+
+    async fn place_order_nearby(
+        &self,
+        request: Request<v1::PlaceOrderNearbyRequest>,
+    ) -> Result<Response<v1::PlaceOrderNearbyResponse>, Status> {
+        self.place_order_nearby_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn reserve_nearby(
+        &self,
+        request: Request<v1::ReserveNearbyRequest>,
+    ) -> Result<Response<v1::ReserveNearbyResponse>, Status> {
+        self.reserve_nearby_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn search_items(
+        &self,
+        request: Request<v1::SearchItemsRequest>,
+    ) -> Result<Response<v1::SearchItemsResponse>, Status> {
+        self.search_items_inner(request).await
     }
 
     async fn list_orders(

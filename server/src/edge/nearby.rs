@@ -22,7 +22,7 @@ const NEARBY_DCS_MAX: usize = 1_000;
 const AVAILABILITY_DCS_DEFAULT: usize = 100;
 
 /// A point's coordinates in micro-degrees, refused unless finite and on the globe.
-fn point(lat: f64, lon: f64, field: &str) -> Result<(i32, i32), Status> {
+pub(super) fn point(lat: f64, lon: f64, field: &str) -> Result<(i32, i32), Status> {
     if !lat.is_finite() || !(-90.0..=90.0).contains(&lat) {
         return Err(Status::invalid_argument(format!(
             "{field}: lat must be between -90 and 90, not {lat}"
@@ -36,7 +36,7 @@ fn point(lat: f64, lon: f64, field: &str) -> Result<(i32, i32), Status> {
     Ok(((lat * 1e6).round() as i32, (lon * 1e6).round() as i32))
 }
 
-fn radius(radius_m: u32, field: &str) -> Result<u32, Status> {
+pub(super) fn radius(radius_m: u32, field: &str) -> Result<u32, Status> {
     match radius_m {
         0 => Ok(RADIUS_M_DEFAULT),
         r if r <= RADIUS_M_MAX => Ok(r),
@@ -71,7 +71,7 @@ impl OrdoService {
     /// The nearby index of the DC table as the store holds it now; rebuilt when the global
     /// tables moved since it was built. Call inside [`Store::consistent`] to pair it with the
     /// rows read there.
-    fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
+    pub(super) fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
         let version = store.global_version();
         if let Some(index) = self.nearby.read().expect("nearby lock").as_ref() {
             if index.version == version {
@@ -86,7 +86,7 @@ impl OrdoService {
 
     /// The DCs near a point with their records, nearest first, as of the epoch the closure of
     /// [`Store::consistent`] runs at.
-    fn nearby_dcs(
+    pub(super) fn nearby_dcs(
         &self,
         store: &Store,
         at: (i32, i32),
