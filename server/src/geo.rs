@@ -7,6 +7,11 @@
 //! the `libm` crate's pure-Rust functions (not the platform's libm, whose last bits may differ
 //! between systems) and rounded to whole metres; ties are broken by DC id. So every node, on
 //! any platform, answers the same list for the same DC table and point.
+//!
+//! A lookup orders the DCs in the search boxes by a cheap key first, the squared chord between
+//! unit vectors (no trigonometry per DC, monotone in the distance), and computes exact metres
+//! only for the nearest `limit` plus any within two metres of the last of them, which covers
+//! every DC that could tie with it once rounded to metres.
 
 use std::sync::Arc;
 
@@ -25,6 +30,8 @@ pub struct GeoDc {
     pub dc: u32,
     pub lat_e6: i32,
     pub lon_e6: i32,
+    /// The point on the unit sphere, for the chord key.
+    unit: [f64; 3],
     pub record: Arc<DcRecord>,
 }
 
@@ -55,16 +62,40 @@ fn radians(e6: i32) -> f64 {
     f64::from(e6) / 1e6 * std::f64::consts::PI / 180.0
 }
 
-/// Great-circle distance in whole metres between two points in micro-degrees (haversine).
+/// The point on the unit sphere.
+fn unit(lat_e6: i32, lon_e6: i32) -> [f64; 3] {
+    let (phi, lambda) = (radians(lat_e6), radians(lon_e6));
+    let c = libm::cos(phi);
+    [c * libm::cos(lambda), c * libm::sin(lambda), libm::sin(phi)]
+}
+
+/// The squared chord between two unit vectors: `4 sin²(θ/2)`, increasing with the angle θ.
+fn chord2(a: &[f64; 3], b: &[f64; 3]) -> f64 {
+    let d = [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+    d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+}
+
+/// The squared chord of a great-circle distance in metres.
+fn chord2_of_m(metres: f64) -> f64 {
+    let c = 2.0 * libm::sin((metres / EARTH_RADIUS_M).min(std::f64::consts::PI) / 2.0);
+    c * c
+}
+
+/// The great-circle distance in metres of a squared chord.
+fn m_of_chord2(c2: f64) -> f64 {
+    2.0 * libm::asin((libm::sqrt(c2) / 2.0).min(1.0)) * EARTH_RADIUS_M
+}
+
+/// Great-circle distance in whole metres between two points in micro-degrees: the angle from
+/// the chord between their unit vectors (`2 asin(chord / 2)`, as accurate as haversine and
+/// well-conditioned at every distance).
 pub fn distance_m(lat1_e6: i32, lon1_e6: i32, lat2_e6: i32, lon2_e6: i32) -> u64 {
-    let (phi1, phi2) = (radians(lat1_e6), radians(lat2_e6));
-    let dphi = phi2 - phi1;
-    let dlambda = radians(lon2_e6) - radians(lon1_e6);
-    let s1 = libm::sin(dphi / 2.0);
-    let s2 = libm::sin(dlambda / 2.0);
-    let a = s1 * s1 + libm::cos(phi1) * libm::cos(phi2) * s2 * s2;
-    let c = 2.0 * libm::asin(libm::sqrt(a.clamp(0.0, 1.0)));
-    libm::round(EARTH_RADIUS_M * c) as u64
+    metres(chord2(&unit(lat1_e6, lon1_e6), &unit(lat2_e6, lon2_e6)))
+}
+
+/// Whole metres of a squared chord: what [`distance_m`] answers for it.
+fn metres(c2: f64) -> u64 {
+    libm::round(m_of_chord2(c2)) as u64
 }
 
 /// Micro-degree boxes `[lat_min, lon_min] ..= [lat_max, lon_max]` that together cover every
@@ -126,6 +157,7 @@ impl NearbyIndex {
                 dc: d.dc,
                 lat_e6: d.lat_e6,
                 lon_e6: d.lon_e6,
+                unit: unit(d.lat_e6, d.lon_e6),
                 record: Arc::new(d.clone()),
             })
             .collect();
@@ -158,15 +190,33 @@ impl NearbyIndex {
         limit: usize,
     ) -> Vec<(Arc<DcRecord>, u64)> {
         let radius_m = radius_m.min(RADIUS_M_MAX);
-        let mut found: Vec<(&GeoDc, u64)> = Vec::new();
+        if limit == 0 {
+            return Vec::new();
+        }
+        let at = unit(lat_e6, lon_e6);
+        // A metre past the radius: the exact distance decides at the edge of the circle.
+        let within = chord2_of_m(f64::from(radius_m) + 1.0);
+        let mut keyed: Vec<(f64, &GeoDc)> = Vec::new();
         for envelope in boxes(lat_e6, lon_e6, radius_m) {
             for dc in self.tree.locate_in_envelope(envelope) {
-                let distance_m = distance_m(lat_e6, lon_e6, dc.lat_e6, dc.lon_e6);
-                if distance_m <= u64::from(radius_m) {
-                    found.push((dc, distance_m));
+                let key = chord2(&at, &dc.unit);
+                if key <= within {
+                    keyed.push((key, dc));
                 }
             }
         }
+        if keyed.len() > limit {
+            // The nearest `limit` by key, and whatever lies within two metres of the last of
+            // them: it may round to the same metre and win the tie by id.
+            let (_, kth, _) = keyed.select_nth_unstable_by(limit - 1, |a, b| a.0.total_cmp(&b.0));
+            let reach = chord2_of_m(m_of_chord2(kth.0) + 2.0);
+            keyed.retain(|(key, _)| *key <= reach);
+        }
+        let mut found: Vec<(&GeoDc, u64)> = keyed
+            .into_iter()
+            .map(|(key, dc)| (dc, metres(key)))
+            .filter(|(_, d)| *d <= u64::from(radius_m))
+            .collect();
         found.sort_unstable_by_key(|(dc, d)| (*d, dc.dc));
         // Boxes never overlap, but a DC must count once whatever they do.
         found.dedup_by_key(|(dc, _)| dc.dc);
@@ -298,6 +348,44 @@ mod tests {
             want.sort_by_key(|n| (n.distance_m, n.dc));
             want.truncate(25);
             assert_eq!(index.find(lat_e6, lon_e6, radius, 25), want);
+        }
+    }
+
+    #[test]
+    fn the_cut_at_limit_keeps_every_tie_by_metre() {
+        // 200 DCs about 5 km north, 2 micro-degrees (about 0.22 m) apart, ids in reverse of
+        // distance, and 20 more on one spot: many round to the same metre around any cut.
+        let mut dcs: Vec<DcRecord> = (0..200u32)
+            .map(|i| DcRecord {
+                dc: 1_000 - i,
+                name: String::new(),
+                lat_e6: 45_000_000 + (5_000.0 / 0.111_195) as i32 + 2 * i as i32,
+                lon_e6: 7_000_000,
+                region: 0,
+                active: true,
+            })
+            .collect();
+        for i in 0..20u32 {
+            let mut d = dcs[100].clone();
+            d.dc = 2_000 + (i * 7919) % 20;
+            dcs.push(d);
+        }
+        let index = NearbyIndex::build(&dcs, 1);
+        for limit in 1..=240 {
+            let mut want: Vec<Nearby> = dcs
+                .iter()
+                .map(|d| Nearby {
+                    dc: d.dc,
+                    distance_m: distance_m(45_000_000, 7_000_000, d.lat_e6, d.lon_e6),
+                })
+                .collect();
+            want.sort_by_key(|n| (n.distance_m, n.dc));
+            want.truncate(limit);
+            assert_eq!(
+                index.find(45_000_000, 7_000_000, 10_000, limit),
+                want,
+                "limit {limit}"
+            );
         }
     }
 }
