@@ -16,8 +16,17 @@ pub enum HoldCommand {
     /// the reservation is confirmed, cancelled or expires.
     Reserve {
         /// A line DC:SKU:QTY; repeat for more lines.
-        #[arg(long = "line", required = true, value_parser = cli::parse_line)]
+        #[arg(long = "line", required_unless_present = "near", conflicts_with = "near", value_parser = cli::parse_line)]
         lines: Vec<Line>,
+        /// LAT,LON: hold from the stores near this point (with --item), as `order --near`.
+        #[arg(long, value_parser = crate::cli_geo::parse_point, allow_hyphen_values = true, requires = "items")]
+        near: Option<(f64, f64)>,
+        /// With --near: SKU:QTY from any nearby store; repeat for more.
+        #[arg(long = "item", value_parser = crate::cli_geo::parse_item, requires = "near")]
+        items: Vec<v1::ItemQty>,
+        /// With --near: the radius in metres [default: 10000].
+        #[arg(long, default_value_t = 10_000, requires = "near")]
+        radius_m: u32,
         /// Seconds the hold lasts [default: the server's --reservation-ttl-s, 600].
         #[arg(long, default_value_t = 0)]
         ttl_s: u32,
@@ -175,6 +184,42 @@ fn shown(r: v1::Reservation) -> Output {
 pub async fn run(command: HoldCommand) -> ExitCode {
     match command {
         HoldCommand::Reserve {
+            near: Some((lat, lon)),
+            items,
+            radius_m,
+            ttl_s,
+            cart,
+            user,
+            partial,
+            request_id,
+            conn,
+            ..
+        } => {
+            let request = v1::ReserveNearbyRequest {
+                request_id: request_id.unwrap_or_default(),
+                cart_id: cart.unwrap_or_default(),
+                user: user.unwrap_or_default(),
+                lat,
+                lon,
+                radius_m,
+                lines: items,
+                mode: if partial {
+                    v1::OrderMode::Partial
+                } else {
+                    v1::OrderMode::AllOrNothing
+                } as i32,
+                ttl_s,
+                ..Default::default()
+            };
+            run_client(conn, |c: Client| async move {
+                let r = c.reserve_nearby(request).await?;
+                let mut out = written(r.reservation.unwrap_or_default());
+                out.json["shipments"] = crate::cli_geo::shipments_json(&r.shipments);
+                Ok(out)
+            })
+            .await
+        }
+        HoldCommand::Reserve {
             lines,
             ttl_s,
             cart,
@@ -182,6 +227,7 @@ pub async fn run(command: HoldCommand) -> ExitCode {
             partial,
             request_id,
             conn,
+            ..
         } => {
             let reserve = Reserve {
                 lines,

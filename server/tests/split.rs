@@ -205,6 +205,23 @@ async fn split_orders_fill_from_nearby_stores_exactly_once() {
         endpoint,
     ]);
     assert_eq!(code, 3, "three units are left");
+    let (code, out, _) = ordo_cli(&[
+        "reserve",
+        "--near",
+        "12.97,77.59",
+        "--item",
+        "2:1",
+        "--json",
+        "--endpoint",
+        endpoint,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["status"], "live", "{json}");
+    assert_eq!(
+        json["shipments"][0]["dc_id"], 3,
+        "store 2's units are all held: {json}"
+    );
 
     // Bad input is refused before anything is queued, with the field named.
     let mut bad = ask("bad", &[(1, 1)], v1::FillPolicy::FewestDcs);
