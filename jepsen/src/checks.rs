@@ -24,7 +24,8 @@ pub struct Verdict {
     /// One line: what was checked and the outcome.
     pub summary: String,
     /// Figures a checker reports beyond anomalies (the inventory checker's holds: operations by
-    /// outcome, holds by final status and ended during faults); empty for most.
+    /// outcome, holds by final status and ended during faults; its nearby orders: by outcome,
+    /// committed, split over several stores); empty for most.
     pub stats: BTreeMap<String, u64>,
 }
 
@@ -177,14 +178,26 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
             let counts = owned(report.counts.clone());
             let undecided = !report.unchecked.is_empty();
             let hold_stat = |k: &str| report.holds.stats.get(k).copied().unwrap_or(0);
+            let nearby_stat = |k: &str| report.nearby.stats.get(k).copied().unwrap_or(0);
+            let mut stats = report.holds.stats.clone();
+            stats.extend(report.nearby.stats.clone());
             Verdict {
                 valid: Verdict::from_counts(counts.clone(), undecided),
                 summary: format!(
-                    "{} keys, {} acknowledged and {} indeterminate orders, {} holds ({} confirmed, \
-                     {} cancelled, {} expired, {} live): {}",
+                    "{} keys, {} acknowledged and {} indeterminate orders, {} nearby orders ({} \
+                     committed, {} of them split over several DCs; {} rejected, {} \
+                     indeterminate), {} holds ({} confirmed, {} cancelled, {} expired, {} live): \
+                     {}",
                     report.keys,
                     report.orders_ok,
                     report.orders_indeterminate,
+                    nearby_stat("nearby-ok")
+                        + nearby_stat("nearby-fail")
+                        + nearby_stat("nearby-info"),
+                    nearby_stat("nearby-committed"),
+                    nearby_stat("nearby-split"),
+                    nearby_stat("nearby-fail"),
+                    nearby_stat("nearby-info"),
                     report.holds.holds,
                     hold_stat("holds-confirmed"),
                     hold_stat("holds-cancelled"),
@@ -199,7 +212,7 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                     }
                 ),
                 counts,
-                stats: report.holds.stats.clone(),
+                stats,
                 examples: report
                     .anomalies
                     .into_iter()

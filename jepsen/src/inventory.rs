@@ -7,23 +7,27 @@
 //! - `f = "restock"`: value `[dc, sku, delta]`;
 //! - `f = "read"`: `ok` value `[[dc, sku, on_hand], ...]` (rows may add `reserved`);
 //! - `f = "final-read"`, after healing: `ok` value `{"stock": [[dc, sku, on_hand], ...],
-//!   "orders": [request ids of every committed order]}`;
+//!   "orders": [request ids of every committed order], "order_lines": {request id: [[dc, sku,
+//!   allocated], ...]}}` (`order_lines` since nearby orders; older histories lack it);
 //! - reservations (`reserve`, `confirm`, `cancel`, `extend`, and the final read's `holds`), as
-//!   [`crate::cart`] describes them.
+//!   [`crate::cart`] describes them;
+//! - nearby (split-fill) orders (`nearby-order`), as [`crate::nearby`] describes them.
 //!
-//! Checks: no read below zero; every acknowledged order is in the final orders; no order is
-//! there that was rejected or never invoked (a confirm's order is the reservations checker's);
-//! and per (dc, sku): final = initial + restocks − committed orders − units of confirmed holds,
-//! where an indeterminate order counts iff the final orders hold it, indeterminate restocks
-//! may each have applied or not, and a hold counts iff its final status is confirmed. The
-//! holds themselves are [`crate::reservations`]'s to check; its anomalies join these.
+//! Checks: no read below zero; every acknowledged order is in the final orders, once; no order
+//! is there that was rejected or never invoked (a confirm's order is the reservations
+//! checker's); the final read gives an order the lines it asked for; and per (dc, sku): final
+//! = initial + restocks − committed orders − units of confirmed holds, where an indeterminate
+//! order counts iff the final orders hold it, indeterminate restocks may each have applied or
+//! not, and a hold counts iff its final status is confirmed. Nearby orders count like orders,
+//! with the lines the server chose ([`crate::split`] checks them and says what each took);
+//! holds are [`crate::reservations`]'s to check. Their anomalies join these.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
 use crate::history::{Event, EventType, Operation, Process};
-use crate::reservations;
+use crate::{reservations, split};
 
 type Key = (u64, u64);
 /// `[dc, sku, n]`: a quantity at a key.
@@ -49,15 +53,19 @@ pub struct Report {
     /// Examples, at most [`EXAMPLES_MAX`], each `kind: explanation`.
     pub anomalies: Vec<String>,
     /// Every anomaly counted by kind: `negative-read`, `lost-order`, `rejected-order-present`,
-    /// `phantom-order`, `stock-mismatch`, and the reservations checker's.
+    /// `phantom-order`, `duplicate-order`, `order-lines-mismatch`, `stock-mismatch`, and the
+    /// reservations and split-order checkers'.
     pub counts: BTreeMap<&'static str, usize>,
-    /// Keys whose stock could not be checked (too many indeterminate restocks to search).
+    /// Keys whose stock could not be checked (too many indeterminate restocks to search, or a
+    /// committed nearby order of unknown outcome whose lines are not known).
     pub unchecked: Vec<String>,
     pub orders_ok: usize,
     pub orders_indeterminate: usize,
     pub keys: usize,
     /// What the reservations checker found (its anomalies are in `anomalies` and `counts`).
     pub holds: reservations::Report,
+    /// What the split-order checker found (its anomalies are in `anomalies` and `counts`).
+    pub nearby: split::Report,
 }
 
 /// Distinct subset sums of one key's indeterminate restocks tracked, at most (small deltas
@@ -98,7 +106,8 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         }
     }
     let mut final_stock: Option<BTreeMap<Key, i64>> = None;
-    let mut final_orders: Option<BTreeSet<String>> = None;
+    let mut final_orders: Option<Vec<String>> = None;
+    let mut final_lines: Option<BTreeMap<String, Vec<Row>>> = None;
     let mut expected: BTreeMap<Key, i64> = initial.clone();
     let mut unknown_restocks: BTreeMap<Key, Vec<i64>> = BTreeMap::new();
     let mut invoked: BTreeMap<String, (EventType, Vec<Row>)> = BTreeMap::new();
@@ -173,13 +182,32 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
                         .filter_map(|o| o.as_str().map(String::from))
                         .collect(),
                 );
+                if let Some(lines) = op.complete_value.get("order_lines") {
+                    let lines = lines.as_object().ok_or_else(|| {
+                        format!("{what}: order_lines must map request ids to [[dc, sku, n], ...]")
+                    })?;
+                    let mut by_id = BTreeMap::new();
+                    for (id, l) in lines {
+                        by_id.insert(id.clone(), rows(l, &format!("{what}: order_lines {id}"))?);
+                    }
+                    final_lines = Some(by_id);
+                }
             }
             _ => {}
         }
     }
-    let (Some(final_stock), Some(final_orders)) = (final_stock, final_orders) else {
+    let (Some(final_stock), Some(final_order_list)) = (final_stock, final_orders) else {
         return Err("the history has no final-read: nothing to check the stock against".into());
     };
+    let mut final_orders = BTreeSet::new();
+    for id in &final_order_list {
+        if !final_orders.insert(id.clone()) {
+            note(
+                "duplicate-order",
+                format!("order {id} is in the final orders more than once"),
+            );
+        }
+    }
 
     for (id, (completion, lines)) in &invoked {
         let present = final_orders.contains(id);
@@ -198,7 +226,32 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
             for &(dc, sku, qty) in lines {
                 *expected.entry((dc, sku)).or_default() -= qty;
             }
+            // Ordinary orders are all-or-nothing: each line allocated in full.
+            let listed = final_lines.as_ref().and_then(|l| l.get(id));
+            if let Some(listed) = listed.map(|l| split::by_key(l)) {
+                let asked = split::by_key(lines);
+                if listed != asked {
+                    note(
+                        "order-lines-mismatch",
+                        format!(
+                            "order {id} asked for {} but the final read lists {}",
+                            split::render(&asked),
+                            split::render(&listed)
+                        ),
+                    );
+                }
+            }
         }
+    }
+    let nearby = split::check(
+        ops,
+        &split::FinalOrders {
+            present: &final_orders,
+            lines: final_lines.as_ref(),
+        },
+    )?;
+    for (key, units) in &nearby.taken_units {
+        *expected.entry(*key).or_default() -= units;
     }
     let holds = reservations::check(events, ops)?;
     for (key, units) in &holds.confirmed_units {
@@ -207,6 +260,7 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
     let accounted: BTreeSet<String> = invoked
         .keys()
         .chain(&holds.confirm_request_ids)
+        .chain(&nearby.request_ids)
         .cloned()
         .collect();
     for id in final_orders.difference(&accounted) {
@@ -218,6 +272,10 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
     let keys: BTreeSet<Key> = expected.keys().chain(final_stock.keys()).copied().collect();
     for key in &keys {
         let (dc, sku) = key;
+        if let Some(why) = nearby.unknown_keys.get(key) {
+            unchecked.push(format!("dc {dc} sku {sku}: {why}; not checked"));
+            continue;
+        }
         let want = expected.get(key).copied().unwrap_or(0);
         let got = final_stock.get(key).copied().unwrap_or(0);
         let unknown = unknown_restocks.get(key).map(Vec::as_slice).unwrap_or(&[]);
@@ -233,10 +291,10 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
             )),
         }
     }
-    for (kind, n) in &holds.counts {
+    for (kind, n) in holds.counts.iter().chain(&nearby.counts) {
         *counts.entry(kind).or_default() += n;
     }
-    for a in &holds.anomalies {
+    for a in holds.anomalies.iter().chain(&nearby.anomalies) {
         if anomalies.len() < EXAMPLES_MAX {
             anomalies.push(a.clone());
         }
@@ -249,6 +307,7 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
         orders_indeterminate,
         keys: keys.len(),
         holds,
+        nearby,
     })
 }
 
@@ -424,5 +483,133 @@ mod tests {
             "{:?}",
             report.anomalies
         );
+    }
+
+    /// The clean history above (o1 committed, o3 not, the restock not applied) with two nearby
+    /// orders for sku 1 near a point whose circle holds DCs 1, 2 and 3: n1, acknowledged,
+    /// split over DC 1 (3 units) and DC 2 (1 unit); n2, of unknown outcome, 2 units. The
+    /// final read's value is `final_read`.
+    fn with_nearby(final_read: Value) -> Vec<Event> {
+        let mut events = history(json!([]), json!([]));
+        events.truncate(events.len() - 2);
+        let mut push = |p: u64, kind: &str, value: Value| {
+            let i = events.len() as u64;
+            events.push(Event {
+                index: i,
+                time_ns: i,
+                process: Process::Client(p),
+                kind: serde_json::from_value(json!(kind)).unwrap(),
+                f: "nearby-order".into(),
+                value,
+                key: None,
+            });
+        };
+        let ask = |id: &str, qty: i64| {
+            json!({"request_id": id, "at": "middle", "lat": 52.5, "lon": 13.4,
+                   "radius_m": 5_000, "lines": [[1, qty]], "policy": "nearest-first",
+                   "max_dcs": 2, "partial": false, "candidates": [1, 2, 3]})
+        };
+        push(7, "invoke", ask("n1", 4));
+        let mut ok = ask("n1", 4);
+        ok["order_id"] = json!(88);
+        ok["epoch"] = json!(9);
+        ok["allocated"] = json!([[1, 1, 3, 7], [2, 1, 1, 4]]);
+        ok["shipments"] = json!([[1, [[1, 3]]], [2, [[1, 1]]]]);
+        push(7, "ok", ok);
+        push(8, "invoke", ask("n2", 2));
+        push(8, "info", ask("n2", 2));
+        let i = events.len() as u64;
+        for (n, kind, value) in [(0, "invoke", Value::Null), (1, "ok", final_read)] {
+            events.push(Event {
+                index: i + n,
+                time_ns: i + n,
+                process: Process::Client(6),
+                kind: serde_json::from_value(json!(kind)).unwrap(),
+                f: "final-read".into(),
+                value,
+                key: None,
+            });
+        }
+        events
+    }
+
+    fn counts(events: &[Event]) -> BTreeMap<&'static str, usize> {
+        check(events, &pair(events).unwrap()).unwrap().counts
+    }
+
+    #[test]
+    fn a_split_order_takes_all_its_shipments_or_none() {
+        // n1's both shipments taken (dc 1: 10 - 3 - 3, dc 2: 5 - 1 - 1); n2 did not commit.
+        let lines = json!({"o1": [[1, 1, 3], [2, 1, 1]], "n1": [[1, 1, 3], [2, 1, 1]]});
+        let all = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 3]],
+                                     "orders": ["o1", "n1"], "order_lines": lines}));
+        let report = check(&all, &pair(&all).unwrap()).unwrap();
+        assert!(report.counts.is_empty(), "{:?}", report.anomalies);
+        assert_eq!(report.nearby.stats.get("nearby-split"), Some(&1));
+        assert_eq!(report.nearby.stats.get("nearby-info"), Some(&1));
+        // Only dc 1's shipment reached the stock: dc 2 is a unit short of the order's effect.
+        let some = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 4]],
+                                      "orders": ["o1", "n1"], "order_lines": lines}));
+        let a = anomalies(&some);
+        assert!(
+            a.iter()
+                .any(|a| a.contains("dc 2 sku 1: final stock 4, expected 3")),
+            "{a:?}"
+        );
+        // Neither: the order is missing, and its units are back.
+        let none = with_nearby(json!({"stock": [[1, 1, 7], [2, 1, 4]], "orders": ["o1"],
+                                      "order_lines": {"o1": [[1, 1, 3], [2, 1, 1]]}}));
+        let c = counts(&none);
+        assert_eq!(c.get("lost-order"), Some(&1), "{c:?}");
+        // The final read listing other lines than the answer named.
+        let moved = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 3]],
+                                       "orders": ["o1", "n1"],
+                                       "order_lines": {"o1": [[1, 1, 3], [2, 1, 1]],
+                                                       "n1": [[1, 1, 4]]}}));
+        let c = counts(&moved);
+        assert_eq!(c.get("order-lines-mismatch"), Some(&1), "{c:?}");
+        // The same order twice in the final orders.
+        let twice = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 3]],
+                                       "orders": ["o1", "n1", "n1"], "order_lines": lines}));
+        assert_eq!(counts(&twice).get("duplicate-order"), Some(&1));
+    }
+
+    #[test]
+    fn a_nearby_order_of_unknown_outcome_counts_with_the_lines_the_final_read_gives_it() {
+        // n2 committed, from dc 2 and dc 3 (a row the dataset did not start with).
+        let lines = json!({"o1": [[1, 1, 3], [2, 1, 1]], "n1": [[1, 1, 3], [2, 1, 1]],
+                           "n2": [[2, 1, 1], [3, 1, 1]]});
+        let h = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 2], [3, 1, -1]],
+                                   "orders": ["o1", "n1", "n2"], "order_lines": lines}));
+        let report = check(&h, &pair(&h).unwrap()).unwrap();
+        assert_eq!(
+            report.counts.keys().copied().collect::<Vec<_>>(),
+            ["negative-read"],
+            "only dc 3's row below zero: {:?}",
+            report.anomalies
+        );
+        assert_eq!(report.nearby.stats.get("nearby-info-committed"), Some(&1));
+        assert_eq!(report.nearby.stats.get("nearby-split"), Some(&2));
+        // Without its lines, the rows it could have taken from are not checked, not guessed.
+        let h = with_nearby(json!({"stock": [[1, 1, 4], [2, 1, 2], [3, 1, 0]],
+                                   "orders": ["o1", "n1", "n2"]}));
+        let report = check(&h, &pair(&h).unwrap()).unwrap();
+        assert!(report.counts.is_empty(), "{:?}", report.anomalies);
+        assert_eq!(report.unchecked.len(), 3, "{:?}", report.unchecked);
+        // Lines that break what it asked: a store outside the radius, three stores for
+        // max_dcs 2, three units for two.
+        let lines = json!({"o1": [[1, 1, 3], [2, 1, 1]], "n1": [[1, 1, 3], [2, 1, 1]],
+                           "n2": [[4, 1, 1], [2, 1, 1], [3, 1, 1]]});
+        let stock = json!([[1, 1, 4], [2, 1, 2], [3, 1, -1], [4, 1, -1]]);
+        let h = with_nearby(json!({"stock": stock, "orders": ["o1", "n1", "n2"],
+                                   "order_lines": lines}));
+        let c = counts(&h);
+        for kind in [
+            "nearby-outside-radius",
+            "nearby-too-many-dcs",
+            "nearby-wrong-units",
+        ] {
+            assert_eq!(c.get(kind), Some(&1), "{kind}: {c:?}");
+        }
     }
 }

@@ -13,8 +13,9 @@
 //! (SIGSTOP one node or the leader, then SIGCONT), `clock` (bumps and strobes of the nodes'
 //! sequencer clocks through the `--fault-injection` admin call), `membership` (remove a node,
 //! then add it back). Workloads: `register` and `append` over `Transact`; `inventory` (orders
-//! in one DC, several DCs of a region, or across regions; restocks; stock reads; and, for 40%
-//! of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]) and `bank`
+//! in one DC, several DCs of a region, or across regions, and a fifth of them nearby orders
+//! filled from the stores around a point: see [`crate::nearby`]; restocks; stock reads; and,
+//! for 40% of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]) and `bank`
 //! (transfers between DC rows; whole-snapshot reads of every row).
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use ordo_client::{v1, Client, Consistency, RetryPolicy};
 use serde_json::{json, Value};
 
 use crate::history::{Event, EventType, Process};
-use crate::{cart, checks};
+use crate::{cart, checks, nearby};
 
 #[derive(Clone, Debug)]
 pub struct RunOpts {
@@ -49,7 +50,8 @@ pub const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membersh
 /// Keys the register and append workloads use.
 const KEYS: u64 = 5;
 /// The inventory and bank dataset: (dc, region). Regions 0, 1, 2 are the three partitions,
-/// so DCs 1 and 4 share one (multi-DC orders) and the others are cross-region.
+/// so DCs 1 and 4 share one (multi-DC orders) and the others are cross-region. Where each
+/// stands is [`nearby::dc_location`]'s: a few km apart, so nearby orders split over them.
 const DCS: [(u32, u32); 4] = [(1, 0), (2, 1), (3, 2), (4, 0)];
 const SKUS: [u32; 2] = [1, 2];
 /// Initial units per (dc, sku): inventory (small, so orders run out and restocks matter)...
@@ -251,6 +253,8 @@ enum Call {
     ReadStock,
     /// A reservation operation ([`cart`]).
     Hold(cart::HoldCall),
+    /// An order filled from the stores near a point ([`nearby`]).
+    Nearby(nearby::NearbyCall),
     Transfer {
         request_id: String,
         sku: u32,
@@ -352,6 +356,16 @@ impl Generator {
                 }
             }
             "inventory" => match rng.below(10) {
+                0..=5 if rng.below(5) < nearby::NEARBY_ORDER_FIFTHS => {
+                    let request_id = self.request_id();
+                    let (value, call) = nearby::next(&mut self.rng, request_id, &SKUS);
+                    Op {
+                        f: "nearby-order",
+                        value,
+                        key: None,
+                        call: Call::Nearby(call),
+                    }
+                }
                 0..=5 => {
                     // One DC; two DCs of region 0 (one partition); or two regions.
                     let sku = *rng.pick(&SKUS);
@@ -557,6 +571,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
             Err(_) => (EventType::Fail, Value::Null),
         },
         Call::Hold(call) => cart::execute(client, call, &op.value).await,
+        Call::Nearby(call) => nearby::execute(client, call, &op.value).await,
     }
 }
 
@@ -840,12 +855,13 @@ async fn load_dataset(client: &Client, workload: &str) -> anyhow::Result<Value> 
         INVENTORY_STOCK
     };
     for &(dc, region) in &DCS {
+        let (lat, lon) = nearby::dc_location(dc);
         client
             .upsert_dc(v1::Dc {
                 dc_id: dc,
                 name: format!("DC {dc}"),
-                lat: 50.0 + dc as f64,
-                lon: 10.0,
+                lat,
+                lon,
                 region: Some(region),
                 active: true,
             })
@@ -917,12 +933,25 @@ async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::R
             let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
             let settle_ms = cart::settle(client, &dcs, &SKUS).await;
             let stock = retry_until(RECOVERY_TIMEOUT, || read_stock(client)).await?;
+            // Every committed order, and the lines each took: a nearby order's say which stores
+            // shipped it, also when its answer was lost.
             let mut orders = Vec::new();
+            let mut order_lines = serde_json::Map::new();
             let mut after = 0;
             loop {
                 let page =
                     retry_until(RECOVERY_TIMEOUT, || client.list_orders(after, LIST_PAGE)).await?;
-                orders.extend(page.orders.into_iter().map(|o| json!(o.request_id)));
+                for o in page.orders {
+                    let lines: Vec<Value> = o
+                        .lines
+                        .iter()
+                        .map(|l| json!([l.dc_id, l.sku, l.allocated]))
+                        .collect();
+                    order_lines
+                        .entry(o.request_id.clone())
+                        .or_insert(Value::Array(lines));
+                    orders.push(json!(o.request_id));
+                }
                 if page.next_after_order_id == 0 {
                     break;
                 }
@@ -935,8 +964,8 @@ async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::R
                 process,
                 EventType::Ok,
                 "final-read",
-                json!({"stock": stock, "orders": orders, "holds": holds, "listed": listed,
-                       "settle_ms": settle_ms}),
+                json!({"stock": stock, "orders": orders, "order_lines": order_lines,
+                       "holds": holds, "listed": listed, "settle_ms": settle_ms}),
             );
         }
         _ => {}

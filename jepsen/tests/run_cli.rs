@@ -1,6 +1,6 @@
 //! `ordo-jepsen run` end to end, without root: a 3-node cluster of real `ordo` processes under
 //! the kill and clock nemeses, the bank workload, and under clock faults the inventory workload
-//! with its reservations; then what the run directory holds.
+//! with its reservations and nearby orders; then what the run directory holds.
 //! (Partitions need root and iptables; `.ci/run` runs them.)
 
 use std::path::PathBuf;
@@ -104,7 +104,7 @@ fn a_bank_run_under_kills_and_clock_faults_checks_out_and_writes_its_report() {
 }
 
 #[test]
-fn an_inventory_run_with_reservations_checks_out_and_reads_every_hold() {
+fn an_inventory_run_with_holds_and_nearby_orders_checks_out_and_reads_them_all() {
     let _serial = one_at_a_time();
     let out = tempfile::tempdir().unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
@@ -148,6 +148,14 @@ fn an_inventory_run_with_reservations_checks_out_and_reads_every_hold() {
         results["op_counts"]["reserve"]["ok"].as_u64().unwrap() > 0,
         "{results:#}"
     );
+    // Nearby orders committed, and the checker counted them.
+    assert!(
+        results["op_counts"]["nearby-order"]["ok"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{results:#}"
+    );
     // Every hold the run made ended, and the checker says how.
     let stats = &results["checker_stats"];
     let ended: u64 = ["holds-confirmed", "holds-cancelled", "holds-expired"]
@@ -174,4 +182,29 @@ fn an_inventory_run_with_reservations_checks_out_and_reads_every_hold() {
         holds.iter().all(|h| h["status"] != "not-found"),
         "{final_read:#}"
     );
+    // It gives every committed order its lines: an acknowledged nearby order's are the stores
+    // its answer named.
+    let order_lines = &final_read["value"]["order_lines"];
+    let mut nearby = 0;
+    for e in history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["f"] == "nearby-order" && e["type"] == "ok")
+    {
+        let listed = &order_lines[e["value"]["request_id"].as_str().unwrap()];
+        let dcs = |rows: &serde_json::Value| -> Vec<u64> {
+            let mut dcs: Vec<u64> = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r[0].as_u64().unwrap())
+                .collect();
+            dcs.sort();
+            dcs.dedup();
+            dcs
+        };
+        assert_eq!(dcs(listed), dcs(&e["value"]["allocated"]), "{e:#}");
+        nearby += 1;
+    }
+    assert!(nearby > 0);
 }
