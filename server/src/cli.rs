@@ -22,6 +22,14 @@ pub struct Output {
     pub is_error: bool,
 }
 
+/// The wire mode of `--partial`.
+pub fn mode(partial: bool) -> i32 {
+    match partial {
+        true => v1::OrderMode::Partial as i32,
+        false => v1::OrderMode::AllOrNothing as i32,
+    }
+}
+
 pub fn parse_line(s: &str) -> Result<Line, String> {
     let parts: Vec<&str> = s.split(':').collect();
     let [dc, sku, qty] = parts.as_slice() else {
@@ -99,11 +107,7 @@ pub async fn order(
     let request = v1::PlaceOrderRequest {
         request_id: request_id.unwrap_or_default(),
         lines: lines.into_iter().map(Into::into).collect(),
-        mode: if partial {
-            v1::OrderMode::Partial
-        } else {
-            v1::OrderMode::AllOrNothing
-        } as i32,
+        mode: mode(partial),
         user: user.unwrap_or_default(),
     };
     Ok(order_output(&client.place_order_request(request).await?))

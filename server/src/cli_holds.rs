@@ -203,11 +203,7 @@ pub async fn run(command: HoldCommand) -> ExitCode {
                 lon,
                 radius_m,
                 lines: items,
-                mode: if partial {
-                    v1::OrderMode::Partial
-                } else {
-                    v1::OrderMode::AllOrNothing
-                } as i32,
+                mode: cli::mode(partial),
                 ttl_s,
                 ..Default::default()
             };

@@ -407,11 +407,7 @@ async fn main() -> ExitCode {
                         _ => ordo_client::v1::FillPolicy::FewestDcs,
                     } as i32,
                     max_dcs,
-                    mode: if partial {
-                        ordo_client::v1::OrderMode::Partial
-                    } else {
-                        ordo_client::v1::OrderMode::AllOrNothing
-                    } as i32,
+                    mode: cli::mode(partial),
                 };
                 run_client(conn, |c| async move {
                     Ok(cli_geo::nearby_order_output(
