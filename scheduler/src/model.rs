@@ -635,6 +635,9 @@ pub mod keys {
         k
     }
 
+    /// A stock key's first bytes name its DC: the rows of one DC, grouped in memory.
+    pub const STOCK_GROUP_BYTES: usize = 5;
+
     pub fn stock(dc: u32, sku: u32) -> Vec<u8> {
         let mut k = vec![STOCK];
         k.extend_from_slice(&dc.to_be_bytes());

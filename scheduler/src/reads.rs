@@ -91,6 +91,8 @@ pub fn stock(store: &Store, dc: &DcRecord, sku: u32) -> Result<StockRecord, Read
 /// and whether each partition has dead holds left to sweep are looked up once, not per row.
 pub struct Stocks<'a> {
     store: &'a Store,
+    /// Stock rows are read through one take of the store's resident lock.
+    rows: ordo_storage::Reader<'a>,
     now_ms: u64,
     /// Per partition: whether its earliest unswept hold is dead at `now_ms`.
     backlog: BTreeMap<Part, bool>,
@@ -100,6 +102,7 @@ impl<'a> Stocks<'a> {
     pub fn new(store: &'a Store) -> Self {
         Self {
             store,
+            rows: store.reader(),
             now_ms: store.applied_time_ms(),
             backlog: BTreeMap::new(),
         }
@@ -108,10 +111,13 @@ impl<'a> Stocks<'a> {
     pub fn get(&mut self, dc: &DcRecord, sku: u32) -> Result<StockRecord, ReadError> {
         let store = self.store;
         let part = part_of(store, dc);
-        let stored = get(store, part, &keys::stock(dc.dc, sku), || {
-            format!("stock dc {} sku {sku}", dc.dc)
-        })?
-        .unwrap_or_default();
+        let stored = match self.rows.get(part, &keys::stock(dc.dc, sku))? {
+            Some(bytes) => decode(&bytes).map_err(|e| ReadError::Corrupt {
+                what: format!("stock dc {} sku {sku}", dc.dc),
+                detail: e.to_string(),
+            })?,
+            None => StockRecord::default(),
+        };
         let backlog = match self.backlog.get(&part) {
             Some(&b) => b,
             None => {

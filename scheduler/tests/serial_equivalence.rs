@@ -974,6 +974,12 @@ fn run_case(seed: u64, jitter: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     // DCs spread over 4 regions, executed on 3 partitions.
     let store = Store::open(dir.path(), 3).unwrap();
+    // Under perturbed timing, stock rows are read from the store's resident copy.
+    if jitter.is_some() {
+        store
+            .keep_resident(&[keys::STOCK], keys::STOCK_GROUP_BYTES)
+            .unwrap();
+    }
     // A small sweep bound, so holds are often dead and not swept yet.
     let cfg = ExecConfig {
         timing_jitter_seed: jitter,

@@ -24,11 +24,16 @@
 //! marker written before that transaction and removed by it tells [`Store::open`] that an
 //! import was interrupted ([`Store::import_interrupted`]); the caller finishes it by importing
 //! the same snapshot again.
+//!
+//! Resident keys: [`Store::keep_resident`] keeps every region key under one prefix (the
+//! scheduler's stock rows) in memory beside sled, loaded once and then changed by every commit
+//! and import in the same critical section as sled, so a point read of such a key is a hash
+//! lookup that answers exactly what sled would.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -134,6 +139,118 @@ pub struct Store {
     /// snapshot import: caches built from the global tables (the edge's nearby index) rebuild
     /// when it moves. Not persisted; it starts at 1 when the store opens.
     global_version: AtomicU64,
+    /// The region keys kept in memory ([`Store::keep_resident`]); `None` until asked. A commit
+    /// holds it for writing from its sled transaction until the copy matches, so a read sees
+    /// a key before or after a commit, as a sled read does.
+    resident: RwLock<Option<Resident>>,
+    /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
+    resident_prefix: OnceLock<Vec<u8>>,
+}
+
+/// Point reads that take the resident lock once for many keys ([`Store::reader`]). Hold it
+/// briefly: commits wait for it. Read resident keys through it, never through [`Store::get`]
+/// while it lives (a second read lock on the same thread may wait for a waiting commit).
+pub struct Reader<'a> {
+    store: &'a Store,
+    resident: Option<RwLockReadGuard<'a, Option<Resident>>>,
+}
+
+impl Reader<'_> {
+    pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        if let (Part::Region(n), Some(resident)) = (part, &self.resident) {
+            if let Some(hit) = resident.as_ref().and_then(|r| r.get(n, key)) {
+                return Ok(hit);
+            }
+        }
+        Ok(self.store.tree(part)?.get(key)?)
+    }
+}
+
+/// Resident keys are at most this long past their group (packed inline); longer ones stay in
+/// sled only.
+const RESIDENT_KEY_BYTES_MAX: usize = 16;
+
+/// A key part packed inline: its bytes as one big-endian integer, and its length (keys of
+/// other lengths with the same leading bytes stay apart). One integer compare per step.
+type PackedKey = (u128, u8);
+
+fn pack(key: &[u8]) -> Option<PackedKey> {
+    let mut bytes = [0u8; RESIDENT_KEY_BYTES_MAX];
+    bytes.get_mut(..key.len())?.copy_from_slice(key);
+    Some((u128::from_be_bytes(bytes), key.len() as u8))
+}
+
+/// Every region key under `prefix`, by partition, grouped by their first `group` bytes (the
+/// stock rows of one DC): keys read together sit together in memory.
+struct Resident {
+    prefix: Vec<u8>,
+    group: usize,
+    maps: Vec<HashMap<PackedKey, BTreeMap<PackedKey, IVec>>>,
+}
+
+impl Resident {
+    fn load(prefix: &[u8], group: usize, regions: &[Tree]) -> Result<Resident, StoreError> {
+        let mut resident = Resident {
+            prefix: prefix.to_vec(),
+            group,
+            maps: vec![HashMap::new(); regions.len()],
+        };
+        for (n, tree) in regions.iter().enumerate() {
+            for pair in tree.scan_prefix(prefix) {
+                let (key, value) = pair?;
+                resident.set(n as u32, &key, Some(&value));
+            }
+        }
+        Ok(resident)
+    }
+
+    /// A resident key's group and the rest of it; `None` for any other key.
+    fn split(&self, key: &[u8]) -> Option<(PackedKey, PackedKey)> {
+        if !key.starts_with(&self.prefix) || key.len() < self.group {
+            return None;
+        }
+        let (group, rest) = key.split_at(self.group);
+        Some((pack(group)?, pack(rest)?))
+    }
+
+    /// `None` when the key is not resident (another prefix, too long): read sled.
+    fn get(&self, region: u32, key: &[u8]) -> Option<Option<IVec>> {
+        let (group, rest) = self.split(key)?;
+        let map = self.maps.get(region as usize)?;
+        Some(map.get(&group).and_then(|rows| rows.get(&rest)).cloned())
+    }
+
+    fn set(&mut self, region: u32, key: &[u8], value: Option<&[u8]>) {
+        let Some((group, rest)) = self.split(key) else {
+            return;
+        };
+        let Some(map) = self.maps.get_mut(region as usize) else {
+            return;
+        };
+        match value {
+            Some(value) => {
+                map.entry(group)
+                    .or_default()
+                    .insert(rest, IVec::from(value));
+            }
+            None => {
+                if let Some(rows) = map.get_mut(&group) {
+                    rows.remove(&rest);
+                    if rows.is_empty() {
+                        map.remove(&group);
+                    }
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.maps
+            .iter()
+            .flat_map(HashMap::values)
+            .map(BTreeMap::len)
+            .sum()
+    }
 }
 
 /// What commits record while an export runs.
@@ -262,6 +379,8 @@ impl Store {
             import_interrupted: AtomicBool::new(import_interrupted),
             capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
             global_version: AtomicU64::new(1),
+            resident: RwLock::new(None),
+            resident_prefix: OnceLock::new(),
         })
     }
 
@@ -323,7 +442,44 @@ impl Store {
     }
 
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        let resident = matches!(part, Part::Region(_))
+            && self
+                .resident_prefix
+                .get()
+                .is_some_and(|prefix| key.starts_with(prefix));
+        if resident {
+            return self.reader().get(part, key);
+        }
         Ok(self.tree(part)?.get(key)?)
+    }
+
+    /// Many point reads under one take of the resident lock (none when nothing is resident).
+    pub fn reader(&self) -> Reader<'_> {
+        Reader {
+            store: self,
+            resident: self
+                .resident_prefix
+                .get()
+                .map(|_| self.resident.read().expect("resident lock")),
+        }
+    }
+
+    /// Keeps every region key under `prefix` in memory from now on, grouped by its first
+    /// `group` bytes (at most 16, and at most 16 more), so [`Store::get`] answers them without
+    /// reaching sled; returns how many there are. Costs a scan of those keys now, and memory for
+    /// each (about 80 bytes a key with a small value).
+    pub fn keep_resident(&self, prefix: &[u8], group: usize) -> Result<usize, StoreError> {
+        let _gate = self.gate.write().expect("epoch gate");
+        if self.resident_prefix.get_or_init(|| prefix.to_vec()) != prefix {
+            return Err(StoreError::Config(format!(
+                "keys under {:?} are resident already; one prefix per store",
+                self.resident_prefix.get()
+            )));
+        }
+        let loaded = Resident::load(prefix, group, &self.regions)?;
+        let count = loaded.len();
+        *self.resident.write().expect("resident lock") = Some(loaded);
+        Ok(count)
     }
 
     /// Key/value pairs under `prefix`, in key order, at most `limit` of them.
@@ -449,18 +605,29 @@ impl Store {
             }
         }
         let touches_global = commit.writes.contains_key(&Part::Global);
-        for (part, writes) in commit.writes {
+        for (part, writes) in &commit.writes {
             let mut batch = sled::Batch::default();
             for (key, value) in writes {
                 match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
+                    Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                    None => batch.remove(key.as_slice()),
                 }
             }
-            trees.push(self.tree(part)?);
+            trees.push(self.tree(*part)?);
             batches.push(batch);
         }
+        let mut resident = self.resident.write().expect("resident lock");
         apply_atomically(&trees, &batches, "epoch commit")?;
+        if let Some(resident) = resident.as_mut() {
+            for (part, writes) in &commit.writes {
+                if let Part::Region(n) = part {
+                    for (key, value) in writes {
+                        resident.set(*n, key, value.as_deref());
+                    }
+                }
+            }
+        }
+        drop(resident);
         if touches_global {
             self.global_version.fetch_add(1, Ordering::SeqCst);
         }
@@ -614,7 +781,17 @@ impl Store {
         // import is done exactly when this transaction is.
         batches[META_TREE].remove(META_IMPORTING);
         let trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
+        let mut resident = self.resident.write().expect("resident lock");
         apply_atomically(&trees, &batches, "snapshot import")?;
+        if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
+            // Loading again failing leaves reads to sled rather than to a stale copy.
+            *resident = Resident::load(&prefix, group, &self.regions)
+                .inspect_err(
+                    |e| tracing::warn!(error = %e, "resident keys dropped after an import"),
+                )
+                .ok();
+        }
+        drop(resident);
         self.db.flush()?;
         *self.applied.lock().expect("applied lock") = match self.meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
@@ -775,5 +952,50 @@ mod tests {
         assert_eq!(exported_at, store.applied());
         assert_eq!(exported_at.epoch, 3);
         assert_eq!(trees, store.dump_trees().expect("dump"));
+    }
+
+    #[test]
+    fn resident_keys_answer_what_sled_holds_through_commits_and_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded_store(dir.path());
+        // `k` keys are resident; `kkkkkkkkkkkkkkkkkk` is too long to be and stays in sled.
+        assert_eq!(store.keep_resident(b"k", 1).unwrap(), 3);
+        let long = "k".repeat(20);
+        let mut epoch = 1;
+        let check = |store: &Store| {
+            for part in [Part::Region(0), Part::Region(1), Part::Global] {
+                for key in ["k1", "k2", "k3", "k4", "x1", "dc-1", long.as_str()] {
+                    let sled = store.tree(part).unwrap().get(key).unwrap();
+                    assert_eq!(
+                        store.get(part, key.as_bytes()).unwrap(),
+                        sled,
+                        "{part} {key}"
+                    );
+                }
+            }
+        };
+        check(&store);
+        for writes in [
+            vec![put("k1", "b"), del("k2"), put("k4", "c"), put("x1", "d")],
+            vec![put("k2", "e"), put(&long, "f"), del("k4")],
+            vec![del("k1"), del("k3"), del(&long)],
+        ] {
+            epoch += 1;
+            commit(&store, epoch, vec![(Part::Region(1), writes.clone())]);
+            epoch += 1;
+            commit(&store, epoch, vec![(Part::Region(0), writes)]);
+            check(&store);
+        }
+        // An import makes the resident keys the snapshot's.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = seeded_store(other_dir.path());
+        let (_, snapshot) = other.export_snapshot().unwrap();
+        store.import_snapshot(&snapshot).unwrap();
+        check(&store);
+        assert_eq!(
+            store.get(Part::Region(0), b"k1").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(store.get(Part::Region(0), b"k4").unwrap(), None);
     }
 }

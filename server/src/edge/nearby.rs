@@ -153,12 +153,21 @@ impl OrdoService {
         let (epoch, dcs, items) = store.consistent(|epoch| {
             let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
             let mut stocks = reads::Stocks::new(store);
-            let mut items = Vec::with_capacity(r.skus.len());
-            for &sku in &r.skus {
-                let mut rows = Vec::with_capacity(dcs.len());
-                for (dc, distance_m) in &dcs {
-                    let stock = stocks.get(dc, sku).map_err(internal)?;
-                    rows.push(v1::NearbyDcAvailability {
+            let mut items: Vec<v1::NearbySkuAvailability> = r
+                .skus
+                .iter()
+                .map(|&sku| v1::NearbySkuAvailability {
+                    sku,
+                    available_total: 0,
+                    dcs: Vec::with_capacity(dcs.len()),
+                })
+                .collect();
+            // Store by store: one store's rows sit together in memory.
+            for (dc, distance_m) in &dcs {
+                for item in &mut items {
+                    let stock = stocks.get(dc, item.sku).map_err(internal)?;
+                    item.available_total += stock.available();
+                    item.dcs.push(v1::NearbyDcAvailability {
                         dc_id: dc.dc,
                         distance_m: *distance_m,
                         on_hand: stock.on_hand,
@@ -166,11 +175,6 @@ impl OrdoService {
                         available: stock.available(),
                     });
                 }
-                items.push(v1::NearbySkuAvailability {
-                    sku,
-                    available_total: rows.iter().map(|d| d.available).sum(),
-                    dcs: rows,
-                });
             }
             Ok::<_, Status>((epoch, dcs, items))
         })?;
