@@ -6,9 +6,13 @@
 //! the same seed, prints one table and writes `results.json`, `results.md` and PNG plots.
 //! `--workload cart` runs reservations (hold, then confirm, cancel or let lapse) against Ordo
 //! and the PostgreSQL and Redis hold designs, with its own check (`cart/`).
+//! `--workload browse-nearby` and `order-nearby` run "near me" (availability over the dark
+//! stores around a user, orders filled from them) against Ordo's nearby API and the PostgreSQL
+//! and Redis geo designs, with their own checks (`nearby/`).
 
 mod cart;
 mod check;
+mod nearby;
 mod report;
 mod runner;
 mod servers;
@@ -26,6 +30,9 @@ use runner::{LoopMode, RunConfig, RunResult};
 use servers::Server;
 use targets::Target;
 use workload::{WorkloadKind, WorkloadSpec};
+
+/// (DC, SKU) pairs of a nearby dataset, at most (160 MB of initial units in the harness).
+const NEARBY_PAIRS_MAX: u64 = 20_000_000;
 
 #[derive(Parser)]
 #[command(
@@ -64,7 +71,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct Knobs {
-    /// flash-sale, hot-items, uniform, multi-dc, browse or cart.
+    /// flash-sale, hot-items, uniform, multi-dc, browse, cart, browse-nearby (availability of
+    /// 20 SKUs over the dark stores within 5 km of a user) or order-nearby (orders of 1-3
+    /// zipf-hot SKUs filled FEWEST_DCS from at most 3 of those stores).
     #[arg(long)]
     workload: WorkloadKind,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.
@@ -84,10 +93,24 @@ struct Knobs {
     /// Orders per PlaceOrders call for the -batch targets.
     #[arg(long, default_value_t = 100)]
     batch: usize,
-    /// Initial stock of every (dc, sku) [default: 10000 for flash-sale, 1000000 otherwise]
+    /// Initial stock of every (dc, sku) [default: 10000 for flash-sale, 1000000 otherwise];
+    /// browse-nearby, order-nearby: the most units of a stocked (dc, sku), each drawn from
+    /// 1..=stock [default: 100 for browse-nearby, 10 for order-nearby]
     #[arg(long)]
     stock: Option<i64>,
-    /// Zipf exponent for hot-items (0 < theta < 1).
+    /// browse-nearby, order-nearby: dark stores, dealt in turn to 12 cities and spread within
+    /// 10 km of each centre.
+    #[arg(long, default_value_t = nearby::NearbyKnobs::default().dcs)]
+    dcs: u32,
+    /// browse-nearby, order-nearby: SKUs in the catalogue; each store stocks a random 20%.
+    #[arg(long, default_value_t = nearby::NearbyKnobs::default().skus)]
+    skus: u32,
+    /// browse-nearby, order-nearby: how PostgreSQL finds the stores: auto (PostGIS when the
+    /// extension is installed), postgis, or plain (a btree on (lat, lon), a bounding box and
+    /// the haversine in SQL).
+    #[arg(long, default_value = "auto")]
+    pg_geo: nearby::PgGeo,
+    /// Zipf exponent for hot-items, cart and order-nearby (0 < theta < 1).
     #[arg(long, default_value_t = 0.99)]
     theta: f64,
     /// multi-dc: the fraction of orders whose DCs span regions.
@@ -146,11 +169,28 @@ impl Knobs {
             (0.0..=1.0).contains(&self.late_confirms),
             "--late-confirms must be in [0, 1]"
         );
-        if self.workload == WorkloadKind::Cart {
+        if self.workload == WorkloadKind::Cart || self.workload.is_nearby() {
             anyhow::ensure!(
                 self.rate.is_none(),
-                "the cart workload runs a closed loop only (drop --rate)"
+                "the {} workload runs a closed loop only (drop --rate)",
+                self.workload
             );
+        }
+        anyhow::ensure!(
+            self.dcs >= 1 && self.dcs <= 1_000_000,
+            "--dcs must be 1..=1000000"
+        );
+        // The harness keeps every (dc, sku) pair's initial units in memory, 8 bytes each.
+        anyhow::ensure!(
+            u64::from(self.dcs) * u64::from(self.skus) <= NEARBY_PAIRS_MAX,
+            "--dcs times --skus must be at most {NEARBY_PAIRS_MAX}"
+        );
+        anyhow::ensure!(
+            self.skus >= 20 && self.skus <= 1_000,
+            "--skus must be 20..=1000 (a browse asks 20 distinct SKUs; Ordo reads 1,000 at most)"
+        );
+        if let (true, Some(stock)) = (self.workload.is_nearby(), self.stock) {
+            anyhow::ensure!(stock >= 1, "--stock must be at least 1");
         }
         Ok(())
     }
@@ -179,6 +219,12 @@ impl Knobs {
                 ttl_s: self.ttl_s,
                 late_confirm_share: self.late_confirms,
             },
+            nearby: nearby::NearbyKnobs {
+                dcs: self.dcs,
+                skus: self.skus,
+                stock_max: self.stock,
+                pg_geo: self.pg_geo,
+            },
         }
     }
 
@@ -197,6 +243,15 @@ impl Knobs {
     }
 }
 
+/// Which targets a workload with its own adapters can run (`None`: every target).
+fn own_targets(workload: WorkloadKind) -> Option<fn(Target) -> Result<(), String>> {
+    match workload {
+        WorkloadKind::Cart => Some(cart::supported),
+        w if w.is_nearby() => Some(nearby::supported),
+        _ => None,
+    }
+}
+
 async fn run_one(knobs: &Knobs, target: Target) -> anyhow::Result<RunResult> {
     let cfg = knobs.config(target);
     let ordo_bin = if target.is_ordo() {
@@ -204,15 +259,18 @@ async fn run_one(knobs: &Knobs, target: Target) -> anyhow::Result<RunResult> {
     } else {
         PathBuf::new()
     };
-    if knobs.workload == WorkloadKind::Cart {
-        cart::supported(target)
-            .map_err(|why| anyhow::anyhow!("{target} cannot run the cart workload: {why}"))?;
+    if let Some(supported) = own_targets(knobs.workload) {
+        supported(target).map_err(|why| {
+            anyhow::anyhow!("{target} cannot run the {} workload: {why}", knobs.workload)
+        })?;
     }
     let server = Server::start(target, &ordo_bin, knobs.partitions)
         .await
         .with_context(|| format!("starting {target}"))?;
     let run = if knobs.workload == WorkloadKind::Cart {
         cart::run(&server, &cfg).await
+    } else if knobs.workload.is_nearby() {
+        nearby::run(&server, &cfg).await
     } else {
         runner::run(&server, &cfg).await
     };
@@ -255,16 +313,17 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
         Command::Compare { targets, knobs } => {
             knobs.validate()?;
             anyhow::ensure!(!targets.is_empty(), "--targets is empty");
-            let targets = if knobs.workload == WorkloadKind::Cart {
-                // Targets without a cart design are skipped, each with the reason; the
-                // others still run.
-                let (runnable, skipped) = cart::split_targets(&targets);
+            let targets = if let Some(supported) = own_targets(knobs.workload) {
+                // Targets without a design for the workload are skipped, each with the
+                // reason; the others still run.
+                let (runnable, skipped) = targets::split_targets(&targets, supported);
                 for (target, why) in &skipped {
                     eprintln!("skipping {target}: {why}");
                 }
                 anyhow::ensure!(
                     !runnable.is_empty(),
-                    "none of --targets can run the cart workload (ordo-1, ordo-3, postgres, redis, redis-everysec can)"
+                    "none of --targets can run the {} workload (ordo-1, ordo-3, postgres, redis, redis-everysec can)",
+                    knobs.workload
                 );
                 runnable
             } else {
@@ -286,8 +345,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                         )
                     })
                     .unwrap_or_default();
+                let nearby = result
+                    .nearby
+                    .as_ref()
+                    .map(|n| {
+                        format!(
+                            ", {:.0} µs server CPU/op, {} committed, {} rejected",
+                            n.server_cpu_us_per_op, n.committed, n.rejected
+                        )
+                    })
+                    .unwrap_or_default();
                 eprintln!(
-                    "{target}: {:.0} ops/s, p99 {:.2} ms{carts}, check {}",
+                    "{target}: {:.0} ops/s, p99 {:.2} ms{carts}{nearby}, check {}",
                     result.throughput_ops_s,
                     result.latency_us.p99 as f64 / 1000.0,
                     if result.check.ok { "ok" } else { "FAILED" }

@@ -72,6 +72,83 @@ pub fn table(runs: &[RunResult]) -> String {
         out.push('\n');
         out.push_str(&cart_table(runs));
     }
+    if runs.iter().any(|r| r.nearby.is_some()) {
+        out.push('\n');
+        out.push_str(&nearby_table(runs));
+    }
+    out
+}
+
+/// The nearby workloads' table: server CPU per operation, each target's throughput over
+/// PostgreSQL's and Redis's from the same run, and the orders committed and rejected.
+pub fn nearby_table(runs: &[RunResult]) -> String {
+    let rate_of = |name: &str| {
+        runs.iter()
+            .find(|r| r.target == name)
+            .map(|r| r.throughput_ops_s)
+    };
+    let ratio = |ops: f64, base: Option<f64>| match base {
+        Some(base) if base > 0.0 => format!("{:.2}×", ops / base),
+        _ => "-".into(),
+    };
+    let (postgres, redis) = (rate_of("postgres"), rate_of("redis"));
+    let mut out = String::from(
+        "| target | workload | ops/s | p50 ms | p99 ms | server CPU µs/op | harness CPU µs/op | ÷ postgres | ÷ redis | stores per answer | committed (per s) | rejected | check |\n",
+    );
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in runs {
+        let Some(n) = &r.nearby else { continue };
+        let (answers, committed, rejected) = if r.workload == "browse-nearby" {
+            (
+                format!("{:.1}", n.dcs_per_answer_mean),
+                "-".into(),
+                "-".into(),
+            )
+        } else {
+            (
+                "-".into(),
+                format!("{} ({:.0})", n.committed, n.committed_s),
+                n.rejected.to_string(),
+            )
+        };
+        let check = if r.check.ok {
+            if r.workload == "browse-nearby" {
+                format!("ok ({} answers verified)", n.answers_verified)
+            } else {
+                format!(
+                    "ok ({} units sold = {} decremented, {} rows < 0)",
+                    n.units_sold, n.units_decremented, n.rows_negative
+                )
+            }
+        } else {
+            format!(
+                "FAILED: {}",
+                r.check.problems.first().cloned().unwrap_or_default()
+            )
+        };
+        let errors = r.check.errors.values().sum::<u64>();
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {}{} |\n",
+            r.target,
+            r.workload,
+            r.throughput_ops_s,
+            r.latency_us.p50 as f64 / 1000.0,
+            r.latency_us.p99 as f64 / 1000.0,
+            n.server_cpu_us_per_op,
+            n.harness_cpu_us_per_op,
+            ratio(r.throughput_ops_s, postgres),
+            ratio(r.throughput_ops_s, redis),
+            answers,
+            committed,
+            rejected,
+            check,
+            if errors > 0 {
+                format!(", {errors} errors")
+            } else {
+                String::new()
+            }
+        ));
+    }
     out
 }
 

@@ -39,6 +39,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// The cart workload's TTL and late confirms (ignored by the order workloads).
     pub cart: crate::cart::CartKnobs,
+    /// The nearby workloads' dataset and PostgreSQL design (ignored by the others).
+    pub nearby: crate::nearby::NearbyKnobs,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -80,6 +82,10 @@ pub struct RunResult {
     /// path's work); absent for the order workloads.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cart: Option<crate::cart::CartReport>,
+    /// The nearby workloads' figures (dataset, server CPU per operation, committed orders);
+    /// absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nearby: Option<crate::nearby::NearbyReport>,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -328,6 +334,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         check,
         timeline: timing.timeline(),
         cart: None,
+        nearby: None,
     })
 }
 

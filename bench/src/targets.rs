@@ -87,6 +87,23 @@ impl FromStr for Target {
     }
 }
 
+/// The targets of a compare that can run a workload (`supported` says why not), and the
+/// others with the reason.
+pub fn split_targets(
+    targets: &[Target],
+    supported: fn(Target) -> Result<(), String>,
+) -> (Vec<Target>, Vec<(Target, String)>) {
+    let mut runnable = Vec::new();
+    let mut skipped = Vec::new();
+    for &t in targets {
+        match supported(t) {
+            Ok(()) => runnable.push(t),
+            Err(why) => skipped.push((t, why)),
+        }
+    }
+    (runnable, skipped)
+}
+
 /// What one operation came to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {

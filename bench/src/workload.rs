@@ -30,6 +30,17 @@ pub enum WorkloadKind {
     /// Carts: reserve 1-3 zipf-hot lines with a short TTL, then confirm, cancel or let the
     /// hold lapse (`crate::cart`).
     Cart,
+    /// Availability of 20 SKUs over the dark stores near a user (`crate::nearby`).
+    BrowseNearby,
+    /// Orders of 1-3 zipf-hot SKUs filled from the stores near a user (`crate::nearby`).
+    OrderNearby,
+}
+
+impl WorkloadKind {
+    /// The workloads with their own runner and dataset (`crate::nearby`).
+    pub fn is_nearby(self) -> bool {
+        matches!(self, WorkloadKind::BrowseNearby | WorkloadKind::OrderNearby)
+    }
 }
 
 impl FromStr for WorkloadKind {
@@ -42,9 +53,12 @@ impl FromStr for WorkloadKind {
             "multi-dc" => WorkloadKind::MultiDc,
             "browse" => WorkloadKind::Browse,
             "cart" => WorkloadKind::Cart,
+            "browse-nearby" => WorkloadKind::BrowseNearby,
+            "order-nearby" => WorkloadKind::OrderNearby,
             other => {
                 return Err(format!(
-                    "unknown workload {other:?}: flash-sale, hot-items, uniform, multi-dc, browse or cart"
+                    "unknown workload {other:?}: flash-sale, hot-items, uniform, multi-dc, browse, \
+                     cart, browse-nearby or order-nearby"
                 ))
             }
         })
@@ -60,6 +74,8 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::MultiDc => "multi-dc",
             WorkloadKind::Browse => "browse",
             WorkloadKind::Cart => "cart",
+            WorkloadKind::BrowseNearby => "browse-nearby",
+            WorkloadKind::OrderNearby => "order-nearby",
         })
     }
 }
@@ -303,6 +319,9 @@ impl Generator {
                 } else {
                     Op::Read(dc, sku)
                 }
+            }
+            WorkloadKind::BrowseNearby | WorkloadKind::OrderNearby => {
+                unreachable!("the nearby workloads draw their own operations (crate::nearby)")
             }
         }
     }

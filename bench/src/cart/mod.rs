@@ -265,6 +265,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         measured_ops,
         check,
         timeline: timing.timeline(),
+        nearby: None,
         cart: Some(CartReport {
             ttl_s: cfg.cart.ttl_s,
             late_confirm_share: cfg.cart.late_confirm_share,
@@ -419,17 +420,4 @@ fn record(hold: Hold, end: HoldEnd) -> HoldRecord {
         expires_at_us: hold.expires_at_us,
         end,
     }
-}
-
-/// The targets of a compare that can run carts, and the others with the reason.
-pub fn split_targets(targets: &[Target]) -> (Vec<Target>, Vec<(Target, String)>) {
-    let mut runnable = Vec::new();
-    let mut skipped = Vec::new();
-    for &t in targets {
-        match supported(t) {
-            Ok(()) => runnable.push(t),
-            Err(why) => skipped.push((t, why)),
-        }
-    }
-    (runnable, skipped)
 }
