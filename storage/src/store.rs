@@ -467,7 +467,7 @@ impl Store {
     /// Keeps every region key under `prefix` in memory from now on, grouped by its first
     /// `group` bytes (at most 16, and at most 16 more), so [`Store::get`] answers them without
     /// reaching sled; returns how many there are. Costs a scan of those keys now, and memory for
-    /// each (about 80 bytes a key with a small value).
+    /// each (well under 200 bytes a stock row).
     pub fn keep_resident(&self, prefix: &[u8], group: usize) -> Result<usize, StoreError> {
         let _gate = self.gate.write().expect("epoch gate");
         if self.resident_prefix.get_or_init(|| prefix.to_vec()) != prefix {
