@@ -4,7 +4,9 @@
 //!
 //! History shape (added to [`crate::inventory`]'s):
 //! - `f = "reserve"`: invoke `{"request_id", "lines": [[dc, sku, qty], ...], "ttl_s", "cart_id",
-//!   "partial"}`; `ok` adds `{"id", "expires_at_ms", "created_ms", "held": [[dc, sku, held]],
+//!   "partial"}`, or for a hold filled from nearby stores (`ReserveNearby`, one reserve in
+//!   four) `"items": [[sku, qty], ...]` and `"near": {"at", "lat", "lon", "radius_m"}` instead
+//!   of `"lines"` (the checker takes what a reserve holds from its answer either way); `ok` adds `{"id", "expires_at_ms", "created_ms", "held": [[dc, sku, held]],
 //!   "epoch"}` (the whole reservation as the answer left it: with a cart, earlier lines too);
 //!   `fail` adds `{"reason", "code"}` (rejected) or `{"error": "not-applied"}`.
 //! - `f = "confirm"`: invoke `{"request_id", "id"}`; `ok` adds `{"order_id", "epoch_time_ms",
@@ -89,6 +91,14 @@ pub(crate) enum Action {
         cart_id: String,
         partial: bool,
     },
+    /// `ReserveNearby`: `(sku, qty)` items from the stores near a point the server picks.
+    ReserveNearby {
+        items: Vec<(u32, i64)>,
+        near: (f64, f64, u32),
+        ttl_s: u32,
+        cart_id: String,
+        partial: bool,
+    },
     Confirm(u64),
     Cancel(u64),
     Extend {
@@ -134,15 +144,38 @@ pub(crate) fn next(
                 _ => format!("c{}", rng.below(CARTS)),
             };
             let partial = rng.below(4) == 0;
-            let value = json!({"request_id": request_id, "lines": lines, "ttl_s": ttl_s,
-                               "cart_id": cart_id, "partial": partial});
-            let action = Action::Reserve {
-                lines,
-                ttl_s,
-                cart_id,
-                partial,
-            };
-            ("reserve", value, action)
+            if rng.below(4) == 0 {
+                // The same SKUs and quantities, from whichever stores near a point have them.
+                let (at, lat, lon, radius_m) = crate::nearby::point(rng);
+                let mut items_distinct: Vec<(u32, i64)> = Vec::new();
+                for &(_, sku, qty) in &lines {
+                    if items_distinct.iter().all(|i| i.0 != sku) {
+                        items_distinct.push((sku, qty));
+                    }
+                }
+                let value = json!({"request_id": request_id, "items": items_distinct,
+                                   "near": {"at": at, "lat": lat, "lon": lon,
+                                            "radius_m": radius_m},
+                                   "ttl_s": ttl_s, "cart_id": cart_id, "partial": partial});
+                let action = Action::ReserveNearby {
+                    items: items_distinct,
+                    near: (lat, lon, radius_m),
+                    ttl_s,
+                    cart_id,
+                    partial,
+                };
+                ("reserve", value, action)
+            } else {
+                let value = json!({"request_id": request_id, "lines": lines, "ttl_s": ttl_s,
+                                   "cart_id": cart_id, "partial": partial});
+                let action = Action::Reserve {
+                    lines,
+                    ttl_s,
+                    cart_id,
+                    partial,
+                };
+                ("reserve", value, action)
+            }
         }
         Some(id) => match roll {
             10..=12 => (
@@ -225,6 +258,26 @@ pub(crate) async fn execute(
         ),
         false => (EventType::Info, invoke.clone()),
     };
+    // A reserve's answer, whichever kind: what it holds now, or why it holds nothing.
+    let reserved = |answer: Result<v1::Reservation, ordo_client::Error>| match answer {
+        Ok(r) if r.status() == v1::ReservationStatus::Live && r.reservation_id > 0 => {
+            call.holds.add(r.reservation_id);
+            let extra = json!({"id": r.reservation_id, "expires_at_ms": r.expires_at_ms,
+                               "created_ms": r.created_ms, "held": held(&r),
+                               "epoch": r.epoch});
+            (EventType::Ok, with(invoke, extra))
+        }
+        Ok(r) if r.status() == v1::ReservationStatus::Rejected => {
+            let extra = json!({"reason": r.reason, "code": code_name(&r.rejection)});
+            (EventType::Fail, with(invoke, extra))
+        }
+        // A reserve answered with anything else says nothing definite.
+        Ok(r) => (
+            EventType::Info,
+            with(invoke, json!({"unexpected": status_name(r.status())})),
+        ),
+        Err(e) => error(e),
+    };
     // A refused cancel or extend: the hold is over (or unknown), and says how.
     let refused = |r: &v1::Reservation| {
         let extra = json!({"status": status_name(r.status()), "reason": r.reason,
@@ -250,25 +303,36 @@ pub(crate) async fn execute(
                 request_id,
                 ..Reserve::new(&lines)
             };
-            match client.reserve(reserve).await {
-                Ok(r) if r.status() == v1::ReservationStatus::Live && r.reservation_id > 0 => {
-                    call.holds.add(r.reservation_id);
-                    let extra = json!({"id": r.reservation_id, "expires_at_ms": r.expires_at_ms,
-                                       "created_ms": r.created_ms, "held": held(&r),
-                                       "epoch": r.epoch});
-                    (EventType::Ok, with(invoke, extra))
-                }
-                Ok(r) if r.status() == v1::ReservationStatus::Rejected => {
-                    let extra = json!({"reason": r.reason, "code": code_name(&r.rejection)});
-                    (EventType::Fail, with(invoke, extra))
-                }
-                // A reserve answered with anything else says nothing definite.
-                Ok(r) => (
-                    EventType::Info,
-                    with(invoke, json!({"unexpected": status_name(r.status())})),
-                ),
-                Err(e) => error(e),
-            }
+            reserved(client.reserve(reserve).await)
+        }
+        Action::ReserveNearby {
+            items,
+            near: (lat, lon, radius_m),
+            ttl_s,
+            cart_id,
+            partial,
+        } => {
+            let request = v1::ReserveNearbyRequest {
+                request_id: call.request_id.clone(),
+                cart_id: cart_id.clone(),
+                user: USER.into(),
+                lat: *lat,
+                lon: *lon,
+                radius_m: *radius_m,
+                lines: items
+                    .iter()
+                    .map(|&(sku, qty)| v1::ItemQty { sku, qty })
+                    .collect(),
+                mode: if *partial {
+                    v1::OrderMode::Partial
+                } else {
+                    v1::OrderMode::AllOrNothing
+                } as i32,
+                ttl_s: *ttl_s,
+                ..Default::default()
+            };
+            let answer = client.reserve_nearby(request).await;
+            reserved(answer.map(|r| r.reservation.unwrap_or_default()))
         }
         Action::Confirm(id) => match client.confirm_reservation(*id, &[], request_id).await {
             Ok(r) => {

@@ -89,6 +89,11 @@ fn candidates(lat: f64, lon: f64, radius_m: u32) -> Vec<u32> {
     near.into_iter().map(|(_, dc)| dc).collect()
 }
 
+/// A point nearby orders and holds go to: `(name, lat, lon, radius_m)`.
+pub(crate) fn point(rng: &mut Rng) -> (&'static str, f64, f64, u32) {
+    *rng.pick(&POINTS)
+}
+
 /// One nearby order, as it goes to the server (its request id kept across retries).
 pub(crate) struct NearbyCall {
     request: v1::PlaceOrderNearbyRequest,
@@ -97,7 +102,7 @@ pub(crate) struct NearbyCall {
 /// The next nearby order: `(invoke value, call)`. One or two SKUs, 1 to [`QTY_MAX`] units
 /// each, either policy, `max_dcs` 1 to [`MAX_DCS_MAX`], a quarter of them PARTIAL.
 pub(crate) fn next(rng: &mut Rng, request_id: String, skus: &[u32]) -> (Value, NearbyCall) {
-    let &(at, lat, lon, radius_m) = rng.pick(&POINTS);
+    let (at, lat, lon, radius_m) = point(rng);
     let mut lines = vec![(*rng.pick(skus), 1 + rng.below(QTY_MAX) as i64)];
     if rng.below(3) == 0 {
         let sku = *rng.pick(skus);

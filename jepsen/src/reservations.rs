@@ -251,6 +251,9 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
                 _ => "info",
             };
             report.count(format!("{}-{outcome}", op.f));
+            if op.invoke_value.get("near").is_some() {
+                report.count(format!("{}-nearby-{outcome}", op.f));
+            }
         }
         match op.f.as_str() {
             "reserve" => {

@@ -164,6 +164,11 @@ fn an_inventory_run_with_holds_and_nearby_orders_checks_out_and_reads_them_all()
         .sum();
     assert!(ended > 0, "{results:#}");
     assert!(stats["holds-live"].is_null(), "{results:#}");
+    // Holds filled from nearby stores (ReserveNearby) were made and checked like the others.
+    assert!(
+        stats["reserve-nearby-ok"].as_u64().unwrap_or(0) > 0,
+        "{results:#}"
+    );
 
     // The final read has every hold the history names, read by id (holds of reserves whose
     // answer was lost are found by listing, and counted too).

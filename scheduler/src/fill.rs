@@ -47,11 +47,15 @@ pub(crate) fn fill(
             while taken.len() < max_dcs && remaining.iter().any(|&r| r > 0) {
                 // The store that gives the most of what is missing; the nearer on a tie.
                 let mut best: Option<(usize, i64)> = None;
-                for at in 0..from.len() {
+                for (at, &dc) in from.iter().enumerate() {
                     if taken.iter().any(|(t, _)| *t == at) {
                         continue;
                     }
-                    let units: i64 = gives(at, &remaining).iter().sum();
+                    let units: i64 = lines
+                        .iter()
+                        .zip(&remaining)
+                        .map(|(l, &r)| r.min(available(dc, l.sku)))
+                        .sum();
                     if units > 0 && best.is_none_or(|(_, b)| units > b) {
                         best = Some((at, units));
                     }

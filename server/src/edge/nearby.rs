@@ -70,7 +70,9 @@ fn nearby_dc(dc: &DcRecord, distance_m: u64) -> v1::NearbyDc {
 impl OrdoService {
     /// The nearby index of the DC table as the store holds it now; rebuilt when the global
     /// tables moved since it was built. Call inside [`Store::consistent`] to pair it with the
-    /// rows read there.
+    /// rows read there, and once before it: a rebuild then happens outside the epoch gate
+    /// (commits wait for the gate), and the call inside finds it built unless a DC changed in
+    /// between.
     pub(super) fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
         let version = store.global_version();
         if let Some(index) = self.nearby.read().expect("nearby lock").as_ref() {
@@ -108,6 +110,7 @@ impl OrdoService {
         let limit = limit(r.limit, NEARBY_DCS_DEFAULT, NEARBY_DCS_MAX, field)?;
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
+        self.nearby_index(store)?;
         let (epoch, dcs) = store.consistent(|epoch| {
             self.nearby_dcs(store, at, radius_m, limit)
                 .map(|dcs| (epoch, dcs))
@@ -149,6 +152,7 @@ impl OrdoService {
         }
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
+        self.nearby_index(store)?;
         // The DCs and every row from one epoch.
         let (epoch, dcs, items) = store.consistent(|epoch| {
             let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;

@@ -24,7 +24,8 @@ const SEARCH_SCAN_MAX: usize = 2_000;
 
 impl OrdoService {
     /// The catalogue's search index as the store holds it now; rebuilt when the global tables
-    /// moved since it was built.
+    /// moved since it was built (like [`OrdoService::nearby_index`], call it once outside the
+    /// epoch gate first).
     fn search_index(&self, store: &Store) -> Result<Arc<SearchIndex>, Status> {
         let version = store.global_version();
         if let Some(index) = self.search.read().expect("search lock").as_ref() {
@@ -72,11 +73,24 @@ impl OrdoService {
         };
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
+        // Build the indexes and match the query outside the epoch gate (commits wait for it);
+        // inside, the same index is used again unless the catalogue changed in between.
+        let query = |e: String| Status::invalid_argument(format!("{field}: {e}"));
+        let warm = self.search_index(store)?;
+        let warm_hits = warm.search(&r.query).map_err(query)?;
+        if near.is_some() {
+            self.nearby_index(store)?;
+        }
         store.consistent(|epoch| {
             let index = self.search_index(store)?;
-            let hits = index
-                .search(&r.query)
-                .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
+            let fresh;
+            let hits = match Arc::ptr_eq(&index, &warm) {
+                true => &warm_hits,
+                false => {
+                    fresh = index.search(&r.query).map_err(query)?;
+                    &fresh
+                }
+            };
             let start = after.map_or(0, |after| hits.partition_point(|(rank, _)| *rank <= after));
             let stores = match near {
                 Some((at, radius_m)) => self.nearby_dcs(store, at, radius_m, SEARCH_STORES_MAX)?,

@@ -214,7 +214,7 @@ impl OrdoService {
             return Err(reused(&result, "this nearby reservation"));
         };
         // What this request held: its lines' rows, as the reservation now holds them.
-        let held: Vec<LineAlloc> = match (reservation, rejection) {
+        let mut held: Vec<LineAlloc> = match (reservation, rejection) {
             (Some(record), None) => record
                 .lines
                 .iter()
@@ -229,7 +229,6 @@ impl OrdoService {
                 .collect(),
             _ => Vec::new(),
         };
-        let mut held = held;
         held.sort_by_key(|h| h.dc);
         Ok(Response::new(v1::ReserveNearbyResponse {
             reservation: Some(convert::reservation(
