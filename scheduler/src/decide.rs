@@ -283,7 +283,7 @@ pub(crate) fn decide(
             stock,
             reads,
         ),
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } => Err(
+        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::SetPrices(_) => Err(
             ExecError::Invariant("global transaction in a partition executor".into()),
         ),
     }

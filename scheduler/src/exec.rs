@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ordo_storage::{Part, Store, StoreError, Write};
 
+use crate::feed::{Event, PriceChange};
 use crate::holds::{self, HoldError, View};
 use crate::model::*;
 use crate::partition::run_segment;
@@ -46,6 +47,9 @@ pub struct ExecConfig {
     /// How long a reservation's record is kept after its life cap (for `GetReservation`),
     /// in sequencer milliseconds.
     pub reservation_retention_ms: u64,
+    /// How long an item's price history keeps an entry, in sequencer milliseconds after it
+    /// was set. Old entries are dropped when the item's price is set again.
+    pub price_history_ms: u64,
     /// Test hook: when set, partition executors sleep for pseudo-random microseconds (seeded by
     /// this value) between steps. It changes thread timing only, never results or writes.
     pub timing_jitter_seed: Option<u64>,
@@ -59,6 +63,7 @@ impl Default for ExecConfig {
             dedupe_prune_max: 1024,
             expiry_per_epoch_max: 10_000,
             reservation_retention_ms: 24 * 60 * 60 * 1000,
+            price_history_ms: 90 * 24 * 60 * 60 * 1000,
             timing_jitter_seed: None,
         }
     }
@@ -99,6 +104,8 @@ pub struct EpochOutput {
     pub writes: BTreeMap<Part, Vec<Write>>,
     /// One result per transaction, in batch order.
     pub results: Vec<TxnResult>,
+    /// The epoch's change events, in order (see [`crate::feed`]).
+    pub events: Vec<Event>,
 }
 
 /// Executes one epoch against `store` (which holds the state after the previous epoch).
@@ -141,7 +148,15 @@ pub fn execute_epoch(
     let mut start = 0;
     while start < txns.len() {
         if txns[start].op.is_global() {
-            let result = run_global(store, &mut overlays, epoch, time_ms, start, &txns[start])?;
+            let result = run_global(
+                store,
+                cfg,
+                &mut overlays,
+                epoch,
+                time_ms,
+                start,
+                &txns[start],
+            )?;
             results[start] = Some(result);
             start += 1;
             continue;
@@ -171,6 +186,7 @@ pub fn execute_epoch(
     let mut output = EpochOutput {
         writes: BTreeMap::new(),
         results: Vec::with_capacity(txns.len()),
+        events: Vec::new(),
     };
     for (seq, result) in results.into_iter().enumerate() {
         let result = result.ok_or_else(|| {
@@ -190,6 +206,13 @@ pub fn execute_epoch(
             },
         });
     }
+    let mut events: Vec<(Option<usize>, Event)> = Vec::new();
+    for overlay in overlays.values_mut() {
+        events.append(&mut overlay.events);
+    }
+    // Stable: partitions in order, then each partition's events in the order they were made.
+    events.sort_by_key(|(seq, _)| *seq);
+    output.events = events.into_iter().map(|(_, event)| event).collect();
     for (part, overlay) in overlays {
         let writes = overlay.into_writes();
         if !writes.is_empty() {
@@ -206,6 +229,9 @@ pub fn execute_epoch(
 pub(crate) struct Overlay {
     /// Each written key's latest value and the transaction that wrote it last.
     current: BTreeMap<Vec<u8>, Pending>,
+    /// The change events made in this partition, with the log position of the transaction
+    /// that made each (`None`: the prologue), in the order they were made.
+    events: Vec<(Option<usize>, Event)>,
 }
 
 /// A key's pending value in an overlay.
@@ -261,6 +287,10 @@ impl Overlay {
 
     pub(crate) fn put(&mut self, seq: Option<usize>, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.current.insert(key, Pending { seq, value });
+    }
+
+    pub(crate) fn emit(&mut self, seq: Option<usize>, event: Event) {
+        self.events.push((seq, event));
     }
 
     /// The epoch's writes: the prologue's first, then by the log position of the transaction
@@ -405,6 +435,7 @@ pub(crate) fn dedupe_answer(txn: &Txn, record: DedupeRecord, epoch: u64) -> TxnR
 /// request id's home like every other transaction's (one namespace of request ids).
 fn run_global(
     store: &Store,
+    cfg: &ExecConfig,
     overlays: &mut BTreeMap<Part, Overlay>,
     epoch: u64,
     time_ms: u64,
@@ -451,13 +482,82 @@ fn run_global(
                     ),
                     _ => {
                         overlay.put(Some(seq), keys::dc(dc.dc), Some(encode(dc)));
+                        overlay.emit(Some(seq), Event::Dc(dc.clone()));
                         upserted(txn, epoch)
                     }
                 }
             }
             Op::UpsertItem(item) => {
+                let existing: Option<ItemRecord> =
+                    read_record(store, overlay, Part::Global, &keys::item(item.sku), || {
+                        format!("item {}", item.sku)
+                    })?;
                 overlay.put(Some(seq), keys::item(item.sku), Some(encode(item)));
+                overlay.emit(Some(seq), Event::Item(item.clone()));
+                if let Some(old) = existing.filter(|old| old.price_cents != item.price_cents) {
+                    let set = PriceSet {
+                        sku: item.sku,
+                        price_cents: item.price_cents,
+                        currency: String::new(),
+                    };
+                    let ctx = PriceCtx {
+                        store,
+                        cfg,
+                        epoch,
+                        time_ms,
+                        seq,
+                        request_id: &txn.request_id,
+                    };
+                    set_price(&ctx, overlay, &set, old.price_cents)?;
+                }
                 upserted(txn, epoch)
+            }
+            Op::SetPrices(prices) => {
+                let mut items = Vec::with_capacity(prices.len());
+                let mut unknown = None;
+                for set in prices {
+                    let item: Option<ItemRecord> =
+                        read_record(store, overlay, Part::Global, &keys::item(set.sku), || {
+                            format!("item {}", set.sku)
+                        })?;
+                    match item {
+                        Some(item) => items.push((set, item)),
+                        None => {
+                            unknown = Some(set.sku);
+                            break;
+                        }
+                    }
+                }
+                let rejection = unknown.map(|sku| Rejection {
+                    code: RejectCode::UnknownSku,
+                    dc: 0,
+                    sku,
+                    available: 0,
+                    requested: 0,
+                });
+                if rejection.is_none() {
+                    let ctx = PriceCtx {
+                        store,
+                        cfg,
+                        epoch,
+                        time_ms,
+                        seq,
+                        request_id: &txn.request_id,
+                    };
+                    for (set, item) in items {
+                        set_price(&ctx, overlay, set, item.price_cents)?;
+                        let item = ItemRecord {
+                            price_cents: set.price_cents,
+                            ..item
+                        };
+                        overlay.put(Some(seq), keys::item(set.sku), Some(encode(&item)));
+                    }
+                }
+                TxnResult {
+                    request_id: txn.request_id.clone(),
+                    epoch,
+                    outcome: Outcome::Priced { rejection },
+                }
             }
             Op::ClusterConfig { partitions } => {
                 let recorded: Option<ClusterRecord> =
@@ -501,6 +601,82 @@ fn run_global(
         remember(overlay, seq, time_ms, txn, &result);
     }
     Ok(result)
+}
+
+/// What a price change needs besides the price.
+struct PriceCtx<'a> {
+    store: &'a Store,
+    cfg: &'a ExecConfig,
+    epoch: u64,
+    time_ms: u64,
+    seq: usize,
+    request_id: &'a str,
+}
+
+/// At most this many expired entries of an item's price history are dropped each time its
+/// price is set (each set adds one, so the history never grows by more than its window holds).
+const PRICE_HISTORY_PRUNE_MAX: usize = 4;
+
+/// Records `set` as the item's current price and in its history (dropping history entries
+/// past the window), and emits the price event. The item record itself is the caller's.
+fn set_price(
+    ctx: &PriceCtx<'_>,
+    overlay: &mut Overlay,
+    set: &PriceSet,
+    before_cents: i64,
+) -> Result<(), ExecError> {
+    let sku = set.sku;
+    let previous: Option<PriceRecord> =
+        read_record(ctx.store, overlay, Part::Global, &keys::price(sku), || {
+            format!("price of sku {sku}")
+        })?;
+    let currency = match (set.currency.is_empty(), previous) {
+        (false, _) => set.currency.clone(),
+        (true, Some(previous)) => previous.currency,
+        (true, None) => String::new(),
+    };
+    let record = PriceRecord {
+        sku,
+        price_cents: set.price_cents,
+        currency: currency.clone(),
+        epoch: ctx.epoch,
+        time_ms: ctx.time_ms,
+        request_id: ctx.request_id.to_string(),
+    };
+    let cutoff_ms = ctx.time_ms.saturating_sub(ctx.cfg.price_history_ms);
+    let start = keys::price_history(sku, 0);
+    let end = keys::price_history(sku, ctx.epoch);
+    for (key, value) in overlay.range(
+        ctx.store,
+        Part::Global,
+        &start,
+        &end,
+        PRICE_HISTORY_PRUNE_MAX,
+    )? {
+        let old: PriceRecord =
+            decode(&value).map_err(|e| corrupt(format!("price history of sku {sku}"), e))?;
+        if old.time_ms >= cutoff_ms {
+            break;
+        }
+        overlay.put(Some(ctx.seq), key, None);
+    }
+    overlay.put(Some(ctx.seq), keys::price(sku), Some(encode(&record)));
+    overlay.put(
+        Some(ctx.seq),
+        keys::price_history(sku, ctx.epoch),
+        Some(encode(&record)),
+    );
+    overlay.emit(
+        Some(ctx.seq),
+        Event::Price(PriceChange {
+            sku,
+            before_cents,
+            after_cents: set.price_cents,
+            currency,
+            request_id: ctx.request_id.to_string(),
+        }),
+    );
+    Ok(())
 }
 
 /// Whether this replica's partition count is the cluster's.

@@ -14,6 +14,7 @@
 //! - `decide`: the pure decision every participant of a transaction computes;
 //!   `decide_holds` those of reservations; `fill` which nearby stores a split order takes from.
 //! - [`holds`]: reservation state behind one interface (keys, sweep order, dead holds).
+//! - [`feed`]: the change events each epoch emits beside its writes, for the Watch stream.
 //! - [`reads`]: point reads of applied state for the server edge.
 //! - [`validate`]: the one validator of a transaction's shape (edge, leader and execution).
 //!
@@ -23,6 +24,7 @@
 mod decide;
 mod decide_holds;
 pub mod exec;
+pub mod feed;
 mod fill;
 pub mod holds;
 pub mod lock;

@@ -103,6 +103,32 @@ pub enum Op {
         ttl_ms: u64,
         life_max_ms: u64,
     },
+    /// Sets the prices of SKUs, all or nothing (an unknown SKU refuses the whole batch): each
+    /// item's current price changes and its price history gains an entry.
+    SetPrices(Vec<PriceSet>),
+}
+
+/// One price a [`Op::SetPrices`] sets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceSet {
+    pub sku: u32,
+    pub price_cents: i64,
+    /// An ISO 4217 code (three capital letters), or empty: the item's current currency.
+    pub currency: String,
+}
+
+/// A price as set at an epoch: an item's current price ([`keys::price`]) and each entry of its
+/// history ([`keys::price_history`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriceRecord {
+    pub sku: u32,
+    pub price_cents: i64,
+    /// Empty when no currency was ever given.
+    pub currency: String,
+    pub epoch: u64,
+    pub time_ms: u64,
+    /// The request that set it.
+    pub request_id: String,
 }
 
 /// Units of a SKU from whichever nearby store has them.
@@ -203,7 +229,7 @@ impl Op {
     pub fn is_global(&self) -> bool {
         matches!(
             self,
-            Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. }
+            Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::SetPrices(_)
         )
     }
 }
@@ -380,6 +406,10 @@ pub enum Outcome {
         reservation: Option<ReservationRecord>,
         rejection: Option<Rejection>,
     },
+    /// Prices set (every one), or why none was.
+    Priced {
+        rejection: Option<Rejection>,
+    },
 }
 
 /// Why a transaction was refused outright.
@@ -403,7 +433,8 @@ impl Outcome {
             Outcome::Order { rejection, .. }
             | Outcome::Restock { rejection, .. }
             | Outcome::Transfer { rejection, .. }
-            | Outcome::Reservation { rejection, .. } => rejection.as_ref(),
+            | Outcome::Reservation { rejection, .. }
+            | Outcome::Priced { rejection } => rejection.as_ref(),
             Outcome::Upserted | Outcome::Kv { .. } | Outcome::Refused { .. } => None,
         }
     }
@@ -616,6 +647,23 @@ pub mod keys {
     pub const CART: u8 = b'C';
     pub const RESERVATION_BY_CART: u8 = b'K';
     pub const RESERVATION_BY_USER: u8 = b'u';
+    /// An item's current price (global partition): [`super::PriceRecord`].
+    pub const PRICE: u8 = b'p';
+    /// An item's price history (global partition): `h` + sku + epoch → [`super::PriceRecord`].
+    pub const PRICE_HISTORY: u8 = b'h';
+
+    pub fn price(sku: u32) -> Vec<u8> {
+        let mut k = vec![PRICE];
+        k.extend_from_slice(&sku.to_be_bytes());
+        k
+    }
+
+    pub fn price_history(sku: u32, epoch: u64) -> Vec<u8> {
+        let mut k = vec![PRICE_HISTORY];
+        k.extend_from_slice(&sku.to_be_bytes());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
 
     pub fn kv(key: &str) -> Vec<u8> {
         let mut k = vec![KV];

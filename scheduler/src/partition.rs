@@ -9,6 +9,7 @@ use ordo_storage::{Part, Store};
 
 use crate::decide::{decide, LocalReads};
 use crate::exec::{read_dedupe, read_record, remember, ExecConfig, ExecError, Layered, Overlay};
+use crate::feed::{self, Event, StockChange};
 use crate::holds;
 use crate::lock::{LockKey, LockManager};
 use crate::model::*;
@@ -320,7 +321,25 @@ fn run_partition(
                         on_hand: record.on_hand,
                         reserved: record.reserved + dead,
                     };
-                    overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&stored)));
+                    let key = keys::stock(dc, sku);
+                    let before: StockRecord = read_record(seg.store, overlay, part, &key, || {
+                        format!("stock dc {dc} sku {sku}")
+                    })?
+                    .unwrap_or_default();
+                    overlay.put(Some(seq), key, Some(encode(&stored)));
+                    let cause =
+                        feed::cause(&txn.op, &decision.result.outcome, decision.order.as_ref());
+                    overlay.emit(
+                        Some(seq),
+                        Event::Stock(StockChange {
+                            dc,
+                            sku,
+                            before,
+                            after: stored,
+                            cause,
+                            request_id: txn.request_id.clone(),
+                        }),
+                    );
                 }
             }
             for (write_part, key, value) in &decision.writes {
@@ -336,6 +355,14 @@ fn run_partition(
             if part == route.home {
                 if let Some(order) = &decision.order {
                     overlay.put(Some(seq), keys::order(order.order_id), Some(encode(order)));
+                    overlay.emit(Some(seq), Event::Order(order.clone()));
+                }
+                if decision.remember {
+                    if let Some(change) =
+                        feed::reservation_change(&txn.op, &decision.result.outcome)
+                    {
+                        overlay.emit(Some(seq), Event::Reservation(change));
+                    }
                 }
                 if decision.remember && route.dedupe {
                     remember(overlay, seq, seg.time_ms, txn, &decision.result);

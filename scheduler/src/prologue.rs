@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use ordo_storage::{Part, Store};
 
 use crate::exec::{corrupt, read_record, ExecConfig, ExecError, Layered, Overlay};
+use crate::feed::{Cause, Event, StockChange};
 use crate::holds;
 use crate::model::*;
 
@@ -86,6 +87,18 @@ pub(crate) fn sweep_holds(
             reserved,
         };
         overlay.put(None, stock_key, Some(encode(&next)));
+        let (_, reservation_id, _, _) = holds::key::parse_due(&due_key).unwrap_or_default();
+        overlay.emit(
+            None,
+            Event::Stock(StockChange {
+                dc,
+                sku,
+                before: row,
+                after: next,
+                cause: Cause::Expiry { reservation_id },
+                request_id: String::new(),
+            }),
+        );
         if let Some(row_key) = holds::row_key_of_due(&due_key) {
             overlay.put(None, row_key, None);
         }

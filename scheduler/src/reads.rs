@@ -77,6 +77,36 @@ pub fn items(store: &Store) -> Result<Vec<ItemRecord>, ReadError> {
 }
 
 /// The partition a DC's stock and orders live in.
+/// An item's current price as last set (`None`: never set; the item's `price_cents` stands).
+pub fn price(store: &Store, sku: u32) -> Result<Option<PriceRecord>, ReadError> {
+    get(store, Part::Global, &keys::price(sku), || {
+        format!("price of sku {sku}")
+    })
+}
+
+/// An item's price history, newest first, from epochs before `before_epoch` (0: from the
+/// newest), at most `limit`.
+pub fn price_history(
+    store: &Store,
+    sku: u32,
+    before_epoch: u64,
+    limit: usize,
+) -> Result<Vec<PriceRecord>, ReadError> {
+    let end = match before_epoch {
+        0 => keys::price_history(sku, u64::MAX),
+        e => keys::price_history(sku, e),
+    };
+    let start = keys::price_history(sku, 0);
+    let mut out = Vec::new();
+    for (key, value) in store.range_rev(Part::Global, &start, &end, limit)? {
+        out.push(decode(&value).map_err(|e| ReadError::Corrupt {
+            what: format!("price history at key {key:?}"),
+            detail: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
 pub fn part_of(store: &Store, dc: &DcRecord) -> Part {
     Part::Region(dc.region % store.partitions())
 }

@@ -43,6 +43,8 @@ pub const NEARBY_LINES_MAX: usize = 50;
 pub const NEARBY_CANDIDATES_MAX: usize = 50;
 /// The radius of a nearby request, in metres.
 pub const NEARBY_RADIUS_M_MAX: u32 = 1_000_000;
+/// Prices in one [`Op::SetPrices`].
+pub const PRICES_PER_TXN_MAX: usize = 1000;
 /// Latitude and longitude bounds, in micro-degrees.
 pub const LAT_E6_MAX: i32 = 90_000_000;
 pub const LON_E6_MAX: i32 = 180_000_000;
@@ -355,6 +357,29 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Op::SetPrices(prices) => {
+            if prices.is_empty() || prices.len() > PRICES_PER_TXN_MAX {
+                return Err(format!(
+                    "a price change sets 1 to {PRICES_PER_TXN_MAX} prices, not {}",
+                    prices.len()
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for (i, p) in prices.iter().enumerate() {
+                id_at_least_one("sku", p.sku).map_err(|e| format!("prices[{i}]: {e}"))?;
+                if !seen.insert(p.sku) {
+                    return Err(format!("prices[{i}]: sku {} appears twice", p.sku));
+                }
+                if !(0..=PRICE_CENTS_MAX).contains(&p.price_cents) {
+                    return Err(format!(
+                        "prices[{i}]: price_cents must be between 0 and {PRICE_CENTS_MAX}, not {}",
+                        p.price_cents
+                    ));
+                }
+                currency_ok(&p.currency).map_err(|e| format!("prices[{i}]: {e}"))?;
+            }
+            Ok(())
+        }
         Op::ClusterConfig { partitions } => match partitions {
             0 => Err("partitions must be at least 1".into()),
             _ => Ok(()),
@@ -372,6 +397,18 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             Ok(())
         }
     }
+}
+
+/// A currency is empty (the item's current one) or three capital ASCII letters (ISO 4217).
+pub fn currency_ok(currency: &str) -> Result<(), Invalid> {
+    if currency.is_empty()
+        || (currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase()))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "currency must be three capital letters (ISO 4217, such as INR or USD), not {currency:?}"
+    ))
 }
 
 #[cfg(test)]
@@ -417,6 +454,32 @@ mod tests {
         assert!(validate(&txn).unwrap_err().contains("reserved"));
         txn.op = Op::ClusterConfig { partitions: 3 };
         assert!(validate(&txn).is_ok());
+    }
+
+    #[test]
+    fn prices() {
+        let set = |sku, price_cents, currency: &str| PriceSet {
+            sku,
+            price_cents,
+            currency: currency.into(),
+        };
+        assert!(validate_op(&Op::SetPrices(vec![set(1, 100, "INR"), set(2, 0, "")])).is_ok());
+        assert!(validate_op(&Op::SetPrices(vec![])).is_err());
+        assert!(validate_op(&Op::SetPrices(vec![set(0, 100, "")])).is_err());
+        assert!(validate_op(&Op::SetPrices(vec![set(1, -1, "")])).is_err());
+        assert!(validate_op(&Op::SetPrices(vec![set(1, PRICE_CENTS_MAX + 1, "")])).is_err());
+        for bad in ["inr", "RUPEE", "I", "IN\u{c9}"] {
+            assert!(
+                validate_op(&Op::SetPrices(vec![set(1, 1, bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        let twice = validate_op(&Op::SetPrices(vec![set(3, 1, ""), set(3, 2, "")])).unwrap_err();
+        assert!(twice.contains("twice"), "{twice}");
+        let many = (1..=PRICES_PER_TXN_MAX as u32 + 1)
+            .map(|sku| set(sku, 1, ""))
+            .collect();
+        assert!(validate_op(&Op::SetPrices(many)).is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ impl Node {
                 }),
                 writes: out.writes,
                 raft_meta: Vec::new(),
+                feed: None,
             })
             .unwrap();
         out.results
@@ -475,6 +476,7 @@ fn run_at(node: &mut Node, time_ms: u64, txns: Vec<Txn>) -> Vec<TxnResult> {
             }),
             writes: out.writes,
             raft_meta: Vec::new(),
+            feed: None,
         })
         .unwrap();
     out.results

@@ -119,7 +119,27 @@ fn arbitrary_nearby(rng: &mut Rng) -> Nearby {
 }
 
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(14) {
+    match rng.below(15) {
+        14 => {
+            let n = match rng.below(6) {
+                0 => 0,
+                1 => 1001,
+                _ => rng.below(4) as usize + 1,
+            };
+            Op::SetPrices(
+                (0..n)
+                    .map(|_| PriceSet {
+                        sku: rng.u32(),
+                        price_cents: rng.i64(),
+                        currency: match rng.below(3) {
+                            0 => String::new(),
+                            1 => "INR".into(),
+                            _ => rng.string(),
+                        },
+                    })
+                    .collect(),
+            )
+        }
         12 => Op::PlaceOrderNearby {
             user: rng.string(),
             nearby: arbitrary_nearby(rng),
@@ -295,7 +315,7 @@ fn execute(
     log: &[(u64, Vec<Txn>)],
     jitter: Option<u64>,
     resident: bool,
-) -> (Vec<StateHash>, Vec<TxnResult>) {
+) -> (Vec<StateHash>, Vec<TxnResult>, Vec<feed::Event>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), PARTITIONS).unwrap();
     if resident {
@@ -309,6 +329,7 @@ fn execute(
     };
     let mut hashes = Vec::new();
     let mut results = Vec::new();
+    let mut events = Vec::new();
     for (i, (proposed_ms, txns)) in log.iter().enumerate() {
         let epoch = i as u64 + 1;
         let time_ms = epoch_time_ms(store.applied().time_ms, *proposed_ms);
@@ -321,10 +342,18 @@ fn execute(
                     stamp: Some(EpochStamp { epoch, time_ms }),
                     writes: out.writes,
                     raft_meta: Vec::new(),
+                    feed: Some(
+                        feed::EpochEvents {
+                            time_ms,
+                            events: out.events.clone(),
+                        }
+                        .encode(),
+                    ),
                 })
                 .unwrap_or_else(|e| panic!("epoch {epoch} could not commit: {e}")),
         );
         results.extend(out.results);
+        events.extend(out.events);
     }
     for n in 0..PARTITIONS {
         for (key, value) in store
@@ -343,20 +372,22 @@ fn execute(
             );
         }
     }
-    (hashes, results)
+    (hashes, results, events)
 }
 
 #[test]
 fn arbitrary_transactions_never_stop_execution_and_replay_identically() {
     for seed in 1..=24u64 {
         let log = log(seed);
-        let (hashes, results) = execute(&log, None, false);
-        // Again with stock rows read from memory: the same hashes, the same answers.
-        let (again, again_results) = execute(&log, (seed % 3 == 0).then_some(seed), true);
+        let (hashes, results, events) = execute(&log, None, false);
+        // Again with stock rows read from memory: the same hashes, answers and events.
+        let (again, again_results, again_events) =
+            execute(&log, (seed % 3 == 0).then_some(seed), true);
         assert_eq!(
             hashes, again,
             "seed {seed}: the same log gave other state hashes"
         );
         assert_eq!(results, again_results, "seed {seed}: other results");
+        assert_eq!(events, again_events, "seed {seed}: other change events");
     }
 }

@@ -44,6 +44,7 @@ impl Node {
                 }),
                 writes: out.writes,
                 raft_meta: Vec::new(),
+                feed: None,
             })
             .unwrap();
         out.results

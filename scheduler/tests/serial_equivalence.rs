@@ -6,9 +6,14 @@
 //! at random epoch times with a sweep bound small enough to leave dead holds unswept, orders and
 //! holds split across nearby stores (both fill policies, a shipment bound, candidates the
 //! global tables do not know, retries resolved against another candidate list), and
+//! price changes (global transactions that split an epoch into segments), and
 //! transactions only the internal path can deliver: inadmissible ones (zero or negative
 //! quantities, a transfer to the same DC, duplicate lines), ones naming unknown DCs or SKUs,
 //! and request ids reused for a different request.
+//!
+//! The change events of every epoch are checked beside it: replayed from empty rows, each stock
+//! event starts where the last one on its row ended (no gap, no duplicate) and the replay ends
+//! at the stored rows; each committed order appears once; prices replay to the catalogue's.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +31,8 @@ const SKUS: u32 = 4;
 #[derive(Default)]
 struct Model {
     stock: BTreeMap<(u32, u32), i64>,
+    /// Every known SKU's price.
+    prices: BTreeMap<u32, i64>,
     seen: BTreeMap<String, (Op, Outcome)>,
     holds: Holds,
 }
@@ -418,6 +425,25 @@ impl Model {
                 }
             }
             Op::ClusterConfig { .. } => Outcome::Upserted,
+            Op::SetPrices(prices) => {
+                match prices.iter().find(|p| !self.prices.contains_key(&p.sku)) {
+                    Some(unknown) => Outcome::Priced {
+                        rejection: Some(Rejection {
+                            code: RejectCode::UnknownSku,
+                            dc: 0,
+                            sku: unknown.sku,
+                            available: 0,
+                            requested: 0,
+                        }),
+                    },
+                    None => {
+                        for p in prices {
+                            self.prices.insert(p.sku, p.price_cents);
+                        }
+                        Outcome::Priced { rejection: None }
+                    }
+                }
+            }
             Op::Reserve { .. }
             | Op::ReserveNearby { .. }
             | Op::ConfirmReservation { .. }
@@ -892,6 +918,31 @@ fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
             op: Op::ClusterConfig { partitions: 3 },
         };
     }
+    if rng.below(40) == 0 {
+        let first = rng.below(SKUS as u64) as u32 + 1;
+        let mut prices = vec![PriceSet {
+            sku: first,
+            price_cents: rng.below(500) as i64,
+            currency: ["", "INR"][rng.below(2) as usize].into(),
+        }];
+        match rng.below(3) {
+            0 => prices.push(PriceSet {
+                sku: UNKNOWN,
+                price_cents: 1,
+                currency: String::new(),
+            }),
+            1 => prices.push(PriceSet {
+                sku: first % SKUS + 1,
+                price_cents: rng.below(500) as i64,
+                currency: String::new(),
+            }),
+            _ => {}
+        }
+        return Txn {
+            request_id: id,
+            op: Op::SetPrices(prices),
+        };
+    }
     let from_dc = rng.below(DCS as u64) as u32 + 1;
     let op = if rng.below(8) == 0 {
         Op::Transfer {
@@ -987,13 +1038,19 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         ..ExecConfig::default()
     };
     let mut model = Model::default();
-    let commit = |epoch: u64, time_ms: u64, txns: &[Txn]| {
+    for sku in 1..=SKUS {
+        model.prices.insert(sku, 1);
+    }
+    let mut feed = FeedReplay::default();
+    let mut commit = |epoch: u64, time_ms: u64, txns: &[Txn]| {
         let out = execute_epoch(&store, &cfg, epoch, time_ms, txns).unwrap();
+        feed.absorb(seed, epoch, &out.events, &out.results);
         store
             .commit(EpochCommit {
                 stamp: Some(EpochStamp { epoch, time_ms }),
                 writes: out.writes,
                 raft_meta: vec![],
+                feed: None,
             })
             .unwrap();
         out.results
@@ -1096,6 +1153,12 @@ fn run_case(seed: u64, jitter: Option<u64>) {
                         rejection: None, ..
                     },
                 ) => "cancelled",
+                (
+                    Op::SetPrices(_),
+                    Outcome::Priced {
+                        rejection: None, ..
+                    },
+                ) => "priced",
                 _ => match got.outcome.rejection().map(|r| r.code) {
                     Some(RejectCode::ReservationExpired) => "expired",
                     _ => "other",
@@ -1118,6 +1181,7 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         "split",
         "nearby-order",
         "nearby-held",
+        "priced",
     ] {
         assert!(
             seen_kinds.get(kind).copied().unwrap_or(0) >= 1,
@@ -1134,6 +1198,92 @@ fn run_case(seed: u64, jitter: Option<u64>) {
                 "seed {seed}: final stock dc {dc} sku {sku}"
             );
             assert!(got.on_hand >= 0 && got.reserved >= 0 && got.reserved <= got.on_hand);
+            let part = reads::part_of(&store, &record);
+            let stored: StockRecord = store
+                .get(part, &keys::stock(dc, sku))
+                .unwrap()
+                .map(|v| decode(&v).unwrap())
+                .unwrap_or_default();
+            assert_eq!(
+                feed.rows.get(&(dc, sku)).copied().unwrap_or_default(),
+                stored,
+                "seed {seed}: the stock events replay to the stored row dc {dc} sku {sku}"
+            );
+        }
+    }
+    for sku in 1..=SKUS {
+        let price = reads::item(&store, sku).unwrap().unwrap().price_cents;
+        assert_eq!(price, model.prices[&sku], "seed {seed}: price of sku {sku}");
+        assert_eq!(
+            feed.prices.get(&sku),
+            Some(&price),
+            "seed {seed}: price events"
+        );
+    }
+    assert_eq!(
+        feed.orders, feed.committed,
+        "seed {seed}: order events are the committed orders, once each"
+    );
+    assert!(
+        feed.causes.is_subset(&feed.orders),
+        "seed {seed}: stock changed for orders that were not committed"
+    );
+}
+
+/// The change events replayed: rows, prices and orders as the events say.
+#[derive(Default)]
+struct FeedReplay {
+    rows: BTreeMap<(u32, u32), StockRecord>,
+    prices: BTreeMap<u32, i64>,
+    orders: std::collections::BTreeSet<u64>,
+    /// Order ids in the results (a retry answers an existing one again).
+    committed: std::collections::BTreeSet<u64>,
+    /// Order ids named as the cause of a stock change.
+    causes: std::collections::BTreeSet<u64>,
+}
+
+impl FeedReplay {
+    fn absorb(&mut self, seed: u64, epoch: u64, events: &[feed::Event], results: &[TxnResult]) {
+        for event in events {
+            match event {
+                feed::Event::Stock(change) => {
+                    let row = self.rows.entry((change.dc, change.sku)).or_default();
+                    assert_eq!(
+                        *row, change.before,
+                        "seed {seed} epoch {epoch}: {change:?} does not start where the row's last event ended"
+                    );
+                    *row = change.after;
+                    if let feed::Cause::Order { order_id } | feed::Cause::Confirm { order_id, .. } =
+                        change.cause
+                    {
+                        self.causes.insert(order_id);
+                    }
+                }
+                feed::Event::Price(change) => {
+                    let before = self.prices.get(&change.sku).copied().unwrap_or(1);
+                    assert_eq!(before, change.before_cents, "seed {seed} epoch {epoch}");
+                    self.prices.insert(change.sku, change.after_cents);
+                }
+                feed::Event::Item(item) => {
+                    self.prices.insert(item.sku, item.price_cents);
+                }
+                feed::Event::Order(order) => {
+                    assert!(
+                        self.orders.insert(order.order_id),
+                        "seed {seed} epoch {epoch}: order {} twice in the feed",
+                        order.order_id
+                    );
+                }
+                feed::Event::Reservation(_) | feed::Event::Dc(_) => {}
+            }
+        }
+        for result in results {
+            if let Outcome::Order {
+                order_id: Some(id), ..
+            } = result.outcome
+            {
+                self.committed.insert(id);
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
+use ordo_scheduler::feed::EpochEvents;
 use ordo_scheduler::{epoch_time_ms, execute_epoch, ExecConfig};
 use ordo_storage::{EpochCommit, EpochStamp, Store};
 use serde::{Deserialize, Serialize};
@@ -169,11 +170,19 @@ impl StateMachine {
         let (txns, results) = tokio::task::spawn_blocking(move || {
             let output = execute_epoch(&store, &exec, epoch, time_ms, &batch.txns)
                 .map_err(|e| format!("executing epoch {epoch}: {e}"))?;
+            let feed = (!output.events.is_empty()).then(|| {
+                EpochEvents {
+                    time_ms,
+                    events: output.events,
+                }
+                .encode()
+            });
             store
                 .commit(EpochCommit {
                     stamp: Some(EpochStamp { epoch, time_ms }),
                     writes: output.writes,
                     raft_meta,
+                    feed,
                 })
                 .map_err(|e| format!("committing epoch {epoch}: {e}"))?;
             Ok::<_, String>((batch.txns, output.results))

@@ -219,6 +219,7 @@ fn export_of_a_small_store() -> Vec<u8> {
             }),
             writes,
             raft_meta: Vec::new(),
+            feed: None,
         })
         .unwrap();
     store.export_snapshot().unwrap().1

@@ -21,7 +21,9 @@ pub mod store;
 
 pub use hash::{hex, HashChain, StateHash};
 pub use raft_log::LogStore;
-pub use store::{Applied, EpochCommit, EpochStamp, Part, Reader, Store, Write};
+pub use store::{
+    Applied, EpochCommit, EpochStamp, FeedPage, FeedRetention, Part, Reader, Store, Write,
+};
 
 /// Errors from the partition stores. Any of them stops the node: a replica must never handle
 /// a storage failure differently from its peers.

@@ -25,6 +25,14 @@
 //! import was interrupted ([`Store::import_interrupted`]); the caller finishes it by importing
 //! the same snapshot again.
 //!
+//! The change feed: each epoch's change events (bytes the scheduler encodes) go in the `feed`
+//! tree, keyed by epoch, in the same transaction as the epoch's writes, and are read back by
+//! epoch range ([`Store::feed_read`]). The feed is not part of the state hash or of snapshots:
+//! how long it is kept ([`FeedRetention`]) is each node's choice. It is complete from
+//! [`Store::feed_start`] to the applied epoch; pruning moves the start in the same
+//! transaction that removes the entries, and a snapshot import empties the feed and starts it
+//! after the imported epoch, so the feed never holds a silent gap.
+//!
 //! Resident keys: [`Store::keep_resident`] keeps every region key under one prefix (the
 //! scheduler's stock rows) in memory beside sled, loaded once and then changed by every commit
 //! and import in the same critical section as sled, so a point read of such a key is a hash
@@ -70,6 +78,53 @@ pub struct EpochCommit {
     pub writes: BTreeMap<Part, Vec<Write>>,
     /// Opaque Raft metadata (last applied log id, membership) stored with the same commit.
     pub raft_meta: Vec<u8>,
+    /// The epoch's change events, encoded (`None`: it changed nothing a watcher sees).
+    pub feed: Option<Vec<u8>>,
+}
+
+/// How much of the change feed a node keeps: an epoch's events are dropped once they are more
+/// than `epochs` epochs old, or, oldest first, while the feed holds more than `bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedRetention {
+    pub epochs: u64,
+    pub bytes: u64,
+}
+
+impl Default for FeedRetention {
+    fn default() -> Self {
+        Self {
+            epochs: 1_000_000,
+            bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// At most this many feed entries are dropped by one commit (each commit adds at most one, so
+/// pruning keeps up; after the retention shrinks it catches up over a few commits).
+pub const FEED_PRUNE_PER_COMMIT_MAX: usize = 64;
+
+/// A read of the change feed ([`Store::feed_read`]).
+#[derive(Debug, Default)]
+pub struct FeedPage {
+    /// The oldest epoch whose events are kept. A read from before it returned nothing.
+    pub start: u64,
+    /// The epoch applied when the page was read.
+    pub applied: u64,
+    /// Every epoch from the read's `from` through this one is in `entries` or had no events.
+    /// Below `from - 1` when nothing newer was applied (or `from` is before `start`).
+    pub through: u64,
+    /// `(epoch, encoded events)` in epoch order.
+    pub entries: Vec<(u64, IVec)>,
+}
+
+/// Where the feed stands; changed under the epoch gate.
+#[derive(Clone, Copy, Debug, Default)]
+struct FeedState {
+    /// Every epoch from here to the applied one has its events in the feed (or had none).
+    start: u64,
+    /// Bytes of the values in the feed tree.
+    bytes: u64,
+    retention: FeedRetention,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +154,8 @@ pub const EXPORT_CAPTURE_KEYS_MAX: usize = 1_000_000;
 const META_APPLIED: &[u8] = b"applied";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
+/// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
+const META_FEED_START: &[u8] = b"feed_start";
 const SNAPSHOT_FORMAT: u32 = 1;
 
 /// Positions of the fixed trees in a snapshot's tree list; region `n` follows at
@@ -120,7 +177,7 @@ pub struct Store {
     /// Held for writing while an epoch commits or a snapshot is imported, and for reading by
     /// [`Store::consistent`] and briefly at the start and end of an export, so a multi-row
     /// read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`, then
-    /// `capture`.
+    /// `capture`, then `feed`, then `resident`.
     gate: RwLock<()>,
     /// The before-images of a running export; `None` when no export runs. Commits fill it, so
     /// the export can undo what they changed after the epoch it reflects.
@@ -145,6 +202,10 @@ pub struct Store {
     resident: RwLock<Option<Resident>>,
     /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
     resident_prefix: OnceLock<Vec<u8>>,
+    /// The change feed: epoch (big-endian) → that epoch's encoded events.
+    feed_tree: Tree,
+    /// The feed's start, size and retention.
+    feed: Mutex<FeedState>,
 }
 
 /// Point reads that take the resident lock once for many keys ([`Store::reader`]). Hold it
@@ -359,13 +420,27 @@ impl Store {
         let regions = (0..partitions)
             .map(|n| db.open_tree(Part::Region(n).to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        let applied = match meta.get(META_APPLIED)? {
+        let applied: Applied = match meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
             None => Applied {
                 chain: HashChain::new(partitions),
                 ..Applied::default()
             },
         };
+        let feed_tree = db.open_tree("feed")?;
+        let feed_start = match meta.get(META_FEED_START)? {
+            Some(bytes) => decode("feed start", &bytes)?,
+            None => {
+                // A store from before the feed: it starts with the next epoch.
+                let start = applied.epoch + 1;
+                meta.insert(META_FEED_START, encode(&start))?;
+                start
+            }
+        };
+        let mut feed_bytes = 0u64;
+        for kv in feed_tree.iter() {
+            feed_bytes += kv?.1.len() as u64;
+        }
         Ok(Self {
             hashes: db.open_tree("hashes")?,
             global: db.open_tree(Part::Global.to_string())?,
@@ -381,7 +456,72 @@ impl Store {
             global_version: AtomicU64::new(1),
             resident: RwLock::new(None),
             resident_prefix: OnceLock::new(),
+            feed_tree,
+            feed: Mutex::new(FeedState {
+                start: feed_start,
+                bytes: feed_bytes,
+                retention: FeedRetention::default(),
+            }),
         })
+    }
+
+    /// Sets how much of the change feed this node keeps (from the next commit on).
+    pub fn set_feed_retention(&self, retention: FeedRetention) {
+        self.feed.lock().expect("feed lock").retention = retention;
+    }
+
+    /// The oldest epoch whose events the feed keeps.
+    pub fn feed_start(&self) -> u64 {
+        self.feed.lock().expect("feed lock").start
+    }
+
+    /// Bytes of events the feed holds.
+    pub fn feed_bytes(&self) -> u64 {
+        self.feed.lock().expect("feed lock").bytes
+    }
+
+    /// The feed's entries from epoch `from` on, up to the applied epoch, at most `epochs_max`
+    /// entries and about `bytes_max` bytes (at least one entry when there is one). Read under
+    /// the epoch gate: the page is whole epochs, and nothing in it was pruned.
+    pub fn feed_read(
+        &self,
+        from: u64,
+        epochs_max: usize,
+        bytes_max: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let _gate = self.gate.read().expect("epoch gate");
+        let applied = self.applied_epoch();
+        let start = self.feed_start();
+        let from = from.max(1);
+        let mut page = FeedPage {
+            start,
+            applied,
+            through: from - 1,
+            entries: Vec::new(),
+        };
+        if from < start || from > applied {
+            return Ok(page);
+        }
+        page.through = applied;
+        let mut bytes = 0usize;
+        for kv in self.feed_tree.range(from.to_be_bytes()..) {
+            let (key, value) = kv?;
+            let epoch = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt(format!("feed key {key:?}")))?,
+            );
+            if epoch > applied {
+                break;
+            }
+            bytes += value.len();
+            page.entries.push((epoch, value));
+            if page.entries.len() >= epochs_max || bytes >= bytes_max {
+                page.through = epoch;
+                break;
+            }
+        }
+        Ok(page)
     }
 
     /// Whether a snapshot import was interrupted (by a crash) and not finished since. The store
@@ -511,6 +651,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Like [`Store::range`], in descending key order.
+    pub fn range_rev(
+        &self,
+        part: Part,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree(part)?.range(start..end).rev().take(limit) {
+            out.push(kv?);
+        }
+        Ok(out)
+    }
+
     /// Runs `read` with the applied epoch while no epoch commits: every row it reads is from
     /// that epoch (sled makes a commit atomic to crash recovery, not to concurrent readers).
     /// Commits wait for the read, so keep it short.
@@ -595,9 +750,22 @@ impl Store {
             }
         }
 
-        let mut trees: Vec<&Tree> = vec![&self.meta, &self.hashes];
-        let mut batches: Vec<sled::Batch> = vec![sled::Batch::default(), sled::Batch::default()];
-        batches[0].insert(META_APPLIED, encode(&next));
+        let mut meta_batch = sled::Batch::default();
+        let mut feed_batch = sled::Batch::default();
+        meta_batch.insert(META_APPLIED, encode(&next));
+        let mut feed = self.feed.lock().expect("feed lock");
+        let feed_next = match commit.stamp {
+            Some(stamp) => self.feed_commit(
+                &feed,
+                stamp.epoch,
+                commit.feed.as_deref(),
+                &mut meta_batch,
+                &mut feed_batch,
+            )?,
+            None => *feed,
+        };
+        let mut trees: Vec<&Tree> = vec![&self.meta, &self.hashes, &self.feed_tree];
+        let mut batches: Vec<sled::Batch> = vec![meta_batch, sled::Batch::default(), feed_batch];
         if let Some(stamp) = commit.stamp {
             batches[1].insert(&stamp.epoch.to_be_bytes(), encode(&next.state_hash));
             if stamp.epoch > HASH_WINDOW_EPOCHS {
@@ -628,12 +796,54 @@ impl Store {
             }
         }
         drop(resident);
+        *feed = feed_next;
+        drop(feed);
         if touches_global {
             self.global_version.fetch_add(1, Ordering::SeqCst);
         }
         let hash = next.state_hash;
         *applied = next;
         Ok(hash)
+    }
+
+    /// The feed's writes for epoch `epoch`: its entry, and the entries retention drops, with
+    /// the new start in `meta`. Runs under the epoch gate (nothing else changes the feed).
+    fn feed_commit(
+        &self,
+        feed: &FeedState,
+        epoch: u64,
+        entry: Option<&[u8]>,
+        meta: &mut sled::Batch,
+        batch: &mut sled::Batch,
+    ) -> Result<FeedState, StoreError> {
+        let mut next = *feed;
+        if let Some(entry) = entry {
+            batch.insert(&epoch.to_be_bytes(), entry);
+            next.bytes += entry.len() as u64;
+        }
+        let retention = feed.retention;
+        // Keep the newest `epochs` epochs, this one included.
+        let mut start = feed
+            .start
+            .max((epoch + 1).saturating_sub(retention.epochs.max(1)));
+        for kv in self.feed_tree.iter().take(FEED_PRUNE_PER_COMMIT_MAX) {
+            let (key, value) = kv?;
+            let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref()) else {
+                return Err(StoreError::Corrupt(format!("feed key {key:?}")));
+            };
+            let old = u64::from_be_bytes(bytes);
+            if old >= epoch || (old >= start && next.bytes <= retention.bytes) {
+                break;
+            }
+            batch.remove(key);
+            next.bytes = next.bytes.saturating_sub(value.len() as u64);
+            start = start.max(old + 1);
+        }
+        if start != feed.start {
+            meta.insert(META_FEED_START, encode(&start));
+            next.start = start;
+        }
+        Ok(next)
     }
 
     /// Asks sled to write its dirty pages out (`sync_file_range`; not an fsync).
@@ -685,7 +895,7 @@ impl Store {
             let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for kv in tree.iter() {
                 let (k, v) = kv?;
-                if id == META_TREE && k == META_IMPORTING {
+                if id == META_TREE && (k == META_IMPORTING || k == META_FEED_START) {
                     continue;
                 }
                 // sled's iterator resumes after the last key it returned, so concurrent
@@ -780,9 +990,31 @@ impl Store {
         // The diff removes the marker (no snapshot holds it); say so outright, last, so the
         // import is done exactly when this transaction is.
         batches[META_TREE].remove(META_IMPORTING);
-        let trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
+        // The feed restarts after the imported epoch: what this node kept before it may end
+        // before the snapshot's epoch, and a gap must never look like epochs without events.
+        let imported: Applied = match snapshot.trees[META_TREE]
+            .1
+            .iter()
+            .find(|(k, _)| k.as_slice() == META_APPLIED)
+        {
+            Some((_, bytes)) => decode("snapshot applied state", bytes)?,
+            None => Applied::default(),
+        };
+        let feed_start = imported.epoch + 1;
+        batches[META_TREE].insert(META_FEED_START, encode(&feed_start));
+        let mut feed_batch = sled::Batch::default();
+        for kv in self.feed_tree.iter() {
+            feed_batch.remove(kv?.0);
+        }
+        batches.push(feed_batch);
+        let mut trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
+        trees.push(&self.feed_tree);
+        let mut feed = self.feed.lock().expect("feed lock");
         let mut resident = self.resident.write().expect("resident lock");
         apply_atomically(&trees, &batches, "snapshot import")?;
+        feed.start = feed_start;
+        feed.bytes = 0;
+        drop(feed);
         if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
             // Loading again failing leaves reads to sled rather than to a stale copy.
             *resident = Resident::load(&prefix, group, &self.regions)
@@ -868,8 +1100,106 @@ mod tests {
                 }),
                 writes: writes.into_iter().collect(),
                 raft_meta: epoch.to_be_bytes().to_vec(),
+                feed: None,
             })
             .expect("commit");
+    }
+
+    fn commit_feed(store: &Store, epoch: u64, entry: Option<&str>) {
+        store
+            .commit(EpochCommit {
+                stamp: Some(EpochStamp {
+                    epoch,
+                    time_ms: epoch,
+                }),
+                feed: entry.map(|e| e.as_bytes().to_vec()),
+                ..EpochCommit::default()
+            })
+            .expect("commit");
+    }
+
+    fn feed_epochs(page: &FeedPage) -> Vec<u64> {
+        page.entries.iter().map(|(e, _)| *e).collect()
+    }
+
+    #[test]
+    fn the_feed_is_read_by_epoch_and_pruned_by_its_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        assert_eq!(store.feed_start(), 1);
+        store.set_feed_retention(FeedRetention {
+            epochs: 5,
+            bytes: 1 << 20,
+        });
+        for epoch in 1..=4 {
+            // Odd epochs have events, even ones none.
+            commit_feed(&store, epoch, (epoch % 2 == 1).then_some("ev"));
+        }
+        let page = store.feed_read(1, 100, 1 << 20).unwrap();
+        assert_eq!((page.start, page.applied, page.through), (1, 4, 4));
+        assert_eq!(feed_epochs(&page), vec![1, 3]);
+        // A page bounded by entries ends at its last entry.
+        let page = store.feed_read(1, 1, 1 << 20).unwrap();
+        assert_eq!((feed_epochs(&page), page.through), (vec![1], 1));
+        // Nothing applied past 4 yet: nothing new, and `through` says so.
+        let page = store.feed_read(5, 100, 1 << 20).unwrap();
+        assert!(page.entries.is_empty() && page.through == 4);
+
+        for epoch in 5..=9 {
+            commit_feed(&store, epoch, Some("ev"));
+        }
+        // The newest five epochs (5..=9) are kept.
+        assert_eq!(store.feed_start(), 5);
+        let page = store.feed_read(3, 100, 1 << 20).unwrap();
+        assert!(page.entries.is_empty() && page.start == 5 && page.through < 3);
+        assert_eq!(
+            feed_epochs(&store.feed_read(5, 100, 1 << 20).unwrap()),
+            vec![5, 6, 7, 8, 9]
+        );
+
+        // A byte bound drops the oldest entries first, and the start follows them.
+        store.set_feed_retention(FeedRetention {
+            epochs: 100,
+            bytes: 6,
+        });
+        commit_feed(&store, 10, Some("ev"));
+        assert_eq!(store.feed_bytes(), 6);
+        assert_eq!(store.feed_start(), 8);
+        assert_eq!(
+            feed_epochs(&store.feed_read(8, 100, 1 << 20).unwrap()),
+            vec![8, 9, 10]
+        );
+
+        // The start survives a restart.
+        drop(store);
+        let store = Store::open(dir.path(), 1).unwrap();
+        assert_eq!((store.feed_start(), store.feed_bytes()), (8, 6));
+    }
+
+    #[test]
+    fn a_snapshot_import_restarts_the_feed_after_the_imported_epoch() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let source = Store::open(source_dir.path(), 1).unwrap();
+        for epoch in 1..=6 {
+            commit_feed(&source, epoch, Some("ev"));
+        }
+        let (_, blob) = source.export_snapshot().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1).unwrap();
+        for epoch in 1..=2 {
+            commit_feed(&store, epoch, Some("old"));
+        }
+        store.import_snapshot(&blob).unwrap();
+        // Epochs 3..=6 were never executed here: the feed must not claim to have them.
+        assert_eq!((store.feed_start(), store.feed_bytes()), (7, 0));
+        let page = store.feed_read(1, 100, 1 << 20).unwrap();
+        assert!(page.entries.is_empty() && page.start == 7);
+        commit_feed(&store, 7, Some("new"));
+        assert_eq!(
+            feed_epochs(&store.feed_read(7, 100, 1 << 20).unwrap()),
+            vec![7]
+        );
     }
 
     fn put(key: &str, value: &str) -> Write {
