@@ -30,6 +30,7 @@ use std::time::Duration;
 
 pub use ordo_proto::v1;
 
+mod feed;
 mod holds;
 mod nearby;
 pub use holds::Reserve;
@@ -321,6 +322,15 @@ impl Client {
 
     fn admin(&self) -> AdminClient<Channel> {
         AdminClient::new(self.channel())
+    }
+
+    /// Moves calls to the next endpoint in the list (a Watch consumer leaving a node).
+    pub fn next_endpoint(&self) {
+        let list = self.endpoints.list.lock().expect("endpoints lock");
+        if list.len() > 1 {
+            let next = (self.endpoints.current.load(Ordering::Relaxed) + 1) % list.len();
+            self.endpoints.current.store(next, Ordering::Relaxed);
+        }
     }
 
     /// After a retryable failure: go to the hinted leader if the node named one, else to the

@@ -214,15 +214,12 @@ pub(crate) fn cause(op: &Op, outcome: &Outcome, order: Option<&OrderRecord>) -> 
     }
 }
 
-/// The reservation change a transaction made, if it made one.
-pub(crate) fn reservation_change(op: &Op, outcome: &Outcome) -> Option<ReservationChange> {
-    let Outcome::Reservation {
-        reservation: Some(reservation),
-        rejection: None,
-    } = outcome
-    else {
-        return None;
-    };
+/// The reservation change a transaction made, if it made one: the reservation record it wrote
+/// (`writes`: its decision's writes, every participant's).
+pub(crate) fn reservation_change(
+    op: &Op,
+    writes: &[crate::decide::PartWrite],
+) -> Option<ReservationChange> {
     let step = match op {
         Op::Reserve { .. } | Op::ReserveNearby { .. } => ReservationStep::Held,
         Op::ConfirmReservation { .. } => ReservationStep::Confirmed,
@@ -230,10 +227,13 @@ pub(crate) fn reservation_change(op: &Op, outcome: &Outcome) -> Option<Reservati
         Op::ExtendReservation { .. } => ReservationStep::Extended,
         _ => return None,
     };
-    Some(ReservationChange {
-        step,
-        reservation: reservation.clone(),
-    })
+    let reservation = writes.iter().find_map(|(_, key, value)| {
+        if key.first() != Some(&keys::RESERVATION) {
+            return None;
+        }
+        decode::<ReservationRecord>(value.as_deref()?).ok()
+    })?;
+    Some(ReservationChange { step, reservation })
 }
 
 #[cfg(test)]

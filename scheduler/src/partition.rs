@@ -358,9 +358,7 @@ fn run_partition(
                     overlay.emit(Some(seq), Event::Order(order.clone()));
                 }
                 if decision.remember {
-                    if let Some(change) =
-                        feed::reservation_change(&txn.op, &decision.result.outcome)
-                    {
+                    if let Some(change) = feed::reservation_change(&txn.op, &decision.writes) {
                         overlay.emit(Some(seq), Event::Reservation(change));
                     }
                 }

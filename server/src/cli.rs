@@ -50,7 +50,7 @@ pub fn parse_line(s: &str) -> Result<Line, String> {
     })
 }
 
-fn lines_json(lines: &[v1::LineAllocation]) -> Value {
+pub fn lines_json(lines: &[v1::LineAllocation]) -> Value {
     lines
         .iter()
         .map(|l| {

@@ -56,6 +56,22 @@ pub struct Tuning {
     /// never depend on it). Must be the same on every node [default: 10000]
     #[arg(long)]
     pub expiry_per_epoch_max: Option<usize>,
+    /// Change-feed events kept for Watch, in epochs back from the newest [default: 1000000]
+    #[arg(long)]
+    pub feed_retention_epochs: Option<u64>,
+    /// ... and in bytes: the oldest epochs' events go first past it [default: 268435456]
+    #[arg(long)]
+    pub feed_retention_bytes: Option<u64>,
+    /// Watch streams this node serves at once; more get RESOURCE_EXHAUSTED [default: 1024]
+    #[arg(long)]
+    pub watchers_max: Option<usize>,
+    /// Messages one Watch stream buffers [default: 256]
+    #[arg(long)]
+    pub watch_buffer_messages: Option<usize>,
+    /// How long a Watch stream's buffer may stay full (its consumer not reading) before the
+    /// stream ends with RESOURCE_EXHAUSTED and a resume token, in milliseconds [default: 10000]
+    #[arg(long)]
+    pub watch_stall_ms: Option<u64>,
     /// Accept fault-injection admin calls (SetClockFault: skew this node's sequencer clock).
     /// For fault tests such as ordo-jepsen; never on a production node.
     #[arg(long)]
@@ -81,6 +97,11 @@ impl Tuning {
             reservation_ttl_s: self.reservation_ttl_s.or(other.reservation_ttl_s),
             reservation_ttl_max_s: self.reservation_ttl_max_s.or(other.reservation_ttl_max_s),
             expiry_per_epoch_max: self.expiry_per_epoch_max.or(other.expiry_per_epoch_max),
+            feed_retention_epochs: self.feed_retention_epochs.or(other.feed_retention_epochs),
+            feed_retention_bytes: self.feed_retention_bytes.or(other.feed_retention_bytes),
+            watchers_max: self.watchers_max.or(other.watchers_max),
+            watch_buffer_messages: self.watch_buffer_messages.or(other.watch_buffer_messages),
+            watch_stall_ms: self.watch_stall_ms.or(other.watch_stall_ms),
             fault_injection: self.fault_injection || other.fault_injection,
         }
     }
@@ -194,7 +215,35 @@ pub fn serve_options(
         (1..=1_000_000).contains(&expiry_per_epoch_max),
         "--expiry-per-epoch-max must be 1 to 1000000, not {expiry_per_epoch_max}"
     );
+    let feed_defaults = ordo_storage::FeedRetention::default();
+    let feed_retention = ordo_storage::FeedRetention {
+        epochs: tuning.feed_retention_epochs.unwrap_or(feed_defaults.epochs),
+        bytes: tuning.feed_retention_bytes.unwrap_or(feed_defaults.bytes),
+    };
+    anyhow::ensure!(
+        feed_retention.epochs >= 1,
+        "--feed-retention-epochs must be at least 1"
+    );
+    let watchers_max = tuning.watchers_max.unwrap_or(limits.watchers_max);
+    let watch_buffer_messages = tuning
+        .watch_buffer_messages
+        .unwrap_or(limits.watch_buffer_messages);
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&watchers_max),
+        "--watchers-max must be 1 to 1000000, not {watchers_max}"
+    );
+    anyhow::ensure!(
+        (1..=100_000).contains(&watch_buffer_messages),
+        "--watch-buffer-messages must be 1 to 100000, not {watch_buffer_messages}"
+    );
+    let watch_stall = Duration::from_millis(
+        tuning
+            .watch_stall_ms
+            .unwrap_or(limits.watch_stall.as_millis() as u64)
+            .max(1),
+    );
     Ok(serve::ServeOptions {
+        feed_retention,
         node_id,
         listen: listeners.listen,
         peer_listen: listeners.peer_listen,
@@ -223,6 +272,9 @@ pub fn serve_options(
             message_bytes_max: tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024),
             reservation_ttl_default_s: ttl_s,
             reservation_ttl_max_s: ttl_max_s,
+            watchers_max,
+            watch_buffer_messages,
+            watch_stall,
             ..limits
         },
     })

@@ -157,6 +157,18 @@ fn micro_degrees(field: &str, degrees: f64, bound: f64) -> Result<i32, Status> {
     Ok((degrees * 1e6).round() as i32)
 }
 
+/// The wire form of a DC.
+pub fn dc(d: &DcRecord) -> v1::Dc {
+    v1::Dc {
+        dc_id: d.dc,
+        name: d.name.clone(),
+        lat: f64::from(d.lat_e6) / 1e6,
+        lon: f64::from(d.lon_e6) / 1e6,
+        region: Some(d.region),
+        active: d.active,
+    }
+}
+
 /// The DC record an upsert asks for. `existing` is the DC as this node knows it: an upsert
 /// may leave the region out for a known DC, and may not change it.
 pub fn dc_record(

@@ -31,6 +31,13 @@ pub struct Limits {
     pub reservation_ttl_max_s: u32,
     /// Reservations in one ListReservations page.
     pub list_reservations_max: usize,
+    /// Watch streams one node serves at once (`--watchers-max`); more get RESOURCE_EXHAUSTED.
+    pub watchers_max: usize,
+    /// Messages one Watch stream buffers (`--watch-buffer-messages`).
+    pub watch_buffer_messages: usize,
+    /// How long a Watch stream's buffer may stay full before the stream ends with
+    /// RESOURCE_EXHAUSTED and a resume token (`--watch-stall-ms`).
+    pub watch_stall: Duration,
 }
 
 impl Default for Limits {
@@ -57,6 +64,9 @@ impl Default for Limits {
             reservation_ttl_default_s: 600,
             reservation_ttl_max_s: 86_400,
             list_reservations_max: 1_000,
+            watchers_max: 1_024,
+            watch_buffer_messages: 256,
+            watch_stall: Duration::from_secs(10),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod cli_feed;
 mod cli_geo;
 mod cli_holds;
 mod config;
@@ -152,6 +153,8 @@ enum Command {
     Holds(cli_holds::HoldCommand),
     #[command(flatten)]
     Geo(cli_geo::GeoCommand),
+    #[command(flatten)]
+    Feed(cli_feed::FeedCommand),
     /// Show a committed order.
     GetOrder {
         order_id: u64,
@@ -460,6 +463,7 @@ async fn main() -> ExitCode {
         }
         Command::Holds(command) => cli_holds::run(command).await,
         Command::Geo(command) => cli_geo::run(command).await,
+        Command::Feed(command) => cli_feed::run(command).await,
         Command::GetOrder { order_id, conn } => {
             run_client(conn, |c| async move { cli::get_order(&c, order_id).await }).await
         }

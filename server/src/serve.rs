@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Whether the Admin service accepts fault injection (clock skew).
     pub fault_injection: bool,
+    /// How much of the change feed this node keeps (its own choice, not the cluster's).
+    pub feed_retention: ordo_storage::FeedRetention,
 }
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
@@ -154,6 +156,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         )
     })?;
     let node = Arc::new(node);
+    node.store.set_feed_retention(opts.feed_retention);
     // Stock rows answer point reads from memory (`Store::keep_resident`).
     let started = std::time::Instant::now();
     let rows = node

@@ -21,9 +21,11 @@ use crate::limits::Limits;
 
 mod holds;
 mod nearby;
+mod prices;
 mod read;
 mod search;
 mod split;
+mod watch;
 mod writes;
 
 pub struct OrdoService {
@@ -36,6 +38,8 @@ pub struct OrdoService {
     nearby: std::sync::RwLock<Option<Arc<crate::geo::NearbyIndex>>>,
     /// The catalogue's keyword index, rebuilt like `nearby`.
     search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
+    /// One permit per Watch stream (`Limits::watchers_max`).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many times `run` queues a transaction that conflicted in its epoch (see
@@ -55,6 +59,7 @@ impl OrdoService {
         Self {
             generated_id_prefix: format!("srv-{}-{nonce:x}", node.node_id),
             node,
+            watchers: Arc::new(tokio::sync::Semaphore::new(limits.watchers_max)),
             limits,
             generated_id_counter: AtomicU64::new(0),
             nearby: std::sync::RwLock::new(None),
@@ -637,5 +642,39 @@ impl Ordo for OrdoService {
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::GetAvailabilityResponse>, Status> {
         self.get_availability_inner(request).await
+    }
+
+    async fn set_price(
+        &self,
+        request: Request<v1::SetPriceRequest>,
+    ) -> Result<Response<v1::SetPriceResponse>, Status> {
+        self.set_price_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn set_prices(
+        &self,
+        request: Request<v1::SetPricesRequest>,
+    ) -> Result<Response<v1::SetPricesResponse>, Status> {
+        self.set_prices_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn get_price_history(
+        &self,
+        request: Request<v1::GetPriceHistoryRequest>,
+    ) -> Result<Response<v1::GetPriceHistoryResponse>, Status> {
+        self.get_price_history_inner(request).await
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.watch_inner(request).await
     }
 }

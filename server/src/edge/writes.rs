@@ -39,7 +39,7 @@ fn order_results(txns: &[Txn], results: &[TxnResult]) -> Result<Vec<v1::OrderRes
         .collect()
 }
 
-fn reused(result: &TxnResult, expected: &str) -> Status {
+pub(super) fn reused(result: &TxnResult, expected: &str) -> Status {
     Status::already_exists(format!(
         "request_id {:?} was already used for a different request than {expected}; use a new request_id",
         result.request_id

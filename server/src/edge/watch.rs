@@ -1,0 +1,411 @@
+//! Watch: the change feed, streamed.
+//!
+//! Each stream has a producer task that reads the node's feed (`Store::feed_read`) from the
+//! epoch it has reached, filters, and puts messages into the stream's bounded buffer. It pulls
+//! from the store, so epoch execution never waits for a watcher and a watcher that falls
+//! behind costs no memory beyond its buffer: it reads older epochs until it catches up, or
+//! until retention passes it by (OUT_OF_RANGE, never a silent jump). A consumer that stops
+//! reading leaves its buffer full; after `watch_stall` the stream ends with RESOURCE_EXHAUSTED
+//! and a resume token, and the producer and its watcher slot are freed. When it has caught up,
+//! the producer waits for the next applied epoch, and sends a Progress message whenever the
+//! stream has been quiet for the progress interval: on the same stream, after every event
+//! of the epochs it covers.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use ordo_proto::v1;
+use ordo_scheduler::feed::{Cause, EpochEvents, Event, EventKind, Filter, ReservationStep};
+use ordo_storage::Store;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::OrdoService;
+use crate::convert;
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+/// Feed entries (epochs with events) read from the store at once.
+const WATCH_EPOCHS_PER_READ_MAX: usize = 256;
+/// Bytes of encoded events read from the store at once (at least one epoch).
+const WATCH_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Events in one Events message; an epoch with more comes in several.
+pub const WATCH_EVENTS_PER_MESSAGE_MAX: usize = 1000;
+/// Bytes of events in one Events message (about; at least one event), well under the 4 MiB
+/// clients accept by default.
+const WATCH_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// SKUs or DCs one filter may name.
+const WATCH_FILTER_IDS_MAX: usize = 1000;
+const PROGRESS_INTERVAL_MS_DEFAULT: u32 = 1000;
+const PROGRESS_INTERVAL_MS_MIN: u32 = 10;
+
+/// The token that resumes after `epoch`: opaque to clients, the same on every node.
+pub fn resume_token(epoch: u64) -> String {
+    format!("ordo1.{epoch}")
+}
+
+/// The epoch a resume token names.
+pub fn parse_resume_token(token: &str) -> Result<u64, Status> {
+    token
+        .strip_prefix("ordo1.")
+        .and_then(|e| e.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "watch: {token:?} is not a resume token (pass one a Watch stream sent)"
+            ))
+        })
+}
+
+fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
+    let mut status = Status::out_of_range(format!(
+        "watch: node {node_id} keeps events from epoch {start} on, not from epoch {from}: read \
+         the state at AT_LEAST epoch {} (GetAvailability, ListOrders), then watch from the \
+         epoch after the one the read reports",
+        start.saturating_sub(1)
+    ));
+    if let Ok(value) = start.to_string().parse() {
+        status.metadata_mut().insert("ordo-feed-start", value);
+    }
+    status
+}
+
+fn stalled(buffer: usize, stall: Duration, delivered: u64) -> Status {
+    let token = resume_token(delivered);
+    let mut status = Status::resource_exhausted(format!(
+        "watch: the stream's buffer of {buffer} messages stayed full for {} ms (the consumer \
+         stopped reading); resume with token {token}",
+        stall.as_millis()
+    ));
+    if let Ok(value) = token.parse() {
+        status.metadata_mut().insert("ordo-resume-token", value);
+    }
+    status
+}
+
+fn kind(k: i32) -> Result<EventKind, Status> {
+    use v1::EventKind as K;
+    match K::try_from(k) {
+        Ok(K::Stock) => Ok(EventKind::Stock),
+        Ok(K::Price) => Ok(EventKind::Price),
+        Ok(K::Order) => Ok(EventKind::Order),
+        Ok(K::Reservation) => Ok(EventKind::Reservation),
+        Ok(K::Dc) => Ok(EventKind::Dc),
+        Ok(K::Item) => Ok(EventKind::Item),
+        _ => Err(Status::invalid_argument(format!(
+            "watch: kinds: unknown event kind {k}"
+        ))),
+    }
+}
+
+fn ids(ids: Vec<u32>, field: &str) -> Result<BTreeSet<u32>, Status> {
+    if ids.len() > WATCH_FILTER_IDS_MAX {
+        return Err(Status::invalid_argument(format!(
+            "watch: at most {WATCH_FILTER_IDS_MAX} {field}, not {}",
+            ids.len()
+        )));
+    }
+    if ids.contains(&0) {
+        return Err(Status::invalid_argument(format!(
+            "watch: {field} start at 1"
+        )));
+    }
+    Ok(ids.into_iter().collect())
+}
+
+impl OrdoService {
+    pub(super) async fn watch_inner(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        use v1::watch_request::Start;
+        let r = request.into_inner();
+        let store = self.node.store.clone();
+        let from = match r.start {
+            Some(Start::FromEpoch(e)) => e.max(1),
+            Some(Start::ResumeToken(t)) => parse_resume_token(&t)?.saturating_add(1),
+            Some(Start::FromNow(_)) | None => store.applied_epoch() + 1,
+        };
+        let filter = Filter {
+            skus: ids(r.skus, "skus")?,
+            dcs: ids(r.dc_ids, "dc_ids")?,
+            kinds: r.kinds.into_iter().map(kind).collect::<Result<_, _>>()?,
+        };
+        let progress_ms = match r.progress_interval_ms {
+            0 => PROGRESS_INTERVAL_MS_DEFAULT,
+            ms => ms.max(PROGRESS_INTERVAL_MS_MIN),
+        };
+        let start = store.feed_start();
+        if from < start {
+            return Err(out_of_range(self.node.node_id, from, start));
+        }
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "watch: node {} serves {} watchers, its limit (--watchers-max); watch on another \
+                 node or later",
+                self.node.node_id, self.limits.watchers_max
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(self.limits.watch_buffer_messages);
+        let (end_tx, end_rx) = oneshot::channel();
+        let producer = Producer {
+            node_id: self.node.node_id,
+            store,
+            applied: self.node.applied_epoch.clone(),
+            filter,
+            progress: Duration::from_millis(u64::from(progress_ms)),
+            stall: self.limits.watch_stall,
+            buffer: self.limits.watch_buffer_messages,
+            tx,
+            delivered: from - 1,
+            _permit: permit,
+        };
+        tokio::spawn(async move {
+            if let Err(status) = producer.run(from).await {
+                let _ = end_tx.send(status);
+            }
+        });
+        // The buffered messages first, then how the stream ended (if not by the client).
+        let stream = futures::stream::unfold((rx, Some(end_rx)), |(mut rx, end)| async move {
+            match rx.recv().await {
+                Some(message) => Some((Ok(message), (rx, end))),
+                None => match end?.await {
+                    Ok(status) => Some((Err(status), (rx, None))),
+                    Err(_) => None,
+                },
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One stream's producer.
+struct Producer {
+    node_id: u64,
+    store: Arc<Store>,
+    applied: watch::Receiver<u64>,
+    filter: Filter,
+    progress: Duration,
+    stall: Duration,
+    buffer: usize,
+    tx: mpsc::Sender<v1::WatchResponse>,
+    /// Every event through this epoch is in the buffer (or was taken from it).
+    delivered: u64,
+    /// The stream's watcher slot, released when the producer ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Producer {
+    /// Streams from epoch `next` until the client goes away (`Ok`) or the stream must end with
+    /// a status (`Err`).
+    async fn run(mut self, mut next: u64) -> Result<(), Status> {
+        let mut quiet_since = Instant::now();
+        loop {
+            let page = self
+                .store
+                .feed_read(next, WATCH_EPOCHS_PER_READ_MAX, WATCH_READ_BYTES_MAX)
+                .map_err(|e| Status::internal(format!("watch: reading the feed: {e}")))?;
+            if next < page.start {
+                return Err(out_of_range(self.node_id, next, page.start));
+            }
+            for (epoch, bytes) in &page.entries {
+                let events = EpochEvents::decode(bytes).map_err(|e| {
+                    Status::internal(format!("watch: the feed entry of epoch {epoch}: {e}"))
+                })?;
+                match self.send_epoch(*epoch, &events).await {
+                    Ok(true) => quiet_since = Instant::now(),
+                    Ok(false) => {}
+                    Err(Some(status)) => return Err(status),
+                    Err(None) => return Ok(()),
+                }
+            }
+            if page.through >= next {
+                next = page.through + 1;
+                self.delivered = page.through;
+            }
+            if quiet_since.elapsed() >= self.progress {
+                match self.send_progress().await {
+                    Ok(()) => quiet_since = Instant::now(),
+                    Err(Some(status)) => return Err(status),
+                    Err(None) => return Ok(()),
+                }
+            }
+            if page.through < page.applied {
+                continue; // More to read now.
+            }
+            tokio::select! {
+                reached = self.applied.wait_for(|&e| e >= next) => {
+                    if reached.is_err() {
+                        return Ok(()); // The node is shutting down.
+                    }
+                }
+                _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
+                _ = self.tx.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends the events of `epoch` that pass the filter; whether any did. `Err(None)`: the
+    /// client went away.
+    async fn send_epoch(
+        &mut self,
+        epoch: u64,
+        events: &EpochEvents,
+    ) -> Result<bool, Option<Status>> {
+        let mut chunks: Vec<Vec<v1::ChangeEvent>> = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_bytes = 0;
+        for (index, event) in events.events.iter().enumerate() {
+            if !self.filter.matches(event) {
+                continue;
+            }
+            let wire = change_event(index as u32, event, epoch);
+            let bytes = wire.encoded_len();
+            if !chunk.is_empty()
+                && (chunk.len() >= WATCH_EVENTS_PER_MESSAGE_MAX
+                    || chunk_bytes + bytes > WATCH_MESSAGE_BYTES_MAX)
+            {
+                chunks.push(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
+            }
+            chunk_bytes += bytes;
+            chunk.push(wire);
+        }
+        if chunk.is_empty() && chunks.is_empty() {
+            return Ok(false);
+        }
+        chunks.push(chunk);
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let message = v1::WatchEvents {
+                epoch,
+                epoch_time_ms: events.time_ms,
+                events: chunk,
+                resume_token: if i == last {
+                    resume_token(epoch)
+                } else {
+                    String::new()
+                },
+                more: i != last,
+            };
+            self.send(v1::watch_response::Message::Events(message))
+                .await?;
+        }
+        self.delivered = epoch;
+        Ok(true)
+    }
+
+    async fn send_progress(&mut self) -> Result<(), Option<Status>> {
+        let progress = v1::WatchProgress {
+            epoch: self.delivered,
+            resume_token: resume_token(self.delivered),
+        };
+        self.send(v1::watch_response::Message::Progress(progress))
+            .await
+    }
+
+    /// Puts a message in the buffer, waiting at most `stall` for room.
+    async fn send(&mut self, message: v1::watch_response::Message) -> Result<(), Option<Status>> {
+        let response = v1::WatchResponse {
+            message: Some(message),
+        };
+        match tokio::time::timeout(self.stall, self.tx.send(response)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(None),
+            Err(_) => Err(Some(stalled(self.buffer, self.stall, self.delivered))),
+        }
+    }
+}
+
+fn level(r: &ordo_scheduler::model::StockRecord) -> v1::StockLevel {
+    v1::StockLevel {
+        on_hand: r.on_hand,
+        reserved: r.reserved,
+        available: r.available(),
+    }
+}
+
+/// The wire form of the event at `index` of `epoch`'s events.
+pub fn change_event(index: u32, event: &Event, epoch: u64) -> v1::ChangeEvent {
+    use v1::change_event::Event as E;
+    let wire = match event {
+        Event::Stock(s) => {
+            use v1::StockCause as C;
+            let (cause, order_id, reservation_id) = match s.cause {
+                Cause::Order { order_id } => (C::Order, order_id, 0),
+                Cause::Restock => (C::Restock, 0, 0),
+                Cause::Transfer => (C::Transfer, 0, 0),
+                Cause::Hold { reservation_id } => (C::Reservation, 0, reservation_id),
+                Cause::Confirm {
+                    reservation_id,
+                    order_id,
+                } => (C::Confirm, order_id, reservation_id),
+                Cause::Cancel { reservation_id } => (C::Cancel, 0, reservation_id),
+                Cause::Expiry { reservation_id } => (C::Expiry, 0, reservation_id),
+            };
+            E::Stock(v1::StockEvent {
+                dc_id: s.dc,
+                sku: s.sku,
+                before: Some(level(&s.before)),
+                after: Some(level(&s.after)),
+                cause: cause as i32,
+                order_id,
+                reservation_id,
+                request_id: s.request_id.clone(),
+            })
+        }
+        Event::Price(p) => E::Price(v1::PriceEvent {
+            sku: p.sku,
+            before_cents: p.before_cents,
+            after_cents: p.after_cents,
+            currency: p.currency.clone(),
+            request_id: p.request_id.clone(),
+        }),
+        Event::Order(o) => E::Order(convert::order(o)),
+        Event::Reservation(r) => {
+            use v1::ReservationStep as S;
+            let step = match r.step {
+                ReservationStep::Held => S::Held,
+                ReservationStep::Confirmed => S::Confirmed,
+                ReservationStep::Cancelled => S::Cancelled,
+                ReservationStep::Extended => S::Extended,
+            };
+            E::Reservation(v1::ReservationEvent {
+                step: step as i32,
+                reservation: Some(convert::reservation(
+                    Some(&r.reservation),
+                    None,
+                    epoch,
+                    None,
+                )),
+            })
+        }
+        Event::Dc(d) => E::Dc(convert::dc(d)),
+        Event::Item(i) => E::Item(v1::Item {
+            sku: i.sku,
+            name: i.name.clone(),
+            price_cents: i.price_cents,
+        }),
+    };
+    v1::ChangeEvent {
+        index,
+        event: Some(wire),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_tokens_round_trip_and_refuse_what_is_not_one() {
+        assert_eq!(parse_resume_token(&resume_token(42)).unwrap(), 42);
+        for bad in ["", "42", "ordo1.", "ordo1.x", "ordo2.42"] {
+            assert!(parse_resume_token(bad).is_err(), "{bad:?}");
+        }
+    }
+}
