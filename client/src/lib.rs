@@ -33,6 +33,7 @@ pub use ordo_proto::v1;
 mod feed;
 mod holds;
 mod nearby;
+pub use feed::Subscription;
 pub use holds::Reserve;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::ordo_client::OrdoClient;

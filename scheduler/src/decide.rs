@@ -23,6 +23,8 @@ pub(crate) struct LocalReads {
     pub(crate) reservation: Option<Option<ReservationRecord>>,
     /// Only the cart's partition reads its latest reservation: `Some(found)`.
     pub(crate) cart: Option<Option<u64>>,
+    /// Only the subscription's partition reads it: `Some(found)`.
+    pub(crate) subscription: Option<Option<crate::subs::SubscriptionRecord>>,
 }
 
 /// A write for whichever participant holds `Part`.
@@ -267,6 +269,58 @@ pub(crate) fn decide(
             })
         }
         Op::Kv(ops) => Ok(decide_kv(ops, reads, result)),
+        Op::Subscribe { .. } | Op::Unsubscribe { .. } => {
+            if let Some(rejection) = route.pre_rejection {
+                return Ok(rejected(Outcome::Subscription {
+                    record: None,
+                    rejection: Some(rejection),
+                }));
+            }
+            let sub = route.sub.as_ref().ok_or_else(|| {
+                ExecError::Invariant("a subscription transaction routed without one".into())
+            })?;
+            let existing = reads
+                .iter()
+                .find_map(|r| r.subscription.clone())
+                .ok_or_else(|| {
+                    ExecError::Invariant("no participant read the subscription".into())
+                })?;
+            let record = match &txn.op {
+                Op::Subscribe { user, sku, kind } => Some(crate::subs::subscribed(
+                    existing,
+                    user,
+                    *sku,
+                    kind,
+                    epoch,
+                    &txn.request_id,
+                )),
+                _ => crate::subs::unsubscribed(existing, epoch),
+            };
+            let mut writes = Vec::new();
+            if let Some(record) = &record {
+                writes.push((
+                    sub.part,
+                    crate::subs::key::subscription(sub.sku, sub.tag, &sub.user),
+                    Some(encode(record)),
+                ));
+                writes.push((
+                    sub.part,
+                    crate::subs::key::by_user(&sub.user, sub.sku, sub.tag),
+                    Some(Vec::new()),
+                ));
+            }
+            Ok(Decision {
+                result: result(Outcome::Subscription {
+                    record,
+                    rejection: None,
+                }),
+                stock: Vec::new(),
+                order: None,
+                kv: Vec::new(),
+                remember: true,
+                writes,
+            })
+        }
         Op::Reserve { .. }
         | Op::ReserveNearby { .. }
         | Op::ConfirmReservation { .. }

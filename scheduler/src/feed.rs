@@ -210,7 +210,9 @@ pub(crate) fn cause(op: &Op, outcome: &Outcome, order: Option<&OrderRecord>) -> 
         | Op::UpsertItem(_)
         | Op::Kv(_)
         | Op::ClusterConfig { .. }
-        | Op::SetPrices(_) => Cause::Order { order_id },
+        | Op::SetPrices(_)
+        | Op::Subscribe { .. }
+        | Op::Unsubscribe { .. } => Cause::Order { order_id },
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`holds`]: reservation state behind one interface (keys, sweep order, dead holds).
 //! - [`feed`]: the change events each epoch emits beside its writes, for the Watch stream.
 //! - [`reads`]: point reads of applied state for the server edge.
+//! - [`subs`]: price-drop and back-in-stock subscriptions behind one interface.
 //! - [`validate`]: the one validator of a transaction's shape (edge, leader and execution).
 //!
 //! Must never depend on: a wall clock, randomness, hash-map iteration order or floating point
@@ -33,6 +34,7 @@ mod partition;
 mod prologue;
 pub mod reads;
 mod route;
+pub mod subs;
 pub mod validate;
 
 pub use exec::{epoch_time_ms, execute_epoch, EpochOutput, ExecConfig, ExecError};

@@ -18,6 +18,8 @@ pub enum LockKey {
     Reservation(u64),
     /// A cart's pointer to its latest reservation, in the cart's partition.
     Cart(String),
+    /// A subscription (SKU, kind byte, user), in the SKU's subscription partition.
+    Subscription(u32, u8, String),
 }
 
 /// Per-key FIFO queues of transaction sequence numbers (their index in the epoch batch).

@@ -106,6 +106,18 @@ pub enum Op {
     /// Sets the prices of SKUs, all or nothing (an unknown SKU refuses the whole batch): each
     /// item's current price changes and its price history gains an entry.
     SetPrices(Vec<PriceSet>),
+    /// Subscribes `user` to price drops or restocks of `sku` (one subscription per user, SKU
+    /// and kind: subscribing again changes its parameters).
+    Subscribe {
+        user: String,
+        sku: u32,
+        kind: crate::subs::SubKind,
+    },
+    Unsubscribe {
+        user: String,
+        sku: u32,
+        tag: crate::subs::SubTag,
+    },
 }
 
 /// One price a [`Op::SetPrices`] sets.
@@ -410,6 +422,12 @@ pub enum Outcome {
     Priced {
         rejection: Option<Rejection>,
     },
+    /// A subscription as the transaction left it (`None`: an unsubscribe with nothing to
+    /// remove, or a rejection).
+    Subscription {
+        record: Option<crate::subs::SubscriptionRecord>,
+        rejection: Option<Rejection>,
+    },
 }
 
 /// Why a transaction was refused outright.
@@ -434,7 +452,8 @@ impl Outcome {
             | Outcome::Restock { rejection, .. }
             | Outcome::Transfer { rejection, .. }
             | Outcome::Reservation { rejection, .. }
-            | Outcome::Priced { rejection } => rejection.as_ref(),
+            | Outcome::Priced { rejection }
+            | Outcome::Subscription { rejection, .. } => rejection.as_ref(),
             Outcome::Upserted | Outcome::Kv { .. } | Outcome::Refused { .. } => None,
         }
     }

@@ -14,6 +14,7 @@ use crate::holds;
 use crate::lock::{LockKey, LockManager};
 use crate::model::*;
 use crate::route::{route, Route, RouteCtx};
+use crate::subs;
 
 /// Shared, read-only context of one segment.
 struct Segment<'a> {
@@ -87,6 +88,15 @@ pub(crate) fn run_segment(
             for (key, key_part) in &route.kv_parts {
                 if *key_part == part {
                     keys.push(LockKey::Kv(key.clone()));
+                }
+            }
+            if let Some(sub) = route.sub.as_ref().filter(|s| s.part == part) {
+                if !route.decided_early() {
+                    keys.push(LockKey::Subscription(
+                        sub.sku,
+                        sub.tag.byte(),
+                        sub.user.clone(),
+                    ));
                 }
             }
             if part == route.home && route.dedupe {
@@ -435,6 +445,12 @@ fn read_local(
                 reads.cart = Some(holds::cart(&view, part, cart_id)?);
             }
         }
+    }
+    if let Some(sub) = route.sub.as_ref().filter(|s| s.part == part) {
+        let key = subs::key::subscription(sub.sku, sub.tag, &sub.user);
+        reads.subscription = Some(read_record(seg.store, overlay, part, &key, || {
+            format!("subscription of {:?} to sku {}", sub.user, sub.sku)
+        })?);
     }
     for (key, key_part) in &route.kv_parts {
         if *key_part == part {

@@ -9,6 +9,7 @@ use ordo_storage::{Part, Store, StoreError};
 
 use crate::holds;
 use crate::model::*;
+use crate::subs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -101,6 +102,79 @@ pub fn price_history(
     for (key, value) in store.range_rev(Part::Global, &start, &end, limit)? {
         out.push(decode(&value).map_err(|e| ReadError::Corrupt {
             what: format!("price history at key {key:?}"),
+            detail: e.to_string(),
+        })?);
+    }
+    Ok(out)
+}
+
+/// One subscription.
+pub fn subscription(
+    store: &Store,
+    sku: u32,
+    tag: subs::SubTag,
+    user: &str,
+) -> Result<Option<subs::SubscriptionRecord>, ReadError> {
+    let part = subs::subs_part(sku, store.partitions());
+    get(
+        store,
+        part,
+        &subs::key::subscription(sku, tag, user),
+        || format!("subscription of {user:?} to sku {sku}"),
+    )
+}
+
+/// A user's subscriptions (open and closed), by SKU and kind, at most `limit`.
+pub fn user_subscriptions(
+    store: &Store,
+    user: &str,
+    limit: usize,
+) -> Result<Vec<subs::SubscriptionRecord>, ReadError> {
+    let mut found = Vec::new();
+    for n in 0..store.partitions() {
+        for (key, _) in store.scan_prefix(Part::Region(n), &subs::key::user_prefix(user), limit)? {
+            if let Some(entry) = subs::key::parse_by_user(&key) {
+                found.push(entry);
+            }
+        }
+    }
+    found.sort_unstable();
+    found.truncate(limit);
+    let mut out = Vec::with_capacity(found.len());
+    for (sku, tag) in found {
+        let tag = match tag {
+            1 => subs::SubTag::PriceDrop,
+            _ => subs::SubTag::BackInStock,
+        };
+        out.extend(subscription(store, sku, tag, user)?);
+    }
+    Ok(out)
+}
+
+/// The subscriptions of `sku` and `tag` after user `after` (`None`: from the first), in user
+/// order, at most `limit`: one page of a fan-out.
+pub fn subscribers(
+    store: &Store,
+    sku: u32,
+    tag: subs::SubTag,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<subs::SubscriptionRecord>, ReadError> {
+    let part = subs::subs_part(sku, store.partitions());
+    let start = match after {
+        Some(user) => {
+            let mut k = subs::key::subscription(sku, tag, user);
+            k.push(0);
+            k
+        }
+        None => subs::key::prefix(sku, tag),
+    };
+    let mut end = subs::key::prefix(sku, tag);
+    *end.last_mut().expect("a prefix") += 1;
+    let mut out = Vec::new();
+    for (key, value) in store.range(part, &start, &end, limit)? {
+        out.push(decode(&value).map_err(|e| ReadError::Corrupt {
+            what: format!("subscription at key {key:?}"),
             detail: e.to_string(),
         })?);
     }

@@ -9,6 +9,7 @@ use ordo_storage::{Part, Store};
 use crate::exec::{read_record, ExecError, Layered, Overlay};
 use crate::holds;
 use crate::model::*;
+use crate::subs::{subs_part, SubTag};
 use crate::validate;
 
 /// Where a transaction runs: its home partition (dedupe, order record) and every participant.
@@ -37,6 +38,18 @@ pub(crate) struct Route {
     pub(crate) invalid: Option<validate::Invalid>,
     /// Whether the request id is admissible, and so looked up in and recorded for dedupe.
     pub(crate) dedupe: bool,
+    /// For a subscribe or unsubscribe: the subscription and the partition it lives in.
+    pub(crate) sub: Option<SubRoute>,
+}
+
+/// The subscription a subscribe or unsubscribe acts on.
+#[derive(Clone, Debug)]
+pub(crate) struct SubRoute {
+    pub(crate) sku: u32,
+    pub(crate) tag: SubTag,
+    pub(crate) user: String,
+    /// [`crate::subs::subs_part`] of the SKU.
+    pub(crate) part: Part,
 }
 
 /// A reservation transaction's target, read when the segment was routed (its start). The
@@ -129,6 +142,7 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
         pre_rejection: None,
         invalid: None,
         dedupe,
+        sub: None,
     };
     if let Err(reason) = validate::validate(txn) {
         route.invalid = Some(reason);
@@ -149,6 +163,33 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
             }
         }
         route.participants = ascending(route.kv_parts.iter().map(|(_, p)| *p).chain([home]));
+        return Ok(route);
+    }
+    let sub = match &txn.op {
+        Op::Subscribe { user, sku, kind } => Some((user, *sku, kind.tag(), true)),
+        Op::Unsubscribe { user, sku, tag } => Some((user, *sku, *tag, false)),
+        _ => None,
+    };
+    if let Some((user, sku, tag, subscribe)) = sub {
+        // Unsubscribing from an unknown SKU only finds nothing to remove.
+        if subscribe && !item_known(sku)? {
+            route.pre_rejection = Some(Rejection {
+                code: RejectCode::UnknownSku,
+                dc: 0,
+                sku,
+                available: 0,
+                requested: 0,
+            });
+            return Ok(route);
+        }
+        let part = subs_part(sku, partitions);
+        route.sub = Some(SubRoute {
+            sku,
+            tag,
+            user: user.clone(),
+            part,
+        });
+        route.participants = ascending([home, part]);
         return Ok(route);
     }
     if let Some(id) = txn.op.reservation_id() {

@@ -43,6 +43,8 @@ pub const NEARBY_LINES_MAX: usize = 50;
 pub const NEARBY_CANDIDATES_MAX: usize = 50;
 /// The radius of a nearby request, in metres.
 pub const NEARBY_RADIUS_M_MAX: u32 = 1_000_000;
+/// DCs one back-in-stock subscription may name.
+pub const SUBSCRIPTION_DCS_MAX: usize = 100;
 /// Prices in one [`Op::SetPrices`].
 pub const PRICES_PER_TXN_MAX: usize = 1000;
 /// Latitude and longitude bounds, in micro-degrees.
@@ -380,6 +382,47 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Op::Subscribe { user, sku, kind } => {
+            subscriber_ok(user)?;
+            id_at_least_one("sku", *sku)?;
+            match kind {
+                crate::subs::SubKind::PriceDrop { below_cents } => match below_cents {
+                    Some(c) if !(1..=PRICE_CENTS_MAX).contains(c) => Err(format!(
+                        "price_below_cents must be 1 to {PRICE_CENTS_MAX}, not {c}"
+                    )),
+                    _ => Ok(()),
+                },
+                crate::subs::SubKind::BackInStock { near, dcs } => {
+                    if dcs.len() > SUBSCRIPTION_DCS_MAX {
+                        return Err(format!(
+                            "a subscription names at most {SUBSCRIPTION_DCS_MAX} dc_ids, not {}",
+                            dcs.len()
+                        ));
+                    }
+                    let mut seen = BTreeSet::new();
+                    for &dc in dcs {
+                        id_at_least_one("dc_id", dc)?;
+                        if !seen.insert(dc) {
+                            return Err(format!("dc_id {dc} appears twice"));
+                        }
+                    }
+                    if let Some(near) = near {
+                        point_ok(near.lat_e6, near.lon_e6)?;
+                        if !(1..=NEARBY_RADIUS_M_MAX).contains(&near.radius_m) {
+                            return Err(format!(
+                                "radius_m must be 1 to {NEARBY_RADIUS_M_MAX}, not {}",
+                                near.radius_m
+                            ));
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        }
+        Op::Unsubscribe { user, sku, .. } => {
+            subscriber_ok(user)?;
+            id_at_least_one("sku", *sku)
+        }
         Op::ClusterConfig { partitions } => match partitions {
             0 => Err("partitions must be at least 1".into()),
             _ => Ok(()),
@@ -397,6 +440,22 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             Ok(())
         }
     }
+}
+
+/// A subscriber: a user of 1 to [`USER_BYTES_MAX`] printable ASCII bytes without spaces.
+fn subscriber_ok(user: &str) -> Result<(), Invalid> {
+    if user.is_empty() || user.len() > USER_BYTES_MAX {
+        return Err(format!(
+            "user must be 1 to {USER_BYTES_MAX} bytes, not {}",
+            user.len()
+        ));
+    }
+    if let Some(bad) = user.bytes().find(|b| !(0x21..=0x7e).contains(b)) {
+        return Err(format!(
+            "user may hold only printable ASCII without spaces; found byte 0x{bad:02x}"
+        ));
+    }
+    Ok(())
 }
 
 /// A currency is empty (the item's current one) or three capital ASCII letters (ISO 4217).

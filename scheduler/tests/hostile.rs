@@ -119,7 +119,29 @@ fn arbitrary_nearby(rng: &mut Rng) -> Nearby {
 }
 
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(15) {
+    match rng.below(17) {
+        15 => Op::Subscribe {
+            user: rng.string(),
+            sku: rng.u32(),
+            kind: match rng.below(2) {
+                0 => subs::SubKind::PriceDrop {
+                    below_cents: Some(rng.i64()),
+                },
+                _ => subs::SubKind::BackInStock {
+                    near: Some(subs::Near {
+                        lat_e6: rng.i32(),
+                        lon_e6: rng.i32(),
+                        radius_m: rng.u32(),
+                    }),
+                    dcs: (0..rng.below(3)).map(|_| rng.u32()).collect(),
+                },
+            },
+        },
+        16 => Op::Unsubscribe {
+            user: rng.string(),
+            sku: rng.u32(),
+            tag: subs::SubTag::BackInStock,
+        },
         14 => {
             let n = match rng.below(6) {
                 0 => 0,

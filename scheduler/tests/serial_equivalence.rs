@@ -33,6 +33,8 @@ struct Model {
     stock: BTreeMap<(u32, u32), i64>,
     /// Every known SKU's price.
     prices: BTreeMap<u32, i64>,
+    /// Subscriptions by (user, sku, kind): the spans they stood in, and their parameters.
+    subs: BTreeMap<(String, u32, subs::SubTag), subs::SubscriptionRecord>,
     seen: BTreeMap<String, (Op, Outcome)>,
     holds: Holds,
 }
@@ -425,6 +427,62 @@ impl Model {
                 }
             }
             Op::ClusterConfig { .. } => Outcome::Upserted,
+            Op::Subscribe { user, sku, kind } => {
+                if !self.prices.contains_key(sku) {
+                    Outcome::Subscription {
+                        record: None,
+                        rejection: Some(Rejection {
+                            code: RejectCode::UnknownSku,
+                            dc: 0,
+                            sku: *sku,
+                            available: 0,
+                            requested: 0,
+                        }),
+                    }
+                } else {
+                    let record = self
+                        .subs
+                        .entry((user.clone(), *sku, kind.tag()))
+                        .or_insert_with(|| subs::SubscriptionRecord {
+                            user: user.clone(),
+                            sku: *sku,
+                            kind: kind.clone(),
+                            spans: vec![],
+                            request_id: String::new(),
+                        });
+                    if record.spans.last().is_none_or(|s| s.until.is_some()) {
+                        record.spans.push(subs::Span {
+                            since: epoch,
+                            until: None,
+                        });
+                        if record.spans.len() > subs::SPANS_MAX {
+                            record.spans.remove(0);
+                        }
+                    }
+                    record.kind = kind.clone();
+                    record.request_id = txn.request_id.clone();
+                    Outcome::Subscription {
+                        record: Some(record.clone()),
+                        rejection: None,
+                    }
+                }
+            }
+            Op::Unsubscribe { user, sku, tag } => {
+                let record = self
+                    .subs
+                    .get_mut(&(user.clone(), *sku, *tag))
+                    .filter(|r| r.spans.last().is_some_and(|s| s.until.is_none()));
+                let record = record.map(|r| {
+                    if let Some(span) = r.spans.last_mut() {
+                        span.until = Some(epoch);
+                    }
+                    r.clone()
+                });
+                Outcome::Subscription {
+                    record,
+                    rejection: None,
+                }
+            }
             Op::SetPrices(prices) => {
                 match prices.iter().find(|p| !self.prices.contains_key(&p.sku)) {
                     Some(unknown) => Outcome::Priced {
@@ -918,6 +976,34 @@ fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
             op: Op::ClusterConfig { partitions: 3 },
         };
     }
+    if rng.below(8) == 0 {
+        // Few users and SKUs, so the same subscription is made, changed and ended often.
+        let user = format!("user{}", rng.below(3));
+        let sku = [1, 2, 2, UNKNOWN][rng.below(4) as usize];
+        let op = match rng.below(3) {
+            0 => Op::Unsubscribe {
+                user,
+                sku,
+                tag: [subs::SubTag::PriceDrop, subs::SubTag::BackInStock][rng.below(2) as usize],
+            },
+            1 => Op::Subscribe {
+                user,
+                sku,
+                kind: subs::SubKind::PriceDrop {
+                    below_cents: [None, Some(100)][rng.below(2) as usize],
+                },
+            },
+            _ => Op::Subscribe {
+                user,
+                sku,
+                kind: subs::SubKind::BackInStock {
+                    near: None,
+                    dcs: vec![1, 2],
+                },
+            },
+        };
+        return Txn { request_id: id, op };
+    }
     if rng.below(40) == 0 {
         let first = rng.below(SKUS as u64) as u32 + 1;
         let mut prices = vec![PriceSet {
@@ -1159,6 +1245,18 @@ fn run_case(seed: u64, jitter: Option<u64>) {
                         rejection: None, ..
                     },
                 ) => "priced",
+                (
+                    Op::Subscribe { .. },
+                    Outcome::Subscription {
+                        record: Some(_), ..
+                    },
+                ) => "subscribed",
+                (
+                    Op::Unsubscribe { .. },
+                    Outcome::Subscription {
+                        record: Some(_), ..
+                    },
+                ) => "unsubscribed",
                 _ => match got.outcome.rejection().map(|r| r.code) {
                     Some(RejectCode::ReservationExpired) => "expired",
                     _ => "other",
@@ -1182,6 +1280,8 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         "nearby-order",
         "nearby-held",
         "priced",
+        "subscribed",
+        "unsubscribed",
     ] {
         assert!(
             seen_kinds.get(kind).copied().unwrap_or(0) >= 1,
@@ -1218,6 +1318,19 @@ fn run_case(seed: u64, jitter: Option<u64>) {
             feed.prices.get(&sku),
             Some(&price),
             "seed {seed}: price events"
+        );
+    }
+    for ((user, sku, tag), want) in &model.subs {
+        let got = reads::subscription(&store, *sku, *tag, user).unwrap();
+        assert_eq!(got.as_ref(), Some(want), "seed {seed}: subscription");
+    }
+    for user in ["user0", "user1", "user2"] {
+        let listed = reads::user_subscriptions(&store, user, 100).unwrap();
+        let want: Vec<_> = model.subs.values().filter(|r| r.user == user).collect();
+        assert_eq!(
+            listed.iter().collect::<Vec<_>>(),
+            want,
+            "seed {seed}: {user}'s list"
         );
     }
     assert_eq!(

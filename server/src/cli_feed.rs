@@ -1,5 +1,6 @@
-//! The price and change-feed subcommands: `price` (set a price, or show the price history)
-//! and `watch` (the change feed, one JSON object per event per line, for `jq`).
+//! The price and change-feed subcommands: `price` (set a price, or show the price history),
+//! `watch` (the change feed, one JSON object per event per line, for `jq`), `subscribe`,
+//! `unsubscribe`, `subscriptions` and `notifications` (one JSON object per notification).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -59,6 +60,81 @@ pub enum FeedCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Subscribe USER to SKU's price drops (--price-below: only below that price) or, with
+    /// --back-in-stock, to its return to stock (anywhere, at --dc, or --near a point).
+    Subscribe {
+        user: String,
+        sku: u32,
+        /// Only notify when the new price is below this many cents.
+        #[arg(long, conflicts_with = "back_in_stock")]
+        price_below: Option<i64>,
+        /// Back-in-stock notifications instead of price drops.
+        #[arg(long)]
+        back_in_stock: bool,
+        /// With --back-in-stock: only at this DC; repeat for more.
+        #[arg(long = "dc", requires = "back_in_stock")]
+        dcs: Vec<u32>,
+        /// With --back-in-stock: only at DCs near LAT,LON.
+        #[arg(long, value_parser = crate::cli_geo::parse_point, allow_hyphen_values = true, requires = "back_in_stock")]
+        near: Option<(f64, f64)>,
+        /// With --near: the radius in metres.
+        #[arg(long, default_value_t = 10_000)]
+        radius_m: u32,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// End USER's subscription to SKU (price drops, or --back-in-stock).
+    Unsubscribe {
+        user: String,
+        sku: u32,
+        #[arg(long)]
+        back_in_stock: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// USER's subscriptions (--all: the ended ones too).
+    Subscriptions {
+        user: String,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Follow the notifications: one JSON object per notification, one per line, in epoch
+    /// order (each with a stable id and the resume_token after it), until interrupted (or
+    /// --limit). --shard/--shards split the users between workers.
+    Notifications {
+        /// Notifications of this epoch and later [default: from now].
+        #[arg(long, conflicts_with = "resume")]
+        from_epoch: Option<u64>,
+        /// Resume after a resume_token an earlier run printed.
+        #[arg(long)]
+        resume: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        shard: u32,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Stop after this many notifications (0: never).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SubKind {
+    PriceDrop,
+    BackInStock,
+}
+
+impl SubKind {
+    fn wire(self) -> v1::SubscriptionKind {
+        match self {
+            SubKind::PriceDrop => v1::SubscriptionKind::PriceDrop,
+            SubKind::BackInStock => v1::SubscriptionKind::BackInStock,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +225,225 @@ pub async fn run(command: FeedCommand) -> ExitCode {
                 Ok(()) => ExitCode::from(EXIT_OK),
                 Err(e) => fail(&e),
             }
+        }
+        FeedCommand::Subscribe {
+            user,
+            sku,
+            price_below,
+            back_in_stock,
+            dcs,
+            near,
+            radius_m,
+            conn,
+        } => {
+            run_client(conn, |c: Client| async move {
+                let mut s = match back_in_stock {
+                    true => ordo_client::Subscription::back_in_stock(&user, sku),
+                    false => ordo_client::Subscription::price_drop(&user, sku),
+                };
+                s.price_below_cents = price_below.unwrap_or(0);
+                s.dc_ids = dcs;
+                s.near = near.map(|(lat, lon)| (lat, lon, radius_m));
+                let r = c.subscribe(s).await?;
+                let sub = r.subscription.unwrap_or_default();
+                Ok(Output {
+                    json: json!({
+                        "request_id": r.request_id,
+                        "epoch": r.epoch,
+                        "subscription": subscription_json(&sub),
+                    }),
+                    human: format!(
+                        "{user} is subscribed to {} of sku {sku} from epoch {} on",
+                        kind_name(sub.kind()),
+                        r.epoch + 1
+                    ),
+                    exit: EXIT_OK,
+                    is_error: false,
+                })
+            })
+            .await
+        }
+        FeedCommand::Unsubscribe {
+            user,
+            sku,
+            back_in_stock,
+            conn,
+        } => {
+            run_client(conn, |c: Client| async move {
+                let kind = match back_in_stock {
+                    true => SubKind::BackInStock,
+                    false => SubKind::PriceDrop,
+                };
+                let r = c.unsubscribe(&user, sku, kind.wire()).await?;
+                Ok(Output {
+                    json: json!({
+                        "request_id": r.request_id,
+                        "epoch": r.epoch,
+                        "removed": r.removed,
+                    }),
+                    human: match r.removed {
+                        true => format!("{user} is no longer subscribed (epoch {})", r.epoch),
+                        false => format!("{user} had no such subscription"),
+                    },
+                    exit: EXIT_OK,
+                    is_error: false,
+                })
+            })
+            .await
+        }
+        FeedCommand::Subscriptions { user, all, conn } => {
+            run_client(conn, |c: Client| async move {
+                let r = c.list_subscriptions(&user, all).await?;
+                let human = match r.subscriptions.is_empty() {
+                    true => format!("{user} has no subscriptions"),
+                    false => r
+                        .subscriptions
+                        .iter()
+                        .map(|s| {
+                            format!(
+                                "sku {:>6}  {}{}",
+                                s.sku,
+                                kind_name(s.kind()),
+                                if s.active { "" } else { " (ended)" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                };
+                Ok(Output {
+                    json: json!({
+                        "subscriptions": r.subscriptions.iter().map(subscription_json).collect::<Vec<_>>(),
+                        "epoch": r.epoch,
+                    }),
+                    human,
+                    exit: EXIT_OK,
+                    is_error: false,
+                })
+            })
+            .await
+        }
+        FeedCommand::Notifications {
+            from_epoch,
+            resume,
+            shard,
+            shards,
+            limit,
+            conn,
+        } => {
+            use v1::watch_notifications_request::Start;
+            let request = v1::WatchNotificationsRequest {
+                start: Some(match (from_epoch, resume) {
+                    (Some(e), _) => Start::FromEpoch(e),
+                    (None, Some(t)) => Start::ResumeToken(t),
+                    (None, None) => Start::FromNow(true),
+                }),
+                shard,
+                shards,
+                progress_interval_ms: 1000,
+            };
+            let endpoints = conn.endpoint.len();
+            let client = match Client::connect_many(conn.endpoint).await {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match notifications(&client, request, endpoints, limit).await {
+                Ok(()) => ExitCode::from(EXIT_OK),
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn kind_name(kind: v1::SubscriptionKind) -> &'static str {
+    match kind {
+        v1::SubscriptionKind::PriceDrop => "price_drop",
+        v1::SubscriptionKind::BackInStock => "back_in_stock",
+        v1::SubscriptionKind::Unspecified => "unspecified",
+    }
+}
+
+fn subscription_json(s: &v1::Subscription) -> Value {
+    json!({
+        "user": s.user,
+        "sku": s.sku,
+        "kind": kind_name(s.kind()),
+        "price_below_cents": s.price_below_cents,
+        "dc_ids": s.dc_ids,
+        "near": s.near.then(|| json!({"lat": s.lat, "lon": s.lon, "radius_m": s.radius_m})),
+        "active": s.active,
+        "since_epoch": s.since_epoch,
+        "until_epoch": s.until_epoch,
+    })
+}
+
+/// Streams notifications as JSON lines, resuming on the next endpoint after a failure.
+async fn notifications(
+    client: &Client,
+    mut request: v1::WatchNotificationsRequest,
+    endpoints: usize,
+    limit: u64,
+) -> Result<(), ordo_client::Error> {
+    use std::io::Write;
+    use v1::watch_notifications_request::Start;
+    let mut printed = 0u64;
+    let mut failures = 0usize;
+    loop {
+        let outcome = async {
+            let mut stream = client.watch_notifications(request.clone()).await?;
+            while let Some(message) = stream.message().await? {
+                failures = 0;
+                let mut out = std::io::stdout().lock();
+                let last = message.notifications.len().saturating_sub(1);
+                for (i, n) in message.notifications.iter().enumerate() {
+                    let mut line = json!({
+                        "id": n.id,
+                        "epoch": n.epoch,
+                        "time_ms": n.epoch_time_ms,
+                        "user": n.user,
+                        "sku": n.sku,
+                        "kind": kind_name(n.kind()),
+                    });
+                    match n.kind() {
+                        v1::SubscriptionKind::PriceDrop => {
+                            line["before_cents"] = json!(n.before_cents);
+                            line["after_cents"] = json!(n.after_cents);
+                            line["currency"] = json!(n.currency);
+                        }
+                        _ => {
+                            line["dcs"] = n
+                                .back_in_stock
+                                .iter()
+                                .map(|d| json!({"dc_id": d.dc_id, "available": d.available}))
+                                .collect();
+                        }
+                    }
+                    if i == last {
+                        line["resume_token"] = json!(message.resume_token);
+                    }
+                    let _ = writeln!(out, "{line}");
+                    printed += 1;
+                }
+                let _ = out.flush();
+                request.start = Some(Start::ResumeToken(message.resume_token));
+                if limit > 0 && printed >= limit {
+                    return Ok(true);
+                }
+            }
+            Ok::<bool, ordo_client::Error>(false)
+        }
+        .await;
+        match outcome {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if resumable(&e) => {
+                eprintln!("notifications: {e}; resuming from the last token");
+                failures += 1;
+            }
+            Err(e) => return Err(e),
+        }
+        client.next_endpoint();
+        if failures >= endpoints.max(1) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 }

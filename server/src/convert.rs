@@ -148,7 +148,7 @@ fn name(field: &str, name: String, limits: &Limits) -> Result<String, Status> {
 }
 
 /// Degrees to integer micro-degrees, at the edge: floating point never reaches execution.
-fn micro_degrees(field: &str, degrees: f64, bound: f64) -> Result<i32, Status> {
+pub fn micro_degrees(field: &str, degrees: f64, bound: f64) -> Result<i32, Status> {
     if !degrees.is_finite() || degrees.abs() > bound {
         return Err(Status::invalid_argument(format!(
             "{field}: must be a number between -{bound} and {bound}, not {degrees}"

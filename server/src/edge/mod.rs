@@ -21,10 +21,12 @@ use crate::limits::Limits;
 
 mod holds;
 mod nearby;
+mod notifications;
 mod prices;
 mod read;
 mod search;
 mod split;
+mod subscriptions;
 mod watch;
 mod writes;
 
@@ -676,5 +678,39 @@ impl Ordo for OrdoService {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.watch_inner(request).await
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<v1::SubscribeResponse>, Status> {
+        self.subscribe_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: Request<v1::UnsubscribeRequest>,
+    ) -> Result<Response<v1::UnsubscribeResponse>, Status> {
+        self.unsubscribe_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
+    async fn list_subscriptions(
+        &self,
+        request: Request<v1::ListSubscriptionsRequest>,
+    ) -> Result<Response<v1::ListSubscriptionsResponse>, Status> {
+        self.list_subscriptions_inner(request).await
+    }
+
+    type WatchNotificationsStream = notifications::NotificationStream;
+
+    async fn watch_notifications(
+        &self,
+        request: Request<v1::WatchNotificationsRequest>,
+    ) -> Result<Response<Self::WatchNotificationsStream>, Status> {
+        self.watch_notifications_inner(request).await
     }
 }

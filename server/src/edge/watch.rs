@@ -44,6 +44,15 @@ const WATCH_FILTER_IDS_MAX: usize = 1000;
 const PROGRESS_INTERVAL_MS_DEFAULT: u32 = 1000;
 const PROGRESS_INTERVAL_MS_MIN: u32 = 10;
 
+/// A request's progress interval: the default for 0, at least the minimum.
+pub(super) fn progress_interval(ms: u32) -> Duration {
+    let ms = match ms {
+        0 => PROGRESS_INTERVAL_MS_DEFAULT,
+        ms => ms.max(PROGRESS_INTERVAL_MS_MIN),
+    };
+    Duration::from_millis(u64::from(ms))
+}
+
 /// The token that resumes after `epoch`: opaque to clients, the same on every node.
 pub fn resume_token(epoch: u64) -> String {
     format!("ordo1.{epoch}")
@@ -61,7 +70,7 @@ pub fn parse_resume_token(token: &str) -> Result<u64, Status> {
         })
 }
 
-fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
+pub(super) fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
     let mut status = Status::out_of_range(format!(
         "watch: node {node_id} keeps events from epoch {start} on, not from epoch {from}: read \
          the state at AT_LEAST epoch {} (GetAvailability, ListOrders), then watch from the \
@@ -74,8 +83,7 @@ fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
     status
 }
 
-fn stalled(buffer: usize, stall: Duration, delivered: u64) -> Status {
-    let token = resume_token(delivered);
+fn stalled(buffer: usize, stall: Duration, token: &str) -> Status {
     let mut status = Status::resource_exhausted(format!(
         "watch: the stream's buffer of {buffer} messages stayed full for {} ms (the consumer \
          stopped reading); resume with token {token}",
@@ -118,6 +126,17 @@ fn ids(ids: Vec<u32>, field: &str) -> Result<BTreeSet<u32>, Status> {
 }
 
 impl OrdoService {
+    /// One of the node's watcher slots (Watch and WatchNotifications streams share them).
+    pub(super) fn watcher_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "node {} serves {} watch streams, its limit (--watchers-max); watch on another \
+                 node or later",
+                self.node.node_id, self.limits.watchers_max
+            ))
+        })
+    }
+
     pub(super) async fn watch_inner(
         &self,
         request: Request<v1::WatchRequest>,
@@ -135,21 +154,11 @@ impl OrdoService {
             dcs: ids(r.dc_ids, "dc_ids")?,
             kinds: r.kinds.into_iter().map(kind).collect::<Result<_, _>>()?,
         };
-        let progress_ms = match r.progress_interval_ms {
-            0 => PROGRESS_INTERVAL_MS_DEFAULT,
-            ms => ms.max(PROGRESS_INTERVAL_MS_MIN),
-        };
         let start = store.feed_start();
         if from < start {
             return Err(out_of_range(self.node.node_id, from, start));
         }
-        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "watch: node {} serves {} watchers, its limit (--watchers-max); watch on another \
-                 node or later",
-                self.node.node_id, self.limits.watchers_max
-            ))
-        })?;
+        let permit = self.watcher_slot()?;
         let (tx, rx) = mpsc::channel(self.limits.watch_buffer_messages);
         let (end_tx, end_rx) = oneshot::channel();
         let producer = Producer {
@@ -157,9 +166,8 @@ impl OrdoService {
             store,
             applied: self.node.applied_epoch.clone(),
             filter,
-            progress: Duration::from_millis(u64::from(progress_ms)),
+            progress: progress_interval(r.progress_interval_ms),
             stall: self.limits.watch_stall,
-            buffer: self.limits.watch_buffer_messages,
             tx,
             delivered: from - 1,
             _permit: permit,
@@ -169,17 +177,40 @@ impl OrdoService {
                 let _ = end_tx.send(status);
             }
         });
-        // The buffered messages first, then how the stream ended (if not by the client).
-        let stream = futures::stream::unfold((rx, Some(end_rx)), |(mut rx, end)| async move {
-            match rx.recv().await {
-                Some(message) => Some((Ok(message), (rx, end))),
-                None => match end?.await {
-                    Ok(status) => Some((Err(status), (rx, None))),
-                    Err(_) => None,
-                },
-            }
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(outbox_stream(rx, end_rx)))
+    }
+}
+
+/// A stream's messages as the client sees them: what its producer buffered, then how the
+/// stream ended (the producer's status, if it sent one; otherwise a plain end).
+pub(super) fn outbox_stream<T: Send + 'static>(
+    rx: mpsc::Receiver<T>,
+    end: oneshot::Receiver<Status>,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    let stream = futures::stream::unfold((rx, Some(end)), |(mut rx, end)| async move {
+        match rx.recv().await {
+            Some(message) => Some((Ok(message), (rx, end))),
+            None => match end?.await {
+                Ok(status) => Some((Err(status), (rx, None))),
+                Err(_) => None,
+            },
+        }
+    });
+    Box::pin(stream)
+}
+
+/// Puts a message in a stream's buffer, waiting at most `stall` for room. `Err(None)`: the
+/// client went away; `Err(Some(status))`: the buffer stayed full (`token` resumes the stream).
+pub(super) async fn send_within<T>(
+    tx: &mpsc::Sender<T>,
+    message: T,
+    stall: Duration,
+    token: &str,
+) -> Result<(), Option<Status>> {
+    match tokio::time::timeout(stall, tx.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(None),
+        Err(_) => Err(Some(stalled(tx.max_capacity(), stall, token))),
     }
 }
 
@@ -191,7 +222,6 @@ struct Producer {
     filter: Filter,
     progress: Duration,
     stall: Duration,
-    buffer: usize,
     tx: mpsc::Sender<v1::WatchResponse>,
     /// Every event through this epoch is in the buffer (or was taken from it).
     delivered: u64,
@@ -313,11 +343,8 @@ impl Producer {
         let response = v1::WatchResponse {
             message: Some(message),
         };
-        match tokio::time::timeout(self.stall, self.tx.send(response)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(None),
-            Err(_) => Err(Some(stalled(self.buffer, self.stall, self.delivered))),
-        }
+        let token = resume_token(self.delivered);
+        send_within(&self.tx, response, self.stall, &token).await
     }
 }
 

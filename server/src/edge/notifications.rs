@@ -1,0 +1,556 @@
+//! WatchNotifications: one notification per (subscriber, triggering change), fanned out while
+//! streaming.
+//!
+//! The producer reads the node's feed like a Watch stream. An epoch's triggers are computed
+//! from its events alone ([`triggers`]): per SKU, a price lower at the end of the epoch than at
+//! its start (PRICE_DROP), and DCs whose row had none available at the start and some at the
+//! end (BACK_IN_STOCK); in (kind, SKU) order. For each trigger it pages through the SKU's
+//! subscriptions in user order ([`reads::subscribers`], a thousand at a time), keeps those that
+//! stood when the epoch began, fall in this worker's shard and match their parameters, and
+//! streams them in batches. Nothing is held but one page and the stream's bounded buffer, and
+//! the epoch applier never waits for it. The resume token names the position in that walk
+//! (epoch, trigger, last user), the same on every node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ordo_proto::v1;
+use ordo_scheduler::feed::{EpochEvents, Event};
+use ordo_scheduler::reads;
+use ordo_scheduler::subs::{SubKind, SubTag, SubscriptionRecord};
+use ordo_storage::Store;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::subscriptions::wire_kind;
+use super::watch::{out_of_range, outbox_stream, progress_interval, send_within};
+use super::{internal, OrdoService};
+
+pub type NotificationStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<v1::WatchNotificationsResponse, Status>> + Send>,
+>;
+
+/// Subscriptions read from the store at once.
+const SUBSCRIBERS_PAGE_MAX: usize = 1000;
+/// Notifications in one message.
+pub const NOTIFICATIONS_PER_MESSAGE_MAX: usize = 500;
+/// Shards a request may split users into.
+const SHARDS_MAX: u32 = 65_536;
+
+/// Where a notification stream stands: epoch, trigger of that epoch, last user notified for
+/// that trigger (`None`: none yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: u64,
+    pub trigger: u32,
+    pub after: Option<String>,
+}
+
+impl Position {
+    fn epoch_start(epoch: u64) -> Self {
+        Self {
+            epoch,
+            trigger: 0,
+            after: None,
+        }
+    }
+
+    /// `n1.EPOCH.TRIGGER.USERHEX` (USERHEX empty: from the trigger's first subscriber).
+    pub fn token(&self) -> String {
+        let hex: String = self
+            .after
+            .as_deref()
+            .unwrap_or_default()
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("n1.{}.{}.{hex}", self.epoch, self.trigger)
+    }
+
+    pub fn parse(token: &str) -> Result<Self, Status> {
+        let bad = || {
+            Status::invalid_argument(format!(
+                "watch_notifications: {token:?} is not a notification resume token"
+            ))
+        };
+        let mut parts = token.strip_prefix("n1.").ok_or_else(bad)?.split('.');
+        let epoch = parts.next().and_then(|e| e.parse().ok()).ok_or_else(bad)?;
+        let trigger = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let hex = parts.next().ok_or_else(bad)?;
+        if parts.next().is_some() || hex.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad()))
+            .collect::<Result<Vec<u8>, _>>()?;
+        let after = match bytes.is_empty() {
+            true => None,
+            false => Some(String::from_utf8(bytes).map_err(|_| bad())?),
+        };
+        Ok(Self {
+            epoch,
+            trigger,
+            after,
+        })
+    }
+}
+
+/// What can notify subscribers of one SKU in one epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    PriceDrop {
+        sku: u32,
+        before_cents: i64,
+        after_cents: i64,
+        currency: String,
+    },
+    BackInStock {
+        sku: u32,
+        /// (dc, units available at the epoch's end), by DC.
+        dcs: Vec<(u32, i64)>,
+    },
+}
+
+impl Trigger {
+    fn sku(&self) -> u32 {
+        match self {
+            Trigger::PriceDrop { sku, .. } | Trigger::BackInStock { sku, .. } => *sku,
+        }
+    }
+
+    fn tag(&self) -> SubTag {
+        match self {
+            Trigger::PriceDrop { .. } => SubTag::PriceDrop,
+            Trigger::BackInStock { .. } => SubTag::BackInStock,
+        }
+    }
+}
+
+/// An epoch's triggers, from its events alone: price drops by SKU, then restocks by SKU.
+pub fn triggers(events: &[Event]) -> Vec<Trigger> {
+    // sku → (price at the epoch's start, at its end, currency)
+    let mut prices: BTreeMap<u32, (i64, i64, String)> = BTreeMap::new();
+    // (sku, dc) → (available at the start, at the end)
+    let mut rows: BTreeMap<(u32, u32), (i64, i64)> = BTreeMap::new();
+    for event in events {
+        match event {
+            Event::Price(p) => {
+                let entry =
+                    prices
+                        .entry(p.sku)
+                        .or_insert((p.before_cents, p.after_cents, String::new()));
+                entry.1 = p.after_cents;
+                entry.2 = p.currency.clone();
+            }
+            Event::Stock(s) => {
+                let entry = rows
+                    .entry((s.sku, s.dc))
+                    .or_insert((s.before.available(), 0));
+                entry.1 = s.after.available();
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for (sku, (before, after, currency)) in prices {
+        if after < before {
+            out.push(Trigger::PriceDrop {
+                sku,
+                before_cents: before,
+                after_cents: after,
+                currency,
+            });
+        }
+    }
+    let mut restocked: BTreeMap<u32, Vec<(u32, i64)>> = BTreeMap::new();
+    for ((sku, dc), (before, after)) in rows {
+        if before == 0 && after > 0 {
+            restocked.entry(sku).or_default().push((dc, after));
+        }
+    }
+    out.extend(
+        restocked
+            .into_iter()
+            .map(|(sku, dcs)| Trigger::BackInStock { sku, dcs }),
+    );
+    out
+}
+
+/// Whether `user` falls in `shard` of `shards`.
+pub fn in_shard(user: &str, shard: u32, shards: u32) -> bool {
+    ordo_scheduler::subs::user_shard(user, shards) == shard
+}
+
+impl OrdoService {
+    pub(super) async fn watch_notifications_inner(
+        &self,
+        request: Request<v1::WatchNotificationsRequest>,
+    ) -> Result<Response<NotificationStream>, Status> {
+        use v1::watch_notifications_request::Start;
+        let r = request.into_inner();
+        let store = self.node.store.clone();
+        let position = match r.start {
+            Some(Start::FromEpoch(e)) => Position::epoch_start(e.max(1)),
+            Some(Start::ResumeToken(t)) => Position::parse(&t)?,
+            Some(Start::FromNow(_)) | None => Position::epoch_start(store.applied_epoch() + 1),
+        };
+        let shards = r.shards.max(1);
+        if shards > SHARDS_MAX || r.shard >= shards {
+            return Err(Status::invalid_argument(format!(
+                "watch_notifications: shard {} of {} (shards is 1 to {SHARDS_MAX}, shard below it)",
+                r.shard, r.shards
+            )));
+        }
+        let start = store.feed_start();
+        if position.epoch < start {
+            return Err(out_of_range(self.node.node_id, position.epoch, start));
+        }
+        let permit = self.watcher_slot()?;
+        let (tx, rx) = mpsc::channel(self.limits.watch_buffer_messages);
+        let (end_tx, end_rx) = oneshot::channel();
+        let producer = Producer {
+            node_id: self.node.node_id,
+            store,
+            applied: self.node.applied_epoch.clone(),
+            shard: r.shard,
+            shards,
+            progress: progress_interval(r.progress_interval_ms),
+            stall: self.limits.watch_stall,
+            tx,
+            dcs: BTreeMap::new(),
+            last_token: position.token(),
+            _permit: permit,
+        };
+        tokio::spawn(async move {
+            if let Err(status) = producer.run(position).await {
+                let _ = end_tx.send(status);
+            }
+        });
+        Ok(Response::new(outbox_stream(rx, end_rx)))
+    }
+}
+
+struct Producer {
+    node_id: u64,
+    store: Arc<Store>,
+    applied: watch::Receiver<u64>,
+    shard: u32,
+    shards: u32,
+    progress: Duration,
+    stall: Duration,
+    tx: mpsc::Sender<v1::WatchNotificationsResponse>,
+    /// DC coordinates looked up for near-a-point subscriptions: (lat_e6, lon_e6).
+    dcs: BTreeMap<u32, Option<(i32, i32)>>,
+    /// The token of the last message put in the buffer: where a stalled stream resumes.
+    last_token: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// How the producer stops: the client went away (`None`) or the stream ends with a status.
+type Stop = Option<Status>;
+
+impl Producer {
+    async fn run(mut self, mut at: Position) -> Result<(), Status> {
+        let mut quiet_since = Instant::now();
+        loop {
+            let page = self
+                .store
+                .feed_read(at.epoch, 64, 4 * 1024 * 1024)
+                .map_err(internal)?;
+            if at.epoch < page.start {
+                return Err(out_of_range(self.node_id, at.epoch, page.start));
+            }
+            for (epoch, bytes) in &page.entries {
+                let events = EpochEvents::decode(bytes).map_err(internal)?;
+                let from = match at.epoch == *epoch {
+                    true => at.clone(),
+                    false => Position::epoch_start(*epoch),
+                };
+                match self.fan_out(&events, from).await {
+                    Ok(true) => quiet_since = Instant::now(),
+                    Ok(false) => {}
+                    Err(stop) => return stop.map_or(Ok(()), Err),
+                }
+            }
+            if page.through >= at.epoch {
+                at = Position::epoch_start(page.through + 1);
+            }
+            if quiet_since.elapsed() >= self.progress {
+                let progress = v1::WatchNotificationsResponse {
+                    notifications: Vec::new(),
+                    resume_token: at.token(),
+                    epoch: at.epoch - 1,
+                };
+                if let Err(stop) = self.send(progress).await {
+                    return stop.map_or(Ok(()), Err);
+                }
+                quiet_since = Instant::now();
+            }
+            if page.through < page.applied {
+                continue;
+            }
+            let next = at.epoch;
+            tokio::select! {
+                reached = self.applied.wait_for(|&e| e >= next) => {
+                    if reached.is_err() {
+                        return Ok(());
+                    }
+                }
+                _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
+                _ = self.tx.closed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Streams the notifications of one epoch from `from`; whether it sent any.
+    async fn fan_out(&mut self, events: &EpochEvents, from: Position) -> Result<bool, Stop> {
+        let epoch = from.epoch;
+        let mut sent = false;
+        let mut batch: Vec<v1::Notification> = Vec::new();
+        let mut position = from.clone();
+        for (index, trigger) in triggers(&events.events).iter().enumerate() {
+            let index = index as u32;
+            if index < from.trigger {
+                continue;
+            }
+            let mut after = match index == from.trigger {
+                true => from.after.clone(),
+                false => None,
+            };
+            loop {
+                let page = reads::subscribers(
+                    &self.store,
+                    trigger.sku(),
+                    trigger.tag(),
+                    after.as_deref(),
+                    SUBSCRIBERS_PAGE_MAX,
+                )
+                .map_err(|e| Some(internal(e)))?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.user.clone());
+                for record in &page {
+                    if let Some(n) = self.notification(record, trigger, epoch, events.time_ms) {
+                        batch.push(n);
+                        position = Position {
+                            epoch,
+                            trigger: index,
+                            after: Some(record.user.clone()),
+                        };
+                        if batch.len() >= NOTIFICATIONS_PER_MESSAGE_MAX {
+                            self.flush(&mut batch, &position).await?;
+                            sent = true;
+                        }
+                    }
+                }
+                if page.len() < SUBSCRIBERS_PAGE_MAX {
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            self.flush(&mut batch, &position).await?;
+            sent = true;
+        }
+        Ok(sent)
+    }
+
+    async fn flush(
+        &mut self,
+        batch: &mut Vec<v1::Notification>,
+        position: &Position,
+    ) -> Result<(), Stop> {
+        let message = v1::WatchNotificationsResponse {
+            notifications: std::mem::take(batch),
+            resume_token: position.token(),
+            epoch: position.epoch,
+        };
+        self.send(message).await
+    }
+
+    /// Sends a message; a stall ends the stream with the token of the message before it.
+    async fn send(&mut self, message: v1::WatchNotificationsResponse) -> Result<(), Stop> {
+        let token = self.last_token.clone();
+        let sent = message.resume_token.clone();
+        send_within(&self.tx, message, self.stall, &token).await?;
+        self.last_token = sent;
+        Ok(())
+    }
+
+    /// The notification `record` gets for `trigger`, if it stood at the epoch's start, is in
+    /// this worker's shard and its parameters match.
+    fn notification(
+        &mut self,
+        record: &SubscriptionRecord,
+        trigger: &Trigger,
+        epoch: u64,
+        time_ms: u64,
+    ) -> Option<v1::Notification> {
+        if !record.live_at(epoch) || !in_shard(&record.user, self.shard, self.shards) {
+            return None;
+        }
+        let mut n = v1::Notification {
+            id: format!(
+                "{epoch}-{}-{}-{}",
+                trigger.sku(),
+                wire_kind(trigger.tag()) as i32,
+                record.user
+            ),
+            epoch,
+            epoch_time_ms: time_ms,
+            user: record.user.clone(),
+            sku: trigger.sku(),
+            kind: wire_kind(trigger.tag()) as i32,
+            ..Default::default()
+        };
+        match (trigger, &record.kind) {
+            (
+                Trigger::PriceDrop {
+                    before_cents,
+                    after_cents,
+                    currency,
+                    ..
+                },
+                SubKind::PriceDrop { below_cents },
+            ) => {
+                if below_cents.is_some_and(|below| *after_cents >= below) {
+                    return None;
+                }
+                n.before_cents = *before_cents;
+                n.after_cents = *after_cents;
+                n.currency = currency.clone();
+            }
+            (Trigger::BackInStock { dcs, .. }, SubKind::BackInStock { near, dcs: scope }) => {
+                for &(dc, available) in dcs {
+                    if !scope.is_empty() && !scope.contains(&dc) {
+                        continue;
+                    }
+                    if let Some(near) = near {
+                        let Some((lat, lon)) = self.dc_point(dc) else {
+                            continue;
+                        };
+                        let d = crate::geo::distance_m(near.lat_e6, near.lon_e6, lat, lon);
+                        if d > u64::from(near.radius_m) {
+                            continue;
+                        }
+                    }
+                    n.back_in_stock.push(v1::DcUnits {
+                        dc_id: dc,
+                        available,
+                    });
+                }
+                if n.back_in_stock.is_empty() {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        Some(n)
+    }
+
+    fn dc_point(&mut self, dc: u32) -> Option<(i32, i32)> {
+        if self.dcs.len() > 100_000 {
+            self.dcs.clear();
+        }
+        *self.dcs.entry(dc).or_insert_with(|| {
+            reads::dc(&self.store, dc)
+                .ok()
+                .flatten()
+                .map(|r| (r.lat_e6, r.lon_e6))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for p in [
+            Position::epoch_start(7),
+            Position {
+                epoch: 9,
+                trigger: 2,
+                after: Some("user-42".into()),
+            },
+        ] {
+            assert_eq!(Position::parse(&p.token()).unwrap(), p);
+        }
+        for bad in ["", "n1.", "n1.1.2", "n1.1.2.zz", "n1.1.2.4", "ordo1.5"] {
+            assert!(Position::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn price(sku: u32, before_cents: i64, after_cents: i64) -> Event {
+        Event::Price(ordo_scheduler::feed::PriceChange {
+            sku,
+            before_cents,
+            after_cents,
+            currency: "INR".into(),
+            request_id: "p".into(),
+        })
+    }
+
+    fn stock(dc: u32, sku: u32, before: i64, after: i64) -> Event {
+        use ordo_scheduler::model::StockRecord;
+        Event::Stock(ordo_scheduler::feed::StockChange {
+            dc,
+            sku,
+            before: StockRecord {
+                on_hand: before,
+                reserved: 0,
+            },
+            after: StockRecord {
+                on_hand: after,
+                reserved: 0,
+            },
+            cause: ordo_scheduler::feed::Cause::Restock,
+            request_id: "r".into(),
+        })
+    }
+
+    #[test]
+    fn an_epoch_triggers_on_where_it_ends_against_where_it_began() {
+        let events = [
+            // sku 1: 100 → 80 → 90, a drop over the epoch; sku 2 rises.
+            price(1, 100, 80),
+            price(1, 80, 90),
+            price(2, 100, 120),
+            // dc 1 sku 3: 0 → 5 → 0, no; dc 2 sku 3: 0 → 4; dc 3 sku 3 had stock already.
+            stock(1, 3, 0, 5),
+            stock(1, 3, 5, 0),
+            stock(2, 3, 0, 4),
+            stock(3, 3, 2, 9),
+        ];
+        assert_eq!(
+            triggers(&events),
+            vec![
+                Trigger::PriceDrop {
+                    sku: 1,
+                    before_cents: 100,
+                    after_cents: 90,
+                    currency: "INR".into()
+                },
+                Trigger::BackInStock {
+                    sku: 3,
+                    dcs: vec![(2, 4)]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn shards_split_users_between_workers() {
+        let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+        let mut counts = [0; 4];
+        for u in &users {
+            let shards: Vec<u32> = (0..4).filter(|&s| in_shard(u, s, 4)).collect();
+            assert_eq!(shards.len(), 1, "{u} in exactly one shard");
+            counts[shards[0] as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 150), "{counts:?}");
+    }
+}
