@@ -65,11 +65,14 @@ pub struct Running {
     pub peer_local: Option<SocketAddr>,
     stop: Vec<oneshot::Sender<()>>,
     servers: Vec<ServerTask>,
+    /// Set when the node stops: every Watch stream ends (UNAVAILABLE, with a resume token).
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Running {
     /// Stops taking requests, lets those in flight finish, then stops Raft and flushes.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.closing.send_replace(true);
         for stop in self.stop {
             let _ = stop.send(());
         }
@@ -192,9 +195,16 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         .build_v1alpha()
         .context("building the reflection service (v1alpha)")?;
     let max = opts.limits.message_bytes_max;
-    let ordo = OrdoServer::new(OrdoService::new(node.clone(), opts.limits.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    // Watch streams never end by themselves: they are told to when the node stops, so the
+    // graceful shutdown of the gRPC server does not wait for them forever.
+    let (closing, closing_rx) = tokio::sync::watch::channel(false);
+    let ordo = OrdoServer::new(OrdoService::new(
+        node.clone(),
+        opts.limits.clone(),
+        closing_rx,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let admin = AdminServer::new(AdminService::new(
         node.clone(),
         opts.sequencer.queue_txns_max,
@@ -241,6 +251,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         peer_local,
         stop,
         servers,
+        closing,
     })
 }
 

@@ -42,6 +42,8 @@ pub struct OrdoService {
     search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
     /// One permit per Watch stream (`Limits::watchers_max`).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// Becomes true when the node stops: Watch streams end so the server can.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How many times `run` queues a transaction that conflicted in its epoch (see
@@ -53,7 +55,11 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl OrdoService {
-    pub fn new(node: Arc<Node>, limits: Limits) -> Self {
+    pub fn new(
+        node: Arc<Node>,
+        limits: Limits,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -62,6 +68,7 @@ impl OrdoService {
             generated_id_prefix: format!("srv-{}-{nonce:x}", node.node_id),
             node,
             watchers: Arc::new(tokio::sync::Semaphore::new(limits.watchers_max)),
+            closing,
             limits,
             generated_id_counter: AtomicU64::new(0),
             nearby: std::sync::RwLock::new(None),

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::subscriptions::wire_kind;
-use super::watch::{out_of_range, outbox_stream, progress_interval, send_within};
+use super::watch::{closing, out_of_range, outbox_stream, progress_interval, send_within};
 use super::{internal, OrdoService};
 
 pub type NotificationStream = std::pin::Pin<
@@ -222,6 +222,7 @@ impl OrdoService {
             tx,
             dcs: BTreeMap::new(),
             last_token: position.token(),
+            closing: self.closing.clone(),
             _permit: permit,
         };
         tokio::spawn(async move {
@@ -246,6 +247,8 @@ struct Producer {
     dcs: BTreeMap<u32, Option<(i32, i32)>>,
     /// The token of the last message put in the buffer: where a stalled stream resumes.
     last_token: String,
+    /// The node is stopping: end the stream.
+    closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -256,6 +259,9 @@ impl Producer {
     async fn run(mut self, mut at: Position) -> Result<(), Status> {
         let mut quiet_since = Instant::now();
         loop {
+            if *self.closing.borrow() {
+                return Err(closing(self.node_id, &self.last_token));
+            }
             let page = self
                 .store
                 .feed_read(at.epoch, 64, 4 * 1024 * 1024)
@@ -301,6 +307,9 @@ impl Producer {
                 }
                 _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
                 _ = self.tx.closed() => return Ok(()),
+                _ = self.closing.wait_for(|&c| c) => {
+                    return Err(closing(self.node_id, &at.token()));
+                }
             }
         }
     }

@@ -70,6 +70,17 @@ pub fn parse_resume_token(token: &str) -> Result<u64, Status> {
         })
 }
 
+/// How a stream ends when its node stops.
+pub(super) fn closing(node_id: u64, token: &str) -> Status {
+    let mut status = Status::unavailable(format!(
+        "node {node_id} is stopping; resume on another node with token {token}"
+    ));
+    if let Ok(value) = token.parse() {
+        status.metadata_mut().insert("ordo-resume-token", value);
+    }
+    status
+}
+
 pub(super) fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
     let mut status = Status::out_of_range(format!(
         "watch: node {node_id} keeps events from epoch {start} on, not from epoch {from}: read \
@@ -170,6 +181,7 @@ impl OrdoService {
             stall: self.limits.watch_stall,
             tx,
             delivered: from - 1,
+            closing: self.closing.clone(),
             _permit: permit,
         };
         tokio::spawn(async move {
@@ -225,6 +237,8 @@ struct Producer {
     tx: mpsc::Sender<v1::WatchResponse>,
     /// Every event through this epoch is in the buffer (or was taken from it).
     delivered: u64,
+    /// The node is stopping: end the stream.
+    closing: watch::Receiver<bool>,
     /// The stream's watcher slot, released when the producer ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -235,6 +249,9 @@ impl Producer {
     async fn run(mut self, mut next: u64) -> Result<(), Status> {
         let mut quiet_since = Instant::now();
         loop {
+            if *self.closing.borrow() {
+                return Err(closing(self.node_id, &resume_token(self.delivered)));
+            }
             let page = self
                 .store
                 .feed_read(next, WATCH_EPOCHS_PER_READ_MAX, WATCH_READ_BYTES_MAX)
@@ -275,6 +292,9 @@ impl Producer {
                 }
                 _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
                 _ = self.tx.closed() => return Ok(()),
+                _ = self.closing.wait_for(|&c| c) => {
+                    return Err(closing(self.node_id, &resume_token(self.delivered)));
+                }
             }
         }
     }
