@@ -481,15 +481,19 @@ impl Store {
     }
 
     /// The feed's entries from epoch `from` on, up to the applied epoch, at most `epochs_max`
-    /// entries and about `bytes_max` bytes (at least one entry when there is one). Read under
-    /// the epoch gate: the page is whole epochs, and nothing in it was pruned.
+    /// entries and about `bytes_max` bytes (at least one entry when there is one).
+    ///
+    /// It takes no lock a commit waits for, so readers never delay epochs. It is still exact:
+    /// an epoch's entry is written with the epoch, so every entry up to the applied epoch read
+    /// first is there; and a commit that prunes moves the start before it removes entries, so
+    /// if the start read last is not past `from`, nothing this read needed was removed while it
+    /// ran (otherwise the page is empty and its `start` says why).
     pub fn feed_read(
         &self,
         from: u64,
         epochs_max: usize,
         bytes_max: usize,
     ) -> Result<FeedPage, StoreError> {
-        let _gate = self.gate.read().expect("epoch gate");
         let applied = self.applied_epoch();
         let start = self.feed_start();
         let from = from.max(1);
@@ -520,6 +524,15 @@ impl Store {
                 page.through = epoch;
                 break;
             }
+        }
+        let start = self.feed_start();
+        if from < start {
+            return Ok(FeedPage {
+                start,
+                applied,
+                through: from - 1,
+                entries: Vec::new(),
+            });
         }
         Ok(page)
     }
@@ -754,7 +767,7 @@ impl Store {
         let mut feed_batch = sled::Batch::default();
         meta_batch.insert(META_APPLIED, encode(&next));
         let mut feed = self.feed.lock().expect("feed lock");
-        let feed_next = match commit.stamp {
+        let feed_next: FeedState = match commit.stamp {
             Some(stamp) => self.feed_commit(
                 &feed,
                 stamp.epoch,
@@ -764,6 +777,10 @@ impl Store {
             )?,
             None => *feed,
         };
+        // Readers of the feed take no lock: they must see the start move before the entries
+        // it drops go (see `feed_read`).
+        feed.start = feed_next.start;
+        drop(feed);
         let mut trees: Vec<&Tree> = vec![&self.meta, &self.hashes, &self.feed_tree];
         let mut batches: Vec<sled::Batch> = vec![meta_batch, sled::Batch::default(), feed_batch];
         if let Some(stamp) = commit.stamp {
@@ -796,8 +813,7 @@ impl Store {
             }
         }
         drop(resident);
-        *feed = feed_next;
-        drop(feed);
+        *self.feed.lock().expect("feed lock") = feed_next;
         if touches_global {
             self.global_version.fetch_add(1, Ordering::SeqCst);
         }
@@ -1010,9 +1026,10 @@ impl Store {
         let mut trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
         trees.push(&self.feed_tree);
         let mut feed = self.feed.lock().expect("feed lock");
+        // Before the entries go, for the lock-free readers (see `feed_read`).
+        feed.start = feed_start;
         let mut resident = self.resident.write().expect("resident lock");
         apply_atomically(&trees, &batches, "snapshot import")?;
-        feed.start = feed_start;
         feed.bytes = 0;
         drop(feed);
         if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
