@@ -483,3 +483,27 @@ async fn a_watcher_killed_with_its_node_resumes_on_another_with_no_gap() {
     assert!(seen == all, "the resumed watcher missed or repeated events");
     assert_replays_to_stock(&other_client, &seen).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_ends_its_streams_with_a_resume_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let mut stream = client.watch(watch_from(Start::FromEpoch(1))).await.unwrap();
+    let applied = client.status().await.unwrap().applied_epoch;
+    let mut seen = Seen::new();
+    read_through(&mut stream, applied, &mut seen).await.unwrap();
+
+    // SIGTERM: the node stops promptly although a stream is open, and the stream says where
+    // to resume. (The client keeps running meanwhile: a graceful HTTP/2 shutdown waits for
+    // its answer to a ping.)
+    let stopping = tokio::task::spawn_blocking(move || node.stop());
+    let status = read_through(&mut stream, u64::MAX, &mut seen)
+        .await
+        .unwrap_err();
+    stopping.await.unwrap();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let token = status.metadata().get("ordo-resume-token").unwrap();
+    assert!(token.to_str().unwrap().starts_with("ordo1."));
+}

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::subscriptions::wire_kind;
-use super::watch::{closing, out_of_range, outbox_stream, progress_interval, send_within};
+use super::watch::{closing, out_of_range, outbox_stream, progress_interval, Outbox};
 use super::{internal, OrdoService};
 
 pub type NotificationStream = std::pin::Pin<
@@ -218,11 +218,14 @@ impl OrdoService {
             shard: r.shard,
             shards,
             progress: progress_interval(r.progress_interval_ms),
-            stall: self.limits.watch_stall,
-            tx,
+            out: Outbox {
+                tx,
+                stall: self.limits.watch_stall,
+                closing: self.closing.clone(),
+                node_id: self.node.node_id,
+            },
             dcs: BTreeMap::new(),
             last_token: position.token(),
-            closing: self.closing.clone(),
             _permit: permit,
         };
         tokio::spawn(async move {
@@ -241,14 +244,11 @@ struct Producer {
     shard: u32,
     shards: u32,
     progress: Duration,
-    stall: Duration,
-    tx: mpsc::Sender<v1::WatchNotificationsResponse>,
+    out: Outbox<v1::WatchNotificationsResponse>,
     /// DC coordinates looked up for near-a-point subscriptions: (lat_e6, lon_e6).
     dcs: BTreeMap<u32, Option<(i32, i32)>>,
     /// The token of the last message put in the buffer: where a stalled stream resumes.
     last_token: String,
-    /// The node is stopping: end the stream.
-    closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -259,7 +259,7 @@ impl Producer {
     async fn run(mut self, mut at: Position) -> Result<(), Status> {
         let mut quiet_since = Instant::now();
         loop {
-            if *self.closing.borrow() {
+            if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &self.last_token));
             }
             let page = self
@@ -306,8 +306,8 @@ impl Producer {
                     }
                 }
                 _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
-                _ = self.tx.closed() => return Ok(()),
-                _ = self.closing.wait_for(|&c| c) => {
+                _ = self.out.tx.closed() => return Ok(()),
+                _ = self.out.closing.wait_for(|&c| c) => {
                     return Err(closing(self.node_id, &at.token()));
                 }
             }
@@ -383,7 +383,7 @@ impl Producer {
     async fn send(&mut self, message: v1::WatchNotificationsResponse) -> Result<(), Stop> {
         let token = self.last_token.clone();
         let sent = message.resume_token.clone();
-        send_within(&self.tx, message, self.stall, &token).await?;
+        self.out.send(message, &token).await?;
         self.last_token = sent;
         Ok(())
     }

@@ -178,10 +178,13 @@ impl OrdoService {
             applied: self.node.applied_epoch.clone(),
             filter,
             progress: progress_interval(r.progress_interval_ms),
-            stall: self.limits.watch_stall,
-            tx,
+            out: Outbox {
+                tx,
+                stall: self.limits.watch_stall,
+                closing: self.closing.clone(),
+                node_id: self.node.node_id,
+            },
             delivered: from - 1,
-            closing: self.closing.clone(),
             _permit: permit,
         };
         tokio::spawn(async move {
@@ -211,18 +214,29 @@ pub(super) fn outbox_stream<T: Send + 'static>(
     Box::pin(stream)
 }
 
-/// Puts a message in a stream's buffer, waiting at most `stall` for room. `Err(None)`: the
-/// client went away; `Err(Some(status))`: the buffer stayed full (`token` resumes the stream).
-pub(super) async fn send_within<T>(
-    tx: &mpsc::Sender<T>,
-    message: T,
-    stall: Duration,
-    token: &str,
-) -> Result<(), Option<Status>> {
-    match tokio::time::timeout(stall, tx.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(None),
-        Err(_) => Err(Some(stalled(tx.max_capacity(), stall, token))),
+/// Where a stream's messages go, and what ends it early.
+pub(super) struct Outbox<T> {
+    pub(super) tx: mpsc::Sender<T>,
+    /// How long the buffer may stay full.
+    pub(super) stall: Duration,
+    /// The node is stopping.
+    pub(super) closing: watch::Receiver<bool>,
+    pub(super) node_id: u64,
+}
+
+impl<T> Outbox<T> {
+    /// Puts a message in the buffer, waiting at most `stall` for room. `Err(None)`: the client
+    /// went away; `Err(Some(status))`: the buffer stayed full, or the node is stopping (`token`
+    /// resumes the stream).
+    pub(super) async fn send(&mut self, message: T, token: &str) -> Result<(), Option<Status>> {
+        tokio::select! {
+            sent = tokio::time::timeout(self.stall, self.tx.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(None),
+                Err(_) => Err(Some(stalled(self.tx.max_capacity(), self.stall, token))),
+            },
+            _ = self.closing.wait_for(|&c| c) => Err(Some(closing(self.node_id, token))),
+        }
     }
 }
 
@@ -233,12 +247,9 @@ struct Producer {
     applied: watch::Receiver<u64>,
     filter: Filter,
     progress: Duration,
-    stall: Duration,
-    tx: mpsc::Sender<v1::WatchResponse>,
+    out: Outbox<v1::WatchResponse>,
     /// Every event through this epoch is in the buffer (or was taken from it).
     delivered: u64,
-    /// The node is stopping: end the stream.
-    closing: watch::Receiver<bool>,
     /// The stream's watcher slot, released when the producer ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -249,7 +260,7 @@ impl Producer {
     async fn run(mut self, mut next: u64) -> Result<(), Status> {
         let mut quiet_since = Instant::now();
         loop {
-            if *self.closing.borrow() {
+            if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &resume_token(self.delivered)));
             }
             let page = self
@@ -291,8 +302,8 @@ impl Producer {
                     }
                 }
                 _ = tokio::time::sleep_until(quiet_since + self.progress) => {}
-                _ = self.tx.closed() => return Ok(()),
-                _ = self.closing.wait_for(|&c| c) => {
+                _ = self.out.tx.closed() => return Ok(()),
+                _ = self.out.closing.wait_for(|&c| c) => {
                     return Err(closing(self.node_id, &resume_token(self.delivered)));
                 }
             }
@@ -364,7 +375,7 @@ impl Producer {
             message: Some(message),
         };
         let token = resume_token(self.delivered);
-        send_within(&self.tx, response, self.stall, &token).await
+        self.out.send(response, &token).await
     }
 }
 
