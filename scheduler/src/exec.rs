@@ -463,6 +463,14 @@ fn run_global(
         }
     }
     let overlay = overlays.get_mut(&Part::Global).expect("global overlay");
+    let price_ctx = PriceCtx {
+        store,
+        cfg,
+        epoch,
+        time_ms,
+        seq,
+        request_id: &txn.request_id,
+    };
     let result = match validate::validate(txn) {
         Err(reason) => refused(RefuseCode::Invalid, reason),
         Ok(()) => match &txn.op {
@@ -500,15 +508,7 @@ fn run_global(
                         price_cents: item.price_cents,
                         currency: String::new(),
                     };
-                    let ctx = PriceCtx {
-                        store,
-                        cfg,
-                        epoch,
-                        time_ms,
-                        seq,
-                        request_id: &txn.request_id,
-                    };
-                    set_price(&ctx, overlay, &set, old.price_cents)?;
+                    set_price(&price_ctx, overlay, &set, old.price_cents)?;
                 }
                 upserted(txn, epoch)
             }
@@ -536,16 +536,8 @@ fn run_global(
                     requested: 0,
                 });
                 if rejection.is_none() {
-                    let ctx = PriceCtx {
-                        store,
-                        cfg,
-                        epoch,
-                        time_ms,
-                        seq,
-                        request_id: &txn.request_id,
-                    };
                     for (set, item) in items {
-                        set_price(&ctx, overlay, set, item.price_cents)?;
+                        set_price(&price_ctx, overlay, set, item.price_cents)?;
                         let item = ItemRecord {
                             price_cents: set.price_cents,
                             ..item

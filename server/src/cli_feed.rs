@@ -432,20 +432,38 @@ async fn notifications(
             Ok::<bool, ordo_client::Error>(false)
         }
         .await;
-        match outcome {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) if resumable(&e) => {
-                eprintln!("notifications: {e}; resuming from the last token");
-                failures += 1;
-            }
-            Err(e) => return Err(e),
-        }
-        client.next_endpoint();
-        if failures >= endpoints.max(1) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        if resume_or_stop(client, outcome, "notifications", &mut failures, endpoints).await? {
+            return Ok(());
         }
     }
+}
+
+/// After a stream ended: `true` when the limit was reached (stop); `false` to resume from the
+/// last token on the next endpoint (after a pause once every endpoint failed in a row). A
+/// refusal of the request itself is returned. The server ending a stream without a status
+/// counts as a failure to resume from; a stream cut inside an epoch (`more`) resumes at that
+/// epoch, since the token only moves after an epoch's last message: nothing prints twice.
+async fn resume_or_stop(
+    client: &Client,
+    outcome: Result<bool, ordo_client::Error>,
+    what: &str,
+    failures: &mut usize,
+    endpoints: usize,
+) -> Result<bool, ordo_client::Error> {
+    match outcome {
+        Ok(true) => return Ok(true),
+        Ok(false) => {}
+        Err(e) if resumable(&e) => {
+            eprintln!("{what}: {e}; resuming from the last token");
+            *failures += 1;
+        }
+        Err(e) => return Err(e),
+    }
+    client.next_endpoint();
+    if *failures >= endpoints.max(1) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(false)
 }
 
 fn fail(e: &ordo_client::Error) -> ExitCode {
@@ -572,21 +590,8 @@ async fn watch(
             Ok::<bool, ordo_client::Error>(false)
         }
         .await;
-        match outcome {
-            Ok(true) => return Ok(()),
-            // The server ended the stream without a status: resume like after a failure.
-            Ok(false) => {}
-            Err(e) if resumable(&e) => {
-                // A stream cut inside an epoch (`more`) resumes at that epoch: the token only
-                // moves after an epoch's last message, so nothing is printed twice.
-                eprintln!("watch: {e}; resuming from the last token");
-                failures += 1;
-            }
-            Err(e) => return Err(e),
-        }
-        client.next_endpoint();
-        if failures >= endpoints.max(1) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        if resume_or_stop(client, outcome, "watch", &mut failures, endpoints).await? {
+            return Ok(());
         }
     }
 }
