@@ -284,7 +284,7 @@ impl Producer {
             if page.through >= at.epoch {
                 at = Position::epoch_start(page.through + 1);
             }
-            if quiet_since.elapsed() >= self.progress {
+            if quiet_since.elapsed() >= self.progress && at.epoch <= page.applied + 1 {
                 let progress = v1::WatchNotificationsResponse {
                     notifications: Vec::new(),
                     resume_token: at.token(),

@@ -285,7 +285,8 @@ impl Producer {
                 next = page.through + 1;
                 self.delivered = page.through;
             }
-            if quiet_since.elapsed() >= self.progress {
+            // No progress past what this node applied (a start in the future waits quietly).
+            if quiet_since.elapsed() >= self.progress && self.delivered <= page.applied {
                 match self.send_progress().await {
                     Ok(()) => quiet_since = Instant::now(),
                     Err(Some(status)) => return Err(status),
