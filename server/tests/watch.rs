@@ -318,6 +318,27 @@ async fn a_start_before_retention_is_out_of_range_and_names_the_oldest_epoch() {
         })
         .collect();
     assert_eq!(on_hand, vec![stock.on_hand + 1]);
+
+    // A start in the future waits quietly: no progress for epochs not applied yet, then the
+    // events from that epoch on.
+    let future = r.epoch + 3;
+    let mut ahead = client
+        .watch(watch_from(Start::FromEpoch(future)))
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(300), ahead.message()).await;
+    assert!(
+        early.is_err(),
+        "a message before epoch {future} existed: {early:?}"
+    );
+    let mut last = 0;
+    for _ in 0..5 {
+        last = client.restock(1, 1, 1, None).await.unwrap().epoch;
+    }
+    let mut seen = Seen::new();
+    read_through(&mut ahead, last, &mut seen).await.unwrap();
+    let epochs: Vec<u64> = seen.iter().map(|((e, _), _)| *e).collect();
+    assert_eq!(epochs, (future..=last).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -284,14 +284,17 @@ impl Producer {
             if page.through >= at.epoch {
                 at = Position::epoch_start(page.through + 1);
             }
-            if quiet_since.elapsed() >= self.progress && at.epoch <= page.applied + 1 {
-                let progress = v1::WatchNotificationsResponse {
-                    notifications: Vec::new(),
-                    resume_token: at.token(),
-                    epoch: at.epoch - 1,
-                };
-                if let Err(stop) = self.send(progress).await {
-                    return stop.map_or(Ok(()), Err);
+            if quiet_since.elapsed() >= self.progress {
+                // No progress past what this node applied.
+                if at.epoch <= page.applied + 1 {
+                    let progress = v1::WatchNotificationsResponse {
+                        notifications: Vec::new(),
+                        resume_token: at.token(),
+                        epoch: at.epoch - 1,
+                    };
+                    if let Err(stop) = self.send(progress).await {
+                        return stop.map_or(Ok(()), Err);
+                    }
                 }
                 quiet_since = Instant::now();
             }

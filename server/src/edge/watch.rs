@@ -285,13 +285,17 @@ impl Producer {
                 next = page.through + 1;
                 self.delivered = page.through;
             }
-            // No progress past what this node applied (a start in the future waits quietly).
-            if quiet_since.elapsed() >= self.progress && self.delivered <= page.applied {
-                match self.send_progress().await {
-                    Ok(()) => quiet_since = Instant::now(),
-                    Err(Some(status)) => return Err(status),
-                    Err(None) => return Ok(()),
+            if quiet_since.elapsed() >= self.progress {
+                // No progress past what this node applied (a start in the future waits
+                // quietly, without spinning on the elapsed interval).
+                if self.delivered <= page.applied {
+                    match self.send_progress().await {
+                        Ok(()) => {}
+                        Err(Some(status)) => return Err(status),
+                        Err(None) => return Ok(()),
+                    }
                 }
+                quiet_since = Instant::now();
             }
             if page.through < page.applied {
                 continue; // More to read now.
