@@ -9,10 +9,18 @@
 //! `--workload browse-nearby` and `order-nearby` run "near me" (availability over the dark
 //! stores around a user, orders filled from them) against Ordo's nearby API and the PostgreSQL
 //! and Redis geo designs, with their own checks (`nearby/`).
+//! `--workload feed` runs orders while `--watchers` follow the change feed (Ordo's Watch,
+//! PostgreSQL's logical decoding or LISTEN/NOTIFY) and `price-latency` times a price change to
+//! its notification, with their own checks (`feed/`).
+//! `ordo-bench notify` gives a hot item a million subscribers and drops its price while
+//! orders run: the fan-out's time, every subscriber notified once, the orders' latency
+//! before and during it (`notify.rs`).
 
 mod cart;
 mod check;
+mod feed;
 mod nearby;
+mod notify;
 mod report;
 mod runner;
 mod servers;
@@ -67,13 +75,19 @@ enum Command {
         #[command(flatten)]
         knobs: Knobs,
     },
+    /// A hot item with many subscribers (1,000,000 by default) drops its price while orders
+    /// run, on one Ordo node: fan-out time, every subscriber notified exactly once, order
+    /// latency before and during the fan-out. Exit 1 if a subscriber missed or repeated.
+    Notify(notify::NotifyArgs),
 }
 
 #[derive(Args, Clone)]
 struct Knobs {
     /// flash-sale, hot-items, uniform, multi-dc, browse, cart, browse-nearby (availability of
-    /// 20 SKUs over the dark stores within 5 km of a user) or order-nearby (orders of 1-3
-    /// zipf-hot SKUs filled FEWEST_DCS from at most 3 of those stores).
+    /// 20 SKUs over the dark stores within 5 km of a user), order-nearby (orders of 1-3
+    /// zipf-hot SKUs filled FEWEST_DCS from at most 3 of those stores), feed (orders while
+    /// watchers follow the change feed) or price-latency (a price change every
+    /// --price-interval-ms, timed to the watchers' notification, while orders run).
     #[arg(long)]
     workload: WorkloadKind,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.
@@ -125,6 +139,23 @@ struct Knobs {
     /// cart: the share of confirms sent at the hold's expiry (± 100 ms) instead of at once.
     #[arg(long, default_value_t = cart::CartKnobs::default().late_confirm_share)]
     late_confirms: f64,
+    /// feed, price-latency: watchers following the feed; a comma-separated list runs each count
+    /// in turn (a fresh server each), e.g. 0,1,10,100.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    watchers: Vec<usize>,
+    /// feed, price-latency: PostgreSQL's feed design(s), comma-separated: decoding (a
+    /// test_decoding slot per watcher, polled with pg_logical_slot_get_changes) and/or notify
+    /// (triggers calling pg_notify, a LISTEN connection per watcher) [default: decoding for
+    /// feed, notify,decoding for price-latency].
+    #[arg(long, value_delimiter = ',')]
+    pg_feed: Option<Vec<feed::PgFeed>>,
+    /// price-latency: milliseconds between price changes.
+    #[arg(long, default_value_t = feed::FeedKnobs::default().price_interval_ms)]
+    price_interval_ms: u64,
+    /// feed, price-latency: how long a PostgreSQL decoding watcher waits before polling again
+    /// after a poll that was not full.
+    #[arg(long, default_value_t = feed::FeedKnobs::default().pg_poll_ms)]
+    pg_poll_ms: u64,
     /// Ordo's region partitions.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
@@ -192,10 +223,62 @@ impl Knobs {
         if let (true, Some(stock)) = (self.workload.is_nearby(), self.stock) {
             anyhow::ensure!(stock >= 1, "--stock must be at least 1");
         }
+        if self.workload.is_feed() {
+            anyhow::ensure!(
+                self.rate.is_none(),
+                "the {} workload runs a closed loop only (drop --rate)",
+                self.workload
+            );
+            anyhow::ensure!(!self.watchers.is_empty(), "--watchers is empty");
+            for &w in &self.watchers {
+                anyhow::ensure!(
+                    w <= feed::WATCHERS_MAX,
+                    "--watchers must be 0..={}",
+                    feed::WATCHERS_MAX
+                );
+            }
+            anyhow::ensure!(
+                (1..=60_000).contains(&self.price_interval_ms),
+                "--price-interval-ms must be 1..=60000"
+            );
+            anyhow::ensure!(
+                (1..=10_000).contains(&self.pg_poll_ms),
+                "--pg-poll-ms must be 1..=10000"
+            );
+            if let Some(designs) = &self.pg_feed {
+                anyhow::ensure!(!designs.is_empty(), "--pg-feed is empty");
+            }
+        }
         Ok(())
     }
 
-    fn config(&self, target: Target) -> RunConfig {
+    /// The runs a target makes: one, or for the feed workloads one per watcher count (and per
+    /// PostgreSQL design), in order.
+    fn configs(&self, target: Target) -> Vec<RunConfig> {
+        if !self.workload.is_feed() {
+            return vec![self.config(target, feed::FeedKnobs::default())];
+        }
+        let designs = match (target, &self.pg_feed) {
+            (Target::Postgres, Some(designs)) => designs.clone(),
+            (Target::Postgres, None) => feed::PgFeed::defaults(self.workload),
+            _ => vec![feed::PgFeed::default()],
+        };
+        let mut configs = Vec::new();
+        for pg_feed in designs {
+            for &watchers in &self.watchers {
+                let knobs = feed::FeedKnobs {
+                    watchers,
+                    pg_feed,
+                    price_interval_ms: self.price_interval_ms,
+                    pg_poll_ms: self.pg_poll_ms,
+                };
+                configs.push(self.config(target, knobs));
+            }
+        }
+        configs
+    }
+
+    fn config(&self, target: Target, feed: feed::FeedKnobs) -> RunConfig {
         RunConfig {
             target,
             spec: WorkloadSpec::new(
@@ -225,6 +308,7 @@ impl Knobs {
                 stock_max: self.stock,
                 pg_geo: self.pg_geo,
             },
+            feed,
         }
     }
 
@@ -248,12 +332,13 @@ fn own_targets(workload: WorkloadKind) -> Option<fn(Target) -> Result<(), String
     match workload {
         WorkloadKind::Cart => Some(cart::supported),
         w if w.is_nearby() => Some(nearby::supported),
+        w if w.is_feed() => Some(feed::supported),
         _ => None,
     }
 }
 
-async fn run_one(knobs: &Knobs, target: Target) -> anyhow::Result<RunResult> {
-    let cfg = knobs.config(target);
+async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
+    let target = cfg.target;
     let ordo_bin = if target.is_ordo() {
         knobs.ordo_bin()?
     } else {
@@ -264,15 +349,22 @@ async fn run_one(knobs: &Knobs, target: Target) -> anyhow::Result<RunResult> {
             anyhow::anyhow!("{target} cannot run the {} workload: {why}", knobs.workload)
         })?;
     }
-    let server = Server::start(target, &ordo_bin, knobs.partitions)
+    let pg_settings = if knobs.workload.is_feed() {
+        feed::pg_settings(&cfg.feed)
+    } else {
+        Vec::new()
+    };
+    let server = Server::start(target, &ordo_bin, knobs.partitions, &pg_settings)
         .await
         .with_context(|| format!("starting {target}"))?;
     let run = if knobs.workload == WorkloadKind::Cart {
-        cart::run(&server, &cfg).await
+        cart::run(&server, cfg).await
     } else if knobs.workload.is_nearby() {
-        nearby::run(&server, &cfg).await
+        nearby::run(&server, cfg).await
+    } else if knobs.workload.is_feed() {
+        feed::run(&server, cfg).await
     } else {
-        runner::run(&server, &cfg).await
+        runner::run(&server, cfg).await
     };
     run.with_context(|| format!("running {target}"))
 }
@@ -305,10 +397,14 @@ fn finish(out: &Path, runs: &[RunResult]) -> anyhow::Result<bool> {
 
 async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
+        Command::Notify(args) => notify::run(args).await,
         Command::Run { target, knobs } => {
             knobs.validate()?;
-            let result = run_one(&knobs, target).await?;
-            finish(&knobs.out, &[result])
+            let mut runs = Vec::new();
+            for cfg in knobs.configs(target) {
+                runs.push(run_one(&knobs, &cfg).await?);
+            }
+            finish(&knobs.out, &runs)
         }
         Command::Compare { targets, knobs } => {
             knobs.validate()?;
@@ -322,7 +418,7 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 }
                 anyhow::ensure!(
                     !runnable.is_empty(),
-                    "none of --targets can run the {} workload (ordo-1, ordo-3, postgres, redis, redis-everysec can)",
+                    "none of --targets can run the {} workload (the reasons are above)",
                     knobs.workload
                 );
                 runnable
@@ -330,8 +426,9 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                 targets
             };
             let mut runs = Vec::new();
-            for target in targets {
-                let result = run_one(&knobs, target).await?;
+            for cfg in targets.into_iter().flat_map(|t| knobs.configs(t)) {
+                let target = cfg.target;
+                let result = run_one(&knobs, &cfg).await?;
                 let carts = result
                     .cart
                     .as_ref()
@@ -355,8 +452,18 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
                         )
                     })
                     .unwrap_or_default();
+                let feed = result
+                    .feed
+                    .as_ref()
+                    .map(|f| {
+                        format!(
+                            ", {} with {} watchers: {:.0} events/s delivered, {:.0} µs server CPU/order",
+                            f.design, f.watchers, f.events_s_total, f.server_cpu_us_per_order
+                        )
+                    })
+                    .unwrap_or_default();
                 eprintln!(
-                    "{target}: {:.0} ops/s, p99 {:.2} ms{carts}{nearby}, check {}",
+                    "{target}: {:.0} ops/s, p99 {:.2} ms{carts}{nearby}{feed}, check {}",
                     result.throughput_ops_s,
                     result.latency_us.p99 as f64 / 1000.0,
                     if result.check.ok { "ok" } else { "FAILED" }

@@ -76,6 +76,183 @@ pub fn table(runs: &[RunResult]) -> String {
         out.push('\n');
         out.push_str(&nearby_table(runs));
     }
+    if runs
+        .iter()
+        .any(|r| r.feed.as_ref().is_some_and(|f| f.price.is_none()))
+    {
+        out.push('\n');
+        out.push_str(&feed_table(runs));
+    }
+    if runs
+        .iter()
+        .any(|r| r.feed.as_ref().is_some_and(|f| f.price.is_some()))
+    {
+        out.push('\n');
+        out.push_str(&price_table(runs));
+    }
+    out
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn check_cell(r: &RunResult) -> String {
+    if r.check.ok {
+        let errors = r.check.errors.values().sum::<u64>();
+        match &r.feed {
+            Some(f) => format!(
+                "ok ({} × {} watchers once each{}{})",
+                f.check.expected_per_watcher,
+                f.watchers,
+                // NOTIFY carries no position to check the order against.
+                if f.design == "notify" {
+                    ""
+                } else {
+                    ", in order"
+                },
+                if errors > 0 {
+                    format!("; {errors} orders of unknown outcome")
+                } else {
+                    String::new()
+                }
+            ),
+            None => "ok".into(),
+        }
+    } else {
+        format!(
+            "FAILED: {}",
+            r.check.problems.first().cloned().unwrap_or_default()
+        )
+    }
+}
+
+/// The feed workload's table: orders beside the watchers (and against the same target and
+/// design with 0 watchers in the same run), what the watchers received per second, their lag,
+/// and each against PostgreSQL's first design with as many watchers in the same run.
+pub fn feed_table(runs: &[RunResult]) -> String {
+    let feeds: Vec<(&RunResult, &crate::feed::FeedReport)> = runs
+        .iter()
+        .filter_map(|r| r.feed.as_ref().map(|f| (r, f)))
+        .filter(|(_, f)| f.price.is_none())
+        .collect();
+    let find = |target: &str, design: Option<&str>, watchers: usize| {
+        feeds.iter().find(|(r, f)| {
+            r.target == target && design.is_none_or(|d| f.design == d) && f.watchers == watchers
+        })
+    };
+    let ratio = |x: f64, base: Option<f64>| match base {
+        Some(base) if base > 0.0 => format!("{:.2}×", x / base),
+        _ => "-".into(),
+    };
+    let mut out = String::from(
+        "| target | feed | watchers | orders/s | ÷ 0 watchers | ÷ postgres | order p50 ms | order p99 ms | events/s delivered | per watcher (min–max) | ÷ postgres | lag p50 ms | lag p99 ms | catch-up s | server CPU µs/order | harness CPU µs/order | check |\n",
+    );
+    out.push_str(
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for (r, f) in &feeds {
+        let idle = find(&r.target, Some(&f.design), 0).map(|(b, _)| b.throughput_ops_s);
+        let pg = find("postgres", None, f.watchers);
+        let (lag50, lag99) = match &f.lag_us {
+            Some(l) => (ms(l.p50), ms(l.p99)),
+            None => ("-".into(), "-".into()),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0}–{:.0}) | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
+            r.target,
+            f.design,
+            f.watchers,
+            r.throughput_ops_s,
+            ratio(r.throughput_ops_s, idle),
+            ratio(r.throughput_ops_s, pg.map(|(b, _)| b.throughput_ops_s)),
+            ms(r.latency_us.p50),
+            ms(r.latency_us.p99),
+            f.events_s_total,
+            f.events_s_per_watcher_mean,
+            f.events_s_per_watcher_min,
+            f.events_s_per_watcher_max,
+            if f.watchers > 0 {
+                ratio(f.events_s_total, pg.map(|(_, p)| p.events_s_total))
+            } else {
+                "-".into()
+            },
+            lag50,
+            lag99,
+            f.catch_up_ms_max
+                .map_or("-".into(), |c| format!("{:.1}", c as f64 / 1000.0)),
+            f.server_cpu_us_per_order,
+            f.harness_cpu_us_per_order,
+            check_cell(r)
+        ));
+    }
+    out
+}
+
+/// The price-latency table: a price change from the writer's answer (and from its send, and
+/// from the target's commit stamp) to each watcher's receipt; send → heard against
+/// PostgreSQL's first design with as many watchers in the same run.
+pub fn price_table(runs: &[RunResult]) -> String {
+    let prices: Vec<(
+        &RunResult,
+        &crate::feed::FeedReport,
+        &crate::feed::PriceFigures,
+    )> = runs
+        .iter()
+        .filter_map(|r| {
+            let f = r.feed.as_ref()?;
+            Some((r, f, f.price.as_ref()?))
+        })
+        .collect();
+    let baseline = |watchers: usize| {
+        prices
+            .iter()
+            .find(|(r, f, _)| r.target == "postgres" && f.watchers == watchers)
+            .map(|(_, _, p)| p)
+    };
+    let ratio_if = |heard: bool, x: u64, base: Option<u64>| match base {
+        Some(base) if heard && base > 0 => format!("{:.2}×", x as f64 / base as f64),
+        _ => "-".into(),
+    };
+    let mut out = String::from(
+        "| target | feed | watchers | orders/s | price changes | set p50 ms | set p99 ms | answer → heard p50 ms | p99 ms | send → heard p50 ms | p99 ms | p50 ÷ postgres | p99 ÷ postgres | commit stamp → heard p50 ms | p99 ms | heard before the answer | server CPU µs/order | check |\n",
+    );
+    out.push_str(
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for (r, f, p) in &prices {
+        let base = baseline(f.watchers).filter(|b| b.notifications > 0);
+        // Without watchers nothing was heard: no latency to show.
+        let heard = |us: u64| {
+            if p.notifications > 0 {
+                ms(us)
+            } else {
+                "-".into()
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {:.0} | {} |\n",
+            r.target,
+            f.design,
+            f.watchers,
+            r.throughput_ops_s,
+            p.changes,
+            ms(p.set_latency_us.p50),
+            ms(p.set_latency_us.p99),
+            heard(p.answer_to_heard_us.p50),
+            heard(p.answer_to_heard_us.p99),
+            heard(p.send_to_heard_us.p50),
+            heard(p.send_to_heard_us.p99),
+            ratio_if(p.notifications > 0, p.send_to_heard_us.p50, base.map(|b| b.send_to_heard_us.p50)),
+            ratio_if(p.notifications > 0, p.send_to_heard_us.p99, base.map(|b| b.send_to_heard_us.p99)),
+            heard(p.commit_to_heard_us.p50),
+            heard(p.commit_to_heard_us.p99),
+            p.heard_before_answer,
+            p.notifications,
+            f.server_cpu_us_per_order,
+            check_cell(r)
+        ));
+    }
     out
 }
 
@@ -237,7 +414,14 @@ pub fn write_plots(dir: &Path, run: &RunResult) -> anyhow::Result<Option<String>
             "no plots: no TrueType font found at {FONT_PATHS:?} (apt-get install fonts-dejavu-core)"
         )));
     }
-    let stem = format!("{}-{}", run.target, run.workload);
+    // Feed runs of one target differ by design and watcher count.
+    let stem = match &run.feed {
+        Some(f) => format!(
+            "{}-{}-{}-{}w",
+            run.target, run.workload, f.design, f.watchers
+        ),
+        None => format!("{}-{}", run.target, run.workload),
+    };
     let seconds = run.timeline.len().max(1) as u64;
 
     let path = dir.join(format!("{stem}-latency.png"));

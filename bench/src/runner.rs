@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub cart: crate::cart::CartKnobs,
     /// The nearby workloads' dataset and PostgreSQL design (ignored by the others).
     pub nearby: crate::nearby::NearbyKnobs,
+    /// The feed workloads' watchers and PostgreSQL design (ignored by the others).
+    pub feed: crate::feed::FeedKnobs,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,6 +88,10 @@ pub struct RunResult {
     /// absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nearby: Option<crate::nearby::NearbyReport>,
+    /// The feed workloads' figures (events delivered, watcher lag, price notification
+    /// latency, server CPU per order, the feed check); absent for the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<crate::feed::FeedReport>,
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -226,6 +232,26 @@ impl Progress {
     }
 }
 
+/// CPU seconds (user + system) this process has used so far, from /proc (0 where unreadable).
+pub(crate) fn harness_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) ... utime(11) stime(12), in clock ticks (100 a second).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// Loads the dataset into the started target and runs the workload.
 pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> {
     let ep = &server.endpoints;
@@ -335,6 +361,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         timeline: timing.timeline(),
         cart: None,
         nearby: None,
+        feed: None,
     })
 }
 

@@ -99,7 +99,15 @@ where
 }
 
 impl Server {
-    pub async fn start(target: Target, ordo_bin: &Path, partitions: u32) -> anyhow::Result<Server> {
+    /// Starts `target`. `pg_settings` are extra `-c name=value` settings for PostgreSQL (the
+    /// feed workloads' logical decoding needs `wal_level=logical` and replication slots);
+    /// the other targets ignore them.
+    pub async fn start(
+        target: Target,
+        ordo_bin: &Path,
+        partitions: u32,
+        pg_settings: &[(String, String)],
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
         match target {
             Target::Ordo1 | Target::Ordo1Batch => {
@@ -108,7 +116,9 @@ impl Server {
             Target::Ordo3 | Target::Ordo3Batch => {
                 start_ordo(dir, target, ordo_bin, 3, partitions).await
             }
-            Target::Postgres | Target::PostgresCond => start_postgres(dir, target).await,
+            Target::Postgres | Target::PostgresCond => {
+                start_postgres(dir, target, pg_settings).await
+            }
             Target::Redis => start_redis(dir, target, "always").await,
             Target::RedisEverysec => start_redis(dir, target, "everysec").await,
             #[cfg(feature = "etcd")]
@@ -268,7 +278,11 @@ async fn start_ordo(
     })
 }
 
-async fn start_postgres(dir: tempfile::TempDir, target: Target) -> anyhow::Result<Server> {
+async fn start_postgres(
+    dir: tempfile::TempDir,
+    target: Target,
+    settings: &[(String, String)],
+) -> anyhow::Result<Server> {
     let bins = postgres_bin_dirs();
     let initdb = find_binary("initdb", &bins)?;
     let pg_ctl = find_binary("pg_ctl", &bins)?;
@@ -306,10 +320,13 @@ async fn start_postgres(dir: tempfile::TempDir, target: Target) -> anyhow::Resul
         String::from_utf8_lossy(&out.stderr)
     );
     // The server's defaults stay: fsync = on, synchronous_commit = on.
-    let options = format!(
+    let mut options = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=600 -c shared_buffers=256MB",
         dir.path().display()
     );
+    for (name, value) in settings {
+        options.push_str(&format!(" -c {name}={value}"));
+    }
     let out = as_postgres(&pg_ctl)
         .arg("-D")
         .arg(&data)

@@ -34,12 +34,22 @@ pub enum WorkloadKind {
     BrowseNearby,
     /// Orders of 1-3 zipf-hot SKUs filled from the stores near a user (`crate::nearby`).
     OrderNearby,
+    /// Orders while watchers follow the change feed (`crate::feed`).
+    Feed,
+    /// Orders while a price changes every few tens of milliseconds and watchers wait for the
+    /// price events (`crate::feed`).
+    PriceLatency,
 }
 
 impl WorkloadKind {
     /// The workloads with their own runner and dataset (`crate::nearby`).
     pub fn is_nearby(self) -> bool {
         matches!(self, WorkloadKind::BrowseNearby | WorkloadKind::OrderNearby)
+    }
+
+    /// The workloads with watchers beside the orders (`crate::feed`).
+    pub fn is_feed(self) -> bool {
+        matches!(self, WorkloadKind::Feed | WorkloadKind::PriceLatency)
     }
 }
 
@@ -55,10 +65,12 @@ impl FromStr for WorkloadKind {
             "cart" => WorkloadKind::Cart,
             "browse-nearby" => WorkloadKind::BrowseNearby,
             "order-nearby" => WorkloadKind::OrderNearby,
+            "feed" => WorkloadKind::Feed,
+            "price-latency" => WorkloadKind::PriceLatency,
             other => {
                 return Err(format!(
                     "unknown workload {other:?}: flash-sale, hot-items, uniform, multi-dc, browse, \
-                     cart, browse-nearby or order-nearby"
+                     cart, browse-nearby, order-nearby, feed or price-latency"
                 ))
             }
         })
@@ -76,6 +88,8 @@ impl fmt::Display for WorkloadKind {
             WorkloadKind::Cart => "cart",
             WorkloadKind::BrowseNearby => "browse-nearby",
             WorkloadKind::OrderNearby => "order-nearby",
+            WorkloadKind::Feed => "feed",
+            WorkloadKind::PriceLatency => "price-latency",
         })
     }
 }
@@ -322,6 +336,9 @@ impl Generator {
             }
             WorkloadKind::BrowseNearby | WorkloadKind::OrderNearby => {
                 unreachable!("the nearby workloads draw their own operations (crate::nearby)")
+            }
+            WorkloadKind::Feed | WorkloadKind::PriceLatency => {
+                unreachable!("the feed workloads draw their own orders (crate::feed)")
             }
         }
     }

@@ -27,7 +27,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::runner::{LoopMode, Progress, RunConfig, RunResult, Timing};
+use crate::runner::{harness_cpu_seconds, LoopMode, Progress, RunConfig, RunResult, Timing};
 use crate::servers::Server;
 use crate::targets::Target;
 use crate::workload::WorkloadKind;
@@ -299,25 +299,6 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         timeline: timing.timeline(),
         cart: None,
         nearby: Some(report),
+        feed: None,
     })
-}
-
-/// CPU seconds (user + system) this process has used so far, from /proc (0 where unreadable).
-fn harness_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // The command name is in parentheses and may hold spaces: split after the last ')'.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state(0) ppid(1) ... utime(11) stime(12), in clock ticks (100 a second).
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
 }

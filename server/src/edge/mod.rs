@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::limits::Limits;
 
+mod background;
 mod holds;
 mod nearby;
 mod notifications;

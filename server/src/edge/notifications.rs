@@ -228,7 +228,7 @@ impl OrdoService {
             last_token: position.token(),
             _permit: permit,
         };
-        tokio::spawn(async move {
+        super::background::feed().spawn(async move {
             if let Err(status) = producer.run(position).await {
                 let _ = end_tx.send(status);
             }
@@ -280,6 +280,7 @@ impl Producer {
                     Ok(false) => {}
                     Err(stop) => return stop.map_or(Ok(()), Err),
                 }
+                tokio::task::yield_now().await;
             }
             if page.through >= at.epoch {
                 at = Position::epoch_start(page.through + 1);
@@ -360,6 +361,10 @@ impl Producer {
                 if page.len() < SUBSCRIBERS_PAGE_MAX {
                     break;
                 }
+                // A fan-out is CPU work without a natural await (the buffer usually has
+                // room): give the runtime's threads back between pages, or a million
+                // subscribers would hold one for a second while requests and epochs wait.
+                tokio::task::yield_now().await;
             }
         }
         if !batch.is_empty() {

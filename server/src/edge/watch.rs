@@ -187,7 +187,7 @@ impl OrdoService {
             delivered: from - 1,
             _permit: permit,
         };
-        tokio::spawn(async move {
+        super::background::feed().spawn(async move {
             if let Err(status) = producer.run(from).await {
                 let _ = end_tx.send(status);
             }
@@ -280,6 +280,9 @@ impl Producer {
                     Err(Some(status)) => return Err(status),
                     Err(None) => return Ok(()),
                 }
+                // Catching up is CPU work that rarely waits (the buffer has room): let
+                // requests and epochs run between epochs.
+                tokio::task::yield_now().await;
             }
             if page.through >= next {
                 next = page.through + 1;
