@@ -2,11 +2,12 @@
 //! what `ordo-jepsen run` puts in `results.json`.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::history::{self, Event};
-use crate::{append, bank, inventory, register};
+use crate::{append, bank, inventory, register, watch_check};
 
-pub const WORKLOADS: [&str; 4] = ["inventory", "bank", "append", "register"];
+pub const WORKLOADS: [&str; 5] = ["inventory", "bank", "append", "register", "watch"];
 
 /// Exit codes of `check` and `run`.
 pub const VALID: u8 = 0;
@@ -56,7 +57,67 @@ fn owned(counts: BTreeMap<&'static str, usize>) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// Checks a history of `workload`. Errors mean a malformed history (exit 2).
+/// Checks a run: its history, and for `watch` the consumers' feed records in `run_dir`
+/// ([`watch_check::load_feeds`]). What `ordo-jepsen run` and `check` both call.
+pub fn check_run(workload: &str, events: &[Event], run_dir: &Path) -> anyhow::Result<Verdict> {
+    match workload {
+        "watch" => check_watch(events, &watch_check::load_feeds(run_dir)?),
+        _ => check(workload, events),
+    }
+}
+
+/// The `watch` workload: the inventory checker over its history, and the feed checker over
+/// what every consumer received; one verdict with both's anomalies.
+pub fn check_watch(events: &[Event], feeds: &[watch_check::Feed]) -> anyhow::Result<Verdict> {
+    let mut verdict = check("inventory", events)?;
+    let ops = history::pair(events)?;
+    let report = watch_check::check(events, &ops, feeds).map_err(|e| anyhow::anyhow!(e))?;
+    let undecided = verdict.valid.is_none() || !report.unchecked.is_empty();
+    verdict.counts.extend(owned(report.counts.clone()));
+    verdict.valid = Verdict::from_counts(verdict.counts.clone(), undecided);
+    verdict.stats.extend(report.stats.clone());
+    let stat = |k: &str| report.stats.get(k).copied().unwrap_or(0);
+    let sum = |what: &str| -> u64 {
+        feeds
+            .iter()
+            .filter(|f| f.name != watch_check::REFERENCE)
+            .map(|f| stat(&format!("watch-{}-{what}", f.name)))
+            .sum()
+    };
+    verdict.summary = format!(
+        "{}; feed: {} consumers, {} events checked, {} node switches ({} errors, {} of them cut \
+         offs after {} dawdles; {} stalls, {} stale, {} out of range), reference {} events \
+         through epoch {} ({} out of range), {} nodes' feeds starting after a snapshot: {}",
+        verdict.summary,
+        report.consumers,
+        stat("watch-events"),
+        sum("switches"),
+        sum("errors"),
+        sum("cut-off"),
+        sum("dawdles"),
+        sum("stalls"),
+        sum("stale"),
+        sum("out-of-range"),
+        stat("watch-reference-events"),
+        stat("watch-reference-covered"),
+        stat("watch-reference-out-of-range"),
+        stat("watch-nodes-feed-after-snapshot"),
+        if !report.counts.is_empty() {
+            format!("anomalies {:?}", report.counts)
+        } else if !report.unchecked.is_empty() {
+            "partly unchecked".to_string()
+        } else {
+            "valid".to_string()
+        }
+    );
+    verdict
+        .examples
+        .extend(report.anomalies.into_iter().chain(report.unchecked));
+    Ok(verdict)
+}
+
+/// Checks a history of `workload`. Errors mean a malformed history (exit 2). (`watch` needs
+/// its feed records too: [`check_run`].)
 pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
     let ops = history::pair(events)?;
     let err = |e: String| anyhow::anyhow!(e);
@@ -220,6 +281,10 @@ pub fn check(workload: &str, events: &[Event]) -> anyhow::Result<Verdict> {
                     .collect(),
             }
         }
+        "watch" => anyhow::bail!(
+            "the watch workload is checked with its consumers' feed records: give the history \
+             in its run directory (history.jsonl beside watch/)"
+        ),
         other => anyhow::bail!("unknown workload {other:?}: {}", WORKLOADS.join(", ")),
     })
 }

@@ -1,7 +1,8 @@
 //! `ordo-jepsen`: run workloads against a real Ordo cluster under faults, and check histories.
 //!
 //! `ordo-jepsen check --workload register --history FILE` checks a saved history and exits
-//! 0 (valid), 1 (anomalies found) or 2 (could not check).
+//! 0 (valid), 1 (anomalies found) or 2 (could not check). A `watch` history is checked with
+//! the consumers' feed records of its run directory (`watch/*.jsonl` beside it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,7 +31,8 @@ enum Command {
         /// Seconds of workload.
         #[arg(long, default_value_t = 30)]
         time_limit: u64,
-        /// inventory, bank, append or register.
+        /// inventory, bank, append, register or watch (the inventory workload with change-feed
+        /// consumers following Watch through the faults).
         #[arg(long)]
         workload: String,
         /// Comma-separated, any of: partition, kill, pause, clock, membership. `partition` needs
@@ -50,10 +52,15 @@ enum Command {
         /// The `ordo` binary [default: next to this binary].
         #[arg(long)]
         ordo_bin: Option<PathBuf>,
+        /// An extra argument for every `ordo server`, repeatable: `--server-arg=--snapshot-every
+        /// --server-arg=100` (snapshots every 100 epochs, so a node that falls behind installs
+        /// one and its change feed starts after it).
+        #[arg(long = "server-arg", allow_hyphen_values = true)]
+        server_args: Vec<String>,
     },
     /// Check a saved history (JSONL).
     Check {
-        /// inventory, bank, append or register.
+        /// inventory, bank, append, register or watch.
         #[arg(long)]
         workload: String,
         #[arg(long)]
@@ -69,7 +76,8 @@ fn read_history(path: &PathBuf) -> anyhow::Result<Vec<history::Event>> {
 
 /// `check`: prints the anomalies, then a verdict line; returns the exit code.
 fn check(workload: &str, path: &PathBuf) -> anyhow::Result<u8> {
-    let verdict = checks::check(workload, &read_history(path)?)?;
+    let run_dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let verdict = checks::check_run(workload, &read_history(path)?, run_dir)?;
     for e in &verdict.examples {
         println!("{e}");
     }
@@ -102,6 +110,7 @@ fn main() -> ExitCode {
             seed,
             out,
             ordo_bin,
+            server_args,
         } => (|| {
             let ordo_bin = match ordo_bin {
                 Some(b) => b,
@@ -126,6 +135,7 @@ fn main() -> ExitCode {
                 seed,
                 out,
                 ordo_bin,
+                server_args,
             };
             tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
         })(),

@@ -15,8 +15,10 @@
 //! then add it back). Workloads: `register` and `append` over `Transact`; `inventory` (orders
 //! in one DC, several DCs of a region, or across regions, and a fifth of them nearby orders
 //! filled from the stores around a point: see [`crate::nearby`]; restocks; stock reads; and,
-//! for 40% of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]) and `bank`
-//! (transfers between DC rows; whole-snapshot reads of every row).
+//! for 40% of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]); `watch`
+//! (the inventory workload's operations while change-feed consumers follow `Watch` through the
+//! faults: see [`crate::watch`]) and `bank` (transfers between DC rows; whole-snapshot reads of
+//! every row).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -30,7 +32,7 @@ use ordo_client::{v1, Client, Consistency, RetryPolicy};
 use serde_json::{json, Value};
 
 use crate::history::{Event, EventType, Process};
-use crate::{cart, checks, nearby};
+use crate::{cart, checks, nearby, watch};
 
 #[derive(Clone, Debug)]
 pub struct RunOpts {
@@ -43,6 +45,9 @@ pub struct RunOpts {
     pub seed: u64,
     pub out: PathBuf,
     pub ordo_bin: PathBuf,
+    /// Extra arguments for every `ordo server` (e.g. `--snapshot-every 100`, so that nodes
+    /// behind install snapshots and their change feeds start after them).
+    pub server_args: Vec<String>,
 }
 
 pub const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membership"];
@@ -138,6 +143,8 @@ struct NodeProc {
     log: PathBuf,
     peers: Vec<String>,
     fault_injection: bool,
+    /// [`RunOpts::server_args`].
+    extra_args: Vec<String>,
     child: Option<Child>,
     paused: bool,
 }
@@ -174,6 +181,7 @@ impl NodeProc {
         if self.fault_injection {
             cmd.arg("--fault-injection");
         }
+        cmd.args(&self.extra_args);
         self.child = Some(
             cmd.spawn()
                 .with_context(|| format!("starting {}", bin.display()))?,
@@ -343,7 +351,8 @@ impl Generator {
                     call: Call::Transact(ops),
                 }
             }
-            "inventory" if rng.below(10) < cart::HOLD_OPS_TENTHS => {
+            // `watch` writes what `inventory` does, while its consumers follow the feed.
+            "inventory" | "watch" if rng.below(10) < cart::HOLD_OPS_TENTHS => {
                 let request_id = self.request_id();
                 let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
                 let (f, value, call) =
@@ -355,7 +364,7 @@ impl Generator {
                     call: Call::Hold(call),
                 }
             }
-            "inventory" => match rng.below(10) {
+            "inventory" | "watch" => match rng.below(10) {
                 0..=5 if rng.below(5) < nearby::NEARBY_ORDER_FIFTHS => {
                     let request_id = self.request_id();
                     let (value, call) = nearby::next(&mut self.rng, request_id, &SKUS);
@@ -920,7 +929,7 @@ async fn final_reads(rec: &Shared, client: &Client, workload: &str) -> anyhow::R
             let rows = retry_until(RECOVERY_TIMEOUT, || read_all(client)).await?;
             record(rec, process, EventType::Ok, "read", rows);
         }
-        "inventory" => {
+        "inventory" | "watch" => {
             record(
                 rec,
                 process.clone(),
@@ -1043,6 +1052,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
                 log: dir.join(format!("nodes/n{}.log", i + 1)),
                 peers: peers.clone(),
                 fault_injection,
+                extra_args: opts.server_args.clone(),
                 child: None,
                 paused: false,
             })
@@ -1061,7 +1071,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         started: Instant::now(),
         events: Vec::new(),
     }));
-    if matches!(opts.workload.as_str(), "inventory" | "bank") {
+    if matches!(opts.workload.as_str(), "inventory" | "bank" | "watch") {
         let value = load_dataset(&admin, &opts.workload)
             .await
             .context("loading the dataset")?;
@@ -1074,6 +1084,18 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         );
     }
     let setup_epoch = admin.highest_epoch();
+    // The change-feed consumers follow the feed from epoch 1 through the whole run.
+    let consumers = if opts.workload == "watch" {
+        let started = recorder.lock().expect("recorder").started;
+        Some(watch::Consumers::start(
+            &dir,
+            &endpoints,
+            started,
+            opts.time_limit,
+        )?)
+    } else {
+        None
+    };
 
     let end = Instant::now() + opts.time_limit;
     let interval = Duration::from_secs_f64(opts.concurrency as f64 / opts.rate);
@@ -1129,7 +1151,16 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     let client = connect_retrying(&endpoints, RECOVERY_TIMEOUT)
         .await?
         .with_consistency(Consistency::Linearizable);
-    let final_read = final_reads(&recorder, &client, &opts.workload).await;
+    let mut final_read = final_reads(&recorder, &client, &opts.workload).await;
+    if let (Ok(()), Some(consumers)) = (&final_read, consumers) {
+        let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
+        final_read = watch::finish(consumers, &client, &dcs, &SKUS)
+            .await
+            .map(|value| {
+                let watcher = Process::Named("watch".into());
+                record(&recorder, watcher, EventType::Ok, "watch-final", value);
+            });
+    }
     let agreement = agreement(&endpoints).await;
 
     // The history, the verdict, the pictures.
@@ -1140,7 +1171,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     }
     file.flush()?;
     let mut verdict = match &final_read {
-        Ok(()) => checks::check(&opts.workload, &events)?,
+        Ok(()) => checks::check_run(&opts.workload, &events, &dir)?,
         Err(e) => checks::Verdict {
             valid: None,
             counts: BTreeMap::new(),
@@ -1199,6 +1230,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         "time_limit_s": opts.time_limit.as_secs(),
         "rate": opts.rate,
         "concurrency": opts.concurrency,
+        "server_args": opts.server_args,
         "op_counts": op_counts,
         "anomaly_counts": verdict.counts,
         "anomalies": verdict.examples,
