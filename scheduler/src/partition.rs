@@ -331,12 +331,24 @@ fn run_partition(
                         on_hand: record.on_hand,
                         reserved: record.reserved + dead,
                     };
-                    let key = keys::stock(dc, sku);
-                    let before: StockRecord = read_record(seg.store, overlay, part, &key, || {
-                        format!("stock dc {dc} sku {sku}")
-                    })?
-                    .unwrap_or_default();
-                    overlay.put(Some(seq), key, Some(encode(&stored)));
+                    // The row as stored before this transaction: what it read (net of dead
+                    // holds) with those holds added back, as the write above does; no second
+                    // read of the store on the hot path.
+                    let read = reads
+                        .iter()
+                        .flat_map(|r| &r.stock)
+                        .find(|&&(d, s, _)| d == dc && s == sku)
+                        .map(|&(_, _, r)| r)
+                        .ok_or_else(|| {
+                            ExecError::Invariant(format!(
+                                "dc {dc} sku {sku} written by transaction {seq} without a read"
+                            ))
+                        })?;
+                    let before = StockRecord {
+                        on_hand: read.on_hand,
+                        reserved: read.reserved + dead,
+                    };
+                    overlay.put(Some(seq), keys::stock(dc, sku), Some(encode(&stored)));
                     let cause =
                         feed::cause(&txn.op, &decision.result.outcome, decision.order.as_ref());
                     overlay.emit(
