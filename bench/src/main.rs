@@ -16,6 +16,11 @@
 //! orders run: the fan-out's time, every subscriber notified once, the orders' latency
 //! before and during it (`notify.rs`).
 
+/// The node's allocator (server/src/main.rs): the harness's low-priority notification
+/// workers would otherwise hold glibc arena locks its writers wait on.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cart;
 mod check;
 mod feed;

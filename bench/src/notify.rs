@@ -43,6 +43,15 @@ pub struct NotifyArgs {
     /// Seconds to wait for every notification after the change.
     #[arg(long, default_value_t = 300)]
     pub fan_out_timeout_s: u64,
+    /// How the notification workers' threads are scheduled: `idle` (Linux SCHED_IDLE) or
+    /// `normal`. They stand in for workers on other machines; on a shared machine `idle` keeps
+    /// their decoding out of the orders' latency, so what is measured is the node's.
+    #[arg(long, value_enum, default_value_t = ConsumerSched::Idle)]
+    pub consumer_sched: ConsumerSched,
+    /// Seconds to wait, after loading, for the node to settle (its CPU under a tenth of a core
+    /// for two seconds) before the baseline starts.
+    #[arg(long, default_value_t = 120)]
+    pub settle_timeout_s: u64,
     /// Concurrent subscribes while loading.
     #[arg(long, default_value_t = 256)]
     pub load_concurrency: u32,
@@ -64,6 +73,47 @@ fn histogram() -> Histogram<u64> {
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerSched {
+    Idle,
+    Normal,
+}
+
+/// The notification workers' runtime, its threads scheduled as `sched` says.
+fn consumer_runtime(sched: ConsumerSched) -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("notify-workers")
+        .on_thread_start(move || {
+            if sched == ConsumerSched::Idle {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: sched_setscheduler reads `param`, which outlives the call; pid 0
+                // names the calling thread.
+                if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+                    eprintln!("could not put the notification workers under SCHED_IDLE");
+                }
+            }
+        })
+        .enable_all()
+        .build()
+        .context("starting the notification workers' runtime")
+}
+
+/// Waits until the node's CPU stays under a tenth of a core for two seconds (sled writes back
+/// what the load left), at most `timeout`; returns the seconds waited.
+async fn settle(server: &Server, timeout: Duration) -> f64 {
+    let started = Instant::now();
+    let mut quiet = 0;
+    let mut cpu = server.cpu_seconds();
+    while quiet < 4 && started.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = server.cpu_seconds();
+        quiet = if now - cpu < 0.05 { quiet + 1 } else { 0 };
+        cpu = now;
+    }
+    started.elapsed().as_secs_f64()
 }
 
 pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
@@ -126,6 +176,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         f64::from(args.subscribers) / load_s
     );
 
+    let settle_s = settle(&server, Duration::from_secs(args.settle_timeout_s)).await;
+    eprintln!("the node settled in {settle_s:.1} s");
+
     // Phase 2: workers following the notifications from now, writers placing orders.
     let from = client.status().await?.applied_epoch + 1;
     let seen: Arc<Vec<AtomicU8>> = Arc::new(
@@ -138,9 +191,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     let received = Arc::new(AtomicU64::new(0));
     let first_last = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
     let stop = Arc::new(AtomicBool::new(false));
+    let consumers = consumer_runtime(args.consumer_sched)?;
     let mut workers = Vec::new();
     for shard in 0..args.workers {
-        let c = Client::connect(url.clone()).await?;
+        let url = url.clone();
         let (seen, change, arrivals, received, first_last, stop) = (
             seen.clone(),
             change.clone(),
@@ -150,7 +204,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
             stop.clone(),
         );
         let shards = args.workers;
-        workers.push(tokio::spawn(async move {
+        // Connected from the workers' runtime, so the connection's tasks run there too.
+        workers.push(consumers.spawn(async move {
+            let c = Client::connect(url).await?;
             let request = v1::WatchNotificationsRequest {
                 start: Some(v1::watch_notifications_request::Start::FromEpoch(from)),
                 shard,
@@ -278,6 +334,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     for w in workers {
         w.await??;
     }
+    consumers.shutdown_background();
 
     let missing = seen
         .iter()
@@ -295,6 +352,8 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         "subscribers": args.subscribers,
         "workers": args.workers,
         "clients": args.clients,
+        "consumer_sched": format!("{:?}", args.consumer_sched).to_lowercase(),
+        "settle_s": settle_s,
         "load_s": load_s,
         "subscribes_per_s": f64::from(args.subscribers) / load_s,
         "price_change_commit_ms": commit_ms,

@@ -17,6 +17,13 @@ mod replay;
 mod search;
 mod serve;
 
+/// mimalloc rather than glibc's malloc: per-thread heaps whose frees from other threads never
+/// take a lock the allocating thread may hold. Under glibc a buffer allocated by a
+/// low-priority feed producer and freed after sending, on a request thread, waited on the
+/// producer's arena lock while the producer was preempted holding it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

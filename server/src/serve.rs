@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tonic::codegen::InterceptedService;
 
 use crate::admin::AdminService;
-use crate::edge::OrdoService;
+use crate::edge::{ClientPort, OrdoService};
 use crate::fault::FaultClock;
 use crate::limits::Limits;
 
@@ -198,13 +198,10 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     // Watch streams never end by themselves: they are told to when the node stops, so the
     // graceful shutdown of the gRPC server does not wait for them forever.
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
-    let ordo = OrdoServer::new(OrdoService::new(
-        node.clone(),
-        opts.limits.clone(),
-        closing_rx,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let ordo = ClientPort::new(
+        OrdoService::new(node.clone(), opts.limits.clone(), closing_rx),
+        max,
+    );
     let admin = AdminServer::new(AdminService::new(
         node.clone(),
         opts.sequencer.queue_txns_max,

@@ -528,3 +528,107 @@ async fn a_stopping_node_ends_its_streams_with_a_resume_token() {
     let token = status.metadata().get("ordo-resume-token").unwrap();
     assert!(token.to_str().unwrap().starts_with("ordo1."));
 }
+
+/// Request bytes as they are, for requests no typed client would send; answers as bytes.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Watch and WatchNotifications are served by their own codec (their producers send encoded
+/// messages): it must refuse what the generated one refuses, and its bytes must decode as the
+/// messages the proto names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_streams_refuse_malformed_and_oversized_requests() {
+    use prost::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let channel = tonic::transport::Endpoint::from_shared(node.endpoint.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let call = |path: &'static str, body: Vec<u8>| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+            grpc.server_streaming(tonic::Request::new(body), path, Raw)
+                .await
+        }
+    };
+    for path in ["/ordo.v1.Ordo/Watch", "/ordo.v1.Ordo/WatchNotifications"] {
+        // A field 1 whose length runs past the end; then a body over the 4 MiB limit.
+        let refused = call(path, vec![0x0a, 0x7f, 1, 2]).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{path}: {refused:?}"
+        );
+        let refused = call(path, vec![0; 5 * 1024 * 1024]).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::OutOfRange,
+            "{path}: {refused:?}"
+        );
+    }
+    // Well-formed requests still stream, in the proto's encoding.
+    let r = client.restock(1, 1, 5, None).await.unwrap();
+    let request = watch_from(Start::FromEpoch(r.epoch)).encode_to_vec();
+    let mut stream = call("/ordo.v1.Ordo/Watch", request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a message");
+    match v1::WatchResponse::decode(first.as_slice())
+        .unwrap()
+        .message
+        .expect("a message")
+    {
+        Message::Events(e) => assert_eq!(e.epoch, r.epoch),
+        other => panic!("expected the restock's events, got {other:?}"),
+    }
+}

@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::limits::Limits;
 
 mod background;
+mod encoded;
 mod holds;
 mod nearby;
 mod notifications;
@@ -30,6 +31,8 @@ mod split;
 mod subscriptions;
 mod watch;
 mod writes;
+
+pub use encoded::ClientPort;
 
 pub struct OrdoService {
     node: Arc<Node>,
@@ -685,7 +688,8 @@ impl Ordo for OrdoService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.watch_inner(request).await
+        let response = self.watch_inner(request).await?;
+        Ok(response.map(encoded::decoded))
     }
 
     async fn subscribe(
@@ -719,6 +723,7 @@ impl Ordo for OrdoService {
         &self,
         request: Request<v1::WatchNotificationsRequest>,
     ) -> Result<Response<Self::WatchNotificationsStream>, Status> {
-        self.watch_notifications_inner(request).await
+        let response = self.watch_notifications_inner(request).await?;
+        Ok(response.map(encoded::decoded))
     }
 }

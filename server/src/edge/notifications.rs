@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::encoded::EncodedStream;
 use super::subscriptions::wire_kind;
 use super::watch::{closing, out_of_range, outbox_stream, progress_interval, Outbox};
 use super::{internal, OrdoService};
@@ -188,7 +189,7 @@ impl OrdoService {
     pub(super) async fn watch_notifications_inner(
         &self,
         request: Request<v1::WatchNotificationsRequest>,
-    ) -> Result<Response<NotificationStream>, Status> {
+    ) -> Result<Response<EncodedStream>, Status> {
         use v1::watch_notifications_request::Start;
         let r = request.into_inner();
         let store = self.node.store.clone();
@@ -223,6 +224,7 @@ impl OrdoService {
                 stall: self.limits.watch_stall,
                 closing: self.closing.clone(),
                 node_id: self.node.node_id,
+                message: std::marker::PhantomData,
             },
             dcs: BTreeMap::new(),
             last_token: position.token(),

@@ -12,6 +12,7 @@
 //! of the epochs it covers.
 
 use std::collections::BTreeSet;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +21,13 @@ use futures::Stream;
 use ordo_proto::v1;
 use ordo_scheduler::feed::{Cause, EpochEvents, Event, EventKind, Filter, ReservationStep};
 use ordo_storage::Store;
+use prost::bytes::Bytes;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::encoded::EncodedStream;
 use super::OrdoService;
 use crate::convert;
 
@@ -151,7 +154,7 @@ impl OrdoService {
     pub(super) async fn watch_inner(
         &self,
         request: Request<v1::WatchRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
+    ) -> Result<Response<EncodedStream>, Status> {
         use v1::watch_request::Start;
         let r = request.into_inner();
         let store = self.node.store.clone();
@@ -183,6 +186,7 @@ impl OrdoService {
                 stall: self.limits.watch_stall,
                 closing: self.closing.clone(),
                 node_id: self.node.node_id,
+                message: PhantomData,
             },
             delivered: from - 1,
             _permit: permit,
@@ -198,10 +202,10 @@ impl OrdoService {
 
 /// A stream's messages as the client sees them: what its producer buffered, then how the
 /// stream ended (the producer's status, if it sent one; otherwise a plain end).
-pub(super) fn outbox_stream<T: Send + 'static>(
-    rx: mpsc::Receiver<T>,
+pub(super) fn outbox_stream(
+    rx: mpsc::Receiver<Bytes>,
     end: oneshot::Receiver<Status>,
-) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+) -> EncodedStream {
     let stream = futures::stream::unfold((rx, Some(end)), |(mut rx, end)| async move {
         match rx.recv().await {
             Some(message) => Some((Ok(message), (rx, end))),
@@ -214,21 +218,23 @@ pub(super) fn outbox_stream<T: Send + 'static>(
     Box::pin(stream)
 }
 
-/// Where a stream's messages go, and what ends it early.
+/// Where a stream's messages go, encoded (`encoded.rs` says why here), and what ends it early.
 pub(super) struct Outbox<T> {
-    pub(super) tx: mpsc::Sender<T>,
+    pub(super) tx: mpsc::Sender<Bytes>,
     /// How long the buffer may stay full.
     pub(super) stall: Duration,
     /// The node is stopping.
     pub(super) closing: watch::Receiver<bool>,
     pub(super) node_id: u64,
+    pub(super) message: PhantomData<fn(T)>,
 }
 
-impl<T> Outbox<T> {
+impl<T: Message> Outbox<T> {
     /// Puts a message in the buffer, waiting at most `stall` for room. `Err(None)`: the client
     /// went away; `Err(Some(status))`: the buffer stayed full, or the node is stopping (`token`
     /// resumes the stream).
     pub(super) async fn send(&mut self, message: T, token: &str) -> Result<(), Option<Status>> {
+        let message = Bytes::from(message.encode_to_vec());
         tokio::select! {
             sent = tokio::time::timeout(self.stall, self.tx.send(message)) => match sent {
                 Ok(Ok(())) => Ok(()),
