@@ -87,7 +87,8 @@ pub fn check_watch(events: &[Event], feeds: &[watch_check::Feed]) -> anyhow::Res
     verdict.summary = format!(
         "{}; feed: {} consumers, {} events checked, {} node switches ({} errors, {} of them cut \
          offs after {} dawdles; {} stalls, {} stale, {} out of range), reference {} events \
-         through epoch {} ({} out of range), {} nodes' feeds starting after a snapshot: {}",
+         ({} of prices) through epoch {} ({} out of range), {} final subscriptions, {} nodes' \
+         feeds starting after a snapshot: {}",
         verdict.summary,
         report.consumers,
         stat("watch-events"),
@@ -99,8 +100,10 @@ pub fn check_watch(events: &[Event], feeds: &[watch_check::Feed]) -> anyhow::Res
         sum("stale"),
         sum("out-of-range"),
         stat("watch-reference-events"),
+        stat("watch-reference-price-events"),
         stat("watch-reference-covered"),
         stat("watch-reference-out-of-range"),
+        stat("watch-final-subscriptions"),
         stat("watch-nodes-feed-after-snapshot"),
         if !report.counts.is_empty() {
             format!("anomalies {:?}", report.counts)

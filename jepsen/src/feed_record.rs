@@ -106,7 +106,8 @@ pub enum Record {
 /// form (the same on every node) and what the checker reads of it: stock `{"dc", "sku",
 /// "before": [on_hand, reserved], "after": [...], "cause", "order_id", "reservation_id",
 /// "request_id"}`, order `{"order_id", "request_id", "lines": [[dc, sku, allocated]]}`,
-/// reservation `{"reservation_id", "step"}`, price and item `{"sku"}`, dc `{"dc"}`.
+/// reservation `{"reservation_id", "step"}`, price `{"sku", "before", "after", "currency",
+/// "request_id"}` (cents), item `{"sku", "price_cents"}`, dc `{"dc"}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Seen {
     pub index: u32,
@@ -203,9 +204,13 @@ pub fn seen(event: &v1::ChangeEvent) -> Seen {
             let id = r.reservation.as_ref().map_or(0, |r| r.reservation_id);
             ("reservation", json!({"reservation_id": id, "step": step}))
         }
-        Some(E::Price(p)) => ("price", json!({"sku": p.sku})),
+        Some(E::Price(p)) => {
+            let body = json!({"sku": p.sku, "before": p.before_cents, "after": p.after_cents,
+                              "currency": p.currency, "request_id": p.request_id});
+            ("price", body)
+        }
         Some(E::Dc(d)) => ("dc", json!({"dc": d.dc_id})),
-        Some(E::Item(i)) => ("item", json!({"sku": i.sku})),
+        Some(E::Item(i)) => ("item", json!({"sku": i.sku, "price_cents": i.price_cents})),
         None => ("none", Value::Null),
     };
     Seen {

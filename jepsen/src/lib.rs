@@ -17,6 +17,8 @@ pub mod inventory;
 pub mod nearby;
 pub mod plot;
 pub mod porcupine;
+pub mod pricing;
+pub mod pricing_check;
 pub mod register;
 pub mod reservations;
 pub mod runner;

@@ -142,7 +142,7 @@ pub(crate) fn next(rng: &mut Rng, request_id: String, skus: &[u32]) -> (Value, N
 }
 
 /// `value` with `extra`'s fields added.
-fn with(value: &Value, extra: Value) -> Value {
+pub(crate) fn with(value: &Value, extra: Value) -> Value {
     let mut v = value.clone();
     if let (Some(v), Value::Object(extra)) = (v.as_object_mut(), extra) {
         v.extend(extra);

@@ -16,9 +16,10 @@
 //! in one DC, several DCs of a region, or across regions, and a fifth of them nearby orders
 //! filled from the stores around a point: see [`crate::nearby`]; restocks; stock reads; and,
 //! for 40% of its operations, reservations with TTLs of 1-5 s: see [`crate::cart`]); `watch`
-//! (the inventory workload's operations while change-feed consumers follow `Watch` through the
-//! faults: see [`crate::watch`]) and `bank` (transfers between DC rows; whole-snapshot reads of
-//! every row).
+//! (the inventory workload's operations and, for a fifth of its operations, price sets and
+//! price-drop subscriptions (see [`crate::pricing`]), while change-feed consumers follow `Watch`
+//! through the faults: see [`crate::watch`]) and `bank` (transfers between DC rows;
+//! whole-snapshot reads of every row).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -32,7 +33,7 @@ use ordo_client::{v1, Client, Consistency, RetryPolicy};
 use serde_json::{json, Value};
 
 use crate::history::{Event, EventType, Process};
-use crate::{cart, checks, nearby, watch};
+use crate::{cart, checks, nearby, pricing, watch};
 
 #[derive(Clone, Debug)]
 pub struct RunOpts {
@@ -263,6 +264,8 @@ enum Call {
     Hold(cart::HoldCall),
     /// An order filled from the stores near a point ([`nearby`]).
     Nearby(nearby::NearbyCall),
+    /// A price set or a subscription change (the `watch` workload's own: [`pricing`]).
+    Pricing(pricing::PricingCall),
     Transfer {
         request_id: String,
         sku: u32,
@@ -351,7 +354,18 @@ impl Generator {
                     call: Call::Transact(ops),
                 }
             }
-            // `watch` writes what `inventory` does, while its consumers follow the feed.
+            // `watch` writes what `inventory` does, and prices and subscriptions, while its
+            // consumers follow the feed.
+            "watch" if rng.below(5) < pricing::PRICING_OPS_FIFTHS => {
+                self.counter += 1;
+                let (f, value, call) = pricing::next(rng, self.slot, self.counter, &SKUS);
+                Op {
+                    f,
+                    value,
+                    key: None,
+                    call: Call::Pricing(call),
+                }
+            }
             "inventory" | "watch" if rng.below(10) < cart::HOLD_OPS_TENTHS => {
                 let request_id = self.request_id();
                 let dcs: Vec<u32> = DCS.iter().map(|d| d.0).collect();
@@ -581,6 +595,7 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
         },
         Call::Hold(call) => cart::execute(client, call, &op.value).await,
         Call::Nearby(call) => nearby::execute(client, call, &op.value).await,
+        Call::Pricing(call) => pricing::execute(client, call, &op.value).await,
     }
 }
 
@@ -1304,7 +1319,8 @@ async fn connect_retrying(endpoints: &[String], timeout: Duration) -> anyhow::Re
     }
 }
 
-async fn retry_until<T, F, Fut>(timeout: Duration, mut f: F) -> anyhow::Result<T>
+/// Calls `f` until it succeeds, at most `timeout` (then its last error), 300 ms apart.
+pub(crate) async fn retry_until<T, F, Fut>(timeout: Duration, mut f: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ordo_client::Error>>,

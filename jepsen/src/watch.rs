@@ -19,7 +19,8 @@
 //! history while the writes go on, and meets nodes whose feed starts after a snapshot.
 //!
 //! After the run, [`finish`] reads the final state the checker needs (every stock row at one
-//! epoch, every committed order), has each consumer read on until it covers that epoch, and
+//! epoch, every committed order, each SKU's price and each test user's subscriptions: see
+//! [`crate::pricing`]), has each consumer read on until it covers that epoch, and
 //! reads a reference stream from epoch 1 the same way; last, it asks every node where its feed
 //! starts (after the snapshot it installed, if it did). Every record goes to
 //! `watch/<name>.jsonl` in the run directory as it happens.
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::feed_record::{seen, Record, Seen, FEED_DIR, REFERENCE};
+use crate::pricing;
 
 /// Consumers following the feed during the run.
 pub const CONSUMERS: usize = 3;
@@ -186,8 +188,9 @@ async fn feed_starts(endpoints: &[String]) -> Value {
     Value::Array(starts)
 }
 
-/// Every stock row at one epoch and every committed order; returns the `watch-final` value
-/// and the epoch that covers both.
+/// Every stock row at one epoch, every committed order, each SKU's price and each test user's
+/// subscriptions; returns the `watch-final` value and the epoch that covers the reads the feed
+/// is checked against (stock, orders, prices: subscriptions are not in the feed).
 async fn final_state(client: &Client, dcs: &[u32], skus: &[u32]) -> anyhow::Result<(Value, u64)> {
     let deadline = Instant::now() + FINISH_TIMEOUT;
     let stock = loop {
@@ -227,9 +230,12 @@ async fn final_state(client: &Client, dcs: &[u32], skus: &[u32]) -> anyhow::Resu
         }
         after = page.next_after_order_id;
     }
+    let (prices, prices_epoch) = pricing::final_prices(client, skus).await?;
+    let subscriptions = pricing::final_subscriptions(client).await?;
     let value = json!({"stock_epoch": stock.epoch, "stock": rows,
-                       "orders_epoch": orders_epoch, "orders": orders});
-    Ok((value, stock.epoch.max(orders_epoch)))
+                       "orders_epoch": orders_epoch, "orders": orders,
+                       "prices": prices, "subscriptions": subscriptions});
+    Ok((value, stock.epoch.max(orders_epoch).max(prices_epoch)))
 }
 
 /// How one stream ended, from the consumer's side.

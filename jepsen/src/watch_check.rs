@@ -1,7 +1,8 @@
 //! The `watch` workload's checker: what each change-feed consumer received, against the final
 //! state and against a reference stream.
 //!
-//! In: the history (the inventory workload's, judged by [`crate::inventory`] as well) with the
+//! In: the history (the inventory workload's, judged by [`crate::inventory`] as well, and
+//! [`crate::pricing`]'s price sets and subscriptions) with the
 //! final state the runner read for the feed (`watch-final`, below), and one feed record per
 //! consumer ([`crate::feed_record`]), the last one the reference stream read from epoch 1
 //! after recovery. Out: anomalies by kind, explained,
@@ -9,10 +10,13 @@
 //!
 //! History shape added to the inventory workload's: `{"process": "watch", "type": "ok", "f":
 //! "watch-final", "value": {"stock_epoch": E, "stock": [[dc, sku, on_hand, reserved], ...],
-//! "orders_epoch": E, "orders": [[order_id, request_id], ...], "feed_starts": [[node, epoch],
-//! ...]}}`: every stock row at one epoch and every committed order (`ListOrders`) as of
-//! `orders_epoch`, read linearizably after the final reads, and where each node's feed started
-//! at the end (past 1 on a node that installed a snapshot; counted, not judged).
+//! "orders_epoch": E, "orders": [[order_id, request_id], ...], "prices": [[sku, cents,
+//! currency, epoch], ...], "subscriptions": [[user, epoch, [[sku, below, request_id], ...]],
+//! ...], "feed_starts": [[node, epoch], ...]}}`: every stock row at one epoch, every committed
+//! order (`ListOrders`) as of `orders_epoch`, each SKU's price and each test user's open
+//! subscriptions, read linearizably after the final reads, and where each node's feed started
+//! at the end (past 1 on a node that installed a snapshot; counted, not judged). A history
+//! without `prices` or `subscriptions` (older runs) has those checks left out.
 //!
 //! Checks, for every feed (consumers and the reference):
 //! - events strictly increasing in (epoch, index): `watch-duplicate` (an event name received
@@ -29,7 +33,11 @@
 //!   so every acknowledged order is there and no definitely failed one (`watch-lost-order`,
 //!   `watch-failed-order-present`, by request id); and its STOCK events through `stock_epoch`,
 //!   replayed in order from all-zero rows, each start where the row's previous one ended
-//!   (`watch-stock-chain`) and end at every final row (`watch-replay-mismatch`).
+//!   (`watch-stock-chain`) and end at every final row (`watch-replay-mismatch`); and its PRICE
+//!   events against the price sets and the final prices ([`crate::pricing_check`]).
+//!
+//! Once, the final subscriptions against the subscribes and unsubscribes of the history
+//! ([`crate::pricing_check`]).
 //!
 //! A feed that did not cover the final epoch, or no reference, leaves those checks undone and
 //! says so (the verdict is then unknown unless an anomaly was found).
@@ -40,6 +48,7 @@ use serde_json::Value;
 
 pub use crate::feed_record::{load_feeds, Feed, Record, Seen, REFERENCE};
 use crate::history::{Event, Operation, Process};
+use crate::pricing_check::{self, FinalPrice, FinalSubscriptions, PricingOps};
 
 /// Anomalies listed at most (all are counted).
 const EXAMPLES_MAX: usize = 50;
@@ -53,6 +62,10 @@ pub struct Final {
     pub orders_epoch: u64,
     /// order id → request id.
     pub orders: BTreeMap<u64, String>,
+    /// SKU → its final price; `None` in a history from before prices were set.
+    pub prices: Option<BTreeMap<u64, FinalPrice>>,
+    /// Test user → their open subscriptions; `None` likewise.
+    pub subscriptions: Option<BTreeMap<String, FinalSubscriptions>>,
     /// Nodes whose feed started after epoch 1 at the end (they installed a snapshot).
     pub nodes_feed_after_snapshot: u64,
 }
@@ -96,6 +109,12 @@ impl Final {
                 _ => return Err(bad("an order is [order_id, request_id]")),
             }
         }
+        if let Some(p) = v.get("prices") {
+            f.prices = Some(pricing_check::parse_prices(p).map_err(|e| bad(&e))?);
+        }
+        if let Some(s) = v.get("subscriptions") {
+            f.subscriptions = Some(pricing_check::parse_subscriptions(s).map_err(|e| bad(&e))?);
+        }
         f.nodes_feed_after_snapshot = v["feed_starts"].as_array().map_or(0, |starts| {
             starts
                 .iter()
@@ -105,8 +124,11 @@ impl Final {
         Ok(Some(f))
     }
 
+    /// The epoch a feed must cover to be checked against every final read it is compared with
+    /// (subscriptions are not in the feed).
     fn epoch(&self) -> u64 {
-        self.stock_epoch.max(self.orders_epoch)
+        let prices = self.prices.iter().flatten().map(|(_, p)| p.epoch);
+        prices.fold(self.stock_epoch.max(self.orders_epoch), u64::max)
     }
 }
 
@@ -118,15 +140,15 @@ pub struct Report {
     /// What could not be checked, and why.
     pub unchecked: Vec<String>,
     /// Per feed `watch-<name>-events`, `-epochs`, `-covered`, `-switches`, `-errors`,
-    /// `-cut-off` (RESOURCE_EXHAUSTED), `-stalls`, `-stale`, `-out-of-range`, `-dawdles`;
-    /// `watch-events` over the consumers;
-    /// `watch-nodes-feed-after-snapshot`.
+    /// `-cut-off` (RESOURCE_EXHAUSTED), `-stalls`, `-stale`, `-out-of-range`, `-dawdles`,
+    /// `-price-events`; `watch-events` over the consumers;
+    /// `watch-nodes-feed-after-snapshot`; `watch-final-subscriptions`.
     pub stats: BTreeMap<String, u64>,
     pub consumers: usize,
 }
 
 impl Report {
-    fn note(&mut self, kind: &'static str, feed: &str, what: String) {
+    pub(crate) fn note(&mut self, kind: &'static str, feed: &str, what: String) {
         *self.counts.entry(kind).or_default() += 1;
         if self.anomalies.len() < EXAMPLES_MAX {
             self.anomalies.push(format!("{kind}: {feed}: {what}"));
@@ -222,6 +244,9 @@ fn walk(feed: &Feed, report: &mut Report) -> Walk {
                         );
                     }
                     next_index = next_index.max(ev.index + 1);
+                    if ev.kind == "price" {
+                        stat(report, "price-events", 1);
+                    }
                     last = last.max(Some(id));
                     w.events.insert(id, ev.clone());
                 }
@@ -310,7 +335,14 @@ fn level(v: &Value) -> Option<(i64, i64)> {
 }
 
 /// The final checks of a feed that covered the final epoch.
-fn against_final(name: &str, w: &Walk, fin: &Final, ops: &[Operation], report: &mut Report) {
+fn against_final(
+    name: &str,
+    w: &Walk,
+    fin: &Final,
+    ops: &[Operation],
+    pricing: &PricingOps,
+    report: &mut Report,
+) {
     // Orders: the ORDER events through orders_epoch are the final orders, each once.
     let mut seen: BTreeMap<u64, (u64, u32)> = BTreeMap::new();
     let mut request_ids = BTreeSet::new();
@@ -420,6 +452,10 @@ fn against_final(name: &str, w: &Walk, fin: &Final, ops: &[Operation], report: &
             );
         }
     }
+
+    if let Some(prices) = &fin.prices {
+        pricing_check::check_feed(name, &w.events, prices, pricing, report);
+    }
 }
 
 /// Checks every feed against the history's final state and the reference (the feed named
@@ -427,6 +463,7 @@ fn against_final(name: &str, w: &Walk, fin: &Final, ops: &[Operation], report: &
 pub fn check(events: &[Event], ops: &[Operation], feeds: &[Feed]) -> Result<Report, String> {
     let mut report = Report::default();
     let fin = Final::from_history(events)?;
+    let pricing = PricingOps::from_ops(ops)?;
     match &fin {
         None => report
             .unchecked
@@ -436,6 +473,22 @@ pub fn check(events: &[Event], ops: &[Operation], feeds: &[Feed]) -> Result<Repo
                 "watch-nodes-feed-after-snapshot".into(),
                 f.nodes_feed_after_snapshot,
             );
+            if f.prices.is_none() && pricing.has_price_sets() {
+                report
+                    .unchecked
+                    .push("watch-final has no prices: price sets not checked".into());
+            }
+            match &f.subscriptions {
+                Some(subs) => {
+                    let n = subs.values().map(|s| s.by_sku.len() as u64).sum();
+                    report.stats.insert("watch-final-subscriptions".into(), n);
+                    pricing_check::check_subscriptions(subs, &pricing, &mut report);
+                }
+                None if pricing.has_subscription_changes() => report
+                    .unchecked
+                    .push("watch-final has no subscriptions: subscribes not checked".into()),
+                None => {}
+            }
         }
     }
     let walks: Vec<(&str, Walk)> = feeds
@@ -462,11 +515,11 @@ pub fn check(events: &[Event], ops: &[Operation], feeds: &[Feed]) -> Result<Repo
         }
         let Some(fin) = &fin else { continue };
         if w.covered >= fin.epoch() {
-            against_final(name, w, fin, ops, &mut report);
+            against_final(name, w, fin, ops, &pricing, &mut report);
         } else {
             report.unchecked.push(format!(
-                "{name} covered only through epoch {}, not the final epoch {}: its orders and \
-                 stock not checked",
+                "{name} covered only through epoch {}, not the final epoch {}: its orders, \
+                 stock and prices not checked",
                 w.covered,
                 fin.epoch()
             ));

@@ -309,3 +309,442 @@ fn records_round_trip_through_json_lines() {
     let feed = read_feed("c", text.as_bytes()).unwrap();
     assert_eq!(feed.records, records);
 }
+
+// Prices and subscriptions ([`crate::pricing_check`]).
+
+fn item(index: u32, sku: u64, price_cents: i64) -> Seen {
+    let body = json!({"sku": sku, "price_cents": price_cents});
+    Seen {
+        index,
+        kind: "item".into(),
+        digest: digest(body.to_string().as_bytes()),
+        body,
+    }
+}
+
+fn price(index: u32, sku: u64, before: i64, after: i64, request_id: &str) -> Seen {
+    let body = json!({"sku": sku, "before": before, "after": after, "currency": "USD",
+                      "request_id": request_id});
+    Seen {
+        index,
+        kind: "price".into(),
+        digest: digest(body.to_string().as_bytes()),
+        body,
+    }
+}
+
+/// Epoch 1 creates items 1 and 2 at 100 cents; epoch 2 sets sku 1 to 5,001 (request p1);
+/// epoch 3 sets both in one transaction, to 7,002 and 7,003 (p2).
+fn price_epochs() -> Vec<Record> {
+    vec![
+        epoch(1, vec![item(0, 1, 100), item(1, 2, 100)]),
+        epoch(2, vec![price(0, 1, 100, 5_001, "p1")]),
+        epoch(
+            3,
+            vec![
+                price(0, 1, 5_001, 7_002, "p2"),
+                price(1, 2, 100, 7_003, "p2"),
+            ],
+        ),
+        progress(4),
+    ]
+}
+
+fn push(events: &mut Vec<Event>, p: u64, kind: EventType, f: &str, value: Value) {
+    let n = events.len() as u64;
+    events.push(ev(n, Process::Client(p), kind, f, value));
+}
+
+/// An operation invoked and completed at once; `extra` is added to the completion's value.
+fn op(events: &mut Vec<Event>, p: u64, f: &str, value: Value, kind: EventType, extra: Value) {
+    push(events, p, EventType::Invoke, f, value.clone());
+    let mut done = value;
+    if let (Some(done), Value::Object(extra)) = (done.as_object_mut(), extra) {
+        done.extend(extra);
+    }
+    push(events, p, kind, f, done);
+}
+
+/// The operations behind [`price_epochs`]: sets p1 and p2 acknowledged, one of sku 2 to 9,999
+/// definitely failed, one to 8,888 of unknown outcome; watcher-1 subscribed to sku 1 below 11
+/// (s1), and to sku 2 below 12 (s2) and then unsubscribed from it (acknowledged); watcher-2
+/// subscribed to sku 1 below 13 (s3) while an unsubscribe that ends with `concurrent` ran;
+/// watcher-3's subscribe to sku 1 below 14 definitely failed.
+fn priced_ops(concurrent: EventType) -> Vec<Event> {
+    use EventType::{Fail, Info, Invoke, Ok};
+    let mut e = Vec::new();
+    let set = |prices: Value| json!({"prices": prices, "currency": "USD"});
+    let ack = |id: &str, epoch: u64| json!({"request_id": id, "epoch": epoch});
+    let refused = || json!({"error": "not-applied"});
+    op(
+        &mut e,
+        0,
+        "set-price",
+        set(json!([[1, 5_001]])),
+        Ok,
+        ack("p1", 2),
+    );
+    let both = set(json!([[1, 7_002], [2, 7_003]]));
+    op(&mut e, 1, "set-prices", both, Ok, ack("p2", 3));
+    op(
+        &mut e,
+        2,
+        "set-price",
+        set(json!([[2, 9_999]])),
+        Fail,
+        refused(),
+    );
+    op(
+        &mut e,
+        3,
+        "set-price",
+        set(json!([[2, 8_888]])),
+        Info,
+        json!({}),
+    );
+    let sub = |user: &str, sku: u64, below: i64| json!({"user": user, "sku": sku, "below": below});
+    op(
+        &mut e,
+        4,
+        "subscribe",
+        sub("watcher-1", 1, 11),
+        Ok,
+        ack("s1", 2),
+    );
+    op(
+        &mut e,
+        4,
+        "subscribe",
+        sub("watcher-1", 2, 12),
+        Ok,
+        ack("s2", 2),
+    );
+    let unsub = |user: &str, sku: u64| json!({"user": user, "sku": sku});
+    op(
+        &mut e,
+        4,
+        "unsubscribe",
+        unsub("watcher-1", 2),
+        Ok,
+        ack("u1", 3),
+    );
+    push(&mut e, 5, Invoke, "unsubscribe", unsub("watcher-2", 1));
+    op(
+        &mut e,
+        6,
+        "subscribe",
+        sub("watcher-2", 1, 13),
+        Ok,
+        ack("s3", 3),
+    );
+    push(&mut e, 5, concurrent, "unsubscribe", unsub("watcher-2", 1));
+    op(
+        &mut e,
+        6,
+        "subscribe",
+        sub("watcher-3", 1, 14),
+        Fail,
+        refused(),
+    );
+    e
+}
+
+/// `events` with a final state after epoch `at` (no stock, no orders) of these prices and
+/// subscriptions.
+fn with_final(mut events: Vec<Event>, at: u64, prices: Value, subscriptions: Value) -> Vec<Event> {
+    let n = events.len() as u64;
+    let value = json!({"stock_epoch": at, "stock": [], "orders_epoch": at, "orders": [],
+                       "prices": prices, "subscriptions": subscriptions});
+    events.push(ev(
+        n,
+        Process::Named("watch".into()),
+        EventType::Ok,
+        "watch-final",
+        value,
+    ));
+    events
+}
+
+fn final_prices(sku_1: i64, sku_2: i64, at: u64) -> Value {
+    json!([[1, sku_1, "USD", at], [2, sku_2, "USD", at]])
+}
+
+fn final_subscriptions(watcher_1: Value, watcher_2: Value) -> Value {
+    json!([
+        ["watcher-1", 3, watcher_1],
+        ["watcher-2", 3, watcher_2],
+        ["watcher-3", 3, []]
+    ])
+}
+
+/// What [`priced_ops`] and [`price_epochs`] end in: watcher-1 on sku 1 only, watcher-2 on none
+/// (the unsubscribe of unknown outcome may have come last).
+fn priced() -> Vec<Event> {
+    with_final(
+        priced_ops(EventType::Info),
+        3,
+        final_prices(7_002, 7_003, 3),
+        final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
+    )
+}
+
+fn run_priced(events: &[Event], consumer: Vec<Record>, reference: Vec<Record>) -> Report {
+    let ops = history::pair(events).unwrap();
+    let feeds = [feed("consumer-1", consumer), feed(REFERENCE, reference)];
+    check(events, &ops, &feeds).unwrap()
+}
+
+/// The same records for the consumer and the reference.
+fn run_both(events: &[Event], records: Vec<Record>) -> Report {
+    run_priced(events, records.clone(), records)
+}
+
+#[test]
+fn price_sets_and_subscriptions_that_agree_check_out() {
+    let r = run_both(&priced(), price_epochs());
+    assert!(r.counts.is_empty(), "{:?}", r.anomalies);
+    assert!(r.unchecked.is_empty(), "{:?}", r.unchecked);
+    assert_eq!(r.stats["watch-consumer-1-price-events"], 3);
+    assert_eq!(r.stats["watch-final-subscriptions"], 1);
+    // The unsubscribe of unknown outcome may as well not have applied, and the set of unknown
+    // outcome may have applied, later.
+    let mut records = price_epochs();
+    records.pop();
+    records.push(epoch(4, vec![price(0, 2, 7_003, 8_888, "late")]));
+    let events = with_final(
+        priced_ops(EventType::Info),
+        4,
+        final_prices(7_002, 8_888, 4),
+        final_subscriptions(json!([[1, 11, "s1"]]), json!([[1, 13, "s3"]])),
+    );
+    let r = run_both(&events, records);
+    assert!(r.counts.is_empty(), "{:?}", r.anomalies);
+}
+
+#[test]
+fn an_acknowledged_price_set_without_its_event_is_lost() {
+    let mut records = price_epochs();
+    records[1] = epoch(2, vec![]);
+    let r = run_both(&priced(), records);
+    // In both feeds; and the next event no longer starts where sku 1 was.
+    assert_eq!(r.counts["watch-lost-price"], 2, "{:?}", r.anomalies);
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-lost-price", "watch-price-chain"],
+        "{:?}",
+        r.anomalies
+    );
+}
+
+#[test]
+fn a_price_set_applied_twice_is_a_duplicate() {
+    let mut records = price_epochs();
+    records.pop();
+    records.push(epoch(4, vec![price(0, 1, 7_002, 5_001, "p1")]));
+    let events = with_final(
+        priced_ops(EventType::Info),
+        4,
+        final_prices(5_001, 7_003, 4),
+        final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
+    );
+    let r = run_both(&events, records);
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-duplicate-price"],
+        "{:?}",
+        r.anomalies
+    );
+}
+
+#[test]
+fn a_price_no_set_asked_for_is_a_phantom() {
+    let at_4 = |event: Seen, sku_2: i64| {
+        let mut records = price_epochs();
+        records.pop();
+        records.push(epoch(4, vec![event]));
+        let events = with_final(
+            priced_ops(EventType::Info),
+            4,
+            final_prices(7_002, sku_2, 4),
+            final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
+        );
+        run_both(&events, records)
+    };
+    let r = at_4(price(0, 2, 7_003, 4_242, "nobody"), 4_242);
+    assert_eq!(kinds(&r), vec!["watch-phantom-price"], "{:?}", r.anomalies);
+    // The price of a set that definitely failed.
+    let r = at_4(price(0, 2, 7_003, 9_999, "refused"), 9_999);
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-failed-price-present"],
+        "{:?}",
+        r.anomalies
+    );
+    // An acknowledged set's price under another request id.
+    let mut records = price_epochs();
+    records[1] = epoch(2, vec![price(0, 1, 100, 5_001, "p9")]);
+    let r = run_both(&priced(), records);
+    assert_eq!(kinds(&r), vec!["watch-phantom-price"], "{:?}", r.anomalies);
+}
+
+#[test]
+fn a_set_of_several_prices_split_over_epochs_is_torn() {
+    let mut records = price_epochs();
+    records[2] = epoch(3, vec![price(0, 1, 5_001, 7_002, "p2")]);
+    records[3] = epoch(4, vec![price(0, 2, 100, 7_003, "p2")]);
+    records.push(progress(5));
+    let events = with_final(
+        priced_ops(EventType::Info),
+        4,
+        final_prices(7_002, 7_003, 4),
+        final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
+    );
+    let r = run_both(&events, records);
+    assert_eq!(kinds(&r), vec!["watch-torn-prices"], "{:?}", r.anomalies);
+    // Half of it, never the rest.
+    let mut records = price_epochs();
+    records[2] = epoch(3, vec![price(0, 1, 5_001, 7_002, "p2")]);
+    let r = run_both(&priced(), records);
+    assert!(
+        r.counts.contains_key("watch-torn-prices") && r.counts.contains_key("watch-lost-price"),
+        "{:?}",
+        r.anomalies
+    );
+}
+
+#[test]
+fn the_final_price_is_the_last_price_events() {
+    let final_with = |prices: Value| {
+        let subscriptions = final_subscriptions(json!([[1, 11, "s1"]]), json!([]));
+        with_final(priced_ops(EventType::Info), 3, prices, subscriptions)
+    };
+    let r = run_both(&final_with(final_prices(5_001, 7_003, 3)), price_epochs());
+    assert_eq!(kinds(&r), vec!["watch-price-mismatch"], "{:?}", r.anomalies);
+    let eur = json!([[1, 7_002, "EUR", 3], [2, 7_003, "USD", 3]]);
+    let r = run_both(&final_with(eur), price_epochs());
+    assert_eq!(kinds(&r), vec!["watch-price-mismatch"], "{:?}", r.anomalies);
+    // With no price set, the price the item was created with, and no currency.
+    let mut records = price_epochs();
+    records[2] = epoch(3, vec![]);
+    records[1] = epoch(2, vec![]);
+    let events = with_final(
+        Vec::new(),
+        3,
+        json!([[1, 100, "", 3], [2, 100, "", 3]]),
+        final_subscriptions(json!([]), json!([])),
+    );
+    let r = run_both(&events, records);
+    assert!(r.counts.is_empty(), "{:?}", r.anomalies);
+    // A PRICE event that does not start at the SKU's last price breaks the chain.
+    let mut records = price_epochs();
+    records[2] = epoch(
+        3,
+        vec![
+            price(0, 1, 4_000, 7_002, "p2"),
+            price(1, 2, 100, 7_003, "p2"),
+        ],
+    );
+    let r = run_both(&priced(), records);
+    assert_eq!(kinds(&r), vec!["watch-price-chain"], "{:?}", r.anomalies);
+}
+
+#[test]
+fn an_acknowledged_subscribe_missing_at_the_end_is_lost() {
+    let lost = |ops: Vec<Event>, watcher_1: Value, watcher_2: Value| {
+        let events = with_final(
+            ops,
+            3,
+            final_prices(7_002, 7_003, 3),
+            final_subscriptions(watcher_1, watcher_2),
+        );
+        run_both(&events, price_epochs())
+    };
+    let r = lost(priced_ops(EventType::Info), json!([]), json!([]));
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-lost-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+    assert!(
+        r.anomalies[0].contains("watcher-1 to sku 1"),
+        "{:?}",
+        r.anomalies
+    );
+    // watcher-2's is lost too once the unsubscribe beside it definitely failed.
+    let r = lost(
+        priced_ops(EventType::Fail),
+        json!([[1, 11, "s1"]]),
+        json!([]),
+    );
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-lost-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+    assert!(
+        r.anomalies[0].contains("watcher-2 to sku 1"),
+        "{:?}",
+        r.anomalies
+    );
+}
+
+#[test]
+fn a_subscription_no_subscribe_made_is_a_phantom() {
+    let phantom = |watcher_1: Value, watcher_3: Value| {
+        let subscriptions = json!([
+            ["watcher-1", 3, watcher_1],
+            ["watcher-2", 3, []],
+            ["watcher-3", 3, watcher_3]
+        ]);
+        let events = with_final(
+            priced_ops(EventType::Info),
+            3,
+            final_prices(7_002, 7_003, 3),
+            subscriptions,
+        );
+        run_both(&events, price_epochs())
+    };
+    // A threshold nobody asked for.
+    let r = phantom(json!([[1, 99, "x"]]), json!([]));
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-phantom-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+    // s1's threshold under another request id.
+    let r = phantom(json!([[1, 11, "x"]]), json!([]));
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-phantom-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+    // The threshold of a subscribe that definitely failed.
+    let r = phantom(json!([[1, 11, "s1"]]), json!([[1, 14, "f"]]));
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-phantom-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+}
+
+#[test]
+fn a_subscription_an_acknowledged_later_unsubscribe_ended_is_stale() {
+    let events = with_final(
+        priced_ops(EventType::Info),
+        3,
+        final_prices(7_002, 7_003, 3),
+        final_subscriptions(json!([[1, 11, "s1"], [2, 12, "s2"]]), json!([])),
+    );
+    let r = run_both(&events, price_epochs());
+    assert_eq!(
+        kinds(&r),
+        vec!["watch-stale-subscription"],
+        "{:?}",
+        r.anomalies
+    );
+}

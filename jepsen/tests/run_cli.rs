@@ -1,7 +1,7 @@
 //! `ordo-jepsen run` end to end, without root: a 3-node cluster of real `ordo` processes under
 //! the kill and clock nemeses, the bank workload, and under clock faults the inventory workload
 //! with its reservations and nearby orders; under kills and pauses the watch workload's
-//! change-feed consumers; then what the run directory holds.
+//! change-feed consumers and price sets and subscriptions; then what the run directory holds.
 //! (Partitions need root and iptables; `.ci/run` runs them.)
 
 use std::path::PathBuf;
@@ -276,6 +276,17 @@ fn a_watch_run_under_kills_and_pauses_checks_every_consumers_feed() {
             "{results:#}"
         );
     }
+    // The pricing operations ran, and their PRICE events were checked.
+    let acknowledged = |f: &str| results["op_counts"][f]["ok"].as_u64().unwrap_or(0);
+    assert!(
+        acknowledged("set-price") + acknowledged("set-prices") > 0,
+        "{results:#}"
+    );
+    assert!(acknowledged("subscribe") > 0, "{results:#}");
+    assert!(
+        stats["watch-reference-price-events"].as_u64().unwrap_or(0) > 0,
+        "{results:#}"
+    );
 
     // The history checks out on its own, with the feed records beside it.
     let check = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
