@@ -81,9 +81,30 @@ pub enum ConsumerSched {
     Normal,
 }
 
+/// A runtime inside the harness's own: dropped from async code, it must not wait for its
+/// threads (tokio panics if it would), so it is shut down in the background, also when the run
+/// ends early with an error.
+struct Inner(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Inner {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("a runtime until dropped")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// The notification workers' runtime, its threads scheduled as `sched` says.
-fn consumer_runtime(sched: ConsumerSched) -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn consumer_runtime(sched: ConsumerSched) -> anyhow::Result<Inner> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("notify-workers")
         .on_thread_start(move || {
@@ -98,7 +119,8 @@ fn consumer_runtime(sched: ConsumerSched) -> anyhow::Result<tokio::runtime::Runt
         })
         .enable_all()
         .build()
-        .context("starting the notification workers' runtime")
+        .context("starting the notification workers' runtime")?;
+    Ok(Inner(Some(runtime)))
 }
 
 /// Waits until the node's CPU stays under a tenth of a core for two seconds (sled writes back
@@ -334,7 +356,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     for w in workers {
         w.await??;
     }
-    consumers.shutdown_background();
+    drop(consumers);
 
     let missing = seen
         .iter()
