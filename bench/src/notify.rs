@@ -6,8 +6,9 @@
 //! writers place one-line orders on the other SKUs the whole time. After a baseline window the
 //! hot SKU's price drops once. The run measures how long the fan-out takes (commit → first,
 //! median, p99 and last notification received), the notification rate, and the orders'
-//! latency before and during the fan-out (the epochs must not notice it), with the server's
-//! CPU; and it checks that every subscriber got exactly one notification for that change.
+//! latency before, during and after the fan-out (the epochs must not notice it; the window
+//! after, as long as the one before, shows the run's noise), with the server's CPU; and it
+//! checks that every subscriber got exactly one notification for that change.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +38,8 @@ pub struct NotifyArgs {
     /// Closed-loop order writers.
     #[arg(long, default_value_t = 16)]
     pub clients: u32,
-    /// Seconds of orders before the price change (the baseline).
+    /// Seconds of orders before the price change (the baseline), and again after the fan-out
+    /// (the control).
     #[arg(long, default_value_t = 10)]
     pub baseline_s: u64,
     /// Seconds to wait for every notification after the change.
@@ -289,7 +291,13 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
             Ok::<_, anyhow::Error>(())
         }));
     }
-    let windows: Arc<Mutex<[Histogram<u64>; 2]>> = Arc::new(Mutex::new([histogram(), histogram()]));
+    // Order latencies: before the price change, during the fan-out, (a gap,) after it.
+    let windows: Arc<Mutex<[Histogram<u64>; 4]>> = Arc::new(Mutex::new([
+        histogram(),
+        histogram(),
+        histogram(),
+        histogram(),
+    ]));
     let window = Arc::new(AtomicU8::new(0));
     let orders = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -316,7 +324,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                 c.place_order(&[line], false, None).await?;
                 let us = t.elapsed().as_micros() as u64;
                 let slot = window.load(Ordering::Relaxed) as usize;
-                if slot < 2 {
+                if slot != 2 {
                     let _ = windows.lock().expect("windows")[slot].record(us.max(1));
                 }
                 orders.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +357,15 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     let orders2 = orders.load(Ordering::Relaxed);
     // A little longer, so duplicates would show.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The control: as long as the baseline again, with the fan-out over. How far the two
+    // windows without a fan-out differ is the run's noise.
+    let cpu3 = server.cpu_seconds();
+    let orders3 = orders.load(Ordering::Relaxed);
+    window.store(3, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(args.baseline_s)).await;
+    window.store(2, Ordering::Relaxed);
+    let cpu4 = server.cpu_seconds();
+    let orders4 = orders.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await??;
@@ -368,7 +385,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         .count();
     let arrivals = arrivals.lock().expect("arrivals").clone();
     let (first, last) = *first_last.lock().expect("first/last");
-    let [before, during] = windows.lock().expect("windows").clone();
+    let [before, during, _, after] = windows.lock().expect("windows").clone();
     let base_s = args.baseline_s as f64;
     let report = json!({
         "subscribers": args.subscribers,
@@ -396,6 +413,11 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
             "per_s": (orders2 - orders1) as f64 / fan_out_s,
             "p50_ms": ms(&during, 0.5), "p99_ms": ms(&during, 0.99),
             "server_cpu_s": cpu2 - cpu1,
+        },
+        "orders_after": {
+            "per_s": (orders4 - orders3) as f64 / base_s,
+            "p50_ms": ms(&after, 0.5), "p99_ms": ms(&after, 0.99),
+            "server_cpu_ms_per_order": (cpu4 - cpu3) * 1000.0 / (orders4 - orders3).max(1) as f64,
         },
     });
     std::fs::create_dir_all(&args.out)?;

@@ -151,26 +151,27 @@ pub fn user_subscriptions(
     Ok(out)
 }
 
-/// The subscriptions of `sku` and `tag` after user `after` (`None`: from the first), in user
-/// order, at most `limit`: one page of a fan-out.
+/// The subscriptions of `sku` and `tag` whose users fall in shard `shard` of `shards`
+/// ([`subs::user_shard`]), after user `after` (`None`: from the first), in (bucket, user)
+/// order, at most `limit`: one page of a fan-out. Reads that shard's range of the index only.
 pub fn subscribers(
     store: &Store,
     sku: u32,
     tag: subs::SubTag,
+    (shard, shards): (u32, u32),
     after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<subs::SubscriptionRecord>, ReadError> {
     let part = subs::subs_part(sku, store.partitions());
-    let start = match after {
-        Some(user) => {
-            let mut k = subs::key::subscription(sku, tag, user);
-            k.push(0);
-            k
-        }
-        None => subs::key::prefix(sku, tag),
-    };
-    let mut end = subs::key::prefix(sku, tag);
-    *end.last_mut().expect("a prefix") += 1;
+    let (mut start, end) = subs::key::shard_range(sku, tag, shard, shards);
+    if let Some(user) = after {
+        let mut k = subs::key::subscription(sku, tag, user);
+        k.push(0);
+        start = start.max(k);
+    }
+    if start >= end {
+        return Ok(Vec::new());
+    }
     let mut out = Vec::new();
     for (key, value) in store.range(part, &start, &end, limit)? {
         out.push(decode(&value).map_err(|e| ReadError::Corrupt {
@@ -179,6 +180,18 @@ pub fn subscribers(
         })?);
     }
     Ok(out)
+}
+
+/// Whether the store holds subscriptions in the index's first layout
+/// ([`subs::key::SUBSCRIPTION_UNBUCKETED`]), which this Ordo does not read.
+pub fn has_unbucketed_subscriptions(store: &Store) -> Result<bool, ReadError> {
+    for n in 0..store.partitions() {
+        let prefix = [subs::key::SUBSCRIPTION_UNBUCKETED];
+        if !store.scan_prefix(Part::Region(n), &prefix, 1)?.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub fn part_of(store: &Store, dc: &DcRecord) -> Part {

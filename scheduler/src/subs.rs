@@ -3,8 +3,10 @@
 //! State behind one interface, like reservations. A SKU's subscriptions live in one partition
 //! ([`subs_part`], a hash of the SKU), so a subscribe touches that partition and its request
 //! id's home only:
-//! - `n` sku kind user → [`SubscriptionRecord`]: the index notifications page through, in
-//!   user order;
+//! - `w` sku kind bucket user → [`SubscriptionRecord`]: the index notifications page through,
+//!   in (bucket, user) order, where the bucket ([`user_bucket`], 16 bits of a hash of the user)
+//!   places each user in one notification shard, so a worker reads its own range of the index
+//!   and nothing else;
 //! - `N` len(user) user sku kind → empty: a user's subscriptions, for listing (every partition
 //!   holds those of its SKUs).
 //!
@@ -100,15 +102,31 @@ impl SubscriptionRecord {
     }
 }
 
-/// The shard of `shards` a user's notifications go to: the first 8 bytes of BLAKE3(user),
-/// little-endian, modulo `shards` (0 or 1 shard: 0). Notification workers split users by it.
+/// Buckets the subscription index splits users into (a bucket is 16 bits).
+pub const BUCKETS: u32 = 1 << 16;
+
+/// A user's bucket: the first 2 bytes of BLAKE3(user), big-endian.
+pub fn user_bucket(user: &str) -> u16 {
+    let hash = blake3::hash(user.as_bytes());
+    u16::from_be_bytes([hash.as_bytes()[0], hash.as_bytes()[1]])
+}
+
+/// The shard of `shards` a user's notifications go to: shards split the buckets into equal
+/// ranges, shard `s` taking buckets `b` with `b * shards / 65536 == s` (0 or 1 shard: 0).
+/// Notification workers split users by it; `shards` is at most [`BUCKETS`].
 pub fn user_shard(user: &str, shards: u32) -> u32 {
     if shards <= 1 {
         return 0;
     }
-    let hash = blake3::hash(user.as_bytes());
-    let n = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
-    (n % u64::from(shards)) as u32
+    (u64::from(user_bucket(user)) * u64::from(shards) / u64::from(BUCKETS)) as u32
+}
+
+/// The buckets of shard `shard` of `shards`: `lo..hi`, `hi` at most [`BUCKETS`] (empty for a
+/// shard out of range).
+pub fn shard_buckets(shard: u32, shards: u32) -> (u32, u32) {
+    let shards = u64::from(shards.clamp(1, BUCKETS));
+    let at = |s: u64| (s.min(shards) * u64::from(BUCKETS)).div_ceil(shards) as u32;
+    (at(u64::from(shard)), at(u64::from(shard) + 1))
 }
 
 /// The partition that holds a SKU's subscriptions.
@@ -119,21 +137,41 @@ pub fn subs_part(sku: u32, partitions: u32) -> Part {
 pub mod key {
     use super::SubTag;
 
-    pub const SUBSCRIPTION: u8 = b'n';
+    pub const SUBSCRIPTION: u8 = b'w';
+    /// The index's first layout (`n` sku kind user, no bucket), before shards had ranges of
+    /// their own: a store that holds such keys was written by an older Ordo.
+    pub const SUBSCRIPTION_UNBUCKETED: u8 = b'n';
     pub const BY_USER: u8 = b'N';
 
     pub fn subscription(sku: u32, tag: SubTag, user: &str) -> Vec<u8> {
         let mut k = prefix(sku, tag);
+        k.extend_from_slice(&super::user_bucket(user).to_be_bytes());
         k.extend_from_slice(user.as_bytes());
         k
     }
 
-    /// Every subscription of `sku` and `tag` starts with this, in user order.
+    /// Every subscription of `sku` and `tag` starts with this, in (bucket, user) order.
     pub fn prefix(sku: u32, tag: SubTag) -> Vec<u8> {
         let mut k = vec![SUBSCRIPTION];
         k.extend_from_slice(&sku.to_be_bytes());
         k.push(tag.byte());
         k
+    }
+
+    /// `start..end` holding exactly the subscriptions of `sku` and `tag` whose users fall in
+    /// shard `shard` of `shards`.
+    pub fn shard_range(sku: u32, tag: SubTag, shard: u32, shards: u32) -> (Vec<u8>, Vec<u8>) {
+        let (lo, hi) = super::shard_buckets(shard, shards);
+        let at = |bucket: u32| {
+            let mut k = prefix(sku, tag);
+            match u16::try_from(bucket) {
+                Ok(b) => k.extend_from_slice(&b.to_be_bytes()),
+                // Past the last bucket: the next tag's prefix.
+                Err(_) => *k.last_mut().expect("a prefix") += 1,
+            }
+            k
+        };
+        (at(lo), at(hi))
     }
 
     pub fn by_user(user: &str, sku: u32, tag: SubTag) -> Vec<u8> {
@@ -235,6 +273,35 @@ mod tests {
             r = unsubscribed(Some(s), e * 10 + 5);
         }
         assert_eq!(r.unwrap().spans.len(), SPANS_MAX);
+    }
+
+    #[test]
+    fn a_shard_s_range_of_the_index_holds_exactly_its_users() {
+        for shards in [1, 2, 3, 4, 7, 1000, BUCKETS] {
+            let mut next = 0;
+            for shard in 0..shards {
+                let (lo, hi) = shard_buckets(shard, shards);
+                assert_eq!(lo, next, "shards tile the buckets ({shard} of {shards})");
+                assert!(hi > lo, "no shard is empty ({shard} of {shards})");
+                next = hi;
+            }
+            assert_eq!(next, BUCKETS);
+        }
+        for i in 0..2000 {
+            let user = format!("user-{i}");
+            let key = key::subscription(9, SubTag::PriceDrop, &user);
+            for shards in [1, 4, 5, 64] {
+                let shard = user_shard(&user, shards);
+                for s in 0..shards {
+                    let (start, end) = key::shard_range(9, SubTag::PriceDrop, s, shards);
+                    let inside = start <= key && key < end;
+                    assert_eq!(inside, s == shard, "{user} in shard {s} of {shards}");
+                }
+            }
+        }
+        // The last shard's range ends where the SKU's next kind begins.
+        let (_, end) = key::shard_range(9, SubTag::PriceDrop, 3, 4);
+        assert_eq!(end, key::prefix(9, SubTag::BackInStock));
     }
 
     #[test]

@@ -736,3 +736,101 @@ fn dedupe_keeps_a_digest_of_what_a_transaction_read() {
     )]);
     assert_eq!(again[0].outcome, record.result.outcome);
 }
+
+#[test]
+fn notification_shards_each_read_their_own_range_of_a_sku_s_subscribers() {
+    let mut node = Node::new(ExecConfig::default());
+    let items = [7, 8].map(|sku| {
+        txn(
+            &format!("item-{sku}"),
+            Op::UpsertItem(ItemRecord {
+                sku,
+                name: format!("item {sku}"),
+                price_cents: 100,
+            }),
+        )
+    });
+    node.run(items.to_vec());
+    let price_drop = subs::SubKind::PriceDrop { below_cents: None };
+    let users: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    let txns = users
+        .iter()
+        .map(|user| {
+            txn(
+                &format!("sub-{user}"),
+                Op::Subscribe {
+                    user: user.clone(),
+                    sku: 7,
+                    kind: price_drop.clone(),
+                },
+            )
+        })
+        .collect();
+    for r in node.run(txns) {
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Subscription {
+                    record: Some(_),
+                    rejection: None
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    let tag = subs::SubTag::PriceDrop;
+    let mut seen = Vec::new();
+    for shard in 0..4 {
+        // Pages of 7: every later page resumes after the last user of the one before.
+        let mut shard_users = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page =
+                reads::subscribers(&node.store, 7, tag, (shard, 4), after.as_deref(), 7).unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.user.clone());
+            shard_users.extend(page.into_iter().map(|r| r.user));
+        }
+        assert!(!shard_users.is_empty(), "shard {shard} of 4 has users");
+        assert!(shard_users.iter().all(|u| subs::user_shard(u, 4) == shard));
+        seen.extend(shard_users);
+    }
+    seen.sort();
+    let mut all = users.clone();
+    all.sort();
+    assert_eq!(seen, all, "the shards hold every subscriber once");
+    // One shard of one: everyone; no other SKU's or kind's subscribers.
+    let everyone = reads::subscribers(&node.store, 7, tag, (0, 1), None, 1000).unwrap();
+    assert_eq!(everyone.len(), users.len());
+    let back_in_stock = subs::SubTag::BackInStock;
+    assert!(
+        reads::subscribers(&node.store, 7, back_in_stock, (0, 1), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(reads::subscribers(&node.store, 8, tag, (0, 1), None, 10)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_store_with_subscriptions_in_the_first_layout_is_recognised() {
+    let node = Node::new(ExecConfig::default());
+    assert!(!reads::has_unbucketed_subscriptions(&node.store).unwrap());
+    let mut key = vec![subs::key::SUBSCRIPTION_UNBUCKETED];
+    key.extend_from_slice(&7u32.to_be_bytes());
+    key.push(1);
+    key.extend_from_slice(b"alice");
+    node.store
+        .commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch: 1,
+                time_ms: 1_001,
+            }),
+            writes: [(ordo_storage::Part::Region(2), vec![(key, Some(vec![0]))])].into(),
+            raft_meta: Vec::new(),
+            feed: None,
+        })
+        .unwrap();
+    assert!(reads::has_unbucketed_subscriptions(&node.store).unwrap());
+}

@@ -160,6 +160,14 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     })?;
     let node = Arc::new(node);
     node.store.set_feed_retention(opts.feed_retention);
+    if ordo_scheduler::reads::has_unbucketed_subscriptions(&node.store)? {
+        anyhow::bail!(
+            "{} holds subscriptions in the index layout of Ordo before 2026-11-24 (keys `n`), \
+             which this Ordo does not read: start it on a new data directory (or re-subscribe \
+             the users there)",
+            opts.data_dir.display()
+        );
+    }
     // Stock rows answer point reads from memory (`Store::keep_resident`).
     let started = std::time::Instant::now();
     let rows = node

@@ -4,10 +4,11 @@
 //! The producer reads the node's feed like a Watch stream. An epoch's triggers are computed
 //! from its events alone ([`triggers`]): per SKU, a price lower at the end of the epoch than at
 //! its start (PRICE_DROP), and DCs whose row had none available at the start and some at the
-//! end (BACK_IN_STOCK); in (kind, SKU) order. For each trigger it pages through the SKU's
-//! subscriptions in user order ([`reads::subscribers`], a thousand at a time), keeps those that
-//! stood when the epoch began, fall in this worker's shard and match their parameters, and
-//! streams them in batches. Nothing is held but one page and the stream's bounded buffer, and
+//! end (BACK_IN_STOCK); in (kind, SKU) order. For each trigger it pages through this worker's
+//! shard of the SKU's subscriptions in (bucket, user) order ([`reads::subscribers`], a thousand
+//! at a time: the index is laid out by shard, so a worker reads its own users only), keeps
+//! those that stood when the epoch began and match their parameters, and streams them in
+//! batches. Nothing is held but one page and the stream's bounded buffer, and
 //! the epoch applier never waits for it. The resume token names the position in that walk
 //! (epoch, trigger, last user), the same on every node.
 
@@ -180,11 +181,6 @@ pub fn triggers(events: &[Event]) -> Vec<Trigger> {
     out
 }
 
-/// Whether `user` falls in `shard` of `shards`.
-pub fn in_shard(user: &str, shard: u32, shards: u32) -> bool {
-    ordo_scheduler::subs::user_shard(user, shards) == shard
-}
-
 impl OrdoService {
     pub(super) async fn watch_notifications_inner(
         &self,
@@ -340,6 +336,7 @@ impl Producer {
                     &self.store,
                     trigger.sku(),
                     trigger.tag(),
+                    (self.shard, self.shards),
                     after.as_deref(),
                     SUBSCRIBERS_PAGE_MAX,
                 )
@@ -398,8 +395,8 @@ impl Producer {
         Ok(())
     }
 
-    /// The notification `record` gets for `trigger`, if it stood at the epoch's start, is in
-    /// this worker's shard and its parameters match.
+    /// The notification `record` (of this worker's shard: the index range it reads) gets for
+    /// `trigger`, if it stood at the epoch's start and its parameters match.
     fn notification(
         &mut self,
         record: &SubscriptionRecord,
@@ -407,7 +404,7 @@ impl Producer {
         epoch: u64,
         time_ms: u64,
     ) -> Option<v1::Notification> {
-        if !record.live_at(epoch) || !in_shard(&record.user, self.shard, self.shards) {
+        if !record.live_at(epoch) {
             return None;
         }
         let mut n = v1::Notification {
@@ -566,7 +563,9 @@ mod tests {
         let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
         let mut counts = [0; 4];
         for u in &users {
-            let shards: Vec<u32> = (0..4).filter(|&s| in_shard(u, s, 4)).collect();
+            let shards: Vec<u32> = (0..4)
+                .filter(|&s| ordo_scheduler::subs::user_shard(u, 4) == s)
+                .collect();
             assert_eq!(shards.len(), 1, "{u} in exactly one shard");
             counts[shards[0] as usize] += 1;
         }
