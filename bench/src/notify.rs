@@ -22,6 +22,16 @@ use serde_json::json;
 use crate::servers::Server;
 use crate::targets::Target;
 
+/// Price drops in one run, at most.
+const ROUNDS_MAX: u32 = 100;
+/// Order-latency windows not recorded (between a fan-out and its control).
+const GAP: u8 = u8::MAX;
+
+/// The hot SKU's price after round `r`'s drop (it starts at 1,000).
+fn round_price(r: u32) -> i64 {
+    900 - 5 * i64::from(r)
+}
+
 /// The hot SKU every subscriber follows; orders use the others.
 const HOT_SKU: u32 = 1;
 const ORDER_SKUS: u32 = 20;
@@ -42,6 +52,11 @@ pub struct NotifyArgs {
     /// (the control).
     #[arg(long, default_value_t = 10)]
     pub baseline_s: u64,
+    /// Price drops, one after another: each is followed by its fan-out and a control window
+    /// (at most 100). Several rounds in one run compare fan-out and quiet windows on the same
+    /// loaded node.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
     /// Seconds to wait for every notification after the change.
     #[arg(long, default_value_t = 300)]
     pub fan_out_timeout_s: u64,
@@ -205,23 +220,30 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
 
     // Phase 2: workers following the notifications from now, writers placing orders.
     let from = client.status().await?.applied_epoch + 1;
+    let rounds = args.rounds.clamp(1, ROUNDS_MAX);
     let seen: Arc<Vec<AtomicU8>> = Arc::new(
         (0..args.subscribers)
             .map(|_| AtomicU8::new(0))
             .collect::<Vec<_>>(),
     );
-    let change: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    // When each round's price change was sent (set before the request goes out, so it is
+    // there before any notification of it can be).
+    let changes: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let arrivals = Arc::new(Mutex::new(histogram()));
     let received = Arc::new(AtomicU64::new(0));
-    let first_last = Arc::new(Mutex::new((None::<Instant>, None::<Instant>)));
+    // (first, last) notification of each round.
+    let first_last = Arc::new(Mutex::new(vec![
+        (None::<Instant>, None::<Instant>);
+        rounds as usize
+    ]));
     let stop = Arc::new(AtomicBool::new(false));
     let consumers = consumer_runtime(args.consumer_sched)?;
     let mut workers = Vec::new();
     for shard in 0..args.workers {
         let url = url.clone();
-        let (seen, change, arrivals, received, first_last, stop) = (
+        let (seen, changes, arrivals, received, first_last, stop) = (
             seen.clone(),
-            change.clone(),
+            changes.clone(),
             arrivals.clone(),
             received.clone(),
             first_last.clone(),
@@ -241,7 +263,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
             // Kept per worker and merged at the end: the harness must cost little per
             // notification, or it competes with the server it measures.
             let mut local = histogram();
-            let mut local_first_last = (None::<Instant>, None::<Instant>);
+            let mut local_first_last = vec![(None::<Instant>, None::<Instant>); rounds as usize];
             while !stop.load(Ordering::Relaxed) {
                 let Ok(message) =
                     tokio::time::timeout(Duration::from_millis(500), stream.message()).await
@@ -250,16 +272,13 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                 };
                 let Some(message) = message? else { break };
                 let now = Instant::now();
-                // The hot SKU's only price change: set before the request goes out, so it is
-                // there before any notification of it can be.
-                let Some(at) = *change.lock().expect("change") else {
-                    continue;
-                };
                 let mut counted = 0u64;
+                let mut round = None;
                 for n in message.notifications {
-                    if n.sku != HOT_SKU {
+                    // Round r drops the price to `round_price(r)`.
+                    let Some(r) = (0..rounds).find(|&r| round_price(r) == n.after_cents) else {
                         continue;
-                    }
+                    };
                     let Some(i) = n
                         .user
                         .strip_prefix('u')
@@ -267,37 +286,44 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                     else {
                         continue;
                     };
+                    if n.sku != HOT_SKU {
+                        continue;
+                    }
                     if let Some(slot) = seen.get(i) {
                         slot.fetch_add(1, Ordering::Relaxed);
                     }
                     counted += 1;
+                    round = Some(r);
                 }
-                if counted > 0 {
-                    let us = now.saturating_duration_since(at).as_micros() as u64;
-                    let _ = local.record_n(us.max(1), counted);
-                    local_first_last.0.get_or_insert(now);
-                    local_first_last.1 = Some(now);
-                    received.fetch_add(counted, Ordering::Relaxed);
-                }
+                let Some(r) = round else { continue };
+                let Some(at) = changes.lock().expect("changes").get(r as usize).copied() else {
+                    continue;
+                };
+                let us = now.saturating_duration_since(at).as_micros() as u64;
+                let _ = local.record_n(us.max(1), counted);
+                let fl = &mut local_first_last[r as usize];
+                fl.0.get_or_insert(now);
+                fl.1 = Some(now);
+                received.fetch_add(counted, Ordering::Relaxed);
             }
             let _ = arrivals.lock().expect("arrivals").add(&local);
-            let mut fl = first_last.lock().expect("first/last");
-            if let Some(f) = local_first_last.0 {
-                fl.0 = Some(fl.0.map_or(f, |g: Instant| g.min(f)));
-            }
-            if let Some(l) = local_first_last.1 {
-                fl.1 = Some(fl.1.map_or(l, |g: Instant| g.max(l)));
+            let mut all = first_last.lock().expect("first/last");
+            for (fl, mine) in all.iter_mut().zip(local_first_last) {
+                if let Some(f) = mine.0 {
+                    fl.0 = Some(fl.0.map_or(f, |g: Instant| g.min(f)));
+                }
+                if let Some(l) = mine.1 {
+                    fl.1 = Some(fl.1.map_or(l, |g: Instant| g.max(l)));
+                }
             }
             Ok::<_, anyhow::Error>(())
         }));
     }
-    // Order latencies: before the price change, during the fan-out, (a gap,) after it.
-    let windows: Arc<Mutex<[Histogram<u64>; 4]>> = Arc::new(Mutex::new([
-        histogram(),
-        histogram(),
-        histogram(),
-        histogram(),
-    ]));
+    // Order latencies per window: 0 before the first change; then, for round r, 2r + 1 during
+    // its fan-out and 2r + 2 the control after it. `GAP`: not recorded.
+    let windows: Arc<Mutex<Vec<Histogram<u64>>>> = Arc::new(Mutex::new(
+        (0..1 + 2 * rounds).map(|_| histogram()).collect(),
+    ));
     let window = Arc::new(AtomicU8::new(0));
     let orders = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
@@ -323,9 +349,11 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                 let t = Instant::now();
                 c.place_order(&[line], false, None).await?;
                 let us = t.elapsed().as_micros() as u64;
-                let slot = window.load(Ordering::Relaxed) as usize;
-                if slot != 2 {
-                    let _ = windows.lock().expect("windows")[slot].record(us.max(1));
+                let slot = window.load(Ordering::Relaxed);
+                if slot != GAP {
+                    if let Some(h) = windows.lock().expect("windows").get_mut(slot as usize) {
+                        let _ = h.record(us.max(1));
+                    }
                 }
                 orders.fetch_add(1, Ordering::Relaxed);
             }
@@ -333,39 +361,48 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         }));
     }
 
-    let cpu0 = server.cpu_seconds();
-    let orders0 = orders.load(Ordering::Relaxed);
+    // A window of orders: (seconds, orders, server CPU seconds) from `at`.
+    let mark = || {
+        (
+            Instant::now(),
+            orders.load(Ordering::Relaxed),
+            server.cpu_seconds(),
+        )
+    };
+    let span = |from: (Instant, u64, f64)| {
+        let to = mark();
+        ((to.0 - from.0).as_secs_f64(), to.1 - from.1, to.2 - from.2)
+    };
+    let start = mark();
     tokio::time::sleep(Duration::from_secs(args.baseline_s)).await;
-    let cpu1 = server.cpu_seconds();
-    let orders1 = orders.load(Ordering::Relaxed);
+    let before_span = span(start);
 
-    // Phase 3: the price drops once; the fan-out runs while the orders go on.
-    window.store(1, Ordering::Relaxed);
-    let t_change = Instant::now();
-    *change.lock().expect("change") = Some(t_change);
-    client.set_price(HOT_SKU, 900, "INR").await?;
-    let commit_ms = t_change.elapsed().as_secs_f64() * 1000.0;
-    let deadline = Instant::now() + Duration::from_secs(args.fan_out_timeout_s);
-    while received.load(Ordering::Relaxed) < u64::from(args.subscribers)
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    // Phase 3, each round: the price drops once; the fan-out runs while the orders go on; then
+    // a control window as long as the baseline with the fan-out over. How far the windows
+    // without a fan-out differ from each other is the run's noise.
+    let mut round_spans = Vec::new();
+    for r in 0..rounds {
+        let expected = u64::from(args.subscribers) * u64::from(r + 1);
+        window.store(1 + 2 * r as u8, Ordering::Relaxed);
+        let during_start = mark();
+        changes.lock().expect("changes").push(during_start.0);
+        client.set_price(HOT_SKU, round_price(r), "INR").await?;
+        let commit_ms = during_start.0.elapsed().as_secs_f64() * 1000.0;
+        let deadline = Instant::now() + Duration::from_secs(args.fan_out_timeout_s);
+        while received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let during = span(during_start);
+        window.store(GAP, Ordering::Relaxed);
+        // A little longer, so duplicates would show.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after_start = mark();
+        window.store(2 + 2 * r as u8, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(args.baseline_s)).await;
+        window.store(GAP, Ordering::Relaxed);
+        let after = span(after_start);
+        round_spans.push((commit_ms, during, after));
     }
-    let fan_out_s = t_change.elapsed().as_secs_f64();
-    window.store(2, Ordering::Relaxed);
-    let cpu2 = server.cpu_seconds();
-    let orders2 = orders.load(Ordering::Relaxed);
-    // A little longer, so duplicates would show.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The control: as long as the baseline again, with the fan-out over. How far the two
-    // windows without a fan-out differ is the run's noise.
-    let cpu3 = server.cpu_seconds();
-    let orders3 = orders.load(Ordering::Relaxed);
-    window.store(3, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs(args.baseline_s)).await;
-    window.store(2, Ordering::Relaxed);
-    let cpu4 = server.cpu_seconds();
-    let orders4 = orders.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await??;
@@ -375,50 +412,78 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     }
     drop(consumers);
 
+    let rounds_u8 = rounds as u8;
     let missing = seen
         .iter()
-        .filter(|s| s.load(Ordering::Relaxed) == 0)
+        .filter(|s| s.load(Ordering::Relaxed) < rounds_u8)
         .count();
     let duplicated = seen
         .iter()
-        .filter(|s| s.load(Ordering::Relaxed) > 1)
+        .filter(|s| s.load(Ordering::Relaxed) > rounds_u8)
         .count();
     let arrivals = arrivals.lock().expect("arrivals").clone();
-    let (first, last) = *first_last.lock().expect("first/last");
-    let [before, during, _, after] = windows.lock().expect("windows").clone();
-    let base_s = args.baseline_s as f64;
+    let first_last = first_last.lock().expect("first/last").clone();
+    let windows = windows.lock().expect("windows").clone();
+    let changes = changes.lock().expect("changes").clone();
+    let orders_json = |h: &Histogram<u64>, (secs, n, cpu): (f64, u64, f64)| {
+        json!({
+            "per_s": n as f64 / secs.max(1e-9),
+            "p50_ms": ms(h, 0.5), "p99_ms": ms(h, 0.99),
+            "server_cpu_ms_per_order": cpu * 1000.0 / n.max(1) as f64,
+            "server_cpu_s": cpu,
+        })
+    };
+    let mut rounds_json = Vec::new();
+    // Every window of a kind merged: the figures the first round's fields give for one.
+    let (mut during_all, mut after_all) = (histogram(), histogram());
+    let (mut during_sum, mut after_sum) = ((0.0, 0, 0.0), (0.0, 0, 0.0));
+    let add = |sum: &mut (f64, u64, f64), s: (f64, u64, f64)| {
+        sum.0 += s.0;
+        sum.1 += s.1;
+        sum.2 += s.2;
+    };
+    for (r, (commit_ms, during, after)) in round_spans.iter().enumerate() {
+        let (d, a) = (&windows[1 + 2 * r], &windows[2 + 2 * r]);
+        let _ = during_all.add(d);
+        let _ = after_all.add(a);
+        add(&mut during_sum, *during);
+        add(&mut after_sum, *after);
+        let (first, last) = first_last[r];
+        let at = changes[r];
+        rounds_json.push(json!({
+            "price_cents": round_price(r as u32),
+            "price_change_commit_ms": commit_ms,
+            "fan_out_s": during.0,
+            "notifications_per_s": f64::from(args.subscribers) / during.0,
+            "first_notification_ms": first.map(|f| (f - at).as_secs_f64() * 1000.0),
+            "last_notification_ms": last.map(|l| (l - at).as_secs_f64() * 1000.0),
+            "orders_during_fan_out": orders_json(d, *during),
+            "orders_after": orders_json(a, *after),
+        }));
+    }
+    let first_round = &rounds_json[0];
     let report = json!({
         "subscribers": args.subscribers,
         "workers": args.workers,
         "clients": args.clients,
+        "rounds": rounds,
         "consumer_sched": format!("{:?}", args.consumer_sched).to_lowercase(),
         "settle_s": settle_s,
         "load_s": load_s,
         "subscribes_per_s": f64::from(args.subscribers) / load_s,
-        "price_change_commit_ms": commit_ms,
-        "fan_out_s": fan_out_s,
+        "price_change_commit_ms": first_round["price_change_commit_ms"],
+        "fan_out_s": first_round["fan_out_s"],
         "notifications_received": received.load(Ordering::Relaxed),
-        "notifications_per_s": received.load(Ordering::Relaxed) as f64 / fan_out_s,
-        "first_notification_ms": first.map(|f| (f - t_change).as_secs_f64() * 1000.0),
-        "last_notification_ms": last.map(|l| (l - t_change).as_secs_f64() * 1000.0),
+        "notifications_per_s": first_round["notifications_per_s"],
+        "first_notification_ms": first_round["first_notification_ms"],
+        "last_notification_ms": first_round["last_notification_ms"],
         "notification_latency_ms": {"p50": ms(&arrivals, 0.5), "p99": ms(&arrivals, 0.99)},
         "missing": missing,
         "duplicated": duplicated,
-        "orders_before": {
-            "per_s": (orders1 - orders0) as f64 / base_s,
-            "p50_ms": ms(&before, 0.5), "p99_ms": ms(&before, 0.99),
-            "server_cpu_ms_per_order": (cpu1 - cpu0) * 1000.0 / (orders1 - orders0).max(1) as f64,
-        },
-        "orders_during_fan_out": {
-            "per_s": (orders2 - orders1) as f64 / fan_out_s,
-            "p50_ms": ms(&during, 0.5), "p99_ms": ms(&during, 0.99),
-            "server_cpu_s": cpu2 - cpu1,
-        },
-        "orders_after": {
-            "per_s": (orders4 - orders3) as f64 / base_s,
-            "p50_ms": ms(&after, 0.5), "p99_ms": ms(&after, 0.99),
-            "server_cpu_ms_per_order": (cpu4 - cpu3) * 1000.0 / (orders4 - orders3).max(1) as f64,
-        },
+        "orders_before": orders_json(&windows[0], before_span),
+        "orders_during_fan_out": orders_json(&during_all, during_sum),
+        "orders_after": orders_json(&after_all, after_sum),
+        "per_round": rounds_json,
     });
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(
@@ -428,7 +493,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
     println!("{}", serde_json::to_string_pretty(&report)?);
     let ok = missing == 0 && duplicated == 0;
     if !ok {
-        eprintln!("FAILED: {missing} subscribers got no notification, {duplicated} got several");
+        eprintln!(
+            "FAILED: {missing} subscribers got fewer than {rounds} notifications, {duplicated} more"
+        );
     }
     Ok(ok)
 }

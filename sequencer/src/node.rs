@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Region partitions; fixed when the data directory is created.
     pub partitions: u32,
+    /// sled's page cache, in bytes ([`ordo_storage::DEFAULT_CACHE_BYTES`] by default).
+    pub store_cache_bytes: u64,
     pub exec: ExecConfig,
     pub sequencer: SequencerConfig,
     /// Raft log entries (epochs) between snapshots; the log behind a snapshot is purged.
@@ -94,8 +96,12 @@ impl Node {
         };
         std::fs::create_dir_all(&config.data_dir).map_err(|e| open("the data directory")(&e))?;
         let store = Arc::new(
-            Store::open(config.data_dir.join("state"), config.partitions)
-                .map_err(|e| open("the partition stores")(&e))?,
+            Store::open_with_cache(
+                config.data_dir.join("state"),
+                config.partitions,
+                config.store_cache_bytes,
+            )
+            .map_err(|e| open("the partition stores")(&e))?,
         );
         let log = LogStore::open(config.data_dir.join("raft-log"))
             .map_err(|e| open("the raft log")(&e))?;

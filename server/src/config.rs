@@ -21,6 +21,10 @@ pub struct Tuning {
     /// Region partitions (fixed when the data directory is created) [default: 3]
     #[arg(long)]
     pub partitions: Option<u32>,
+    /// sled's page cache in MiB: rows beyond it are read back from disk and decoded again
+    /// when touched (the process uses a multiple of it) [default: 1024]
+    #[arg(long)]
+    pub store_cache_mb: Option<u64>,
     /// Epoch length in milliseconds [default: 5]
     #[arg(long)]
     pub epoch_ms: Option<u64>,
@@ -84,6 +88,7 @@ impl Tuning {
     fn or(self, other: Tuning) -> Tuning {
         Tuning {
             partitions: self.partitions.or(other.partitions),
+            store_cache_mb: self.store_cache_mb.or(other.store_cache_mb),
             epoch_ms: self.epoch_ms.or(other.epoch_ms),
             batch_txns_max: self.batch_txns_max.or(other.batch_txns_max),
             batch_bytes_max: self.batch_bytes_max.or(other.batch_bytes_max),
@@ -224,6 +229,13 @@ pub fn serve_options(
         feed_retention.epochs >= 1,
         "--feed-retention-epochs must be at least 1"
     );
+    let store_cache_mb = tuning
+        .store_cache_mb
+        .unwrap_or(ordo_storage::DEFAULT_CACHE_BYTES / (1024 * 1024));
+    anyhow::ensure!(
+        (16..=1024 * 1024).contains(&store_cache_mb),
+        "--store-cache-mb must be 16 to 1048576, not {store_cache_mb}"
+    );
     let watchers_max = tuning.watchers_max.unwrap_or(limits.watchers_max);
     let watch_buffer_messages = tuning
         .watch_buffer_messages
@@ -252,6 +264,7 @@ pub fn serve_options(
         data_dir,
         peers,
         partitions: tuning.partitions.unwrap_or(3),
+        store_cache_bytes: store_cache_mb * 1024 * 1024,
         sequencer: SequencerConfig {
             epoch_ms: tuning.epoch_ms.unwrap_or(defaults.epoch_ms),
             batch_txns_max: tuning.batch_txns_max.unwrap_or(defaults.batch_txns_max),

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     /// no peer traffic at all (no peer listener) and cannot add members.
     pub secret: Option<ClusterSecret>,
     pub partitions: u32,
+    /// sled's page cache, in bytes.
+    pub store_cache_bytes: u64,
     pub sequencer: SequencerConfig,
     pub snapshot_every_entries: u64,
     /// Execution settings; every replica must use the same (`--expiry-per-epoch-max`).
@@ -139,6 +141,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         secret: opts.secret.clone(),
         data_dir: opts.data_dir.clone(),
         partitions: opts.partitions,
+        store_cache_bytes: opts.store_cache_bytes,
         exec: opts.exec.clone(),
         sequencer: opts.sequencer.clone(),
         snapshot_every_entries: opts.snapshot_every_entries,

@@ -116,3 +116,28 @@ async fn cli_commands_print_json_and_exit_with_documented_codes() {
     assert!(status["applied_epoch"].as_u64().unwrap() > 0);
     assert_eq!(status["state_hash"].as_str().unwrap().len(), 64);
 }
+
+#[test]
+fn the_store_cache_flag_is_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    for bad in ["0", "15", "1048577"] {
+        let (code, _, err) = ordo_cli(&[
+            "server",
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--store-cache-mb",
+            bad,
+        ]);
+        assert_ne!(code, 0, "--store-cache-mb {bad} was taken");
+        assert!(
+            err.contains("--store-cache-mb must be 16 to 1048576"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -375,20 +375,38 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("in-memory values always encode")
 }
 
+/// sled's page cache unless a node is told otherwise (`--store-cache-mb`): 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 1024 * 1024 * 1024;
+
 impl Store {
     /// Opens the store in `dir` with `partitions` region partitions. The partition count is fixed
     /// when the store is created; opening it with another count is refused.
     pub fn open(dir: impl AsRef<Path>, partitions: u32) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, partitions, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with sled's page cache at `cache_bytes` (sled's own estimate of the
+    /// pages it holds; the process's memory is a multiple of it). Pages beyond it are read
+    /// back from the files and decoded again when touched.
+    pub fn open_with_cache(
+        dir: impl AsRef<Path>,
+        partitions: u32,
+        cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         if partitions == 0 {
             return Err(StoreError::Config("partitions must be at least 1".into()));
         }
-        Self::open_inner(dir.as_ref(), Some(partitions))
+        Self::open_inner(dir.as_ref(), Some(partitions), cache_bytes)
     }
 
-    fn open_inner(dir: &Path, partitions: Option<u32>) -> Result<Self, StoreError> {
+    fn open_inner(
+        dir: &Path,
+        partitions: Option<u32>,
+        cache_bytes: u64,
+    ) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()?;
         let meta = db.open_tree("meta")?;
@@ -555,7 +573,7 @@ impl Store {
 
     /// Opens an existing store with the partition count it was created with.
     pub fn open_existing(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
-        Self::open_inner(dir.as_ref(), None)
+        Self::open_inner(dir.as_ref(), None, DEFAULT_CACHE_BYTES)
     }
 
     pub fn partitions(&self) -> u32 {
