@@ -27,9 +27,9 @@ pub fn table(runs: &[RunResult]) -> String {
     let mut out = String::new();
     let ref_name = reference.as_ref().map(|r| r.0.as_str()).unwrap_or("-");
     out.push_str(&format!(
-        "| target | workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s | {ref_name} ÷ target | check |\n"
+        "| target | workload | clients | ops/s | p50 ms | p99 ms | p99.9 ms | server CPU s | server CPU µs/op | {ref_name} ÷ target | check |\n"
     ));
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in runs {
         let ratio = match &reference {
             Some((_, base)) if r.throughput_ops_s > 0.0 => {
@@ -55,7 +55,7 @@ pub fn table(runs: &[RunResult]) -> String {
             )
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} | {} | {} |\n",
             r.target,
             r.workload,
             r.clients,
@@ -64,6 +64,7 @@ pub fn table(runs: &[RunResult]) -> String {
             r.latency_us.p99 as f64 / 1000.0,
             r.latency_us.p999 as f64 / 1000.0,
             r.server_cpu_s,
+            r.server_cpu_us_per_op,
             ratio,
             check
         ));

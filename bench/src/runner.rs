@@ -75,8 +75,14 @@ pub struct RunResult {
     pub seed: u64,
     pub throughput_ops_s: f64,
     pub latency_us: Latency,
-    /// CPU seconds the server processes used during warm-up and measurement.
+    /// CPU seconds the server processes used during warm-up and measurement (every node of a
+    /// cluster, and their children).
     pub server_cpu_s: f64,
+    /// Operations completed during warm-up and measurement (orders, in batched calls too;
+    /// carts for the cart workload).
+    pub ops_total: u64,
+    /// `server_cpu_s` over `ops_total`, in microseconds.
+    pub server_cpu_us_per_op: f64,
     pub measured_ops: u64,
     pub check: Check,
     pub timeline: Vec<Second>,
@@ -92,6 +98,14 @@ pub struct RunResult {
     /// latency, server CPU per order, the feed check); absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<crate::feed::FeedReport>,
+}
+
+/// Server CPU seconds over operations, in microseconds (0 without operations).
+pub(crate) fn cpu_us_per_op(cpu_s: f64, ops: u64) -> f64 {
+    if ops == 0 {
+        return 0.0;
+    }
+    cpu_s * 1e6 / ops as f64
 }
 
 pub(crate) fn histogram() -> Histogram<u64> {
@@ -356,6 +370,8 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         throughput_ops_s: measured_ops as f64 / cfg.duration.as_secs_f64(),
         latency_us: timing.latency(),
         server_cpu_s: cpu,
+        ops_total: done_ops.load(Ordering::Relaxed),
+        server_cpu_us_per_op: cpu_us_per_op(cpu, done_ops.load(Ordering::Relaxed)),
         measured_ops,
         check,
         timeline: timing.timeline(),

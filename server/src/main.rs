@@ -20,7 +20,10 @@ mod serve;
 /// mimalloc rather than glibc's malloc: per-thread heaps whose frees from other threads never
 /// take a lock the allocating thread may hold. Under glibc a buffer allocated by a
 /// low-priority feed producer and freed after sending, on a request thread, waited on the
-/// producer's arena lock while the producer was preempted holding it.
+/// producer's arena lock while the producer was preempted holding it. Built without
+/// transparent huge pages (`no_thp`): with them, every first touch of memory mimalloc had
+/// returned to the kernel, or of a new thread's heap, zeroed 2 MiB (18% of the node's CPU
+/// under hot-items; BENCHMARKS.md, issue 13).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -294,6 +294,8 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         throughput_ops_s: measured_ops as f64 / duration_s,
         latency_us: timing.latency(),
         server_cpu_s: cpu,
+        ops_total,
+        server_cpu_us_per_op: crate::runner::cpu_us_per_op(cpu, ops_total),
         measured_ops,
         check,
         timeline: timing.timeline(),
