@@ -123,17 +123,9 @@ fn the_store_cache_flag_is_checked_at_start() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     for bad in ["0", "15", "1048577"] {
-        let (code, _, err) = ordo_cli(&[
-            "server",
-            "--node-id",
-            "1",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data,
-            "--store-cache-mb",
-            bad,
-        ]);
+        let mut args = SINGLE_NODE_ARGS.to_vec();
+        args.extend(["--data-dir", data, "--store-cache-mb", bad]);
+        let (code, _, err) = ordo_cli(&args);
         assert_ne!(code, 0, "--store-cache-mb {bad} was taken");
         assert!(
             err.contains("--store-cache-mb must be 16 to 1048576"),

@@ -22,18 +22,15 @@ pub struct TestNode {
     pub extra_args: Vec<String>,
 }
 
+/// `ordo server` as one node on a port the kernel picks (a data directory still to add).
+pub const SINGLE_NODE_ARGS: [&str; 5] = ["server", "--node-id", "1", "--listen", "127.0.0.1:0"];
+
 impl TestNode {
     /// Starts a node on `data_dir` and waits until it prints its address.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> TestNode {
         let mut child = Command::new(BIN)
-            .args([
-                "server",
-                "--node-id",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(SINGLE_NODE_ARGS)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
             .env("RUST_LOG", "warn")
