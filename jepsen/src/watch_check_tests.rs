@@ -131,6 +131,16 @@ fn kinds(r: &Report) -> Vec<&'static str> {
     r.counts.keys().copied().collect()
 }
 
+/// The report flags anomalies of `kind` and no other.
+fn assert_only(r: &Report, kind: &str) {
+    assert_eq!(kinds(r), vec![kind], "{:?}", r.anomalies);
+}
+
+/// The report's first anomaly mentions `what`.
+fn assert_first_names(r: &Report, what: &str) {
+    assert!(r.anomalies[0].contains(what), "{:?}", r.anomalies);
+}
+
 #[test]
 fn a_complete_feed_in_order_checks_out() {
     let r = run(&good(), epochs());
@@ -179,7 +189,7 @@ fn an_epoch_received_twice_is_a_duplicate() {
     let mut records = epochs();
     records.insert(2, records[1].clone());
     let r = run(&good(), records);
-    assert_eq!(kinds(&r), vec!["watch-duplicate"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-duplicate");
     assert_eq!(r.counts["watch-duplicate"], 2);
 }
 
@@ -209,14 +219,14 @@ fn a_committed_order_with_no_event_is_missing() {
         epochs(),
     );
     // Every feed, the reference too, lacks it.
-    assert_eq!(kinds(&r), vec!["watch-missing-order"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-missing-order");
     assert_eq!(r.counts["watch-missing-order"], 2);
 }
 
 #[test]
 fn an_order_event_the_final_orders_lack_is_a_phantom() {
     let r = run(&history(17, json!([[1, "r1"]])), epochs());
-    assert_eq!(kinds(&r), vec!["watch-phantom-order"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-phantom-order");
     // And a definitely failed order's event is flagged as such.
     let mut records = epochs();
     records[2] = epoch(
@@ -234,12 +244,7 @@ fn an_order_event_the_final_orders_lack_is_a_phantom() {
 #[test]
 fn a_replay_that_misses_the_final_stock_is_flagged() {
     let r = run(&history(16, json!([[1, "r1"], [2, "r2"]])), epochs());
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-replay-mismatch"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-replay-mismatch");
     // A stock event that does not start where the row ended breaks the chain.
     let mut records = epochs();
     records[2] = epoch(
@@ -272,7 +277,7 @@ fn contents_and_tokens_must_match() {
         *token = "ordo1.7".into();
     }
     let r = run(&good(), records);
-    assert_eq!(kinds(&r), vec!["watch-protocol"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-protocol");
 }
 
 #[test]
@@ -548,12 +553,7 @@ fn a_price_set_applied_twice_is_a_duplicate() {
         final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
     );
     let r = run_both(&events, records);
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-duplicate-price"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-duplicate-price");
 }
 
 #[test]
@@ -571,20 +571,15 @@ fn a_price_no_set_asked_for_is_a_phantom() {
         run_both(&events, records)
     };
     let r = at_4(price(0, 2, 7_003, 4_242, "nobody"), 4_242);
-    assert_eq!(kinds(&r), vec!["watch-phantom-price"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-phantom-price");
     // The price of a set that definitely failed.
     let r = at_4(price(0, 2, 7_003, 9_999, "refused"), 9_999);
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-failed-price-present"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-failed-price-present");
     // An acknowledged set's price under another request id.
     let mut records = price_epochs();
     records[1] = epoch(2, vec![price(0, 1, 100, 5_001, "p9")]);
     let r = run_both(&priced(), records);
-    assert_eq!(kinds(&r), vec!["watch-phantom-price"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-phantom-price");
 }
 
 #[test]
@@ -600,7 +595,7 @@ fn a_set_of_several_prices_split_over_epochs_is_torn() {
         final_subscriptions(json!([[1, 11, "s1"]]), json!([])),
     );
     let r = run_both(&events, records);
-    assert_eq!(kinds(&r), vec!["watch-torn-prices"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-torn-prices");
     // Half of it, never the rest.
     let mut records = price_epochs();
     records[2] = epoch(3, vec![price(0, 1, 5_001, 7_002, "p2")]);
@@ -619,10 +614,10 @@ fn the_final_price_is_the_last_price_events() {
         with_final(priced_ops(EventType::Info), 3, prices, subscriptions)
     };
     let r = run_both(&final_with(final_prices(5_001, 7_003, 3)), price_epochs());
-    assert_eq!(kinds(&r), vec!["watch-price-mismatch"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-price-mismatch");
     let eur = json!([[1, 7_002, "EUR", 3], [2, 7_003, "USD", 3]]);
     let r = run_both(&final_with(eur), price_epochs());
-    assert_eq!(kinds(&r), vec!["watch-price-mismatch"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-price-mismatch");
     // With no price set, the price the item was created with, and no currency.
     let mut records = price_epochs();
     records[2] = epoch(3, vec![]);
@@ -645,7 +640,7 @@ fn the_final_price_is_the_last_price_events() {
         ],
     );
     let r = run_both(&priced(), records);
-    assert_eq!(kinds(&r), vec!["watch-price-chain"], "{:?}", r.anomalies);
+    assert_only(&r, "watch-price-chain");
 }
 
 #[test]
@@ -660,34 +655,16 @@ fn an_acknowledged_subscribe_missing_at_the_end_is_lost() {
         run_both(&events, price_epochs())
     };
     let r = lost(priced_ops(EventType::Info), json!([]), json!([]));
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-lost-subscription"],
-        "{:?}",
-        r.anomalies
-    );
-    assert!(
-        r.anomalies[0].contains("watcher-1 to sku 1"),
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-lost-subscription");
+    assert_first_names(&r, "watcher-1 to sku 1");
     // watcher-2's is lost too once the unsubscribe beside it definitely failed.
     let r = lost(
         priced_ops(EventType::Fail),
         json!([[1, 11, "s1"]]),
         json!([]),
     );
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-lost-subscription"],
-        "{:?}",
-        r.anomalies
-    );
-    assert!(
-        r.anomalies[0].contains("watcher-2 to sku 1"),
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-lost-subscription");
+    assert_first_names(&r, "watcher-2 to sku 1");
 }
 
 #[test]
@@ -708,28 +685,13 @@ fn a_subscription_no_subscribe_made_is_a_phantom() {
     };
     // A threshold nobody asked for.
     let r = phantom(json!([[1, 99, "x"]]), json!([]));
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-phantom-subscription"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-phantom-subscription");
     // s1's threshold under another request id.
     let r = phantom(json!([[1, 11, "x"]]), json!([]));
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-phantom-subscription"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-phantom-subscription");
     // The threshold of a subscribe that definitely failed.
     let r = phantom(json!([[1, 11, "s1"]]), json!([[1, 14, "f"]]));
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-phantom-subscription"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-phantom-subscription");
 }
 
 #[test]
@@ -741,10 +703,5 @@ fn a_subscription_an_acknowledged_later_unsubscribe_ended_is_stale() {
         final_subscriptions(json!([[1, 11, "s1"], [2, 12, "s2"]]), json!([])),
     );
     let r = run_both(&events, price_epochs());
-    assert_eq!(
-        kinds(&r),
-        vec!["watch-stale-subscription"],
-        "{:?}",
-        r.anomalies
-    );
+    assert_only(&r, "watch-stale-subscription");
 }
