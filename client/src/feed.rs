@@ -1,6 +1,6 @@
 //! Prices and the change feed: SetPrice(s), GetPriceHistory, Watch.
 
-use crate::{v1, Client, Error};
+use crate::{retry_marked, v1, Client, Error};
 
 impl Client {
     /// Sets an item's price (`currency` empty: the item's current one).
@@ -17,9 +17,9 @@ impl Client {
             currency: currency.to_string(),
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.set_price(request).await }
             })
             .await?;
@@ -37,9 +37,9 @@ impl Client {
             prices,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.set_prices(request).await }
             })
             .await?;
@@ -139,9 +139,9 @@ impl Client {
             radius_m,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.subscribe(request).await }
             })
             .await?;
@@ -162,9 +162,9 @@ impl Client {
             kind: kind as i32,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.unsubscribe(request).await }
             })
             .await?;

@@ -1,7 +1,7 @@
 //! Reservations: hold units for a cart, then confirm, cancel or extend the hold. Every write
 //! carries one request id across its retries, like orders.
 
-use crate::{v1, Client, Error, Line};
+use crate::{retry_marked, v1, Client, Error, Line};
 
 /// What to reserve; `Reserve::new(lines)` with the server's default TTL and no cart.
 #[derive(Clone, Debug, Default)]
@@ -30,6 +30,7 @@ impl Reserve {
 impl Client {
     /// Holds units; the answer says LIVE with the reservation, or REJECTED with the reason.
     pub async fn reserve(&self, reserve: Reserve) -> Result<v1::Reservation, Error> {
+        let known_id = reserve.request_id.is_some();
         let request = v1::ReserveRequest {
             request_id: reserve.request_id.unwrap_or_else(|| self.new_request_id()),
             cart_id: reserve.cart_id,
@@ -43,9 +44,9 @@ impl Client {
             } as i32,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.reserve(request).await }
             })
             .await?;
@@ -59,15 +60,16 @@ impl Client {
         lines: &[Line],
         request_id: Option<String>,
     ) -> Result<v1::ConfirmReservationResponse, Error> {
+        let known_id = request_id.is_some();
         let request = v1::ConfirmReservationRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             reservation_id,
             lines: lines.iter().copied().map(Into::into).collect(),
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.confirm_reservation(request).await }
             })
             .await?;
@@ -83,14 +85,15 @@ impl Client {
         reservation_id: u64,
         request_id: Option<String>,
     ) -> Result<v1::Reservation, Error> {
+        let known_id = request_id.is_some();
         let request = v1::CancelReservationRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             reservation_id,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.cancel_reservation(request).await }
             })
             .await?;
@@ -104,15 +107,16 @@ impl Client {
         ttl_s: u32,
         request_id: Option<String>,
     ) -> Result<v1::Reservation, Error> {
+        let known_id = request_id.is_some();
         let request = v1::ExtendReservationRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             reservation_id,
             ttl_s,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.extend_reservation(request).await }
             })
             .await?;

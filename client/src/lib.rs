@@ -93,6 +93,20 @@ impl Error {
     }
 }
 
+/// `message` as a request, carrying [`ordo_proto::RETRY_METADATA_KEY`] when it retries an
+/// earlier attempt: the node then answers a write it has already applied from its dedupe
+/// table, without sequencing it again. A first attempt does without that read.
+pub(crate) fn retry_marked<T>(message: T, retry: bool) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if retry {
+        request.metadata_mut().insert(
+            ordo_proto::RETRY_METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
+    request
+}
+
 fn status_not_applied(status: &Status) -> bool {
     let outcome = status.metadata().get(ordo_proto::OUTCOME_METADATA_KEY);
     // Set by this client when an earlier attempt of the same call may have been applied.
@@ -419,12 +433,25 @@ impl Client {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.with_write_retries(false, |_| call()).await
+    }
+
+    /// [`Client::with_retries`] for a write with a request id: `call` is told whether this
+    /// attempt may repeat a request the node has seen, so it can say so ([`retry_marked`]):
+    /// every attempt after the first, and the first too when the caller chose the request id
+    /// (`known_id`: it may be retrying a call of its own). An id this client generated for the
+    /// call is new on its first attempt.
+    async fn with_write_retries<T, F, Fut>(&self, known_id: bool, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(bool) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut attempt = 0;
         // Whether an earlier attempt may have been applied: then no later refusal can make
         // the call's failure definite.
         let mut maybe_applied = false;
         loop {
-            let answer = tokio::time::timeout(self.attempt_timeout, call())
+            let answer = tokio::time::timeout(self.attempt_timeout, call(known_id || attempt > 0))
                 .await
                 .unwrap_or_else(|_| {
                     Err(Status::deadline_exceeded(format!(
@@ -463,7 +490,8 @@ impl Client {
         request_id: Option<String>,
     ) -> Result<v1::OrderResult, Error> {
         let request = v1::PlaceOrderRequest {
-            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            // Empty: `place_order_request` fills it in, and knows it is new.
+            request_id: request_id.unwrap_or_default(),
             lines: lines.iter().copied().map(Into::into).collect(),
             mode: if partial {
                 v1::OrderMode::Partial
@@ -480,13 +508,14 @@ impl Client {
         &self,
         mut request: v1::PlaceOrderRequest,
     ) -> Result<v1::OrderResult, Error> {
+        let known_id = !request.request_id.is_empty();
         if request.request_id.is_empty() {
             request.request_id = self.new_request_id();
         }
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.place_order(request).await }
             })
             .await?;
@@ -502,6 +531,7 @@ impl Client {
         &self,
         mut orders: Vec<v1::PlaceOrderRequest>,
     ) -> Result<Vec<v1::OrderResult>, Error> {
+        let known_id = orders.iter().any(|order| !order.request_id.is_empty());
         for order in &mut orders {
             if order.request_id.is_empty() {
                 order.request_id = self.new_request_id();
@@ -509,9 +539,9 @@ impl Client {
         }
         let request = v1::PlaceOrdersRequest { orders };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.place_orders(request).await }
             })
             .await?;
@@ -529,6 +559,7 @@ impl Client {
         delta: i64,
         request_id: Option<String>,
     ) -> Result<v1::RestockResponse, Error> {
+        let known_id = request_id.is_some();
         let request = v1::RestockRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             dc_id,
@@ -536,9 +567,9 @@ impl Client {
             delta,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.restock(request).await }
             })
             .await?;
@@ -555,6 +586,7 @@ impl Client {
         qty: i64,
         request_id: Option<String>,
     ) -> Result<v1::TransferStockResponse, Error> {
+        let known_id = request_id.is_some();
         let request = v1::TransferStockRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             sku,
@@ -563,9 +595,9 @@ impl Client {
             qty,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.transfer_stock(request).await }
             })
             .await?;
@@ -579,9 +611,9 @@ impl Client {
             dc: Some(dc),
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.upsert_dc(request).await }
             })
             .await?;
@@ -595,9 +627,9 @@ impl Client {
             item: Some(item),
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(false, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.upsert_item(request).await }
             })
             .await?;
@@ -713,14 +745,15 @@ impl Client {
         ops: Vec<v1::KvOp>,
         request_id: Option<String>,
     ) -> Result<v1::TransactResponse, Error> {
+        let known_id = request_id.is_some();
         let request = v1::TransactRequest {
             request_id: request_id.unwrap_or_else(|| self.new_request_id()),
             ops,
         };
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.transact(request).await }
             })
             .await?;

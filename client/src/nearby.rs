@@ -1,7 +1,7 @@
 //! Near a point: the DCs around it, availability over them, keyword search with it, and
 //! orders and reservations filled from those stores.
 
-use crate::{v1, Client, Error};
+use crate::{retry_marked, v1, Client, Error};
 
 impl Client {
     /// Active DCs within `radius_m` (0: the server's default, 10 km) of a point, nearest first,
@@ -68,13 +68,14 @@ impl Client {
         &self,
         mut request: v1::PlaceOrderNearbyRequest,
     ) -> Result<v1::PlaceOrderNearbyResponse, Error> {
+        let known_id = !request.request_id.is_empty();
         if request.request_id.is_empty() {
             request.request_id = self.new_request_id();
         }
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.place_order_nearby(request).await }
             })
             .await?;
@@ -91,13 +92,14 @@ impl Client {
         &self,
         mut request: v1::ReserveNearbyRequest,
     ) -> Result<v1::ReserveNearbyResponse, Error> {
+        let known_id = !request.request_id.is_empty();
         if request.request_id.is_empty() {
             request.request_id = self.new_request_id();
         }
         let response = self
-            .with_retries(|| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
-                let request = request.clone();
+                let request = retry_marked(request.clone(), retry);
                 async move { ordo.reserve_nearby(request).await }
             })
             .await?;

@@ -32,6 +32,13 @@ pub const OUTCOME_METADATA_KEY: &str = "ordo-outcome";
 /// See [`OUTCOME_METADATA_KEY`].
 pub const OUTCOME_NOT_APPLIED: &str = "not-applied";
 
+/// The metadata key a client sends on a write that retries an earlier attempt (any value).
+/// The node then first looks the request id up in its dedupe table and answers a write it has
+/// already applied without sequencing it again. Without it the write is sequenced, and
+/// execution still answers a known request id from its dedupe entry: the key only picks the
+/// cheaper path for each case.
+pub const RETRY_METADATA_KEY: &str = "ordo-retry";
+
 /// The metadata key of the cluster secret: on every peer call, and on the Admin calls that
 /// change membership.
 pub const SECRET_METADATA_KEY: &str = "ordo-cluster-secret";

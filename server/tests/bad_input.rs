@@ -290,3 +290,68 @@ async fn a_full_sequencer_queue_answers_resource_exhausted() {
     let results = c.place_orders(four).await.unwrap();
     assert!(results.iter().all(committed));
 }
+
+/// A request id seen before is answered the same way whether or not the call carries
+/// `ordo-retry`: with it, from the node's dedupe table before anything is sequenced; without
+/// it, by execution after an epoch. Either way the order is applied once, a retry gets the
+/// first result, and another request under the same id is ALREADY_EXISTS, marked not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_request_id_is_answered_alike_with_and_without_the_retry_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let c = node.client().await;
+    seed(&c, 10).await;
+    let mut raw = c.raw();
+    let send = |request: v1::PlaceOrderRequest, marked: bool| {
+        let mut request = tonic::Request::new(request);
+        if marked {
+            request.metadata_mut().insert(
+                ordo_proto::RETRY_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        request
+    };
+    let once = order("once", vec![ol(1, 1, 2)]);
+    let first = raw
+        .place_order(send(once.clone(), false))
+        .await
+        .unwrap()
+        .into_inner()
+        .result
+        .unwrap();
+    assert!(committed(&first));
+
+    let epoch = c.status().await.unwrap().applied_epoch;
+    let again = raw.place_order(send(once.clone(), false)).await.unwrap();
+    assert_eq!(again.into_inner().result.unwrap(), first);
+    assert!(
+        c.status().await.unwrap().applied_epoch > epoch,
+        "an unmarked repeat is sequenced, and execution answers it"
+    );
+
+    let epoch = c.status().await.unwrap().applied_epoch;
+    let retried = raw.place_order(send(once.clone(), true)).await.unwrap();
+    assert_eq!(retried.into_inner().result.unwrap(), first);
+    assert_eq!(
+        c.status().await.unwrap().applied_epoch,
+        epoch,
+        "a marked retry is answered from the dedupe table, without an epoch"
+    );
+
+    for marked in [false, true] {
+        let other = order("once", vec![ol(1, 1, 3)]);
+        let status = raw.place_order(send(other, marked)).await.unwrap_err();
+        assert_eq!(status.code(), Code::AlreadyExists, "marked: {marked}");
+        assert!(status.message().contains("already used"), "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get(ordo_proto::OUTCOME_METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some(ordo_proto::OUTCOME_NOT_APPLIED),
+            "marked: {marked}"
+        );
+    }
+    assert_eq!(c.get_stock(1, 1).await.unwrap().on_hand, 8);
+}

@@ -37,6 +37,14 @@
 //! scheduler's stock rows) in memory beside sled, loaded once and then changed by every commit
 //! and import in the same critical section as sled, so a point read of such a key is a hash
 //! lookup that answers exactly what sled would.
+//!
+//! The global partition's point reads (a DC, an item, a price: every order line checks its
+//! DC and SKU at the edge and again in execution) are answered from a cache of the keys read
+//! before ([`GLOBAL_CACHE_KEYS_MAX`] at most; keys found only). A commit that writes the global
+//! partition drops the keys it wrote from the cache, and moves [`Store::global_version`], under
+//! the cache's lock once sled holds the new values; a read that missed puts what it read from
+//! sled only if the version did not move meanwhile. So the cache holds nothing sled no longer
+//! does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -202,6 +210,11 @@ pub struct Store {
     resident: RwLock<Option<Resident>>,
     /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
     resident_prefix: OnceLock<Vec<u8>>,
+    /// The global partition's keys read before, with their values (see the module docs).
+    global_cache: Mutex<HashMap<Vec<u8>, IVec>>,
+    /// Tests run this between a global read's sled read and its cache fill (a commit there).
+    #[cfg(test)]
+    before_global_fill: Mutex<Option<Box<dyn FnMut() + Send>>>,
     /// The change feed: epoch (big-endian) → that epoch's encoded events.
     feed_tree: Tree,
     /// The feed's start, size and retention.
@@ -223,9 +236,12 @@ impl Reader<'_> {
                 return Ok(hit);
             }
         }
-        Ok(self.store.tree(part)?.get(key)?)
+        self.store.get_unresident(part, key)
     }
 }
+
+/// The most keys the global partition's read cache holds; it starts over when full.
+pub const GLOBAL_CACHE_KEYS_MAX: usize = 1 << 20;
 
 /// Resident keys are at most this long past their group (packed inline); longer ones stay in
 /// sled only.
@@ -472,6 +488,9 @@ impl Store {
             import_interrupted: AtomicBool::new(import_interrupted),
             capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
             global_version: AtomicU64::new(1),
+            global_cache: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            before_global_fill: Mutex::new(None),
             resident: RwLock::new(None),
             resident_prefix: OnceLock::new(),
             feed_tree,
@@ -621,7 +640,51 @@ impl Store {
         if resident {
             return self.reader().get(part, key);
         }
-        Ok(self.tree(part)?.get(key)?)
+        self.get_unresident(part, key)
+    }
+
+    /// A point read of a key that is not resident: the global partition through its cache.
+    fn get_unresident(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        if part != Part::Global {
+            return Ok(self.tree(part)?.get(key)?);
+        }
+        if let Some(hit) = self.global_cache.lock().expect("cache lock").get(key) {
+            return Ok(Some(hit.clone()));
+        }
+        let version = self.global_version.load(Ordering::SeqCst);
+        let value = self.global.get(key)?;
+        #[cfg(test)]
+        if let Some(hook) = self.before_global_fill.lock().expect("hook lock").as_mut() {
+            hook();
+        }
+        if let Some(value) = &value {
+            let mut cache = self.global_cache.lock().expect("cache lock");
+            // A commit that wrote the global partition since `version` may have written this
+            // key after it was read: then leave the cache to the next read.
+            if self.global_version.load(Ordering::SeqCst) == version {
+                if cache.len() >= GLOBAL_CACHE_KEYS_MAX {
+                    cache.clear();
+                }
+                cache.insert(key.to_vec(), value.clone());
+            }
+        }
+        Ok(value)
+    }
+
+    /// After sled holds a commit's or an import's global writes: drops the written keys
+    /// (`None`: every key) from the cache and moves the global version, both under the cache's
+    /// lock, so no read that began before can put an older value back.
+    fn global_changed<'k>(&self, written: Option<impl Iterator<Item = &'k [u8]>>) {
+        let mut cache = self.global_cache.lock().expect("cache lock");
+        self.global_version.fetch_add(1, Ordering::SeqCst);
+        match written {
+            Some(keys) => {
+                for key in keys {
+                    cache.remove(key);
+                }
+            }
+            None => cache.clear(),
+        }
     }
 
     /// Many point reads under one take of the resident lock (none when nothing is resident).
@@ -831,10 +894,11 @@ impl Store {
             }
         }
         drop(resident);
-        *self.feed.lock().expect("feed lock") = feed_next;
         if touches_global {
-            self.global_version.fetch_add(1, Ordering::SeqCst);
+            let written = commit.writes.get(&Part::Global).into_iter().flatten();
+            self.global_changed(Some(written.map(|(key, _)| key.as_slice())));
         }
+        *self.feed.lock().expect("feed lock") = feed_next;
         let hash = next.state_hash;
         *applied = next;
         Ok(hash)
@@ -1068,7 +1132,7 @@ impl Store {
             },
         };
         self.import_interrupted.store(false, Ordering::SeqCst);
-        self.global_version.fetch_add(1, Ordering::SeqCst);
+        self.global_changed(None::<std::iter::Empty<&[u8]>>);
         Ok(())
     }
 
@@ -1362,5 +1426,80 @@ mod tests {
             Some(&b"a"[..])
         );
         assert_eq!(store.get(Part::Region(0), b"k4").unwrap(), None);
+    }
+
+    /// The global partition's read cache answers what sled holds through commits that write,
+    /// overwrite and delete cached keys, and through an import.
+    #[test]
+    fn the_global_cache_answers_what_sled_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = seeded_store(dir.path());
+        let check = |store: &Store| {
+            for key in ["dc-1", "dc-2", "dc-3"] {
+                let sled = store.global.get(key).unwrap();
+                // Twice: the first read may fill the cache, the second is answered from it.
+                for _ in 0..2 {
+                    assert_eq!(
+                        store.get(Part::Global, key.as_bytes()).unwrap(),
+                        sled,
+                        "{key}"
+                    );
+                }
+            }
+        };
+        check(&store);
+        assert_eq!(store.global_cache.lock().unwrap().len(), 2);
+        let version = store.global_version();
+        commit(
+            &store,
+            2,
+            vec![(
+                Part::Global,
+                vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "c")],
+            )],
+        );
+        assert!(store.global_version() > version);
+        check(&store);
+        assert_eq!(
+            store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+            Some(&b"b"[..])
+        );
+        // A commit that writes only a region leaves the cache as it was.
+        commit(&store, 3, vec![(Part::Region(0), vec![put("dc-1", "z")])]);
+        check(&store);
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = seeded_store(other_dir.path());
+        let (_, snapshot) = other.export_snapshot().unwrap();
+        store.import_snapshot(&snapshot).unwrap();
+        check(&store);
+        assert_eq!(store.get(Part::Global, b"dc-3").unwrap(), None);
+    }
+
+    /// A read that got a value from sled before a commit replaced it does not put it in the
+    /// cache after the commit: the next read answers the commit's value.
+    #[test]
+    fn the_global_cache_never_keeps_a_value_a_commit_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(seeded_store(dir.path()));
+        let weak = std::sync::Arc::downgrade(&store);
+        *store.before_global_fill.lock().unwrap() = Some(Box::new(move || {
+            let store = weak.upgrade().unwrap();
+            let epoch = store.applied_epoch() + 1;
+            commit(
+                &store,
+                epoch,
+                vec![(Part::Global, vec![put("dc-1", "new")])],
+            );
+        }));
+        // This read saw "a" in sled; the hook then committed "new".
+        assert_eq!(
+            store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        store.before_global_fill.lock().unwrap().take();
+        assert_eq!(
+            store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+            Some(&b"new"[..])
+        );
     }
 }

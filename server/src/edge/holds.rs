@@ -7,7 +7,7 @@ use ordo_scheduler::reads::{self, ReservationsOf};
 use ordo_scheduler::{validate, Op, Outcome, Txn, TxnResult};
 use tonic::{Request, Response, Status};
 
-use super::{internal, order_mode, OrdoService};
+use super::{internal, is_retry, order_mode, OrdoService};
 use crate::convert;
 
 /// Reservations in a ListReservations page when the request names no limit.
@@ -80,6 +80,7 @@ impl OrdoService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "reserve";
         let request_id = self.request_id(r.request_id, field)?;
@@ -98,7 +99,7 @@ impl OrdoService {
                 life_max_ms: u64::from(self.limits.reservation_ttl_max_s) * 1000,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         Ok(Response::new(v1::ReserveResponse {
             reservation: Some(reservation_of(&result, "a reservation")?),
         }))
@@ -108,6 +109,7 @@ impl OrdoService {
         &self,
         request: Request<v1::ConfirmReservationRequest>,
     ) -> Result<Response<v1::ConfirmReservationResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "confirm_reservation";
         let request_id = self.request_id(r.request_id, field)?;
@@ -120,7 +122,7 @@ impl OrdoService {
                 lines,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let wire = convert::order_result(&result).ok_or_else(|| reused(&result, "a confirm"))?;
         // The order record carries its epoch's time: the proof that it beat the expiry.
         let epoch_time_ms = match wire.order_id {
@@ -139,6 +141,7 @@ impl OrdoService {
         &self,
         request: Request<v1::CancelReservationRequest>,
     ) -> Result<Response<v1::CancelReservationResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "cancel_reservation";
         let request_id = self.request_id(r.request_id, field)?;
@@ -147,7 +150,7 @@ impl OrdoService {
             request_id,
             op: Op::CancelReservation { reservation_id },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         Ok(Response::new(v1::CancelReservationResponse {
             reservation: Some(reservation_of(&result, "a cancel")?),
         }))
@@ -157,6 +160,7 @@ impl OrdoService {
         &self,
         request: Request<v1::ExtendReservationRequest>,
     ) -> Result<Response<v1::ExtendReservationResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "extend_reservation";
         let request_id = self.request_id(r.request_id, field)?;
@@ -168,7 +172,7 @@ impl OrdoService {
                 ttl_ms: self.ttl_ms(r.ttl_s, field)?,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         Ok(Response::new(v1::ExtendReservationResponse {
             reservation: Some(reservation_of(&result, "an extend")?),
         }))

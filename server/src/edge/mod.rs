@@ -198,17 +198,24 @@ impl OrdoService {
         Ok(out)
     }
 
-    /// Answers transactions: from the dedupe table when already executed, else by queueing
-    /// them (all or none) and waiting for this replica to execute them. Every transaction
-    /// passes the validator execution uses before anything is queued; a request id already
-    /// bound to another request is ALREADY_EXISTS, and so is such a result from execution.
-    async fn run(&self, txns: Vec<Txn>) -> Result<Vec<TxnResult>, Status> {
+    /// Answers transactions by queueing them (all or none) and waiting for this replica to
+    /// execute them. Every transaction passes the validator execution uses before anything is
+    /// queued. Execution answers a request id it has seen from its dedupe entry, and refuses
+    /// one bound to another request (ALREADY_EXISTS). A `retry` (the caller sent
+    /// [`ordo_proto::RETRY_METADATA_KEY`]) is first looked up in this replica's dedupe table,
+    /// so a write already applied is answered without being sequenced again; a first attempt
+    /// skips that read, which for a new request id finds nothing.
+    async fn run(&self, txns: Vec<Txn>, retry: bool) -> Result<Vec<TxnResult>, Status> {
         let mut results: Vec<Option<TxnResult>> = Vec::with_capacity(txns.len());
         // Transactions to queue, with their place in `results`.
         let mut fresh: Vec<(usize, Txn)> = Vec::new();
         for (slot, txn) in txns.into_iter().enumerate() {
             validate::validate(&txn).map_err(|e| not_applied(Status::invalid_argument(e)))?;
-            let known = reads::dedupe(&self.node.store, &txn.request_id).map_err(internal)?;
+            let known = if retry {
+                reads::dedupe(&self.node.store, &txn.request_id).map_err(internal)?
+            } else {
+                None
+            };
             match known {
                 Some(record) if !record.same_body(&model::body_digest(&txn.op)) => {
                     return Err(not_applied(Status::already_exists(format!(
@@ -437,6 +444,15 @@ fn order_mode(mode: i32, field: &str) -> Result<Mode, Status> {
             "{field}: unknown order mode {mode}"
         ))),
     }
+}
+
+/// Whether the caller says this call retries an earlier attempt
+/// ([`ordo_proto::RETRY_METADATA_KEY`]). Any value counts; a client that lies only moves its
+/// own request between the dedupe read at the edge and the one in execution.
+pub(super) fn is_retry<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .contains_key(ordo_proto::RETRY_METADATA_KEY)
 }
 
 /// Marks a failure as definite: the request was refused before it could be sequenced, so it

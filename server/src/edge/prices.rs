@@ -5,7 +5,7 @@ use ordo_scheduler::model::{Op, Outcome, PriceSet, RejectCode, Txn};
 use ordo_scheduler::{reads, validate};
 use tonic::{Request, Response, Status};
 
-use super::{internal, writes::reused, OrdoService};
+use super::{internal, is_retry, writes::reused, OrdoService};
 
 /// Entries in one GetPriceHistory page.
 const PRICE_HISTORY_PAGE_MAX: usize = 100;
@@ -33,12 +33,16 @@ impl OrdoService {
         &self,
         request_id: String,
         prices: Vec<PriceSet>,
+        retry: bool,
     ) -> Result<(String, u64), Status> {
         let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::SetPrices(prices),
-            }])
+            .run(
+                vec![Txn {
+                    request_id,
+                    op: Op::SetPrices(prices),
+                }],
+                retry,
+            )
             .await?
             .remove(0);
         match &result.outcome {
@@ -55,6 +59,7 @@ impl OrdoService {
         &self,
         request: Request<v1::SetPriceRequest>,
     ) -> Result<Response<v1::SetPriceResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "set_price")?;
         let set = self.price_set(
@@ -65,7 +70,7 @@ impl OrdoService {
             },
             "set_price",
         )?;
-        let (request_id, epoch) = self.set_prices_txn(request_id, vec![set]).await?;
+        let (request_id, epoch) = self.set_prices_txn(request_id, vec![set], retry).await?;
         Ok(Response::new(v1::SetPriceResponse { request_id, epoch }))
     }
 
@@ -73,6 +78,7 @@ impl OrdoService {
         &self,
         request: Request<v1::SetPricesRequest>,
     ) -> Result<Response<v1::SetPricesResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "set_prices")?;
         if r.prices.is_empty() || r.prices.len() > validate::PRICES_PER_TXN_MAX {
@@ -93,7 +99,7 @@ impl OrdoService {
             }
             prices.push(self.price_set(set, &field)?);
         }
-        let (request_id, epoch) = self.set_prices_txn(request_id, prices).await?;
+        let (request_id, epoch) = self.set_prices_txn(request_id, prices, retry).await?;
         Ok(Response::new(v1::SetPricesResponse { request_id, epoch }))
     }
 

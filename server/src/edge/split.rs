@@ -12,7 +12,7 @@ use ordo_scheduler::{
 use tonic::{Request, Response, Status};
 
 use super::nearby::{point, radius};
-use super::{order_mode, OrdoService};
+use super::{is_retry, order_mode, OrdoService};
 use crate::{convert, geo};
 
 /// The candidate stores of a nearby write: the nearest this many within the radius.
@@ -137,6 +137,7 @@ impl OrdoService {
         &self,
         request: Request<v1::PlaceOrderNearbyRequest>,
     ) -> Result<Response<v1::PlaceOrderNearbyResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "place_order_nearby";
         let request_id = self.request_id(r.request_id, field)?;
@@ -161,7 +162,7 @@ impl OrdoService {
                 mode,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let Outcome::Order { lines, .. } = &result.outcome else {
             return Err(reused(&result, "this nearby order"));
         };
@@ -177,6 +178,7 @@ impl OrdoService {
         &self,
         request: Request<v1::ReserveNearbyRequest>,
     ) -> Result<Response<v1::ReserveNearbyResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "reserve_nearby";
         let request_id = self.request_id(r.request_id, field)?;
@@ -205,7 +207,7 @@ impl OrdoService {
                 life_max_ms: u64::from(self.limits.reservation_ttl_max_s) * 1000,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let Outcome::Reservation {
             reservation,
             rejection,

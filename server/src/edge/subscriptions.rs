@@ -6,7 +6,7 @@ use ordo_scheduler::reads;
 use ordo_scheduler::subs::{Near, SubKind, SubTag, SubscriptionRecord};
 use tonic::{Request, Response, Status};
 
-use super::{internal, writes::reused, OrdoService};
+use super::{internal, is_retry, writes::reused, OrdoService};
 
 /// Subscriptions in one ListSubscriptions answer (a user has at most one per SKU and kind).
 const LIST_SUBSCRIPTIONS_MAX: usize = 1000;
@@ -70,6 +70,7 @@ impl OrdoService {
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<v1::SubscribeResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "subscribe";
         let request_id = self.request_id(r.request_id, field)?;
@@ -101,7 +102,10 @@ impl OrdoService {
         };
         ordo_scheduler::validate::validate_op(&op)
             .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))?;
-        let result = self.run(vec![Txn { request_id, op }]).await?.remove(0);
+        let result = self
+            .run(vec![Txn { request_id, op }], retry)
+            .await?
+            .remove(0);
         match &result.outcome {
             Outcome::Subscription {
                 record: Some(record),
@@ -126,6 +130,7 @@ impl OrdoService {
         &self,
         request: Request<v1::UnsubscribeRequest>,
     ) -> Result<Response<v1::UnsubscribeResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let field = "unsubscribe";
         let request_id = self.request_id(r.request_id, field)?;
@@ -140,7 +145,10 @@ impl OrdoService {
             sku: r.sku,
             tag: tag(r.kind, field)?,
         };
-        let result = self.run(vec![Txn { request_id, op }]).await?.remove(0);
+        let result = self
+            .run(vec![Txn { request_id, op }], retry)
+            .await?
+            .remove(0);
         match &result.outcome {
             Outcome::Subscription {
                 record,

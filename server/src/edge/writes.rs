@@ -9,7 +9,7 @@ use ordo_proto::v1;
 use ordo_scheduler::{model, reads, Op, Outcome, Txn, TxnResult};
 use tonic::{Request, Response, Status};
 
-use super::{internal, OrdoService};
+use super::{internal, is_retry, OrdoService};
 use crate::convert;
 
 /// Whether an order's result belongs to this order request: the same lines (DC, SKU and
@@ -52,8 +52,9 @@ impl OrdoService {
         &self,
         request: Request<v1::PlaceOrderRequest>,
     ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
+        let retry = is_retry(&request);
         let txns = vec![self.order_txn(request.into_inner(), "order")?];
-        let results = self.run(txns.clone()).await?;
+        let results = self.run(txns.clone(), retry).await?;
         let result = order_results(&txns, &results)?.pop();
         Ok(Response::new(v1::PlaceOrderResponse { result }))
     }
@@ -62,6 +63,7 @@ impl OrdoService {
         &self,
         request: Request<v1::PlaceOrdersRequest>,
     ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
+        let retry = is_retry(&request);
         let orders = request.into_inner().orders;
         if orders.is_empty() || orders.len() > self.limits.orders_per_call_max {
             return Err(Status::invalid_argument(format!(
@@ -82,7 +84,7 @@ impl OrdoService {
             }
             txns.push(txn);
         }
-        let results = self.run(txns.clone()).await?;
+        let results = self.run(txns.clone(), retry).await?;
         let results = order_results(&txns, &results)?;
         Ok(Response::new(v1::PlaceOrdersResponse { results }))
     }
@@ -91,6 +93,7 @@ impl OrdoService {
         &self,
         request: Request<v1::RestockRequest>,
     ) -> Result<Response<v1::RestockResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "restock")?;
         if r.delta == 0 || r.delta.unsigned_abs() > self.limits.restock_delta_max as u64 {
@@ -109,7 +112,7 @@ impl OrdoService {
                 delta: r.delta,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let Outcome::Restock { stock, rejection } = &result.outcome else {
             return Err(reused(&result, "a restock"));
         };
@@ -128,6 +131,7 @@ impl OrdoService {
         &self,
         request: Request<v1::TransferStockRequest>,
     ) -> Result<Response<v1::TransferStockResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "transfer_stock")?;
         if r.qty <= 0 || r.qty > self.limits.restock_delta_max {
@@ -155,7 +159,7 @@ impl OrdoService {
                 qty: r.qty,
             },
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let Outcome::Transfer {
             from,
             to,
@@ -184,6 +188,7 @@ impl OrdoService {
         &self,
         request: Request<v1::UpsertDcRequest>,
     ) -> Result<Response<v1::UpsertDcResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "upsert_dc")?;
         let dc =
@@ -194,10 +199,13 @@ impl OrdoService {
         };
         let record = convert::dc_record(dc, existing.as_ref(), &self.limits)?;
         let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertDc(record),
-            }])
+            .run(
+                vec![Txn {
+                    request_id,
+                    op: Op::UpsertDc(record),
+                }],
+                retry,
+            )
             .await?
             .remove(0);
         if result.outcome != Outcome::Upserted {
@@ -213,6 +221,7 @@ impl OrdoService {
         &self,
         request: Request<v1::UpsertItemRequest>,
     ) -> Result<Response<v1::UpsertItemResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "upsert_item")?;
         let item = r
@@ -220,10 +229,13 @@ impl OrdoService {
             .ok_or_else(|| Status::invalid_argument("upsert_item: item is required"))?;
         let record = convert::item_record(item, &self.limits)?;
         let result = self
-            .run(vec![Txn {
-                request_id,
-                op: Op::UpsertItem(record),
-            }])
+            .run(
+                vec![Txn {
+                    request_id,
+                    op: Op::UpsertItem(record),
+                }],
+                retry,
+            )
             .await?
             .remove(0);
         if result.outcome != Outcome::Upserted {
@@ -239,6 +251,7 @@ impl OrdoService {
         &self,
         request: Request<v1::TransactRequest>,
     ) -> Result<Response<v1::TransactResponse>, Status> {
+        let retry = is_retry(&request);
         let r = request.into_inner();
         let request_id = self.request_id(r.request_id, "transact")?;
         if r.ops.is_empty() || r.ops.len() > self.limits.kv_ops_per_txn_max {
@@ -258,7 +271,7 @@ impl OrdoService {
             request_id,
             op: Op::Kv(ops),
         };
-        let result = self.run(vec![txn]).await?.remove(0);
+        let result = self.run(vec![txn], retry).await?.remove(0);
         let Outcome::Kv { results, abort } = &result.outcome else {
             return Err(reused(&result, "this transaction"));
         };
