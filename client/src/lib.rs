@@ -93,10 +93,11 @@ impl Error {
     }
 }
 
-/// `message` as a request, carrying [`ordo_proto::RETRY_METADATA_KEY`] when it retries an
-/// earlier attempt: the node then answers a write it has already applied from its dedupe
-/// table, without sequencing it again. A first attempt does without that read.
-pub(crate) fn retry_marked<T>(message: T, retry: bool) -> tonic::Request<T> {
+/// `message` as a request, carrying [`ordo_proto::RETRY_METADATA_KEY`] when it may repeat a
+/// call the node has seen: the node then answers a write it has already applied from its
+/// dedupe table, without sequencing it again. A call with a new request id does without that
+/// read. For callers of [`Client::raw`]; the client's own calls mark themselves.
+pub fn retry_marked<T>(message: T, retry: bool) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if retry {
         request.metadata_mut().insert(

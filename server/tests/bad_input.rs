@@ -302,16 +302,7 @@ async fn a_known_request_id_is_answered_alike_with_and_without_the_retry_mark() 
     let c = node.client().await;
     seed(&c, 10).await;
     let mut raw = c.raw();
-    let send = |request: v1::PlaceOrderRequest, marked: bool| {
-        let mut request = tonic::Request::new(request);
-        if marked {
-            request.metadata_mut().insert(
-                ordo_proto::RETRY_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-        }
-        request
-    };
+    let send = ordo_client::retry_marked::<v1::PlaceOrderRequest>;
     let once = order("once", vec![ol(1, 1, 2)]);
     let first = raw
         .place_order(send(once.clone(), false))

@@ -1325,6 +1325,13 @@ mod tests {
         store
     }
 
+    /// Imports into `store` the snapshot of a freshly seeded store.
+    fn import_seeded(store: &Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, snapshot) = seeded_store(dir.path()).export_snapshot().unwrap();
+        store.import_snapshot(&snapshot).unwrap();
+    }
+
     /// Commits after the capture began change keys every way they can; the patched dump is
     /// the state the capture began at, whether a commit landed before or after the dump.
     #[test]
@@ -1416,10 +1423,7 @@ mod tests {
             check(&store);
         }
         // An import makes the resident keys the snapshot's.
-        let other_dir = tempfile::tempdir().unwrap();
-        let other = seeded_store(other_dir.path());
-        let (_, snapshot) = other.export_snapshot().unwrap();
-        store.import_snapshot(&snapshot).unwrap();
+        import_seeded(&store);
         check(&store);
         assert_eq!(
             store.get(Part::Region(0), b"k1").unwrap().as_deref(),
@@ -1467,10 +1471,7 @@ mod tests {
         // A commit that writes only a region leaves the cache as it was.
         commit(&store, 3, vec![(Part::Region(0), vec![put("dc-1", "z")])]);
         check(&store);
-        let other_dir = tempfile::tempdir().unwrap();
-        let other = seeded_store(other_dir.path());
-        let (_, snapshot) = other.export_snapshot().unwrap();
-        store.import_snapshot(&snapshot).unwrap();
+        import_seeded(&store);
         check(&store);
         assert_eq!(store.get(Part::Global, b"dc-3").unwrap(), None);
     }
