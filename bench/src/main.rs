@@ -69,8 +69,9 @@ enum Command {
     },
     /// Run one workload against several targets in turn, with the same seed.
     Compare {
-        /// Comma-separated targets: ordo-1, ordo-3, ordo-1-batch, ordo-3-batch, postgres,
-        /// postgres-cond, etcd, redis, redis-everysec.
+        /// Comma-separated targets: ordo-1, ordo-3, ordo-1-batch, ordo-3-batch, ordo-1-stream,
+        /// ordo-3-stream (each client's orders over one OrderStream), postgres, postgres-cond,
+        /// etcd, redis, redis-everysec.
         #[arg(
             long,
             value_delimiter = ',',

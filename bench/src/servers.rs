@@ -110,10 +110,10 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
         match target {
-            Target::Ordo1 | Target::Ordo1Batch => {
+            Target::Ordo1 | Target::Ordo1Batch | Target::Ordo1Stream => {
                 start_ordo(dir, target, ordo_bin, 1, partitions).await
             }
-            Target::Ordo3 | Target::Ordo3Batch => {
+            Target::Ordo3 | Target::Ordo3Batch | Target::Ordo3Stream => {
                 start_ordo(dir, target, ordo_bin, 3, partitions).await
             }
             Target::Postgres | Target::PostgresCond => {

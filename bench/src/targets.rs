@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use ordo_client::{v1, Client, Consistency, Line as OrdoLine};
+use ordo_client::{v1, Client, Consistency, Line as OrdoLine, OrderStream};
 
 use crate::workload::{Dataset, Line};
 
@@ -20,6 +20,10 @@ pub enum Target {
     Ordo1Batch,
     /// Three Ordo nodes, batched.
     Ordo3Batch,
+    /// One Ordo node, each client's orders over one OrderStream.
+    Ordo1Stream,
+    /// Three Ordo nodes, clients spread over them, each over one OrderStream.
+    Ordo3Stream,
     /// PostgreSQL row locks: BEGIN; SELECT ... FOR UPDATE; UPDATE; COMMIT.
     Postgres,
     /// PostgreSQL conditional update: UPDATE ... SET qty = qty - n WHERE ... AND qty >= n.
@@ -37,6 +41,8 @@ pub const ALL: &[Target] = &[
     Target::Ordo3,
     Target::Ordo1Batch,
     Target::Ordo3Batch,
+    Target::Ordo1Stream,
+    Target::Ordo3Stream,
     Target::Postgres,
     Target::PostgresCond,
     Target::Etcd,
@@ -51,6 +57,8 @@ impl Target {
             Target::Ordo3 => "ordo-3",
             Target::Ordo1Batch => "ordo-1-batch",
             Target::Ordo3Batch => "ordo-3-batch",
+            Target::Ordo1Stream => "ordo-1-stream",
+            Target::Ordo3Stream => "ordo-3-stream",
             Target::Postgres => "postgres",
             Target::PostgresCond => "postgres-cond",
             Target::Etcd => "etcd",
@@ -62,12 +70,33 @@ impl Target {
     pub fn is_ordo(self) -> bool {
         matches!(
             self,
-            Target::Ordo1 | Target::Ordo3 | Target::Ordo1Batch | Target::Ordo3Batch
+            Target::Ordo1
+                | Target::Ordo3
+                | Target::Ordo1Batch
+                | Target::Ordo3Batch
+                | Target::Ordo1Stream
+                | Target::Ordo3Stream
         )
     }
 
     pub fn batched(self) -> bool {
         matches!(self, Target::Ordo1Batch | Target::Ordo3Batch)
+    }
+
+    pub fn streamed(self) -> bool {
+        matches!(self, Target::Ordo1Stream | Target::Ordo3Stream)
+    }
+
+    /// For an Ordo target that measures one way of placing orders (batched, streamed): why
+    /// a workload of other calls does not run on it, and the target that does.
+    pub fn orders_only(self, workloads: &str) -> String {
+        let (what, plain) = match self {
+            Target::Ordo1Batch => ("batched PlaceOrders calls", "ordo-1"),
+            Target::Ordo3Batch => ("batched PlaceOrders calls", "ordo-3"),
+            Target::Ordo1Stream => ("orders over OrderStream", "ordo-1"),
+            _ => ("orders over OrderStream", "ordo-3"),
+        };
+        format!("{self} measures {what}: use {plain} for {workloads}")
     }
 }
 
@@ -123,7 +152,8 @@ pub struct Endpoints {
 
 /// One client's connection to a target.
 pub enum Session {
-    Ordo(Client),
+    /// A client, and its OrderStream on a `-stream` target.
+    Ordo(Client, Option<Box<OrderStream>>),
     Postgres {
         client: tokio_postgres::Client,
         conditional: bool,
@@ -190,11 +220,14 @@ impl Session {
             t if t.is_ordo() => {
                 let mut urls = ep.urls.clone();
                 urls.rotate_left(index % ep.urls.len());
-                Session::Ordo(
-                    Client::connect_many(urls)
-                        .await?
-                        .with_consistency(Consistency::Local),
-                )
+                let client = Client::connect_many(urls)
+                    .await?
+                    .with_consistency(Consistency::Local);
+                let stream = match ep.target.streamed() {
+                    true => Some(Box::new(client.order_stream().await?)),
+                    false => None,
+                };
+                Session::Ordo(client, stream)
             }
             Target::Postgres | Target::PostgresCond => {
                 let client = postgres_connect(url).await?;
@@ -249,12 +282,16 @@ impl Session {
 
     pub async fn order(&mut self, lines: &[Line]) -> Outcome {
         match self {
-            Session::Ordo(client) => {
+            Session::Ordo(client, stream) => {
                 let lines: Vec<OrdoLine> = lines
                     .iter()
                     .map(|&(dc_id, sku, qty)| OrdoLine { dc_id, sku, qty })
                     .collect();
-                match client.place_order(&lines, false, None).await {
+                let placed = match stream {
+                    Some(stream) => stream.place_order(&lines, false).await,
+                    None => client.place_order(&lines, false, None).await,
+                };
+                match placed {
                     Ok(r) => ordo_outcome(&r),
                     Err(e) => Outcome::Error(e.to_string()),
                 }
@@ -289,7 +326,7 @@ impl Session {
 
     /// Many independent orders: one `PlaceOrders` call on Ordo, one after another elsewhere.
     pub async fn order_batch(&mut self, orders: &[Vec<Line>]) -> Vec<Outcome> {
-        if let Session::Ordo(client) = self {
+        if let Session::Ordo(client, _) = self {
             let requests = orders
                 .iter()
                 .map(|lines| v1::PlaceOrderRequest {
@@ -323,7 +360,7 @@ impl Session {
     /// The on-hand quantity of one key.
     async fn quantity(&mut self, dc: u32, sku: u32) -> anyhow::Result<i64> {
         Ok(match self {
-            Session::Ordo(client) => client.get_stock(dc, sku).await?.on_hand,
+            Session::Ordo(client, _) => client.get_stock(dc, sku).await?.on_hand,
             Session::Postgres { client, read, .. } => client
                 .query_one(&*read, &[&(dc as i32), &(sku as i32)])
                 .await?
@@ -341,7 +378,7 @@ impl Session {
     /// Loads the dataset: every (dc, sku) at `dataset.stock` units.
     pub async fn load(&mut self, dataset: &Dataset) -> anyhow::Result<()> {
         match self {
-            Session::Ordo(client) => {
+            Session::Ordo(client, _) => {
                 for dc in 1..=dataset.dcs {
                     client
                         .upsert_dc(v1::Dc {

@@ -39,6 +39,10 @@ pub const OUTCOME_NOT_APPLIED: &str = "not-applied";
 /// cheaper path for each case.
 pub const RETRY_METADATA_KEY: &str = "ordo-retry";
 
+/// Orders one OrderStream has in flight at most: the node reads no further until one is
+/// answered.
+pub const ORDER_STREAM_IN_FLIGHT_MAX: usize = 1_024;
+
 /// The metadata key of the cluster secret: on every peer call, and on the Admin calls that
 /// change membership.
 pub const SECRET_METADATA_KEY: &str = "ordo-cluster-secret";

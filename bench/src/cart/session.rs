@@ -53,15 +53,9 @@ pub fn supported(target: Target) -> Result<(), String> {
         | Target::Postgres
         | Target::Redis
         | Target::RedisEverysec => Ok(()),
-        Target::Ordo1Batch | Target::Ordo3Batch => Err(format!(
-            "{target} measures batched PlaceOrders calls and reservations have no batch call: \
-             use {} for carts",
-            if target == Target::Ordo1Batch {
-                "ordo-1"
-            } else {
-                "ordo-3"
-            }
-        )),
+        Target::Ordo1Batch | Target::Ordo3Batch | Target::Ordo1Stream | Target::Ordo3Stream => {
+            Err(target.orders_only("carts"))
+        }
         Target::PostgresCond => Err(
             "postgres-cond is an order design (one conditional UPDATE); the cart workload's \
              PostgreSQL design (hold rows, a sweeper) runs as `postgres`"

@@ -132,14 +132,9 @@ pub fn pg_settings(knobs: &FeedKnobs) -> Vec<(String, String)> {
 pub fn supported(target: Target) -> Result<(), String> {
     match target {
         Target::Ordo1 | Target::Ordo3 | Target::Postgres => Ok(()),
-        Target::Ordo1Batch | Target::Ordo3Batch => Err(format!(
-            "{target} measures batched PlaceOrders calls: use {} for the feed workloads",
-            if target == Target::Ordo1Batch {
-                "ordo-1"
-            } else {
-                "ordo-3"
-            }
-        )),
+        Target::Ordo1Batch | Target::Ordo3Batch | Target::Ordo1Stream | Target::Ordo3Stream => {
+            Err(target.orders_only("the feed workloads"))
+        }
         Target::PostgresCond => Err(
             "postgres-cond is an order design; the feed workloads' PostgreSQL designs run as \
              `postgres` (--pg-feed decoding,notify)"
@@ -438,7 +433,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
     }
 
     // Confirmed with the leader, so a follower's lag cannot pass for a lost order.
-    if let Session::Ordo(client) = &mut loader {
+    if let Session::Ordo(client, _) = &mut loader {
         *client = client.clone().with_consistency(Consistency::Linearizable);
     }
     let final_stock = loader

@@ -57,15 +57,9 @@ pub fn supported(target: Target) -> Result<(), String> {
         | Target::Postgres
         | Target::Redis
         | Target::RedisEverysec => Ok(()),
-        Target::Ordo1Batch | Target::Ordo3Batch => Err(format!(
-            "{target} measures batched PlaceOrders calls and the nearby calls have no batch \
-             form: use {} for the nearby workloads",
-            if target == Target::Ordo1Batch {
-                "ordo-1"
-            } else {
-                "ordo-3"
-            }
-        )),
+        Target::Ordo1Batch | Target::Ordo3Batch | Target::Ordo1Stream | Target::Ordo3Stream => {
+            Err(target.orders_only("the nearby workloads"))
+        }
         Target::PostgresCond => Err(
             "postgres-cond is an order design (one conditional UPDATE); the nearby workloads' \
              PostgreSQL design runs as `postgres`"

@@ -46,6 +46,10 @@ impl ClientPort {
     /// Serves `service`, refusing requests and responses over `message_bytes_max`.
     pub fn new(service: OrdoService, message_bytes_max: usize) -> Self {
         let service = Arc::new(service);
+        service
+            .me
+            .set(Arc::downgrade(&service))
+            .expect("a service is shared once");
         let generated = OrdoServer::from_arc(service.clone())
             .max_decoding_message_size(message_bytes_max)
             .max_encoding_message_size(message_bytes_max);

@@ -24,6 +24,7 @@ mod encoded;
 mod holds;
 mod nearby;
 mod notifications;
+mod order_stream;
 mod prices;
 mod read;
 mod search;
@@ -48,6 +49,10 @@ pub struct OrdoService {
     watchers: Arc<tokio::sync::Semaphore>,
     /// Becomes true when the node stops: Watch streams end so the server can.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// One permit per OrderStream ([`order_stream::ORDER_STREAMS_MAX`]).
+    order_streams: Arc<tokio::sync::Semaphore>,
+    /// This service, once it is shared ([`ClientPort::new`]): an OrderStream's task holds it.
+    me: std::sync::OnceLock<std::sync::Weak<OrdoService>>,
 }
 
 /// How many times `run` queues a transaction that conflicted in its epoch (see
@@ -77,6 +82,8 @@ impl OrdoService {
             generated_id_counter: AtomicU64::new(0),
             nearby: std::sync::RwLock::new(None),
             search: std::sync::RwLock::new(None),
+            order_streams: Arc::new(tokio::sync::Semaphore::new(order_stream::ORDER_STREAMS_MAX)),
+            me: std::sync::OnceLock::new(),
         }
     }
 
@@ -696,6 +703,15 @@ impl Ordo for OrdoService {
         request: Request<v1::GetPriceHistoryRequest>,
     ) -> Result<Response<v1::GetPriceHistoryResponse>, Status> {
         self.get_price_history_inner(request).await
+    }
+
+    type OrderStreamStream = order_stream::OrderReplies;
+
+    async fn order_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::PlaceOrderRequest>>,
+    ) -> Result<Response<Self::OrderStreamStream>, Status> {
+        self.order_stream_inner(request)
     }
 
     type WatchStream = watch::WatchStream;

@@ -53,10 +53,19 @@ impl OrdoService {
         request: Request<v1::PlaceOrderRequest>,
     ) -> Result<Response<v1::PlaceOrderResponse>, Status> {
         let retry = is_retry(&request);
-        let txns = vec![self.order_txn(request.into_inner(), "order")?];
-        let results = self.run(txns.clone(), retry).await?;
-        let result = order_results(&txns, &results)?.pop();
+        let result = self.place_one_order(request.into_inner(), retry).await?;
         Ok(Response::new(v1::PlaceOrderResponse { result }))
+    }
+
+    /// One order, as PlaceOrder and each order of an OrderStream place it.
+    pub(super) async fn place_one_order(
+        &self,
+        order: v1::PlaceOrderRequest,
+        retry: bool,
+    ) -> Result<Option<v1::OrderResult>, Status> {
+        let txns = vec![self.order_txn(order, "order")?];
+        let results = self.run(txns.clone(), retry).await?;
+        Ok(order_results(&txns, &results)?.pop())
     }
 
     pub(super) async fn place_orders_unmarked(
