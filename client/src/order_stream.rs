@@ -16,7 +16,9 @@ type Reply = Result<v1::OrderResult, Error>;
 /// The orders of a stream waiting for their replies, by request id.
 #[derive(Default)]
 struct Waiting {
-    replies: HashMap<String, oneshot::Sender<Reply>>,
+    /// Each with the number of its registration, so a call removes only its own.
+    replies: HashMap<String, (u64, oneshot::Sender<Reply>)>,
+    registrations: u64,
     /// Why the stream ended, once it has: no order may wait on it any more.
     closed: Option<String>,
 }
@@ -96,7 +98,7 @@ async fn read_replies(
                     .expect("waiting lock")
                     .replies
                     .remove(&reply.request_id);
-                if let Some(to) = to {
+                if let Some((_, to)) = to {
                     let _ = to.send(answer);
                 }
             }
@@ -106,7 +108,7 @@ async fn read_replies(
     };
     let mut waiting = waiting.lock().expect("waiting lock");
     waiting.closed = Some(why.clone());
-    for (_, to) in waiting.replies.drain() {
+    for (_, (_, to)) in waiting.replies.drain() {
         let _ = to.send(Err(ended(&why)));
     }
 }
@@ -156,7 +158,7 @@ impl OrderStream {
         }
         let id = request.request_id.clone();
         let (to, reply) = oneshot::channel();
-        {
+        let registration = {
             let mut waiting = self.waiting.lock().expect("waiting lock");
             if let Some(why) = &waiting.closed {
                 return Err(ended(why));
@@ -166,30 +168,40 @@ impl OrderStream {
                     "request id {id:?} is already waiting for its reply on this order stream"
                 )));
             }
-            waiting.replies.insert(id.clone(), to);
-        }
-        let forget = || {
-            self.waiting
-                .lock()
-                .expect("waiting lock")
-                .replies
-                .remove(&id);
+            waiting.registrations += 1;
+            let registration = waiting.registrations;
+            waiting.replies.insert(id.clone(), (registration, to));
+            registration
         };
-        if self.orders.send(request).await.is_err() {
-            forget();
-            return Err(ended("it no longer takes orders"));
-        }
-        match tokio::time::timeout(self.client.attempt_timeout, reply).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(ended("its reader stopped")),
-            Err(_) => {
-                forget();
+        let sent_and_answered = async {
+            if self.orders.send(request).await.is_err() {
+                return Err(ended("it no longer takes orders"));
+            }
+            reply
+                .await
+                .unwrap_or_else(|_| Err(ended("its reader stopped")))
+        };
+        let answer = tokio::time::timeout(self.client.attempt_timeout, sent_and_answered)
+            .await
+            .unwrap_or_else(|_| {
                 Err(Error::Status(Status::deadline_exceeded(format!(
                     "no reply within {:?} on the order stream; the outcome is unknown: retry \
                      with the same request id",
                     self.client.attempt_timeout
                 ))))
+            });
+        if answer.is_err() {
+            // Unless its reply took it already (and the id may wait again, for another call):
+            // a late reply then finds no one waiting.
+            let mut waiting = self.waiting.lock().expect("waiting lock");
+            if waiting
+                .replies
+                .get(&id)
+                .is_some_and(|(r, _)| *r == registration)
+            {
+                waiting.replies.remove(&id);
             }
         }
+        answer
     }
 }

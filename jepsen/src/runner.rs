@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ordo_client::{v1, Client, Consistency, RetryPolicy};
+use ordo_client::{v1, Client, Consistency, OrderStream, RetryPolicy};
 use serde_json::{json, Value};
 
 use crate::history::{Event, EventType, Process};
@@ -522,7 +522,7 @@ async fn read_stock(client: &Client) -> Result<Value, ordo_client::Error> {
 /// Runs one operation: its completion type and value. An error whose effect is unknown is
 /// `info`; a write the server refused before sequencing it ([`ordo_client::Error::not_applied`])
 /// and a read that failed had no effect and are `fail`.
-async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
+async fn execute(client: &Client, stream: Option<&OrderStream>, op: &Op) -> (EventType, Value) {
     let failed = |e: ordo_client::Error| match e.not_applied() {
         // A register checker reads a plain `fail` of a cas as "it ran and its comparison
         // failed"; one that never ran says so in its completion value.
@@ -552,10 +552,24 @@ async fn execute(client: &Client, op: &Op) -> (EventType, Value) {
                 .iter()
                 .map(|&(dc_id, sku, qty)| ordo_client::Line { dc_id, sku, qty })
                 .collect();
-            match client
-                .place_order(&lines, false, Some(request_id.clone()))
-                .await
-            {
+            let placed = match stream {
+                // One attempt: a stream that breaks leaves the order's outcome unknown.
+                Some(stream) => {
+                    stream
+                        .place_order_request(v1::PlaceOrderRequest {
+                            request_id: request_id.clone(),
+                            lines: lines.into_iter().map(Into::into).collect(),
+                            ..Default::default()
+                        })
+                        .await
+                }
+                None => {
+                    client
+                        .place_order(&lines, false, Some(request_id.clone()))
+                        .await
+                }
+            };
+            match placed {
                 Ok(r) => definite(r.status() == v1::OrderStatus::Committed),
                 Err(e) => failed(e),
             }
@@ -615,6 +629,11 @@ async fn client_slot(
 ) {
     let mut process = gen.slot as u64;
     let mut client: Option<Client> = None;
+    // Odd slots send their orders over an OrderStream, opened when first needed and again
+    // after a process retires; the others, and any order whose stream would not open, call
+    // PlaceOrder.
+    let streamed = gen.slot % 2 == 1;
+    let mut stream: Option<OrderStream> = None;
     while Instant::now() < end {
         if client.is_none() {
             client = Client::connect(endpoint.clone()).await.ok().map(|c| {
@@ -640,7 +659,13 @@ async fn client_slot(
             op.key.clone(),
         );
         let c = client.as_ref().expect("connected");
-        let (kind, value) = tokio::time::timeout(OP_TIMEOUT, execute(c, &op))
+        if streamed && stream.is_none() && matches!(op.call, Call::Order { .. }) {
+            stream = tokio::time::timeout(OP_TIMEOUT, c.order_stream())
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let (kind, value) = tokio::time::timeout(OP_TIMEOUT, execute(c, stream.as_ref(), &op))
             .await
             .unwrap_or((EventType::Info, op.value.clone()));
         rec.lock().expect("recorder").push(
@@ -653,6 +678,7 @@ async fn client_slot(
         if kind == EventType::Info {
             process += concurrency as u64;
             client = None;
+            stream = None;
         }
         tokio::time::sleep(interval).await;
     }

@@ -119,3 +119,43 @@ async fn a_bad_order_gets_its_error_and_the_stream_goes_on() {
     assert_eq!(unary, first, "PlaceOrder sees the streamed order too");
     assert_eq!(c.get_stock(1, 1).await.unwrap().on_hand, 7);
 }
+
+/// A stream whose node dies fails the orders sent on it afterwards with an unknown outcome,
+/// and an order it answered before stays answered: after the restart, PlaceOrder with the same
+/// request id gets the same result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_leaves_outcomes_unknown_and_a_retry_learns_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(dir.path(), &[]);
+    let c = node.client().await;
+    seed(&c, 10).await;
+    let stream = c.order_stream().await.unwrap();
+    let order = v1::PlaceOrderRequest {
+        request_id: "before-the-crash".into(),
+        lines: vec![line(2, 3, 4).into()],
+        ..Default::default()
+    };
+    let first = stream.place_order_request(order.clone()).await.unwrap();
+    assert!(committed(&first));
+
+    eprintln!("--- phase: kill -9 the node; the stream's next order has an unknown outcome");
+    node.kill9();
+    let e = stream
+        .place_order(&[line(2, 3, 1)], false)
+        .await
+        .expect_err("the node is gone");
+    assert_eq!(e.code(), Some(Code::Unavailable), "{e}");
+    assert!(
+        !e.not_applied(),
+        "{e}: a broken stream cannot say the order was not applied"
+    );
+    assert!(e.to_string().contains("same request id"), "{e}");
+
+    eprintln!("--- phase: restart; the answered order is there once");
+    let node = TestNode::start(dir.path(), &[]);
+    let c = node.client().await;
+    let again = c.place_order_request(order).await.unwrap();
+    assert_eq!(again.order_id, first.order_id);
+    assert_eq!(again.epoch, first.epoch);
+    assert_eq!(c.get_stock(2, 3).await.unwrap().on_hand, 6);
+}
