@@ -5,7 +5,7 @@
 //! partition stores, the applied-epoch watermark, the chained BLAKE3 state hash, snapshot
 //! exports, and a Raft log store that passes `openraft::testing::Suite`.
 //!
-//! - [`store::Store`]: sled, one tree per partition, one atomic commit per epoch.
+//! - [`store::Store`]: sled, a keyspace per partition in one tree, one atomic batch per epoch.
 //! - [`raft_log::LogStore`]: the segmented, checksummed, fsynced Raft log.
 //! - [`hash`]: the state hash chain.
 //!
@@ -17,6 +17,7 @@
 
 pub mod hash;
 pub mod raft_log;
+mod space;
 pub mod store;
 
 pub use hash::{hex, HashChain, StateHash};

@@ -1,11 +1,12 @@
-//! The partition stores: one sled database per node, one tree per partition.
+//! The partition stores: one sled database per node, a keyspace per partition.
 //!
-//! Trees: `global` (DC table, catalogue, their dedupe entries), `p<N>` for each region
+//! Keyspaces: `global` (DC table, catalogue, their dedupe entries), `p<N>` for each region
 //! partition, `meta` (applied epoch, sequencer time, hashes, opaque Raft metadata) and
-//! `hashes` (the state hash at each epoch of a recent window). This layer deals in bytes: what
-//! the keys and values mean belongs to the scheduler.
+//! `hashes` (the state hash at each epoch of a recent window), and the feed. They are prefixes
+//! of one sled tree (`space.rs`; snapshots still name them as trees). This layer deals in
+//! bytes: what the keys and values mean belongs to the scheduler.
 //!
-//! Every epoch is applied with [`Store::commit`] as one atomic sled transaction over all trees
+//! Every epoch is applied with [`Store::commit`] as one atomic sled batch over all keyspaces
 //! that also moves the applied-epoch watermark, so after a crash the store is either before or
 //! after an epoch, never inside one. sled is not the durability anchor (its flush is
 //! `sync_file_range`): the Raft log is, and a restarted node re-applies from the watermark.
@@ -18,19 +19,19 @@
 //! per key written while an export runs, and memory for at most
 //! [`EXPORT_CAPTURE_KEYS_MAX`] before-images; past that bound the export redoes its dump
 //! with the gate held, stopping commits for that one dump instead of growing further.
-//! [`Store::import_snapshot`] applies a snapshot as a diff in one sled transaction over all
-//! trees: keys the snapshot lacks are removed, the rest written, no tree is ever cleared, so a
+//! [`Store::import_snapshot`] applies a snapshot as a diff in one sled batch over all
+//! keyspaces: keys the snapshot lacks are removed, the rest written, no tree is ever cleared, so a
 //! point read outside the gate never misses a key present before and after the import. A
 //! marker written before that transaction and removed by it tells [`Store::open`] that an
 //! import was interrupted ([`Store::import_interrupted`]); the caller finishes it by importing
 //! the same snapshot again.
 //!
-//! The change feed: each epoch's change events (bytes the scheduler encodes) go in the `feed`
-//! tree, keyed by epoch, in the same transaction as the epoch's writes, and are read back by
+//! The change feed: each epoch's change events (bytes the scheduler encodes) go in the feed
+//! keyspace, keyed by epoch, in the same batch as the epoch's writes, and are read back by
 //! epoch range ([`Store::feed_read`]). The feed is not part of the state hash or of snapshots:
 //! how long it is kept ([`FeedRetention`]) is each node's choice. It is complete from
 //! [`Store::feed_start`] to the applied epoch; pruning moves the start in the same
-//! transaction that removes the entries, and a snapshot import empties the feed and starts it
+//! batch that removes the entries, and a snapshot import empties the feed and starts it
 //! after the imported epoch, so the feed never holds a silent gap.
 //!
 //! Resident keys: [`Store::keep_resident`] keeps every region key under one prefix (the
@@ -52,10 +53,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sled::{IVec, Transactional, Tree};
+use sled::{Batch, IVec};
 
 use crate::hash::{HashChain, StateHash};
+use crate::space::{self, Space};
 use crate::StoreError;
 
 /// A partition: the global tables, or one region.
@@ -176,10 +177,12 @@ const FIRST_REGION_TREE: usize = 3;
 /// A node's partition stores.
 pub struct Store {
     db: sled::Db,
-    meta: Tree,
-    hashes: Tree,
-    global: Tree,
-    regions: Vec<Tree>,
+    /// The one tree every keyspace lives in (`space.rs`).
+    state: sled::Tree,
+    meta: Space,
+    hashes: Space,
+    global: Space,
+    regions: Vec<Space>,
     /// A copy of the meta `applied` record, so readers need not decode it each time.
     applied: Mutex<Applied>,
     /// Held for writing while an epoch commits or a snapshot is imported, and for reading by
@@ -205,7 +208,7 @@ pub struct Store {
     /// when it moves. Not persisted; it starts at 1 when the store opens.
     global_version: AtomicU64,
     /// The region keys kept in memory ([`Store::keep_resident`]); `None` until asked. A commit
-    /// holds it for writing from its sled transaction until the copy matches, so a read sees
+    /// holds it for writing from its sled batch until the copy matches, so a read sees
     /// a key before or after a commit, as a sled read does.
     resident: RwLock<Option<Resident>>,
     /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
@@ -216,7 +219,7 @@ pub struct Store {
     #[cfg(test)]
     before_global_fill: Mutex<Option<Box<dyn FnMut() + Send>>>,
     /// The change feed: epoch (big-endian) → that epoch's encoded events.
-    feed_tree: Tree,
+    feed_tree: Space,
     /// The feed's start, size and retention.
     feed: Mutex<FeedState>,
 }
@@ -266,7 +269,7 @@ struct Resident {
 }
 
 impl Resident {
-    fn load(prefix: &[u8], group: usize, regions: &[Tree]) -> Result<Resident, StoreError> {
+    fn load(prefix: &[u8], group: usize, regions: &[Space]) -> Result<Resident, StoreError> {
         let mut resident = Resident {
             prefix: prefix.to_vec(),
             group,
@@ -348,7 +351,7 @@ impl Capture {
         &mut self,
         bound: usize,
         tree_id: usize,
-        tree: &Tree,
+        tree: &Space,
         key: &[u8],
     ) -> Result<(), StoreError> {
         if self.overflowed {
@@ -425,7 +428,15 @@ impl Store {
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()?;
-        let meta = db.open_tree("meta")?;
+        let state = db.open_tree(space::STATE_TREE)?;
+        let moved = space::migrate(&db, &state)?;
+        if moved > 0 {
+            tracing::info!(
+                pairs = moved,
+                "moved a store with a tree per partition into one tree"
+            );
+        }
+        let meta = Space::new(&state, space::META_PREFIX);
         // An interrupted import left the state before it whole (the import is one
         // transaction); the caller finishes it from the snapshot it was importing.
         let import_interrupted = meta.get(META_IMPORTING)?.is_some();
@@ -441,7 +452,13 @@ impl Store {
                 stored
             }
             (None, Some(wanted)) => {
-                meta.insert(META_PARTITIONS, encode(&wanted))?;
+                if wanted > space::REGIONS_MAX {
+                    return Err(StoreError::Config(format!(
+                        "at most {} partitions, not {wanted}",
+                        space::REGIONS_MAX
+                    )));
+                }
+                meta.insert_now(META_PARTITIONS, encode(&wanted))?;
                 wanted
             }
             (None, None) => {
@@ -452,8 +469,8 @@ impl Store {
             }
         };
         let regions = (0..partitions)
-            .map(|n| db.open_tree(Part::Region(n).to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|n| Space::new(&state, space::REGION_PREFIX_BASE + n))
+            .collect::<Vec<_>>();
         let applied: Applied = match meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
             None => Applied {
@@ -461,13 +478,13 @@ impl Store {
                 ..Applied::default()
             },
         };
-        let feed_tree = db.open_tree("feed")?;
+        let feed_tree = Space::new(&state, space::FEED_PREFIX);
         let feed_start = match meta.get(META_FEED_START)? {
             Some(bytes) => decode("feed start", &bytes)?,
             None => {
                 // A store from before the feed: it starts with the next epoch.
                 let start = applied.epoch + 1;
-                meta.insert(META_FEED_START, encode(&start))?;
+                meta.insert_now(META_FEED_START, encode(&start))?;
                 start
             }
         };
@@ -476,8 +493,9 @@ impl Store {
             feed_bytes += kv?.1.len() as u64;
         }
         Ok(Self {
-            hashes: db.open_tree("hashes")?,
-            global: db.open_tree(Part::Global.to_string())?,
+            hashes: Space::new(&state, space::HASHES_PREFIX),
+            global: Space::new(&state, space::GLOBAL_PREFIX),
+            state,
             db,
             meta,
             regions,
@@ -545,7 +563,7 @@ impl Store {
         }
         page.through = applied;
         let mut bytes = 0usize;
-        for kv in self.feed_tree.range(from.to_be_bytes()..) {
+        for kv in self.feed_tree.range(&from.to_be_bytes(), None) {
             let (key, value) = kv?;
             let epoch = u64::from_be_bytes(
                 key.as_ref()
@@ -585,7 +603,7 @@ impl Store {
     /// else should call it.
     #[doc(hidden)]
     pub fn mark_import_started(&self) -> Result<(), StoreError> {
-        self.meta.insert(META_IMPORTING, &[1u8])?;
+        self.meta.insert_now(META_IMPORTING, &[1u8])?;
         self.db.flush()?;
         Ok(())
     }
@@ -599,7 +617,7 @@ impl Store {
         self.regions.len() as u32
     }
 
-    fn tree(&self, part: Part) -> Result<&Tree, StoreError> {
+    fn tree(&self, part: Part) -> Result<&Space, StoreError> {
         match part {
             Part::Global => Ok(&self.global),
             Part::Region(n) => self
@@ -618,7 +636,7 @@ impl Store {
     }
 
     /// Every tree with its name, in the order a snapshot lists them.
-    fn snapshot_trees(&self) -> Vec<(String, &Tree)> {
+    fn snapshot_trees(&self) -> Vec<(String, &Space)> {
         let mut trees = vec![
             ("meta".to_string(), &self.meta),
             ("hashes".to_string(), &self.hashes),
@@ -739,7 +757,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree(part)?.range(start..end).take(limit) {
+        for kv in self.tree(part)?.range(start, Some(end)).take(limit) {
             out.push(kv?);
         }
         Ok(out)
@@ -754,7 +772,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree(part)?.range(start..end).rev().take(limit) {
+        for kv in self.tree(part)?.range(start, Some(end)).rev().take(limit) {
             out.push(kv?);
         }
         Ok(out)
@@ -785,7 +803,7 @@ impl Store {
 
     /// The state hash recorded at `epoch`, if it is within the recent window.
     pub fn state_hash_at(&self, epoch: u64) -> Result<Option<StateHash>, StoreError> {
-        match self.hashes.get(epoch.to_be_bytes())? {
+        match self.hashes.get(&epoch.to_be_bytes())? {
             Some(bytes) => Ok(Some(decode("state hash", &bytes)?)),
             None => Ok(None),
         }
@@ -844,46 +862,42 @@ impl Store {
             }
         }
 
-        let mut meta_batch = sled::Batch::default();
-        let mut feed_batch = sled::Batch::default();
-        meta_batch.insert(META_APPLIED, encode(&next));
+        let mut batch = Batch::default();
+        self.meta.insert(&mut batch, META_APPLIED, encode(&next));
         let mut feed = self.feed.lock().expect("feed lock");
         let feed_next: FeedState = match commit.stamp {
-            Some(stamp) => self.feed_commit(
-                &feed,
-                stamp.epoch,
-                commit.feed.as_deref(),
-                &mut meta_batch,
-                &mut feed_batch,
-            )?,
+            Some(stamp) => {
+                self.feed_commit(&feed, stamp.epoch, commit.feed.as_deref(), &mut batch)?
+            }
             None => *feed,
         };
         // Readers of the feed take no lock: they must see the start move before the entries
         // it drops go (see `feed_read`).
         feed.start = feed_next.start;
         drop(feed);
-        let mut trees: Vec<&Tree> = vec![&self.meta, &self.hashes, &self.feed_tree];
-        let mut batches: Vec<sled::Batch> = vec![meta_batch, sled::Batch::default(), feed_batch];
         if let Some(stamp) = commit.stamp {
-            batches[1].insert(&stamp.epoch.to_be_bytes(), encode(&next.state_hash));
+            self.hashes.insert(
+                &mut batch,
+                &stamp.epoch.to_be_bytes(),
+                encode(&next.state_hash),
+            );
             if stamp.epoch > HASH_WINDOW_EPOCHS {
-                batches[1].remove(&(stamp.epoch - HASH_WINDOW_EPOCHS).to_be_bytes());
+                let expired = stamp.epoch - HASH_WINDOW_EPOCHS;
+                self.hashes.remove(&mut batch, &expired.to_be_bytes());
             }
         }
         let touches_global = commit.writes.contains_key(&Part::Global);
         for (part, writes) in &commit.writes {
-            let mut batch = sled::Batch::default();
+            let space = self.tree(*part)?;
             for (key, value) in writes {
                 match value {
-                    Some(value) => batch.insert(key.as_slice(), value.as_slice()),
-                    None => batch.remove(key.as_slice()),
+                    Some(value) => space.insert(&mut batch, key, value.as_slice()),
+                    None => space.remove(&mut batch, key),
                 }
             }
-            trees.push(self.tree(*part)?);
-            batches.push(batch);
         }
         let mut resident = self.resident.write().expect("resident lock");
-        apply_atomically(&trees, &batches, "epoch commit")?;
+        self.state.apply_batch(batch)?;
         if let Some(resident) = resident.as_mut() {
             for (part, writes) in &commit.writes {
                 if let Part::Region(n) = part {
@@ -911,12 +925,11 @@ impl Store {
         feed: &FeedState,
         epoch: u64,
         entry: Option<&[u8]>,
-        meta: &mut sled::Batch,
-        batch: &mut sled::Batch,
+        batch: &mut Batch,
     ) -> Result<FeedState, StoreError> {
         let mut next = *feed;
         if let Some(entry) = entry {
-            batch.insert(&epoch.to_be_bytes(), entry);
+            self.feed_tree.insert(batch, &epoch.to_be_bytes(), entry);
             next.bytes += entry.len() as u64;
         }
         let retention = feed.retention;
@@ -933,12 +946,12 @@ impl Store {
             if old >= epoch || (old >= start && next.bytes <= retention.bytes) {
                 break;
             }
-            batch.remove(key);
+            self.feed_tree.remove(batch, &key);
             next.bytes = next.bytes.saturating_sub(value.len() as u64);
             start = start.max(old + 1);
         }
         if start != feed.start {
-            meta.insert(META_FEED_START, encode(&start));
+            self.meta.insert(batch, META_FEED_START, encode(&start));
             next.start = start;
         }
         Ok(next)
@@ -1054,7 +1067,7 @@ impl Store {
     }
 
     /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`], as a diff
-    /// applied in one sled transaction (see the module docs).
+    /// applied in one sled batch (see the module docs).
     pub fn import_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
         let snapshot: SnapshotFile = decode("snapshot", bytes)?;
         if snapshot.format != SNAPSHOT_FORMAT {
@@ -1081,13 +1094,13 @@ impl Store {
         // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
         let _gate = self.gate.write().expect("epoch gate");
         self.mark_import_started()?;
-        let mut batches = Vec::with_capacity(ours.len());
-        for ((_, tree), (_, pairs)) in ours.iter().zip(&snapshot.trees) {
-            batches.push(diff(tree, pairs)?);
+        let mut batch = Batch::default();
+        for ((_, space), (_, pairs)) in ours.iter().zip(&snapshot.trees) {
+            diff(space, pairs, &mut batch)?;
         }
-        // The diff removes the marker (no snapshot holds it); say so outright, last, so the
-        // import is done exactly when this transaction is.
-        batches[META_TREE].remove(META_IMPORTING);
+        // The diff removes the marker (no snapshot holds it); say so outright, so the import
+        // is done exactly when this batch is.
+        self.meta.remove(&mut batch, META_IMPORTING);
         // The feed restarts after the imported epoch: what this node kept before it may end
         // before the snapshot's epoch, and a gap must never look like epochs without events.
         let imported: Applied = match snapshot.trees[META_TREE]
@@ -1099,19 +1112,16 @@ impl Store {
             None => Applied::default(),
         };
         let feed_start = imported.epoch + 1;
-        batches[META_TREE].insert(META_FEED_START, encode(&feed_start));
-        let mut feed_batch = sled::Batch::default();
+        self.meta
+            .insert(&mut batch, META_FEED_START, encode(&feed_start));
         for kv in self.feed_tree.iter() {
-            feed_batch.remove(kv?.0);
+            self.feed_tree.remove(&mut batch, &kv?.0);
         }
-        batches.push(feed_batch);
-        let mut trees: Vec<&Tree> = ours.iter().map(|(_, tree)| *tree).collect();
-        trees.push(&self.feed_tree);
         let mut feed = self.feed.lock().expect("feed lock");
         // Before the entries go, for the lock-free readers (see `feed_read`).
         feed.start = feed_start;
         let mut resident = self.resident.write().expect("resident lock");
-        apply_atomically(&trees, &batches, "snapshot import")?;
+        self.state.apply_batch(batch)?;
         feed.bytes = 0;
         drop(feed);
         if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
@@ -1144,46 +1154,26 @@ impl Store {
     }
 }
 
-/// The batch that turns `tree` into exactly `pairs` (sorted by key, as exported): removes the
-/// keys `pairs` lacks and writes the pairs whose value differs. It never clears the tree.
-fn diff(tree: &Tree, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<sled::Batch, StoreError> {
-    let mut batch = sled::Batch::default();
+/// Adds to `batch` what turns `space` into exactly `pairs` (sorted by key, as exported):
+/// removes the keys `pairs` lacks and writes the pairs whose value differs. It never clears
+/// the keyspace.
+fn diff(space: &Space, pairs: &[(Vec<u8>, Vec<u8>)], batch: &mut Batch) -> Result<(), StoreError> {
     let mut wanted = pairs.iter().peekable();
-    for kv in tree.iter() {
+    for kv in space.iter() {
         let (key, value) = kv?;
         while let Some((k, v)) = wanted.next_if(|(k, _)| k.as_slice() < &*key) {
-            batch.insert(k.as_slice(), v.as_slice());
+            space.insert(batch, k, v.as_slice());
         }
         match wanted.next_if(|(k, _)| k.as_slice() == &*key) {
             Some((_, v)) if v.as_slice() == &*value => {}
-            Some((k, v)) => batch.insert(k.as_slice(), v.as_slice()),
-            None => batch.remove(key),
+            Some((k, v)) => space.insert(batch, k, v.as_slice()),
+            None => space.remove(batch, &key),
         }
     }
     for (k, v) in wanted {
-        batch.insert(k.as_slice(), v.as_slice());
+        space.insert(batch, k, v.as_slice());
     }
-    Ok(batch)
-}
-
-/// Applies `batches[i]` to `trees[i]` for every `i` in one sled transaction: after a crash
-/// all of them are applied or none.
-fn apply_atomically(
-    trees: &[&Tree],
-    batches: &[sled::Batch],
-    what: &str,
-) -> Result<(), StoreError> {
-    trees
-        .transaction(|views| {
-            for (view, batch) in views.iter().zip(batches) {
-                view.apply_batch(batch)?;
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        })
-        .map_err(|e| match e {
-            TransactionError::Storage(e) => StoreError::Sled(e),
-            TransactionError::Abort(()) => StoreError::Corrupt(format!("{what} aborted")),
-        })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1401,7 +1391,7 @@ mod tests {
         let check = |store: &Store| {
             for part in [Part::Region(0), Part::Region(1), Part::Global] {
                 for key in ["k1", "k2", "k3", "k4", "x1", "dc-1", long.as_str()] {
-                    let sled = store.tree(part).unwrap().get(key).unwrap();
+                    let sled = store.tree(part).unwrap().get(key.as_bytes()).unwrap();
                     assert_eq!(
                         store.get(part, key.as_bytes()).unwrap(),
                         sled,
@@ -1440,7 +1430,7 @@ mod tests {
         let store = seeded_store(dir.path());
         let check = |store: &Store| {
             for key in ["dc-1", "dc-2", "dc-3"] {
-                let sled = store.global.get(key).unwrap();
+                let sled = store.global.get(key.as_bytes()).unwrap();
                 // Twice: the first read may fill the cache, the second is answered from it.
                 for _ in 0..2 {
                     assert_eq!(
@@ -1501,6 +1491,68 @@ mod tests {
         assert_eq!(
             store.get(Part::Global, b"dc-1").unwrap().as_deref(),
             Some(&b"new"[..])
+        );
+    }
+
+    /// A store written with a tree per keyspace (the layout before `space.rs`) opens with the
+    /// same state, feed and applied epoch, moved into the one tree, and the old trees gone.
+    #[test]
+    fn a_store_with_a_tree_per_partition_is_moved_into_one() {
+        let new_dir = tempfile::tempdir().unwrap();
+        let (dump, feed, applied) = {
+            let store = seeded_store(new_dir.path());
+            commit_feed(&store, 2, Some("ev-2"));
+            let feed: Vec<(IVec, IVec)> = store.feed_tree.iter().map(Result::unwrap).collect();
+            let meta_feed_start = store.meta.get(META_FEED_START).unwrap().unwrap();
+            let mut dump = store.dump_trees().unwrap();
+            dump[META_TREE]
+                .1
+                .push((META_FEED_START.to_vec(), meta_feed_start.to_vec()));
+            (dump, feed, store.applied())
+        };
+        let old_dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(old_dir.path()).unwrap();
+            for (name, pairs) in &dump {
+                let tree = db.open_tree(name).unwrap();
+                for (k, v) in pairs {
+                    tree.insert(k.as_slice(), v.as_slice()).unwrap();
+                }
+            }
+            let tree = db.open_tree("feed").unwrap();
+            for (k, v) in &feed {
+                tree.insert(k, v).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(old_dir.path(), 2).unwrap();
+        assert_eq!(store.applied(), applied);
+        assert_eq!(store.dump_trees().unwrap()[1..], dump[1..]);
+        assert_eq!(
+            store.get(Part::Region(0), b"k2").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(
+            store.get(Part::Global, b"dc-2").unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        let page = store.feed_read(1, 100, 1 << 20).unwrap();
+        assert_eq!(feed_epochs(&page), vec![2]);
+        let names: Vec<IVec> = store.db.tree_names();
+        for old in ["meta", "hashes", "feed", "global", "p0", "p1"] {
+            assert!(
+                !names.iter().any(|n| &**n == old.as_bytes()),
+                "{old} is still there"
+            );
+        }
+        // It goes on as any store, and opens again without moving anything.
+        commit(&store, 3, vec![(Part::Region(1), vec![put("k9", "z")])]);
+        drop(store);
+        let store = Store::open(old_dir.path(), 2).unwrap();
+        assert_eq!(store.applied_epoch(), 3);
+        assert_eq!(
+            store.get(Part::Region(1), b"k9").unwrap().as_deref(),
+            Some(&b"z"[..])
         );
     }
 }

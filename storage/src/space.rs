@@ -1,0 +1,165 @@
+//! The store's keyspaces in one sled tree.
+//!
+//! Every keyspace (the applied state, the hash window, the feed, the global partition, each
+//! region) is the keys of the one tree `state` under a 4-byte big-endian prefix. One
+//! `Tree::apply_batch` then changes any of them atomically, which is what an epoch's commit
+//! needs; sled's multi-tree transactions, which the store used before, read every key they
+//! write before writing it. A store from before (a tree per keyspace) is moved into `state`
+//! once, when it is opened ([`migrate`]).
+
+use sled::{Batch, IVec, Tree};
+
+use crate::StoreError;
+
+/// One keyspace: the keys of the shared tree under `prefix`, seen without it.
+#[derive(Clone)]
+pub(crate) struct Space {
+    tree: Tree,
+    prefix: [u8; 4],
+}
+
+/// The prefixes. Region `n` is `REGION_PREFIX_BASE + n`.
+pub(crate) const META_PREFIX: u32 = 0;
+pub(crate) const HASHES_PREFIX: u32 = 1;
+pub(crate) const FEED_PREFIX: u32 = 2;
+pub(crate) const GLOBAL_PREFIX: u32 = 3;
+pub(crate) const REGION_PREFIX_BASE: u32 = 16;
+
+/// The most region partitions a store can have: their prefixes stay below `u32::MAX`, whose
+/// successor a range over the last keyspace would need.
+pub(crate) const REGIONS_MAX: u32 = u32::MAX - REGION_PREFIX_BASE - 1;
+
+type Pair = sled::Result<(IVec, IVec)>;
+
+impl Space {
+    pub(crate) fn new(tree: &Tree, prefix: u32) -> Space {
+        Space {
+            tree: tree.clone(),
+            prefix: prefix.to_be_bytes(),
+        }
+    }
+
+    /// `key` with this keyspace's prefix: the key in the shared tree.
+    fn full(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+
+    /// The first key past this keyspace.
+    fn end(&self) -> Vec<u8> {
+        (u32::from_be_bytes(self.prefix) + 1).to_be_bytes().to_vec()
+    }
+
+    fn strip(
+        &self,
+        pairs: impl DoubleEndedIterator<Item = Pair>,
+    ) -> impl DoubleEndedIterator<Item = Pair> {
+        let len = self.prefix.len();
+        pairs.map(move |pair| pair.map(|(k, v)| (IVec::from(&k[len..]), v)))
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        self.tree.get(self.full(key))
+    }
+
+    /// Writes at once, outside any batch (the store's own bookkeeping at open).
+    pub(crate) fn insert_now(&self, key: &[u8], value: impl Into<IVec>) -> sled::Result<()> {
+        self.tree.insert(self.full(key), value)?;
+        Ok(())
+    }
+
+    pub(crate) fn insert(&self, batch: &mut Batch, key: &[u8], value: impl Into<IVec>) {
+        batch.insert(self.full(key), value);
+    }
+
+    pub(crate) fn remove(&self, batch: &mut Batch, key: &[u8]) {
+        batch.remove(self.full(key));
+    }
+
+    /// Every pair, in key order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = Pair> {
+        self.strip(self.tree.range(self.prefix.to_vec()..self.end()))
+    }
+
+    /// The pairs whose key starts with `prefix`, in key order.
+    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> impl DoubleEndedIterator<Item = Pair> {
+        self.strip(self.tree.scan_prefix(self.full(prefix)))
+    }
+
+    /// The pairs with `start <= key < end` (no `end`: to the end of the keyspace).
+    pub(crate) fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> impl DoubleEndedIterator<Item = Pair> {
+        let end = match end {
+            Some(end) => self.full(end),
+            None => self.end(),
+        };
+        self.strip(self.tree.range(self.full(start)..end))
+    }
+}
+
+/// The name of the shared tree.
+pub(crate) const STATE_TREE: &str = "state";
+
+/// Pairs copied per batch while migrating.
+const MIGRATE_BATCH_PAIRS: usize = 10_000;
+
+/// Moves a store with a tree per keyspace (`meta`, `hashes`, `feed`, `global`, `p0`, `p1`, …)
+/// into `state`, then drops those trees, `meta` last; returns how many pairs it moved. Nothing
+/// else writes while it runs, and each step only copies or drops, so a crash part way leaves
+/// a store it finishes next time: `meta` is there until everything else is.
+pub(crate) fn migrate(db: &sled::Db, state: &Tree) -> Result<u64, StoreError> {
+    let mut old: Vec<(IVec, u32)> = Vec::new();
+    for name in db.tree_names() {
+        let prefix = match &*name {
+            b"meta" => META_PREFIX,
+            b"hashes" => HASHES_PREFIX,
+            b"feed" => FEED_PREFIX,
+            b"global" => GLOBAL_PREFIX,
+            other => match other
+                .strip_prefix(b"p")
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|&n| n <= REGIONS_MAX)
+            {
+                Some(n) => REGION_PREFIX_BASE + n,
+                None => continue,
+            },
+        };
+        old.push((name, prefix));
+    }
+    // `meta` last: while it is there, the migration has not finished.
+    old.sort_by_key(|(_, prefix)| *prefix == META_PREFIX);
+    let mut moved = 0u64;
+    for (name, prefix) in &old {
+        let tree = db.open_tree(name)?;
+        let space = Space::new(state, *prefix);
+        let mut batch = Batch::default();
+        let mut in_batch = 0;
+        for pair in tree.iter() {
+            let (k, v) = pair?;
+            space.insert(&mut batch, &k, v);
+            in_batch += 1;
+            moved += 1;
+            if in_batch == MIGRATE_BATCH_PAIRS {
+                state.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        state.apply_batch(batch)?;
+    }
+    if old.is_empty() {
+        return Ok(0);
+    }
+    // Everything copied is on disk before anything is dropped.
+    db.flush()?;
+    for (name, _) in &old {
+        db.drop_tree(name)?;
+        db.flush()?;
+    }
+    Ok(moved)
+}
