@@ -61,7 +61,17 @@ impl Space {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
-        self.tree.get(self.full(key))
+        // Point reads are the hot path: build the full key on the stack when it fits.
+        let mut buf = [0u8; 64];
+        let len = self.prefix.len() + key.len();
+        match buf.get_mut(..len) {
+            Some(full) => {
+                full[..4].copy_from_slice(&self.prefix);
+                full[4..].copy_from_slice(key);
+                self.tree.get(full)
+            }
+            None => self.tree.get(self.full(key)),
+        }
     }
 
     /// Writes at once, outside any batch (the store's own bookkeeping at open).
