@@ -110,6 +110,24 @@ pub fn retry_marked<T>(message: T, retry: bool) -> tonic::Request<T> {
     request
 }
 
+/// One order's request, from its lines.
+pub(crate) fn order_request(
+    lines: &[Line],
+    partial: bool,
+    request_id: String,
+) -> v1::PlaceOrderRequest {
+    v1::PlaceOrderRequest {
+        request_id,
+        lines: lines.iter().copied().map(Into::into).collect(),
+        mode: if partial {
+            v1::OrderMode::Partial
+        } else {
+            v1::OrderMode::AllOrNothing
+        } as i32,
+        user: String::new(),
+    }
+}
+
 fn status_not_applied(status: &Status) -> bool {
     let outcome = status.metadata().get(ordo_proto::OUTCOME_METADATA_KEY);
     // Set by this client when an earlier attempt of the same call may have been applied.
@@ -492,17 +510,8 @@ impl Client {
         partial: bool,
         request_id: Option<String>,
     ) -> Result<v1::OrderResult, Error> {
-        let request = v1::PlaceOrderRequest {
-            // Empty: `place_order_request` fills it in, and knows it is new.
-            request_id: request_id.unwrap_or_default(),
-            lines: lines.iter().copied().map(Into::into).collect(),
-            mode: if partial {
-                v1::OrderMode::Partial
-            } else {
-                v1::OrderMode::AllOrNothing
-            } as i32,
-            user: String::new(),
-        };
+        // Empty: `place_order_request` fills it in, and knows it is new.
+        let request = order_request(lines, partial, request_id.unwrap_or_default());
         self.place_order_request(request).await
     }
 

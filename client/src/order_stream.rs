@@ -9,7 +9,7 @@ use ordo_proto::v1;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Code, Status};
 
-use crate::{Client, Error, Line};
+use crate::{order_request, Client, Error, Line};
 
 type Reply = Result<v1::OrderResult, Error>;
 
@@ -137,17 +137,8 @@ impl OrderStream {
     /// Places one order on the stream (a request id is generated), like
     /// [`Client::place_order`] without its retries.
     pub async fn place_order(&self, lines: &[Line], partial: bool) -> Reply {
-        self.place_order_request(v1::PlaceOrderRequest {
-            request_id: String::new(),
-            lines: lines.iter().copied().map(Into::into).collect(),
-            mode: if partial {
-                v1::OrderMode::Partial
-            } else {
-                v1::OrderMode::AllOrNothing
-            } as i32,
-            user: String::new(),
-        })
-        .await
+        self.place_order_request(order_request(lines, partial, String::new()))
+            .await
     }
 
     /// Places one order from a full request (an empty request id is filled in). An id already

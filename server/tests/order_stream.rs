@@ -54,6 +54,15 @@ async fn two_thousand_orders_on_one_stream_sell_exactly_the_stock() {
     assert_eq!(total_on_hand(&c).await, 11 * 1_000);
 }
 
+/// An order of `qty` units of DC 1 SKU 1 under the request id `streamed-once`.
+fn streamed_once(qty: i64) -> v1::PlaceOrderRequest {
+    v1::PlaceOrderRequest {
+        request_id: "streamed-once".into(),
+        lines: vec![line(1, 1, qty).into()],
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_order_gets_its_error_and_the_stream_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,34 +90,14 @@ async fn a_bad_order_gets_its_error_and_the_stream_goes_on() {
         Code::NotFound,
         "unknown sku 99",
     );
-    let first = stream
-        .place_order_request(v1::PlaceOrderRequest {
-            request_id: "streamed-once".into(),
-            lines: vec![line(1, 1, 3).into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let first = stream.place_order_request(streamed_once(3)).await.unwrap();
     assert!(committed(&first));
 
     eprintln!("--- phase: the same request again on the stream gets the first result");
-    let again = stream
-        .place_order_request(v1::PlaceOrderRequest {
-            request_id: "streamed-once".into(),
-            lines: vec![line(1, 1, 3).into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let again = stream.place_order_request(streamed_once(3)).await.unwrap();
     assert_eq!(again, first);
     expect(
-        stream
-            .place_order_request(v1::PlaceOrderRequest {
-                request_id: "streamed-once".into(),
-                lines: vec![line(1, 1, 4).into()],
-                ..Default::default()
-            })
-            .await,
+        stream.place_order_request(streamed_once(4)).await,
         Code::AlreadyExists,
         "already used",
     );
