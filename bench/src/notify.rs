@@ -32,6 +32,13 @@ fn round_price(r: u32) -> i64 {
     900 - 5 * i64::from(r)
 }
 
+/// The round whose drop set the price to `cents`, if one of the first `rounds` did.
+fn round_of(cents: i64, rounds: u32) -> Option<u32> {
+    let steps = 900i64.checked_sub(cents)?;
+    let r = u32::try_from(steps / 5).ok()?;
+    (steps % 5 == 0 && r < rounds).then_some(r)
+}
+
 /// The hot SKU every subscriber follows; orders use the others.
 const HOT_SKU: u32 = 1;
 const ORDER_SKUS: u32 = 20;
@@ -275,8 +282,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                 let mut counted = 0u64;
                 let mut round = None;
                 for n in message.notifications {
-                    // Round r drops the price to `round_price(r)`.
-                    let Some(r) = (0..rounds).find(|&r| round_price(r) == n.after_cents) else {
+                    if n.sku != HOT_SKU {
+                        continue;
+                    }
+                    let Some(r) = round_of(n.after_cents, rounds) else {
                         continue;
                     };
                     let Some(i) = n
@@ -286,9 +295,6 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
                     else {
                         continue;
                     };
-                    if n.sku != HOT_SKU {
-                        continue;
-                    }
                     if let Some(slot) = seen.get(i) {
                         slot.fetch_add(1, Ordering::Relaxed);
                     }
@@ -498,4 +504,20 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_is_told_by_its_price() {
+        for r in 0..ROUNDS_MAX {
+            assert_eq!(round_of(round_price(r), ROUNDS_MAX), Some(r));
+            assert_eq!(round_of(round_price(r), r), None, "round {r} of {r} rounds");
+        }
+        for cents in [1_000, 901, 899, 0, -5] {
+            assert_eq!(round_of(cents, ROUNDS_MAX), None, "{cents}");
+        }
+    }
 }

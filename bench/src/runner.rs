@@ -353,6 +353,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         progress.finish();
     }
     let measured_ops = timing.measured_ops();
+    let ops_total = done_ops.load(Ordering::Relaxed);
 
     let final_stock = loader
         .final_stock(&cfg.spec.dataset)
@@ -370,8 +371,8 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         throughput_ops_s: measured_ops as f64 / cfg.duration.as_secs_f64(),
         latency_us: timing.latency(),
         server_cpu_s: cpu,
-        ops_total: done_ops.load(Ordering::Relaxed),
-        server_cpu_us_per_op: cpu_us_per_op(cpu, done_ops.load(Ordering::Relaxed)),
+        ops_total,
+        server_cpu_us_per_op: cpu_us_per_op(cpu, ops_total),
         measured_ops,
         check,
         timeline: timing.timeline(),
