@@ -89,9 +89,38 @@ pub struct Check {
 /// Problems listed per run, at most.
 pub(crate) const PROBLEMS_MAX: usize = 20;
 
+/// Datasets up to this many rows are checked whole after a run.
+pub(crate) const FULL_CHECK_ROWS_MAX: u64 = 100_000;
+
+/// Untouched rows checked in a larger dataset, spread evenly over it.
+pub(crate) const SAMPLED_ROWS: u64 = 10_000;
+
+/// The rows the final check reads back: every row of a dataset of at most
+/// [`FULL_CHECK_ROWS_MAX`]; in a larger one, every row an acknowledged or indeterminate order
+/// touched and [`SAMPLED_ROWS`] others spread over the dataset (they must still hold their
+/// initial stock). Reading back 10⁷ rows would take longer than the run.
+pub fn keys_to_check(dataset: &Dataset, tally: &Tally) -> Vec<(u32, u32)> {
+    let rows = u64::from(dataset.dcs) * u64::from(dataset.skus);
+    if rows <= FULL_CHECK_ROWS_MAX {
+        return dataset.keys().collect();
+    }
+    let mut keys: std::collections::BTreeSet<(u32, u32)> = tally
+        .sold
+        .keys()
+        .chain(tally.indeterminate.keys())
+        .copied()
+        .collect();
+    let skus = u64::from(dataset.skus);
+    for i in 0..SAMPLED_ROWS {
+        let index = i * rows / SAMPLED_ROWS;
+        keys.insert(((index / skus) as u32 + 1, (index % skus) as u32 + 1));
+    }
+    keys.into_iter().collect()
+}
+
 pub fn check(dataset: &Dataset, tally: &Tally, final_stock: &BTreeMap<(u32, u32), i64>) -> Check {
     let mut problems = Vec::new();
-    for (dc, sku) in dataset.keys() {
+    for (dc, sku) in keys_to_check(dataset, tally) {
         let sold = tally.sold.get(&(dc, sku)).copied().unwrap_or(0);
         let unknown = tally.indeterminate.get(&(dc, sku)).copied().unwrap_or(0);
         let Some(&now) = final_stock.get(&(dc, sku)) else {
@@ -179,6 +208,30 @@ mod tests {
             all.contains("dc 1 sku 2: final stock 9, expected 10 - 0"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn a_large_dataset_is_checked_where_orders_touched_it_and_on_a_sample() {
+        let big = Dataset {
+            dcs: 1_000,
+            skus: 1_000,
+            stock: 10,
+            regions: 3,
+        };
+        let mut t = Tally::default();
+        t.order(&[(500, 7, 1)], &Outcome::Ok);
+        t.order(&[(999, 3, 1)], &Outcome::Error("deadline exceeded".into()));
+        let keys = keys_to_check(&big, &t);
+        assert!(keys.contains(&(500, 7)) && keys.contains(&(999, 3)));
+        assert!(keys.contains(&(1, 1)) && keys.contains(&(1_000, 901)));
+        assert_eq!(keys.len() as u64, SAMPLED_ROWS + 2);
+        let mut fin: BTreeMap<_, _> = keys.iter().map(|&k| (k, 10)).collect();
+        fin.insert((500, 7), 9);
+        assert!(check(&big, &t, &fin).ok);
+        // A sampled row that lost a unit nobody ordered is caught.
+        fin.insert((1, 1), 9);
+        let c = check(&big, &t, &fin);
+        assert!(!c.ok && c.problems[0].starts_with("dc 1 sku 1: final stock 9"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod check;
 mod feed;
 mod nearby;
 mod notify;
+mod recovery;
 mod report;
 mod runner;
 mod servers;
@@ -42,10 +43,12 @@ use clap::{Args, Parser, Subcommand};
 use runner::{LoopMode, RunConfig, RunResult};
 use servers::Server;
 use targets::Target;
-use workload::{WorkloadKind, WorkloadSpec};
+use workload::{WorkloadKind, WorkloadSpec, SKUS_PER_DC};
 
 /// (DC, SKU) pairs of a nearby dataset, at most (160 MB of initial units in the harness).
 const NEARBY_PAIRS_MAX: u64 = 20_000_000;
+/// The most stock rows of the plain workloads' dataset (`--stock-rows`).
+const STOCK_ROWS_MAX: u64 = 20_000_000;
 
 #[derive(Parser)]
 #[command(
@@ -85,6 +88,11 @@ enum Command {
     /// run, on one Ordo node: fan-out time, every subscriber notified exactly once, order
     /// latency before and during the fan-out. Exit 1 if a subscriber missed or repeated.
     Notify(notify::NotifyArgs),
+    /// One Ordo node loaded with --stock-rows (10⁷ by default) is killed with SIGKILL while
+    /// orders run, then started again: load time, memory per million rows, time until it
+    /// listens and until it serves, and every acknowledged order present. Exit 1 if one is
+    /// missing or applied twice.
+    Recovery(recovery::RecoveryArgs),
 }
 
 #[derive(Args, Clone)]
@@ -118,6 +126,12 @@ struct Knobs {
     /// 1..=stock [default: 100 for browse-nearby, 10 for order-nearby]
     #[arg(long)]
     stock: Option<i64>,
+    /// uniform, hot-items, multi-dc, browse: stock rows (DC x SKU pairs) in the dataset, 1,000
+    /// SKUs per DC, so --stock-rows 10000000 is 10,000 DCs [default: 12,000, 12 DCs]. Past
+    /// 100,000 rows the final check reads back every row an operation touched and a sample
+    /// of 10,000 others, not every row.
+    #[arg(long)]
+    stock_rows: Option<u64>,
     /// browse-nearby, order-nearby: dark stores, dealt in turn to 12 cities and spread within
     /// 10 km of each centre.
     #[arg(long, default_value_t = nearby::NearbyKnobs::default().dcs)]
@@ -226,6 +240,24 @@ impl Knobs {
             self.skus >= 20 && self.skus <= 1_000,
             "--skus must be 20..=1000 (a browse asks 20 distinct SKUs; Ordo reads 1,000 at most)"
         );
+        if let Some(rows) = self.stock_rows {
+            anyhow::ensure!(
+                matches!(
+                    self.workload,
+                    WorkloadKind::Uniform
+                        | WorkloadKind::HotItems
+                        | WorkloadKind::MultiDc
+                        | WorkloadKind::Browse
+                ),
+                "--stock-rows is for uniform, hot-items, multi-dc and browse"
+            );
+            anyhow::ensure!(
+                rows.is_multiple_of(SKUS_PER_DC)
+                    && (3 * SKUS_PER_DC..=STOCK_ROWS_MAX).contains(&rows),
+                "--stock-rows must be a multiple of {SKUS_PER_DC} from {} to {STOCK_ROWS_MAX}",
+                3 * SKUS_PER_DC
+            );
+        }
         if let (true, Some(stock)) = (self.workload.is_nearby(), self.stock) {
             anyhow::ensure!(stock >= 1, "--stock must be at least 1");
         }
@@ -290,6 +322,7 @@ impl Knobs {
             spec: WorkloadSpec::new(
                 self.workload,
                 self.stock,
+                self.stock_rows,
                 self.theta,
                 self.cross_region,
                 self.reads_per_order,
@@ -404,6 +437,7 @@ fn finish(out: &Path, runs: &[RunResult]) -> anyhow::Result<bool> {
 async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
         Command::Notify(args) => notify::run(args).await,
+        Command::Recovery(args) => recovery::run(args).await,
         Command::Run { target, knobs } => {
             knobs.validate()?;
             let mut runs = Vec::new();

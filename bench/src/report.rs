@@ -69,6 +69,10 @@ pub fn table(runs: &[RunResult]) -> String {
             check
         ));
     }
+    if runs.iter().any(|r| r.dataset.is_some()) {
+        out.push('\n');
+        out.push_str(&dataset_table(runs));
+    }
     if runs.iter().any(|r| r.cart.is_some()) {
         out.push('\n');
         out.push_str(&cart_table(runs));
@@ -325,6 +329,27 @@ pub fn nearby_table(runs: &[RunResult]) -> String {
             } else {
                 String::new()
             }
+        ));
+    }
+    out
+}
+
+/// The dataset each run was loaded with, how long loading took (through each target's own
+/// bulk path), and the server's resident memory after the run.
+pub fn dataset_table(runs: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| target | stock rows | load s | server RSS MiB (every node) | RSS MiB per million rows |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---:|\n");
+    for r in runs {
+        let Some(d) = &r.dataset else { continue };
+        out.push_str(&format!(
+            "| {} | {} | {:.1} | {:.0} | {:.0} |\n",
+            r.target,
+            d.stock_rows,
+            d.load_s,
+            d.server_rss_mib,
+            d.server_rss_mib * 1e6 / d.stock_rows.max(1) as f64
         ));
     }
     out

@@ -84,6 +84,11 @@ pub struct RunResult {
     /// `server_cpu_s` over `ops_total`, in microseconds.
     pub server_cpu_us_per_op: f64,
     pub measured_ops: u64,
+    /// The plain workloads' dataset: its stock rows, how long loading them took, and the
+    /// server's resident memory after the run (every node, summed); absent for the
+    /// workloads with their own runner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetReport>,
     pub check: Check,
     pub timeline: Vec<Second>,
     /// The cart workload's own figures (carts per second, expiry anomalies, the release
@@ -98,6 +103,13 @@ pub struct RunResult {
     /// latency, server CPU per order, the feed check); absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<crate::feed::FeedReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DatasetReport {
+    pub stock_rows: u64,
+    pub load_s: f64,
+    pub server_rss_mib: f64,
 }
 
 /// Server CPU seconds over operations, in microseconds (0 without operations).
@@ -270,10 +282,12 @@ pub(crate) fn harness_cpu_seconds() -> f64 {
 pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> {
     let ep = &server.endpoints;
     let mut loader = Session::open(ep, 0).await.context("opening a session")?;
+    let load_started = Instant::now();
     loader
         .load(&cfg.spec.dataset)
         .await
         .context("loading the dataset")?;
+    let load_s = load_started.elapsed().as_secs_f64();
     let mut sessions = Vec::with_capacity(cfg.clients);
     for i in 0..cfg.clients {
         sessions.push(
@@ -356,10 +370,15 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
     let ops_total = done_ops.load(Ordering::Relaxed);
 
     let final_stock = loader
-        .final_stock(&cfg.spec.dataset)
+        .final_stock(&cfg.spec.dataset, &tally)
         .await
         .context("reading the final stock back")?;
     let check = check(&cfg.spec.dataset, &tally, &final_stock);
+    let dataset = DatasetReport {
+        stock_rows: cfg.spec.dataset.keys().count() as u64,
+        load_s,
+        server_rss_mib: server.rss_bytes() as f64 / (1024.0 * 1024.0),
+    };
     Ok(RunResult {
         target: cfg.target.to_string(),
         workload: cfg.spec.kind.to_string(),
@@ -374,6 +393,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         ops_total,
         server_cpu_us_per_op: cpu_us_per_op(cpu, ops_total),
         measured_ops,
+        dataset: Some(dataset),
         check,
         timeline: timing.timeline(),
         cart: None,

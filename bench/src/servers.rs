@@ -20,6 +20,8 @@ pub struct Server {
     roots: Vec<u32>,
     /// PostgreSQL runs as a daemon, stopped with pg_ctl.
     pg_stop: Option<Command>,
+    /// Ordo: how each node was started (program, arguments), to start it again.
+    ordo_nodes: Vec<(PathBuf, Vec<std::ffi::OsString>)>,
     _dir: tempfile::TempDir,
 }
 
@@ -67,8 +69,20 @@ fn postgres_bin_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// How long a restarted Ordo node may take to start listening (it reloads its resident rows).
+const RESTART_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Waits for a line containing `needle` on the child's stdout.
 fn wait_for_line(child: &mut Child, needle: &str, what: &str) -> anyhow::Result<()> {
+    wait_for_line_within(child, needle, what, START_TIMEOUT)
+}
+
+fn wait_for_line_within(
+    child: &mut Child,
+    needle: &str,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let stdout = child.stdout.take().context("no stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     let needle = needle.to_string();
@@ -79,8 +93,8 @@ fn wait_for_line(child: &mut Child, needle: &str, what: &str) -> anyhow::Result<
             }
         }
     });
-    rx.recv_timeout(START_TIMEOUT)
-        .map_err(|_| anyhow::anyhow!("{what} did not start within {START_TIMEOUT:?}"))
+    rx.recv_timeout(timeout)
+        .map_err(|_| anyhow::anyhow!("{what} did not start within {timeout:?}"))
 }
 
 async fn wait_until<F, Fut>(what: &str, mut probe: F) -> anyhow::Result<()>
@@ -132,19 +146,73 @@ impl Server {
     pub fn cpu_seconds(&self) -> f64 {
         let ticks_per_s = 100.0;
         let stats = proc_stats();
-        let mut total = 0u64;
+        let total: u64 = self
+            .process_tree(&stats)
+            .iter()
+            .filter_map(|pid| stats.iter().find(|s| s.pid == *pid))
+            .map(|s| s.cpu_ticks)
+            .sum();
+        total as f64 / ticks_per_s
+    }
+
+    /// Resident memory of the server processes and their children now, in bytes (the sum
+    /// of their VmRSS: shared pages count once per process).
+    pub fn rss_bytes(&self) -> u64 {
+        let stats = proc_stats();
+        self.process_tree(&stats)
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            })
+            .sum()
+    }
+
+    /// Kills Ordo node `i` (0-based) with SIGKILL, as a crash would, and reaps it.
+    pub fn kill_node(&mut self, i: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(i < self.ordo_nodes.len(), "no Ordo node {i} to kill");
+        self.children[i]
+            .kill()
+            .context("kill -9 of the Ordo node")?;
+        self.children[i].wait()?;
+        Ok(())
+    }
+
+    /// Starts Ordo node `i` again as it was started first (same data directory and ports)
+    /// and returns once it listens.
+    pub fn restart_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let (program, args) = self.ordo_nodes.get(i).context("no Ordo node to restart")?;
+        let mut child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "warn,openraft=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} again", program.display()))?;
+        wait_for_line_within(
+            &mut child,
+            "listening on",
+            "the restarted ordo",
+            RESTART_TIMEOUT,
+        )?;
+        self.roots[i] = child.id();
+        self.children[i] = child;
+        Ok(())
+    }
+
+    /// The server processes and their descendants.
+    fn process_tree(&self, stats: &[ProcStat]) -> Vec<u32> {
         let mut frontier: Vec<u32> = self.roots.clone();
         let mut seen = std::collections::BTreeSet::new();
         while let Some(pid) = frontier.pop() {
             if !seen.insert(pid) {
                 continue;
             }
-            if let Some(s) = stats.iter().find(|s| s.pid == pid) {
-                total += s.cpu_ticks;
-            }
             frontier.extend(stats.iter().filter(|s| s.ppid == pid).map(|s| s.pid));
         }
-        total as f64 / ticks_per_s
+        seen.into_iter().collect()
     }
 }
 
@@ -237,23 +305,33 @@ async fn start_ordo(
     std::fs::write(&secret_file, "ordo-bench-cluster-secret-0123456789")
         .context("writing the cluster secret")?;
     let mut children = Vec::new();
+    let mut ordo_nodes = Vec::new();
     for (i, addr) in addrs.iter().enumerate() {
         let id = (i + 1).to_string();
+        let mut args: Vec<std::ffi::OsString> = ["server", "--node-id", &id, "--listen", addr]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        args.push("--data-dir".into());
+        args.push(dir.path().join(format!("ordo-{id}")).into());
+        args.push("--partitions".into());
+        args.push(partitions.to_string().into());
+        if nodes > 1 {
+            args.push("--peer-listen".into());
+            args.push((&peer_addrs[i]).into());
+            args.push("--cluster-secret-file".into());
+            args.push((&secret_file).into());
+            for (j, peer) in peer_addrs.iter().enumerate() {
+                args.push("--peer".into());
+                args.push(format!("{}={peer},{}", j + 1, addrs[j]).into());
+            }
+        }
         let mut cmd = Command::new(ordo_bin);
-        cmd.args(["server", "--node-id", &id, "--listen", addr, "--data-dir"])
-            .arg(dir.path().join(format!("ordo-{id}")))
-            .args(["--partitions", &partitions.to_string()])
+        cmd.args(&args)
             .env("RUST_LOG", "warn,openraft=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        if nodes > 1 {
-            cmd.args(["--peer-listen", &peer_addrs[i]])
-                .arg("--cluster-secret-file")
-                .arg(&secret_file);
-            for (j, peer) in peer_addrs.iter().enumerate() {
-                cmd.args(["--peer", &format!("{}={peer},{}", j + 1, addrs[j])]);
-            }
-        }
+        ordo_nodes.push((ordo_bin.to_path_buf(), args));
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", ordo_bin.display()))?;
@@ -274,6 +352,7 @@ async fn start_ordo(
         children,
         roots,
         pg_stop: None,
+        ordo_nodes,
         _dir: dir,
     })
 }
@@ -357,6 +436,7 @@ async fn start_postgres(
         children: Vec::new(),
         roots: vec![pid],
         pg_stop: Some(stop),
+        ordo_nodes: Vec::new(),
         _dir: dir,
     })
 }
@@ -406,6 +486,7 @@ async fn start_redis(
         children: vec![child],
         roots,
         pg_stop: None,
+        ordo_nodes: Vec::new(),
         _dir: dir,
     })
 }
@@ -469,6 +550,7 @@ async fn start_etcd(dir: tempfile::TempDir) -> anyhow::Result<Server> {
         children,
         roots,
         pg_stop: None,
+        ordo_nodes: Vec::new(),
         _dir: dir,
     })
 }

@@ -8,7 +8,32 @@ use std::str::FromStr;
 use anyhow::{bail, Context};
 use ordo_client::{v1, Client, Consistency, Line as OrdoLine, OrderStream};
 
+use crate::check::{self, Tally};
 use crate::workload::{Dataset, Line};
+
+/// Restocks per Restocks call when the bench loads Ordo.
+const RESTOCKS_PER_CALL: usize = 1_000;
+
+/// Awaits `tasks`, at most `max` of them started and unfinished at a time; the first error
+/// fails the whole.
+async fn in_flight(
+    tasks: impl Iterator<Item = tokio::task::JoinHandle<anyhow::Result<()>>>,
+    max: usize,
+) -> anyhow::Result<()> {
+    let mut running = std::collections::VecDeque::new();
+    for task in tasks {
+        if running.len() == max {
+            let oldest: tokio::task::JoinHandle<anyhow::Result<()>> =
+                running.pop_front().expect("a task is running");
+            oldest.await??;
+        }
+        running.push_back(task);
+    }
+    for task in running {
+        task.await??;
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Target {
@@ -379,40 +404,60 @@ impl Session {
     pub async fn load(&mut self, dataset: &Dataset) -> anyhow::Result<()> {
         match self {
             Session::Ordo(client, _) => {
-                for dc in 1..=dataset.dcs {
-                    client
-                        .upsert_dc(v1::Dc {
-                            dc_id: dc,
-                            name: format!("bench dc {dc}"),
-                            lat: 0.0,
-                            lon: 0.0,
-                            region: Some(dataset.region(dc)),
-                            active: true,
-                        })
-                        .await?;
-                }
-                for sku in 1..=dataset.skus {
-                    client
-                        .upsert_item(v1::Item {
-                            sku,
-                            name: format!("bench sku {sku}"),
-                            price_cents: 100,
-                        })
-                        .await?;
-                }
-                // Restocks in parallel, a few dozen at a time.
+                // A few dozen calls in flight at a time; stock in calls of 1,000 restocks.
+                let dataset = *dataset;
+                let dcs = (1..=dataset.dcs).map(|dc| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        client
+                            .upsert_dc(v1::Dc {
+                                dc_id: dc,
+                                name: format!("bench dc {dc}"),
+                                lat: 0.0,
+                                lon: 0.0,
+                                region: Some(dataset.region(dc)),
+                                active: true,
+                            })
+                            .await?;
+                        Ok(())
+                    })
+                });
+                in_flight(dcs, 64).await?;
+                let items = (1..=dataset.skus).map(|sku| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        client
+                            .upsert_item(v1::Item {
+                                sku,
+                                name: format!("bench sku {sku}"),
+                                price_cents: 100,
+                            })
+                            .await?;
+                        Ok(())
+                    })
+                });
+                in_flight(items, 64).await?;
                 let keys: Vec<(u32, u32)> = dataset.keys().collect();
-                for chunk in keys.chunks(64) {
-                    let calls = chunk.iter().map(|&(dc, sku)| {
-                        let client = client.clone();
-                        let stock = dataset.stock;
-                        tokio::spawn(async move { client.restock(dc, sku, stock, None).await })
-                    });
-                    for call in calls.collect::<Vec<_>>() {
-                        let r = call.await??;
-                        anyhow::ensure!(r.applied, "restock refused: {}", r.reason);
-                    }
-                }
+                let calls = keys.chunks(RESTOCKS_PER_CALL).map(|chunk| {
+                    let client = client.clone();
+                    let restocks = chunk
+                        .iter()
+                        .map(|&(dc_id, sku)| v1::RestockRequest {
+                            request_id: String::new(),
+                            dc_id,
+                            sku,
+                            delta: dataset.stock,
+                        })
+                        .collect();
+                    tokio::spawn(async move {
+                        let results = client.restocks(restocks).await?;
+                        if let Some(r) = results.iter().find(|r| !r.applied) {
+                            bail!("restock refused: {}", r.reason);
+                        }
+                        Ok(())
+                    })
+                });
+                in_flight(calls, 4).await?;
             }
             Session::Postgres { client, .. } => {
                 client.batch_execute("TRUNCATE stock").await?;
@@ -461,13 +506,31 @@ impl Session {
         Ok(())
     }
 
-    /// The stock of every key, read back after a run.
+    /// The stock of the keys the final check reads ([`check::keys_to_check`]), read back
+    /// after a run.
     pub async fn final_stock(
         &mut self,
         dataset: &Dataset,
+        tally: &Tally,
     ) -> anyhow::Result<BTreeMap<(u32, u32), i64>> {
+        let keys = check::keys_to_check(dataset, tally);
+        if let Session::Ordo(client, _) = self {
+            // Many reads in flight: a large dataset's check reads back 10⁵ rows or more.
+            let mut out = BTreeMap::new();
+            for chunk in keys.chunks(256) {
+                let reads = chunk.iter().map(|&(dc, sku)| {
+                    let client = client.clone();
+                    tokio::spawn(async move { (dc, sku, client.get_stock(dc, sku).await) })
+                });
+                for read in reads.collect::<Vec<_>>() {
+                    let (dc, sku, stock) = read.await?;
+                    out.insert((dc, sku), stock?.on_hand);
+                }
+            }
+            return Ok(out);
+        }
         let mut out = BTreeMap::new();
-        for (dc, sku) in dataset.keys() {
+        for (dc, sku) in keys {
             let qty = self.quantity(dc, sku).await?;
             out.insert((dc, sku), qty);
         }

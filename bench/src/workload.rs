@@ -3,6 +3,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+/// SKUs per DC in the plain workloads' dataset.
+pub const SKUS_PER_DC: u64 = 1_000;
 
 /// One order line: `qty` of `sku` at `dc`.
 pub type Line = (u32, u32, i64);
@@ -129,11 +133,13 @@ pub struct WorkloadSpec {
 
 impl WorkloadSpec {
     /// The workload with its default dataset: flash-sale is one DC and one SKU with `stock`
-    /// units; cart is a small set of DCs (6 in 3 regions) with 1,000 SKUs; the others are 12
-    /// DCs in 3 regions with 1,000 SKUs and `stock` of each.
+    /// units; cart is a small set of DCs (6 in 3 regions) with 1,000 SKUs; the others are
+    /// `stock_rows / 1,000` DCs (12 by default) in 3 regions with 1,000 SKUs and `stock` of
+    /// each.
     pub fn new(
         kind: WorkloadKind,
         stock: Option<i64>,
+        stock_rows: Option<u64>,
         theta: f64,
         cross_region: f64,
         reads_per_order: u32,
@@ -152,8 +158,8 @@ impl WorkloadSpec {
                 regions: 3,
             },
             _ => Dataset {
-                dcs: 12,
-                skus: 1_000,
+                dcs: stock_rows.map_or(12, |rows| (rows / SKUS_PER_DC) as u32),
+                skus: SKUS_PER_DC as u32,
                 stock: stock.unwrap_or(1_000_000),
                 regions: 3,
             },
@@ -241,32 +247,57 @@ impl Zipf {
 pub struct Generator {
     spec: WorkloadSpec,
     rng: Rng,
-    zipf: Option<Zipf>,
-    /// A fixed shuffle of key indexes, so the hottest keys are spread over DCs.
-    hot_order: Vec<u32>,
+    /// hot-items and cart: the zipf and the hot keys, shared by every client.
+    hot: Option<Arc<HotKeys>>,
+}
+
+/// The zipf over a dataset's keys and a fixed shuffle of the key indexes, so the hottest keys
+/// are spread over DCs. It depends only on the seed, the key count and theta, so every client
+/// (and target) agrees on which keys are hot; it is built once per run (10⁷ keys take 40 MB
+/// and a second or two), not once per client.
+pub struct HotKeys {
+    zipf: Zipf,
+    order: Vec<u32>,
+}
+
+impl HotKeys {
+    fn shared(seed: u64, keys: u64, theta: f64) -> Arc<HotKeys> {
+        type Built = Option<((u64, u64, u64), Arc<HotKeys>)>;
+        static LAST: Mutex<Built> = Mutex::new(None);
+        let id = (seed, keys, theta.to_bits());
+        let mut last = LAST.lock().expect("hot keys lock");
+        if let Some((built, hot)) = last.as_ref() {
+            if *built == id {
+                return hot.clone();
+            }
+        }
+        let mut perm_rng = Rng::new(seed ^ 0xA5A5_5A5A);
+        let mut order: Vec<u32> = (0..keys as u32).collect();
+        for i in (1..order.len()).rev() {
+            let j = perm_rng.below(i as u64 + 1) as usize;
+            order.swap(i, j);
+        }
+        let hot = Arc::new(HotKeys {
+            zipf: Zipf::new(keys, theta),
+            order,
+        });
+        *last = Some((id, hot.clone()));
+        hot
+    }
 }
 
 impl Generator {
     pub fn new(spec: &WorkloadSpec, seed: u64, client: u64) -> Self {
         let keys = spec.dataset.dcs as u64 * spec.dataset.skus as u64;
-        let zipf = matches!(spec.kind, WorkloadKind::HotItems | WorkloadKind::Cart)
-            .then(|| Zipf::new(keys, spec.theta));
-        // The permutation depends only on the seed, so every client (and target) agrees on
-        // which keys are hot.
-        let mut perm_rng = Rng::new(seed ^ 0xA5A5_5A5A);
-        let mut hot_order: Vec<u32> = (0..keys as u32).collect();
-        for i in (1..hot_order.len()).rev() {
-            let j = perm_rng.below(i as u64 + 1) as usize;
-            hot_order.swap(i, j);
-        }
+        let hot = matches!(spec.kind, WorkloadKind::HotItems | WorkloadKind::Cart)
+            .then(|| HotKeys::shared(seed, keys, spec.theta));
         Self {
             spec: spec.clone(),
             rng: Rng::new(
                 seed.wrapping_mul(0x100_0000_01B3)
                     ^ client.wrapping_add(1).wrapping_mul(0x9E37_79B9),
             ),
-            zipf,
-            hot_order,
+            hot,
         }
     }
 
@@ -285,12 +316,9 @@ impl Generator {
 
     /// A zipf-hot key (hot-items and cart): the same keys are hot for every client.
     pub fn hot_key(&mut self) -> (u32, u32) {
-        let rank = self
-            .zipf
-            .as_ref()
-            .expect("hot-items and cart have a zipf")
-            .sample(&mut self.rng);
-        self.key(self.hot_order[rank as usize])
+        let hot = self.hot.as_ref().expect("hot-items and cart have hot keys");
+        let rank = hot.zipf.sample(&mut self.rng);
+        self.key(hot.order[rank as usize])
     }
 
     /// The client's own random stream, for mixes drawn beside the keys (cart).
@@ -349,7 +377,7 @@ mod tests {
     use super::*;
 
     fn spec(kind: WorkloadKind) -> WorkloadSpec {
-        WorkloadSpec::new(kind, None, 0.99, 0.3, 100)
+        WorkloadSpec::new(kind, None, None, 0.99, 0.3, 100)
     }
 
     #[test]

@@ -589,6 +589,33 @@ impl Client {
         Ok(response)
     }
 
+    /// Many restocks in one call, results in request order (a stock sync, a bulk load). A
+    /// restock without a request id is given a fresh one; the call is retried like
+    /// [`Client::restock`]. At most the server's batch limit (1,000 by default) per call.
+    pub async fn restocks(
+        &self,
+        mut restocks: Vec<v1::RestockRequest>,
+    ) -> Result<Vec<v1::RestockResponse>, Error> {
+        let known_id = restocks.iter().any(|r| !r.request_id.is_empty());
+        for r in &mut restocks {
+            if r.request_id.is_empty() {
+                r.request_id = self.new_request_id();
+            }
+        }
+        let request = v1::RestocksRequest { restocks };
+        let response = self
+            .with_write_retries(known_id, |retry| {
+                let mut ordo = self.ordo();
+                let request = retry_marked(request.clone(), retry);
+                async move { ordo.restocks(request).await }
+            })
+            .await?;
+        for result in &response.results {
+            self.saw_epoch(result.epoch);
+        }
+        Ok(response.results)
+    }
+
     /// Moves `qty` of `sku` from one DC to another, all or nothing.
     pub async fn transfer_stock(
         &self,

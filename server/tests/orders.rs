@@ -205,3 +205,60 @@ async fn a_request_id_sent_twice_and_concurrently_decrements_once() {
     assert!(committed(&batch[1]));
     assert_eq!(client.get_stock(1, 2).await.unwrap().on_hand, 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restocks_in_one_call_apply_each_on_its_own_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let restock = |id: &str, dc_id, sku, delta| ordo_client::v1::RestockRequest {
+        request_id: id.into(),
+        dc_id,
+        sku,
+        delta,
+    };
+
+    eprintln!("--- phase: three restocks in one call; the one below zero is rejected alone");
+    let call = vec![
+        restock("sync-1", 1, 1, 5),
+        restock("sync-2", 2, 2, -11),
+        restock("sync-3", 4, 3, -4),
+    ];
+    let results = client.restocks(call.clone()).await.unwrap();
+    let seen: Vec<_> = results
+        .iter()
+        .map(|r| (r.request_id.as_str(), r.applied, r.on_hand))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("sync-1", true, 15),
+            ("sync-2", false, 10),
+            ("sync-3", true, 6)
+        ]
+    );
+    assert!(!results[1].reason.is_empty(), "a rejection says why");
+
+    eprintln!("--- phase: the same call again is answered from dedupe and changes nothing");
+    assert_eq!(client.restocks(call).await.unwrap(), results);
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 15);
+    assert_eq!(client.get_stock(2, 2).await.unwrap().on_hand, 10);
+    assert_eq!(client.get_stock(4, 3).await.unwrap().on_hand, 6);
+
+    eprintln!("--- phase: one malformed restock fails the call and none is applied");
+    let status = client
+        .restocks(vec![restock("sync-4", 1, 1, 1), restock("sync-5", 9, 1, 1)])
+        .await
+        .unwrap_err();
+    assert!(
+        status.to_string().contains("restocks[1]: unknown dc 9"),
+        "{status}"
+    );
+    let status = client
+        .restocks(vec![restock("sync-6", 1, 1, 1), restock("sync-6", 1, 2, 1)])
+        .await
+        .unwrap_err();
+    assert!(status.to_string().contains("appears twice"), "{status}");
+    assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 15);
+}

@@ -124,7 +124,7 @@ mod tests {
     use crate::workload::WorkloadKind;
 
     fn mix(seed: u64, client: u64) -> Mix {
-        let spec = WorkloadSpec::new(WorkloadKind::Cart, None, 0.99, 0.2, 100);
+        let spec = WorkloadSpec::new(WorkloadKind::Cart, None, None, 0.99, 0.2, 100);
         Mix::new(&spec, CartKnobs::default(), seed, client)
     }
 

@@ -265,6 +265,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         ops_total: carts_total,
         server_cpu_us_per_op: crate::runner::cpu_us_per_op(cpu, carts_total),
         measured_ops,
+        dataset: None,
         check,
         timeline: timing.timeline(),
         nearby: None,

@@ -437,7 +437,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         *client = client.clone().with_consistency(Consistency::Linearizable);
     }
     let final_stock = loader
-        .final_stock(&dataset)
+        .final_stock(&dataset, &tally)
         .await
         .context("reading the final stock back")?;
     let mut run_check = crate::check::check(&dataset, &tally, &final_stock);
@@ -514,6 +514,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         ops_total: orders_total,
         server_cpu_us_per_op: crate::runner::cpu_us_per_op(cpu, orders_total),
         measured_ops,
+        dataset: None,
         check: run_check,
         timeline: timing.timeline(),
         cart: None,

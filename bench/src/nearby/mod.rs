@@ -297,6 +297,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         ops_total,
         server_cpu_us_per_op: crate::runner::cpu_us_per_op(cpu, ops_total),
         measured_ops,
+        dataset: None,
         check,
         timeline: timing.timeline(),
         cart: None,

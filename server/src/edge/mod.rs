@@ -531,6 +531,13 @@ impl Ordo for OrdoService {
         self.restock_unmarked(request).await.map_err(mark_definite)
     }
 
+    async fn restocks(
+        &self,
+        request: Request<v1::RestocksRequest>,
+    ) -> Result<Response<v1::RestocksResponse>, Status> {
+        self.restocks_unmarked(request).await.map_err(mark_definite)
+    }
+
     async fn transfer_stock(
         &self,
         request: Request<v1::TransferStockRequest>,

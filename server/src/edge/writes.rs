@@ -39,6 +39,22 @@ fn order_results(txns: &[Txn], results: &[TxnResult]) -> Result<Vec<v1::OrderRes
         .collect()
 }
 
+/// A restock's wire result, refusing one whose request id belongs to another request.
+fn restock_response(result: &TxnResult) -> Result<v1::RestockResponse, Status> {
+    let Outcome::Restock { stock, rejection } = &result.outcome else {
+        return Err(reused(result, "a restock"));
+    };
+    Ok(v1::RestockResponse {
+        request_id: result.request_id.clone(),
+        applied: rejection.is_none(),
+        epoch: result.epoch,
+        on_hand: stock.on_hand,
+        reserved: stock.reserved,
+        available: stock.available(),
+        reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
+    })
+}
+
 pub(super) fn reused(result: &TxnResult, expected: &str) -> Status {
     Status::already_exists(format!(
         "request_id {:?} was already used for a different request than {expected}; use a new request_id",
@@ -103,37 +119,63 @@ impl OrdoService {
         request: Request<v1::RestockRequest>,
     ) -> Result<Response<v1::RestockResponse>, Status> {
         let retry = is_retry(&request);
-        let r = request.into_inner();
-        let request_id = self.request_id(r.request_id, "restock")?;
+        let txn = self.restock_txn(request.into_inner(), "restock")?;
+        let result = self.run(vec![txn], retry).await?.remove(0);
+        Ok(Response::new(restock_response(&result)?))
+    }
+
+    pub(super) async fn restocks_unmarked(
+        &self,
+        request: Request<v1::RestocksRequest>,
+    ) -> Result<Response<v1::RestocksResponse>, Status> {
+        let retry = is_retry(&request);
+        let restocks = request.into_inner().restocks;
+        if restocks.is_empty() || restocks.len() > self.limits.orders_per_call_max {
+            return Err(Status::invalid_argument(format!(
+                "restocks: between 1 and {} restocks per call, not {}",
+                self.limits.orders_per_call_max,
+                restocks.len()
+            )));
+        }
+        let mut txns = Vec::with_capacity(restocks.len());
+        let mut ids = BTreeSet::new();
+        for (i, r) in restocks.into_iter().enumerate() {
+            let txn = self.restock_txn(r, &format!("restocks[{i}]"))?;
+            if !ids.insert(txn.request_id.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "restocks[{i}]: request_id {:?} appears twice in one call",
+                    txn.request_id
+                )));
+            }
+            txns.push(txn);
+        }
+        let results = self.run(txns, retry).await?;
+        let results = results
+            .iter()
+            .map(restock_response)
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(v1::RestocksResponse { results }))
+    }
+
+    /// A restock's transaction, validated; `what` names it in errors.
+    fn restock_txn(&self, r: v1::RestockRequest, what: &str) -> Result<Txn, Status> {
+        let request_id = self.request_id(r.request_id, what)?;
         if r.delta == 0 || r.delta.unsigned_abs() > self.limits.restock_delta_max as u64 {
             return Err(Status::invalid_argument(format!(
-                "restock: delta must be non-zero and at most {} in magnitude, not {}",
+                "{what}: delta must be non-zero and at most {} in magnitude, not {}",
                 self.limits.restock_delta_max, r.delta
             )));
         }
-        self.known_dc(r.dc_id, "restock")?;
-        self.known_sku(r.sku, "restock")?;
-        let txn = Txn {
+        self.known_dc(r.dc_id, what)?;
+        self.known_sku(r.sku, what)?;
+        Ok(Txn {
             request_id,
             op: Op::Restock {
                 dc: r.dc_id,
                 sku: r.sku,
                 delta: r.delta,
             },
-        };
-        let result = self.run(vec![txn], retry).await?.remove(0);
-        let Outcome::Restock { stock, rejection } = &result.outcome else {
-            return Err(reused(&result, "a restock"));
-        };
-        Ok(Response::new(v1::RestockResponse {
-            request_id: result.request_id.clone(),
-            applied: rejection.is_none(),
-            epoch: result.epoch,
-            on_hand: stock.on_hand,
-            reserved: stock.reserved,
-            available: stock.available(),
-            reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
-        }))
+        })
     }
 
     pub(super) async fn transfer_stock_unmarked(
