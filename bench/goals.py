@@ -91,7 +91,7 @@ def main():
             ratio >= 0.8,
         )
 
-    print("| goal | wanted | measured in this run | |")
+    print("| goal | wanted | measured in this run | verdict |")
     print("|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

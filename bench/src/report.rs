@@ -343,13 +343,14 @@ pub fn dataset_table(runs: &[RunResult]) -> String {
     out.push_str("|---|---:|---:|---:|---:|\n");
     for r in runs {
         let Some(d) = &r.dataset else { continue };
+        // Per million rows means something only where the rows are most of the memory.
+        let per_million = match d.stock_rows >= 1_000_000 {
+            true => format!("{:.0}", d.server_rss_mib * 1e6 / d.stock_rows as f64),
+            false => "–".into(),
+        };
         out.push_str(&format!(
-            "| {} | {} | {:.1} | {:.0} | {:.0} |\n",
-            r.target,
-            d.stock_rows,
-            d.load_s,
-            d.server_rss_mib,
-            d.server_rss_mib * 1e6 / d.stock_rows.max(1) as f64
+            "| {} | {} | {:.1} | {:.0} | {per_million} |\n",
+            r.target, d.stock_rows, d.load_s, d.server_rss_mib,
         ));
     }
     out
