@@ -14,25 +14,48 @@ use crate::workload::{Dataset, Line};
 /// Restocks per Restocks call when the bench loads Ordo.
 const RESTOCKS_PER_CALL: usize = 1_000;
 
-/// Awaits `tasks`, at most `max` of them started and unfinished at a time; the first error
-/// fails the whole.
-async fn in_flight(
-    tasks: impl Iterator<Item = tokio::task::JoinHandle<anyhow::Result<()>>>,
-    max: usize,
-) -> anyhow::Result<()> {
-    let mut running = std::collections::VecDeque::new();
-    for task in tasks {
-        if running.len() == max {
-            let oldest: tokio::task::JoinHandle<anyhow::Result<()>> =
-                running.pop_front().expect("a task is running");
-            oldest.await??;
+/// Runs `calls` with at most `max` in flight; the first error stops it.
+pub(crate) async fn in_parallel<F>(max: usize, calls: impl Iterator<Item = F>) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for call in calls {
+        if set.len() >= max {
+            set.join_next().await.context("a load call")???;
         }
-        running.push_back(task);
+        set.spawn(call);
     }
-    for task in running {
-        task.await??;
+    while let Some(done) = set.join_next().await {
+        done??;
     }
     Ok(())
+}
+
+/// Upserts the catalogue the bench's datasets use: SKUs `1..=skus`, at most `max` calls in
+/// flight.
+pub(crate) async fn upsert_bench_items(
+    client: &Client,
+    skus: u32,
+    max: usize,
+) -> anyhow::Result<()> {
+    in_parallel(
+        max,
+        (1..=skus).map(|sku| {
+            let client = client.clone();
+            async move {
+                client
+                    .upsert_item(v1::Item {
+                        sku,
+                        name: format!("bench sku {sku}"),
+                        price_cents: 100,
+                    })
+                    .await?;
+                Ok(())
+            }
+        }),
+    )
+    .await
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -408,7 +431,7 @@ impl Session {
                 let dataset = *dataset;
                 let dcs = (1..=dataset.dcs).map(|dc| {
                     let client = client.clone();
-                    tokio::spawn(async move {
+                    async move {
                         client
                             .upsert_dc(v1::Dc {
                                 dc_id: dc,
@@ -420,23 +443,10 @@ impl Session {
                             })
                             .await?;
                         Ok(())
-                    })
+                    }
                 });
-                in_flight(dcs, 64).await?;
-                let items = (1..=dataset.skus).map(|sku| {
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        client
-                            .upsert_item(v1::Item {
-                                sku,
-                                name: format!("bench sku {sku}"),
-                                price_cents: 100,
-                            })
-                            .await?;
-                        Ok(())
-                    })
-                });
-                in_flight(items, 64).await?;
+                in_parallel(64, dcs).await?;
+                upsert_bench_items(client, dataset.skus, 64).await?;
                 let keys: Vec<(u32, u32)> = dataset.keys().collect();
                 let calls = keys.chunks(RESTOCKS_PER_CALL).map(|chunk| {
                     let client = client.clone();
@@ -449,15 +459,15 @@ impl Session {
                             delta: dataset.stock,
                         })
                         .collect();
-                    tokio::spawn(async move {
+                    async move {
                         let results = client.restocks(restocks).await?;
                         if let Some(r) = results.iter().find(|r| !r.applied) {
                             bail!("restock refused: {}", r.reason);
                         }
                         Ok(())
-                    })
+                    }
                 });
-                in_flight(calls, 4).await?;
+                in_parallel(4, calls).await?;
             }
             Session::Postgres { client, .. } => {
                 client.batch_execute("TRUNCATE stock").await?;

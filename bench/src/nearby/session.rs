@@ -10,7 +10,7 @@ use ordo_client::{v1, Client, Consistency};
 use super::dataset::{NearbyDataset, RADIUS_M};
 use super::fill::MAX_DCS;
 use super::{postgres, redis, PgGeo};
-use crate::targets::{Endpoints, Target};
+use crate::targets::{in_parallel, upsert_bench_items, Endpoints, Target};
 use crate::workload::Line;
 
 /// Nearby availability answers count at most this many stores, nearest first (Ordo's default
@@ -205,65 +205,41 @@ async fn ordo_order(client: &Client, lat: f64, lon: f64, lines: &[(u32, i64)]) -
     }
 }
 
-/// Runs `calls` with at most [`LOAD_CALLS_IN_FLIGHT`] in flight; the first error stops it.
-async fn in_parallel<F>(calls: impl Iterator<Item = F>) -> anyhow::Result<()>
-where
-    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let mut set = tokio::task::JoinSet::new();
-    for call in calls {
-        if set.len() >= LOAD_CALLS_IN_FLIGHT {
-            set.join_next().await.context("a load call")???;
-        }
-        set.spawn(call);
-    }
-    while let Some(done) = set.join_next().await {
-        done??;
-    }
-    Ok(())
-}
-
 async fn ordo_load(client: &Client, ep: &Endpoints, data: &NearbyDataset) -> anyhow::Result<()> {
-    in_parallel(data.sites.iter().map(|site| {
-        let client = client.clone();
-        let dc = v1::Dc {
-            dc_id: site.dc,
-            name: format!("bench dark store {}", site.dc),
-            lat: site.lat,
-            lon: site.lon,
-            region: Some(site.region),
-            active: true,
-        };
-        async move {
-            client.upsert_dc(dc).await?;
-            Ok(())
-        }
-    }))
+    in_parallel(
+        LOAD_CALLS_IN_FLIGHT,
+        data.sites.iter().map(|site| {
+            let client = client.clone();
+            let dc = v1::Dc {
+                dc_id: site.dc,
+                name: format!("bench dark store {}", site.dc),
+                lat: site.lat,
+                lon: site.lon,
+                region: Some(site.region),
+                active: true,
+            };
+            async move {
+                client.upsert_dc(dc).await?;
+                Ok(())
+            }
+        }),
+    )
     .await
     .context("upserting the DCs")?;
-    in_parallel((1..=data.skus).map(|sku| {
-        let client = client.clone();
-        async move {
-            client
-                .upsert_item(v1::Item {
-                    sku,
-                    name: format!("bench sku {sku}"),
-                    price_cents: 100,
-                })
-                .await?;
-            Ok(())
-        }
-    }))
-    .await
-    .context("upserting the items")?;
-    in_parallel(data.rows().map(|(dc, sku, units)| {
-        let client = client.clone();
-        async move {
-            let r = client.restock(dc, sku, units, None).await?;
-            anyhow::ensure!(r.applied, "restock of dc {dc} sku {sku} refused");
-            Ok(())
-        }
-    }))
+    upsert_bench_items(client, data.skus, LOAD_CALLS_IN_FLIGHT)
+        .await
+        .context("upserting the items")?;
+    in_parallel(
+        LOAD_CALLS_IN_FLIGHT,
+        data.rows().map(|(dc, sku, units)| {
+            let client = client.clone();
+            async move {
+                let r = client.restock(dc, sku, units, None).await?;
+                anyhow::ensure!(r.applied, "restock of dc {dc} sku {sku} refused");
+                Ok(())
+            }
+        }),
+    )
     .await
     .context("restocking")?;
     // Every node has applied the load before the clients start: a linearizable read on each

@@ -90,25 +90,7 @@ impl OrdoService {
     ) -> Result<Response<v1::PlaceOrdersResponse>, Status> {
         let retry = is_retry(&request);
         let orders = request.into_inner().orders;
-        if orders.is_empty() || orders.len() > self.limits.orders_per_call_max {
-            return Err(Status::invalid_argument(format!(
-                "orders: between 1 and {} orders per call, not {}",
-                self.limits.orders_per_call_max,
-                orders.len()
-            )));
-        }
-        let mut txns = Vec::with_capacity(orders.len());
-        let mut ids = BTreeSet::new();
-        for (i, order) in orders.into_iter().enumerate() {
-            let txn = self.order_txn(order, &format!("orders[{i}]"))?;
-            if !ids.insert(txn.request_id.clone()) {
-                return Err(Status::invalid_argument(format!(
-                    "orders[{i}]: request_id {:?} appears twice in one call",
-                    txn.request_id
-                )));
-            }
-            txns.push(txn);
-        }
+        let txns = self.batch_txns(orders, "orders", Self::order_txn)?;
         let results = self.run(txns.clone(), retry).await?;
         let results = order_results(&txns, &results)?;
         Ok(Response::new(v1::PlaceOrdersResponse { results }))
@@ -130,31 +112,44 @@ impl OrdoService {
     ) -> Result<Response<v1::RestocksResponse>, Status> {
         let retry = is_retry(&request);
         let restocks = request.into_inner().restocks;
-        if restocks.is_empty() || restocks.len() > self.limits.orders_per_call_max {
-            return Err(Status::invalid_argument(format!(
-                "restocks: between 1 and {} restocks per call, not {}",
-                self.limits.orders_per_call_max,
-                restocks.len()
-            )));
-        }
-        let mut txns = Vec::with_capacity(restocks.len());
-        let mut ids = BTreeSet::new();
-        for (i, r) in restocks.into_iter().enumerate() {
-            let txn = self.restock_txn(r, &format!("restocks[{i}]"))?;
-            if !ids.insert(txn.request_id.clone()) {
-                return Err(Status::invalid_argument(format!(
-                    "restocks[{i}]: request_id {:?} appears twice in one call",
-                    txn.request_id
-                )));
-            }
-            txns.push(txn);
-        }
+        let txns = self.batch_txns(restocks, "restocks", Self::restock_txn)?;
         let results = self.run(txns, retry).await?;
         let results = results
             .iter()
             .map(restock_response)
             .collect::<Result<_, _>>()?;
         Ok(Response::new(v1::RestocksResponse { results }))
+    }
+
+    /// The transactions of a batched call (PlaceOrders, Restocks), validated as a whole:
+    /// between 1 and the batch limit of them, each one valid (`txn`), no request id twice.
+    /// `what` names the list in errors (`orders`, `orders[3]`).
+    fn batch_txns<T>(
+        &self,
+        items: Vec<T>,
+        what: &str,
+        txn: impl Fn(&Self, T, &str) -> Result<Txn, Status>,
+    ) -> Result<Vec<Txn>, Status> {
+        let max = self.limits.orders_per_call_max;
+        if items.is_empty() || items.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "{what}: between 1 and {max} {what} per call, not {}",
+                items.len()
+            )));
+        }
+        let mut txns = Vec::with_capacity(items.len());
+        let mut ids = BTreeSet::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let txn = txn(self, item, &format!("{what}[{i}]"))?;
+            if !ids.insert(txn.request_id.clone()) {
+                return Err(Status::invalid_argument(format!(
+                    "{what}[{i}]: request_id {:?} appears twice in one call",
+                    txn.request_id
+                )));
+            }
+            txns.push(txn);
+        }
+        Ok(txns)
     }
 
     /// A restock's transaction, validated; `what` names it in errors.
