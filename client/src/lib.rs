@@ -431,6 +431,23 @@ impl Client {
         format!("{}-{n}", self.shared.id_prefix)
     }
 
+    /// Gives every empty request id a fresh one; returns whether any id was the caller's
+    /// (such a call may repeat an earlier one, so even its first attempt is marked a retry).
+    pub(crate) fn fill_request_ids<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a mut String>,
+    ) -> bool {
+        let mut known_id = false;
+        for id in ids {
+            if id.is_empty() {
+                *id = self.new_request_id();
+            } else {
+                known_id = true;
+            }
+        }
+        known_id
+    }
+
     fn backoff(&self, attempt: u32) -> Duration {
         let base = self
             .retry
@@ -520,10 +537,7 @@ impl Client {
         &self,
         mut request: v1::PlaceOrderRequest,
     ) -> Result<v1::OrderResult, Error> {
-        let known_id = !request.request_id.is_empty();
-        if request.request_id.is_empty() {
-            request.request_id = self.new_request_id();
-        }
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
             .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
@@ -543,12 +557,7 @@ impl Client {
         &self,
         mut orders: Vec<v1::PlaceOrderRequest>,
     ) -> Result<Vec<v1::OrderResult>, Error> {
-        let known_id = orders.iter().any(|order| !order.request_id.is_empty());
-        for order in &mut orders {
-            if order.request_id.is_empty() {
-                order.request_id = self.new_request_id();
-            }
-        }
+        let known_id = self.fill_request_ids(orders.iter_mut().map(|o| &mut o.request_id));
         let request = v1::PlaceOrdersRequest { orders };
         let response = self
             .with_write_retries(known_id, |retry| {
@@ -596,12 +605,7 @@ impl Client {
         &self,
         mut restocks: Vec<v1::RestockRequest>,
     ) -> Result<Vec<v1::RestockResponse>, Error> {
-        let known_id = restocks.iter().any(|r| !r.request_id.is_empty());
-        for r in &mut restocks {
-            if r.request_id.is_empty() {
-                r.request_id = self.new_request_id();
-            }
-        }
+        let known_id = self.fill_request_ids(restocks.iter_mut().map(|r| &mut r.request_id));
         let request = v1::RestocksRequest { restocks };
         let response = self
             .with_write_retries(known_id, |retry| {

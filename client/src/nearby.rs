@@ -68,10 +68,7 @@ impl Client {
         &self,
         mut request: v1::PlaceOrderNearbyRequest,
     ) -> Result<v1::PlaceOrderNearbyResponse, Error> {
-        let known_id = !request.request_id.is_empty();
-        if request.request_id.is_empty() {
-            request.request_id = self.new_request_id();
-        }
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
             .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
@@ -92,10 +89,7 @@ impl Client {
         &self,
         mut request: v1::ReserveNearbyRequest,
     ) -> Result<v1::ReserveNearbyResponse, Error> {
-        let known_id = !request.request_id.is_empty();
-        if request.request_id.is_empty() {
-            request.request_id = self.new_request_id();
-        }
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
             .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
