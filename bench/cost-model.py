@@ -16,7 +16,8 @@ import collections
 import re
 
 STAGES = [
-    ("state store: the epoch's commit (sled transaction)", r"ordo_storage::store::Store::commit"),
+    ("state store: the epoch's commit (into the overlay; sled before 2026-11-25)", r"ordo_storage::store::Store::commit"),
+    ("state store: the checkpoint writer (sled's batch, behind the epochs)", r"ordo_storage::behind::write_loop"),
     ("execution: routing, locks, decisions, the rows they read", r"ordo_scheduler::exec::execute_epoch|ordo_scheduler::partition"),
     ("the rest of an epoch's apply (hash, feed, waiters)", r"StateMachine::apply_batch"),
     ("Raft log: append and fdatasync", r"ordo_storage::raft_log"),

@@ -3,7 +3,8 @@
 //! field by field from a seeded generator that favours extremes (`i64::MIN`/`MAX`, zero,
 //! empty and oversized strings, unknown and duplicate ids, huge line counts), mixed with
 //! ordinary traffic so that the hostile ones meet real rows. The second execution of each log
-//! reads stock rows from the store's resident copy, the first from sled.
+//! reads stock rows from the store's resident copy and request ids through its known-key
+//! counts, the first from sled.
 
 mod common;
 
@@ -344,6 +345,7 @@ fn execute(
         store
             .keep_resident(&[keys::STOCK], keys::STOCK_GROUP_BYTES)
             .unwrap();
+        store.keep_known(&[keys::DEDUPE]).unwrap();
     }
     let cfg = ExecConfig {
         timing_jitter_seed: jitter,

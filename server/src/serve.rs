@@ -182,6 +182,18 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "stock rows resident"
     );
+    // Request ids in use are known in memory, so a new id's dedupe lookup (every order's)
+    // never reaches sled (`Store::keep_known`).
+    let started = std::time::Instant::now();
+    let ids = node
+        .store
+        .keep_known(&[keys::DEDUPE])
+        .context("loading the request ids in use")?;
+    tracing::info!(
+        ids,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "request ids known"
+    );
     if opts.peers.is_empty() {
         node.wait_leader(Duration::from_secs(30))
             .await

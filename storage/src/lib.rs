@@ -5,7 +5,8 @@
 //! partition stores, the applied-epoch watermark, the chained BLAKE3 state hash, snapshot
 //! exports, and a Raft log store that passes `openraft::testing::Suite`.
 //!
-//! - [`store::Store`]: sled, a keyspace per partition in one tree, one atomic batch per epoch.
+//! - [`store::Store`]: sled, a keyspace per partition in one tree; each epoch's writes go to an
+//!   overlay in memory at once and to sled behind it, many epochs per atomic batch (`behind.rs`).
 //! - [`raft_log::LogStore`]: the segmented, checksummed, fsynced Raft log.
 //! - [`hash`]: the state hash chain.
 //!
@@ -15,11 +16,13 @@
 // openraft's `StorageError` is large, and the trait signatures that return it are openraft's.
 #![allow(clippy::result_large_err)]
 
+mod behind;
 pub mod hash;
 pub mod raft_log;
 mod space;
 pub mod store;
 
+pub use behind::{APPLY_KEYS_MAX, PENDING_KEYS_MAX};
 pub use hash::{hex, HashChain, StateHash};
 pub use raft_log::LogStore;
 pub use store::{
@@ -39,4 +42,6 @@ pub enum StoreError {
     Invariant(String),
     #[error("configuration: {0}")]
     Config(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }

@@ -7,14 +7,19 @@
 //! write before writing it. A store from before (a tree per keyspace) is moved into `state`
 //! once, when it is opened ([`migrate`]).
 
+use std::sync::Arc;
+
 use sled::{Batch, IVec, Tree};
 
+use crate::behind::{Behind, Merged, Staged};
 use crate::StoreError;
 
-/// One keyspace: the keys of the shared tree under `prefix`, seen without it.
+/// One keyspace: the keys of the shared tree under `prefix`, seen without it, through the
+/// overlay of writes not yet in sled (`behind.rs`).
 #[derive(Clone)]
 pub(crate) struct Space {
     tree: Tree,
+    behind: Arc<Behind>,
     prefix: [u8; 4],
 }
 
@@ -32,9 +37,10 @@ pub(crate) const REGIONS_MAX: u32 = u32::MAX - REGION_PREFIX_BASE - 1;
 type Pair = sled::Result<(IVec, IVec)>;
 
 impl Space {
-    pub(crate) fn new(tree: &Tree, prefix: u32) -> Space {
+    pub(crate) fn new(tree: &Tree, behind: &Arc<Behind>, prefix: u32) -> Space {
         Space {
             tree: tree.clone(),
+            behind: behind.clone(),
             prefix: prefix.to_be_bytes(),
         }
     }
@@ -52,10 +58,7 @@ impl Space {
         (u32::from_be_bytes(self.prefix) + 1).to_be_bytes().to_vec()
     }
 
-    fn strip(
-        &self,
-        pairs: impl DoubleEndedIterator<Item = Pair>,
-    ) -> impl DoubleEndedIterator<Item = Pair> {
+    fn strip(&self, pairs: impl Iterator<Item = Pair>) -> impl Iterator<Item = Pair> {
         let len = self.prefix.len();
         pairs.map(move |pair| pair.map(|(k, v)| (IVec::from(&k[len..]), v)))
     }
@@ -64,13 +67,21 @@ impl Space {
         // Point reads are the hot path: build the full key on the stack when it fits.
         let mut buf = [0u8; 64];
         let len = self.prefix.len() + key.len();
-        match buf.get_mut(..len) {
+        let heap;
+        let full: &[u8] = match buf.get_mut(..len) {
             Some(full) => {
                 full[..4].copy_from_slice(&self.prefix);
                 full[4..].copy_from_slice(key);
-                self.tree.get(full)
+                full
             }
-            None => self.tree.get(self.full(key)),
+            None => {
+                heap = self.full(key);
+                &heap
+            }
+        };
+        match self.behind.get(full) {
+            Some(staged) => Ok(staged),
+            None => self.tree.get(full),
         }
     }
 
@@ -88,28 +99,66 @@ impl Space {
         batch.remove(self.full(key));
     }
 
+    /// Stages a write for an epoch's commit (`behind.rs`).
+    pub(crate) fn put(&self, staged: &mut Staged, key: &[u8], value: impl Into<IVec>) {
+        staged.push((IVec::from(self.full(key)), Some(value.into())));
+    }
+
+    /// Stages a removal for an epoch's commit.
+    pub(crate) fn delete(&self, staged: &mut Staged, key: &[u8]) {
+        staged.push((IVec::from(self.full(key)), None));
+    }
+
+    /// The merged pairs with `start <= full key < end`: the overlay's entries are taken
+    /// first, then sled's iterator opened (see `behind.rs` for why that order is exact).
+    fn merged(&self, start: Vec<u8>, end: Vec<u8>, descending: bool) -> impl Iterator<Item = Pair> {
+        let staged = self.behind.range(&start, &end);
+        let on_disk = self.tree.range(start..end);
+        let pairs: Box<dyn Iterator<Item = Pair> + Send> = if descending {
+            Box::new(Merged::new(on_disk.rev(), staged, true))
+        } else {
+            Box::new(Merged::new(on_disk, staged, false))
+        };
+        self.strip(pairs)
+    }
+
     /// Every pair, in key order.
-    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = Pair> {
-        self.strip(self.tree.range(self.prefix.to_vec()..self.end()))
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Pair> {
+        self.merged(self.prefix.to_vec(), self.end(), false)
     }
 
     /// The pairs whose key starts with `prefix`, in key order.
-    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> impl DoubleEndedIterator<Item = Pair> {
-        self.strip(self.tree.scan_prefix(self.full(prefix)))
+    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = Pair> {
+        let start = self.full(prefix);
+        let end = successor(&start).unwrap_or_else(|| self.end());
+        self.merged(start, end, false)
     }
 
     /// The pairs with `start <= key < end` (no `end`: to the end of the keyspace).
-    pub(crate) fn range(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-    ) -> impl DoubleEndedIterator<Item = Pair> {
+    pub(crate) fn range(&self, start: &[u8], end: Option<&[u8]>) -> impl Iterator<Item = Pair> {
         let end = match end {
             Some(end) => self.full(end),
             None => self.end(),
         };
-        self.strip(self.tree.range(self.full(start)..end))
+        self.merged(self.full(start), end, false)
     }
+
+    /// [`Space::range`] in descending key order.
+    pub(crate) fn range_rev(&self, start: &[u8], end: &[u8]) -> impl Iterator<Item = Pair> {
+        self.merged(self.full(start), self.full(end), true)
+    }
+}
+
+/// The first key past every key that starts with `prefix` (`None`: there is none).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
 }
 
 /// The name of the shared tree.
@@ -122,7 +171,11 @@ const MIGRATE_BATCH_PAIRS: usize = 10_000;
 /// into `state`, then drops those trees, `meta` last; returns how many pairs it moved. Nothing
 /// else writes while it runs, and each step only copies or drops, so a crash part way leaves
 /// a store it finishes next time: `meta` is there until everything else is.
-pub(crate) fn migrate(db: &sled::Db, state: &Tree) -> Result<u64, StoreError> {
+pub(crate) fn migrate(
+    db: &sled::Db,
+    state: &Tree,
+    behind: &Arc<Behind>,
+) -> Result<u64, StoreError> {
     let mut old: Vec<(IVec, u32)> = Vec::new();
     for name in db.tree_names() {
         let prefix = match &*name {
@@ -147,7 +200,7 @@ pub(crate) fn migrate(db: &sled::Db, state: &Tree) -> Result<u64, StoreError> {
     let mut moved = 0u64;
     for (name, prefix) in &old {
         let tree = db.open_tree(name)?;
-        let space = Space::new(state, *prefix);
+        let space = Space::new(state, behind, *prefix);
         let mut batch = Batch::default();
         let mut in_batch = 0;
         for pair in tree.iter() {

@@ -6,10 +6,12 @@
 //! of one sled tree (`space.rs`; snapshots still name them as trees). This layer deals in
 //! bytes: what the keys and values mean belongs to the scheduler.
 //!
-//! Every epoch is applied with [`Store::commit`] as one atomic sled batch over all keyspaces
-//! that also moves the applied-epoch watermark, so after a crash the store is either before or
-//! after an epoch, never inside one. sled is not the durability anchor (its flush is
-//! `sync_file_range`): the Raft log is, and a restarted node re-applies from the watermark.
+//! Every epoch is applied with [`Store::commit`]: its writes, over all keyspaces, with the
+//! applied-epoch watermark, go into an in-memory overlay that every read consults first, and a
+//! writer thread puts them in sled behind it, in atomic batches of whole epochs (`behind.rs`),
+//! so after a crash sled is at the end of some epoch, never inside one. sled is not the
+//! durability anchor (its flush is `sync_file_range`): the Raft log is, and a restarted node
+//! re-applies from the watermark.
 //!
 //! Snapshots: [`Store::export_snapshot`] dumps every tree as of one epoch without stopping
 //! commits. It notes the applied state under the epoch gate, dumps the trees while commits go
@@ -34,6 +36,10 @@
 //! batch that removes the entries, and a snapshot import empties the feed and starts it
 //! after the imported epoch, so the feed never holds a silent gap.
 //!
+//! Known keys: [`Store::keep_known`] counts the region keys under one prefix (the scheduler's
+//! dedupe entries) by a hash of each, so a point read of such a key that was never written is
+//! answered without the overlay or sled; commits keep the counts exact (see `Known`).
+//!
 //! Resident keys: [`Store::keep_resident`] keeps every region key under one prefix (the
 //! scheduler's stock rows) in memory beside sled, loaded once and then changed by every commit
 //! and import in the same critical section as sled, so a point read of such a key is a hash
@@ -47,14 +53,15 @@
 //! sled only if the version did not move meanwhile. So the cache holds nothing sled no longer
 //! does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use serde::{Deserialize, Serialize};
 use sled::{Batch, IVec};
 
+use crate::behind::{Behind, Staged};
 use crate::hash::{HashChain, StateHash};
 use crate::space::{self, Space};
 use crate::StoreError;
@@ -176,6 +183,8 @@ const FIRST_REGION_TREE: usize = 3;
 
 /// A node's partition stores.
 pub struct Store {
+    /// The overlay of epochs not yet in sled, and the thread that writes them (`behind.rs`).
+    behind: Arc<Behind>,
     db: sled::Db,
     /// The one tree every keyspace lives in (`space.rs`).
     state: sled::Tree,
@@ -188,7 +197,8 @@ pub struct Store {
     /// Held for writing while an epoch commits or a snapshot is imported, and for reading by
     /// [`Store::consistent`] and briefly at the start and end of an export, so a multi-row
     /// read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`, then
-    /// `capture`, then `feed`, then `resident`.
+    /// `capture`, then `feed`, then `feed_entries`, then `known`, then `resident`. The
+    /// overlay's own locks (`behind.rs`) come after all of them.
     gate: RwLock<()>,
     /// The before-images of a running export; `None` when no export runs. Commits fill it, so
     /// the export can undo what they changed after the epoch it reflects.
@@ -213,6 +223,11 @@ pub struct Store {
     resident: RwLock<Option<Resident>>,
     /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
     resident_prefix: OnceLock<Vec<u8>>,
+    /// The region keys under one prefix that exist, as hashes ([`Store::keep_known`]);
+    /// `None` until asked. Changed by commits and imports under the resident lock's hold.
+    known: RwLock<Option<Known>>,
+    /// The known prefix, once set.
+    known_prefix: OnceLock<Vec<u8>>,
     /// The global partition's keys read before, with their values (see the module docs).
     global_cache: Mutex<HashMap<Vec<u8>, IVec>>,
     /// Tests run this between a global read's sled read and its cache fill (a commit there).
@@ -222,6 +237,16 @@ pub struct Store {
     feed_tree: Space,
     /// The feed's start, size and retention.
     feed: Mutex<FeedState>,
+    /// The epoch and size of each entry in the feed, oldest first, so pruning reads no sled.
+    /// Taken under `feed` (only commits and imports change it).
+    feed_entries: Mutex<VecDeque<(u64, u64)>>,
+}
+
+/// A feed key's epoch.
+fn feed_epoch(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes =
+        <[u8; 8]>::try_from(key).map_err(|_| StoreError::Corrupt(format!("feed key {key:?}")))?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// Point reads that take the resident lock once for many keys ([`Store::reader`]). Hold it
@@ -333,6 +358,91 @@ impl Resident {
     }
 }
 
+/// Which region keys under one prefix exist: a count per 64-bit hash of (region, key), so a
+/// read of a key whose hash has no count is answered "absent" without reaching sled (a request
+/// id never used before: nearly every order's dedupe lookup). A count is exact: a commit
+/// adds one only for a key that did not exist and removes one only for a key that did,
+/// reading the key first when the counts alone cannot say. Keys that share a hash share a
+/// count, so a hash with a count may still name an absent key: then sled answers.
+struct Known {
+    prefix: Vec<u8>,
+    counts: HashMap<u64, u32>,
+}
+
+/// A key's hash in [`Known`]: SipHash with fixed keys, the same every time in this process.
+fn known_hash(region: u32, key: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    region.hash(&mut hasher);
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Known {
+    fn load(prefix: &[u8], regions: &[Space]) -> Result<Known, StoreError> {
+        let mut known = Known {
+            prefix: prefix.to_vec(),
+            counts: HashMap::new(),
+        };
+        for (n, tree) in regions.iter().enumerate() {
+            for pair in tree.scan_prefix(prefix) {
+                let (key, _) = pair?;
+                *known.counts.entry(known_hash(n as u32, &key)).or_default() += 1;
+            }
+        }
+        Ok(known)
+    }
+
+    fn covers(&self, part: Part, key: &[u8]) -> Option<u32> {
+        match part {
+            Part::Region(n) if key.starts_with(&self.prefix) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Whether the key may exist (`false`: it does not).
+    fn may_hold(&self, region: u32, key: &[u8]) -> bool {
+        self.counts.contains_key(&known_hash(region, key))
+    }
+
+    /// Counts one commit's write of a covered key; `existed` says whether the key existed
+    /// before it, and is asked only when the counts cannot tell.
+    fn apply(
+        &mut self,
+        region: u32,
+        key: &[u8],
+        written: bool,
+        existed: impl FnOnce() -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let hash = known_hash(region, key);
+        match (self.counts.get(&hash).copied(), written) {
+            (None, true) => {
+                self.counts.insert(hash, 1);
+            }
+            (None, false) => {}
+            (Some(count), true) => {
+                if !existed()? {
+                    self.counts.insert(hash, count + 1);
+                }
+            }
+            (Some(count), false) => {
+                if existed()? {
+                    if count <= 1 {
+                        self.counts.remove(&hash);
+                    } else {
+                        self.counts.insert(hash, count - 1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> usize {
+        self.counts.values().map(|&c| c as usize).sum()
+    }
+}
+
 /// What commits record while an export runs.
 #[derive(Debug, Default)]
 struct Capture {
@@ -429,14 +539,15 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         let state = db.open_tree(space::STATE_TREE)?;
-        let moved = space::migrate(&db, &state)?;
+        let behind = Arc::new(Behind::start(&state)?);
+        let moved = space::migrate(&db, &state, &behind)?;
         if moved > 0 {
             tracing::info!(
                 pairs = moved,
                 "moved a store with a tree per partition into one tree"
             );
         }
-        let meta = Space::new(&state, space::META_PREFIX);
+        let meta = Space::new(&state, &behind, space::META_PREFIX);
         // An interrupted import left the state before it whole (the import is one
         // transaction); the caller finishes it from the snapshot it was importing.
         let import_interrupted = meta.get(META_IMPORTING)?.is_some();
@@ -469,7 +580,7 @@ impl Store {
             }
         };
         let regions = (0..partitions)
-            .map(|n| Space::new(&state, space::REGION_PREFIX_BASE + n))
+            .map(|n| Space::new(&state, &behind, space::REGION_PREFIX_BASE + n))
             .collect::<Vec<_>>();
         let applied: Applied = match meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
@@ -478,7 +589,7 @@ impl Store {
                 ..Applied::default()
             },
         };
-        let feed_tree = Space::new(&state, space::FEED_PREFIX);
+        let feed_tree = Space::new(&state, &behind, space::FEED_PREFIX);
         let feed_start = match meta.get(META_FEED_START)? {
             Some(bytes) => decode("feed start", &bytes)?,
             None => {
@@ -489,12 +600,16 @@ impl Store {
             }
         };
         let mut feed_bytes = 0u64;
+        let mut feed_entries = VecDeque::new();
         for kv in feed_tree.iter() {
-            feed_bytes += kv?.1.len() as u64;
+            let (key, value) = kv?;
+            feed_bytes += value.len() as u64;
+            feed_entries.push_back((feed_epoch(&key)?, value.len() as u64));
         }
         Ok(Self {
-            hashes: Space::new(&state, space::HASHES_PREFIX),
-            global: Space::new(&state, space::GLOBAL_PREFIX),
+            hashes: Space::new(&state, &behind, space::HASHES_PREFIX),
+            global: Space::new(&state, &behind, space::GLOBAL_PREFIX),
+            behind,
             state,
             db,
             meta,
@@ -511,12 +626,15 @@ impl Store {
             before_global_fill: Mutex::new(None),
             resident: RwLock::new(None),
             resident_prefix: OnceLock::new(),
+            known: RwLock::new(None),
+            known_prefix: OnceLock::new(),
             feed_tree,
             feed: Mutex::new(FeedState {
                 start: feed_start,
                 bytes: feed_bytes,
                 retention: FeedRetention::default(),
             }),
+            feed_entries: Mutex::new(feed_entries),
         })
     }
 
@@ -650,6 +768,14 @@ impl Store {
     }
 
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        if let (Part::Region(n), Some(prefix)) = (part, self.known_prefix.get()) {
+            if key.starts_with(prefix) {
+                let known = self.known.read().expect("known lock");
+                if known.as_ref().is_some_and(|k| !k.may_hold(n, key)) {
+                    return Ok(None);
+                }
+            }
+        }
         let resident = matches!(part, Part::Region(_))
             && self
                 .resident_prefix
@@ -734,6 +860,24 @@ impl Store {
         Ok(count)
     }
 
+    /// Keeps which region keys under `prefix` exist in memory from now on (a 64-bit hash of
+    /// each, about 20 bytes a key), so [`Store::get`] answers most reads of absent keys without
+    /// reaching sled; returns how many there are. Costs a scan of those keys now. One prefix
+    /// per store, and not the resident one.
+    pub fn keep_known(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        let _gate = self.gate.write().expect("epoch gate");
+        if self.known_prefix.get_or_init(|| prefix.to_vec()) != prefix {
+            return Err(StoreError::Config(format!(
+                "keys under {:?} are known already; one prefix per store",
+                self.known_prefix.get()
+            )));
+        }
+        let loaded = Known::load(prefix, &self.regions)?;
+        let count = loaded.len();
+        *self.known.write().expect("known lock") = Some(loaded);
+        Ok(count)
+    }
+
     /// Key/value pairs under `prefix`, in key order, at most `limit` of them.
     pub fn scan_prefix(
         &self,
@@ -772,7 +916,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree(part)?.range(start, Some(end)).rev().take(limit) {
+        for kv in self.tree(part)?.range_rev(start, end).take(limit) {
             out.push(kv?);
         }
         Ok(out)
@@ -814,6 +958,8 @@ impl Store {
     /// must stop. Returns the state hash after the commit.
     pub fn commit(&self, commit: EpochCommit) -> Result<StateHash, StoreError> {
         let _gate = self.gate.write().expect("epoch gate");
+        // Waits while sled is far behind, and drops what it caught up on from the overlay.
+        self.behind.make_room()?;
         let mut applied = self.applied.lock().expect("applied lock");
         let mut next = applied.clone();
         next.raft_meta = commit.raft_meta;
@@ -862,28 +1008,33 @@ impl Store {
             }
         }
 
-        let mut batch = Batch::default();
-        self.meta.insert(&mut batch, META_APPLIED, encode(&next));
+        let mut batch = Staged::new();
+        self.meta.put(&mut batch, META_APPLIED, encode(&next));
         let mut feed = self.feed.lock().expect("feed lock");
-        let feed_next: FeedState = match commit.stamp {
-            Some(stamp) => {
-                self.feed_commit(&feed, stamp.epoch, commit.feed.as_deref(), &mut batch)?
-            }
-            None => *feed,
+        let mut feed_entries = self.feed_entries.lock().expect("feed entries lock");
+        let (feed_next, feed_pruned) = match commit.stamp {
+            Some(stamp) => self.feed_commit(
+                &feed,
+                &feed_entries,
+                stamp.epoch,
+                commit.feed.as_deref(),
+                &mut batch,
+            ),
+            None => (*feed, 0),
         };
         // Readers of the feed take no lock: they must see the start move before the entries
         // it drops go (see `feed_read`).
         feed.start = feed_next.start;
         drop(feed);
         if let Some(stamp) = commit.stamp {
-            self.hashes.insert(
+            self.hashes.put(
                 &mut batch,
                 &stamp.epoch.to_be_bytes(),
                 encode(&next.state_hash),
             );
             if stamp.epoch > HASH_WINDOW_EPOCHS {
                 let expired = stamp.epoch - HASH_WINDOW_EPOCHS;
-                self.hashes.remove(&mut batch, &expired.to_be_bytes());
+                self.hashes.delete(&mut batch, &expired.to_be_bytes());
             }
         }
         let touches_global = commit.writes.contains_key(&Part::Global);
@@ -891,13 +1042,33 @@ impl Store {
             let space = self.tree(*part)?;
             for (key, value) in writes {
                 match value {
-                    Some(value) => space.insert(&mut batch, key, value.as_slice()),
-                    None => space.remove(&mut batch, key),
+                    Some(value) => space.put(&mut batch, key, value.as_slice()),
+                    None => space.delete(&mut batch, key),
+                }
+            }
+        }
+        let mut known = self.known.write().expect("known lock");
+        if let Some(known) = known.as_mut() {
+            // Whether each covered key exists after this commit's writes so far: a key the
+            // commit writes twice is counted from its own earlier write, not from the store.
+            let mut now: HashMap<(u32, &[u8]), bool> = HashMap::new();
+            for (part, writes) in &commit.writes {
+                let space = self.tree(*part)?;
+                for (key, value) in writes {
+                    if let Some(n) = known.covers(*part, key) {
+                        let before = now.get(&(n, key.as_slice())).copied();
+                        // Read before this commit's writes are staged: the key's state before it.
+                        known.apply(n, key, value.is_some(), || match before {
+                            Some(exists) => Ok(exists),
+                            None => Ok(space.get(key)?.is_some()),
+                        })?;
+                        now.insert((n, key.as_slice()), value.is_some());
+                    }
                 }
             }
         }
         let mut resident = self.resident.write().expect("resident lock");
-        self.state.apply_batch(batch)?;
+        self.behind.stage(batch);
         if let Some(resident) = resident.as_mut() {
             for (part, writes) in &commit.writes {
                 if let Part::Region(n) = part {
@@ -908,10 +1079,16 @@ impl Store {
             }
         }
         drop(resident);
+        drop(known);
         if touches_global {
             let written = commit.writes.get(&Part::Global).into_iter().flatten();
             self.global_changed(Some(written.map(|(key, _)| key.as_slice())));
         }
+        feed_entries.drain(..feed_pruned);
+        if let (Some(stamp), Some(entry)) = (commit.stamp, &commit.feed) {
+            feed_entries.push_back((stamp.epoch, entry.len() as u64));
+        }
+        drop(feed_entries);
         *self.feed.lock().expect("feed lock") = feed_next;
         let hash = next.state_hash;
         *applied = next;
@@ -919,17 +1096,19 @@ impl Store {
     }
 
     /// The feed's writes for epoch `epoch`: its entry, and the entries retention drops, with
-    /// the new start in `meta`. Runs under the epoch gate (nothing else changes the feed).
+    /// the new start in `meta`; returns the feed after it, and how many of the oldest
+    /// `entries` it dropped. Runs under the epoch gate (nothing else changes the feed).
     fn feed_commit(
         &self,
         feed: &FeedState,
+        entries: &VecDeque<(u64, u64)>,
         epoch: u64,
         entry: Option<&[u8]>,
-        batch: &mut Batch,
-    ) -> Result<FeedState, StoreError> {
+        batch: &mut Staged,
+    ) -> (FeedState, usize) {
         let mut next = *feed;
         if let Some(entry) = entry {
-            self.feed_tree.insert(batch, &epoch.to_be_bytes(), entry);
+            self.feed_tree.put(batch, &epoch.to_be_bytes(), entry);
             next.bytes += entry.len() as u64;
         }
         let retention = feed.retention;
@@ -937,28 +1116,28 @@ impl Store {
         let mut start = feed
             .start
             .max((epoch + 1).saturating_sub(retention.epochs.max(1)));
-        for kv in self.feed_tree.iter().take(FEED_PRUNE_PER_COMMIT_MAX) {
-            let (key, value) = kv?;
-            let Ok(bytes) = <[u8; 8]>::try_from(key.as_ref()) else {
-                return Err(StoreError::Corrupt(format!("feed key {key:?}")));
-            };
-            let old = u64::from_be_bytes(bytes);
+        let mut pruned = 0;
+        for &(old, bytes) in entries.iter().take(FEED_PRUNE_PER_COMMIT_MAX) {
             if old >= epoch || (old >= start && next.bytes <= retention.bytes) {
                 break;
             }
-            self.feed_tree.remove(batch, &key);
-            next.bytes = next.bytes.saturating_sub(value.len() as u64);
+            self.feed_tree.delete(batch, &old.to_be_bytes());
+            next.bytes = next.bytes.saturating_sub(bytes);
             start = start.max(old + 1);
+            pruned += 1;
         }
         if start != feed.start {
-            self.meta.insert(batch, META_FEED_START, encode(&start));
+            self.meta.put(batch, META_FEED_START, encode(&start));
             next.start = start;
         }
-        Ok(next)
+        (next, pruned)
     }
 
-    /// Asks sled to write its dirty pages out (`sync_file_range`; not an fsync).
+    /// Writes every committed epoch to sled, then asks sled to write its dirty pages out
+    /// (`sync_file_range`; not an fsync). Commits wait meanwhile.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _gate = self.gate.write().expect("epoch gate");
+        self.behind.sync()?;
         self.db.flush()?;
         Ok(())
     }
@@ -1093,6 +1272,9 @@ impl Store {
         let _one = self.snapshot.lock().expect("snapshot lock");
         // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
         let _gate = self.gate.write().expect("epoch gate");
+        // sled alone holds the state from here: the diff below is read from it and written
+        // to it directly.
+        self.behind.sync()?;
         self.mark_import_started()?;
         let mut batch = Batch::default();
         for ((_, space), (_, pairs)) in ours.iter().zip(&snapshot.trees) {
@@ -1120,9 +1302,11 @@ impl Store {
         let mut feed = self.feed.lock().expect("feed lock");
         // Before the entries go, for the lock-free readers (see `feed_read`).
         feed.start = feed_start;
+        let mut known = self.known.write().expect("known lock");
         let mut resident = self.resident.write().expect("resident lock");
         self.state.apply_batch(batch)?;
         feed.bytes = 0;
+        self.feed_entries.lock().expect("feed entries lock").clear();
         drop(feed);
         if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
             // Loading again failing leaves reads to sled rather than to a stale copy.
@@ -1133,6 +1317,13 @@ impl Store {
                 .ok();
         }
         drop(resident);
+        if let Some(prefix) = known.as_ref().map(|k| k.prefix.clone()) {
+            // Without the counts every read reaches sled, which is exact.
+            *known = Known::load(&prefix, &self.regions)
+                .inspect_err(|e| tracing::warn!(error = %e, "known keys dropped after an import"))
+                .ok();
+        }
+        drop(known);
         self.db.flush()?;
         *self.applied.lock().expect("applied lock") = match self.meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
@@ -1151,6 +1342,23 @@ impl Store {
     /// rows read there.
     pub fn global_version(&self) -> u64 {
         self.global_version.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Store {
+    /// Writes the epochs not yet in sled before sled closes (a crash instead leaves them to
+    /// the Raft log, from which the node re-applies them).
+    fn drop(&mut self) {
+        self.behind.stop();
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "flushing the partition stores as they close");
+        }
+        // sled frees some of its structures through epoch-based reclamation, and those the
+        // writer thread left hold the directory's lock file until another thread collects
+        // them: collect them now, so this process can open the directory again at once.
+        for _ in 0..8 {
+            crossbeam_epoch::pin().flush();
+        }
     }
 }
 
@@ -1378,6 +1586,161 @@ mod tests {
         assert_eq!(exported_at, store.applied());
         assert_eq!(exported_at.epoch, 3);
         assert_eq!(trees, store.dump_trees().expect("dump"));
+    }
+
+    /// Every read of a region, point and range both ways, against a model of what was
+    /// committed.
+    fn assert_reads(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
+        let part = Part::Region(0);
+        for n in 0..64u8 {
+            let key = [b'k', n];
+            assert_eq!(
+                store.get(part, &key).unwrap().map(|v| v.to_vec()),
+                model.get(key.as_slice()).cloned(),
+                "{when}: get {key:?}"
+            );
+        }
+        let all: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+        let pairs = |found: Vec<(IVec, IVec)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            found
+                .into_iter()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            pairs(store.scan_prefix(part, b"k", 1000).unwrap()),
+            all,
+            "{when}: scan"
+        );
+        let (lo, hi) = ([b'k', 10], [b'k', 40]);
+        let inside: Vec<_> = all
+            .iter()
+            .filter(|(k, _)| k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice())
+            .cloned()
+            .collect();
+        assert_eq!(
+            pairs(store.range(part, &lo, &hi, 1000).unwrap()),
+            inside,
+            "{when}: range"
+        );
+        let mut reversed = inside.clone();
+        reversed.reverse();
+        reversed.truncate(5);
+        assert_eq!(
+            pairs(store.range_rev(part, &lo, &hi, 5).unwrap()),
+            reversed,
+            "{when}: range_rev"
+        );
+    }
+
+    #[test]
+    fn epochs_read_back_exactly_while_sled_trails_and_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        {
+            let store = Store::open(dir.path(), 1).unwrap();
+            for epoch in 1..=200u64 {
+                // Each epoch writes three keys and removes one, some of them written by the
+                // epochs just before (still in the overlay), some long ago (in sled).
+                let mut writes = Vec::new();
+                for step in 0..3u64 {
+                    let key = vec![b'k', ((epoch * 7 + step * 13) % 64) as u8];
+                    let value = format!("{epoch}.{step}").into_bytes();
+                    model.insert(key.clone(), value.clone());
+                    writes.push((key, Some(value)));
+                }
+                let gone = vec![b'k', ((epoch * 11) % 64) as u8];
+                model.remove(&gone);
+                writes.push((gone, None));
+                commit(&store, epoch, vec![(Part::Region(0), writes)]);
+                assert_reads(&store, &model, &format!("after epoch {epoch}"));
+            }
+            assert!(
+                store.behind.overlay_len() > 0,
+                "sled trails the epochs just committed"
+            );
+            store.flush().unwrap();
+            assert_eq!(store.behind.overlay_len(), 0, "a flush writes every epoch");
+            commit(
+                &store,
+                201,
+                vec![(Part::Region(0), vec![(b"k\x00".to_vec(), None)])],
+            );
+            model.remove(b"k\x00".as_slice());
+            // Dropped without a flush: what is queued is still written.
+        }
+        let store = Store::open(dir.path(), 1).unwrap();
+        assert_eq!(store.applied_epoch(), 201);
+        assert_reads(&store, &model, "after a reopen");
+    }
+
+    #[test]
+    fn known_keys_answer_what_sled_holds_through_commits_and_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 2).unwrap();
+        let put = |k: &str| (k.as_bytes().to_vec(), Some(b"v".to_vec()));
+        let del = |k: &str| (k.as_bytes().to_vec(), None);
+        commit(
+            &store,
+            1,
+            vec![(Part::Region(0), vec![put("d1"), put("d2")])],
+        );
+        // Counted from what is there when asked.
+        assert_eq!(store.keep_known(b"d").unwrap(), 2);
+        let exists = |store: &Store, part: u32, key: &str| {
+            store
+                .get(Part::Region(part), key.as_bytes())
+                .unwrap()
+                .is_some()
+        };
+        // The same key in the other partition is another key.
+        assert!(exists(&store, 0, "d1") && !exists(&store, 1, "d1"));
+        commit(
+            &store,
+            2,
+            vec![
+                // A rewrite, a new key, a removal, and a removal of a key never written.
+                (
+                    Part::Region(0),
+                    vec![put("d1"), put("d3"), del("d2"), del("d9")],
+                ),
+                (Part::Region(1), vec![put("d1")]),
+            ],
+        );
+        let count = || store.known.read().unwrap().as_ref().unwrap().len();
+        assert_eq!(count(), 3, "d1 and d3 in p0, d1 in p1");
+        for (part, key, there) in [
+            (0, "d1", true),
+            (0, "d2", false),
+            (0, "d3", true),
+            (0, "d9", false),
+            (1, "d1", true),
+            (1, "d3", false),
+        ] {
+            assert_eq!(exists(&store, part, key), there, "p{part} {key}");
+        }
+        // A key written and removed in one commit (the counts follow the commit's own order).
+        commit(
+            &store,
+            3,
+            vec![(
+                Part::Region(0),
+                vec![put("d4"), del("d4"), del("d1"), put("d1")],
+            )],
+        );
+        assert_eq!(count(), 3);
+        assert!(exists(&store, 0, "d1") && !exists(&store, 0, "d4"));
+        // An import counts again from the imported state.
+        let (_, snapshot) = store.export_snapshot().unwrap();
+        commit(
+            &store,
+            4,
+            vec![(Part::Region(0), vec![del("d1"), del("d3")])],
+        );
+        assert!(!exists(&store, 0, "d1"));
+        store.import_snapshot(&snapshot).unwrap();
+        assert_eq!(count(), 3);
+        assert!(exists(&store, 0, "d1") && exists(&store, 0, "d3"));
     }
 
     #[test]
