@@ -95,7 +95,15 @@ impl Behind {
             let (shared, tree) = (shared.clone(), tree.clone());
             std::thread::Builder::new()
                 .name("ordo-checkpoint".into())
-                .spawn(move || write_loop(&shared, &tree))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(|| write_loop(&shared, &tree));
+                    if std::panic::catch_unwind(run).is_err() {
+                        // Commits and syncs must not wait for a writer that is gone.
+                        let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                        queue.failed = Some("the sled writer panicked".into());
+                        shared.done.notify_all();
+                    }
+                })
                 .map_err(|e| StoreError::Checkpoint(format!("starting the writer: {e}")))?
         };
         Ok(Behind {
