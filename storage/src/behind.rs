@@ -138,10 +138,16 @@ impl Behind {
     /// what sled now holds. Only a commit or an import calls it, with the epoch gate held for
     /// writing (see the module docs).
     pub(crate) fn make_room(&self) -> Result<(), StoreError> {
+        self.wait_then_drop_written(|queue| {
+            queue.pending_keys + queue.in_flight_keys >= PENDING_KEYS_MAX
+        })
+    }
+
+    /// Waits while `behind` holds (or the writer failed), then drops from the overlay what
+    /// sled holds.
+    fn wait_then_drop_written(&self, behind: impl Fn(&Queue) -> bool) -> Result<(), StoreError> {
         let mut queue = self.shared.queue.lock().map_err(poisoned)?;
-        while queue.failed.is_none()
-            && queue.pending_keys + queue.in_flight_keys >= PENDING_KEYS_MAX
-        {
+        while queue.failed.is_none() && behind(&queue) {
             queue = self.shared.done.wait(queue).map_err(poisoned)?;
         }
         if let Some(e) = &queue.failed {
@@ -193,17 +199,7 @@ impl Behind {
     /// With the epoch gate held for writing, the overlay is empty afterwards and sled alone
     /// is the state.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
-        let mut queue = self.shared.queue.lock().map_err(poisoned)?;
-        while queue.failed.is_none() && (!queue.pending.is_empty() || queue.in_flight_keys > 0) {
-            queue = self.shared.done.wait(queue).map_err(poisoned)?;
-        }
-        if let Some(e) = &queue.failed {
-            return Err(StoreError::Checkpoint(e.clone()));
-        }
-        let written = std::mem::take(&mut queue.written);
-        drop(queue);
-        self.drop_written(written);
-        Ok(())
+        self.wait_then_drop_written(|queue| !queue.pending.is_empty() || queue.in_flight_keys > 0)
     }
 
     /// Keys in the overlay (for tests and status).
