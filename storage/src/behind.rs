@@ -202,7 +202,7 @@ impl Behind {
         self.wait_then_drop_written(|queue| !queue.pending.is_empty() || queue.in_flight_keys > 0)
     }
 
-    /// Keys in the overlay (for tests and status).
+    /// Keys in the overlay (for tests).
     #[cfg(test)]
     pub(crate) fn overlay_len(&self) -> usize {
         self.shared.overlay.lock().expect("overlay lock").len()
@@ -229,7 +229,8 @@ impl Drop for Behind {
     }
 }
 
-/// The writer: gathers what commits stage, writes it in one sled batch, reports it written.
+/// The writer: takes what commits staged, writes it in sled batches of whole commits, and
+/// reports each batch written.
 fn write_loop(shared: &Shared, tree: &Tree) {
     loop {
         let taken = {

@@ -683,11 +683,7 @@ impl Store {
         let mut bytes = 0usize;
         for kv in self.feed_tree.range(&from.to_be_bytes(), None) {
             let (key, value) = kv?;
-            let epoch = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt(format!("feed key {key:?}")))?,
-            );
+            let epoch = feed_epoch(&key)?;
             if epoch > applied {
                 break;
             }
