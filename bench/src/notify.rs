@@ -20,7 +20,6 @@ use ordo_client::{v1, Client, Line, Subscription};
 use serde_json::json;
 
 use crate::servers::Server;
-use crate::targets::Target;
 
 /// Price drops in one run, at most.
 const ROUNDS_MAX: u32 = 100;
@@ -79,6 +78,10 @@ pub struct NotifyArgs {
     /// Concurrent subscribes while loading.
     #[arg(long, default_value_t = 256)]
     pub load_concurrency: u32,
+    /// The node's fan-out rate (`ordo server --notify-rate`: subscriptions read per second by
+    /// all notification streams together; 0: unpaced). Unset: the server's default.
+    #[arg(long)]
+    pub notify_rate: Option<u64>,
     /// The `ordo` binary.
     #[arg(long, default_value = "target/release/ordo")]
     pub ordo_bin: std::path::PathBuf,
@@ -163,7 +166,11 @@ async fn settle(server: &Server, timeout: Duration) -> f64 {
 }
 
 pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
-    let server = Server::start(Target::Ordo1, &args.ordo_bin, 3, &[])
+    let flags: Vec<String> = match args.notify_rate {
+        Some(rate) => vec!["--notify-rate".into(), rate.to_string()],
+        None => Vec::new(),
+    };
+    let server = Server::start_ordo_1(&args.ordo_bin, 3, &flags)
         .await
         .context("starting ordo-1")?;
     let url = server.endpoints.urls[0].clone();
@@ -473,6 +480,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<bool> {
         "workers": args.workers,
         "clients": args.clients,
         "rounds": rounds,
+        "notify_rate": args.notify_rate,
         "consumer_sched": format!("{:?}", args.consumer_sched).to_lowercase(),
         "settle_s": settle_s,
         "load_s": load_s,

@@ -125,10 +125,10 @@ impl Server {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
         match target {
             Target::Ordo1 | Target::Ordo1Batch | Target::Ordo1Stream => {
-                start_ordo(dir, target, ordo_bin, 1, partitions).await
+                start_ordo(dir, target, ordo_bin, 1, partitions, &[]).await
             }
             Target::Ordo3 | Target::Ordo3Batch | Target::Ordo3Stream => {
-                start_ordo(dir, target, ordo_bin, 3, partitions).await
+                start_ordo(dir, target, ordo_bin, 3, partitions, &[]).await
             }
             Target::Postgres | Target::PostgresCond => {
                 start_postgres(dir, target, pg_settings).await
@@ -140,6 +140,16 @@ impl Server {
             #[cfg(not(feature = "etcd"))]
             Target::Etcd => bail!("{}", crate::targets::ETCD_MISSING),
         }
+    }
+
+    /// Starts one Ordo node with `flags` added to `ordo server`'s.
+    pub async fn start_ordo_1(
+        ordo_bin: &Path,
+        partitions: u32,
+        flags: &[String],
+    ) -> anyhow::Result<Server> {
+        let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
+        start_ordo(dir, Target::Ordo1, ordo_bin, 1, partitions, flags).await
     }
 
     /// CPU seconds (user + system) used so far by the server processes and their children.
@@ -290,6 +300,7 @@ async fn start_ordo(
     ordo_bin: &Path,
     nodes: usize,
     partitions: u32,
+    flags: &[String],
 ) -> anyhow::Result<Server> {
     // Client ports, then peer ports.
     let ports = free_ports(2 * nodes)?;
@@ -316,6 +327,7 @@ async fn start_ordo(
         args.push(dir.path().join(format!("ordo-{id}")).into());
         args.push("--partitions".into());
         args.push(partitions.to_string().into());
+        args.extend(flags.iter().map(Into::into));
         if nodes > 1 {
             args.push("--peer-listen".into());
             args.push((&peer_addrs[i]).into());

@@ -10,14 +10,25 @@ impl Client {
         price_cents: i64,
         currency: &str,
     ) -> Result<v1::SetPriceResponse, Error> {
-        let request = v1::SetPriceRequest {
-            request_id: self.new_request_id(),
+        self.set_price_request(v1::SetPriceRequest {
+            request_id: String::new(),
             sku,
             price_cents,
             currency: currency.to_string(),
-        };
+        })
+        .await
+    }
+
+    /// Sets an item's price from a full request. A caller's request id makes the change
+    /// exactly-once across the caller's own retries (a restarted caller sending the same id
+    /// gets the first answer back); an empty one is filled in.
+    pub async fn set_price_request(
+        &self,
+        mut request: v1::SetPriceRequest,
+    ) -> Result<v1::SetPriceResponse, Error> {
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
-            .with_write_retries(false, |retry| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
                 let request = retry_marked(request.clone(), retry);
                 async move { ordo.set_price(request).await }
@@ -32,12 +43,21 @@ impl Client {
         &self,
         prices: Vec<v1::PriceSet>,
     ) -> Result<v1::SetPricesResponse, Error> {
-        let request = v1::SetPricesRequest {
-            request_id: self.new_request_id(),
+        self.set_prices_request(v1::SetPricesRequest {
+            request_id: String::new(),
             prices,
-        };
+        })
+        .await
+    }
+
+    /// [`Client::set_prices`] from a full request (an empty request id is filled in).
+    pub async fn set_prices_request(
+        &self,
+        mut request: v1::SetPricesRequest,
+    ) -> Result<v1::SetPricesResponse, Error> {
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
-            .with_write_retries(false, |retry| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
                 let request = retry_marked(request.clone(), retry);
                 async move { ordo.set_prices(request).await }
@@ -120,26 +140,43 @@ impl Subscription {
     }
 }
 
-impl Client {
-    pub async fn subscribe(&self, s: Subscription) -> Result<v1::SubscribeResponse, Error> {
-        let (near, (lat, lon, radius_m)) = match s.near {
+impl Subscription {
+    /// The SubscribeRequest for this subscription, with `request_id` (empty: the client fills
+    /// one in).
+    pub fn request(self, request_id: &str) -> v1::SubscribeRequest {
+        let (near, (lat, lon, radius_m)) = match self.near {
             Some(n) => (true, n),
             None => (false, (0.0, 0.0, 0)),
         };
-        let request = v1::SubscribeRequest {
-            request_id: self.new_request_id(),
-            user: s.user,
-            sku: s.sku,
-            kind: s.kind as i32,
-            price_below_cents: s.price_below_cents,
-            dc_ids: s.dc_ids,
+        v1::SubscribeRequest {
+            request_id: request_id.into(),
+            user: self.user,
+            sku: self.sku,
+            kind: self.kind as i32,
+            price_below_cents: self.price_below_cents,
+            dc_ids: self.dc_ids,
             near,
             lat,
             lon,
             radius_m,
-        };
+        }
+    }
+}
+
+impl Client {
+    pub async fn subscribe(&self, s: Subscription) -> Result<v1::SubscribeResponse, Error> {
+        self.subscribe_request(s.request("")).await
+    }
+
+    /// Subscribes from a full request: a caller's request id makes it exactly-once across the
+    /// caller's own retries; an empty one is filled in.
+    pub async fn subscribe_request(
+        &self,
+        mut request: v1::SubscribeRequest,
+    ) -> Result<v1::SubscribeResponse, Error> {
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
-            .with_write_retries(false, |retry| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
                 let request = retry_marked(request.clone(), retry);
                 async move { ordo.subscribe(request).await }
@@ -155,14 +192,23 @@ impl Client {
         sku: u32,
         kind: v1::SubscriptionKind,
     ) -> Result<v1::UnsubscribeResponse, Error> {
-        let request = v1::UnsubscribeRequest {
-            request_id: self.new_request_id(),
+        self.unsubscribe_request(v1::UnsubscribeRequest {
+            request_id: String::new(),
             user: user.into(),
             sku,
             kind: kind as i32,
-        };
+        })
+        .await
+    }
+
+    /// Unsubscribes from a full request (an empty request id is filled in).
+    pub async fn unsubscribe_request(
+        &self,
+        mut request: v1::UnsubscribeRequest,
+    ) -> Result<v1::UnsubscribeResponse, Error> {
+        let known_id = self.fill_request_ids([&mut request.request_id]);
         let response = self
-            .with_write_retries(false, |retry| {
+            .with_write_retries(known_id, |retry| {
                 let mut ordo = self.ordo();
                 let request = retry_marked(request.clone(), retry);
                 async move { ordo.unsubscribe(request).await }

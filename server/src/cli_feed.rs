@@ -25,6 +25,9 @@ pub enum FeedCommand {
         /// Without CENTS: at most this many history entries, newest first.
         #[arg(long, default_value_t = 20)]
         limit: u32,
+        /// The write's request id (a repeat with the same id is applied once) [default: new].
+        #[arg(long)]
+        request_id: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -80,6 +83,9 @@ pub enum FeedCommand {
         /// With --near: the radius in metres.
         #[arg(long, default_value_t = 10_000)]
         radius_m: u32,
+        /// The write's request id (a repeat with the same id is applied once) [default: new].
+        #[arg(long)]
+        request_id: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -89,6 +95,9 @@ pub enum FeedCommand {
         sku: u32,
         #[arg(long)]
         back_in_stock: bool,
+        /// The write's request id (a repeat with the same id is applied once) [default: new].
+        #[arg(long)]
+        request_id: Option<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -167,12 +176,20 @@ pub async fn run(command: FeedCommand) -> ExitCode {
             cents,
             currency,
             limit,
+            request_id,
             conn,
         } => {
             run_client(conn, |c: Client| async move {
                 match cents {
                     Some(cents) => {
-                        let r = c.set_price(sku, cents, &currency).await?;
+                        let r = c
+                            .set_price_request(v1::SetPriceRequest {
+                                request_id: request_id.unwrap_or_default(),
+                                sku,
+                                price_cents: cents,
+                                currency: currency.clone(),
+                            })
+                            .await?;
                         Ok(Output {
                             json: json!({
                                 "request_id": r.request_id,
@@ -234,6 +251,7 @@ pub async fn run(command: FeedCommand) -> ExitCode {
             dcs,
             near,
             radius_m,
+            request_id,
             conn,
         } => {
             run_client(conn, |c: Client| async move {
@@ -244,7 +262,9 @@ pub async fn run(command: FeedCommand) -> ExitCode {
                 s.price_below_cents = price_below.unwrap_or(0);
                 s.dc_ids = dcs;
                 s.near = near.map(|(lat, lon)| (lat, lon, radius_m));
-                let r = c.subscribe(s).await?;
+                let r = c
+                    .subscribe_request(s.request(&request_id.unwrap_or_default()))
+                    .await?;
                 let sub = r.subscription.unwrap_or_default();
                 Ok(Output {
                     json: json!({
@@ -267,6 +287,7 @@ pub async fn run(command: FeedCommand) -> ExitCode {
             user,
             sku,
             back_in_stock,
+            request_id,
             conn,
         } => {
             run_client(conn, |c: Client| async move {
@@ -274,7 +295,14 @@ pub async fn run(command: FeedCommand) -> ExitCode {
                     true => SubKind::BackInStock,
                     false => SubKind::PriceDrop,
                 };
-                let r = c.unsubscribe(&user, sku, kind.wire()).await?;
+                let r = c
+                    .unsubscribe_request(v1::UnsubscribeRequest {
+                        request_id: request_id.unwrap_or_default(),
+                        user: user.clone(),
+                        sku,
+                        kind: kind.wire() as i32,
+                    })
+                    .await?;
                 Ok(Output {
                     json: json!({
                         "request_id": r.request_id,

@@ -76,6 +76,11 @@ pub struct Tuning {
     /// stream ends with RESOURCE_EXHAUSTED and a resume token, in milliseconds [default: 10000]
     #[arg(long)]
     pub watch_stall_ms: Option<u64>,
+    /// Subscriptions per second all WatchNotifications streams together may read, so that a
+    /// fan-out to a million subscribers leaves the epochs' latency alone; 0: unpaced
+    /// [default: 250000]
+    #[arg(long)]
+    pub notify_rate: Option<u64>,
     /// Accept fault-injection admin calls (SetClockFault: skew this node's sequencer clock).
     /// For fault tests such as ordo-jepsen; never on a production node.
     #[arg(long)]
@@ -107,6 +112,7 @@ impl Tuning {
             watchers_max: self.watchers_max.or(other.watchers_max),
             watch_buffer_messages: self.watch_buffer_messages.or(other.watch_buffer_messages),
             watch_stall_ms: self.watch_stall_ms.or(other.watch_stall_ms),
+            notify_rate: self.notify_rate.or(other.notify_rate),
             fault_injection: self.fault_injection || other.fault_injection,
         }
     }
@@ -288,6 +294,7 @@ pub fn serve_options(
             watchers_max,
             watch_buffer_messages,
             watch_stall,
+            notify_per_s: tuning.notify_rate.unwrap_or(limits.notify_per_s),
             ..limits
         },
     })

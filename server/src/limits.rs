@@ -38,6 +38,9 @@ pub struct Limits {
     /// How long a Watch stream's buffer may stay full before the stream ends with
     /// RESOURCE_EXHAUSTED and a resume token (`--watch-stall-ms`).
     pub watch_stall: Duration,
+    /// Subscriptions per second this node's WatchNotifications streams read, all together
+    /// (`--notify-rate`; 0: unpaced). See `edge::pacer`.
+    pub notify_per_s: u64,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             watchers_max: 1_024,
             watch_buffer_messages: 256,
             watch_stall: Duration::from_secs(10),
+            notify_per_s: 250_000,
         }
     }
 }

@@ -208,3 +208,68 @@ async fn a_fan_out_over_several_messages_resumes_in_its_middle() {
     assert!(first_message > 0 && first_message <= 500, "{first_message}");
     assert_eq!(ids(&rest), ids(&all)[first_message..].to_vec());
 }
+
+/// A caller that chooses its request ids (one that may itself restart and send again) gets
+/// each price change, subscribe and unsubscribe applied once: a repeat answers with the first
+/// result and changes nothing, even after later writes.
+#[tokio::test]
+async fn a_callers_request_ids_make_prices_and_subscriptions_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+
+    let price = |id: &str, cents: i64| v1::SetPriceRequest {
+        request_id: id.into(),
+        sku: 1,
+        price_cents: cents,
+        currency: String::new(),
+    };
+    let first = client
+        .set_price_request(price("price-a", 150))
+        .await
+        .unwrap();
+    assert_eq!(first.request_id, "price-a");
+    let second = client
+        .set_price_request(price("price-b", 120))
+        .await
+        .unwrap();
+    assert!(second.epoch > first.epoch);
+    // "price-a" again, as a restarted caller would send it: the first answer, and the price
+    // stays the later one.
+    let again = client
+        .set_price_request(price("price-a", 150))
+        .await
+        .unwrap();
+    assert_eq!(again.epoch, first.epoch);
+    let history = client.get_price_history(1, 0, 0).await.unwrap();
+    assert_eq!(history.item.unwrap().price_cents, 120);
+    let cents: Vec<i64> = history.history.iter().map(|p| p.price_cents).collect();
+    assert_eq!(cents.iter().filter(|&&c| c == 150).count(), 1, "{cents:?}");
+
+    let subscribed = client
+        .subscribe_request(Subscription::price_drop("dora", 1).request("sub-dora"))
+        .await
+        .unwrap();
+    assert_eq!(subscribed.request_id, "sub-dora");
+    let ended = client
+        .unsubscribe_request(v1::UnsubscribeRequest {
+            request_id: "unsub-dora".into(),
+            user: "dora".into(),
+            sku: 1,
+            kind: v1::SubscriptionKind::PriceDrop as i32,
+        })
+        .await
+        .unwrap();
+    // The subscribe sent again does not open it again.
+    let again = client
+        .subscribe_request(Subscription::price_drop("dora", 1).request("sub-dora"))
+        .await
+        .unwrap();
+    assert_eq!(again.epoch, subscribed.epoch);
+    let open = client.list_subscriptions("dora", false).await.unwrap();
+    assert!(open.subscriptions.is_empty(), "{:?}", open.subscriptions);
+    let all = client.list_subscriptions("dora", true).await.unwrap();
+    assert_eq!(all.subscriptions.len(), 1);
+    assert_eq!(all.subscriptions[0].until_epoch, ended.epoch);
+}

@@ -25,6 +25,7 @@ mod holds;
 mod nearby;
 mod notifications;
 mod order_stream;
+mod pacer;
 mod prices;
 mod read;
 mod search;
@@ -47,6 +48,9 @@ pub struct OrdoService {
     search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
     /// One permit per Watch stream (`Limits::watchers_max`).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// The node's fan-out rate, shared by every WatchNotifications stream
+    /// (`Limits::notify_per_s`).
+    fan_out: Arc<pacer::Pacer>,
     /// Becomes true when the node stops: Watch streams end so the server can.
     closing: tokio::sync::watch::Receiver<bool>,
     /// One permit per OrderStream ([`order_stream::ORDER_STREAMS_MAX`]).
@@ -77,6 +81,7 @@ impl OrdoService {
             generated_id_prefix: format!("srv-{}-{nonce:x}", node.node_id),
             node,
             watchers: Arc::new(tokio::sync::Semaphore::new(limits.watchers_max)),
+            fan_out: Arc::new(pacer::Pacer::new(limits.notify_per_s)),
             closing,
             limits,
             generated_id_counter: AtomicU64::new(0),

@@ -224,6 +224,7 @@ impl OrdoService {
             },
             dcs: BTreeMap::new(),
             last_token: position.token(),
+            pace: self.fan_out.clone(),
             _permit: permit,
         };
         super::background::feed().spawn(async move {
@@ -247,6 +248,8 @@ struct Producer {
     dcs: BTreeMap<u32, Option<(i32, i32)>>,
     /// The token of the last message put in the buffer: where a stalled stream resumes.
     last_token: String,
+    /// The node's fan-out rate: every page of subscriptions books its share.
+    pace: Arc<super::pacer::Pacer>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -341,6 +344,7 @@ impl Producer {
                     SUBSCRIBERS_PAGE_MAX,
                 )
                 .map_err(|e| Some(internal(e)))?;
+                self.pace.take(page.len()).await;
                 let Some(last) = page.last() else { break };
                 after = Some(last.user.clone());
                 for record in &page {
