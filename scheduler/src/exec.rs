@@ -213,7 +213,8 @@ pub fn execute_epoch(
     // Stable: partitions in order, then each partition's events in the order they were made.
     events.sort_by_key(|(seq, _)| *seq);
     output.events = events.into_iter().map(|(_, event)| event).collect();
-    for (part, overlay) in overlays {
+    for (part, mut overlay) in overlays {
+        overlay.seal_remembered(epoch, time_ms);
         let writes = overlay.into_writes();
         if !writes.is_empty() {
             output.writes.insert(part, writes);
@@ -232,6 +233,9 @@ pub(crate) struct Overlay {
     /// The change events made in this partition, with the log position of the transaction
     /// that made each (`None`: the prologue), in the order they were made.
     events: Vec<(Option<usize>, Event)>,
+    /// Request ids remembered in this partition this epoch, with their transactions' log
+    /// positions: sealed into one expiry key at the end ([`Overlay::seal_remembered`]).
+    remembered: Vec<(usize, String)>,
 }
 
 /// A key's pending value in an overlay.
@@ -291,6 +295,28 @@ impl Overlay {
 
     pub(crate) fn emit(&mut self, seq: Option<usize>, event: Event) {
         self.events.push((seq, event));
+    }
+
+    /// Writes the epoch's expiry key for the request ids remembered in it (none: no key),
+    /// after every other write.
+    fn seal_remembered(&mut self, epoch: u64, time_ms: u64) {
+        if self.remembered.is_empty() {
+            return;
+        }
+        let mut remembered = std::mem::take(&mut self.remembered);
+        remembered.sort();
+        let mut seen = BTreeSet::new();
+        let record = DedupeEpoch {
+            request_ids: remembered
+                .into_iter()
+                .filter_map(|(_, id)| seen.insert(id.clone()).then_some(id))
+                .collect(),
+        };
+        self.put(
+            Some(usize::MAX),
+            keys::dedupe_by_epoch(time_ms, epoch),
+            Some(encode(&record)),
+        );
     }
 
     /// The epoch's writes: the prologue's first, then by the log position of the transaction
@@ -389,11 +415,7 @@ pub(crate) fn remember(
         keys::dedupe(&result.request_id),
         Some(encode(&record)),
     );
-    overlay.put(
-        Some(seq),
-        keys::dedupe_by_time(time_ms, &result.request_id),
-        Some(Vec::new()),
-    );
+    overlay.remembered.push((seq, result.request_id.clone()));
 }
 
 pub(crate) fn read_dedupe(

@@ -555,6 +555,13 @@ pub struct ClusterRecord {
     pub epoch: u64,
 }
 
+/// The request ids one epoch remembered in one partition, in log order: what expires them
+/// together (`keys::dedupe_by_epoch`). One key per epoch instead of one per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeEpoch {
+    pub request_ids: Vec<String>,
+}
+
 /// A remembered result, for `request_id` dedupe.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupeRecord {
@@ -653,8 +660,12 @@ pub mod keys {
     pub const STOCK: u8 = b's';
     pub const ORDER: u8 = b'o';
     pub const DEDUPE: u8 = b'd';
-    /// Dedupe expiry index: `t` + time_ms + request_id.
+    /// Dedupe expiry index of data written before `T`: `t` + time_ms + request_id → empty.
+    /// Still pruned; no longer written.
     pub const DEDUPE_BY_TIME: u8 = b't';
+    /// Dedupe expiry index, one key per partition and epoch: `T` + time_ms + epoch → the
+    /// request ids the epoch remembered in that partition ([`super::DedupeEpoch`]).
+    pub const DEDUPE_BY_EPOCH: u8 = b'T';
     pub const KV: u8 = b'k';
     /// The cluster configuration record (global partition): [`super::ClusterRecord`].
     pub const CLUSTER_CONFIG: &[u8] = b"Pcluster";
@@ -734,6 +745,19 @@ pub mod keys {
     /// The request id in a dedupe expiry key.
     pub fn request_id_of_time_key(key: &[u8]) -> Option<&[u8]> {
         key.get(9..)
+    }
+
+    pub fn dedupe_by_epoch(time_ms: u64, epoch: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17);
+        k.push(DEDUPE_BY_EPOCH);
+        k.extend_from_slice(&time_ms.to_be_bytes());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+
+    /// The epoch in a per-epoch dedupe expiry key.
+    pub fn epoch_of_dedupe_epoch_key(key: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(key.get(9..17)?.try_into().ok()?))
     }
 }
 

@@ -18,8 +18,11 @@ pub(crate) struct DedupeCutoff {
     pub(crate) epoch: u64,
 }
 
-/// Drops expired dedupe entries, oldest first. The expiry index is in time order, and time
-/// grows with the epoch, so the entries old enough by both measures are a prefix of it.
+/// Drops expired dedupe entries, oldest first. The expiry indexes are in time order, and time
+/// grows with the epoch, so the entries old enough by both measures are a prefix of them:
+/// first the per-request keys of data written before the per-epoch ones (`t`), then the
+/// per-epoch keys (`T`), whole epochs at a time (at least one, so a large epoch never stalls
+/// the pruning).
 pub(crate) fn prune_dedupe(
     store: &Store,
     part: Part,
@@ -30,6 +33,7 @@ pub(crate) fn prune_dedupe(
     if cutoff.time_ms == 0 || cutoff.epoch == 0 {
         return Ok(());
     }
+    let mut dropped = 0;
     let start = [keys::DEDUPE_BY_TIME];
     let end = keys::dedupe_by_time(cutoff.time_ms, "");
     for (key, _) in store.range(part, &start, &end, limit)? {
@@ -40,10 +44,33 @@ pub(crate) fn prune_dedupe(
             let record = DedupeRecord::decode(&bytes)
                 .map_err(|e| corrupt(format!("dedupe entry {dedupe_key:?} in {part}"), e))?;
             if record.result.epoch > cutoff.epoch {
-                break;
+                return Ok(());
             }
         }
         overlay.put(None, dedupe_key, None);
+        overlay.put(None, key.to_vec(), None);
+        dropped += 1;
+    }
+    if dropped >= limit {
+        return Ok(());
+    }
+    let start = [keys::DEDUPE_BY_EPOCH];
+    let end = keys::dedupe_by_epoch(cutoff.time_ms, 0);
+    for (key, value) in store.range(part, &start, &end, limit - dropped)? {
+        let epoch = keys::epoch_of_dedupe_epoch_key(&key)
+            .ok_or_else(|| ExecError::Invariant(format!("dedupe expiry key {key:?} in {part}")))?;
+        if epoch > cutoff.epoch {
+            break;
+        }
+        let record: DedupeEpoch = decode(&value)
+            .map_err(|e| corrupt(format!("dedupe expiry of epoch {epoch} in {part}"), e))?;
+        if dropped > 0 && dropped + record.request_ids.len() > limit {
+            break;
+        }
+        dropped += record.request_ids.len().max(1);
+        for request_id in &record.request_ids {
+            overlay.put(None, keys::dedupe(request_id), None);
+        }
         overlay.put(None, key.to_vec(), None);
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! Execution tests against a real sled store: outcomes users see, and determinism.
 
 use ordo_scheduler::*;
-use ordo_storage::{EpochCommit, EpochStamp, StateHash, Store};
+use ordo_storage::{EpochCommit, EpochStamp, Part, StateHash, Store};
+use std::collections::BTreeMap;
 
 const PARTITIONS: u32 = 3;
 
@@ -366,6 +367,115 @@ fn dedupe_entries_expire_after_the_window() {
         reads::dedupe(&node.store, "once").unwrap().is_none(),
         "expired entry pruned"
     );
+}
+
+/// Every key under `prefix` in every partition.
+fn keys_under(store: &Store, prefix: u8) -> Vec<Vec<u8>> {
+    let mut parts = vec![Part::Global];
+    parts.extend((0..store.partitions()).map(Part::Region));
+    let mut out = Vec::new();
+    for part in parts {
+        for (k, _) in store.scan_prefix(part, &[prefix], usize::MAX).unwrap() {
+            out.push(k.to_vec());
+        }
+    }
+    out
+}
+
+#[test]
+fn an_epochs_request_ids_expire_together_under_one_key_and_a_small_limit_holds() {
+    let mut node = Node::new(ExecConfig {
+        dedupe_window_ms: 3,
+        dedupe_window_epochs_min: 2,
+        dedupe_prune_max: 1,
+        ..ExecConfig::default()
+    });
+    seed(&mut node, 100);
+    for e in 0..3 {
+        let txns = (0..6)
+            .map(|i| {
+                order(
+                    &format!("o{e}-{i}"),
+                    &[(1 + i % 3, 1, 1)],
+                    Mode::AllOrNothing,
+                )
+            })
+            .collect();
+        node.run(txns);
+    }
+    // One expiry key per partition and epoch that remembered ids, none per request.
+    let per_epoch = keys_under(&node.store, keys::DEDUPE_BY_EPOCH);
+    assert!(!per_epoch.is_empty());
+    assert!(per_epoch.len() <= 4 * PARTITIONS as usize, "{per_epoch:?}");
+    assert!(keys_under(&node.store, keys::DEDUPE_BY_TIME).is_empty());
+    // A retry inside the window is answered, and the key names it still.
+    let again = node.run(vec![order("o2-0", &[(1, 1, 1)], Mode::AllOrNothing)]);
+    assert_eq!(again[0].epoch, 4);
+    for _ in 0..30 {
+        node.run(vec![]);
+    }
+    for e in 0..3 {
+        for i in 0..6 {
+            let id = format!("o{e}-{i}");
+            assert!(reads::dedupe(&node.store, &id).unwrap().is_none(), "{id}");
+        }
+    }
+    assert!(keys_under(&node.store, keys::DEDUPE_BY_EPOCH).is_empty());
+    assert!(keys_under(&node.store, keys::DEDUPE).is_empty());
+}
+
+#[test]
+fn request_ids_remembered_by_the_per_request_index_still_expire() {
+    let mut node = Node::new(ExecConfig {
+        dedupe_window_ms: 3,
+        dedupe_window_epochs_min: 2,
+        ..ExecConfig::default()
+    });
+    seed(&mut node, 5);
+    node.run(vec![order("old", &[(1, 1, 1)], Mode::AllOrNothing)]);
+    // Rewrite its expiry the way the per-request index held it: `t` + time + id.
+    let part = (0..PARTITIONS)
+        .map(Part::Region)
+        .chain([Part::Global])
+        .find(|&p| {
+            !node
+                .store
+                .scan_prefix(p, &[keys::DEDUPE_BY_EPOCH], 1)
+                .unwrap()
+                .is_empty()
+        })
+        .unwrap();
+    let (key, _) = node
+        .store
+        .scan_prefix(part, &[keys::DEDUPE_BY_EPOCH], 1)
+        .unwrap()[0]
+        .clone();
+    let time_ms = u64::from_be_bytes(key[1..9].try_into().unwrap());
+    // As an epoch of its own, with nothing else in it.
+    node.epoch += 1;
+    node.store
+        .commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch: node.epoch,
+                time_ms: 1_000 + node.epoch,
+            }),
+            writes: BTreeMap::from([(
+                part,
+                vec![
+                    (key.to_vec(), None),
+                    (keys::dedupe_by_time(time_ms, "old"), Some(Vec::new())),
+                ],
+            )]),
+            raft_meta: Vec::new(),
+            feed: None,
+        })
+        .unwrap();
+    assert!(reads::dedupe(&node.store, "old").unwrap().is_some());
+    for _ in 0..6 {
+        node.run(vec![]);
+    }
+    assert!(reads::dedupe(&node.store, "old").unwrap().is_none());
+    assert!(keys_under(&node.store, keys::DEDUPE_BY_TIME).is_empty());
 }
 
 fn kv(id: &str, ops: Vec<KvOp>) -> Txn {
