@@ -233,9 +233,9 @@ pub(crate) struct Overlay {
     /// The change events made in this partition, with the log position of the transaction
     /// that made each (`None`: the prologue), in the order they were made.
     events: Vec<(Option<usize>, Event)>,
-    /// Request ids remembered in this partition this epoch, with their transactions' log
-    /// positions: sealed into one expiry key at the end ([`Overlay::seal_remembered`]).
-    remembered: Vec<(usize, String)>,
+    /// Request ids remembered in this partition this epoch: sealed into one expiry key at the
+    /// end ([`Overlay::seal_remembered`]).
+    remembered: Vec<String>,
 }
 
 /// A key's pending value in an overlay.
@@ -303,15 +303,11 @@ impl Overlay {
         if self.remembered.is_empty() {
             return;
         }
-        let mut remembered = std::mem::take(&mut self.remembered);
-        remembered.sort();
-        let mut seen = BTreeSet::new();
-        let record = DedupeEpoch {
-            request_ids: remembered
-                .into_iter()
-                .filter_map(|(_, id)| seen.insert(id.clone()).then_some(id))
-                .collect(),
-        };
+        // In id order, whatever order the partition's executors remembered them in.
+        let mut request_ids = std::mem::take(&mut self.remembered);
+        request_ids.sort_unstable();
+        request_ids.dedup();
+        let record = DedupeEpoch { request_ids };
         self.put(
             Some(usize::MAX),
             keys::dedupe_by_epoch(time_ms, epoch),
@@ -415,7 +411,7 @@ pub(crate) fn remember(
         keys::dedupe(&result.request_id),
         Some(encode(&record)),
     );
-    overlay.remembered.push((seq, result.request_id.clone()));
+    overlay.remembered.push(result.request_id.clone());
 }
 
 pub(crate) fn read_dedupe(

@@ -555,7 +555,7 @@ pub struct ClusterRecord {
     pub epoch: u64,
 }
 
-/// The request ids one epoch remembered in one partition, in log order: what expires them
+/// The request ids one epoch remembered in one partition, in id order: what expires them
 /// together (`keys::dedupe_by_epoch`). One key per epoch instead of one per request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupeEpoch {
