@@ -20,6 +20,9 @@ pub struct Tally {
     pub orders_rejected: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub reads_ok: u64,
+    /// The highest epoch any answer to the clients named (Ordo's targets): the final check
+    /// reads at least this far, so it sees every acknowledged order on whichever node it asks.
+    pub highest_epoch: u64,
 }
 
 /// Errors are grouped by their first words, so one kind of failure is one count.
@@ -70,6 +73,7 @@ impl Tally {
             *self.errors.entry(k).or_default() += v;
         }
         self.reads_ok += other.reads_ok;
+        self.highest_epoch = self.highest_epoch.max(other.highest_epoch);
     }
 }
 

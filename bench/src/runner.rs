@@ -352,6 +352,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
                     done_ops.fetch_add(n, Ordering::Relaxed);
                 }
             }
+            stats.tally.highest_epoch = session.highest_epoch();
             stats
         }));
     }

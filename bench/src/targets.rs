@@ -261,6 +261,14 @@ pub(crate) async fn postgres_connect(url: &str) -> anyhow::Result<tokio_postgres
 }
 
 impl Session {
+    /// The highest epoch an answer to this session named (0 for the baselines).
+    pub fn highest_epoch(&self) -> u64 {
+        match self {
+            Session::Ordo(client, _) => client.highest_epoch(),
+            _ => 0,
+        }
+    }
+
     /// Opens client number `index`'s session (clients are spread over a cluster's nodes).
     pub async fn open(ep: &Endpoints, index: usize) -> anyhow::Result<Session> {
         let url = &ep.urls[index % ep.urls.len()];
@@ -525,6 +533,11 @@ impl Session {
     ) -> anyhow::Result<BTreeMap<(u32, u32), i64>> {
         let keys = check::keys_to_check(dataset, tally);
         if let Session::Ordo(client, _) = self {
+            // At least the epoch of the last answer any client had: a node that has not
+            // applied it yet (a follower, or a leader that lost its place) waits until it has,
+            // so no acknowledged order is missed by reading too early.
+            let client = client.clone().with_consistency(Consistency::AtLeastSeen);
+            client.observe_epoch(tally.highest_epoch);
             // Many reads in flight: a large dataset's check reads back 10⁵ rows or more.
             let mut out = BTreeMap::new();
             for chunk in keys.chunks(256) {
