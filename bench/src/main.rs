@@ -104,6 +104,10 @@ struct Knobs {
     /// --price-interval-ms, timed to the watchers' notification, while orders run).
     #[arg(long)]
     workload: WorkloadKind,
+    /// Ordo targets: node i serves Prometheus metrics on 127.0.0.1:PORT+i-1 (its
+    /// --metrics-listen), so a Prometheus server can scrape the run (deploy/prometheus.yml).
+    #[arg(long)]
+    metrics_port: Option<u16>,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -393,9 +397,15 @@ async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
     } else {
         Vec::new()
     };
-    let server = Server::start(target, &ordo_bin, knobs.partitions, &pg_settings)
-        .await
-        .with_context(|| format!("starting {target}"))?;
+    let server = Server::start(
+        target,
+        &ordo_bin,
+        knobs.partitions,
+        &pg_settings,
+        knobs.metrics_port,
+    )
+    .await
+    .with_context(|| format!("starting {target}"))?;
     let run = if knobs.workload == WorkloadKind::Cart {
         cart::run(&server, cfg).await
     } else if knobs.workload.is_nearby() {

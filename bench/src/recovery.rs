@@ -71,7 +71,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<bool> {
         0,
     );
     let dataset = spec.dataset;
-    let mut server = Server::start(Target::Ordo1, &args.ordo_bin, args.partitions, &[])
+    let mut server = Server::start(Target::Ordo1, &args.ordo_bin, args.partitions, &[], None)
         .await
         .context("starting ordo")?;
     let ep = server.endpoints.clone();

@@ -121,14 +121,29 @@ impl Server {
         ordo_bin: &Path,
         partitions: u32,
         pg_settings: &[(String, String)],
+        metrics_port: Option<u16>,
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
+        let nodes = match target {
+            Target::Ordo1 | Target::Ordo1Batch | Target::Ordo1Stream => 1,
+            _ => 3,
+        };
+        // Node i serves its metrics on the port + i - 1.
+        let metrics = |i: usize| match metrics_port {
+            Some(port) => vec![
+                "--metrics-listen".to_string(),
+                format!("127.0.0.1:{}", usize::from(port) + i),
+            ],
+            None => Vec::new(),
+        };
         match target {
-            Target::Ordo1 | Target::Ordo1Batch | Target::Ordo1Stream => {
-                start_ordo(dir, target, ordo_bin, 1, partitions, &[]).await
-            }
-            Target::Ordo3 | Target::Ordo3Batch | Target::Ordo3Stream => {
-                start_ordo(dir, target, ordo_bin, 3, partitions, &[]).await
+            Target::Ordo1
+            | Target::Ordo1Batch
+            | Target::Ordo1Stream
+            | Target::Ordo3
+            | Target::Ordo3Batch
+            | Target::Ordo3Stream => {
+                start_ordo(dir, target, ordo_bin, nodes, partitions, &[], metrics).await
             }
             Target::Postgres | Target::PostgresCond => {
                 start_postgres(dir, target, pg_settings).await
@@ -149,7 +164,10 @@ impl Server {
         flags: &[String],
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
-        start_ordo(dir, Target::Ordo1, ordo_bin, 1, partitions, flags).await
+        start_ordo(dir, Target::Ordo1, ordo_bin, 1, partitions, flags, |_| {
+            Vec::new()
+        })
+        .await
     }
 
     /// CPU seconds (user + system) used so far by the server processes and their children.
@@ -301,6 +319,7 @@ async fn start_ordo(
     nodes: usize,
     partitions: u32,
     flags: &[String],
+    node_flags: impl Fn(usize) -> Vec<String>,
 ) -> anyhow::Result<Server> {
     // Client ports, then peer ports.
     let ports = free_ports(2 * nodes)?;
@@ -328,6 +347,7 @@ async fn start_ordo(
         args.push("--partitions".into());
         args.push(partitions.to_string().into());
         args.extend(flags.iter().map(Into::into));
+        args.extend(node_flags(i).into_iter().map(Into::into));
         if nodes > 1 {
             args.push("--peer-listen".into());
             args.push((&peer_addrs[i]).into());

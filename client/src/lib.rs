@@ -39,6 +39,7 @@ pub use holds::Reserve;
 pub use order_stream::OrderStream;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::ordo_client::OrdoClient;
+use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -197,6 +198,37 @@ pub struct Client {
     shared: Arc<Shared>,
     /// The cluster secret, for membership changes (`with_cluster_secret`).
     cluster_secret: Option<Arc<str>>,
+    /// `Bearer TOKEN`, sent on every call (`with_token`).
+    authorization: Option<http::HeaderValue>,
+}
+
+/// A node's channel with the client's token on every call: what the generated stubs of
+/// [`Client::raw`] run over.
+#[derive(Clone)]
+pub struct Connection {
+    channel: Channel,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = <Channel as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tonic::codegen::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
+        }
+        self.channel.call(req)
+    }
 }
 
 struct Endpoints {
@@ -293,7 +325,27 @@ impl Client {
                 jitter: AtomicU64::new(seed | 1),
             }),
             cluster_secret: None,
+            authorization: None,
         })
+    }
+
+    /// A client of another node, e.g. a member a status names, with this one's token and
+    /// cluster secret.
+    pub async fn connect_alike(&self, endpoint: impl Into<String>) -> Result<Client, Error> {
+        let mut client = Client::connect(endpoint).await?;
+        client.authorization = self.authorization.clone();
+        client.cluster_secret = self.cluster_secret.clone();
+        Ok(client)
+    }
+
+    /// Sends `token` on every call (`authorization: Bearer TOKEN`), as a node started with
+    /// `--tokens-file` requires. Fails for a token that cannot be a header value.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+            .map_err(|_| Error::Protocol("the token holds characters a header cannot".into()))?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        Ok(self)
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -343,20 +395,24 @@ impl Client {
             .clone()
     }
 
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> Connection {
         let list = self.endpoints.list.lock().expect("endpoints lock");
-        list[self.endpoints.current.load(Ordering::Relaxed) % list.len()]
+        let channel = list[self.endpoints.current.load(Ordering::Relaxed) % list.len()]
             .1
-            .clone()
+            .clone();
+        Connection {
+            channel,
+            authorization: self.authorization.clone(),
+        }
     }
 
-    fn ordo(&self) -> OrdoClient<Channel> {
+    fn ordo(&self) -> OrdoClient<Connection> {
         OrdoClient::new(self.channel())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
     }
 
-    fn admin(&self) -> AdminClient<Channel> {
+    fn admin(&self) -> AdminClient<Connection> {
         AdminClient::new(self.channel())
     }
 
@@ -875,7 +931,7 @@ impl Client {
     }
 
     /// Direct access to the generated stub of the current endpoint.
-    pub fn raw(&self) -> OrdoClient<Channel> {
+    pub fn raw(&self) -> OrdoClient<Connection> {
         self.ordo()
     }
 }

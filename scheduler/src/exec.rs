@@ -196,7 +196,13 @@ pub fn execute_epoch(
         })?;
         output.results.push(result);
     }
+    for result in &output.results {
+        if let Some(reason) = reject_reason(&result.outcome) {
+            ordo_metrics::REJECTS.add(&[reason], 1);
+        }
+    }
     for txn in excess {
+        ordo_metrics::REJECTS.add(&["too_many_in_batch"], 1);
         output.results.push(TxnResult {
             request_id: txn.request_id.clone(),
             epoch,
@@ -221,6 +227,32 @@ pub fn execute_epoch(
         }
     }
     Ok(output)
+}
+
+/// The reason a result counts under in `ordo_rejects_total` (this node's metrics, outside the
+/// replicated state), if it was refused or rejected.
+fn reject_reason(outcome: &Outcome) -> Option<&'static str> {
+    if let Outcome::Refused { code, .. } = outcome {
+        return Some(match code {
+            RefuseCode::Invalid => "invalid",
+            RefuseCode::IdReused => "id_reused",
+            RefuseCode::RegionChange => "region_change",
+            RefuseCode::Conflict => "conflict",
+        });
+    }
+    Some(match outcome.rejection()?.code {
+        RejectCode::InsufficientStock => "insufficient_stock",
+        RejectCode::UnknownDc => "unknown_dc",
+        RejectCode::UnknownSku => "unknown_sku",
+        RejectCode::DcInactive => "dc_inactive",
+        RejectCode::NegativeStock => "negative_stock",
+        RejectCode::StockOverflow => "stock_overflow",
+        RejectCode::ReservationExpired => "reservation_expired",
+        RejectCode::ReservationConfirmed => "reservation_confirmed",
+        RejectCode::ReservationCancelled => "reservation_cancelled",
+        RejectCode::ReservationUnknown => "reservation_unknown",
+        RejectCode::NotHeld => "not_held",
+    })
 }
 
 /// One partition's pending writes for the epoch: readable by later transactions, emitted at
@@ -431,6 +463,7 @@ pub(crate) fn read_dedupe(
 /// What a request id's earlier use means for this transaction: its result when the body is
 /// the same, a refusal when the id names another request.
 pub(crate) fn dedupe_answer(txn: &Txn, record: DedupeRecord, epoch: u64) -> TxnResult {
+    ordo_metrics::DEDUPE_HITS.inc();
     if record.same_body(&body_digest(&txn.op)) {
         return record.result;
     }

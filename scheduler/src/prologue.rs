@@ -114,6 +114,7 @@ pub(crate) fn sweep_holds(
             reserved,
         };
         overlay.put(None, stock_key, Some(encode(&next)));
+        ordo_metrics::HOLDS_EXPIRED.inc();
         let (_, reservation_id, _, _) = holds::key::parse_due(&due_key).unwrap_or_default();
         overlay.emit(
             None,

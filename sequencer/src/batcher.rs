@@ -296,6 +296,8 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
             let leading = matches!(remote_leader(&ctx.raft, ctx.node_id), Ok(None));
             if due && leading && last_cut.elapsed() >= gap {
                 if let Ok(permit) = in_flight.clone().try_acquire_owned() {
+                    ordo_metrics::EPOCH_INTERVAL.observe_duration(last_cut.elapsed());
+                    ordo_metrics::EPOCH_TXNS.observe(0);
                     last_cut = Instant::now();
                     let time_ms = stamps.next(&ctx);
                     propose(&ctx, Vec::new(), time_ms, permit).await;
@@ -347,12 +349,15 @@ async fn run_batcher(mut rx: mpsc::Receiver<Txn>, ctx: BatcherContext) {
             bytes = bytes.saturating_add(size);
             txns.push(next);
         }
+        let interval = last_cut.elapsed();
         last_cut = Instant::now();
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         match remote_leader(&ctx.raft, ctx.node_id) {
             Ok(None) => {
+                ordo_metrics::EPOCH_INTERVAL.observe_duration(interval);
+                ordo_metrics::EPOCH_TXNS.observe(txns.len() as u64);
                 let time_ms = stamps.next(&ctx);
                 propose(&ctx, txns, time_ms, permit).await;
             }
@@ -398,6 +403,7 @@ async fn fail_waiters_on_leader_change(raft: Raft, waiters: Arc<Waiters>) {
 /// Proposes a batch as one Raft entry, in cut order; waits for the commit off the batcher task.
 async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: OwnedSemaphorePermit) {
     let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
+    let proposed = std::time::Instant::now();
     match ctx.raft.client_write_ff(Batch { time_ms, txns }).await {
         Ok(rx) => {
             let waiters = ctx.waiters.clone();
@@ -405,7 +411,10 @@ async fn propose(ctx: &BatcherContext, txns: Vec<Txn>, time_ms: u64, permit: Own
                 let outcome = rx.await;
                 drop(permit);
                 let failure = match outcome {
-                    Ok(Ok(_)) => return,
+                    Ok(Ok(_)) => {
+                        ordo_metrics::RAFT_COMMIT.observe_duration(proposed.elapsed());
+                        return;
+                    }
                     Ok(Err(e)) => TxnFailure::Unavailable(e.to_string()),
                     Err(_) => TxnFailure::Unavailable("the raft node stopped".into()),
                 };
@@ -436,6 +445,7 @@ fn forward(
     permit: OwnedSemaphorePermit,
 ) {
     let request_ids: Vec<String> = txns.iter().map(|t| t.request_id.clone()).collect();
+    ordo_metrics::FORWARDED_BATCHES.inc();
     let waiters = ctx.waiters.clone();
     // Every wait of this batch was registered before now; a retry registered later is not
     // this attempt's to fail.

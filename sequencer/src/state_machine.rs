@@ -257,6 +257,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let (store, current, snapshot_meta) =
             (self.store.clone(), self.snapshot.clone(), meta.clone());
+        let started = std::time::Instant::now();
+        ordo_metrics::SNAPSHOT_BYTES.set(data.len() as i64);
         tokio::task::spawn_blocking(move || {
             // The file first: if this node dies during the import, the next open finishes the
             // import from it. A newer file would stay, and finishing from it would reach a
@@ -267,6 +269,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(sm_write_err)??;
+        ordo_metrics::SNAPSHOT_INSTALL.observe_duration(started.elapsed());
         self.meta = RaftMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -297,6 +300,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     /// further than that meta. Meta and data always describe the same state.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (store, current) = (self.store.clone(), self.snapshot.clone());
+        let started = std::time::Instant::now();
         let (meta, data) = tokio::task::spawn_blocking(move || {
             let (applied, data) = store.export_snapshot().map_err(snapshot_err)?;
             let raft_meta = decode_meta(&applied.raft_meta)?;
@@ -315,6 +319,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         })
         .await
         .map_err(snapshot_err)??;
+        ordo_metrics::SNAPSHOT_BUILD.observe_duration(started.elapsed());
+        ordo_metrics::SNAPSHOT_BYTES.set(data.len() as i64);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -438,7 +438,8 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
     for member in &first.members {
         let url = format!("http://{}", member.addr);
         let probe = async {
-            let c = Client::connect(url.clone())
+            let c = client
+                .connect_alike(url.clone())
                 .await?
                 .with_retry(ordo_client::RetryPolicy {
                     attempts_max: 1,

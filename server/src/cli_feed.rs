@@ -234,7 +234,7 @@ pub async fn run(command: FeedCommand) -> ExitCode {
                 progress_interval_ms: progress_ms,
             };
             let endpoints = conn.endpoint.len();
-            let client = match Client::connect_many(conn.endpoint).await {
+            let client = match conn.connect().await {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };
@@ -370,7 +370,7 @@ pub async fn run(command: FeedCommand) -> ExitCode {
                 progress_interval_ms: 1000,
             };
             let endpoints = conn.endpoint.len();
-            let client = match Client::connect_many(conn.endpoint).await {
+            let client = match conn.connect().await {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
             };

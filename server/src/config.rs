@@ -14,7 +14,8 @@ use ordo_sequencer::SequencerConfig;
 
 use crate::{cli, limits, serve};
 
-/// Node tuning. Unset flags fall back to the config file, then to the defaults.
+/// Node settings `ordo dev` and `ordo server` share. Unset flags fall back to the config file,
+/// then to the defaults.
 #[derive(Args, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
@@ -86,6 +87,19 @@ pub struct Tuning {
     #[arg(long)]
     #[serde(default)]
     pub fault_injection: bool,
+    /// Client tokens and their scopes (`ordo token create` makes and adds to one); every call
+    /// but health checks then needs `authorization: Bearer TOKEN`. Reloaded when it changes.
+    #[arg(long)]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve Prometheus metrics (text format, GET /metrics) on this address; no
+    /// authentication, so keep it on a private address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve clients without tokens on an address other than loopback (without it such a
+    /// node refuses to start unless --tokens-file is given).
+    #[arg(long)]
+    #[serde(default)]
+    pub insecure_no_auth: bool,
 }
 
 impl Tuning {
@@ -114,6 +128,9 @@ impl Tuning {
             watch_stall_ms: self.watch_stall_ms.or(other.watch_stall_ms),
             notify_rate: self.notify_rate.or(other.notify_rate),
             fault_injection: self.fault_injection || other.fault_injection,
+            tokens_file: self.tokens_file.or(other.tokens_file),
+            metrics_listen: self.metrics_listen.or(other.metrics_listen),
+            insecure_no_auth: self.insecure_no_auth || other.insecure_no_auth,
         }
     }
 }
@@ -260,7 +277,21 @@ pub fn serve_options(
             .unwrap_or(limits.watch_stall.as_millis() as u64)
             .max(1),
     );
+    let tokens = tuning
+        .tokens_file
+        .as_deref()
+        .map(crate::auth::Tokens::open)
+        .transpose()?;
+    anyhow::ensure!(
+        tokens.is_some() || tuning.insecure_no_auth || listeners.listen.ip().is_loopback(),
+        "refusing to serve clients on {} without authentication: give --tokens-file FILE \
+         (`ordo token create --tokens-file FILE --name NAME --scope read` makes one), or \
+         --insecure-no-auth to serve every caller",
+        listeners.listen
+    );
     Ok(serve::ServeOptions {
+        tokens,
+        metrics_listen: tuning.metrics_listen,
         feed_retention,
         node_id,
         listen: listeners.listen,

@@ -2,6 +2,7 @@
 //! `get-order`, `status`), or check a stopped node's log (`replay`).
 
 mod admin;
+mod auth;
 mod cli;
 mod cli_feed;
 mod cli_geo;
@@ -13,6 +14,7 @@ mod edge;
 mod fault;
 mod geo;
 mod limits;
+mod metrics_http;
 mod replay;
 mod search;
 mod serve;
@@ -179,6 +181,11 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Client tokens, for nodes started with --tokens-file.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Re-execute a stopped node's log in a scratch store and compare state hashes.
     Replay {
         #[arg(long)]
@@ -213,6 +220,26 @@ enum MemberAction {
         secret: SecretArg,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Add a token to a tokens file (made, mode 0600, if missing) and print it on stdout. It
+    /// is shown only now: the file keeps its BLAKE3 digest. Nodes reload the file by
+    /// themselves.
+    Create {
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// Letters, digits, '.', '_' and '-': named in PERMISSION_DENIED messages and logs.
+        #[arg(long)]
+        name: String,
+        /// read, write, catalog or admin; repeat for more.
+        #[arg(long = "scope", required = true, value_parser = auth::Scope::parse)]
+        scopes: Vec<auth::Scope>,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +285,20 @@ struct Conn {
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+    /// The token to send (`authorization: Bearer TOKEN`), for a node with --tokens-file.
+    #[arg(long, env = "ORDO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Conn {
+    /// A client of the endpoints, sending the token if one is given.
+    async fn connect(&self) -> Result<Client, ordo_client::Error> {
+        let client = Client::connect_many(self.endpoint.clone()).await?;
+        match &self.token {
+            Some(token) => client.with_token(token),
+            None => Ok(client),
+        }
+    }
 }
 
 fn init_tracing() {
@@ -274,7 +315,7 @@ where
     F: FnOnce(Client) -> Fut,
     Fut: std::future::Future<Output = Result<cli::Output, ordo_client::Error>>,
 {
-    let output = match Client::connect_many(conn.endpoint.clone()).await {
+    let output = match conn.connect().await {
         Ok(client) => match f(client).await {
             Ok(out) => out,
             Err(e) => cli::error_output(&e),
@@ -487,6 +528,39 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Command::Token {
+            action:
+                TokenAction::Create {
+                    tokens_file,
+                    name,
+                    scopes,
+                    json,
+                },
+        } => match auth::create(&tokens_file, &name, &scopes) {
+            Ok(token) => {
+                let scopes: Vec<&str> = scopes.iter().map(|s| s.name()).collect();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "name": name,
+                            "token": token,
+                            "scopes": scopes,
+                            "tokens_file": tokens_file.display().to_string(),
+                        })
+                    );
+                } else {
+                    println!("{token}");
+                    eprintln!(
+                        "token {name:?} ({}) added to {}; it is shown only now",
+                        scopes.join(", "),
+                        tokens_file.display()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        },
         Command::Replay {
             data_dir,
             expiry_per_epoch_max,

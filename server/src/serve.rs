@@ -24,9 +24,11 @@ use tokio::task::JoinHandle;
 use tonic::codegen::InterceptedService;
 
 use crate::admin::AdminService;
+use crate::auth::{Authorized, Tokens};
 use crate::edge::{ClientPort, OrdoService};
 use crate::fault::FaultClock;
 use crate::limits::Limits;
+use crate::metrics_http::Metered;
 
 #[derive(Clone)]
 pub struct ServeOptions {
@@ -55,6 +57,11 @@ pub struct ServeOptions {
     pub fault_injection: bool,
     /// How much of the change feed this node keeps (its own choice, not the cluster's).
     pub feed_retention: ordo_storage::FeedRetention,
+    /// The client tokens calls must carry (`--tokens-file`); `None`: no check.
+    pub tokens: Option<Arc<Tokens>>,
+    /// Where Prometheus metrics are served (`--metrics-listen`); `None`: nowhere, and calls
+    /// are not metered.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
@@ -65,6 +72,8 @@ pub struct Running {
     pub local: SocketAddr,
     /// The bound peer listener, if any.
     pub peer_local: Option<SocketAddr>,
+    /// The bound metrics listener, if any.
+    pub metrics_local: Option<SocketAddr>,
     stop: Vec<oneshot::Sender<()>>,
     servers: Vec<ServerTask>,
     /// Set when the node stops: every Watch stream ends (UNAVAILABLE, with a resume token).
@@ -124,6 +133,18 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         None => None,
     };
     let peer_local = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let metrics_listener = match opts.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics port {addr} (--metrics-listen)"))?,
+        ),
+        None => None,
+    };
+    let metrics_local = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let advertise = opts.advertise.clone().unwrap_or_else(|| local.to_string());
     // Peers reach this node at the peer port, on the host clients are told.
     let peer_advertise = match (peer_local, advertise.rsplit_once(':')) {
@@ -232,18 +253,43 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    if let Some(tokens) = &opts.tokens {
+        tokens.watch();
+    }
     let mut stop = Vec::new();
     let mut servers = Vec::new();
+    if let Some(listener) = metrics_listener {
+        let (stop_metrics, stopped) = oneshot::channel::<()>();
+        stop.push(stop_metrics);
+        let (node, port) = (node.clone(), ordo.clone());
+        servers.push(tokio::spawn(async move {
+            crate::metrics_http::serve(listener, node, port, async {
+                let _ = stopped.await;
+            })
+            .await;
+            Ok::<(), tonic::transport::Error>(())
+        }));
+    }
+    // Every service of the client port is metered (with --metrics-listen), and all but health
+    // are behind the token check (with --tokens-file).
+    let metered = opts.metrics_listen.is_some();
+    let tokens = opts.tokens.clone();
     let (stop_client, stopped) = oneshot::channel::<()>();
     stop.push(stop_client);
     servers.push(tokio::spawn(
         tonic::transport::Server::builder()
             .concurrency_limit_per_connection(1024)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(ordo)
-            .add_service(admin)
+            .add_service(Metered::new(health_service, metered))
+            .add_service(Metered::new(
+                Authorized::new(reflection_v1, tokens.clone()),
+                metered,
+            ))
+            .add_service(Metered::new(
+                Authorized::new(reflection_v1alpha, tokens.clone()),
+                metered,
+            ))
+            .add_service(Metered::new(Authorized::new(ordo, tokens.clone()), metered))
+            .add_service(Metered::new(Authorized::new(admin, tokens), metered))
             .serve_with_incoming_shutdown(no_delay(listener), async {
                 let _ = stopped.await;
             }),
@@ -269,6 +315,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         node,
         local,
         peer_local,
+        metrics_local,
         stop,
         servers,
         closing,
@@ -280,6 +327,12 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
 fn announce(running: &Running) {
     if let Some(peer) = running.peer_local {
         println!("ordo: node {} peer port {peer}", running.node.node_id);
+    }
+    if let Some(metrics) = running.metrics_local {
+        println!(
+            "ordo: node {} metrics on http://{metrics}/metrics",
+            running.node.node_id
+        );
     }
     println!(
         "ordo: node {} listening on {}",
@@ -404,6 +457,11 @@ pub async fn serve_dev_cluster(
             peer_listen: peer_of(i),
             advertise: Some(addr_of(i).to_string()),
             data_dir: base.data_dir.join(format!("node-{i}")),
+            // Each node's metrics on the next port, as its client and peer ports.
+            metrics_listen: base.metrics_listen.map(|a| match a.port() {
+                0 => a,
+                port => SocketAddr::new(a.ip(), port.saturating_add((i - 1) as u16)),
+            }),
             peers: peers.clone(),
             ..base.clone()
         };

@@ -542,7 +542,9 @@ fn flusher_loop<C: RaftTypeConfig>(rx: mpsc::Receiver<FlushCmd<C>>) {
         let mut result: Result<(), String> = Ok(());
         for FlushCmd::Sync { file, .. } in &batch {
             if result.is_ok() && !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+                let started = std::time::Instant::now();
                 result = file.sync_data().map_err(|e| e.to_string());
+                ordo_metrics::FSYNC.observe_duration(started.elapsed());
                 synced.push(file.clone());
             }
         }

@@ -60,6 +60,11 @@ impl ClientPort {
         }
     }
 
+    /// Watch and WatchNotifications streams open now.
+    pub fn watchers_open(&self) -> usize {
+        self.service.watchers_open()
+    }
+
     fn feed_stream<Req, S, B>(
         &self,
         method: S,

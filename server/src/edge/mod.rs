@@ -68,6 +68,13 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl OrdoService {
+    /// Watch and WatchNotifications streams open now.
+    pub fn watchers_open(&self) -> usize {
+        self.limits
+            .watchers_max
+            .saturating_sub(self.watchers.available_permits())
+    }
+
     pub fn new(
         node: Arc<Node>,
         limits: Limits,

@@ -1,0 +1,116 @@
+//! `--metrics-listen`: what a Prometheus scrape of a working node shows.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use ordo_client::v1;
+
+/// One HTTP request to the metrics port: (status line, body).
+fn http(port: u16, request: &str) -> (String, String) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered).
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_shows_calls_by_method_and_code_and_the_nodes_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &listen]);
+    let client = node.client().await;
+    seed(&client, 5).await;
+    for _ in 0..3 {
+        let r = client
+            .place_order(&[line(1, 1, 1)], false, None)
+            .await
+            .unwrap();
+        assert!(committed(&r));
+    }
+    let rejected = client
+        .place_order(&[line(1, 2, 50)], false, None)
+        .await
+        .unwrap();
+    assert!(!committed(&rejected));
+    let invalid = client.place_order(&[line(1, 1, 0)], false, None).await;
+    assert_eq!(
+        invalid.unwrap_err().code(),
+        Some(tonic::Code::InvalidArgument)
+    );
+    let mut watch = client
+        .raw()
+        .watch(v1::WatchRequest {
+            start: Some(v1::watch_request::Start::FromNow(true)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let _ = tokio::time::timeout(Duration::from_millis(200), watch.message()).await;
+
+    let (status, body) = http(port, "GET /metrics HTTP/1.1\r\nHost: ordo\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let place = "method=\"ordo.v1.Ordo/PlaceOrder\"";
+    assert_eq!(
+        sample(
+            &body,
+            &format!("ordo_rpc_requests_total{{{place},code=\"OK\"}}")
+        ),
+        4.0,
+        "three orders and one rejected by stock are answered OK"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("ordo_rpc_requests_total{{{place},code=\"INVALID_ARGUMENT\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("ordo_rpc_duration_seconds_count{{{place},code=\"OK\"}}")
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &body,
+            &format!("ordo_rpc_duration_seconds_bucket{{{place},code=\"OK\",le=\"+Inf\"}}")
+        ),
+        4.0
+    );
+    assert!(sample(&body, "ordo_rejects_total{reason=\"insufficient_stock\"}") >= 1.0);
+    assert!(sample(&body, "ordo_epoch_txns_count") >= 4.0);
+    assert!(sample(&body, "ordo_epoch_interval_seconds_count") >= 4.0);
+    assert!(sample(&body, "ordo_raft_commit_seconds_count") >= 4.0);
+    assert!(sample(&body, "ordo_raft_log_fsync_seconds_count") >= 1.0);
+    assert!(sample(&body, "ordo_applied_epoch") >= 4.0);
+    assert_eq!(sample(&body, "ordo_is_leader"), 1.0);
+    assert_eq!(sample(&body, "ordo_watchers"), 1.0);
+    assert_eq!(sample(&body, "ordo_queue_txns"), 0.0);
+    assert!(body.contains("# TYPE ordo_rpc_duration_seconds histogram\n"));
+
+    let (status, _) = http(port, "GET /other HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, _) = http(port, "POST /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    drop(watch);
+}
