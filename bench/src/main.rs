@@ -104,6 +104,14 @@ struct Knobs {
     /// --price-interval-ms, timed to the watchers' notification, while orders run).
     #[arg(long)]
     workload: WorkloadKind,
+    /// Ordo targets: TLS on every port (certificates made with `ordo certs generate`), the
+    /// clients trusting their CA. The order workloads only (not cart, nearby, feed).
+    #[arg(long)]
+    tls: bool,
+    /// Ordo targets: nodes with a tokens file (`ordo token create`), every client sending the
+    /// token. The order workloads only.
+    #[arg(long)]
+    auth: bool,
     /// Ordo targets: node i serves Prometheus metrics on 127.0.0.1:PORT+i-1 (its
     /// --metrics-listen), so a Prometheus server can scrape the run (deploy/prometheus.yml).
     #[arg(long)]
@@ -387,6 +395,13 @@ async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
     } else {
         PathBuf::new()
     };
+    if (knobs.tls || knobs.auth) && own_targets(knobs.workload).is_some() {
+        anyhow::bail!(
+            "--tls and --auth are for the order workloads (flash-sale, hot-items, uniform, \
+             multi-dc, browse), not {}",
+            knobs.workload
+        );
+    }
     if let Some(supported) = own_targets(knobs.workload) {
         supported(target).map_err(|why| {
             anyhow::anyhow!("{target} cannot run the {} workload: {why}", knobs.workload)
@@ -402,7 +417,11 @@ async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
         &ordo_bin,
         knobs.partitions,
         &pg_settings,
-        knobs.metrics_port,
+        servers::OrdoOptions {
+            tls: knobs.tls,
+            auth: knobs.auth,
+            metrics_port: knobs.metrics_port,
+        },
     )
     .await
     .with_context(|| format!("starting {target}"))?;
@@ -527,6 +546,8 @@ async fn main_inner(cli: Cli) -> anyhow::Result<bool> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // The one crypto provider of the process, for --tls (rustls with ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match main_inner(cli).await {
         Ok(true) => ExitCode::SUCCESS,

@@ -71,9 +71,15 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<bool> {
         0,
     );
     let dataset = spec.dataset;
-    let mut server = Server::start(Target::Ordo1, &args.ordo_bin, args.partitions, &[], None)
-        .await
-        .context("starting ordo")?;
+    let mut server = Server::start(
+        Target::Ordo1,
+        &args.ordo_bin,
+        args.partitions,
+        &[],
+        Default::default(),
+    )
+    .await
+    .context("starting ordo")?;
     let ep = server.endpoints.clone();
 
     eprintln!("loading {} stock rows", args.stock_rows);

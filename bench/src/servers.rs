@@ -112,6 +112,17 @@ where
     Ok(())
 }
 
+/// How an Ordo target is started beyond its defaults: TLS on every port (certificates from
+/// `ordo certs generate`) and tokens (`ordo token create`), so that their cost can be
+/// measured, and a metrics port per node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OrdoOptions {
+    pub tls: bool,
+    pub auth: bool,
+    /// Node i serves Prometheus metrics on 127.0.0.1 at this port + i - 1.
+    pub metrics_port: Option<u16>,
+}
+
 impl Server {
     /// Starts `target`. `pg_settings` are extra `-c name=value` settings for PostgreSQL (the
     /// feed workloads' logical decoding needs `wal_level=logical` and replication slots);
@@ -121,20 +132,12 @@ impl Server {
         ordo_bin: &Path,
         partitions: u32,
         pg_settings: &[(String, String)],
-        metrics_port: Option<u16>,
+        ordo: OrdoOptions,
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
         let nodes = match target {
             Target::Ordo1 | Target::Ordo1Batch | Target::Ordo1Stream => 1,
             _ => 3,
-        };
-        // Node i serves its metrics on the port + i - 1.
-        let metrics = |i: usize| match metrics_port {
-            Some(port) => vec![
-                "--metrics-listen".to_string(),
-                format!("127.0.0.1:{}", usize::from(port) + i),
-            ],
-            None => Vec::new(),
         };
         match target {
             Target::Ordo1
@@ -143,7 +146,7 @@ impl Server {
             | Target::Ordo3
             | Target::Ordo3Batch
             | Target::Ordo3Stream => {
-                start_ordo(dir, target, ordo_bin, nodes, partitions, &[], metrics).await
+                start_ordo(dir, target, ordo_bin, nodes, partitions, &[], ordo).await
             }
             Target::Postgres | Target::PostgresCond => {
                 start_postgres(dir, target, pg_settings).await
@@ -164,9 +167,15 @@ impl Server {
         flags: &[String],
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new().prefix("ordo-bench-").tempdir()?;
-        start_ordo(dir, Target::Ordo1, ordo_bin, 1, partitions, flags, |_| {
-            Vec::new()
-        })
+        start_ordo(
+            dir,
+            Target::Ordo1,
+            ordo_bin,
+            1,
+            partitions,
+            flags,
+            OrdoOptions::default(),
+        )
         .await
     }
 
@@ -319,8 +328,84 @@ async fn start_ordo(
     nodes: usize,
     partitions: u32,
     flags: &[String],
-    node_flags: impl Fn(usize) -> Vec<String>,
+    options: OrdoOptions,
 ) -> anyhow::Result<Server> {
+    // Certificates and a token, made with the `ordo` under test.
+    let run_ordo = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(ordo_bin).args(args).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "ordo {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let certs = dir.path().join("certs");
+    let certs_s = certs.display().to_string();
+    let ca_pem = match options.tls {
+        true => {
+            run_ordo(&[
+                "certs",
+                "generate",
+                "--out",
+                &certs_s,
+                "--nodes",
+                &nodes.to_string(),
+            ])?;
+            Some(std::fs::read(certs.join("ca.pem"))?)
+        }
+        false => None,
+    };
+    let tokens_file = dir.path().join("tokens.toml").display().to_string();
+    let token = match options.auth {
+        true => Some(run_ordo(&[
+            "token",
+            "create",
+            "--tokens-file",
+            &tokens_file,
+            "--name",
+            "bench",
+            "--scope",
+            "read",
+            "--scope",
+            "write",
+            "--scope",
+            "catalog",
+            "--scope",
+            "admin",
+        ])?),
+        false => None,
+    };
+    let secure_flags = |i: usize| -> Vec<String> {
+        let mut f = Vec::new();
+        if options.tls {
+            let (cert, key) = (
+                format!("{certs_s}/node-{}.pem", i + 1),
+                format!("{certs_s}/node-{}-key.pem", i + 1),
+            );
+            f.extend([
+                "--tls-cert".into(),
+                cert.clone(),
+                "--tls-key".into(),
+                key.clone(),
+            ]);
+            if nodes > 1 {
+                f.extend([
+                    "--peer-tls-cert".into(),
+                    cert,
+                    "--peer-tls-key".into(),
+                    key,
+                    "--peer-ca".into(),
+                    format!("{certs_s}/ca.pem"),
+                ]);
+            }
+        }
+        if options.auth {
+            f.extend(["--tokens-file".into(), tokens_file.clone()]);
+        }
+        f
+    };
     // Client ports, then peer ports.
     let ports = free_ports(2 * nodes)?;
     let addrs: Vec<String> = ports[..nodes]
@@ -347,7 +432,11 @@ async fn start_ordo(
         args.push("--partitions".into());
         args.push(partitions.to_string().into());
         args.extend(flags.iter().map(Into::into));
-        args.extend(node_flags(i).into_iter().map(Into::into));
+        if let Some(port) = options.metrics_port {
+            args.push("--metrics-listen".into());
+            args.push(format!("127.0.0.1:{}", usize::from(port) + i).into());
+        }
+        args.extend(secure_flags(i).into_iter().map(Into::into));
         if nodes > 1 {
             args.push("--peer-listen".into());
             args.push((&peer_addrs[i]).into());
@@ -370,9 +459,16 @@ async fn start_ordo(
         wait_for_line(&mut child, "listening on", "ordo")?;
         children.push(child);
     }
-    let urls: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let scheme = if options.tls { "https" } else { "http" };
+    let urls: Vec<String> = addrs.iter().map(|a| format!("{scheme}://{a}")).collect();
+    let endpoints = Endpoints {
+        target,
+        urls: urls.clone(),
+        ca_pem,
+        token,
+    };
     if nodes > 1 {
-        let client = ordo_client::Client::connect(urls[0].clone()).await?;
+        let client = endpoints.ordo_client(vec![urls[0].clone()]).await?;
         client
             .init_cluster(false)
             .await
@@ -380,7 +476,7 @@ async fn start_ordo(
     }
     let roots = children.iter().map(|c| c.id()).collect();
     Ok(Server {
-        endpoints: Endpoints { target, urls },
+        endpoints,
         children,
         roots,
         pg_stop: None,
@@ -461,10 +557,7 @@ async fn start_postgres(
     stop.arg("-D").arg(&data).args(["-m", "fast", "-w", "stop"]);
     let url = format!("host=127.0.0.1 port={port} user=bench dbname=postgres");
     Ok(Server {
-        endpoints: Endpoints {
-            target,
-            urls: vec![url],
-        },
+        endpoints: Endpoints::plain(target, vec![url]),
         children: Vec::new(),
         roots: vec![pid],
         pg_stop: Some(stop),
@@ -511,10 +604,7 @@ async fn start_redis(
     .await?;
     let roots = vec![child.id()];
     Ok(Server {
-        endpoints: Endpoints {
-            target,
-            urls: vec![url],
-        },
+        endpoints: Endpoints::plain(target, vec![url]),
         children: vec![child],
         roots,
         pg_stop: None,
@@ -575,10 +665,7 @@ async fn start_etcd(dir: tempfile::TempDir) -> anyhow::Result<Server> {
     .await?;
     let roots = children.iter().map(|c| c.id()).collect();
     Ok(Server {
-        endpoints: Endpoints {
-            target: Target::Etcd,
-            urls,
-        },
+        endpoints: Endpoints::plain(Target::Etcd, urls),
         children,
         roots,
         pg_stop: None,

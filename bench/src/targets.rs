@@ -196,6 +196,34 @@ pub enum Outcome {
 pub struct Endpoints {
     pub target: Target,
     pub urls: Vec<String>,
+    /// With `--tls`: the CA that issued the Ordo nodes' certificates (`urls` are https://).
+    pub ca_pem: Option<Vec<u8>>,
+    /// With `--auth`: the token every Ordo client sends.
+    pub token: Option<String>,
+}
+
+impl Endpoints {
+    /// A target reached without TLS or tokens.
+    pub fn plain(target: Target, urls: Vec<String>) -> Endpoints {
+        Endpoints {
+            target,
+            urls,
+            ca_pem: None,
+            token: None,
+        }
+    }
+
+    /// An Ordo client of `urls`, over TLS and with the token when the target has them.
+    pub async fn ordo_client(&self, urls: Vec<String>) -> anyhow::Result<Client> {
+        let client = match &self.ca_pem {
+            Some(ca) => Client::connect_tls(urls, ca).await?,
+            None => Client::connect_many(urls).await?,
+        };
+        Ok(match &self.token {
+            Some(token) => client.with_token(token)?,
+            None => client,
+        })
+    }
 }
 
 /// One client's connection to a target.
@@ -276,7 +304,8 @@ impl Session {
             t if t.is_ordo() => {
                 let mut urls = ep.urls.clone();
                 urls.rotate_left(index % ep.urls.len());
-                let client = Client::connect_many(urls)
+                let client = ep
+                    .ordo_client(urls)
                     .await?
                     .with_consistency(Consistency::Local);
                 let stream = match ep.target.streamed() {

@@ -40,7 +40,7 @@ pub use order_stream::OrderStream;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::ordo_client::OrdoClient;
 use tonic::codegen::http;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// One order line: `qty` units of `sku` at DC `dc_id`.
@@ -235,6 +235,9 @@ struct Endpoints {
     /// (address as given, channel). Grows when a leader hint names a node not listed.
     list: std::sync::Mutex<Vec<(String, Channel)>>,
     current: std::sync::atomic::AtomicUsize,
+    /// TLS for `https://` endpoints ([`Client::connect_tls`]); hinted leaders are reached
+    /// with it too.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// What the client writes into a failed call's `ordo-outcome` when an earlier attempt of the
@@ -257,14 +260,28 @@ struct Shared {
 /// The largest message the client sends or accepts.
 pub const MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-fn endpoint(url: &str) -> Result<Endpoint, Error> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Connect {
-            endpoint: url.to_string(),
-            detail: e.to_string(),
-        })?
+fn endpoint(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
+    let failed = |detail: String| Error::Connect {
+        endpoint: url.to_string(),
+        detail,
+    };
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| failed(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    if !url.starts_with("https://") {
+        return Ok(endpoint);
+    }
+    let tls = tls.ok_or_else(|| {
+        failed(
+            "an https:// endpoint needs the CA that issued the nodes' certificates (--ca, or \
+             Client::connect_tls)"
+                .into(),
+        )
+    })?;
+    endpoint
+        .tls_config(tls.clone())
+        .map_err(|e| failed(e.to_string()))
 }
 
 impl Client {
@@ -276,6 +293,17 @@ impl Client {
     /// Connects to a cluster through several nodes: the first one that answers becomes current;
     /// the others are connected lazily when failover needs them.
     pub async fn connect_many(urls: Vec<String>) -> Result<Self, Error> {
+        Self::connect_with(urls, None).await
+    }
+
+    /// Connects as [`Client::connect_many`], to `https://` endpoints whose certificates were
+    /// issued by the CA in `ca_pem` (PEM). Plain `http://` endpoints in the list stay plain.
+    pub async fn connect_tls(urls: Vec<String>, ca_pem: &[u8]) -> Result<Self, Error> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        Self::connect_with(urls, Some(tls)).await
+    }
+
+    async fn connect_with(urls: Vec<String>, tls: Option<ClientTlsConfig>) -> Result<Self, Error> {
         if urls.is_empty() {
             return Err(Error::Connect {
                 endpoint: String::new(),
@@ -286,7 +314,7 @@ impl Client {
         let mut current = None;
         let mut last_error = String::new();
         for (i, url) in urls.iter().enumerate() {
-            let ep = endpoint(url)?;
+            let ep = endpoint(url, tls.as_ref())?;
             let channel = if current.is_none() {
                 match ep.connect().await {
                     Ok(channel) => {
@@ -314,6 +342,7 @@ impl Client {
             endpoints: Arc::new(Endpoints {
                 list: std::sync::Mutex::new(list),
                 current: std::sync::atomic::AtomicUsize::new(current),
+                tls,
             }),
             retry: RetryPolicy::default(),
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
@@ -329,10 +358,11 @@ impl Client {
         })
     }
 
-    /// A client of another node, e.g. a member a status names, with this one's token and
-    /// cluster secret.
+    /// A client of another node, e.g. a member a status names, with this one's TLS, token
+    /// and cluster secret.
     pub async fn connect_alike(&self, endpoint: impl Into<String>) -> Result<Client, Error> {
-        let mut client = Client::connect(endpoint).await?;
+        let mut client =
+            Client::connect_with(vec![endpoint.into()], self.endpoints.tls.clone()).await?;
         client.authorization = self.authorization.clone();
         client.cluster_secret = self.cluster_secret.clone();
         Ok(client)
@@ -387,6 +417,16 @@ impl Client {
         Ok(request)
     }
 
+    /// `https` when this client was made with TLS, else `http`: the scheme of the addresses
+    /// nodes name (leader hints, members).
+    pub fn scheme(&self) -> &'static str {
+        if self.endpoints.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The endpoint calls currently go to.
     pub fn current_endpoint(&self) -> String {
         let list = self.endpoints.list.lock().expect("endpoints lock");
@@ -432,7 +472,7 @@ impl Client {
             .metadata()
             .get("ordo-leader-addr")
             .and_then(|v| v.to_str().ok())
-            .map(|addr| format!("http://{addr}"));
+            .map(|addr| format!("{}://{addr}", self.scheme()));
         let mut list = self.endpoints.list.lock().expect("endpoints lock");
         if let Some(url) = hint {
             if let Some(i) = list.iter().position(|(u, _)| *u == url) {
@@ -440,7 +480,7 @@ impl Client {
                 return;
             }
             if list.len() < ENDPOINTS_MAX {
-                if let Ok(ep) = endpoint(&url) {
+                if let Ok(ep) = endpoint(&url, self.endpoints.tls.as_ref()) {
                     list.push((url, ep.connect_lazy()));
                     self.endpoints
                         .current

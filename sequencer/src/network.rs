@@ -61,14 +61,21 @@ pub struct Channels {
     /// traffic between nodes on one host (each on its own loopback address) can be told apart,
     /// e.g. by firewall rules in fault tests. `None`: the kernel chooses.
     local_ip: Option<std::net::IpAddr>,
+    /// Mutual TLS to peers (`None`: plaintext).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Channels {
-    pub fn new(local_ip: Option<std::net::IpAddr>, secret: Option<ClusterSecret>) -> Self {
+    pub fn new(
+        local_ip: Option<std::net::IpAddr>,
+        secret: Option<ClusterSecret>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Self {
         Self {
             by_addr: Arc::default(),
             secret,
             local_ip,
+            tls,
         }
     }
 
@@ -79,13 +86,19 @@ impl Channels {
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .local_address(self.local_ip);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
+        }
         let channel = endpoint.connect_lazy();
         if map.len() >= CHANNELS_MAX {
             map.clear();

@@ -44,6 +44,9 @@ pub struct NodeConfig {
     pub forward_timeout: Duration,
     /// The address connections to peers are made from (`None`: the kernel chooses).
     pub bind_ip: Option<std::net::IpAddr>,
+    /// TLS for calls to peers (`https://`): the CA their certificates come from and this
+    /// node's own certificate to present. `None`: plaintext.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Raft timing, in milliseconds.
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),
@@ -134,7 +137,11 @@ impl Node {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let channels = Channels::new(config.bind_ip, config.secret.clone());
+        let channels = Channels::new(
+            config.bind_ip,
+            config.secret.clone(),
+            config.peer_tls.clone(),
+        );
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),

@@ -9,6 +9,7 @@ use ordo_proto::v1;
 use ordo_proto::v1::admin_client::AdminClient;
 use ordo_proto::v1::admin_server::Admin;
 use ordo_scheduler::{keys, reads};
+use ordo_sequencer::network::Channels;
 use ordo_sequencer::peers::{
     shift_port, ClusterSecret, MemberAddr, PEER_PORT_OFFSET, SECRET_METADATA_KEY,
 };
@@ -28,6 +29,9 @@ pub struct AdminService {
     queue_txns_max: usize,
     /// Set on a node started with --fault-injection.
     fault_clock: Option<Arc<FaultClock>>,
+    /// How this node reaches the leader's client port to proxy a membership change: with the
+    /// client port's scheme (`Err`: it cannot, and says why).
+    leader_channels: Result<Channels, String>,
 }
 
 impl AdminService {
@@ -35,11 +39,13 @@ impl AdminService {
         node: Arc<Node>,
         queue_txns_max: usize,
         fault_clock: Option<Arc<FaultClock>>,
+        leader_channels: Result<Channels, String>,
     ) -> Self {
         Self {
             node,
             queue_txns_max,
             fault_clock,
+            leader_channels,
         }
     }
 
@@ -66,12 +72,15 @@ impl AdminService {
         let leader = self.node.raft.metrics().borrow().current_leader;
         match (leader, self.node.remote_leader()) {
             (Some(id), _) if id == self.node.node_id => Ok(None),
-            (Some(_), Some((_, addr))) => {
-                let channel = self
-                    .node
-                    .channels
-                    .get(&addr.client)
-                    .map_err(Status::unavailable)?;
+            (Some(id), Some((_, addr))) => {
+                let channels = self.leader_channels.as_ref().map_err(|why| {
+                    Status::unavailable(format!(
+                        "this node is not the leader and {why}: send the change to node {id} \
+                         at {}",
+                        addr.client
+                    ))
+                })?;
+                let channel = channels.get(&addr.client).map_err(Status::unavailable)?;
                 Ok(Some(AdminClient::new(channel)))
             }
             (Some(id), None) => Err(Status::unavailable(format!("leader {id} has no address"))),
@@ -122,8 +131,20 @@ impl AdminService {
 }
 
 /// A request to the leader's Admin service carrying this node's secret.
-fn with_secret<T>(message: T, secret: &ClusterSecret) -> Request<T> {
-    secret.attach(Request::new(message))
+/// A membership change proxied to the leader: the secret, and the caller's token (the
+/// leader checks it as this node did).
+fn with_secret<T>(
+    message: T,
+    secret: &ClusterSecret,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Request<T> {
+    let mut request = secret.attach(Request::new(message));
+    if let Some(token) = metadata.get("authorization") {
+        request
+            .metadata_mut()
+            .insert("authorization", token.clone());
+    }
+    request
 }
 
 fn raft_err(e: impl std::fmt::Display) -> Status {
@@ -289,7 +310,9 @@ impl Admin for AdminService {
         }
         let secret = self.authorise_membership(&request_metadata)?;
         if let Some(mut leader) = self.leader_admin()? {
-            return leader.add_member(with_secret(r, secret)).await;
+            return leader
+                .add_member(with_secret(r, secret, &request_metadata))
+                .await;
         }
         let raft = &self.node.raft;
         let node = BasicNode {
@@ -321,9 +344,12 @@ impl Admin for AdminService {
         request: Request<v1::RemoveMemberRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
         let secret = self.authorise_membership(request.metadata())?;
+        let metadata = request.metadata().clone();
         let r = request.into_inner();
         if let Some(mut leader) = self.leader_admin()? {
-            return leader.remove_member(with_secret(r, secret)).await;
+            return leader
+                .remove_member(with_secret(r, secret, &metadata))
+                .await;
         }
         let known = self.members();
         let Some(member) = known.iter().find(|m| m.node_id == r.node_id) else {

@@ -436,7 +436,7 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
     let first = client.status().await?;
     let mut rows = Vec::new();
     for member in &first.members {
-        let url = format!("http://{}", member.addr);
+        let url = format!("{}://{}", client.scheme(), member.addr);
         let probe = async {
             let c = client
                 .connect_alike(url.clone())

@@ -91,6 +91,21 @@ pub struct Tuning {
     /// but health checks then needs `authorization: Bearer TOKEN`. Reloaded when it changes.
     #[arg(long)]
     pub tokens_file: Option<PathBuf>,
+    /// TLS on the client port: this certificate (PEM, with its chain) ...
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// ... and its private key (PEM). Clients then use https:// and --ca.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS on the peer port and on calls to peers: this node's certificate ...
+    #[arg(long, requires_all = ["peer_tls_key", "peer_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// ... its private key ...
+    #[arg(long, requires_all = ["peer_tls_cert", "peer_ca"])]
+    pub peer_tls_key: Option<PathBuf>,
+    /// ... and the CA that issued every node's certificate: a peer without one is refused.
+    #[arg(long, requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_ca: Option<PathBuf>,
     /// Serve Prometheus metrics (text format, GET /metrics) on this address; no
     /// authentication, so keep it on a private address.
     #[arg(long)]
@@ -129,6 +144,11 @@ impl Tuning {
             notify_rate: self.notify_rate.or(other.notify_rate),
             fault_injection: self.fault_injection || other.fault_injection,
             tokens_file: self.tokens_file.or(other.tokens_file),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            peer_tls_cert: self.peer_tls_cert.or(other.peer_tls_cert),
+            peer_tls_key: self.peer_tls_key.or(other.peer_tls_key),
+            peer_ca: self.peer_ca.or(other.peer_ca),
             metrics_listen: self.metrics_listen.or(other.metrics_listen),
             insecure_no_auth: self.insecure_no_auth || other.insecure_no_auth,
         }
@@ -289,7 +309,30 @@ pub fn serve_options(
          --insecure-no-auth to serve every caller",
         listeners.listen
     );
+    let tls = match (tuning.tls_cert, tuning.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Tls::load(crate::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: None,
+        })?),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+    };
+    let peer_tls = match (tuning.peer_tls_cert, tuning.peer_tls_key, tuning.peer_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            anyhow::ensure!(
+                listeners.secret.is_some(),
+                "peer TLS is for the peer port, which a node opens only with \
+                 --cluster-secret-file"
+            );
+            Some(crate::tls::PeerTls::load(cert, key, ca)?)
+        }
+        (None, None, None) => None,
+        _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-ca go together"),
+    };
     Ok(serve::ServeOptions {
+        tls,
+        peer_tls,
         tokens,
         metrics_listen: tuning.metrics_listen,
         feed_retention,

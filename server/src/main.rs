@@ -18,6 +18,7 @@ mod metrics_http;
 mod replay;
 mod search;
 mod serve;
+mod tls;
 
 /// mimalloc rather than glibc's malloc: per-thread heaps whose frees from other threads never
 /// take a lock the allocating thread may hold. Under glibc a buffer allocated by a
@@ -181,6 +182,11 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Certificates for trying TLS.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Client tokens, for nodes started with --tokens-file.
     Token {
         #[command(subcommand)]
@@ -220,6 +226,22 @@ enum MemberAction {
         secret: SecretArg,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Make a CA (ca.pem, ca-key.pem), a certificate per node (node-N.pem, node-N-key.pem:
+    /// for its client port, its peer port and its calls to peers) and one for clients
+    /// (client.pem), valid for localhost, 127.0.0.1, ::1 and each --host.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// Another name or address the nodes' certificates are valid for; repeat for more.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
     },
 }
 
@@ -288,12 +310,24 @@ struct Conn {
     /// The token to send (`authorization: Bearer TOKEN`), for a node with --tokens-file.
     #[arg(long, env = "ORDO_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The CA (PEM) that issued the nodes' certificates, for https:// endpoints.
+    #[arg(long, env = "ORDO_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl Conn {
-    /// A client of the endpoints, sending the token if one is given.
+    /// A client of the endpoints, over TLS with --ca, sending the token if one is given.
     async fn connect(&self) -> Result<Client, ordo_client::Error> {
-        let client = Client::connect_many(self.endpoint.clone()).await?;
+        let client = match &self.ca {
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| ordo_client::Error::Connect {
+                    endpoint: self.endpoint.join(","),
+                    detail: format!("reading the CA {}: {e}", ca.display()),
+                })?;
+                Client::connect_tls(self.endpoint.clone(), &pem).await?
+            }
+            None => Client::connect_many(self.endpoint.clone()).await?,
+        };
         match &self.token {
             Some(token) => client.with_token(token),
             None => Ok(client),
@@ -334,6 +368,7 @@ where
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    tls::install_crypto_provider();
     // Usage errors exit 1 like every other error (clap's own default is 2); help exits 0.
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -528,6 +563,17 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Command::Certs {
+            action: CertsAction::Generate { out, nodes, hosts },
+        } => match tls::generate(&out, nodes, &hosts) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        },
         Command::Token {
             action:
                 TokenAction::Create {

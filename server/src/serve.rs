@@ -14,7 +14,7 @@ use ordo_proto::internal::v1::raft_server::RaftServer;
 use ordo_proto::v1::admin_server::AdminServer;
 use ordo_proto::v1::ordo_server::OrdoServer;
 use ordo_scheduler::{keys, reads, ExecConfig, Op, Outcome, Txn, CLUSTER_CONFIG_REQUEST_ID};
-use ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX;
+use ordo_sequencer::network::{Channels, RAFT_MESSAGE_BYTES_MAX};
 use ordo_sequencer::peers::{CheckSecret, ClusterSecret, MemberAddr};
 use ordo_sequencer::{Node, NodeConfig, SequencerConfig};
 use ordo_storage::Part;
@@ -57,6 +57,10 @@ pub struct ServeOptions {
     pub fault_injection: bool,
     /// How much of the change feed this node keeps (its own choice, not the cluster's).
     pub feed_retention: ordo_storage::FeedRetention,
+    /// TLS on the client port (`--tls-cert`, `--tls-key`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Mutual TLS on the peer port and calls to peers (`--peer-tls-*`, `--peer-ca`).
+    pub peer_tls: Option<crate::tls::PeerTls>,
     /// The client tokens calls must carry (`--tokens-file`); `None`: no check.
     pub tokens: Option<Arc<Tokens>>,
     /// Where Prometheus metrics are served (`--metrics-listen`); `None`: nowhere, and calls
@@ -171,6 +175,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         forward_timeout: opts.limits.request_timeout,
         // Peers see this node's connections come from its own address.
         bind_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
+        peer_tls: opts.peer_tls.as_ref().map(|t| t.client.clone()),
         heartbeat_ms: 100,
         election_timeout_ms: (500, 1000),
     })
@@ -246,10 +251,25 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         OrdoService::new(node.clone(), opts.limits.clone(), closing_rx),
         max,
     );
+    // A follower proxies membership changes to the leader's client port, in its scheme: over
+    // TLS it trusts the peer CA and presents its peer certificate.
+    let bind_ip = Some(local.ip()).filter(|ip| !ip.is_unspecified());
+    let leader_channels = match (&opts.tls, &opts.peer_tls) {
+        (None, _) => Ok(Channels::new(bind_ip, opts.secret.clone(), None)),
+        (Some(_), Some(peer_tls)) => Ok(Channels::new(
+            bind_ip,
+            opts.secret.clone(),
+            Some(peer_tls.client.clone()),
+        )),
+        (Some(_), None) => Err(
+            "reaches the leader's TLS client port only with a CA to trust (--peer-ca)".to_string(),
+        ),
+    };
     let admin = AdminServer::new(AdminService::new(
         node.clone(),
         opts.sequencer.queue_txns_max,
         opts.fault_injection.then_some(fault_clock),
+        leader_channels,
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
@@ -276,24 +296,30 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     let tokens = opts.tokens.clone();
     let (stop_client, stopped) = oneshot::channel::<()>();
     stop.push(stop_client);
-    servers.push(tokio::spawn(
-        tonic::transport::Server::builder()
-            .concurrency_limit_per_connection(1024)
-            .add_service(Metered::new(health_service, metered))
-            .add_service(Metered::new(
-                Authorized::new(reflection_v1, tokens.clone()),
-                metered,
-            ))
-            .add_service(Metered::new(
-                Authorized::new(reflection_v1alpha, tokens.clone()),
-                metered,
-            ))
-            .add_service(Metered::new(Authorized::new(ordo, tokens.clone()), metered))
-            .add_service(Metered::new(Authorized::new(admin, tokens), metered))
-            .serve_with_incoming_shutdown(no_delay(listener), async {
-                let _ = stopped.await;
-            }),
-    ));
+    let router = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(1024)
+        .add_service(Metered::new(health_service, metered))
+        .add_service(Metered::new(
+            Authorized::new(reflection_v1, tokens.clone()),
+            metered,
+        ))
+        .add_service(Metered::new(
+            Authorized::new(reflection_v1alpha, tokens.clone()),
+            metered,
+        ))
+        .add_service(Metered::new(Authorized::new(ordo, tokens.clone()), metered))
+        .add_service(Metered::new(Authorized::new(admin, tokens), metered));
+    let stopped = async {
+        let _ = stopped.await;
+    };
+    servers.push(match &opts.tls {
+        Some(tls) => {
+            tls.watch("client");
+            let incoming = crate::tls::incoming(listener, tls.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(no_delay(listener), stopped)),
+    });
     if let (Some(peer_listener), Some(secret)) = (peer_listener, &opts.secret) {
         let raft = RaftServer::new(node.raft_service())
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -301,14 +327,22 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         let raft = InterceptedService::new(raft, CheckSecret(secret.clone()));
         let (stop_peer, stopped) = oneshot::channel::<()>();
         stop.push(stop_peer);
-        servers.push(tokio::spawn(
-            tonic::transport::Server::builder()
-                .concurrency_limit_per_connection(1024)
-                .add_service(raft)
-                .serve_with_incoming_shutdown(no_delay(peer_listener), async {
-                    let _ = stopped.await;
-                }),
-        ));
+        let router = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(1024)
+            .add_service(raft);
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        servers.push(match &opts.peer_tls {
+            Some(peer_tls) => {
+                peer_tls.server.watch("peer");
+                let incoming = crate::tls::incoming(peer_listener, peer_tls.server.clone());
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            None => {
+                tokio::spawn(router.serve_with_incoming_shutdown(no_delay(peer_listener), stopped))
+            }
+        });
     }
     tracing::info!(%local, peer = ?peer_local, node_id = opts.node_id, "serving");
     Ok(Running {
@@ -415,7 +449,7 @@ pub async fn serve(opts: ServeOptions, demo: Option<crate::demo::Spec>) -> anyho
     }
     announce(&running);
     if demo.is_some() {
-        print_quickstart(running.local, &opts.data_dir, 1);
+        print_quickstart(running.local, &opts.data_dir, 1, opts.tls.is_some());
     }
     let stopped = tokio::select! {
         _ = shutdown_signal() => None,
@@ -478,7 +512,7 @@ pub async fn serve_dev_cluster(
     for r in &running {
         announce(r);
     }
-    print_quickstart(running[0].local, &base.data_dir, nodes);
+    print_quickstart(running[0].local, &base.data_dir, nodes, base.tls.is_some());
     shutdown_signal().await;
     for r in running {
         let id = r.node.node_id;
@@ -488,8 +522,10 @@ pub async fn serve_dev_cluster(
     Ok(())
 }
 
-fn print_quickstart(local: SocketAddr, data_dir: &std::path::Path, nodes: u64) {
-    let endpoint = if local.port() == 50051 && local.ip().is_loopback() {
+fn print_quickstart(local: SocketAddr, data_dir: &std::path::Path, nodes: u64, tls: bool) {
+    let endpoint = if tls {
+        format!(" --endpoint https://{local} --ca CA.pem")
+    } else if local.port() == 50051 && local.ip().is_loopback() {
         String::new()
     } else {
         format!(" --endpoint http://{local}")

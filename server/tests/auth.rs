@@ -5,7 +5,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,25 +13,6 @@ use ordo_client::{v1, Client};
 use tonic::Code;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-/// `ordo token create`: the token it prints.
-fn create_token(file: &Path, name: &str, scopes: &[&str]) -> String {
-    let mut args = vec![
-        "token",
-        "create",
-        "--tokens-file",
-        file.to_str().unwrap(),
-        "--name",
-        name,
-    ];
-    for s in scopes {
-        args.extend(["--scope", s]);
-    }
-    let (code, out, err) = ordo_cli(&args);
-    assert_eq!(code, 0, "ordo token create: {err}");
-    assert!(err.contains("shown only now"), "{err}");
-    out.trim().to_string()
-}
 
 async fn client_with(node: &TestNode, token: &str) -> Client {
     node.client().await.with_token(token).unwrap()

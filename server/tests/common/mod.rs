@@ -168,6 +168,25 @@ pub fn ordo_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `ordo token create`: the token it prints.
+pub fn create_token(file: &Path, name: &str, scopes: &[&str]) -> String {
+    let mut args = vec![
+        "token",
+        "create",
+        "--tokens-file",
+        file.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    for s in scopes {
+        args.extend(["--scope", s]);
+    }
+    let (code, out, err) = ordo_cli(&args);
+    assert_eq!(code, 0, "ordo token create: {err}");
+    assert!(err.contains("shown only now"), "{err}");
+    out.trim().to_string()
+}
+
 /// Free loopback ports, found by binding and releasing (all held until all are found).
 pub fn free_ports(n: usize) -> Vec<u16> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
@@ -295,12 +314,26 @@ impl Drop for ClusterNode {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<ClusterNode>,
+    /// The token the harness's clients send (nodes started with --tokens-file).
+    pub token: Option<String>,
 }
 
 impl Cluster {
     /// Starts `voters` nodes (ids 1..=voters) plus `spares` more that are configured but not
     /// started or members, initialises the voters as one cluster and seeds the test dataset.
     pub async fn start(voters: usize, spares: usize, stock: i64, extra: &[&str]) -> Cluster {
+        Cluster::start_with_token(voters, spares, stock, extra, None).await
+    }
+
+    /// [`Cluster::start`] for nodes that need a token (`extra` names the tokens file): the
+    /// harness's clients send `token`, which must have the admin, catalog and read scopes.
+    pub async fn start_with_token(
+        voters: usize,
+        spares: usize,
+        stock: i64,
+        extra: &[&str],
+        token: Option<String>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let secret_file = dir.path().join("cluster-secret");
         std::fs::write(&secret_file, TEST_SECRET).unwrap();
@@ -332,7 +365,7 @@ impl Cluster {
         for node in nodes.iter_mut().take(voters) {
             node.start();
         }
-        let cluster = Cluster { dir, nodes };
+        let cluster = Cluster { dir, nodes, token };
         let client = cluster.client().await;
         let init = client.init_cluster(false).await.expect("cluster-init");
         assert!(init.initialized, "{}", init.message);
@@ -350,9 +383,13 @@ impl Cluster {
 
     /// A client that may fail over between all running nodes.
     pub async fn client(&self) -> Client {
-        Client::connect_many(self.endpoints())
+        let client = Client::connect_many(self.endpoints())
             .await
-            .expect("connecting to the cluster")
+            .expect("connecting to the cluster");
+        match &self.token {
+            Some(token) => client.with_token(token).unwrap(),
+            None => client,
+        }
     }
 
     pub fn node(&mut self, id: u64) -> &mut ClusterNode {
