@@ -487,7 +487,7 @@ impl Session {
                 let keys: Vec<(u32, u32)> = dataset.keys().collect();
                 let calls = keys.chunks(RESTOCKS_PER_CALL).map(|chunk| {
                     let client = client.clone();
-                    let restocks = chunk
+                    let restocks: Vec<v1::RestockRequest> = chunk
                         .iter()
                         .map(|&(dc_id, sku)| v1::RestockRequest {
                             request_id: String::new(),
@@ -497,7 +497,19 @@ impl Session {
                         })
                         .collect();
                     async move {
-                        let results = client.restocks(restocks).await?;
+                        let results = match client.restocks(restocks.clone()).await {
+                            // A node from before Restocks (measured beside a new one with
+                            // --ordo-bin): one Restock per row.
+                            Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
+                                let mut results = Vec::with_capacity(restocks.len());
+                                for r in restocks {
+                                    results
+                                        .push(client.restock(r.dc_id, r.sku, r.delta, None).await?);
+                                }
+                                results
+                            }
+                            other => other?,
+                        };
                         if let Some(r) = results.iter().find(|r| !r.applied) {
                             bail!("restock refused: {}", r.reason);
                         }
