@@ -196,10 +196,15 @@ pub fn execute_epoch(
         })?;
         output.results.push(result);
     }
+    // Counted per reason, then added once each: a flash sale rejects most of an epoch.
+    let mut rejects: BTreeMap<&'static str, u64> = BTreeMap::new();
     for result in &output.results {
         if let Some(reason) = reject_reason(&result.outcome) {
-            ordo_metrics::REJECTS.add(&[reason], 1);
+            *rejects.entry(reason).or_default() += 1;
         }
+    }
+    for (reason, n) in rejects {
+        ordo_metrics::REJECTS.add(&[reason], n);
     }
     for txn in excess {
         ordo_metrics::REJECTS.add(&["too_many_in_batch"], 1);

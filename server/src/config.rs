@@ -92,19 +92,19 @@ pub struct Tuning {
     #[arg(long)]
     pub tokens_file: Option<PathBuf>,
     /// TLS on the client port: this certificate (PEM, with its chain) ...
-    #[arg(long, requires = "tls_key")]
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
     /// ... and its private key (PEM). Clients then use https:// and --ca.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
     /// Mutual TLS on the peer port and on calls to peers: this node's certificate ...
-    #[arg(long, requires_all = ["peer_tls_key", "peer_ca"])]
+    #[arg(long)]
     pub peer_tls_cert: Option<PathBuf>,
     /// ... its private key ...
-    #[arg(long, requires_all = ["peer_tls_cert", "peer_ca"])]
+    #[arg(long)]
     pub peer_tls_key: Option<PathBuf>,
     /// ... and the CA that issued every node's certificate: a peer without one is refused.
-    #[arg(long, requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    #[arg(long)]
     pub peer_ca: Option<PathBuf>,
     /// Serve Prometheus metrics (text format, GET /metrics) on this address; no
     /// authentication, so keep it on a private address.

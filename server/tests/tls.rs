@@ -293,3 +293,37 @@ async fn a_member_added_through_a_follower_reaches_the_leader_with_the_callers_t
         .expect("the follower proxies the change, token and all, to the leader");
     assert!(members.members.iter().any(|m| m.node_id == 3 && m.voter));
 }
+
+#[test]
+fn tls_flags_come_in_their_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let base = [
+        "server",
+        "--node-id",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+    ];
+    for (extra, says) in [
+        (
+            vec!["--tls-cert", "/x/cert.pem"],
+            "--tls-cert and --tls-key go together",
+        ),
+        (
+            vec!["--peer-tls-cert", "/x/cert.pem", "--peer-ca", "/x/ca.pem"],
+            "--peer-tls-cert, --peer-tls-key and --peer-ca go together",
+        ),
+        (
+            vec!["--tls-cert", "/x/cert.pem", "--tls-key", "/x/key.pem"],
+            "/x/cert.pem",
+        ),
+    ] {
+        let (code, _, err) = ordo_cli(&[&base[..], &extra[..]].concat());
+        assert_eq!(code, 1, "{extra:?}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+}
