@@ -115,14 +115,17 @@ impl ClusterSecret {
     /// Whether `offered` is this secret. Compares BLAKE3 digests byte by byte without an early
     /// exit, so the time taken says nothing about how much of a guess was right.
     pub fn matches(&self, offered: &[u8]) -> bool {
-        let want = blake3::hash(self.0.as_bytes());
-        let got = blake3::hash(offered);
-        want.as_bytes()
-            .iter()
-            .zip(got.as_bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        same_digest(
+            blake3::hash(self.0.as_bytes()).as_bytes(),
+            blake3::hash(offered).as_bytes(),
+        )
     }
+}
+
+/// Whether two digests are equal, compared byte by byte without an early exit (the cluster
+/// secret here, client tokens in the server).
+pub fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Client side: puts the secret on every outgoing peer call.

@@ -14,22 +14,25 @@
 //! token once and stores its digest). A presented token is hashed and its digest compared with
 //! every entry's without an early exit, so the time a check takes says nothing about how close
 //! a guess was. Tokens are never logged, and no error message repeats one. The file is read
-//! again when it changes (checked every [`RELOAD_EVERY`]); a file that no longer parses is
-//! reported and the tokens loaded before stay in force.
+//! again when it changes, or on SIGHUP (`reload.rs`); a file that no longer parses is reported
+//! and the tokens loaded before stay in force.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::future::{Either, Ready};
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::Status;
+
+use ordo_sequencer::peers::same_digest;
+
+use crate::reload::Reloading;
 
 /// The most tokens one file may hold: every check compares the offered digest with each.
 pub const TOKENS_MAX: usize = 1_024;
@@ -42,9 +45,6 @@ pub const TOKEN_NAME_BYTES_MAX: usize = 64;
 
 /// The longest `authorization` value the check hashes; a longer one is refused unread.
 pub const AUTHORIZATION_BYTES_MAX: usize = 512;
-
-/// How often a node looks at its tokens file for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// What `ordo token create` puts before the secret part of a token.
 const TOKEN_PREFIX: &str = "ordo_";
@@ -320,12 +320,7 @@ impl TokenSet {
         let offered = digest(token);
         let mut found = None;
         for entry in &self.entries {
-            let diff = entry
-                .digest
-                .iter()
-                .zip(&offered)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            if diff == 0 {
+            if same_digest(&entry.digest, &offered) {
                 found = Some(entry);
             }
         }
@@ -391,18 +386,6 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
-/// What tells a file's versions apart: its inode, length and modification time.
-type Stamp = (u64, u64, Option<std::time::SystemTime>);
-
-fn stamp(path: &Path) -> std::io::Result<Stamp> {
-    let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let ino = std::os::unix::fs::MetadataExt::ino(&meta);
-    #[cfg(not(unix))]
-    let ino = 0;
-    Ok((ino, meta.len(), meta.modified().ok()))
-}
-
 fn read_bounded(path: &Path) -> anyhow::Result<String> {
     let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut text = String::new();
@@ -417,73 +400,16 @@ fn read_bounded(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// A node's tokens: the file's latest version that parsed.
-pub struct Tokens {
-    path: PathBuf,
-    current: RwLock<(Stamp, Arc<TokenSet>)>,
-}
+/// A node's tokens: the file's latest version that parsed, reloaded when it changes.
+pub type Tokens = Reloading<TokenSet>;
 
-impl Tokens {
-    /// Reads the tokens file; a node does not start on one that does not parse.
-    pub fn open(path: &Path) -> anyhow::Result<Arc<Tokens>> {
-        let before = stamp(path).with_context(|| format!("reading {}", path.display()))?;
-        let set = TokenSet::parse(&read_bounded(path)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        Ok(Arc::new(Tokens {
-            path: path.to_path_buf(),
-            current: RwLock::new((before, Arc::new(set))),
-        }))
-    }
-
-    pub fn current(&self) -> Arc<TokenSet> {
-        self.current.read().expect("tokens lock").1.clone()
-    }
-
-    /// Reads the file again if it changed since it was last read. `Ok(Some(n))`: the new
-    /// version, with `n` tokens, is in force; an error leaves the old tokens in force.
-    pub fn reload_if_changed(&self) -> anyhow::Result<Option<usize>> {
-        let now = stamp(&self.path).with_context(|| format!("reading {}", self.path.display()))?;
-        if self.current.read().expect("tokens lock").0 == now {
-            return Ok(None);
-        }
-        let parsed = read_bounded(&self.path).and_then(|text| {
-            TokenSet::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", self.path.display()))
-        });
-        let mut current = self.current.write().expect("tokens lock");
-        // This version is looked at once, whether it parsed or not.
-        current.0 = now;
-        let set = parsed?;
-        let len = set.len();
-        current.1 = Arc::new(set);
-        Ok(Some(len))
-    }
-
-    /// Re-reads the file whenever it changes, until the last handle on these tokens is gone.
-    pub fn watch(self: &Arc<Self>) {
-        let tokens = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(tokens) = tokens.upgrade() else {
-                    return;
-                };
-                match tokens.reload_if_changed() {
-                    Ok(None) => {}
-                    Ok(Some(n)) => tracing::info!(
-                        file = %tokens.path.display(),
-                        tokens = n,
-                        "tokens file reloaded"
-                    ),
-                    Err(e) => tracing::error!(
-                        error = %format!("{e:#}"),
-                        "tokens file not reloaded; the tokens read before stay in force"
-                    ),
-                }
-            }
-        });
-    }
+/// Reads the tokens file; a node does not start on one that does not parse.
+pub fn open_tokens(path: &Path) -> anyhow::Result<Arc<Tokens>> {
+    let file = path.to_path_buf();
+    Reloading::open("tokens file", vec![file.clone()], move || {
+        TokenSet::parse(&read_bounded(&file)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+    })
 }
 
 /// A service on the client port behind the token check (`None`: no check).
@@ -750,16 +676,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.toml");
         let first = create(&path, "one", &[Scope::Read]).unwrap();
-        let tokens = Tokens::open(&path).unwrap();
-        assert_eq!(tokens.reload_if_changed().unwrap(), None);
+        let tokens = open_tokens(&path).unwrap();
+        assert!(!tokens.reload(false).unwrap());
         let second = create(&path, "two", &[Scope::Read]).unwrap();
-        assert_eq!(tokens.reload_if_changed().unwrap(), Some(2));
+        assert!(tokens.reload(false).unwrap());
+        assert_eq!(tokens.current().len(), 2);
         let stock = "/ordo.v1.Ordo/GetStock";
         let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
         assert!(tokens.current().check(stock, &bearer(&second)).is_ok());
         std::fs::write(&path, "[[token]]\nname = \"broken\"\n").unwrap();
-        assert!(tokens.reload_if_changed().is_err());
+        assert!(tokens.reload(false).is_err());
         assert!(tokens.current().check(stock, &bearer(&first)).is_ok());
-        assert_eq!(tokens.reload_if_changed().unwrap(), None, "looked at once");
+        assert!(!tokens.reload(false).unwrap(), "looked at once");
     }
 }

@@ -300,7 +300,7 @@ pub fn serve_options(
     let tokens = tuning
         .tokens_file
         .as_deref()
-        .map(crate::auth::Tokens::open)
+        .map(crate::auth::open_tokens)
         .transpose()?;
     anyhow::ensure!(
         tokens.is_some() || tuning.insecure_no_auth || listeners.listen.ip().is_loopback(),
@@ -310,7 +310,7 @@ pub fn serve_options(
         listeners.listen
     );
     let tls = match (tuning.tls_cert, tuning.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::Tls::load(crate::tls::TlsFiles {
+        (Some(cert), Some(key)) => Some(crate::tls::load(crate::tls::TlsFiles {
             cert,
             key,
             client_ca: None,

@@ -15,6 +15,7 @@ mod fault;
 mod geo;
 mod limits;
 mod metrics_http;
+mod reload;
 mod replay;
 mod search;
 mod serve;

@@ -255,7 +255,9 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     // TLS it trusts the peer CA and presents its peer certificate.
     let bind_ip = Some(local.ip()).filter(|ip| !ip.is_unspecified());
     let leader_channels = match (&opts.tls, &opts.peer_tls) {
-        (None, _) => Ok(Channels::new(bind_ip, opts.secret.clone(), None)),
+        // Both plaintext: the node's own peer channels are the same.
+        (None, None) => Ok(node.channels.clone()),
+        (None, Some(_)) => Ok(Channels::new(bind_ip, opts.secret.clone(), None)),
         (Some(_), Some(peer_tls)) => Ok(Channels::new(
             bind_ip,
             opts.secret.clone(),
@@ -314,7 +316,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     };
     servers.push(match &opts.tls {
         Some(tls) => {
-            tls.watch("client");
+            tls.watch();
             let incoming = crate::tls::incoming(listener, tls.clone());
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
@@ -335,7 +337,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         };
         servers.push(match &opts.peer_tls {
             Some(peer_tls) => {
-                peer_tls.server.watch("peer");
+                peer_tls.server.watch();
                 let incoming = crate::tls::incoming(peer_listener, peer_tls.server.clone());
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }

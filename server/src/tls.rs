@@ -7,13 +7,13 @@
 //! Each listener accepts TCP itself and hands tonic connections whose handshake finished
 //! ([`incoming`]): at most [`HANDSHAKES_MAX`] handshakes at once, each within
 //! [`HANDSHAKE_TIMEOUT`]. Every connection takes the configuration in force when it is
-//! accepted, and the files are read again when any of them changes (checked every
-//! [`RELOAD_EVERY`]) or on SIGHUP: certificates are replaced without a restart. Files that do
-//! not load are reported and the configuration before stays in force.
+//! accepted, and the files are read again when any of them changes, or on SIGHUP
+//! (`reload.rs`): certificates are replaced without a restart. Files that do not load are
+//! reported and the configuration before stays in force.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -26,14 +26,13 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::reload::Reloading;
+
 /// How long a connection may take to finish its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Handshakes one listener runs at once; more connections wait to be accepted.
 pub const HANDSHAKES_MAX: usize = 1_024;
-
-/// How often a node looks at its certificate files for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// Installs the process's one crypto provider (ring). Every binary calls it first.
 pub fn install_crypto_provider() {
@@ -51,11 +50,12 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn paths(&self) -> impl Iterator<Item = &Path> {
+    fn paths(&self) -> Vec<PathBuf> {
         [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()]
             .into_iter()
             .flatten()
-            .map(PathBuf::as_path)
+            .cloned()
+            .collect()
     }
 }
 
@@ -109,101 +109,16 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
     Ok(config)
 }
 
-/// What tells a file's versions apart: its length and modification time.
-type Stamp = Option<(u64, Option<std::time::SystemTime>)>;
+/// One listener's TLS configuration, as its files last loaded, reloaded when they change.
+pub type Tls = Reloading<ServerConfig>;
 
-fn stamps(files: &TlsFiles) -> Vec<Stamp> {
-    files
-        .paths()
-        .map(|p| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.len(), m.modified().ok()))
-        })
-        .collect()
-}
-
-/// One listener's TLS configuration, as its files last loaded.
-pub struct Tls {
-    files: TlsFiles,
-    current: RwLock<(Vec<Stamp>, Arc<ServerConfig>)>,
-}
-
-impl Tls {
-    /// Loads the files; a node does not start on files that do not load.
-    pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Tls>> {
-        let before = stamps(&files);
-        let config = server_config(&files)?;
-        Ok(Arc::new(Tls {
-            files,
-            current: RwLock::new((before, Arc::new(config))),
-        }))
-    }
-
-    fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().expect("tls lock").1.clone())
-    }
-
-    /// Loads the files again when they changed (or always, with `force`). `Ok(true)`: the new
-    /// configuration is in force; an error leaves the old one.
-    pub fn reload(&self, force: bool) -> anyhow::Result<bool> {
-        let now = stamps(&self.files);
-        if !force && self.current.read().expect("tls lock").0 == now {
-            return Ok(false);
-        }
-        let loaded = server_config(&self.files);
-        let mut current = self.current.write().expect("tls lock");
-        // This version is looked at once, whether it loaded or not.
-        current.0 = now;
-        current.1 = Arc::new(loaded?);
-        Ok(true)
-    }
-
-    /// Reloads on change or SIGHUP, until the last handle on this configuration is gone.
-    pub fn watch(self: &Arc<Self>, what: &'static str) {
-        let tls = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(RELOAD_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-            loop {
-                #[cfg(unix)]
-                let force = match hup.as_mut() {
-                    Some(hup) => tokio::select! {
-                        _ = tick.tick() => false,
-                        _ = hup.recv() => true,
-                    },
-                    None => {
-                        tick.tick().await;
-                        false
-                    }
-                };
-                #[cfg(not(unix))]
-                let force = {
-                    tick.tick().await;
-                    false
-                };
-                let Some(tls) = tls.upgrade() else {
-                    return;
-                };
-                match tls.reload(force) {
-                    Ok(false) => {}
-                    Ok(true) => tracing::info!(
-                        listener = what,
-                        cert = %tls.files.cert.display(),
-                        "TLS certificates reloaded"
-                    ),
-                    Err(e) => tracing::error!(
-                        listener = what,
-                        error = %format!("{e:#}"),
-                        "TLS certificates not reloaded; the ones loaded before stay in force"
-                    ),
-                }
-            }
-        });
-    }
+/// Loads a listener's TLS files; a node does not start on files that do not load.
+pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Tls>> {
+    let what = match files.client_ca {
+        Some(_) => "peer TLS certificates",
+        None => "client TLS certificates",
+    };
+    Reloading::open(what, files.paths(), move || server_config(&files))
 }
 
 /// Mutual TLS between nodes: the peer listener's configuration, and what calls to peers
@@ -223,7 +138,7 @@ impl PeerTls {
                 read(&cert)?,
                 read(&key)?,
             ));
-        let server = Tls::load(TlsFiles {
+        let server = load(TlsFiles {
             cert,
             key,
             client_ca: Some(ca),
@@ -259,7 +174,7 @@ pub fn incoming(
             };
             // An answer larger than a segment must not wait for a delayed acknowledgement.
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
