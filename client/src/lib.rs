@@ -970,6 +970,22 @@ impl Client {
         .await
     }
 
+    /// A backup of the current endpoint's state (`Admin.Backup`): a header, then the state
+    /// in chunks. Not retried or failed over: a broken backup is started again.
+    pub async fn backup(&self) -> Result<tonic::Streaming<v1::BackupChunk>, Error> {
+        let mut admin = self.admin();
+        let answer = tokio::time::timeout(self.attempt_timeout, admin.backup(v1::BackupRequest {}))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "{} did not answer within {:?}",
+                    self.current_endpoint(),
+                    self.attempt_timeout
+                ))
+            })??;
+        Ok(answer.into_inner())
+    }
+
     /// Direct access to the generated stub of the current endpoint.
     pub fn raw(&self) -> OrdoClient<Connection> {
         self.ordo()

@@ -31,6 +31,6 @@ pub mod types;
 pub mod waiters;
 
 pub use batcher::{system_clock, Clock, Sequencer, SequencerConfig, SubmitError};
-pub use node::{InitOutcome, Node, NodeConfig, StartError};
+pub use node::{InitOutcome, Node, NodeConfig, StartError, RESTORED_MARKER};
 pub use types::*;
 pub use waiters::{TxnFailure, TxnOutcome, Wait, Waiters};

@@ -81,6 +81,15 @@ pub struct Node {
     forward_timeout: Duration,
 }
 
+/// A file in a data directory that `ordo restore` made: the state came from a backup, not from
+/// this node's log. Such a node must first start alone; it then makes a snapshot of the state
+/// and purges its log, so that members added later receive the state as that snapshot rather
+/// than replaying a log that never held it. Removed once done.
+pub const RESTORED_MARKER: &str = "restored-from-backup";
+
+/// How long the first start of a restored data directory may take to seal it.
+const SEAL_RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// What `init_cluster` did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum InitOutcome {
@@ -155,6 +164,14 @@ impl Node {
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
         let single = config.peers.is_empty();
+        let restored = config.data_dir.join(RESTORED_MARKER);
+        if restored.exists() && !single {
+            return Err(StartError::Config(format!(
+                "{} was restored from a backup and has not run yet: start it alone first \
+                 (without --peer), then add members to it with `ordo member add`",
+                config.data_dir.display()
+            )));
+        }
         let peers = if single {
             BTreeMap::from([(config.node_id, config.advertise.clone())])
         } else {
@@ -193,7 +210,62 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(format!("initializing membership: {e}")))?;
         }
+        if restored.exists() {
+            node.seal_restore(&restored).await?;
+        }
         Ok(node)
+    }
+
+    /// The first start of a restored data directory ([`RESTORED_MARKER`]): once this node
+    /// leads and has applied its first entries, snapshot the state and purge the log up to
+    /// that snapshot, then remove the marker. A crash before the end repeats it next start.
+    async fn seal_restore(&self, marker: &std::path::Path) -> Result<(), StartError> {
+        let raft_err = |what: &str, e: &dyn std::fmt::Display| {
+            StartError::Raft(format!("sealing the restored state: {what}: {e}"))
+        };
+        self.wait_leader(SEAL_RESTORE_TIMEOUT).await?;
+        let metrics = self
+            .raft
+            .wait(Some(SEAL_RESTORE_TIMEOUT))
+            .metrics(
+                |m| m.last_applied.is_some() && m.last_applied.map(|l| l.index) == m.last_log_index,
+                "the first entries applied",
+            )
+            .await
+            .map_err(|e| raft_err("applying", &e))?;
+        let applied = metrics.last_applied.expect("waited for it");
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| raft_err("snapshot", &e))?;
+        self.raft
+            .wait(Some(SEAL_RESTORE_TIMEOUT))
+            .metrics(
+                |m| m.snapshot >= Some(applied),
+                "a snapshot of the restored state",
+            )
+            .await
+            .map_err(|e| raft_err("snapshot", &e))?;
+        self.raft
+            .trigger()
+            .purge_log(applied.index)
+            .await
+            .map_err(|e| raft_err("purging the log", &e))?;
+        self.raft
+            .wait(Some(SEAL_RESTORE_TIMEOUT))
+            .metrics(|m| m.purged >= Some(applied), "the log purged")
+            .await
+            .map_err(|e| raft_err("purging the log", &e))?;
+        let dir = marker.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::remove_file(marker)
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .map_err(|e| StartError::Open {
+                what: "the restore marker",
+                detail: format!("removing {}: {e}", marker.display()),
+            })?;
+        tracing::info!(snapshot = %applied, "restored state sealed: new members receive it as a snapshot");
+        Ok(())
     }
 
     /// Initialises the cluster's membership from the configured peers, once. On an already

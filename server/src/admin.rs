@@ -32,6 +32,37 @@ pub struct AdminService {
     /// How this node reaches the leader's client port to proxy a membership change: with the
     /// client port's scheme (`Err`: it cannot, and says why).
     leader_channels: Result<Channels, String>,
+    backups: crate::backup::Backups,
+    /// Turns true when the node stops: a running backup stream ends.
+    closing: tokio::sync::watch::Receiver<bool>,
+    about: About,
+}
+
+/// What `Status` tells of the node beyond its Raft state.
+pub struct About {
+    /// When the node started serving.
+    pub started: std::time::Instant,
+    /// The settings every node of the cluster must share ([`cluster_settings`]).
+    pub cluster_settings: Vec<(&'static str, String)>,
+}
+
+/// The settings every node of a cluster must share, in name order: a node that differs in
+/// one executes or stores the log differently, or cannot talk to its peers.
+pub fn cluster_settings(
+    partitions: u32,
+    exec: &ordo_scheduler::ExecConfig,
+    peer_tls: bool,
+) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "expiry_per_epoch_max",
+            exec.expiry_per_epoch_max.to_string(),
+        ),
+        ("partitions", partitions.to_string()),
+        ("peer_tls", if peer_tls { "on" } else { "off" }.to_string()),
+        ("snapshot_format", ordo_storage::SNAPSHOT_FORMAT.to_string()),
+        ("version", env!("CARGO_PKG_VERSION").to_string()),
+    ]
 }
 
 impl AdminService {
@@ -40,12 +71,17 @@ impl AdminService {
         queue_txns_max: usize,
         fault_clock: Option<Arc<FaultClock>>,
         leader_channels: Result<Channels, String>,
+        closing: tokio::sync::watch::Receiver<bool>,
+        about: About,
     ) -> Self {
         Self {
             node,
             queue_txns_max,
             fault_clock,
             leader_channels,
+            backups: Default::default(),
+            closing,
+            about,
         }
     }
 
@@ -163,6 +199,23 @@ pub fn role_name(state: ServerState) -> &'static str {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(
+        &self,
+        _request: Request<v1::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let stream = self
+            .backups
+            .stream(
+                self.node.node_id,
+                self.node.store.clone(),
+                self.closing.clone(),
+            )
+            .await?;
+        Ok(Response::new(stream))
+    }
+
     async fn status(
         &self,
         _request: Request<v1::StatusRequest>,
@@ -206,6 +259,17 @@ impl Admin for AdminService {
             state_hash: applied.state_hash.to_vec(),
             partitions: self.node.store.partitions(),
             queued_txns: self.node.sequencer.queued() as u64,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_ms: self.about.started.elapsed().as_millis() as u64,
+            cluster_settings: self
+                .about
+                .cluster_settings
+                .iter()
+                .map(|(name, value)| v1::Setting {
+                    name: name.to_string(),
+                    value: value.clone(),
+                })
+                .collect(),
         }))
     }
 

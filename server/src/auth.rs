@@ -135,6 +135,7 @@ const ADMIN_METHODS: &[&str] = &[
     "AddMember",
     "RemoveMember",
     "SetClockFault",
+    "Backup",
 ];
 
 /// The other services on the client port: health (open) and reflection (any valid token).

@@ -234,30 +234,70 @@ pub async fn get_order(client: &Client, order_id: u64) -> Result<Output, ordo_cl
     })
 }
 
-pub async fn status(client: &Client) -> Result<Output, ordo_client::Error> {
+/// `status`: the node's view; with `hash_at`, also its state hash at that epoch.
+pub async fn status(client: &Client, hash_at: Option<u64>) -> Result<Output, ordo_client::Error> {
     let s = client.status().await?;
     let hash = hex(&s.state_hash);
+    let mut json = json!({
+        "node_id": s.node_id,
+        "role": s.role,
+        "leader_id": s.leader_id,
+        "term": s.term,
+        "applied_epoch": s.applied_epoch,
+        "commit_index": s.commit_index,
+        "applied_index": s.applied_index,
+        "state_hash": hash,
+        "partitions": s.partitions,
+        "queued_txns": s.queued_txns,
+        "version": s.version,
+        "uptime_ms": s.uptime_ms,
+        "cluster_settings": settings_json(&s.cluster_settings),
+    });
+    let mut human = format!(
+        "node {} ({}), leader {}, term {}\napplied epoch {} (log index {} of {} committed)\nstate hash {}\n{} partitions, {} transactions queued\nOrdo {}, up {}\ncluster settings: {}",
+        s.node_id, s.role, s.leader_id, s.term, s.applied_epoch, s.applied_index,
+        s.commit_index, hash, s.partitions, s.queued_txns, s.version,
+        uptime(s.uptime_ms), settings_human(&s.cluster_settings)
+    );
+    if let Some(epoch) = hash_at {
+        let at = hex(&client.state_hash(epoch).await?.state_hash);
+        human.push_str(&format!("\nstate hash at epoch {epoch}: {at}"));
+        json["hash_at"] = json!({"epoch": epoch, "state_hash": at});
+    }
     Ok(Output {
-        json: json!({
-            "node_id": s.node_id,
-            "role": s.role,
-            "leader_id": s.leader_id,
-            "term": s.term,
-            "applied_epoch": s.applied_epoch,
-            "commit_index": s.commit_index,
-            "applied_index": s.applied_index,
-            "state_hash": hash,
-            "partitions": s.partitions,
-            "queued_txns": s.queued_txns,
-        }),
-        human: format!(
-            "node {} ({}), leader {}, term {}\napplied epoch {} (log index {} of {} committed)\nstate hash {}\n{} partitions, {} transactions queued",
-            s.node_id, s.role, s.leader_id, s.term, s.applied_epoch, s.applied_index,
-            s.commit_index, hash, s.partitions, s.queued_txns
-        ),
+        json,
+        human,
         exit: EXIT_OK,
         is_error: false,
     })
+}
+
+fn settings_json(settings: &[v1::Setting]) -> Value {
+    settings
+        .iter()
+        .map(|s| (s.name.clone(), Value::from(s.value.clone())))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn settings_human(settings: &[v1::Setting]) -> String {
+    settings
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.value))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `3d 4h`, `2h 5m`, `4m 7s`, `12s`.
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m {}s", s % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }
 
 /// The canonical gRPC name of a status code, as other gRPC tools print it.
@@ -430,8 +470,9 @@ struct NodeRow {
     common_hash: Option<Vec<u8>>,
 }
 
-/// `status --all`: every member's status, and whether they agree on the state hash at the
-/// highest epoch all reachable nodes have applied. Exit 0 only if all are reachable and agree.
+/// `status --all`: every member's status, whether they agree on the state hash at the
+/// highest epoch all reachable nodes have applied, and whether they share the cluster
+/// settings. Exit 0 only if all are reachable and agree on both.
 pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
     let first = client.status().await?;
     let mut rows = Vec::new();
@@ -505,6 +546,26 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
         && reachable
             .iter()
             .all(|r| r.common_hash.is_some() && r.common_hash == reachable[0].common_hash);
+    // Each cluster setting's values across the reachable nodes, and which nodes hold each.
+    let mut settings: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, Vec<u64>>,
+    > = Default::default();
+    for r in &reachable {
+        for setting in &r.status.as_ref().expect("reachable").cluster_settings {
+            settings
+                .entry(setting.name.clone())
+                .or_default()
+                .entry(setting.value.clone())
+                .or_default()
+                .push(r.node_id);
+        }
+    }
+    let differing: Vec<(&String, &std::collections::BTreeMap<String, Vec<u64>>)> = settings
+        .iter()
+        .filter(|(_, values)| values.len() > 1)
+        .collect();
+    let settings_agree = differing.is_empty();
 
     let mut nodes = Vec::new();
     let mut human = format!(
@@ -525,6 +586,9 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
                     "commit_index": s.commit_index,
                     "state_hash": hex(&s.state_hash),
                     "state_hash_at_common_epoch": r.common_hash.as_ref().map(|h| hex(h)),
+                    "version": s.version,
+                    "uptime_ms": s.uptime_ms,
+                    "cluster_settings": settings_json(&s.cluster_settings),
                 }));
                 human.push_str(&format!(
                     "{:<6} {:<22} {:<10} {:<7} {:>12}  {}\n",
@@ -572,6 +636,25 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
             ));
         }
     }
+    if settings_agree {
+        if let Some(first) = reachable.first().and_then(|r| r.status.as_ref()) {
+            human.push_str(&format!(
+                "\ncluster settings agree: {}",
+                settings_human(&first.cluster_settings)
+            ));
+        }
+    } else {
+        for (name, values) in &differing {
+            let by_value: Vec<String> = values
+                .iter()
+                .map(|(value, nodes)| format!("{value} on nodes {nodes:?}"))
+                .collect();
+            human.push_str(&format!(
+                "\nSETTING DIFFERS: {name}: {}",
+                by_value.join(", ")
+            ));
+        }
+    }
     if !all_reachable {
         human.push_str(&format!(
             "\n{} of {} nodes unreachable",
@@ -579,10 +662,29 @@ pub async fn status_all(client: &Client) -> Result<Output, ordo_client::Error> {
             rows.len()
         ));
     }
+    let differing_json: serde_json::Map<String, Value> = differing
+        .iter()
+        .map(|(name, values)| {
+            (
+                name.to_string(),
+                values
+                    .iter()
+                    .map(|(value, nodes)| (value.clone(), json!(nodes)))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            )
+        })
+        .collect();
     Ok(Output {
-        json: json!({"nodes": nodes, "common_epoch": common_epoch, "agree": agree}),
+        json: json!({
+            "nodes": nodes,
+            "common_epoch": common_epoch,
+            "agree": agree,
+            "settings_agree": settings_agree,
+            "settings_differing": differing_json,
+        }),
         human,
-        exit: if all_reachable && agree {
+        exit: if all_reachable && agree && settings_agree {
             EXIT_OK
         } else {
             EXIT_ERROR

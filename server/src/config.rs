@@ -16,7 +16,7 @@ use crate::{cli, limits, serve};
 
 /// Node settings `ordo dev` and `ordo server` share. Unset flags fall back to the config file,
 /// then to the defaults.
-#[derive(Args, Clone, Default, serde::Deserialize)]
+#[derive(Args, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tuning {
     /// Region partitions (fixed when the data directory is created) [default: 3]
@@ -115,6 +115,36 @@ pub struct Tuning {
     #[arg(long)]
     #[serde(default)]
     pub insecure_no_auth: bool,
+    /// Log lines as text or as one JSON object each (to stderr; RUST_LOG filters) [default: text]
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 impl Tuning {
@@ -151,6 +181,7 @@ impl Tuning {
             peer_ca: self.peer_ca.or(other.peer_ca),
             metrics_listen: self.metrics_listen.or(other.metrics_listen),
             insecure_no_auth: self.insecure_no_auth || other.insecure_no_auth,
+            log_format: self.log_format.or(other.log_format),
         }
     }
 }
@@ -481,4 +512,224 @@ pub fn server_options(args: ServerArgs) -> anyhow::Result<serve::ServeOptions> {
         peer_map,
         tuning.or(file.tuning),
     )
+}
+
+/// One effective setting of `ordo config check`.
+#[derive(Debug, serde::Serialize)]
+pub struct Setting {
+    /// As in the file: `listen`, `tuning.epoch_ms`, ...
+    pub key: String,
+    pub value: serde_json::Value,
+    /// `file`, `default`, or `flag` for what the file leaves to a command-line flag.
+    pub source: &'static str,
+}
+
+/// `ordo config check FILE`: the file as `ordo server --config FILE` would take it (unknown
+/// keys, bad values, token and certificate files that do not load are errors), and every
+/// setting in effect with where it comes from. `node_id`, `listen` and `data_dir` may be left
+/// to flags; they are then checked with stand-ins and reported with source `flag`.
+pub fn check(path: &std::path::Path) -> anyhow::Result<Vec<Setting>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: ConfigFile =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let tuning_table = table.get("tuning").and_then(|t| t.as_table());
+    let opts = server_options(ServerArgs {
+        node_id: file.node_id.is_none().then_some(1),
+        listen: file
+            .listen
+            .is_none()
+            .then(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+        peer_listen: None,
+        cluster_secret_file: None,
+        data_dir: file.data_dir.is_none().then(|| PathBuf::from("ordo-data")),
+        advertise: None,
+        peers: Vec::new(),
+        config: Some(path.to_path_buf()),
+        tuning: Tuning::default(),
+    })
+    .with_context(|| format!("{}", path.display()))?;
+
+    let mut settings = Vec::new();
+    let mut top = |key: &str, value: serde_json::Value, required: bool| {
+        let source = if table.contains_key(key) {
+            "file"
+        } else if required {
+            "flag"
+        } else {
+            "default"
+        };
+        let value = if source == "flag" {
+            serde_json::Value::Null
+        } else {
+            value
+        };
+        settings.push(Setting {
+            key: key.to_string(),
+            value,
+            source,
+        });
+    };
+    top("node_id", json(&opts.node_id), true);
+    top("listen", json(&opts.listen.to_string()), true);
+    top("peer_listen", json(&opts.peer_listen.to_string()), false);
+    top("advertise", json(&opts.advertise), false);
+    top("data_dir", json(&opts.data_dir.display().to_string()), true);
+    top(
+        "cluster_secret_file",
+        json(
+            &file
+                .cluster_secret_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+        ),
+        false,
+    );
+    let peers: serde_json::Map<String, serde_json::Value> = opts
+        .peers
+        .iter()
+        .map(|(id, addr)| (id.to_string(), addr.entry().into()))
+        .collect();
+    top("peers", peers.into(), false);
+
+    // Every tuning key, in the order of `Tuning`, with the value the node would use.
+    let file_tuning = serde_json::to_value(&file.tuning).expect("tuning is JSON");
+    let limits = &opts.limits;
+    let effective: Vec<(&str, serde_json::Value)> = vec![
+        ("partitions", opts.partitions.into()),
+        (
+            "store_cache_mb",
+            (opts.store_cache_bytes / (1024 * 1024)).into(),
+        ),
+        ("epoch_ms", opts.sequencer.epoch_ms.into()),
+        ("batch_txns_max", opts.sequencer.batch_txns_max.into()),
+        ("batch_bytes_max", opts.sequencer.batch_bytes_max.into()),
+        ("queue_txns_max", opts.sequencer.queue_txns_max.into()),
+        (
+            "proposals_in_flight_max",
+            opts.sequencer.proposals_in_flight_max.into(),
+        ),
+        (
+            "request_timeout_ms",
+            (limits.request_timeout.as_millis() as u64).into(),
+        ),
+        ("snapshot_every", opts.snapshot_every_entries.into()),
+        ("message_bytes_max", limits.message_bytes_max.into()),
+        ("reservation_ttl_s", limits.reservation_ttl_default_s.into()),
+        ("reservation_ttl_max_s", limits.reservation_ttl_max_s.into()),
+        (
+            "expiry_per_epoch_max",
+            opts.exec.expiry_per_epoch_max.into(),
+        ),
+        ("feed_retention_epochs", opts.feed_retention.epochs.into()),
+        ("feed_retention_bytes", opts.feed_retention.bytes.into()),
+        ("watchers_max", limits.watchers_max.into()),
+        ("watch_buffer_messages", limits.watch_buffer_messages.into()),
+        (
+            "watch_stall_ms",
+            (limits.watch_stall.as_millis() as u64).into(),
+        ),
+        ("notify_rate", limits.notify_per_s.into()),
+        ("fault_injection", opts.fault_injection.into()),
+        ("tokens_file", file_tuning["tokens_file"].clone()),
+        ("tls_cert", file_tuning["tls_cert"].clone()),
+        ("tls_key", file_tuning["tls_key"].clone()),
+        ("peer_tls_cert", file_tuning["peer_tls_cert"].clone()),
+        ("peer_tls_key", file_tuning["peer_tls_key"].clone()),
+        ("peer_ca", file_tuning["peer_ca"].clone()),
+        (
+            "metrics_listen",
+            json(&opts.metrics_listen.map(|a| a.to_string())),
+        ),
+        ("insecure_no_auth", file.tuning.insecure_no_auth.into()),
+        (
+            "log_format",
+            file.tuning.log_format.unwrap_or_default().name().into(),
+        ),
+    ];
+    for (key, value) in effective {
+        let in_file = tuning_table.is_some_and(|t| t.contains_key(key));
+        settings.push(Setting {
+            key: format!("tuning.{key}"),
+            value,
+            source: if in_file { "file" } else { "default" },
+        });
+    }
+    Ok(settings)
+}
+
+/// A setting's value as JSON.
+fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `config check` names every tuning key: a key added to `Tuning` and not to the listing
+    /// fails here.
+    #[test]
+    fn check_lists_every_tuning_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_id = 2\n[tuning]\nepoch_ms = 7\n").unwrap();
+        let settings = check(&path).unwrap();
+        let listed: Vec<String> = settings
+            .iter()
+            .filter_map(|s| s.key.strip_prefix("tuning.").map(str::to_string))
+            .collect();
+        let fields: Vec<String> = match serde_json::to_value(Tuning::default()).unwrap() {
+            serde_json::Value::Object(map) => map.keys().cloned().collect(),
+            _ => unreachable!(),
+        };
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(sorted, fields);
+        let get = |key: &str| settings.iter().find(|s| s.key == key).unwrap();
+        assert_eq!(
+            (get("node_id").source, &get("node_id").value),
+            ("file", &2.into())
+        );
+        assert_eq!(get("listen").source, "flag");
+        assert_eq!(
+            (get("tuning.epoch_ms").source, &get("tuning.epoch_ms").value),
+            ("file", &7.into())
+        );
+        assert_eq!(
+            (
+                get("tuning.partitions").source,
+                &get("tuning.partitions").value
+            ),
+            ("default", &3.into())
+        );
+    }
+
+    #[test]
+    fn check_refuses_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        for (text, says) in [
+            (
+                "node_id = 1\nlisten_addr = \"127.0.0.1:1\"\n",
+                "unknown field `listen_addr`",
+            ),
+            ("[tuning]\nepochms = 5\n", "unknown field `epochms`"),
+            (
+                "[tuning]\nexpiry_per_epoch_max = 0\n",
+                "--expiry-per-epoch-max must be 1",
+            ),
+            ("[tuning]\nlog_format = \"xml\"\n", "unknown variant `xml`"),
+            (
+                "[tuning]\ntls_cert = \"/nonexistent.pem\"\n",
+                "--tls-cert and --tls-key go together",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = format!("{:#}", check(&path).unwrap_err());
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod backup;
 mod cli;
 mod cli_feed;
 mod cli_geo;
@@ -175,13 +176,49 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Show a node's status: role, leader, applied epoch, state hash. With --all, every
-    /// member's, and whether they agree on the state hash.
+    /// Show a node's status: role, leader, applied epoch, state hash, version, uptime and the
+    /// settings every node must share. With --all, every member's, and whether they agree on
+    /// the state hash and those settings (exit 1 if not, or if one is unreachable).
     Status {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hash_at")]
         all: bool,
+        /// Also show the node's state hash at this epoch (kept for the last 10,000 epochs):
+        /// compare a restored node with its backup's header.
+        #[arg(long)]
+        hash_at: Option<u64>,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Stream a consistent backup of a node's whole state at its applied epoch into a file,
+    /// while the node goes on serving (needs the `admin` scope).
+    Backup {
+        /// The backup file (written as FILE.partial, then renamed when whole and checked).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make a new node's data directory from a backup file: started alone (`ordo server`
+    /// without --peer), it is a new single-node cluster at the backup's epoch and state hash,
+    /// which can grow with `ordo member add`.
+    Restore {
+        /// The backup file (`ordo backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data directory; must be absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Certificates for trying TLS.
     Certs {
@@ -227,6 +264,20 @@ enum MemberAction {
         secret: SecretArg,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Check a config file as `ordo server --config FILE` would take it (unknown keys and bad
+    /// values are errors; token and certificate files must load) and print every setting in
+    /// effect with its source: file, default, or flag (node_id, listen, data_dir left to
+    /// flags). Exit 0 when valid, 1 when not.
+    Check {
+        file: PathBuf,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -336,13 +387,18 @@ impl Conn {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG`: text, or one JSON object per line (`--log-format
+/// json`: `timestamp`, `level`, `target`, `fields` with `message`, and the `span`s).
+fn init_tracing(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error,sled=warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => builder.init(),
+        config::LogFormat::Json => builder.json().init(),
+    }
 }
 
 async fn run_client<F, Fut>(conn: Conn, f: F) -> ExitCode
@@ -357,7 +413,11 @@ where
         },
         Err(e) => cli::error_output(&e),
     };
-    if conn.json {
+    print_output(output, conn.json)
+}
+
+fn print_output(output: cli::Output, json: bool) -> ExitCode {
+    if json {
         println!("{}", output.json);
     } else if output.is_error {
         eprintln!("{}", output.human);
@@ -388,7 +448,7 @@ async fn main() -> ExitCode {
             demo_skus,
             tuning,
         } => {
-            init_tracing();
+            init_tracing(tuning.log_format.unwrap_or_default());
             let spec = match demo::Spec::new(demo_dcs, demo_skus) {
                 Ok(spec) => spec,
                 Err(e) => return report(Err(e)),
@@ -419,7 +479,16 @@ async fn main() -> ExitCode {
             }
         }
         Command::Server(args) => {
-            init_tracing();
+            // The flag, else the config file's (read again by `server_options`; a file that
+            // does not parse is reported there).
+            let format = args.tuning.log_format.or_else(|| {
+                let file = args
+                    .config
+                    .as_deref()
+                    .and_then(|p| config::read_config(p).ok());
+                file.and_then(|f| f.tuning.log_format)
+            });
+            init_tracing(format.unwrap_or_default());
             let options = server_options(args);
             match options {
                 Ok(opts) => report(serve::serve(opts, None).await),
@@ -554,16 +623,117 @@ async fn main() -> ExitCode {
         Command::GetOrder { order_id, conn } => {
             run_client(conn, |c| async move { cli::get_order(&c, order_id).await }).await
         }
-        Command::Status { all, conn } => {
+        Command::Status { all, hash_at, conn } => {
             run_client(conn, |c| async move {
                 if all {
                     cli::status_all(&c).await
                 } else {
-                    cli::status(&c).await
+                    cli::status(&c, hash_at).await
                 }
             })
             .await
         }
+        Command::Backup { out, force, conn } => {
+            let json = conn.json;
+            let client = match conn.connect().await {
+                Ok(c) => c,
+                Err(e) => return print_output(cli::error_output(&e), json),
+            };
+            match backup::backup(&client, &out, force).await {
+                Ok(header) => {
+                    if json {
+                        let mut value = header.json();
+                        value["file"] = out.display().to_string().into();
+                        println!("{value}");
+                    } else {
+                        println!(
+                            "backup of node {} at epoch {} (state hash {}) written to {} ({:.1} MiB)",
+                            header.node_id,
+                            header.epoch,
+                            header.state_hash,
+                            out.display(),
+                            header.bytes as f64 / (1024.0 * 1024.0)
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => match e.downcast_ref::<ordo_client::Error>() {
+                    Some(e) => print_output(cli::error_output(e), json),
+                    None => report(Err(e)),
+                },
+            }
+        }
+        Command::Restore {
+            from,
+            data_dir,
+            json,
+        } => match backup::restore(&from, &data_dir) {
+            Ok(header) => {
+                if json {
+                    let mut value = header.json();
+                    value["data_dir"] = data_dir.display().to_string().into();
+                    println!("{value}");
+                } else {
+                    println!(
+                        "restored epoch {} (state hash {}) from {} into {}\n\
+                         start it as a new single-node cluster:\n  \
+                         ordo server --node-id 1 --listen 127.0.0.1:50051 --data-dir {} \
+                         --partitions {}\n\
+                         (with --cluster-secret-file FILE it can then grow with `ordo member add`)",
+                        header.epoch,
+                        header.state_hash,
+                        from.display(),
+                        data_dir.display(),
+                        data_dir.display(),
+                        header.partitions
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        },
+        Command::Config {
+            action: ConfigAction::Check { file, json },
+        } => match config::check(&file) {
+            Ok(settings) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "file": file.display().to_string(),
+                            "valid": true,
+                            "settings": settings,
+                        })
+                    );
+                } else {
+                    println!("{}: valid", file.display());
+                    for s in &settings {
+                        let value = match &s.value {
+                            serde_json::Value::Null if s.source == "flag" => {
+                                format!("(give --{})", s.key.replace('_', "-"))
+                            }
+                            serde_json::Value::Null => "none".to_string(),
+                            serde_json::Value::String(text) => text.clone(),
+                            other => other.to_string(),
+                        };
+                        println!("{:<32} {:<40} {}", s.key, value, s.source);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) if json => {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "file": file.display().to_string(),
+                        "valid": false,
+                        "error": format!("{e:#}"),
+                    })
+                );
+                ExitCode::from(cli::EXIT_ERROR)
+            }
+            Err(e) => report(Err(e)),
+        },
         Command::Certs {
             action: CertsAction::Generate { out, nodes, hosts },
         } => match tls::generate(&out, nodes, &hosts) {

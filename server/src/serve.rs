@@ -272,6 +272,15 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         opts.sequencer.queue_txns_max,
         opts.fault_injection.then_some(fault_clock),
         leader_channels,
+        closing.subscribe(),
+        crate::admin::About {
+            started: std::time::Instant::now(),
+            cluster_settings: crate::admin::cluster_settings(
+                node.store.partitions(),
+                &opts.exec,
+                opts.peer_tls.is_some(),
+            ),
+        },
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);

@@ -133,3 +133,81 @@ fn the_store_cache_flag_is_checked_at_start() {
         );
     }
 }
+
+#[test]
+fn config_check_names_unknown_keys_and_prints_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "node_id = 3\nlisten = \"127.0.0.1:50051\"\n[tuning]\nepoch_ms = 7\n",
+    )
+    .unwrap();
+    let (code, out, err) = ordo_cli(&["config", "check", file.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let report = json_of(&out);
+    assert_eq!(report["valid"], true);
+    let setting = |key: &str| {
+        report["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("{key} missing: {out}"))
+            .clone()
+    };
+    assert_eq!(setting("node_id")["value"], 3);
+    assert_eq!(setting("node_id")["source"], "file");
+    assert_eq!(setting("data_dir")["source"], "flag");
+    assert_eq!(setting("tuning.epoch_ms")["value"], 7);
+    assert_eq!(setting("tuning.epoch_ms")["source"], "file");
+    assert_eq!(setting("tuning.queue_txns_max")["value"], 100_000);
+    assert_eq!(setting("tuning.queue_txns_max")["source"], "default");
+    assert_eq!(setting("peer_listen")["value"], "127.0.0.1:51051");
+
+    // A misspelt key: exit 1, the key and the line named.
+    std::fs::write(&file, "node_id = 3\n[tuning]\nepoch_msec = 7\n").unwrap();
+    let (code, out, err) = ordo_cli(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.contains("unknown field `epoch_msec`") && err.contains("line 3"),
+        "{err}"
+    );
+    let (code, out, _) = ordo_cli(&["config", "check", file.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 1);
+    let report = json_of(&out);
+    assert_eq!(report["valid"], false);
+    assert!(report["error"].as_str().unwrap().contains("epoch_msec"));
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(SINGLE_NODE_ARGS)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut serving = None;
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        let record: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        assert!(record["timestamp"].is_string() && record["level"].is_string());
+        if record["fields"]["message"] == "serving" {
+            serving = Some(record);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let serving = serving.expect("no `serving` line");
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["fields"]["node_id"], 1);
+}

@@ -368,3 +368,47 @@ async fn a_follower_killed_while_it_installs_a_snapshot_catches_up_on_restart() 
         .join("snapshots/current.snap");
     assert!(snapshot.exists(), "it caught up by a snapshot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_all_names_a_cluster_setting_that_differs() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(2, 1, 100, &[]).await;
+    let endpoint = cluster.endpoints()[0].clone();
+    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["settings_agree"], true);
+    assert_eq!(
+        report["nodes"][0]["cluster_settings"]["partitions"], "3",
+        "{out}"
+    );
+    assert!(report["nodes"][1]["uptime_ms"].as_u64().is_some(), "{out}");
+    assert!(!report["nodes"][1]["version"].as_str().unwrap().is_empty());
+
+    // A third node with another execution setting joins (no holds, so nothing diverges yet):
+    // status --all says which setting differs, on which nodes, and exits 1.
+    let node = cluster.node(3);
+    node.extra
+        .extend(["--expiry-per-epoch-max".to_string(), "7".to_string()]);
+    node.start();
+    let (addr, peer) = (node.addr.clone(), node.peer_addr.clone());
+    let admin = cluster.client().await.with_cluster_secret(TEST_SECRET);
+    admin.add_member_at(3, addr, peer).await.unwrap();
+    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(report["settings_agree"], false);
+    assert_eq!(
+        report["settings_differing"]["expiry_per_epoch_max"],
+        serde_json::json!({"10000": [1, 2], "7": [3]}),
+        "{out}"
+    );
+    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(
+            "SETTING DIFFERS: expiry_per_epoch_max: 10000 on nodes [1, 2], 7 on nodes [3]"
+        ),
+        "{out}"
+    );
+}

@@ -172,7 +172,8 @@ const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
 /// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
 const META_FEED_START: &[u8] = b"feed_start";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// The layout of [`Store::export_snapshot`]'s blob; [`Store::import_snapshot`] takes no other.
+pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// Positions of the fixed trees in a snapshot's tree list; region `n` follows at
 /// `FIRST_REGION_TREE + n`. An export's capture names trees by these positions.

@@ -1,0 +1,375 @@
+//! Backups: the `Admin.Backup` stream a node serves, the backup file `ordo backup` writes, and
+//! `ordo restore`, which makes a new cluster's data directory from that file.
+//!
+//! A backup is the store's snapshot export ([`Store::export_snapshot`]): every tree as of one
+//! applied epoch, taken while the node goes on applying epochs. It carries that epoch's state
+//! hash, and a restored store must reproduce it before `ordo restore` says it is done.
+//!
+//! The file: the line `ORDO-BACKUP 1`, one line of JSON (the header: epoch, state hash,
+//! partitions, size and BLAKE3 of the state), then the state's bytes. `head -2 FILE` shows
+//! what it holds. `ordo backup` writes it under a temporary name, checks size and digest,
+//! fsyncs and renames, so a file under the final name is always whole.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::Stream;
+use ordo_proto::v1;
+use ordo_storage::{EpochCommit, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tonic::Status;
+
+/// The first line of a backup file.
+const MAGIC: &str = "ORDO-BACKUP 1";
+/// The longest header line `ordo restore` reads.
+const HEADER_BYTES_MAX: u64 = 64 * 1024;
+/// State bytes in one `BackupChunk`.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks a backup stream buffers ahead of its reader.
+const CHUNKS_BUFFERED: usize = 4;
+/// How long a backup stream waits for its reader to take a chunk before it gives up (and
+/// frees the copy of the state it holds).
+const STALL: Duration = Duration::from_secs(60);
+
+pub type BackupStream = Pin<Box<dyn Stream<Item = Result<v1::BackupChunk, Status>> + Send>>;
+
+/// Serves `Admin.Backup`: one at a time per node.
+#[derive(Clone)]
+pub struct Backups {
+    running: Arc<Semaphore>,
+}
+
+impl Default for Backups {
+    fn default() -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(1)),
+        }
+    }
+}
+
+impl Backups {
+    /// Exports the store at its applied epoch and streams it: the header, then the state in
+    /// chunks. The stream ends with UNAVAILABLE when `closing` turns true (the node stops).
+    pub async fn stream(
+        &self,
+        node_id: u64,
+        store: Arc<Store>,
+        mut closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<BackupStream, Status> {
+        let permit = self.running.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(
+                "a backup of this node is already running; retry when it ends",
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(CHUNKS_BUFFERED);
+        // The export runs in the stream's task: the call answers at once (the client's
+        // per-attempt timeout applies to that answer), and the header follows the export.
+        tokio::spawn(async move {
+            let _permit = permit;
+            let started = std::time::Instant::now();
+            let partitions = store.partitions();
+            let exported = tokio::task::spawn_blocking(move || store.export_snapshot())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let (applied, data) = match exported {
+                Ok(exported) => exported,
+                Err(e) => {
+                    tracing::error!(error = %e, "backup: exporting the state failed");
+                    let _ = tx
+                        .send(Err(Status::internal(format!("exporting the state: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            let header = v1::BackupHeader {
+                format: ordo_storage::SNAPSHOT_FORMAT,
+                node_id,
+                epoch: applied.epoch,
+                time_ms: applied.time_ms,
+                state_hash: applied.state_hash.to_vec(),
+                partitions,
+                bytes: data.len() as u64,
+                blake3: blake3::hash(&data).as_bytes().to_vec(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            tracing::info!(
+                epoch = applied.epoch,
+                bytes = data.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "backup exported; streaming it"
+            );
+            let parts = std::iter::once(v1::backup_chunk::Part::Header(header)).chain(
+                data.chunks(CHUNK_BYTES)
+                    .map(|c| v1::backup_chunk::Part::Data(c.to_vec())),
+            );
+            for part in parts {
+                let chunk = Ok(v1::BackupChunk { part: Some(part) });
+                tokio::select! {
+                    sent = tx.send_timeout(chunk, STALL) => {
+                        if sent.is_err() {
+                            tracing::warn!("backup abandoned: its reader left or stalled");
+                            return;
+                        }
+                    }
+                    _ = closing.wait_for(|c| *c) => {
+                        let _ = tx.try_send(Err(Status::unavailable(
+                            "the node is stopping; the backup is incomplete",
+                        )));
+                        return;
+                    }
+                }
+            }
+            tracing::info!(
+                epoch = applied.epoch,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "backup sent"
+            );
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// A backup file's header line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    pub node_id: u64,
+    pub epoch: u64,
+    pub time_ms: u64,
+    /// Hex.
+    pub state_hash: String,
+    pub partitions: u32,
+    pub bytes: u64,
+    /// Hex.
+    pub blake3: String,
+    pub version: String,
+}
+
+impl Header {
+    fn from_wire(h: &v1::BackupHeader) -> Self {
+        Self {
+            format: h.format,
+            node_id: h.node_id,
+            epoch: h.epoch,
+            time_ms: h.time_ms,
+            state_hash: ordo_storage::hex(&h.state_hash),
+            partitions: h.partitions,
+            bytes: h.bytes,
+            blake3: ordo_storage::hex(&h.blake3),
+            version: h.version.clone(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a header is JSON")
+    }
+}
+
+/// The temporary name a backup is written under.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+/// `ordo backup`: streams a backup from the node `client` talks to into `out`. Refuses to
+/// replace an existing file unless `force`.
+pub async fn backup(
+    client: &ordo_client::Client,
+    out: &Path,
+    force: bool,
+) -> anyhow::Result<Header> {
+    anyhow::ensure!(
+        force || !out.exists(),
+        "{} exists; choose another --out, or give --force to replace it",
+        out.display()
+    );
+    let mut stream = client.backup().await?;
+    let header = match stream.message().await.map_err(ordo_client::Error::from)? {
+        Some(v1::BackupChunk {
+            part: Some(v1::backup_chunk::Part::Header(h)),
+        }) => h,
+        _ => anyhow::bail!("the node's backup did not start with its header"),
+    };
+    let partial = partial_path(out);
+    let written = async {
+        // The whole state, orders and users included: readable by its owner only.
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        let line = Header::from_wire(&header);
+        writeln!(file, "{MAGIC}")?;
+        writeln!(file, "{}", line.json())?;
+        let mut hasher = blake3::Hasher::new();
+        let mut received = 0u64;
+        while let Some(chunk) = stream.message().await.map_err(ordo_client::Error::from)? {
+            let Some(v1::backup_chunk::Part::Data(data)) = chunk.part else {
+                anyhow::bail!("the node's backup had a second header");
+            };
+            received += data.len() as u64;
+            anyhow::ensure!(
+                received <= header.bytes,
+                "the node sent more than the {} bytes it announced",
+                header.bytes
+            );
+            hasher.update(&data);
+            file.write_all(&data)?;
+        }
+        anyhow::ensure!(
+            received == header.bytes,
+            "the backup stream ended after {received} of {} bytes",
+            header.bytes
+        );
+        anyhow::ensure!(
+            hasher.finalize().as_bytes()[..] == header.blake3[..],
+            "the backup's BLAKE3 does not match the one the node announced"
+        );
+        file.sync_all()?;
+        fs::rename(&partial, out)?;
+        sync_parent(out)?;
+        Ok(line)
+    }
+    .await;
+    if written.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    written.with_context(|| format!("writing {}", out.display()))
+}
+
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Reads a backup file: its header and state, checked against the header's size and digest.
+pub fn read(path: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    (&mut reader)
+        .take(HEADER_BYTES_MAX)
+        .read_line(&mut line)
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        line.trim_end() == MAGIC,
+        "{} is not an Ordo backup (it does not start with {MAGIC:?})",
+        path.display()
+    );
+    line.clear();
+    (&mut reader)
+        .take(HEADER_BYTES_MAX)
+        .read_line(&mut line)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let header: Header = serde_json::from_str(&line)
+        .with_context(|| format!("{}: the header line is not a backup header", path.display()))?;
+    anyhow::ensure!(
+        header.format == ordo_storage::SNAPSHOT_FORMAT,
+        "{}: backup format {} is not {} (made by Ordo {}; restore it with that version)",
+        path.display(),
+        header.format,
+        ordo_storage::SNAPSHOT_FORMAT,
+        header.version
+    );
+    let mut data = Vec::new();
+    // One byte past the announced size, so a longer file is caught without reading it all.
+    (&mut reader)
+        .take(header.bytes.saturating_add(1))
+        .read_to_end(&mut data)
+        .with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(
+        data.len() as u64 == header.bytes,
+        "{} holds {}{} bytes of state, its header says {}: the file is damaged",
+        path.display(),
+        data.len(),
+        if data.len() as u64 > header.bytes {
+            " or more"
+        } else {
+            ""
+        },
+        header.bytes
+    );
+    anyhow::ensure!(
+        ordo_storage::hex(blake3::hash(&data).as_bytes()) == header.blake3,
+        "{}: the state's BLAKE3 does not match its header: the file is damaged",
+        path.display()
+    );
+    Ok((header, data))
+}
+
+/// `ordo restore`: makes `data_dir` (absent or empty) the data directory of a new node holding
+/// the backup's state at its epoch, with no Raft history: started alone it initialises a new
+/// single-node cluster that goes on from the next epoch, and grows with `ordo member add`
+/// (its first start snapshots the state and purges the log first, so new members receive the
+/// state as that snapshot; see [`ordo_sequencer::RESTORED_MARKER`]).
+pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Header> {
+    if let Ok(mut entries) = fs::read_dir(data_dir) {
+        anyhow::ensure!(
+            entries.next().is_none(),
+            "{} is not empty: restore into a new data directory",
+            data_dir.display()
+        );
+    }
+    let (header, data) = read(from)?;
+    fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let state_dir = data_dir.join("state");
+    let restored = (|| {
+        let store = Store::open(&state_dir, header.partitions)?;
+        store.import_snapshot(&data)?;
+        let applied = store.applied();
+        anyhow::ensure!(
+            applied.epoch == header.epoch && ordo_storage::hex(&applied.state_hash) == header.state_hash,
+            "the restored state is at epoch {} with state hash {}, the backup says epoch {} with {}",
+            applied.epoch,
+            ordo_storage::hex(&applied.state_hash),
+            header.epoch,
+            header.state_hash
+        );
+        // A new cluster: no last applied log id, no membership (the backup's name the old
+        // cluster's nodes). The epoch, its time and the hash chain go on as they were.
+        store.commit(EpochCommit::default())?;
+        store.flush()?;
+        drop(store);
+        // The node's first start seals the state into a snapshot before it takes members
+        // (`Node::start`); it reads this marker for that.
+        fs::write(
+            data_dir.join(ordo_sequencer::RESTORED_MARKER),
+            format!("{}\n", header.json()),
+        )?;
+        sync_tree(data_dir)?;
+        Ok(())
+    })();
+    if let Err(e) = restored {
+        // Leave nothing that looks like a data directory.
+        let _ = fs::remove_dir_all(&state_dir);
+        let _ = fs::remove_file(data_dir.join(ordo_sequencer::RESTORED_MARKER));
+        return Err(e.context(format!("restoring into {}", data_dir.display())));
+    }
+    Ok(header)
+}
+
+/// fsyncs every file and directory under `dir`, and `dir` itself.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
