@@ -11,6 +11,8 @@
 #   WORKLOADS=watch FIRST=1 LAST=6 TIME=30 jepsen/campaign.sh         # change-feed consumers
 #   SERVER_ARGS="--snapshot-every 100" RATE=200 CONCURRENCY=10 WORKLOADS=watch FIRST=1 LAST=12 \
 #     TIME=30 jepsen/campaign.sh            # nodes behind install snapshots; feeds start after them
+#   CA=certs/ca.pem SERVER_ARGS="--tls-cert certs/node-1.pem --tls-key certs/node-1-key.pem" \
+#     jepsen/campaign.sh                    # clients over TLS (JEPSEN.md, "Reproduce")
 #
 # The `feed` column (watch runs): events the consumers received in all, their node switches
 # (stream errors, of them RESOURCE_EXHAUSTED cut-offs of the dawdling consumer; stalls, stale
@@ -31,6 +33,9 @@ read -r -a WORKLOADS <<< "${WORKLOADS:-inventory bank append register}"
 read -r -a SERVER_ARGS <<< "${SERVER_ARGS:-}"
 server_args=()
 for a in "${SERVER_ARGS[@]}"; do server_args+=("--server-arg=$a"); done
+# The CA of the nodes' client-port certificates (their --tls-cert/--tls-key in SERVER_ARGS):
+# clients then use https://.
+[ -n "${CA:-}" ] && server_args+=("--ca" "$CA")
 NEMESES=(partition kill pause clock membership partition,kill,pause,clock,membership)
 
 mkdir -p "$OUT"

@@ -57,6 +57,12 @@ enum Command {
         /// one and its change feed starts after it).
         #[arg(long = "server-arg", allow_hyphen_values = true)]
         server_args: Vec<String>,
+        /// The CA (PEM) of the nodes' client-port certificates: clients use https:// and TLS.
+        /// Give the nodes theirs with --server-arg=--tls-cert --server-arg=FILE and
+        /// --tls-key likewise (`ordo certs generate --host 127.0.0.11 ...` for the
+        /// partition nemesis' addresses).
+        #[arg(long)]
+        ca: Option<PathBuf>,
     },
     /// Check a saved history (JSONL).
     Check {
@@ -111,6 +117,7 @@ fn main() -> ExitCode {
             out,
             ordo_bin,
             server_args,
+            ca,
         } => (|| {
             let ordo_bin = match ordo_bin {
                 Some(b) => b,
@@ -136,6 +143,7 @@ fn main() -> ExitCode {
                 out,
                 ordo_bin,
                 server_args,
+                ca,
             };
             tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
         })(),

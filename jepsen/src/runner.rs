@@ -49,6 +49,26 @@ pub struct RunOpts {
     /// Extra arguments for every `ordo server` (e.g. `--snapshot-every 100`, so that nodes
     /// behind install snapshots and their change feeds start after them).
     pub server_args: Vec<String>,
+    /// The CA (PEM) of the nodes' client-port certificates: clients then speak TLS to
+    /// `https://` endpoints (the nodes need `--tls-cert`/`--tls-key` among `server_args`).
+    pub ca: Option<PathBuf>,
+}
+
+/// [`RunOpts::ca`]'s certificate, set once by [`run`]: every client of the run (processes,
+/// nemeses, final reads) connects through [`connect_many`], which then speaks TLS.
+static CLIENT_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// A client of `urls`, over TLS when the run has a CA.
+pub(crate) async fn connect_many(urls: Vec<String>) -> Result<Client, ordo_client::Error> {
+    match CLIENT_CA.get() {
+        Some(ca) => Client::connect_tls(urls, ca).await,
+        None => Client::connect_many(urls).await,
+    }
+}
+
+/// A client of one node, over TLS when the run has a CA.
+pub(crate) async fn connect(url: String) -> Result<Client, ordo_client::Error> {
+    connect_many(vec![url]).await
 }
 
 pub const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membership"];
@@ -219,7 +239,12 @@ impl NodeProc {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if CLIENT_CA.get().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -636,7 +661,7 @@ async fn client_slot(
     let mut stream: Option<OrderStream> = None;
     while Instant::now() < end {
         if client.is_none() {
-            client = Client::connect(endpoint.clone()).await.ok().map(|c| {
+            client = connect(endpoint.clone()).await.ok().map(|c| {
                 c.observe_epoch(setup_epoch);
                 c.with_retry(RetryPolicy {
                     attempts_max: OP_ATTEMPTS,
@@ -779,7 +804,7 @@ async fn inject(
             let mut set = Vec::new();
             for &v in &victims {
                 let r = async {
-                    let c = Client::connect(endpoints[v].clone()).await?;
+                    let c = connect(endpoints[v].clone()).await?;
                     c.set_clock_fault(offset_ms, strobe_ms, period_ms).await
                 };
                 let ok = matches!(
@@ -854,7 +879,7 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
                 let cleared = retry_until(Duration::from_secs(10), || {
                     let ep = ep.clone();
                     async move {
-                        let c = Client::connect(ep).await?;
+                        let c = connect(ep).await?;
                         c.set_clock_fault(0, 0, 0).await
                     }
                 })
@@ -879,9 +904,7 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
                 let peer_addr = peer_addr.clone();
                 let secret = secret.clone();
                 async move {
-                    let admin = Client::connect_many(endpoints)
-                        .await?
-                        .with_cluster_secret(&secret);
+                    let admin = connect_many(endpoints).await?.with_cluster_secret(&secret);
                     admin
                         .add_member_at(victim as u64 + 1, addr, peer_addr)
                         .await
@@ -1030,6 +1053,12 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             opts.workload,
             checks::WORKLOADS.join(", ")
         );
+    }
+    if let Some(ca) = &opts.ca {
+        let pem = std::fs::read(ca).with_context(|| format!("reading the CA {}", ca.display()))?;
+        CLIENT_CA
+            .set(pem)
+            .map_err(|_| anyhow::anyhow!("one run per process"))?;
     }
     for n in &opts.nemesis {
         if !NEMESES.contains(&n.as_str()) {
@@ -1272,6 +1301,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         "rate": opts.rate,
         "concurrency": opts.concurrency,
         "server_args": opts.server_args,
+        "ca": opts.ca.as_ref().map(|p| p.display().to_string()),
         "op_counts": op_counts,
         "anomaly_counts": verdict.counts,
         "anomalies": verdict.examples,
@@ -1335,7 +1365,7 @@ fn heal_everything(cluster: &mut Cluster) -> anyhow::Result<()> {
 async fn connect_retrying(endpoints: &[String], timeout: Duration) -> anyhow::Result<Client> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(c) = Client::connect_many(endpoints.to_vec()).await {
+        if let Ok(c) = connect_many(endpoints.to_vec()).await {
             return Ok(c);
         }
         if Instant::now() > deadline {
@@ -1368,7 +1398,7 @@ async fn agreement(endpoints: &[String]) -> Option<(u64, bool)> {
         let mut statuses = Vec::new();
         for ep in endpoints {
             if let Ok(Ok(c)) =
-                tokio::time::timeout(Duration::from_secs(2), Client::connect(ep.clone())).await
+                tokio::time::timeout(Duration::from_secs(2), connect(ep.clone())).await
             {
                 if let Ok(s) = c.status().await {
                     statuses.push((c, s));
@@ -1521,7 +1551,7 @@ fn partition_plan(
 async fn leader_of(endpoints: &[String]) -> Option<usize> {
     for ep in endpoints {
         let probe = async {
-            let c = Client::connect(ep.clone()).await.ok()?;
+            let c = connect(ep.clone()).await.ok()?;
             c.status().await.ok()
         };
         if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(1), probe).await {

@@ -166,7 +166,7 @@ async fn feed_starts(endpoints: &[String]) -> Value {
     let mut starts = Vec::new();
     for (i, endpoint) in endpoints.iter().enumerate() {
         let probe = async {
-            let client = Client::connect(endpoint.clone()).await?;
+            let client = crate::runner::connect(endpoint.clone()).await?;
             let request = v1::WatchRequest {
                 start: Some(v1::watch_request::Start::FromEpoch(1)),
                 ..Default::default()
@@ -289,7 +289,7 @@ impl Consumer {
         let rotated: Vec<String> = (0..n).map(|i| endpoints[(first + i) % n].clone()).collect();
         let deadline = Instant::now() + FINISH_TIMEOUT;
         let client = loop {
-            match Client::connect_many(rotated.clone()).await {
+            match crate::runner::connect_many(rotated.clone()).await {
                 Ok(c) => break c,
                 Err(e) if Instant::now() > deadline => anyhow::bail!("{name}: {e}"),
                 Err(_) => tokio::time::sleep(ROUND_PAUSE).await,
