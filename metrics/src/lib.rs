@@ -352,6 +352,11 @@ pub static HOLDS_EXPIRED: Counter = Counter::new(
     "ordo_reservations_expired_total",
     "Lapsed holds swept during execution on this node, one per held stock row (units returned).",
 );
+/// Held stock rows of live reservations, counted at each scrape.
+pub static HOLDS_LIVE: Gauge = Gauge::new(
+    "ordo_reservations_live",
+    "Held stock rows of reservations not yet confirmed, cancelled or swept on this node (a lapsed hold counts until execution sweeps it), counted at each scrape.",
+);
 /// Watch and WatchNotifications streams open now.
 pub static WATCHERS: Gauge = Gauge::new(
     "ordo_watchers",
@@ -501,6 +506,7 @@ pub fn render() -> String {
     render_counter(&mut out, &DEDUPE_HITS);
     render_counter_family(&mut out, &REJECTS);
     render_counter(&mut out, &HOLDS_EXPIRED);
+    render_gauge(&mut out, &HOLDS_LIVE);
     render_gauge(&mut out, &WATCHERS);
     render_histogram(&mut out, &SNAPSHOT_BUILD);
     render_histogram(&mut out, &SNAPSHOT_INSTALL);

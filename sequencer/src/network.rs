@@ -54,7 +54,7 @@ pub type PeerRaftClient = RaftClient<InterceptedService<Channel, AttachSecret>>;
 
 #[derive(Clone, Default)]
 pub struct Channels {
-    by_addr: Arc<Mutex<BTreeMap<String, Channel>>>,
+    by_addr: Arc<Mutex<Cache>>,
     /// Put on every call to a peer's internal service.
     secret: Option<ClusterSecret>,
     /// The address outgoing connections are made from: the node's own listen address, so that
@@ -62,14 +62,28 @@ pub struct Channels {
     /// e.g. by firewall rules in fault tests. `None`: the kernel chooses.
     local_ip: Option<std::net::IpAddr>,
     /// Mutual TLS to peers (`None`: plaintext).
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<PeerClientTls>,
+}
+
+/// Where calls to peers get their TLS configuration (the CA they trust, the certificate they
+/// present): the configuration in force with its generation, which moves whenever the node
+/// reloads its certificate files. Channels made under an older generation are dropped, so
+/// every new connection presents the certificate in force; calls already under way finish on
+/// theirs.
+pub type PeerClientTls = Arc<dyn Fn() -> (u64, tonic::transport::ClientTlsConfig) + Send + Sync>;
+
+/// The channels made, and the TLS generation they were made under.
+#[derive(Default)]
+struct Cache {
+    tls_generation: u64,
+    map: BTreeMap<String, Channel>,
 }
 
 impl Channels {
     pub fn new(
         local_ip: Option<std::net::IpAddr>,
         secret: Option<ClusterSecret>,
-        tls: Option<tonic::transport::ClientTlsConfig>,
+        tls: Option<PeerClientTls>,
     ) -> Self {
         Self {
             by_addr: Arc::default(),
@@ -82,7 +96,15 @@ impl Channels {
     /// The channel to `addr` (`host:port`), made lazily: no connection is attempted until a
     /// call needs one, and a dropped connection is re-made on the next call.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
-        let mut map = self.by_addr.lock().expect("channels lock");
+        let tls = self.tls.as_ref().map(|tls| tls());
+        let mut cache = self.by_addr.lock().expect("channels lock");
+        if let Some((generation, _)) = &tls {
+            if *generation != cache.tls_generation {
+                cache.map.clear();
+                cache.tls_generation = *generation;
+            }
+        }
+        let map = &mut cache.map;
         if let Some(channel) = map.get(addr) {
             return Ok(channel.clone());
         }
@@ -94,9 +116,9 @@ impl Channels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .local_address(self.local_ip);
-        if let Some(tls) = &self.tls {
+        if let Some((_, tls)) = tls {
             endpoint = endpoint
-                .tls_config(tls.clone())
+                .tls_config(tls)
                 .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
@@ -248,5 +270,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let delays = (0..)
             .map(|i: u32| Duration::from_millis(50u64.saturating_mul(1 << i.min(5)).min(1000)));
         Backoff::new(delays)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A reloaded peer certificate reaches the channels: those made before are dropped, so the
+    /// next connection to any peer presents the new one.
+    #[tokio::test]
+    async fn channels_are_remade_when_the_tls_generation_moves() {
+        let generation = Arc::new(AtomicU64::new(1));
+        let seen = generation.clone();
+        let tls: PeerClientTls = Arc::new(move || {
+            (
+                seen.load(Ordering::SeqCst),
+                tonic::transport::ClientTlsConfig::new(),
+            )
+        });
+        let channels = Channels::new(None, None, Some(tls));
+        let cached = |c: &Channels| c.by_addr.lock().unwrap().map.len();
+        channels.get("127.0.0.1:1").unwrap();
+        channels.get("127.0.0.1:2").unwrap();
+        channels.get("127.0.0.1:1").unwrap();
+        assert_eq!(cached(&channels), 2);
+        generation.store(2, Ordering::SeqCst);
+        channels.get("127.0.0.1:1").unwrap();
+        assert_eq!(cached(&channels), 1, "channels of the old certificate kept");
+        assert_eq!(channels.by_addr.lock().unwrap().tls_generation, 2);
     }
 }

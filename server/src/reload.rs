@@ -38,7 +38,8 @@ pub struct Reloading<T> {
     what: &'static str,
     paths: Vec<PathBuf>,
     load: Load<T>,
-    current: RwLock<(Vec<Stamp>, Arc<T>)>,
+    /// The files' stamps, the value, and its generation (1 for the first, +1 per reload).
+    current: RwLock<(Vec<Stamp>, Arc<T>, u64)>,
 }
 
 impl<T: Send + Sync + 'static> Reloading<T> {
@@ -54,12 +55,18 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             what,
             paths,
             load: Box::new(load),
-            current: RwLock::new((before, Arc::new(value))),
+            current: RwLock::new((before, Arc::new(value), 1)),
         }))
     }
 
     pub fn current(&self) -> Arc<T> {
         self.current.read().expect("reload lock").1.clone()
+    }
+
+    /// The value in force with its generation, which moves with every reload.
+    pub fn current_with_generation(&self) -> (u64, Arc<T>) {
+        let current = self.current.read().expect("reload lock");
+        (current.2, current.1.clone())
     }
 
     /// Loads the files again if they changed since they were last looked at (or always, with
@@ -74,6 +81,7 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         // This version is looked at once, whether it loaded or not.
         current.0 = now;
         current.1 = Arc::new(loaded?);
+        current.2 += 1;
         Ok(true)
     }
 

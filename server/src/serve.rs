@@ -175,7 +175,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         forward_timeout: opts.limits.request_timeout,
         // Peers see this node's connections come from its own address.
         bind_ip: Some(local.ip()).filter(|ip| !ip.is_unspecified()),
-        peer_tls: opts.peer_tls.as_ref().map(|t| t.client.clone()),
+        peer_tls: opts.peer_tls.as_ref().map(|t| t.client_source()),
         heartbeat_ms: 100,
         election_timeout_ms: (500, 1000),
     })
@@ -261,7 +261,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         (Some(_), Some(peer_tls)) => Ok(Channels::new(
             bind_ip,
             opts.secret.clone(),
-            Some(peer_tls.client.clone()),
+            Some(peer_tls.client_source()),
         )),
         (Some(_), None) => Err(
             "reaches the leader's TLS client port only with a CA to trust (--peer-ca)".to_string(),
@@ -347,6 +347,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         servers.push(match &opts.peer_tls {
             Some(peer_tls) => {
                 peer_tls.server.watch();
+                peer_tls.client.watch();
                 let incoming = crate::tls::incoming(peer_listener, peer_tls.server.clone());
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
@@ -460,7 +461,13 @@ pub async fn serve(opts: ServeOptions, demo: Option<crate::demo::Spec>) -> anyho
     }
     announce(&running);
     if demo.is_some() {
-        print_quickstart(running.local, &opts.data_dir, 1, opts.tls.is_some());
+        print_quickstart(
+            running.local,
+            &opts.data_dir,
+            1,
+            opts.tls.is_some(),
+            opts.tokens.is_some(),
+        );
     }
     let stopped = tokio::select! {
         _ = shutdown_signal() => None,
@@ -523,7 +530,13 @@ pub async fn serve_dev_cluster(
     for r in &running {
         announce(r);
     }
-    print_quickstart(running[0].local, &base.data_dir, nodes, base.tls.is_some());
+    print_quickstart(
+        running[0].local,
+        &base.data_dir,
+        nodes,
+        base.tls.is_some(),
+        base.tokens.is_some(),
+    );
     shutdown_signal().await;
     for r in running {
         let id = r.node.node_id;
@@ -533,7 +546,13 @@ pub async fn serve_dev_cluster(
     Ok(())
 }
 
-fn print_quickstart(local: SocketAddr, data_dir: &std::path::Path, nodes: u64, tls: bool) {
+fn print_quickstart(
+    local: SocketAddr,
+    data_dir: &std::path::Path,
+    nodes: u64,
+    tls: bool,
+    tokens: bool,
+) {
     let endpoint = if tls {
         format!(" --endpoint https://{local} --ca CA.pem")
     } else if local.port() == 50051 && local.ip().is_loopback() {
@@ -562,7 +581,13 @@ fn print_quickstart(local: SocketAddr, data_dir: &std::path::Path, nodes: u64, t
          \x20 ordo restock 1 1 10{endpoint}                 # add 10 units\n\
          \x20 ordo status --all{endpoint}                   # every node: epoch and state hash\n\
          (from a checkout: cargo run --release --bin ordo -- stock 1 1)\n\
-         Stop with Ctrl-C.",
+         {token}Stop with Ctrl-C.",
         dir = data_dir.display(),
+        token = if tokens {
+            "Calls need a token from the --tokens-file: export ORDO_TOKEN=... (or --token; \
+             `status` needs the admin scope).\n"
+        } else {
+            ""
+        },
     );
 }

@@ -126,24 +126,50 @@ pub fn load(files: TlsFiles) -> anyhow::Result<Arc<Tls>> {
 #[derive(Clone)]
 pub struct PeerTls {
     pub server: Arc<Tls>,
-    pub client: tonic::transport::ClientTlsConfig,
+    /// What calls to peers trust and present, reloaded from the same files as `server`.
+    pub client: Arc<Reloading<tonic::transport::ClientTlsConfig>>,
 }
 
 impl PeerTls {
     pub fn load(cert: PathBuf, key: PathBuf, ca: PathBuf) -> anyhow::Result<PeerTls> {
-        let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-        let client = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&ca)?))
-            .identity(tonic::transport::Identity::from_pem(
-                read(&cert)?,
-                read(&key)?,
-            ));
-        let server = load(TlsFiles {
+        let files = TlsFiles {
             cert,
             key,
             client_ca: Some(ca),
-        })?;
+        };
+        let client_files = files.clone();
+        let client = Reloading::open(
+            "peer client certificate",
+            files.paths(),
+            move || -> anyhow::Result<_> {
+                // The same checks as the listener's (a key that is not the certificate's is
+                // refused here, not at the next connection), then what tonic takes.
+                server_config(&client_files)?;
+                let read =
+                    |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+                let ca = client_files
+                    .client_ca
+                    .as_deref()
+                    .expect("peer TLS has a CA");
+                Ok(tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+                    .identity(tonic::transport::Identity::from_pem(
+                        read(&client_files.cert)?,
+                        read(&client_files.key)?,
+                    )))
+            },
+        )?;
+        let server = load(files)?;
         Ok(PeerTls { server, client })
+    }
+
+    /// What the sequencer's peer channels call for their TLS configuration.
+    pub fn client_source(&self) -> ordo_sequencer::network::PeerClientTls {
+        let client = self.client.clone();
+        Arc::new(move || {
+            let (generation, config) = client.current_with_generation();
+            (generation, (*config).clone())
+        })
     }
 }
 

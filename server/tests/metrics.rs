@@ -54,6 +54,19 @@ async fn a_scrape_shows_calls_by_method_and_code_and_the_nodes_work() {
         invalid.unwrap_err().code(),
         Some(tonic::Code::InvalidArgument)
     );
+    // Two held rows (DCs 2 and 3), one released again by a cancel, one still live.
+    let held = client
+        .reserve(ordo_client::Reserve::new(&[line(2, 1, 1), line(3, 1, 1)]))
+        .await
+        .unwrap();
+    client
+        .reserve(ordo_client::Reserve::new(&[line(2, 2, 1)]))
+        .await
+        .unwrap();
+    client
+        .cancel_reservation(held.reservation_id, None)
+        .await
+        .unwrap();
     let mut watch = client
         .raw()
         .watch(v1::WatchRequest {
@@ -105,6 +118,7 @@ async fn a_scrape_shows_calls_by_method_and_code_and_the_nodes_work() {
     assert!(sample(&body, "ordo_applied_epoch") >= 4.0);
     assert_eq!(sample(&body, "ordo_is_leader"), 1.0);
     assert_eq!(sample(&body, "ordo_watchers"), 1.0);
+    assert_eq!(sample(&body, "ordo_reservations_live"), 1.0);
     assert_eq!(sample(&body, "ordo_queue_txns"), 0.0);
     assert!(body.contains("# TYPE ordo_rpc_duration_seconds histogram\n"));
 

@@ -327,3 +327,69 @@ fn tls_flags_come_in_their_sets() {
         assert!(err.contains(says), "{extra:?}: {err}");
     }
 }
+
+/// Writes `bytes` to `to` through a temporary file and a rename, as a deploy tool would.
+fn replace(to: &Path, bytes: &[u8]) {
+    let tmp = to.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_ca_rotates_on_a_running_cluster_without_restarts() {
+    let old = tempfile::tempdir().unwrap();
+    let new = tempfile::tempdir().unwrap();
+    let live = tempfile::tempdir().unwrap();
+    generate(old.path(), "1");
+    generate(new.path(), "1");
+    let read = |dir: &Path, file: &str| std::fs::read(dir.join(file)).unwrap();
+    let (cert, key, ca) = (
+        live.path().join("node.pem"),
+        live.path().join("node-key.pem"),
+        live.path().join("ca.pem"),
+    );
+    replace(&cert, &read(old.path(), "node-1.pem"));
+    replace(&key, &read(old.path(), "node-1-key.pem"));
+    replace(&ca, &read(old.path(), "ca.pem"));
+    let extra = [
+        "--peer-tls-cert",
+        cert.to_str().unwrap(),
+        "--peer-tls-key",
+        key.to_str().unwrap(),
+        "--peer-ca",
+        ca.to_str().unwrap(),
+    ];
+    let mut cluster = Cluster::start(3, 0, 1_000, &extra).await;
+    let client = cluster.client().await;
+    let order = |client: Client| async move {
+        let r = client
+            .place_order(&[line(1, 1, 1)], false, None)
+            .await
+            .unwrap();
+        assert!(committed(&r));
+        client.highest_epoch()
+    };
+    order(client.clone()).await;
+
+    eprintln!(
+        "--- phase: trust both CAs, then present the new CA's certificate, then trust it alone"
+    );
+    let both = [read(old.path(), "ca.pem"), read(new.path(), "ca.pem")].concat();
+    replace(&ca, &both);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replace(&key, &read(new.path(), "node-1-key.pem"));
+    replace(&cert, &read(new.path(), "node-1.pem"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    replace(&ca, &read(new.path(), "ca.pem"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    eprintln!("--- phase: a follower restarts: the leader's new connections to it must present the new certificate");
+    let leader = cluster.leader(Duration::from_secs(30)).await;
+    let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap().id;
+    cluster.node(follower).kill9();
+    let client = cluster.client().await;
+    order(client.clone()).await;
+    cluster.node(follower).start();
+    let epoch = order(cluster.client().await).await;
+    cluster.wait_agreement(epoch, Duration::from_secs(30)).await;
+}
