@@ -44,6 +44,8 @@ pub struct About {
     pub started: std::time::Instant,
     /// The settings every node of the cluster must share ([`cluster_settings`]).
     pub cluster_settings: Vec<(&'static str, String)>,
+    /// The node's `--message-bytes-max`: backup chunks stay under it.
+    pub message_bytes_max: usize,
 }
 
 /// The settings every node of a cluster must share, in name order: a node that differs in
@@ -79,7 +81,7 @@ impl AdminService {
             queue_txns_max,
             fault_clock,
             leader_channels,
-            backups: Default::default(),
+            backups: crate::backup::Backups::new(about.message_bytes_max),
             closing,
             about,
         }

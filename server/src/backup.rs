@@ -29,7 +29,8 @@ use tonic::Status;
 const MAGIC: &str = "ORDO-BACKUP 1";
 /// The longest header line `ordo restore` reads.
 const HEADER_BYTES_MAX: u64 = 64 * 1024;
-/// State bytes in one `BackupChunk`.
+/// State bytes in one `BackupChunk`, at most (and at most half the node's
+/// `--message-bytes-max`).
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks a backup stream buffers ahead of its reader.
 const CHUNKS_BUFFERED: usize = 4;
@@ -43,17 +44,18 @@ pub type BackupStream = Pin<Box<dyn Stream<Item = Result<v1::BackupChunk, Status
 #[derive(Clone)]
 pub struct Backups {
     running: Arc<Semaphore>,
-}
-
-impl Default for Backups {
-    fn default() -> Self {
-        Self {
-            running: Arc::new(Semaphore::new(1)),
-        }
-    }
+    chunk_bytes: usize,
 }
 
 impl Backups {
+    /// For a node whose messages are at most `message_bytes_max`.
+    pub fn new(message_bytes_max: usize) -> Self {
+        Self {
+            running: Arc::new(Semaphore::new(1)),
+            chunk_bytes: CHUNK_BYTES.min(message_bytes_max / 2).max(1),
+        }
+    }
+
     /// Exports the store at its applied epoch and streams it: the header, then the state in
     /// chunks. The stream ends with UNAVAILABLE when `closing` turns true (the node stops).
     pub async fn stream(
@@ -68,6 +70,7 @@ impl Backups {
             )
         })?;
         let (tx, rx) = mpsc::channel(CHUNKS_BUFFERED);
+        let chunk_bytes = self.chunk_bytes;
         // The export runs in the stream's task: the call answers at once (the client's
         // per-attempt timeout applies to that answer), and the header follows the export.
         tokio::spawn(async move {
@@ -106,7 +109,7 @@ impl Backups {
                 "backup exported; streaming it"
             );
             let parts = std::iter::once(v1::backup_chunk::Part::Header(header)).chain(
-                data.chunks(CHUNK_BYTES)
+                data.chunks(chunk_bytes)
                     .map(|c| v1::backup_chunk::Part::Data(c.to_vec())),
             );
             for part in parts {

@@ -303,6 +303,18 @@ pub fn serve_options(
         feed_retention.epochs >= 1,
         "--feed-retention-epochs must be at least 1"
     );
+    let partitions = tuning.partitions.unwrap_or(3);
+    anyhow::ensure!(
+        (1..=ordo_storage::PARTITIONS_MAX).contains(&partitions),
+        "--partitions must be 1 to {}, not {partitions}",
+        ordo_storage::PARTITIONS_MAX
+    );
+    let message_bytes_max = tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024);
+    anyhow::ensure!(
+        (64 * 1024..=ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX).contains(&message_bytes_max),
+        "--message-bytes-max must be 65536 to {}, not {message_bytes_max}",
+        ordo_sequencer::network::RAFT_MESSAGE_BYTES_MAX
+    );
     let store_cache_mb = tuning
         .store_cache_mb
         .unwrap_or(ordo_storage::DEFAULT_CACHE_BYTES / (1024 * 1024));
@@ -374,7 +386,7 @@ pub fn serve_options(
         secret: listeners.secret,
         data_dir,
         peers,
-        partitions: tuning.partitions.unwrap_or(3),
+        partitions,
         store_cache_bytes: store_cache_mb * 1024 * 1024,
         sequencer: SequencerConfig {
             epoch_ms: tuning.epoch_ms.unwrap_or(defaults.epoch_ms),
@@ -393,7 +405,7 @@ pub fn serve_options(
         },
         limits: limits::Limits {
             request_timeout: Duration::from_millis(tuning.request_timeout_ms.unwrap_or(10_000)),
-            message_bytes_max: tuning.message_bytes_max.unwrap_or(4 * 1024 * 1024),
+            message_bytes_max,
             reservation_ttl_default_s: ttl_s,
             reservation_ttl_max_s: ttl_max_s,
             watchers_max,

@@ -280,6 +280,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
                 &opts.exec,
                 opts.peer_tls.is_some(),
             ),
+            message_bytes_max: max,
         },
     ))
     .max_decoding_message_size(max)

@@ -96,7 +96,8 @@ async fn check_state_at(client: &Client, epoch: u64, acked: &Acks) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_under_load_restores_to_the_same_state_and_grows() {
-    let cluster = Cluster::start(3, 0, STOCK, &[]).await;
+    // A small message limit: the backup comes in many chunks (half of it each).
+    let cluster = Cluster::start(3, 0, STOCK, &["--message-bytes-max", "65536"]).await;
     let leader = cluster.leader(Duration::from_secs(30)).await;
     let follower = cluster.nodes.iter().find(|n| n.id != leader).unwrap();
     let writers = Writers::start(cluster.endpoints(), 4, "bk").await;
@@ -117,6 +118,10 @@ async fn backup_under_load_restores_to_the_same_state_and_grows() {
     assert_eq!(printed["epoch"], head["epoch"]);
     assert_eq!(printed["node_id"], follower.id);
     let epoch = head["epoch"].as_u64().unwrap();
+    assert!(
+        head["bytes"].as_u64().unwrap() > 2 * 32 * 1024,
+        "a backup of a few chunks only: {head}"
+    );
     let hash = head["state_hash"].as_str().unwrap().to_string();
     assert!(
         !file.with_file_name("backup.ordo.partial").exists(),

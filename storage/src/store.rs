@@ -172,6 +172,9 @@ const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
 /// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
 const META_FEED_START: &[u8] = b"feed_start";
+/// The most region partitions a store has (each is a keyspace, a lock table and an executor).
+pub const PARTITIONS_MAX: u32 = 256;
+
 /// The layout of [`Store::export_snapshot`]'s blob; [`Store::import_snapshot`] takes no other.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
@@ -523,8 +526,10 @@ impl Store {
         partitions: u32,
         cache_bytes: u64,
     ) -> Result<Self, StoreError> {
-        if partitions == 0 {
-            return Err(StoreError::Config("partitions must be at least 1".into()));
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(StoreError::Config(format!(
+                "partitions must be 1 to {PARTITIONS_MAX}, not {partitions}"
+            )));
         }
         Self::open_inner(dir.as_ref(), Some(partitions), cache_bytes)
     }
