@@ -330,8 +330,9 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Header> {
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let state_dir = data_dir.join("state");
     let restored = (|| {
-        let store = Store::open(&state_dir, header.partitions)?;
-        store.import_snapshot(&data)?;
+        // A small page cache: the restore writes each key once and reads it once more.
+        let store = Store::open_with_cache(&state_dir, header.partitions, 64 * 1024 * 1024)?;
+        store.restore_snapshot(&data)?;
         let applied = store.applied();
         anyhow::ensure!(
             applied.epoch == header.epoch && ordo_storage::hex(&applied.state_hash) == header.state_hash,

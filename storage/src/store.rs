@@ -172,6 +172,9 @@ const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
 /// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
 const META_FEED_START: &[u8] = b"feed_start";
+/// Keys in one sled batch of [`Store::restore_snapshot`].
+pub const RESTORE_BATCH_KEYS: usize = 16_384;
+
 /// The most region partitions a store has (each is a keyspace, a lock table and an executor).
 pub const PARTITIONS_MAX: u32 = 256;
 
@@ -500,6 +503,30 @@ struct SnapshotFile {
     trees: Vec<TreeDump>,
 }
 
+/// How long opening a store waits for sled's lock on its files, which a store closed a
+/// moment ago in this process can still hold while its background thread ends.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
     bincode::deserialize(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
@@ -539,11 +566,7 @@ impl Store {
         partitions: Option<u32>,
         cache_bytes: u64,
     ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_sled(dir, cache_bytes)?;
         let state = db.open_tree(space::STATE_TREE)?;
         let behind = Arc::new(Behind::start(&state)?);
         let moved = space::migrate(&db, &state, &behind)?;
@@ -1247,6 +1270,51 @@ impl Store {
         Ok((applied, patched))
     }
 
+    /// Fills a new, empty store with the state of a snapshot made by
+    /// [`Store::export_snapshot`], for `ordo restore`: [`Store::import_snapshot`] alone
+    /// writes a whole snapshot in one sled batch, which for millions of keys takes many times
+    /// the snapshot's size in memory. This writes the partitions' keys first, in batches of at
+    /// most [`RESTORE_BATCH_KEYS`], then imports the snapshot, whose diff is then the meta
+    /// records alone. Not atomic: a store it fails on (or a crash interrupts) is to be
+    /// thrown away, and nothing may read the store meanwhile.
+    pub fn restore_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        {
+            let snapshot: SnapshotFile = decode("snapshot", bytes)?;
+            let _one = self.snapshot.lock().expect("snapshot lock");
+            let _gate = self.gate.write().expect("epoch gate");
+            let ours = self.snapshot_trees();
+            let holds_keys = ours
+                .iter()
+                .skip(META_TREE + 1)
+                .any(|(_, space)| space.iter().next().is_some());
+            if self.applied().epoch != 0 || holds_keys {
+                return Err(StoreError::Config(
+                    "a store is restored into only when it is new and empty".into(),
+                ));
+            }
+            if snapshot.trees.len() != ours.len() || snapshot.partitions != self.partitions() {
+                return Err(StoreError::Config(format!(
+                    "snapshot has {} partitions, this store {}",
+                    snapshot.partitions,
+                    self.partitions()
+                )));
+            }
+            for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
+                if id == META_TREE {
+                    continue;
+                }
+                for chunk in pairs.chunks(RESTORE_BATCH_KEYS) {
+                    let mut batch = Batch::default();
+                    for (k, v) in chunk {
+                        space.insert(&mut batch, k, v.as_slice());
+                    }
+                    self.state.apply_batch(batch)?;
+                }
+            }
+        }
+        self.import_snapshot(bytes)
+    }
+
     /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`], as a diff
     /// applied in one sled batch (see the module docs).
     pub fn import_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
@@ -1498,6 +1566,63 @@ mod tests {
         assert_eq!(
             feed_epochs(&store.feed_read(7, 100, 1 << 20).unwrap()),
             vec![7]
+        );
+    }
+
+    /// A restore writes in batches, then imports: the same state, the same export again, and
+    /// only into a new store.
+    #[test]
+    fn a_restore_reaches_the_state_an_import_does_and_only_into_a_new_store() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let source = Store::open(source_dir.path(), 2).unwrap();
+        for epoch in 1..=3u64 {
+            // One epoch fills more than a batch; the others overwrite a few of its keys.
+            let keys = if epoch == 1 {
+                RESTORE_BATCH_KEYS as u64 + 7
+            } else {
+                10
+            };
+            let writes = (0..keys)
+                .map(|i| {
+                    (
+                        format!("k{i:06}").into_bytes(),
+                        Some(epoch.to_be_bytes().to_vec()),
+                    )
+                })
+                .collect();
+            commit(
+                &source,
+                epoch,
+                vec![
+                    (Part::Region(1), writes),
+                    (Part::Global, vec![put("g", "x")]),
+                ],
+            );
+        }
+        let (applied, blob) = source.export_snapshot().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let restored = Store::open(dir.path(), 2).unwrap();
+        restored.restore_snapshot(&blob).unwrap();
+        assert_eq!(restored.applied(), applied);
+        assert_eq!(
+            restored.state_hash_at(3).unwrap(),
+            source.state_hash_at(3).unwrap()
+        );
+        assert_eq!(restored.export_snapshot().unwrap().1, blob);
+        assert!(!restored.import_interrupted());
+
+        let (used_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let used = Store::open(used_dir.path(), 2).unwrap();
+        commit(&used, 1, vec![(Part::Region(0), vec![put("k", "v")])]);
+        assert!(
+            used.restore_snapshot(&blob).is_err(),
+            "restored over a used store"
+        );
+        let other = Store::open(other_dir.path(), 3).unwrap();
+        assert!(
+            other.restore_snapshot(&blob).is_err(),
+            "3 partitions took a 2-partition snapshot"
         );
     }
 
