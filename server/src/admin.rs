@@ -168,6 +168,66 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// Refuses to add a node that holds another history than this cluster's: one that
+    /// initialised a cluster of its own (started without `--peer`, or restored from a backup)
+    /// would keep the epochs it applied there, and replicas would diverge. Its state hash at
+    /// its applied epoch must be this node's at that epoch. A node that never applied an
+    /// epoch passes, as does one that cannot be asked (it catches up when it can be
+    /// reached) or whose epoch is older than the hashes this node keeps.
+    async fn check_history(
+        &self,
+        node_id: u64,
+        addr: &str,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<(), Status> {
+        let Ok(channels) = &self.leader_channels else {
+            return Ok(());
+        };
+        let Ok(channel) = channels.get(addr) else {
+            return Ok(());
+        };
+        let mut request = Request::new(v1::StatusRequest {});
+        if let Some(token) = metadata.get("authorization") {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        let status = tokio::time::timeout(
+            Duration::from_secs(3),
+            AdminClient::new(channel).status(request),
+        )
+        .await;
+        let theirs = match status {
+            Ok(Ok(answer)) => answer.into_inner(),
+            Ok(Err(e)) => {
+                tracing::warn!(node_id, addr, error = %e, "could not ask a new member for its history");
+                return Ok(());
+            }
+            Err(_) => return Ok(()),
+        };
+        if theirs.applied_epoch == 0 {
+            return Ok(());
+        }
+        let ours = self
+            .node
+            .store
+            .state_hash_at(theirs.applied_epoch)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match ours {
+            Some(hash) if hash[..] == theirs.state_hash[..] => Ok(()),
+            None if theirs.applied_epoch < self.node.store.applied_epoch() => Ok(()),
+            _ => Err(Status::failed_precondition(format!(
+                "node {node_id} at {addr} holds another history than this cluster's (its \
+                 state at epoch {} is not this cluster's): it initialised a cluster of its own. \
+                 Stop it, empty its data directory and start it with --peer {node_id}=... \
+                 (itself) so that it waits to be added",
+                theirs.applied_epoch
+            ))),
+        }
+    }
+}
+
 /// A request to the leader's Admin service carrying this node's secret.
 /// A membership change proxied to the leader: the secret, and the caller's token (the
 /// leader checks it as this node did).
@@ -380,6 +440,8 @@ impl Admin for AdminService {
                 .add_member(with_secret(r, secret, &request_metadata))
                 .await;
         }
+        self.check_history(r.node_id, &r.addr, &request_metadata)
+            .await?;
         let raft = &self.node.raft;
         let node = BasicNode {
             addr: MemberAddr {

@@ -412,3 +412,37 @@ async fn status_all_names_a_cluster_setting_that_differs() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_that_initialised_a_cluster_of_its_own_is_not_added() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start(2, 1, 100, &[]).await;
+    // Node 3 started without --peer: a single-node cluster of its own, with epochs applied.
+    let node = cluster.node(3);
+    node.peers.clear();
+    node.start();
+    let (addr, peer) = (node.addr.clone(), node.peer_addr.clone());
+    let admin = cluster.client().await.with_cluster_secret(TEST_SECRET);
+    let refused = admin
+        .add_member_at(3, addr.clone(), peer.clone())
+        .await
+        .expect_err("a node with another history was added");
+    assert_eq!(
+        refused.code(),
+        Some(tonic::Code::FailedPrecondition),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("another history"), "{refused}");
+    let status = admin.status().await.unwrap();
+    assert_eq!(status.members.len(), 2, "the refused node became a member");
+
+    // Wiped and started to wait for the cluster, it joins.
+    let node = cluster.node(3);
+    node.kill9();
+    node.wipe();
+    node.peers = vec![(3, format!("{peer},{addr}"))];
+    node.start();
+    admin.add_member_at(3, addr, peer).await.unwrap();
+    let epoch = admin.status().await.unwrap().applied_epoch;
+    cluster.wait_agreement(epoch, Duration::from_secs(30)).await;
+}
