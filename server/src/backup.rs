@@ -77,11 +77,16 @@ impl Backups {
             let _permit = permit;
             let started = std::time::Instant::now();
             let partitions = store.partitions();
-            let exported = tokio::task::spawn_blocking(move || store.export_snapshot())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            let (applied, data) = match exported {
+            // The export and its digest (hundreds of megabytes) off the async threads.
+            let exported = tokio::task::spawn_blocking(move || {
+                store
+                    .export_snapshot()
+                    .map(|(applied, data)| (applied, blake3::hash(&data), data))
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            let (applied, digest, data) = match exported {
                 Ok(exported) => exported,
                 Err(e) => {
                     tracing::error!(error = %e, "backup: exporting the state failed");
@@ -99,7 +104,7 @@ impl Backups {
                 state_hash: applied.state_hash.to_vec(),
                 partitions,
                 bytes: data.len() as u64,
-                blake3: blake3::hash(&data).as_bytes().to_vec(),
+                blake3: digest.as_bytes().to_vec(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             tracing::info!(
