@@ -363,5 +363,5 @@ pub fn count_prefix(
     prefix: u8,
     limit: usize,
 ) -> Result<usize, ReadError> {
-    Ok(store.scan_prefix(part, &[prefix], limit)?.len())
+    Ok(store.count_prefix(part, &[prefix], limit)?)
 }

@@ -62,15 +62,18 @@ pub struct Channels {
     /// e.g. by firewall rules in fault tests. `None`: the kernel chooses.
     local_ip: Option<std::net::IpAddr>,
     /// Mutual TLS to peers (`None`: plaintext).
-    tls: Option<PeerClientTls>,
+    tls: Option<Arc<dyn PeerClientTls>>,
 }
 
 /// Where calls to peers get their TLS configuration (the CA they trust, the certificate they
-/// present): the configuration in force with its generation, which moves whenever the node
-/// reloads its certificate files. Channels made under an older generation are dropped, so
-/// every new connection presents the certificate in force; calls already under way finish on
-/// theirs.
-pub type PeerClientTls = Arc<dyn Fn() -> (u64, tonic::transport::ClientTlsConfig) + Send + Sync>;
+/// present). Its generation moves whenever the node reloads its certificate files; channels
+/// made under an older generation are dropped, so every new connection presents the
+/// certificate in force, and calls already under way finish on theirs. Every call to a peer
+/// reads the generation; only a channel being made reads the configuration.
+pub trait PeerClientTls: Send + Sync {
+    fn generation(&self) -> u64;
+    fn config(&self) -> tonic::transport::ClientTlsConfig;
+}
 
 /// The channels made, and the TLS generation they were made under.
 #[derive(Default)]
@@ -83,7 +86,7 @@ impl Channels {
     pub fn new(
         local_ip: Option<std::net::IpAddr>,
         secret: Option<ClusterSecret>,
-        tls: Option<PeerClientTls>,
+        tls: Option<Arc<dyn PeerClientTls>>,
     ) -> Self {
         Self {
             by_addr: Arc::default(),
@@ -96,12 +99,11 @@ impl Channels {
     /// The channel to `addr` (`host:port`), made lazily: no connection is attempted until a
     /// call needs one, and a dropped connection is re-made on the next call.
     pub fn get(&self, addr: &str) -> Result<Channel, String> {
-        let tls = self.tls.as_ref().map(|tls| tls());
         let mut cache = self.by_addr.lock().expect("channels lock");
-        if let Some((generation, _)) = &tls {
-            if *generation != cache.tls_generation {
+        if let Some(generation) = self.tls.as_ref().map(|tls| tls.generation()) {
+            if generation != cache.tls_generation {
                 cache.map.clear();
-                cache.tls_generation = *generation;
+                cache.tls_generation = generation;
             }
         }
         let map = &mut cache.map;
@@ -116,9 +118,9 @@ impl Channels {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .local_address(self.local_ip);
-        if let Some((_, tls)) = tls {
+        if let Some(tls) = &self.tls {
             endpoint = endpoint
-                .tls_config(tls)
+                .tls_config(tls.config())
                 .map_err(|e| format!("TLS to peer {addr:?}: {e}"))?;
         }
         let channel = endpoint.connect_lazy();
@@ -282,15 +284,17 @@ mod tests {
     /// next connection to any peer presents the new one.
     #[tokio::test]
     async fn channels_are_remade_when_the_tls_generation_moves() {
+        struct Counted(Arc<AtomicU64>);
+        impl PeerClientTls for Counted {
+            fn generation(&self) -> u64 {
+                self.0.load(Ordering::SeqCst)
+            }
+            fn config(&self) -> tonic::transport::ClientTlsConfig {
+                tonic::transport::ClientTlsConfig::new()
+            }
+        }
         let generation = Arc::new(AtomicU64::new(1));
-        let seen = generation.clone();
-        let tls: PeerClientTls = Arc::new(move || {
-            (
-                seen.load(Ordering::SeqCst),
-                tonic::transport::ClientTlsConfig::new(),
-            )
-        });
-        let channels = Channels::new(None, None, Some(tls));
+        let channels = Channels::new(None, None, Some(Arc::new(Counted(generation.clone()))));
         let cached = |c: &Channels| c.by_addr.lock().unwrap().map.len();
         channels.get("127.0.0.1:1").unwrap();
         channels.get("127.0.0.1:2").unwrap();

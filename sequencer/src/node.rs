@@ -46,7 +46,7 @@ pub struct NodeConfig {
     pub bind_ip: Option<std::net::IpAddr>,
     /// TLS for calls to peers (`https://`): the CA their certificates come from and this
     /// node's own certificate to present. `None`: plaintext.
-    pub peer_tls: Option<crate::network::PeerClientTls>,
+    pub peer_tls: Option<Arc<dyn crate::network::PeerClientTls>>,
     /// Raft timing, in milliseconds.
     pub heartbeat_ms: u64,
     pub election_timeout_ms: (u64, u64),

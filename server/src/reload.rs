@@ -63,10 +63,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
         self.current.read().expect("reload lock").1.clone()
     }
 
-    /// The value in force with its generation, which moves with every reload.
-    pub fn current_with_generation(&self) -> (u64, Arc<T>) {
-        let current = self.current.read().expect("reload lock");
-        (current.2, current.1.clone())
+    /// Moves with every reload.
+    pub fn generation(&self) -> u64 {
+        self.current.read().expect("reload lock").2
     }
 
     /// Loads the files again if they changed since they were last looked at (or always, with

@@ -163,13 +163,19 @@ impl PeerTls {
         Ok(PeerTls { server, client })
     }
 
-    /// What the sequencer's peer channels call for their TLS configuration.
-    pub fn client_source(&self) -> ordo_sequencer::network::PeerClientTls {
-        let client = self.client.clone();
-        Arc::new(move || {
-            let (generation, config) = client.current_with_generation();
-            (generation, (*config).clone())
-        })
+    /// What the sequencer's peer channels take their TLS configuration from.
+    pub fn client_source(&self) -> Arc<dyn ordo_sequencer::network::PeerClientTls> {
+        self.client.clone()
+    }
+}
+
+impl ordo_sequencer::network::PeerClientTls for Reloading<tonic::transport::ClientTlsConfig> {
+    fn generation(&self) -> u64 {
+        Reloading::generation(self)
+    }
+
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        (*self.current()).clone()
     }
 }
 

@@ -917,6 +917,22 @@ impl Store {
         Ok(out)
     }
 
+    /// How many keys start with `prefix` in `part`, counting at most `limit`, without keeping
+    /// what it reads.
+    pub fn count_prefix(
+        &self,
+        part: Part,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for kv in self.tree(part)?.scan_prefix(prefix).take(limit) {
+            kv?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Key/value pairs with `start <= key < end`, in key order, at most `limit` of them.
     pub fn range(
         &self,
