@@ -80,6 +80,10 @@ class Follower:
         self.covered = epoch  # every event through this epoch is applied
         self.events = 0
         self.resumes = 0
+        # The last event applied, as (epoch, index). A stream cut between the messages of one
+        # epoch resumes from the token before that epoch, so the epoch comes again from its
+        # first event: what was applied of it is skipped, never applied twice.
+        self.applied_through = None
 
     def follow_until(self, done):
         while not done(self):
@@ -110,6 +114,10 @@ class Follower:
             return
         batch = message.events
         for change in batch.events:
+            if self.applied_through is not None and \
+                    (batch.epoch, change.index) <= self.applied_through:
+                continue
+            self.applied_through = (batch.epoch, change.index)
             s = change.stock
             row = (s.dc_id, s.sku)
             before = (s.before.on_hand, s.before.reserved, s.before.available)

@@ -362,6 +362,11 @@ pub static WATCHERS: Gauge = Gauge::new(
     "ordo_watchers",
     "Watch and WatchNotifications streams this node serves now.",
 );
+/// Bytes the feed streams' buffers hold now, all together.
+pub static STREAM_BUFFER_BYTES: Gauge = Gauge::new(
+    "ordo_stream_buffer_bytes",
+    "Bytes the Watch and WatchNotifications streams of this node buffer now, all together (at most --streams-buffer-bytes-max).",
+);
 /// Snapshots this node built, and how long each took.
 pub static SNAPSHOT_BUILD: Histogram = Histogram::new(
     "ordo_snapshot_build_seconds",
@@ -508,6 +513,7 @@ pub fn render() -> String {
     render_counter(&mut out, &HOLDS_EXPIRED);
     render_gauge(&mut out, &HOLDS_LIVE);
     render_gauge(&mut out, &WATCHERS);
+    render_gauge(&mut out, &STREAM_BUFFER_BYTES);
     render_histogram(&mut out, &SNAPSHOT_BUILD);
     render_histogram(&mut out, &SNAPSHOT_INSTALL);
     render_gauge(&mut out, &SNAPSHOT_BYTES);

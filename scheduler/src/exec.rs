@@ -709,9 +709,11 @@ fn set_price(
         overlay.put(Some(ctx.seq), key, None);
     }
     overlay.put(Some(ctx.seq), keys::price(sku), Some(encode(&record)));
+    // Keyed by the transaction's position too: every acknowledged change is kept, also
+    // two of one SKU in one epoch (an epoch holds far fewer than 2^32 transactions).
     overlay.put(
         Some(ctx.seq),
-        keys::price_history(sku, ctx.epoch),
+        keys::price_history_entry(sku, ctx.epoch, ctx.seq as u32),
         Some(encode(&record)),
     );
     overlay.emit(

@@ -679,7 +679,10 @@ pub mod keys {
     pub const RESERVATION_BY_USER: u8 = b'u';
     /// An item's current price (global partition): [`super::PriceRecord`].
     pub const PRICE: u8 = b'p';
-    /// An item's price history (global partition): `h` + sku + epoch → [`super::PriceRecord`].
+    /// An item's price history (global partition): `h` + sku + epoch + the change's position
+    /// in the epoch → [`super::PriceRecord`], so two changes of one SKU in one epoch are two
+    /// entries. (Entries written before the position was added are `h` + sku + epoch: they
+    /// sort before the epoch's positioned ones, and every range here covers both.)
     pub const PRICE_HISTORY: u8 = b'h';
 
     pub fn price(sku: u32) -> Vec<u8> {
@@ -688,10 +691,19 @@ pub mod keys {
         k
     }
 
+    /// The start of an item's price history at `epoch`: a range bound, and the key of
+    /// entries written before positions were added.
     pub fn price_history(sku: u32, epoch: u64) -> Vec<u8> {
         let mut k = vec![PRICE_HISTORY];
         k.extend_from_slice(&sku.to_be_bytes());
         k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+
+    /// The price history entry of the change at position `seq` of `epoch`.
+    pub fn price_history_entry(sku: u32, epoch: u64, seq: u32) -> Vec<u8> {
+        let mut k = price_history(sku, epoch);
+        k.extend_from_slice(&seq.to_be_bytes());
         k
     }
 

@@ -86,7 +86,9 @@ pub fn price(store: &Store, sku: u32) -> Result<Option<PriceRecord>, ReadError> 
 }
 
 /// An item's price history, newest first, from epochs before `before_epoch` (0: from the
-/// newest), at most `limit`.
+/// newest), at least `limit` entries where there are that many: a page ends at an epoch's
+/// edge, so the next page (before the last entry's epoch) misses none. Its last epoch comes
+/// whole, so a page may run past `limit` by the changes of that SKU in that one epoch.
 pub fn price_history(
     store: &Store,
     sku: u32,
@@ -98,13 +100,35 @@ pub fn price_history(
         e => keys::price_history(sku, e),
     };
     let start = keys::price_history(sku, 0);
-    let mut out = Vec::new();
-    for (key, value) in store.range_rev(Part::Global, &start, &end, limit)? {
-        out.push(decode(&value).map_err(|e| ReadError::Corrupt {
-            what: format!("price history at key {key:?}"),
-            detail: e.to_string(),
-        })?);
+    fn decoded<K: std::fmt::Debug, V: AsRef<[u8]>>(
+        entries: Vec<(K, V)>,
+    ) -> Result<Vec<PriceRecord>, ReadError> {
+        entries
+            .into_iter()
+            .map(|(key, value)| {
+                decode::<PriceRecord>(value.as_ref()).map_err(|e| ReadError::Corrupt {
+                    what: format!("price history at key {key:?}"),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
     }
+    let mut out = decoded(store.range_rev(Part::Global, &start, &end, limit)?)?;
+    if out.len() < limit.max(1) {
+        return Ok(out);
+    }
+    // The page is full: its last epoch may have more entries than it took. Take that epoch
+    // whole instead (one entry per transaction at most, and a batch holds at most
+    // BATCH_TXNS_LIMIT).
+    let last = out.last().map_or(0, |p| p.epoch);
+    out.retain(|p| p.epoch != last);
+    let whole = store.range_rev(
+        Part::Global,
+        &keys::price_history(sku, last),
+        &keys::price_history(sku, last.saturating_add(1)),
+        crate::BATCH_TXNS_LIMIT,
+    )?;
+    out.extend(decoded(whole)?);
     Ok(out)
 }
 

@@ -944,3 +944,44 @@ fn a_store_with_subscriptions_in_the_first_layout_is_recognised() {
         .unwrap();
     assert!(reads::has_unbucketed_subscriptions(&node.store).unwrap());
 }
+
+#[test]
+fn every_price_change_is_kept_in_the_history_also_two_in_one_epoch() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 10);
+    let set = |id: &str, cents: i64| {
+        txn(
+            id,
+            Op::SetPrices(vec![PriceSet {
+                sku: 2,
+                price_cents: cents,
+                currency: "EUR".into(),
+            }]),
+        )
+    };
+
+    // One epoch with one change, then one with two changes of the same SKU.
+    let priced = |r: &TxnResult| matches!(r.outcome, Outcome::Priced { rejection: None });
+    let first = node.run(vec![set("price-1", 150)]);
+    assert!(priced(&first[0]), "{first:?}");
+    let both = node.run(vec![set("price-2", 140), set("price-3", 130)]);
+    assert!(both.iter().all(priced), "{both:?}");
+    let history = reads::price_history(&node.store, 2, 0, 10).unwrap();
+    let seen: Vec<(i64, &str)> = history
+        .iter()
+        .map(|p| (p.price_cents, p.request_id.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(130, "price-3"), (140, "price-2"), (150, "price-1")],
+        "newest first, both changes of the one epoch kept"
+    );
+
+    // A page of one ends at an epoch's edge: the whole last epoch comes, so paging on from
+    // its epoch misses nothing.
+    let page = reads::price_history(&node.store, 2, 0, 1).unwrap();
+    assert_eq!(page.len(), 2, "the last epoch comes whole: {page:?}");
+    let next = reads::price_history(&node.store, 2, page[1].epoch, 1).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].request_id, "price-1");
+}

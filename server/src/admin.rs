@@ -14,7 +14,7 @@ use ordo_sequencer::peers::{
     shift_port, ClusterSecret, MemberAddr, PEER_PORT_OFFSET, SECRET_METADATA_KEY,
 };
 use ordo_sequencer::{InitOutcome, Node};
-use ordo_storage::Part;
+use ordo_storage::{Part, HASH_WINDOW_EPOCHS};
 use tonic::{Request, Response, Status};
 
 use crate::fault::FaultClock;
@@ -172,21 +172,30 @@ impl AdminService {
     /// Refuses to add a node that holds another history than this cluster's: one that
     /// initialised a cluster of its own (started without `--peer`, or restored from a backup)
     /// would keep the epochs it applied there, and replicas would diverge. Its state hash at
-    /// its applied epoch must be this node's at that epoch. A node that never applied an
-    /// epoch passes, as does one that cannot be asked (it catches up when it can be
-    /// reached) or whose epoch is older than the hashes this node keeps.
+    /// its applied epoch must be this node's at that epoch; a node that never applied an
+    /// epoch passes. It fails closed: a node that cannot be asked (not started yet, another
+    /// secret or CA), or whose epoch is older than the hashes this node keeps, is refused
+    /// with what to do, never let in unchecked.
     async fn check_history(
         &self,
         node_id: u64,
         addr: &str,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<(), Status> {
-        let Ok(channels) = &self.leader_channels else {
-            return Ok(());
+        let unchecked = |why: String| {
+            Status::unavailable(format!(
+                "add_member: cannot check the history of node {node_id} at {addr}: {why}. \
+                 Start it first with --peer {node_id}=... (itself) so that it waits to be \
+                 added, and make sure this node reaches its client port"
+            ))
         };
-        let Ok(channel) = channels.get(addr) else {
-            return Ok(());
-        };
+        let channels = self
+            .leader_channels
+            .as_ref()
+            .map_err(|e| unchecked(format!("no channel to it: {e}")))?;
+        let channel = channels
+            .get(addr)
+            .map_err(|e| unchecked(format!("no channel to it: {e}")))?;
         let mut request = Request::new(v1::StatusRequest {});
         if let Some(token) = metadata.get("authorization") {
             request
@@ -202,9 +211,13 @@ impl AdminService {
             Ok(Ok(answer)) => answer.into_inner(),
             Ok(Err(e)) => {
                 tracing::warn!(node_id, addr, error = %e, "could not ask a new member for its history");
-                return Ok(());
+                return Err(unchecked(format!(
+                    "it answered {:?}: {}",
+                    e.code(),
+                    e.message()
+                )));
             }
-            Err(_) => return Ok(()),
+            Err(_) => return Err(unchecked("it did not answer within 3 s".into())),
         };
         if theirs.applied_epoch == 0 {
             return Ok(());
@@ -216,7 +229,15 @@ impl AdminService {
             .map_err(|e| Status::internal(e.to_string()))?;
         match ours {
             Some(hash) if hash[..] == theirs.state_hash[..] => Ok(()),
-            None if theirs.applied_epoch < self.node.store.applied_epoch() => Ok(()),
+            None if theirs.applied_epoch < self.node.store.applied_epoch() => {
+                Err(Status::failed_precondition(format!(
+                    "add_member: node {node_id} at {addr} is at epoch {}, older than the state \
+                     hashes this node keeps (the last {HASH_WINDOW_EPOCHS} epochs), so its \
+                     history cannot be checked. Stop it, empty its data directory and start it \
+                     with --peer {node_id}=... (itself): it then installs a snapshot",
+                    theirs.applied_epoch
+                )))
+            }
             _ => Err(Status::failed_precondition(format!(
                 "node {node_id} at {addr} holds another history than this cluster's (its \
                  state at epoch {} is not this cluster's): it initialised a cluster of its own. \

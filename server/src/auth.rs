@@ -33,6 +33,7 @@ use tonic::Status;
 use ordo_sequencer::peers::same_digest;
 
 use crate::reload::Reloading;
+use crate::revoke::Guarded;
 
 /// The most tokens one file may hold: every check compares the offered digest with each.
 pub const TOKENS_MAX: usize = 1_024;
@@ -257,6 +258,10 @@ fn parse_digest(hash: &str) -> Result<[u8; 32], String> {
             hex.len()
         ));
     }
+    // Checked before slicing: a multi-byte character would split a slice (a panic).
+    if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("a hash is {HASH_PREFIX} and 64 hex digits"));
+    }
     let mut digest = [0u8; 32];
     for (i, byte) in digest.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
@@ -265,9 +270,7 @@ fn parse_digest(hash: &str) -> Result<[u8; 32], String> {
     Ok(digest)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::random::hex;
 
 /// The digest a tokens file stores for `token`.
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -432,25 +435,45 @@ impl<S: NamedService> NamedService for Authorized<S> {
 
 type Refusal = Ready<Result<http::Response<tonic::body::Body>, Infallible>>;
 
-impl<S, B> Service<http::Request<B>> for Authorized<S>
+impl<S> Service<http::Request<tonic::body::Body>> for Authorized<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S: Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+    >,
+    S::Future: Unpin,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = Infallible;
-    type Future = Either<Refusal, S::Future>;
+    type Future = Either<Refusal, Guarded<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(tokens) = &self.tokens {
-            if let Err(status) = tokens.current().check(req.uri().path(), req.headers()) {
-                return Either::Left(futures::future::ready(Ok(status.into_http())));
-            }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let Some(tokens) = &self.tokens else {
+            return Either::Right(Guarded {
+                inner: self.inner.call(req),
+                admission: None,
+            });
+        };
+        let path = req.uri().path();
+        if let Err(status) = tokens.current().check(path, req.headers()) {
+            return Either::Left(futures::future::ready(Ok(status.into_http())));
         }
-        Either::Right(self.inner.call(req))
+        // A stream is checked again while it runs (`revoke.rs`).
+        let admission = crate::revoke::streams(path)
+            .then(|| crate::revoke::Admission::new(tokens.clone(), path, req.headers()));
+        let req = match &admission {
+            Some(admission) => req.map(|body| admission.request(body)),
+            None => req,
+        };
+        Either::Right(Guarded {
+            inner: self.inner.call(req),
+            admission,
+        })
     }
 }
 
@@ -479,10 +502,7 @@ pub fn create(path: &Path, name: &str, scopes: &[Scope]) -> anyhow::Result<Strin
         "{} already holds {TOKENS_MAX} tokens",
         path.display()
     );
-    let mut secret = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut secret))
-        .context("reading /dev/urandom for a token")?;
+    let secret: [u8; 32] = crate::random::bytes("a token")?;
     let token = format!("{TOKEN_PREFIX}{}", hex(&secret));
     let scopes: BTreeSet<Scope> = scopes.iter().copied().collect();
     let scope_list: Vec<String> = scopes.iter().map(|s| format!("{:?}", s.name())).collect();

@@ -574,6 +574,10 @@ async fn watch(
     use std::io::Write;
     let mut printed = 0u64;
     let mut failures = 0usize;
+    // The last event printed, as (epoch, index). A stream cut between the messages of one
+    // epoch resumes from the token before that epoch, so the epoch comes again from its
+    // first event: what was printed of it is skipped, and nothing prints twice.
+    let mut printed_through: Option<(u64, u32)> = None;
     loop {
         let outcome = async {
             let mut stream = client.watch(request.clone()).await?;
@@ -584,6 +588,10 @@ async fn watch(
                     Some(v1::watch_response::Message::Events(e)) => {
                         let last = e.events.len().saturating_sub(1);
                         for (i, event) in e.events.iter().enumerate() {
+                            if printed_already(printed_through, e.epoch, event.index) {
+                                continue;
+                            }
+                            printed_through = Some((e.epoch, event.index));
                             let mut line = event_json(e.epoch, e.epoch_time_ms, event);
                             if i == last && !e.more {
                                 line["resume_token"] = json!(e.resume_token);
@@ -622,6 +630,12 @@ async fn watch(
             return Ok(());
         }
     }
+}
+
+/// Whether the event at `index` of `epoch` was printed before a resume: events come in
+/// (epoch, index) order, and a resume repeats at most the epoch it was cut in.
+fn printed_already(printed_through: Option<(u64, u32)>, epoch: u64, index: u32) -> bool {
+    printed_through.is_some_and(|through| (epoch, index) <= through)
 }
 
 fn level(l: Option<&v1::StockLevel>) -> Value {

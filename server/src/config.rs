@@ -70,11 +70,19 @@ pub struct Tuning {
     /// Watch streams this node serves at once; more get RESOURCE_EXHAUSTED [default: 1024]
     #[arg(long)]
     pub watchers_max: Option<usize>,
-    /// Messages one Watch stream buffers [default: 256]
+    /// Messages one Watch or WatchNotifications stream buffers [default: 256]
     #[arg(long)]
     pub watch_buffer_messages: Option<usize>,
-    /// How long a Watch stream's buffer may stay full (its consumer not reading) before the
-    /// stream ends with RESOURCE_EXHAUSTED and a resume token, in milliseconds [default: 10000]
+    /// Bytes one Watch or WatchNotifications stream buffers, 1 MiB or more [default: 4194304]
+    #[arg(long)]
+    pub watch_buffer_bytes: Option<usize>,
+    /// Bytes all streams of this node buffer together; a stream waits for room, and its
+    /// consumer is held to the stall rule meanwhile [default: 268435456]
+    #[arg(long)]
+    pub streams_buffer_bytes_max: Option<usize>,
+    /// The stall window, in milliseconds: while a stream is backed up, its consumer must take
+    /// a quarter of what waits for it in every window, or the stream ends with
+    /// RESOURCE_EXHAUSTED and a resume token [default: 10000]
     #[arg(long)]
     pub watch_stall_ms: Option<u64>,
     /// Subscriptions per second all WatchNotifications streams together may read, so that a
@@ -170,6 +178,10 @@ impl Tuning {
             feed_retention_bytes: self.feed_retention_bytes.or(other.feed_retention_bytes),
             watchers_max: self.watchers_max.or(other.watchers_max),
             watch_buffer_messages: self.watch_buffer_messages.or(other.watch_buffer_messages),
+            watch_buffer_bytes: self.watch_buffer_bytes.or(other.watch_buffer_bytes),
+            streams_buffer_bytes_max: self
+                .streams_buffer_bytes_max
+                .or(other.streams_buffer_bytes_max),
             watch_stall_ms: self.watch_stall_ms.or(other.watch_stall_ms),
             notify_rate: self.notify_rate.or(other.notify_rate),
             fault_injection: self.fault_injection || other.fault_injection,
@@ -239,16 +251,12 @@ pub fn read_secret(path: &std::path::Path) -> anyhow::Result<ClusterSecret> {
 /// `ordo dev`'s secret: DATA_DIR/cluster-secret, made (32 random bytes, hex, mode 0600) the
 /// first time.
 pub fn dev_secret(data_dir: &std::path::Path) -> anyhow::Result<ClusterSecret> {
-    use std::io::Read;
     let path = data_dir.join("cluster-secret");
     if !path.exists() {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("creating {}", data_dir.display()))?;
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .context("reading /dev/urandom for a cluster secret")?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let bytes: [u8; 32] = crate::random::bytes("a cluster secret")?;
+        let hex = crate::random::hex(&bytes);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -334,6 +342,22 @@ pub fn serve_options(
         (1..=100_000).contains(&watch_buffer_messages),
         "--watch-buffer-messages must be 1 to 100000, not {watch_buffer_messages}"
     );
+    let watch_buffer_bytes = tuning
+        .watch_buffer_bytes
+        .unwrap_or(limits.watch_buffer_bytes);
+    anyhow::ensure!(
+        (1024 * 1024..=1024 * 1024 * 1024).contains(&watch_buffer_bytes),
+        "--watch-buffer-bytes must be 1048576 (a stream's largest message) to 1073741824, not \
+         {watch_buffer_bytes}"
+    );
+    let streams_buffer_bytes_max = tuning
+        .streams_buffer_bytes_max
+        .unwrap_or(limits.streams_buffer_bytes_max);
+    anyhow::ensure!(
+        (watch_buffer_bytes..=1 << 40).contains(&streams_buffer_bytes_max),
+        "--streams-buffer-bytes-max must be at least --watch-buffer-bytes ({watch_buffer_bytes}) \
+         and at most 2^40, not {streams_buffer_bytes_max}"
+    );
     let watch_stall = Duration::from_millis(
         tuning
             .watch_stall_ms
@@ -410,6 +434,8 @@ pub fn serve_options(
             reservation_ttl_max_s: ttl_max_s,
             watchers_max,
             watch_buffer_messages,
+            watch_buffer_bytes,
+            streams_buffer_bytes_max,
             watch_stall,
             notify_per_s: tuning.notify_rate.unwrap_or(limits.notify_per_s),
             ..limits
@@ -639,6 +665,11 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<Vec<Setting>> {
         ("feed_retention_bytes", opts.feed_retention.bytes.into()),
         ("watchers_max", limits.watchers_max.into()),
         ("watch_buffer_messages", limits.watch_buffer_messages.into()),
+        ("watch_buffer_bytes", limits.watch_buffer_bytes.into()),
+        (
+            "streams_buffer_bytes_max",
+            limits.streams_buffer_bytes_max.into(),
+        ),
         (
             "watch_stall_ms",
             (limits.watch_stall.as_millis() as u64).into(),

@@ -33,10 +33,16 @@ pub struct Limits {
     pub list_reservations_max: usize,
     /// Watch streams one node serves at once (`--watchers-max`); more get RESOURCE_EXHAUSTED.
     pub watchers_max: usize,
-    /// Messages one Watch stream buffers (`--watch-buffer-messages`).
+    /// Messages one Watch or WatchNotifications stream buffers (`--watch-buffer-messages`).
     pub watch_buffer_messages: usize,
-    /// How long a Watch stream's buffer may stay full before the stream ends with
-    /// RESOURCE_EXHAUSTED and a resume token (`--watch-stall-ms`).
+    /// Bytes one such stream buffers (`--watch-buffer-bytes`): at least the largest message a
+    /// stream sends (`edge::watch::STREAM_MESSAGE_BYTES_MAX`).
+    pub watch_buffer_bytes: usize,
+    /// Bytes every stream of the node buffers together (`--streams-buffer-bytes-max`).
+    pub streams_buffer_bytes_max: usize,
+    /// The stall window (`--watch-stall-ms`): while a stream is backed up, its consumer must
+    /// take a quarter of what waits for it in every window, or the stream ends with
+    /// RESOURCE_EXHAUSTED and a resume token.
     pub watch_stall: Duration,
     /// Subscriptions per second this node's WatchNotifications streams read, all together
     /// (`--notify-rate`; 0: unpaced). See `edge::pacer`.
@@ -69,6 +75,8 @@ impl Default for Limits {
             list_reservations_max: 1_000,
             watchers_max: 1_024,
             watch_buffer_messages: 256,
+            watch_buffer_bytes: 4 * 1024 * 1024,
+            streams_buffer_bytes_max: 256 * 1024 * 1024,
             watch_stall: Duration::from_secs(10),
             notify_per_s: 250_000,
         }

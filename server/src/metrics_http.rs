@@ -43,6 +43,7 @@ fn scrape(node: &Node, port: &ClientPort) -> String {
     ordo_metrics::APPLIED_EPOCH.set(node.store.applied_epoch() as i64);
     ordo_metrics::QUEUE_TXNS.set(node.sequencer.queued() as i64);
     ordo_metrics::WATCHERS.set(port.watchers_open() as i64);
+    ordo_metrics::STREAM_BUFFER_BYTES.set(port.stream_buffer_bytes() as i64);
     ordo_metrics::HOLDS_LIVE.set(holds_live(node) as i64);
     ordo_metrics::render()
 }

@@ -248,7 +248,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     // graceful shutdown of the gRPC server does not wait for them forever.
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let ordo = ClientPort::new(
-        OrdoService::new(node.clone(), opts.limits.clone(), closing_rx),
+        OrdoService::new(node.clone(), opts.limits.clone(), closing_rx)?,
         max,
     );
     // A follower proxies membership changes to the leader's client port, in its scheme: over

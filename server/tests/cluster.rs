@@ -417,12 +417,34 @@ async fn status_all_names_a_cluster_setting_that_differs() {
 async fn a_node_that_initialised_a_cluster_of_its_own_is_not_added() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start(2, 1, 100, &[]).await;
+    let admin = cluster.client().await.with_cluster_secret(TEST_SECRET);
+    let (addr, peer) = {
+        let node = cluster.node(3);
+        (node.addr.clone(), node.peer_addr.clone())
+    };
+
+    // Nothing runs at node 3's address yet: its history cannot be checked, so it is refused
+    // at once (fails closed), not let in unchecked.
+    let refused = admin
+        .add_member_at(3, addr.clone(), peer.clone())
+        .await
+        .expect_err("a node that could not be asked was added");
+    assert_eq!(refused.code(), Some(tonic::Code::Unavailable), "{refused}");
+    assert!(
+        refused.to_string().contains("cannot check the history"),
+        "{refused}"
+    );
+    let status = admin.status().await.unwrap();
+    assert_eq!(
+        status.members.len(),
+        2,
+        "the unchecked node became a member"
+    );
+
     // Node 3 started without --peer: a single-node cluster of its own, with epochs applied.
     let node = cluster.node(3);
     node.peers.clear();
     node.start();
-    let (addr, peer) = (node.addr.clone(), node.peer_addr.clone());
-    let admin = cluster.client().await.with_cluster_secret(TEST_SECRET);
     let refused = admin
         .add_member_at(3, addr.clone(), peer.clone())
         .await

@@ -27,7 +27,7 @@ pub use hash::{hex, HashChain, StateHash};
 pub use raft_log::LogStore;
 pub use store::{
     Applied, EpochCommit, EpochStamp, FeedPage, FeedRetention, Part, Reader, Store, Write,
-    DEFAULT_CACHE_BYTES, PARTITIONS_MAX, SNAPSHOT_FORMAT,
+    DEFAULT_CACHE_BYTES, HASH_WINDOW_EPOCHS, PARTITIONS_MAX, SNAPSHOT_FORMAT,
 };
 
 /// Errors from the partition stores. Any of them stops the node: a replica must never handle

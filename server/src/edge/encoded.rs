@@ -65,6 +65,11 @@ impl ClientPort {
         self.service.watchers_open()
     }
 
+    /// Bytes the feed streams' buffers hold now, all together.
+    pub fn stream_buffer_bytes(&self) -> usize {
+        self.service.stream_buffer_bytes()
+    }
+
     fn feed_stream<Req, S, B>(
         &self,
         method: S,

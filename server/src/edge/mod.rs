@@ -39,8 +39,10 @@ pub use encoded::ClientPort;
 pub struct OrdoService {
     node: Arc<Node>,
     limits: Limits,
-    /// Prefix of server-generated request ids: node id and a start-up nonce.
-    generated_id_prefix: String,
+    /// Key of server-generated request ids: 32 random bytes drawn at start-up. An id is the
+    /// keyed BLAKE3 of a counter, so no caller can tell from ids it was given which ids
+    /// other callers' writes will get (and claim them first with another body).
+    generated_id_key: [u8; 32],
     generated_id_counter: AtomicU64,
     /// The nearby index of the DC table, rebuilt when the store's global version moves.
     nearby: std::sync::RwLock<Option<Arc<crate::geo::NearbyIndex>>>,
@@ -48,6 +50,9 @@ pub struct OrdoService {
     search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
     /// One permit per Watch stream (`Limits::watchers_max`).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// One permit per byte every feed stream's buffer may hold together
+    /// (`Limits::streams_buffer_bytes_max`).
+    stream_bytes: Arc<tokio::sync::Semaphore>,
     /// The node's fan-out rate, shared by every WatchNotifications stream
     /// (`Limits::notify_per_s`).
     fan_out: Arc<pacer::Pacer>,
@@ -68,6 +73,18 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl OrdoService {
+    /// What a new feed stream may buffer, and its largest message.
+    fn stream_limits(&self) -> watch::StreamLimits {
+        watch::StreamLimits::new(&self.limits, self.stream_bytes.clone())
+    }
+
+    /// Bytes the feed streams' buffers hold now, all together.
+    pub fn stream_buffer_bytes(&self) -> usize {
+        self.limits
+            .streams_buffer_bytes_max
+            .saturating_sub(self.stream_bytes.available_permits())
+    }
+
     /// Watch and WatchNotifications streams open now.
     pub fn watchers_open(&self) -> usize {
         self.limits
@@ -79,15 +96,12 @@ impl OrdoService {
         node: Arc<Node>,
         limits: Limits,
         closing: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        Self {
-            generated_id_prefix: format!("srv-{}-{nonce:x}", node.node_id),
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            generated_id_key: crate::random::bytes("the key of request ids the node makes")?,
             node,
             watchers: Arc::new(tokio::sync::Semaphore::new(limits.watchers_max)),
+            stream_bytes: Arc::new(tokio::sync::Semaphore::new(limits.streams_buffer_bytes_max)),
             fan_out: Arc::new(pacer::Pacer::new(limits.notify_per_s)),
             closing,
             limits,
@@ -96,13 +110,15 @@ impl OrdoService {
             search: std::sync::RwLock::new(None),
             order_streams: Arc::new(tokio::sync::Semaphore::new(order_stream::ORDER_STREAMS_MAX)),
             me: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     fn request_id(&self, given: String, field: &str) -> Result<String, Status> {
         if given.is_empty() {
             let n = self.generated_id_counter.fetch_add(1, Ordering::Relaxed);
-            return Ok(format!("{}-{n}", self.generated_id_prefix));
+            let id = blake3::keyed_hash(&self.generated_id_key, &n.to_le_bytes());
+            // 128 bits: `srv-` and 32 hex digits.
+            return Ok(format!("srv-{}", crate::random::hex(&id.as_bytes()[..16])));
         }
         if given.len() > self.limits.request_id_bytes_max {
             return Err(Status::invalid_argument(format!(

@@ -21,13 +21,16 @@ use ordo_scheduler::feed::{EpochEvents, Event};
 use ordo_scheduler::reads;
 use ordo_scheduler::subs::{SubKind, SubTag, SubscriptionRecord};
 use ordo_storage::Store;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use prost::Message;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::encoded::EncodedStream;
 use super::subscriptions::wire_kind;
-use super::watch::{closing, out_of_range, outbox_stream, progress_interval, Outbox};
+use super::watch::{
+    closing, out_of_range, outbox_stream, progress_interval, Outbox, FEED_READ_BYTES_MAX,
+};
 use super::{internal, OrdoService};
 
 pub type NotificationStream = std::pin::Pin<
@@ -36,8 +39,14 @@ pub type NotificationStream = std::pin::Pin<
 
 /// Subscriptions read from the store at once.
 const SUBSCRIBERS_PAGE_MAX: usize = 1000;
-/// Notifications in one message.
+/// Notifications in one message (and at most the stream's message bytes).
 pub const NOTIFICATIONS_PER_MESSAGE_MAX: usize = 500;
+/// DCs one BACK_IN_STOCK notification lists (nearest first); it counts the rest.
+pub const NOTIFICATION_DCS_MAX: usize = 100;
+/// What a notifications message holds beside its notifications (token, epoch), and what
+/// each notification adds beside its own bytes, at most.
+const NOTIFICATIONS_MESSAGE_OVERHEAD_BYTES: usize = 256;
+const NOTIFICATION_FRAMING_BYTES: usize = 8;
 /// Shards a request may split users into.
 const SHARDS_MAX: u32 = 65_536;
 
@@ -81,7 +90,12 @@ impl Position {
         let epoch = parts.next().and_then(|e| e.parse().ok()).ok_or_else(bad)?;
         let trigger = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
         let hex = parts.next().ok_or_else(bad)?;
-        if parts.next().is_some() || hex.len() % 2 != 0 {
+        // Hex digits only, checked before slicing: a multi-byte character would put a slice
+        // boundary inside it (a panic in the handler).
+        if parts.next().is_some()
+            || hex.len() % 2 != 0
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
             return Err(bad());
         }
         let bytes = (0..hex.len())
@@ -206,7 +220,11 @@ impl OrdoService {
             return Err(out_of_range(self.node.node_id, position.epoch, start));
         }
         let permit = self.watcher_slot()?;
-        let (tx, rx) = mpsc::channel(self.limits.watch_buffer_messages);
+        let (out, rx, taken) = Outbox::new(
+            self.stream_limits(),
+            self.closing.clone(),
+            self.node.node_id,
+        );
         let (end_tx, end_rx) = oneshot::channel();
         let producer = Producer {
             node_id: self.node.node_id,
@@ -215,13 +233,7 @@ impl OrdoService {
             shard: r.shard,
             shards,
             progress: progress_interval(r.progress_interval_ms),
-            out: Outbox {
-                tx,
-                stall: self.limits.watch_stall,
-                closing: self.closing.clone(),
-                node_id: self.node.node_id,
-                message: std::marker::PhantomData,
-            },
+            out,
             dcs: BTreeMap::new(),
             last_token: position.token(),
             pace: self.fan_out.clone(),
@@ -232,7 +244,7 @@ impl OrdoService {
                 let _ = end_tx.send(status);
             }
         });
-        Ok(Response::new(outbox_stream(rx, end_rx)))
+        Ok(Response::new(outbox_stream(rx, end_rx, taken)))
     }
 }
 
@@ -265,7 +277,7 @@ impl Producer {
             }
             let page = self
                 .store
-                .feed_read(at.epoch, 64, 4 * 1024 * 1024)
+                .feed_read(at.epoch, 64, FEED_READ_BYTES_MAX)
                 .map_err(internal)?;
             if at.epoch < page.start {
                 return Err(out_of_range(self.node_id, at.epoch, page.start));
@@ -324,6 +336,11 @@ impl Producer {
         let epoch = from.epoch;
         let mut sent = false;
         let mut batch: Vec<v1::Notification> = Vec::new();
+        let mut batch_bytes = 0;
+        let budget = self
+            .out
+            .message_bytes_max()
+            .saturating_sub(NOTIFICATIONS_MESSAGE_OVERHEAD_BYTES);
         let mut position = from.clone();
         for (index, trigger) in triggers(&events.events).iter().enumerate() {
             let index = index as u32;
@@ -349,16 +366,22 @@ impl Producer {
                 after = Some(last.user.clone());
                 for record in &page {
                     if let Some(n) = self.notification(record, trigger, epoch, events.time_ms) {
+                        let bytes = n.encoded_len() + NOTIFICATION_FRAMING_BYTES;
+                        if !batch.is_empty()
+                            && (batch.len() >= NOTIFICATIONS_PER_MESSAGE_MAX
+                                || batch_bytes + bytes > budget)
+                        {
+                            self.flush(&mut batch, &position).await?;
+                            batch_bytes = 0;
+                            sent = true;
+                        }
                         batch.push(n);
+                        batch_bytes += bytes;
                         position = Position {
                             epoch,
                             trigger: index,
                             after: Some(record.user.clone()),
                         };
-                        if batch.len() >= NOTIFICATIONS_PER_MESSAGE_MAX {
-                            self.flush(&mut batch, &position).await?;
-                            sent = true;
-                        }
                     }
                 }
                 if page.len() < SUBSCRIBERS_PAGE_MAX {
@@ -443,27 +466,36 @@ impl Producer {
                 n.currency = currency.clone();
             }
             (Trigger::BackInStock { dcs, .. }, SubKind::BackInStock { near, dcs: scope }) => {
+                // (distance from the subscription's point, or 0, dc, units), in scope.
+                let mut listed: Vec<(u64, u32, i64)> = Vec::new();
                 for &(dc, available) in dcs {
                     if !scope.is_empty() && !scope.contains(&dc) {
                         continue;
                     }
+                    let mut distance_m = 0;
                     if let Some(near) = near {
                         let Some((lat, lon)) = self.dc_point(dc) else {
                             continue;
                         };
-                        let d = crate::geo::distance_m(near.lat_e6, near.lon_e6, lat, lon);
-                        if d > u64::from(near.radius_m) {
+                        distance_m = crate::geo::distance_m(near.lat_e6, near.lon_e6, lat, lon);
+                        if distance_m > u64::from(near.radius_m) {
                             continue;
                         }
                     }
-                    n.back_in_stock.push(v1::DcUnits {
-                        dc_id: dc,
-                        available,
-                    });
+                    listed.push((distance_m, dc, available));
                 }
-                if n.back_in_stock.is_empty() {
+                if listed.is_empty() {
                     return None;
                 }
+                // Nearest first (by DC id without a point), the first hundred listed and the
+                // rest counted: a notification stays small whatever a restock touched.
+                listed.sort_unstable();
+                n.back_in_stock_more = listed.len().saturating_sub(NOTIFICATION_DCS_MAX) as u32;
+                listed.truncate(NOTIFICATION_DCS_MAX);
+                n.back_in_stock = listed
+                    .into_iter()
+                    .map(|(_, dc_id, available)| v1::DcUnits { dc_id, available })
+                    .collect();
             }
             _ => return None,
         }
@@ -499,7 +531,17 @@ mod tests {
         ] {
             assert_eq!(Position::parse(&p.token()).unwrap(), p);
         }
-        for bad in ["", "n1.", "n1.1.2", "n1.1.2.zz", "n1.1.2.4", "ordo1.5"] {
+        for bad in [
+            "",
+            "n1.",
+            "n1.1.2",
+            "n1.1.2.zz",
+            "n1.1.2.4",
+            "ordo1.5",
+            // Multi-byte characters where hex digits belong: refused, not a panic.
+            "n1.1.2.a\u{e9}a",
+            "n1.1.2.\u{20ac}0",
+        ] {
             assert!(Position::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -112,6 +112,7 @@ async fn serve(
     _slot: OwnedSemaphorePermit,
 ) {
     let mut closing = service.closing.clone();
+    let stall = service.limits.watch_stall;
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
     loop {
@@ -128,9 +129,14 @@ async fn serve(
                 }
             }
             Some(reply) = in_flight.next(), if !in_flight.is_empty() => {
-                if replies.send(Ok(reply)).await.is_err() {
-                    // The client went away; its orders in flight still run to their epochs.
-                    return;
+                // A client that takes no reply for a whole stall window (the buffer holds as
+                // many replies as orders may be in flight) is cut off, as a feed stream's is:
+                // it would otherwise hold its slot and its replies for good.
+                match tokio::time::timeout(stall, replies.send(Ok(reply))).await {
+                    Ok(Ok(())) => {}
+                    // The client went away or stopped reading; its orders in flight still
+                    // run to their epochs.
+                    Ok(Err(_)) | Err(_) => return,
                 }
             }
             _ = closing.changed(), if reading => reading = false,

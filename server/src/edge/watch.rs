@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,25 +24,28 @@ use ordo_scheduler::feed::{Cause, EpochEvents, Event, EventKind, Filter, Reserva
 use ordo_storage::Store;
 use prost::bytes::Bytes;
 use prost::Message;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::encoded::EncodedStream;
 use super::OrdoService;
 use crate::convert;
+use crate::limits::Limits;
 
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
 
 /// Feed entries (epochs with events) read from the store at once.
 const WATCH_EPOCHS_PER_READ_MAX: usize = 256;
-/// Bytes of encoded events read from the store at once (at least one epoch).
-const WATCH_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of encoded events read from the store at once (at least one epoch): what a producer
+/// holds beside its buffer, so a thousand slow watchers hold a thousand of these.
+pub(super) const FEED_READ_BYTES_MAX: usize = 256 * 1024;
 /// Events in one Events message; an epoch with more comes in several.
 pub const WATCH_EVENTS_PER_MESSAGE_MAX: usize = 1000;
-/// Bytes of events in one Events message (about; at least one event), well under the 4 MiB
-/// clients accept by default.
-const WATCH_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// What an Events message holds beside its events (epoch, time, token, flag), and what each
+/// event adds beside its own bytes (tag and length), at most.
+const EVENTS_MESSAGE_OVERHEAD_BYTES: usize = 256;
+const EVENT_FRAMING_BYTES: usize = 8;
 /// SKUs or DCs one filter may name.
 const WATCH_FILTER_IDS_MAX: usize = 1000;
 const PROGRESS_INTERVAL_MS_DEFAULT: u32 = 1000;
@@ -97,15 +101,19 @@ pub(super) fn out_of_range(node_id: u64, from: u64, start: u64) -> Status {
     status
 }
 
-fn stalled(buffer: usize, stall: Duration, token: &str) -> Status {
+fn stalled(taken: u64, buffered: u64, window: Duration, token: &str) -> Status {
     let mut status = Status::resource_exhausted(format!(
-        "watch: the stream's buffer of {buffer} messages stayed full for {} ms (the consumer \
-         stopped reading); resume with token {token}",
-        stall.as_millis()
+        "watch: the consumer took {taken} bytes in {} ms while {buffered} bytes waited for it \
+         (it reads too slowly or stopped reading); resume with token {token}",
+        window.as_millis()
     ));
     if let Ok(value) = token.parse() {
         status.metadata_mut().insert("ordo-resume-token", value);
     }
+    status.metadata_mut().insert(
+        "ordo-stream-end",
+        tonic::metadata::MetadataValue::from_static("slow-consumer"),
+    );
     status
 }
 
@@ -173,7 +181,11 @@ impl OrdoService {
             return Err(out_of_range(self.node.node_id, from, start));
         }
         let permit = self.watcher_slot()?;
-        let (tx, rx) = mpsc::channel(self.limits.watch_buffer_messages);
+        let (out, rx, taken) = Outbox::new(
+            self.stream_limits(),
+            self.closing.clone(),
+            self.node.node_id,
+        );
         let (end_tx, end_rx) = oneshot::channel();
         let producer = Producer {
             node_id: self.node.node_id,
@@ -181,13 +193,7 @@ impl OrdoService {
             applied: self.node.applied_epoch.clone(),
             filter,
             progress: progress_interval(r.progress_interval_ms),
-            out: Outbox {
-                tx,
-                stall: self.limits.watch_stall,
-                closing: self.closing.clone(),
-                node_id: self.node.node_id,
-                message: PhantomData,
-            },
+            out,
             delivered: from - 1,
             _permit: permit,
         };
@@ -196,53 +202,219 @@ impl OrdoService {
                 let _ = end_tx.send(status);
             }
         });
-        Ok(Response::new(outbox_stream(rx, end_rx)))
+        Ok(Response::new(outbox_stream(rx, end_rx, taken)))
     }
 }
 
+/// A message in a stream's buffer, with the bytes of the budgets it holds until the
+/// transport takes it.
+pub(super) struct Held {
+    message: Bytes,
+    _stream: OwnedSemaphorePermit,
+    _node: OwnedSemaphorePermit,
+}
+
 /// A stream's messages as the client sees them: what its producer buffered, then how the
-/// stream ended (the producer's status, if it sent one; otherwise a plain end).
+/// stream ended (the producer's status, if it sent one; otherwise a plain end). A message
+/// leaves the budgets, and counts as taken by the consumer, when the transport takes it:
+/// hyper asks for the next message only when HTTP/2 flow control has room for it, so a
+/// consumer that does not read takes nothing.
 pub(super) fn outbox_stream(
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Held>,
     end: oneshot::Receiver<Status>,
+    taken: Arc<AtomicU64>,
 ) -> EncodedStream {
-    let stream = futures::stream::unfold((rx, Some(end)), |(mut rx, end)| async move {
-        match rx.recv().await {
-            Some(message) => Some((Ok(message), (rx, end))),
-            None => match end?.await {
-                Ok(status) => Some((Err(status), (rx, None))),
-                Err(_) => None,
-            },
+    let stream = futures::stream::unfold((rx, Some(end)), move |(mut rx, end)| {
+        let taken = taken.clone();
+        async move {
+            match rx.recv().await {
+                Some(held) => {
+                    taken.fetch_add(held.message.len() as u64, Ordering::Relaxed);
+                    Some((Ok(held.message), (rx, end)))
+                }
+                None => match end?.await {
+                    Ok(status) => Some((Err(status), (rx, None))),
+                    Err(_) => None,
+                },
+            }
         }
     });
     Box::pin(stream)
 }
 
-/// Where a stream's messages go, encoded (`encoded.rs` says why here), and what ends it early.
-pub(super) struct Outbox<T> {
-    pub(super) tx: mpsc::Sender<Bytes>,
-    /// How long the buffer may stay full.
+/// What a feed stream may hold: its own buffer in messages and bytes, and the node's budget
+/// for every stream's buffer together; and the largest message it may send.
+#[derive(Clone)]
+pub(super) struct StreamLimits {
+    pub(super) buffer_messages: usize,
+    pub(super) buffer_bytes: usize,
+    /// The node's budget, in bytes, shared by every stream (`--streams-buffer-bytes-max`).
+    pub(super) node: Arc<Semaphore>,
+    /// The largest message, encoded: half the node's message limit, at most 1 MiB, so it
+    /// passes the node's limit and the 4 MiB that gRPC clients accept by default.
+    pub(super) message_bytes_max: usize,
+    /// How long a consumer may take too little while its buffer is backed up.
     pub(super) stall: Duration,
+}
+
+impl StreamLimits {
+    pub(super) fn new(limits: &Limits, node: Arc<Semaphore>) -> Self {
+        Self {
+            buffer_messages: limits.watch_buffer_messages,
+            buffer_bytes: limits.watch_buffer_bytes,
+            node,
+            message_bytes_max: stream_message_bytes_max(limits.message_bytes_max),
+            stall: limits.watch_stall,
+        }
+    }
+}
+
+/// The largest message a feed stream sends under a node message limit of `node_max`.
+pub(super) fn stream_message_bytes_max(node_max: usize) -> usize {
+    (node_max / 2).min(STREAM_MESSAGE_BYTES_MAX)
+}
+
+/// The most a feed stream's message holds, encoded: under the 4 MiB that gRPC clients accept
+/// by default, and under half the smallest node message limit for the largest single event.
+pub(super) const STREAM_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(STREAM_MESSAGE_BYTES_MAX <= 4 * 1024 * 1024 / 2);
+
+/// Where a stream's messages go, encoded (`encoded.rs` says why here), and what ends it early.
+///
+/// The stall rule: while the stream is backed up (a message had to wait for room in the
+/// buffer or the node's budget), its consumer must take, in every `stall`, at least a quarter
+/// of what was buffered for it when that window began (at least one byte). One that takes
+/// less is cut off with RESOURCE_EXHAUSTED and a resume token: a reader taking one message
+/// every few seconds cannot hold its buffer, or the node's budget, for good. A consumer that
+/// took everything is never cut, however long its producer waits for the node's budget.
+pub(super) struct Outbox<T> {
+    pub(super) tx: mpsc::Sender<Held>,
+    /// This stream's buffer, in bytes.
+    stream: Arc<Semaphore>,
+    limits: StreamLimits,
+    /// Bytes the consumer has taken (the transport pulled them), counted by [`outbox_stream`].
+    taken: Arc<AtomicU64>,
+    /// Bytes put in the buffer.
+    put: u64,
+    /// Since when the stream has been backed up, and what the consumer had taken then.
+    backed_up: Option<(Instant, u64)>,
     /// The node is stopping.
     pub(super) closing: watch::Receiver<bool>,
     pub(super) node_id: u64,
-    pub(super) message: PhantomData<fn(T)>,
+    message: PhantomData<fn(T)>,
 }
 
 impl<T: Message> Outbox<T> {
-    /// Puts a message in the buffer, waiting at most `stall` for room. `Err(None)`: the client
-    /// went away; `Err(Some(status))`: the buffer stayed full, or the node is stopping (`token`
-    /// resumes the stream).
+    /// A stream's outbox and the stream the client reads.
+    pub(super) fn new(
+        limits: StreamLimits,
+        closing: watch::Receiver<bool>,
+        node_id: u64,
+    ) -> (Self, mpsc::Receiver<Held>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::channel(limits.buffer_messages);
+        let taken = Arc::new(AtomicU64::new(0));
+        let outbox = Self {
+            tx,
+            stream: Arc::new(Semaphore::new(limits.buffer_bytes)),
+            limits,
+            taken: taken.clone(),
+            put: 0,
+            backed_up: None,
+            closing,
+            node_id,
+            message: PhantomData,
+        };
+        (outbox, rx, taken)
+    }
+
+    /// The largest message this stream sends, encoded.
+    pub(super) fn message_bytes_max(&self) -> usize {
+        self.limits.message_bytes_max
+    }
+
+    /// Puts a message in the buffer when it has room (the stall rule above). `Err(None)`: the
+    /// client went away; `Err(Some(status))`: the consumer took too little, or the node is
+    /// stopping (`token` resumes the stream).
     pub(super) async fn send(&mut self, message: T, token: &str) -> Result<(), Option<Status>> {
         let message = Bytes::from(message.encode_to_vec());
-        tokio::select! {
-            sent = tokio::time::timeout(self.stall, self.tx.send(message)) => match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(None),
-                Err(_) => Err(Some(stalled(self.tx.max_capacity(), self.stall, token))),
-            },
-            _ = self.closing.wait_for(|&c| c) => Err(Some(closing(self.node_id, token))),
+        // A message over the stream's share could never get room. The producers cut their
+        // messages under `message_bytes_max`, which start-up keeps under the buffer's bytes.
+        let bytes = message.len().min(self.limits.buffer_bytes) as u32;
+        let (stream, node, tx) = (
+            self.stream.clone(),
+            self.limits.node.clone(),
+            self.tx.clone(),
+        );
+        let room = async move {
+            let own = stream.acquire_many_owned(bytes).await;
+            let shared = node.acquire_many_owned(bytes).await;
+            let slot = tx.reserve_owned().await;
+            match (own, shared, slot) {
+                (Ok(own), Ok(shared), Ok(slot)) => Some((own, shared, slot)),
+                _ => None,
+            }
+        };
+        tokio::pin!(room);
+        let reserved = match futures::poll!(&mut room) {
+            std::task::Poll::Ready(reserved) => {
+                self.backed_up = None;
+                reserved
+            }
+            std::task::Poll::Pending => {
+                let mut stopping = self.closing.clone();
+                loop {
+                    let (since, taken_then) = *self
+                        .backed_up
+                        .get_or_insert((Instant::now(), self.taken.load(Ordering::Relaxed)));
+                    tokio::select! {
+                        reserved = &mut room => break reserved,
+                        _ = tokio::time::sleep_until(since + self.limits.stall) => {
+                            self.check_progress(since, taken_then, token)?;
+                        }
+                        _ = stopping.wait_for(|&c| c) => {
+                            return Err(Some(closing(self.node_id, token)));
+                        }
+                    }
+                }
+            }
+        };
+        let Some((own, shared, slot)) = reserved else {
+            return Err(None);
+        };
+        self.put += message.len() as u64;
+        slot.send(Held {
+            message,
+            _stream: own,
+            _node: shared,
+        });
+        Ok(())
+    }
+
+    /// At the end of a backed-up window: cuts the stream if its consumer took less than a
+    /// quarter of what was buffered for it when the window began, else opens the next window.
+    fn check_progress(
+        &mut self,
+        since: Instant,
+        taken_then: u64,
+        token: &str,
+    ) -> Result<(), Option<Status>> {
+        if self.tx.is_closed() {
+            return Err(None);
         }
+        let taken = self.taken.load(Ordering::Relaxed);
+        let buffered_then = self.put.saturating_sub(taken_then);
+        let buffered = self.put.saturating_sub(taken);
+        let needed = (buffered_then / 4).max(1);
+        if buffered > 0 && taken - taken_then < needed {
+            return Err(Some(stalled(
+                taken - taken_then,
+                buffered,
+                since.elapsed(),
+                token,
+            )));
+        }
+        self.backed_up = Some((Instant::now(), taken));
+        Ok(())
     }
 }
 
@@ -271,7 +443,7 @@ impl Producer {
             }
             let page = self
                 .store
-                .feed_read(next, WATCH_EPOCHS_PER_READ_MAX, WATCH_READ_BYTES_MAX)
+                .feed_read(next, WATCH_EPOCHS_PER_READ_MAX, FEED_READ_BYTES_MAX)
                 .map_err(|e| Status::internal(format!("watch: reading the feed: {e}")))?;
             if next < page.start {
                 return Err(out_of_range(self.node_id, next, page.start));
@@ -325,50 +497,63 @@ impl Producer {
     }
 
     /// Sends the events of `epoch` that pass the filter; whether any did. `Err(None)`: the
-    /// client went away.
+    /// client went away. Messages are cut at [`WATCH_EVENTS_PER_MESSAGE_MAX`] events and at
+    /// the stream's message bytes, and built one ahead of the one sent (to know whether more
+    /// follow), so a large epoch costs two messages of memory, not the epoch's.
     async fn send_epoch(
         &mut self,
         epoch: u64,
         events: &EpochEvents,
     ) -> Result<bool, Option<Status>> {
-        let mut chunks: Vec<Vec<v1::ChangeEvent>> = Vec::new();
-        let mut chunk = Vec::new();
-        let mut chunk_bytes = 0;
-        for (index, event) in events.events.iter().enumerate() {
-            if !self.filter.matches(event) {
-                continue;
+        let budget = self
+            .out
+            .message_bytes_max()
+            .saturating_sub(EVENTS_MESSAGE_OVERHEAD_BYTES);
+        let matching: Vec<u32> = (0..events.events.len() as u32)
+            .filter(|&i| self.filter.matches(&events.events[i as usize]))
+            .collect();
+        let mut cursor = 0;
+        let mut next_chunk = || {
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0;
+            while let Some(&index) = matching.get(cursor) {
+                let wire = change_event(index, &events.events[index as usize], epoch);
+                let bytes = wire.encoded_len() + EVENT_FRAMING_BYTES;
+                if !chunk.is_empty()
+                    && (chunk.len() >= WATCH_EVENTS_PER_MESSAGE_MAX || chunk_bytes + bytes > budget)
+                {
+                    break;
+                }
+                chunk_bytes += bytes;
+                chunk.push(wire);
+                cursor += 1;
             }
-            let wire = change_event(index as u32, event, epoch);
-            let bytes = wire.encoded_len();
-            if !chunk.is_empty()
-                && (chunk.len() >= WATCH_EVENTS_PER_MESSAGE_MAX
-                    || chunk_bytes + bytes > WATCH_MESSAGE_BYTES_MAX)
-            {
-                chunks.push(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
-            }
-            chunk_bytes += bytes;
-            chunk.push(wire);
-        }
-        if chunk.is_empty() && chunks.is_empty() {
+            chunk
+        };
+        let mut chunk = next_chunk();
+        if chunk.is_empty() {
             return Ok(false);
         }
-        chunks.push(chunk);
-        let last = chunks.len() - 1;
-        for (i, chunk) in chunks.into_iter().enumerate() {
+        loop {
+            let following = next_chunk();
+            let more = !following.is_empty();
             let message = v1::WatchEvents {
                 epoch,
                 epoch_time_ms: events.time_ms,
                 events: chunk,
-                resume_token: if i == last {
-                    resume_token(epoch)
-                } else {
+                resume_token: if more {
                     String::new()
+                } else {
+                    resume_token(epoch)
                 },
-                more: i != last,
+                more,
             };
             self.send(v1::watch_response::Message::Events(message))
                 .await?;
+            if !more {
+                break;
+            }
+            chunk = following;
         }
         self.delivered = epoch;
         Ok(true)
