@@ -961,6 +961,19 @@ impl Client {
         .await
     }
 
+    /// Changes the cluster's execution settings through the log (`Admin.SetExecutionSettings`;
+    /// fields left 0 keep their values).
+    pub async fn set_execution_settings(
+        &self,
+        request: v1::SetExecutionSettingsRequest,
+    ) -> Result<v1::SetExecutionSettingsResponse, Error> {
+        self.with_retries(|| {
+            let mut admin = self.admin();
+            async move { admin.set_execution_settings(request).await }
+        })
+        .await
+    }
+
     pub async fn remove_member(&self, node_id: u64) -> Result<v1::MembershipResponse, Error> {
         self.with_retries(|| {
             let mut admin = self.admin();

@@ -1153,6 +1153,26 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             value,
         );
     }
+    if opts.workload == "inventory" {
+        // The cluster's execution settings, changed through the log: a sweep bound of 1 to 4
+        // lapsed holds per partition per epoch, so the holds that lapse under faults are
+        // swept over many epochs (reads must never depend on how far), on every replica alike.
+        let bound = 1 + (opts.seed % 4) as u32;
+        let set = admin
+            .set_execution_settings(v1::SetExecutionSettingsRequest {
+                expiry_per_epoch_max: bound,
+                ..Default::default()
+            })
+            .await
+            .context("setting the sweep bound")?;
+        record(
+            &recorder,
+            Process::Named("setup".into()),
+            EventType::Ok,
+            "settings",
+            json!({"expiry_per_epoch_max": set.expiry_per_epoch_max, "epoch": set.epoch}),
+        );
+    }
     let setup_epoch = admin.highest_epoch();
     // The change-feed consumers follow the feed from epoch 1 through the whole run.
     let consumers = if opts.workload == "watch" {

@@ -75,6 +75,12 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.value.load(Relaxed)
     }
+
+    /// Moves the value by `delta` (a gauge kept up to date where things change, not counted
+    /// at each scrape).
+    pub fn add(&self, delta: i64) {
+        self.value.fetch_add(delta, Relaxed);
+    }
 }
 
 /// Bucket bounds and how observations are shown: an observation `v` is `v / scale` in the
@@ -291,6 +297,17 @@ pub static AUTH_REFUSED: CounterFamily = CounterFamily::new(
     "Calls refused by the token check: unauthenticated or permission_denied.",
     &["reason"],
 );
+/// Connections a port closed at once: past its cap, or past the source's share.
+pub static CONNECTIONS_REFUSED: CounterFamily = CounterFamily::new(
+    "ordo_connections_refused_total",
+    "Connections closed at once because the port (client or peer) was at its cap, or the source address at its share.",
+    &["port"],
+);
+/// Connections open on the client port.
+pub static CLIENT_CONNECTIONS: Gauge = Gauge::new(
+    "ordo_client_connections",
+    "Connections open on the client port (at most --connections-max).",
+);
 /// Time between two batches this node cut (as leader).
 pub static EPOCH_INTERVAL: Histogram = Histogram::new(
     "ordo_epoch_interval_seconds",
@@ -352,10 +369,10 @@ pub static HOLDS_EXPIRED: Counter = Counter::new(
     "ordo_reservations_expired_total",
     "Lapsed holds swept during execution on this node, one per held stock row (units returned).",
 );
-/// Held stock rows of live reservations, counted at each scrape.
+/// Held stock rows of live reservations, kept by the state machine at each epoch.
 pub static HOLDS_LIVE: Gauge = Gauge::new(
     "ordo_reservations_live",
-    "Held stock rows of reservations not yet confirmed, cancelled or swept on this node (a lapsed hold counts until execution sweeps it), counted at each scrape.",
+    "Held stock rows of live reservations on this node at its last applied epoch: neither confirmed, cancelled nor lapsed (a lapsed hold is not counted, swept yet or not); kept up to date by each epoch, not counted at scrapes.",
 );
 /// Watch and WatchNotifications streams open now.
 pub static WATCHERS: Gauge = Gauge::new(
@@ -499,6 +516,8 @@ pub fn render() -> String {
     render_counter_family(&mut out, &RPC_REQUESTS);
     render_histogram_family(&mut out, &RPC_DURATION);
     render_counter_family(&mut out, &AUTH_REFUSED);
+    render_counter_family(&mut out, &CONNECTIONS_REFUSED);
+    render_gauge(&mut out, &CLIENT_CONNECTIONS);
     render_histogram(&mut out, &EPOCH_INTERVAL);
     render_histogram(&mut out, &EPOCH_TXNS);
     render_histogram(&mut out, &RAFT_COMMIT);

@@ -337,9 +337,13 @@ pub(crate) fn decide(
             stock,
             reads,
         ),
-        Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::SetPrices(_) => Err(
-            ExecError::Invariant("global transaction in a partition executor".into()),
-        ),
+        Op::UpsertDc(_)
+        | Op::UpsertItem(_)
+        | Op::ClusterConfig { .. }
+        | Op::SetPrices(_)
+        | Op::ExecSettings(_) => Err(ExecError::Invariant(
+            "global transaction in a partition executor".into(),
+        )),
     }
 }
 

@@ -30,6 +30,14 @@ pub(crate) struct Ctx<'a> {
 type Stock = BTreeMap<(u32, u32), StockRecord>;
 
 impl Ctx<'_> {
+    /// A reserve's or extend's TTL: the cluster's default for 0.
+    fn ttl_or_default(&self, ttl_ms: u64) -> u64 {
+        match ttl_ms {
+            0 => self.cfg.reservation_ttl_default_ms,
+            ms => ms,
+        }
+    }
+
     fn result(&self, outcome: Outcome) -> TxnResult {
         TxnResult {
             request_id: self.txn.request_id.clone(),
@@ -285,6 +293,12 @@ fn reserve(
         }));
     }
     let now = ctx.time_ms;
+    // 0: the cluster's recorded settings (`ExecConfig::under`).
+    let ttl_ms = ctx.ttl_or_default(ttl_ms);
+    let life_max_ms = match life_max_ms {
+        0 => ctx.cfg.reservation_life_max_ms,
+        ms => ms,
+    };
     let mut record = existing.unwrap_or_else(|| {
         let life_cap_ms = now.saturating_add(life_max_ms);
         ReservationRecord {
@@ -526,7 +540,10 @@ fn extend(
     mut record: ReservationRecord,
     ttl_ms: u64,
 ) -> Result<Decision, ExecError> {
-    let wanted = ctx.time_ms.saturating_add(ttl_ms).min(record.life_cap_ms);
+    let wanted = ctx
+        .time_ms
+        .saturating_add(ctx.ttl_or_default(ttl_ms))
+        .min(record.life_cap_ms);
     let expires_at = record.expires_at_ms.max(wanted);
     let mut writes = Vec::new();
     if expires_at != record.expires_at_ms {

@@ -50,9 +50,40 @@ pub struct ExecConfig {
     /// How long an item's price history keeps an entry, in sequencer milliseconds after it
     /// was set. Old entries are dropped when the item's price is set again.
     pub price_history_ms: u64,
+    /// A hold's TTL when a reserve or extend asks for none, in sequencer milliseconds.
+    pub reservation_ttl_default_ms: u64,
+    /// The longest a reservation lives with its extensions, in sequencer milliseconds.
+    pub reservation_life_max_ms: u64,
     /// Test hook: when set, partition executors sleep for pseudo-random microseconds (seeded by
     /// this value) between steps. It changes thread timing only, never results or writes.
     pub timing_jitter_seed: Option<u64>,
+}
+
+impl ExecConfig {
+    /// The settings a node records at its first start: its own values (`initial`).
+    pub fn initial_settings(&self) -> ExecSettings {
+        ExecSettings {
+            reservation_ttl_default_ms: self.reservation_ttl_default_ms,
+            reservation_life_max_ms: self.reservation_life_max_ms,
+            expiry_per_epoch_max: self.expiry_per_epoch_max as u64,
+            initial: true,
+        }
+    }
+
+    /// This configuration under the settings recorded in the log: they, not the node's own
+    /// values, decide (the node's are used only where nothing is recorded, as in a log from
+    /// before the record existed).
+    pub fn under(&self, recorded: Option<&ExecSettings>) -> ExecConfig {
+        match recorded {
+            None => self.clone(),
+            Some(r) => ExecConfig {
+                reservation_ttl_default_ms: r.reservation_ttl_default_ms,
+                reservation_life_max_ms: r.reservation_life_max_ms,
+                expiry_per_epoch_max: usize::try_from(r.expiry_per_epoch_max).unwrap_or(usize::MAX),
+                ..self.clone()
+            },
+        }
+    }
 }
 
 impl Default for ExecConfig {
@@ -64,6 +95,8 @@ impl Default for ExecConfig {
             expiry_per_epoch_max: 10_000,
             reservation_retention_ms: 24 * 60 * 60 * 1000,
             price_history_ms: 90 * 24 * 60 * 60 * 1000,
+            reservation_ttl_default_ms: 600 * 1000,
+            reservation_life_max_ms: 24 * 60 * 60 * 1000,
             timing_jitter_seed: None,
         }
     }
@@ -119,6 +152,15 @@ pub fn execute_epoch(
     // A batch longer than the order-id space cannot come from an Ordo leader; whatever wrote
     // it, the excess is refused on every replica rather than stopping them.
     let (txns, excess) = txns.split_at(txns.len().min(BATCH_TXNS_LIMIT));
+    // The execution settings recorded in the log before this epoch decide it.
+    let recorded: Option<ExecSettingsRecord> = read_record(
+        store,
+        &Overlay::default(),
+        Part::Global,
+        keys::EXEC_SETTINGS,
+        || "execution settings".into(),
+    )?;
+    let cfg = &cfg.under(recorded.as_ref().map(|r| &r.settings));
     let partitions = store.partitions();
     let mut overlays: BTreeMap<Part, Overlay> = BTreeMap::new();
     overlays.insert(Part::Global, Overlay::default());
@@ -636,6 +678,27 @@ fn run_global(
                         ),
                     ),
                 }
+            }
+            Op::ExecSettings(settings) => {
+                let recorded: Option<ExecSettingsRecord> =
+                    read_record(store, overlay, Part::Global, keys::EXEC_SETTINGS, || {
+                        "execution settings".into()
+                    })?;
+                if !(settings.initial && recorded.is_some()) {
+                    let record = ExecSettingsRecord {
+                        settings: ExecSettings {
+                            initial: false,
+                            ..*settings
+                        },
+                        epoch,
+                    };
+                    overlay.put(
+                        Some(seq),
+                        keys::EXEC_SETTINGS.to_vec(),
+                        Some(encode(&record)),
+                    );
+                }
+                upserted(txn, epoch)
             }
             other => {
                 return Err(ExecError::Invariant(format!(

@@ -210,6 +210,7 @@ pub(crate) fn cause(op: &Op, outcome: &Outcome, order: Option<&OrderRecord>) -> 
         | Op::UpsertItem(_)
         | Op::Kv(_)
         | Op::ClusterConfig { .. }
+        | Op::ExecSettings(_)
         | Op::SetPrices(_)
         | Op::Subscribe { .. }
         | Op::Unsubscribe { .. } => Cause::Order { order_id },

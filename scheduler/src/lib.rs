@@ -27,6 +27,7 @@ mod decide_holds;
 pub mod exec;
 pub mod feed;
 mod fill;
+pub mod held;
 pub mod holds;
 pub mod lock;
 pub mod model;

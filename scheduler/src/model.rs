@@ -61,7 +61,10 @@ pub enum Op {
     /// Holds units for a cart: they move from available to reserved until the hold is
     /// confirmed, cancelled or reaches `expires_at = epoch time + ttl_ms`. With a `cart_id`
     /// whose reservation is live, the lines are added to that reservation (and lapse with
-    /// it). The edge resolves the server's default TTL and life cap into the two durations.
+    /// it). `ttl_ms` 0 is the cluster's default TTL and `life_max_ms` 0 its life cap (the
+    /// recorded [`ExecSettings`], resolved in execution): the edge sends what the caller asked
+    /// for, so a retry has the same body on any node, whatever its flags. (Entries written
+    /// before the settings were recorded carry both resolved by the edge.)
     Reserve {
         cart_id: String,
         user: String,
@@ -80,8 +83,8 @@ pub enum Op {
     CancelReservation {
         reservation_id: u64,
     },
-    /// Moves a live reservation's expiry to `epoch time + ttl_ms`, never earlier than it was
-    /// and never past its life cap.
+    /// Moves a live reservation's expiry to `epoch time + ttl_ms` (0: the cluster's default
+    /// TTL), never earlier than it was and never past its life cap.
     ExtendReservation {
         reservation_id: u64,
         ttl_ms: u64,
@@ -118,6 +121,34 @@ pub enum Op {
         sku: u32,
         tag: crate::subs::SubTag,
     },
+    /// Records the execution settings every replica must share ([`ExecSettings`]). Added
+    /// last: bincode numbers variants by position, so the log's older entries keep theirs.
+    ExecSettings(ExecSettings),
+}
+
+/// Execution settings that decide replicated state, so they are cluster facts: recorded in
+/// the log (global partition, [`keys::EXEC_SETTINGS`]), never taken from a node's flags once
+/// recorded. A node records its flags' values at its first start (`initial`: only if nothing
+/// is recorded yet); an admin call changes them through the log. A change recorded in epoch
+/// E governs epochs after E, from their prologue on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSettings {
+    /// A hold's TTL when its reserve or extend asks for none (a TTL of 0).
+    pub reservation_ttl_default_ms: u64,
+    /// The longest a reservation lives with its extensions, and the longest TTL one may ask
+    /// for.
+    pub reservation_life_max_ms: u64,
+    /// Lapsed holds swept per partition per epoch (and old reservation records dropped).
+    pub expiry_per_epoch_max: u64,
+    /// Record only if none is recorded yet (a node's start); otherwise a change.
+    pub initial: bool,
+}
+
+/// The recorded execution settings (`initial` false) and the epoch that recorded them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecSettingsRecord {
+    pub settings: ExecSettings,
+    pub epoch: u64,
 }
 
 /// One price a [`Op::SetPrices`] sets.
@@ -241,7 +272,11 @@ impl Op {
     pub fn is_global(&self) -> bool {
         matches!(
             self,
-            Op::UpsertDc(_) | Op::UpsertItem(_) | Op::ClusterConfig { .. } | Op::SetPrices(_)
+            Op::UpsertDc(_)
+                | Op::UpsertItem(_)
+                | Op::ClusterConfig { .. }
+                | Op::SetPrices(_)
+                | Op::ExecSettings(_)
         )
     }
 }
@@ -669,6 +704,8 @@ pub mod keys {
     pub const KV: u8 = b'k';
     /// The cluster configuration record (global partition): [`super::ClusterRecord`].
     pub const CLUSTER_CONFIG: &[u8] = b"Pcluster";
+    /// The recorded execution settings (global partition): [`super::ExecSettingsRecord`].
+    pub const EXEC_SETTINGS: &[u8] = b"Pexec-settings";
     /// Reservation state: see `crate::holds` for the layout.
     pub const RESERVATION: u8 = b'r';
     pub const HOLD_DUE: u8 = b'x';

@@ -43,6 +43,13 @@ fn get<T: for<'de> serde::Deserialize<'de>>(
     }
 }
 
+/// The execution settings recorded in the log, if any ([`crate::ExecSettings`]).
+pub fn exec_settings(store: &Store) -> Result<Option<ExecSettingsRecord>, ReadError> {
+    get(store, Part::Global, keys::EXEC_SETTINGS, || {
+        "execution settings".into()
+    })
+}
+
 pub fn dc(store: &Store, dc: u32) -> Result<Option<DcRecord>, ReadError> {
     get(store, Part::Global, &keys::dc(dc), || format!("dc {dc}"))
 }

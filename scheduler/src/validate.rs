@@ -109,7 +109,7 @@ pub const RESERVED_REQUEST_ID_PREFIX: &str = "ordo-";
 /// Checks everything about `txn` that does not depend on state.
 pub fn validate(txn: &Txn) -> Result<(), Invalid> {
     request_id_ok(&txn.request_id)?;
-    let ours = matches!(txn.op, Op::ClusterConfig { .. });
+    let ours = matches!(txn.op, Op::ClusterConfig { .. } | Op::ExecSettings(_));
     if !ours && txn.request_id.starts_with(RESERVED_REQUEST_ID_PREFIX) {
         return Err(format!(
             "request ids starting with {RESERVED_REQUEST_ID_PREFIX:?} are reserved for Ordo itself"
@@ -174,14 +174,46 @@ fn cart_id_ok(cart_id: &str) -> Result<(), Invalid> {
     printable("cart_id", cart_id)
 }
 
+/// A reserve's TTL and life cap: each 0 (the cluster's recorded setting) or 1 ms to the most
+/// a hold may live.
 fn hold_times_ok(ttl_ms: u64, life_max_ms: u64) -> Result<(), Invalid> {
     for (what, ms) in [("ttl", ttl_ms), ("life cap", life_max_ms)] {
-        if !(1..=RESERVATION_TTL_MS_MAX).contains(&ms) {
+        if ms > RESERVATION_TTL_MS_MAX {
             return Err(format!(
-                "the {what} must be 1 ms to {} s, not {ms} ms",
+                "the {what} must be 0 (the cluster's) or 1 ms to {} s, not {ms} ms",
                 RESERVATION_TTL_MS_MAX / 1000
             ));
         }
+    }
+    Ok(())
+}
+
+/// The most lapsed holds a partition may sweep in one epoch.
+pub const EXPIRY_PER_EPOCH_MAX_LIMIT: u64 = 1_000_000;
+
+fn exec_settings_ok(s: &ExecSettings) -> Result<(), Invalid> {
+    for (what, ms) in [
+        ("reservation_ttl_default_ms", s.reservation_ttl_default_ms),
+        ("reservation_life_max_ms", s.reservation_life_max_ms),
+    ] {
+        if !(1..=RESERVATION_TTL_MS_MAX).contains(&ms) {
+            return Err(format!(
+                "{what} must be 1 ms to {} s, not {ms} ms",
+                RESERVATION_TTL_MS_MAX / 1000
+            ));
+        }
+    }
+    if s.reservation_ttl_default_ms > s.reservation_life_max_ms {
+        return Err(format!(
+            "the default TTL ({} ms) is longer than the life cap ({} ms)",
+            s.reservation_ttl_default_ms, s.reservation_life_max_ms
+        ));
+    }
+    if !(1..=EXPIRY_PER_EPOCH_MAX_LIMIT).contains(&s.expiry_per_epoch_max) {
+        return Err(format!(
+            "expiry_per_epoch_max must be 1 to {EXPIRY_PER_EPOCH_MAX_LIMIT}, not {}",
+            s.expiry_per_epoch_max
+        ));
     }
     Ok(())
 }
@@ -304,9 +336,9 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             ttl_ms,
         } => {
             reservation_id_ok(*reservation_id)?;
-            if !(1..=RESERVATION_TTL_MS_MAX).contains(ttl_ms) {
+            if *ttl_ms > RESERVATION_TTL_MS_MAX {
                 return Err(format!(
-                    "the ttl must be 1 ms to {} s, not {ttl_ms} ms",
+                    "the ttl must be 0 (the cluster's default) or 1 ms to {} s, not {ttl_ms} ms",
                     RESERVATION_TTL_MS_MAX / 1000
                 ));
             }
@@ -427,6 +459,7 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             0 => Err("partitions must be at least 1".into()),
             _ => Ok(()),
         },
+        Op::ExecSettings(settings) => exec_settings_ok(settings),
         Op::Kv(ops) => {
             if ops.is_empty() || ops.len() > KV_OPS_PER_TXN_MAX {
                 return Err(format!(

@@ -37,6 +37,10 @@ struct Model {
     subs: BTreeMap<(String, u32, subs::SubTag), subs::SubscriptionRecord>,
     seen: BTreeMap<String, (Op, Outcome)>,
     holds: Holds,
+    /// The execution settings in force this epoch (set at each epoch's start from
+    /// `recorded`), and the last ones recorded: a record governs the epochs after its own.
+    settings: Option<ExecSettings>,
+    recorded: Option<ExecSettings>,
 }
 
 /// Reservations by id and each cart's latest one.
@@ -216,6 +220,21 @@ impl Model {
         // The cluster record bypasses dedupe: it is idempotent by itself.
         if let Op::ClusterConfig { .. } = txn.op {
             return Outcome::Upserted;
+        }
+        // Execution settings: the first record stands against later initial ones; a change
+        // replaces it. Either way from the next epoch on.
+        if let (Op::ExecSettings(settings), None) = (&txn.op, self.seen.get(&txn.request_id)) {
+            if validate::validate(txn).is_ok() {
+                if !(settings.initial && self.recorded.is_some()) {
+                    self.recorded = Some(ExecSettings {
+                        initial: false,
+                        ..*settings
+                    });
+                }
+                self.seen
+                    .insert(txn.request_id.clone(), (txn.op.clone(), Outcome::Upserted));
+                return Outcome::Upserted;
+            }
         }
         if let Some((op, outcome)) = self.seen.get(&txn.request_id) {
             // The same request: the same body, save the candidates the edge resolved.
@@ -604,6 +623,15 @@ impl Model {
                     });
                 }
                 let id = target.unwrap_or((at.epoch << ORDER_SEQ_BITS) | at.seq as u64);
+                let settings = self.settings.expect("settings set at the epoch's start");
+                let ttl_ms = match *ttl_ms {
+                    0 => settings.reservation_ttl_default_ms,
+                    ms => ms,
+                };
+                let life_max_ms = match *life_max_ms {
+                    0 => settings.reservation_life_max_ms,
+                    ms => ms,
+                };
                 let record = self.holds.by_id.entry(id).or_insert_with(|| {
                     let life_cap_ms = now + life_max_ms;
                     ReservationRecord {
@@ -737,6 +765,10 @@ impl Model {
                 }
                 match &txn.op {
                     Op::ExtendReservation { ttl_ms, .. } => {
+                        let ttl_ms = match *ttl_ms {
+                            0 => self.settings.expect("settings").reservation_ttl_default_ms,
+                            ms => ms,
+                        };
                         record.expires_at_ms = record
                             .expires_at_ms
                             .max((now + ttl_ms).min(record.life_cap_ms));
@@ -863,8 +895,13 @@ fn hold_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
                 } else {
                     Mode::AllOrNothing
                 },
-                ttl_ms,
-                life_max_ms: ttl_ms + rng.below(80),
+                // Now and then the cluster's default TTL or life cap (0).
+                ttl_ms: if rng.below(5) == 0 { 0 } else { ttl_ms },
+                life_max_ms: if rng.below(5) == 0 {
+                    0
+                } else {
+                    ttl_ms + rng.below(80)
+                },
             }
         }
         5 | 6 => Op::ConfirmReservation {
@@ -880,7 +917,10 @@ fn hold_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
         },
         _ => Op::ExtendReservation {
             reservation_id: target,
-            ttl_ms: rng.below(60) + 1,
+            ttl_ms: match rng.below(5) {
+                0 => 0,
+                _ => rng.below(60) + 1,
+            },
         },
     };
     Txn { request_id: id, op }
@@ -1004,6 +1044,24 @@ fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
         };
         return Txn { request_id: id, op };
     }
+    if rng.below(60) == 0 {
+        // The execution settings: short default TTLs and life caps, small sweep bounds, now
+        // and then a node's initial record (which stands only if none is), now and then out
+        // of range (refused).
+        let ttl = rng.below(30) + 1;
+        return Txn {
+            request_id: id,
+            op: Op::ExecSettings(ExecSettings {
+                reservation_ttl_default_ms: ttl,
+                reservation_life_max_ms: match rng.below(10) {
+                    0 => ttl - 1,
+                    _ => ttl + rng.below(80),
+                },
+                expiry_per_epoch_max: rng.below(4) + 1,
+                initial: rng.below(3) == 0,
+            }),
+        };
+    }
     if rng.below(40) == 0 {
         let first = rng.below(SKUS as u64) as u32 + 1;
         let mut prices = vec![PriceSet {
@@ -1123,6 +1181,10 @@ fn run_case(seed: u64, jitter: Option<u64>) {
     let cfg = ExecConfig {
         timing_jitter_seed: jitter,
         expiry_per_epoch_max: 3,
+        // Until a transaction records others: holds of the cluster's default TTL lapse
+        // within the run too.
+        reservation_ttl_default_ms: 40,
+        reservation_life_max_ms: 120,
         ..ExecConfig::default()
     };
     let mut model = Model::default();
@@ -1166,6 +1228,8 @@ fn run_case(seed: u64, jitter: Option<u64>) {
     for epoch in 2..=14 {
         // Epoch times move on by 1 to 30 ms: holds of 1 to 60 ms lapse at random epochs.
         now += rng.below(30) + 1;
+        // The settings recorded by the epochs before govern this one.
+        model.settings = Some(model.recorded.unwrap_or(cfg.initial_settings()));
         let txns = random_epoch(&mut rng, &mut history, &known, epoch, 120);
         let results = commit(epoch, now, &txns);
         let mut segment_start = model.holds.clone();
@@ -1247,6 +1311,7 @@ fn run_case(seed: u64, jitter: Option<u64>) {
                         rejection: None, ..
                     },
                 ) => "priced",
+                (Op::ExecSettings(_), Outcome::Upserted) => "settings",
                 (
                     Op::Subscribe { .. },
                     Outcome::Subscription {
@@ -1284,6 +1349,7 @@ fn run_case(seed: u64, jitter: Option<u64>) {
         "priced",
         "subscribed",
         "unsubscribed",
+        "settings",
     ] {
         assert!(
             seen_kinds.get(kind).copied().unwrap_or(0) >= 1,

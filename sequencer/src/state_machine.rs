@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 use ordo_scheduler::feed::EpochEvents;
+use ordo_scheduler::held::HeldRows;
 use ordo_scheduler::{epoch_time_ms, execute_epoch, ExecConfig};
 use ordo_storage::{EpochCommit, EpochStamp, Store};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,8 @@ pub struct StateMachine {
     /// `current.snap`, shared with the snapshot builders.
     snapshot: CurrentSnapshot,
     meta: RaftMeta,
+    /// Held rows of live holds, moved by every epoch (`ordo_reservations_live`).
+    held: Arc<std::sync::Mutex<HeldRows>>,
 }
 
 impl StateMachine {
@@ -130,7 +133,10 @@ impl StateMachine {
             meta = decode_meta(&store.applied().raft_meta)?;
         }
         let (applied_epoch, _) = watch::channel(store.applied_epoch());
+        let held = HeldRows::load(&store).map_err(sm_read_err)?;
+        ordo_metrics::HOLDS_LIVE.set(held.live() as i64);
         Ok(Self {
+            held: Arc::new(std::sync::Mutex::new(held)),
             store,
             exec,
             waiters,
@@ -167,9 +173,13 @@ impl StateMachine {
         let raft_meta = bincode::serialize(&next_meta).map_err(sm_write_err)?;
         let store = self.store.clone();
         let exec = self.exec.clone();
+        let held = self.held.clone();
         let (txns, results) = tokio::task::spawn_blocking(move || {
             let output = execute_epoch(&store, &exec, epoch, time_ms, &batch.txns)
                 .map_err(|e| format!("executing epoch {epoch}: {e}"))?;
+            let mut held = held.lock().expect("held rows");
+            held.absorb(&store, &output.writes)
+                .map_err(|e| format!("counting the held rows of epoch {epoch}: {e}"))?;
             let feed = (!output.events.is_empty()).then(|| {
                 EpochEvents {
                     time_ms,
@@ -185,6 +195,8 @@ impl StateMachine {
                     feed,
                 })
                 .map_err(|e| format!("committing epoch {epoch}: {e}"))?;
+            held.advance(time_ms);
+            ordo_metrics::HOLDS_LIVE.set(held.live() as i64);
             Ok::<_, String>((batch.txns, output.results))
         })
         .await
@@ -265,10 +277,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // state this node applied itself; but openraft installs only snapshots past the
             // applied state, and the file is never past it.
             current.replace_if_newer(&snapshot_meta, &data)?;
-            store.import_snapshot(&data).map_err(sm_write_err)
+            store.import_snapshot(&data).map_err(sm_write_err)?;
+            HeldRows::load(&store).map_err(sm_write_err)
         })
         .await
-        .map_err(sm_write_err)??;
+        .map_err(sm_write_err)?
+        .map(|held| {
+            ordo_metrics::HOLDS_LIVE.set(held.live() as i64);
+            *self.held.lock().expect("held rows") = held;
+        })?;
         ordo_metrics::SNAPSHOT_INSTALL.observe_duration(started.elapsed());
         self.meta = RaftMeta {
             last_applied: meta.last_log_id,

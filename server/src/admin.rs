@@ -42,24 +42,21 @@ pub struct AdminService {
 pub struct About {
     /// When the node started serving.
     pub started: std::time::Instant,
-    /// The settings every node of the cluster must share ([`cluster_settings`]).
+    /// The settings every node of the cluster must share that are not recorded in the log
+    /// ([`cluster_settings`]).
     pub cluster_settings: Vec<(&'static str, String)>,
+    /// This node's execution settings: the initial record at cluster-init, and what status
+    /// shows where the log records none.
+    pub exec: ordo_scheduler::ExecConfig,
     /// The node's `--message-bytes-max`: backup chunks stay under it.
     pub message_bytes_max: usize,
 }
 
-/// The settings every node of a cluster must share, in name order: a node that differs in
-/// one executes or stores the log differently, or cannot talk to its peers.
-pub fn cluster_settings(
-    partitions: u32,
-    exec: &ordo_scheduler::ExecConfig,
-    peer_tls: bool,
-) -> Vec<(&'static str, String)> {
+/// The settings every node of a cluster must share and that the log does not record, in name
+/// order: a node that differs in one stores the log differently, or cannot talk to its peers.
+/// (The execution settings are recorded in the log; [`AdminService::status`] adds them.)
+pub fn cluster_settings(partitions: u32, peer_tls: bool) -> Vec<(&'static str, String)> {
     vec![
-        (
-            "expiry_per_epoch_max",
-            exec.expiry_per_epoch_max.to_string(),
-        ),
         ("partitions", partitions.to_string()),
         ("peer_tls", if peer_tls { "on" } else { "off" }.to_string()),
         ("snapshot_format", ordo_storage::SNAPSHOT_FORMAT.to_string()),
@@ -169,6 +166,43 @@ impl AdminService {
 }
 
 impl AdminService {
+    /// The settings every node must share, in name order: the execution settings recorded in
+    /// the log (this node's own where none are), then the others.
+    fn settings(&self) -> Result<Vec<v1::Setting>, Status> {
+        let exec = reads::exec_settings(&self.node.store)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|r| r.settings)
+            .unwrap_or_else(|| self.about.exec.initial_settings());
+        let mut settings: Vec<(&str, String)> = vec![
+            (
+                "expiry_per_epoch_max",
+                exec.expiry_per_epoch_max.to_string(),
+            ),
+            (
+                "reservation_ttl_max_s",
+                (exec.reservation_life_max_ms / 1000).to_string(),
+            ),
+            (
+                "reservation_ttl_s",
+                (exec.reservation_ttl_default_ms / 1000).to_string(),
+            ),
+        ];
+        settings.extend(
+            self.about
+                .cluster_settings
+                .iter()
+                .map(|(name, value)| (*name, value.clone())),
+        );
+        settings.sort();
+        Ok(settings
+            .into_iter()
+            .map(|(name, value)| v1::Setting {
+                name: name.to_string(),
+                value,
+            })
+            .collect())
+    }
+
     /// Refuses to add a node that holds another history than this cluster's: one that
     /// initialised a cluster of its own (started without `--peer`, or restored from a backup)
     /// would keep the epochs it applied there, and replicas would diverge. Its state hash at
@@ -344,15 +378,7 @@ impl Admin for AdminService {
             queued_txns: self.node.sequencer.queued() as u64,
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.about.started.elapsed().as_millis() as u64,
-            cluster_settings: self
-                .about
-                .cluster_settings
-                .iter()
-                .map(|(name, value)| v1::Setting {
-                    name: name.to_string(),
-                    value: value.clone(),
-                })
-                .collect(),
+            cluster_settings: self.settings()?,
         }))
     }
 
@@ -392,7 +418,7 @@ impl Admin for AdminService {
             .wait_for_leader(Duration::from_secs(30))
             .await
             .map_err(|e| Status::unavailable(format!("no leader was elected: {e}")))?;
-        crate::serve::record_cluster_config(&self.node)
+        crate::serve::record_cluster_config(&self.node, &self.about.exec)
             .await
             .map_err(|e| Status::unavailable(format!("{e:#}")))?;
         let mut message = match outcome {
@@ -523,6 +549,75 @@ impl Admin for AdminService {
         .map_err(|_| Status::deadline_exceeded("the membership change did not commit in time"))?
         .map_err(raft_err)?;
         Ok(Response::new(self.membership_response()))
+    }
+
+    async fn set_execution_settings(
+        &self,
+        request: Request<v1::SetExecutionSettingsRequest>,
+    ) -> Result<Response<v1::SetExecutionSettingsResponse>, Status> {
+        let r = request.into_inner();
+        let current = reads::exec_settings(&self.node.store)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|r| r.settings)
+            .unwrap_or_else(|| self.about.exec.initial_settings());
+        let keep_or = |given: u32, current: u64, unit: u64| match given {
+            0 => current,
+            n => u64::from(n) * unit,
+        };
+        let settings = ordo_scheduler::ExecSettings {
+            reservation_ttl_default_ms: keep_or(
+                r.reservation_ttl_s,
+                current.reservation_ttl_default_ms,
+                1000,
+            ),
+            reservation_life_max_ms: keep_or(
+                r.reservation_ttl_max_s,
+                current.reservation_life_max_ms,
+                1000,
+            ),
+            expiry_per_epoch_max: keep_or(r.expiry_per_epoch_max, current.expiry_per_epoch_max, 1),
+            initial: false,
+        };
+        let txn = ordo_scheduler::Txn {
+            // Each change its own request: a change is a set, so a repeat does no harm.
+            request_id: format!(
+                "ordo-exec-settings-set-{}",
+                crate::random::hex(
+                    &crate::random::bytes::<16>("a request id")
+                        .map_err(|e| Status::internal(format!("{e:#}")))?
+                )
+            ),
+            op: ordo_scheduler::Op::ExecSettings(settings),
+        };
+        ordo_scheduler::validate::validate(&txn)
+            .map_err(|e| Status::invalid_argument(format!("set_execution_settings: {e}")))?;
+        let waits = self
+            .node
+            .sequencer
+            .submit(vec![txn])
+            .map_err(|e| Status::unavailable(format!("set_execution_settings: {e}")))?;
+        let mut epoch = 0;
+        for wait in waits {
+            let result = tokio::time::timeout(Duration::from_secs(30), wait.rx)
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded("set_execution_settings: no result in 30 s")
+                })?
+                .map_err(|_| Status::unavailable("set_execution_settings: the node is stopping"))?
+                .map_err(|e| Status::unavailable(format!("set_execution_settings: {e}")))?;
+            if let ordo_scheduler::Outcome::Refused { reason, .. } = result.outcome {
+                return Err(Status::invalid_argument(format!(
+                    "set_execution_settings: {reason}"
+                )));
+            }
+            epoch = result.epoch;
+        }
+        Ok(Response::new(v1::SetExecutionSettingsResponse {
+            reservation_ttl_s: (settings.reservation_ttl_default_ms / 1000) as u32,
+            reservation_ttl_max_s: (settings.reservation_life_max_ms / 1000) as u32,
+            expiry_per_epoch_max: settings.expiry_per_epoch_max as u32,
+            epoch,
+        }))
     }
 
     async fn set_clock_fault(

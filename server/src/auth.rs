@@ -60,10 +60,18 @@ pub enum Scope {
     Write,
     Catalog,
     Admin,
+    /// The metrics endpoint (`--metrics-listen`) alone: for a Prometheus server's token.
+    Metrics,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Read, Scope::Write, Scope::Catalog, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Read,
+        Scope::Write,
+        Scope::Catalog,
+        Scope::Admin,
+        Scope::Metrics,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -71,6 +79,7 @@ impl Scope {
             Scope::Write => "write",
             Scope::Catalog => "catalog",
             Scope::Admin => "admin",
+            Scope::Metrics => "metrics",
         }
     }
 
@@ -78,7 +87,9 @@ impl Scope {
         Scope::ALL
             .into_iter()
             .find(|s| s.name() == name)
-            .ok_or_else(|| format!("unknown scope {name:?}: one of read, write, catalog, admin"))
+            .ok_or_else(|| {
+                format!("unknown scope {name:?}: one of read, write, catalog, admin, metrics")
+            })
     }
 }
 
@@ -137,6 +148,7 @@ const ADMIN_METHODS: &[&str] = &[
     "RemoveMember",
     "SetClockFault",
     "Backup",
+    "SetExecutionSettings",
 ];
 
 /// The other services on the client port: health (open) and reflection (any valid token).
@@ -329,6 +341,22 @@ impl TokenSet {
             }
         }
         found
+    }
+
+    /// Whether a scrape of the metrics endpoint with this `authorization` value may go on: a
+    /// token with the `metrics` or the `admin` scope.
+    pub fn check_scrape(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
+        let token = authorization
+            .filter(|v| v.len() <= AUTHORIZATION_BYTES_MAX)
+            .and_then(bearer)
+            .ok_or("this node's metrics need `authorization: Bearer TOKEN`")?;
+        let entry = self
+            .find(token)
+            .ok_or("the token is not valid on this node")?;
+        match entry.scopes.contains(&Scope::Metrics) || entry.scopes.contains(&Scope::Admin) {
+            true => Ok(()),
+            false => Err("the token has neither the metrics nor the admin scope"),
+        }
     }
 
     /// Whether a call to `path` with these headers may go on.

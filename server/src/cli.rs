@@ -235,6 +235,29 @@ pub async fn get_order(client: &Client, order_id: u64) -> Result<Output, ordo_cl
 }
 
 /// `status`: the node's view; with `hash_at`, also its state hash at that epoch.
+/// `ordo settings set`: the settings recorded, and the epoch that recorded them.
+pub async fn set_settings(
+    client: &Client,
+    request: ordo_client::v1::SetExecutionSettingsRequest,
+) -> Result<Output, ordo_client::Error> {
+    let r = client.set_execution_settings(request).await?;
+    Ok(Output {
+        json: json!({
+            "reservation_ttl_s": r.reservation_ttl_s,
+            "reservation_ttl_max_s": r.reservation_ttl_max_s,
+            "expiry_per_epoch_max": r.expiry_per_epoch_max,
+            "epoch": r.epoch,
+        }),
+        human: format!(
+            "recorded at epoch {}: reservation_ttl_s {}, reservation_ttl_max_s {}, \
+             expiry_per_epoch_max {} (every node, from the next epoch)",
+            r.epoch, r.reservation_ttl_s, r.reservation_ttl_max_s, r.expiry_per_epoch_max
+        ),
+        exit: EXIT_OK,
+        is_error: false,
+    })
+}
+
 pub async fn status(client: &Client, hash_at: Option<u64>) -> Result<Output, ordo_client::Error> {
     let s = client.status().await?;
     let hash = hex(&s.state_hash);

@@ -85,6 +85,16 @@ pub struct Tuning {
     /// RESOURCE_EXHAUSTED and a resume token [default: 10000]
     #[arg(long)]
     pub watch_stall_ms: Option<u64>,
+    /// Connections the client port keeps at once; more are closed at once [default: 4096]
+    #[arg(long)]
+    pub connections_max: Option<usize>,
+    /// ... from one source address [default: 512]
+    #[arg(long)]
+    pub connections_per_source_max: Option<usize>,
+    /// A connection (either port) with no byte either way for this long is closed, in
+    /// milliseconds; one that sends nothing at all, after at most 10 s [default: 300000]
+    #[arg(long)]
+    pub connection_idle_ms: Option<u64>,
     /// Subscriptions per second all WatchNotifications streams together may read, so that a
     /// fan-out to a million subscribers leaves the epochs' latency alone; 0: unpaced
     /// [default: 250000]
@@ -114,8 +124,9 @@ pub struct Tuning {
     /// ... and the CA that issued every node's certificate: a peer without one is refused.
     #[arg(long)]
     pub peer_ca: Option<PathBuf>,
-    /// Serve Prometheus metrics (text format, GET /metrics) on this address; no
-    /// authentication, so keep it on a private address.
+    /// Serve Prometheus metrics (text format, GET /metrics) on this address. With
+    /// --tokens-file a scrape needs a token with the `metrics` (or `admin`) scope; without,
+    /// it is open, so keep it on a private address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
     /// Serve clients without tokens on an address other than loopback (without it such a
@@ -183,6 +194,11 @@ impl Tuning {
                 .streams_buffer_bytes_max
                 .or(other.streams_buffer_bytes_max),
             watch_stall_ms: self.watch_stall_ms.or(other.watch_stall_ms),
+            connections_max: self.connections_max.or(other.connections_max),
+            connections_per_source_max: self
+                .connections_per_source_max
+                .or(other.connections_per_source_max),
+            connection_idle_ms: self.connection_idle_ms.or(other.connection_idle_ms),
             notify_rate: self.notify_rate.or(other.notify_rate),
             fault_injection: self.fault_injection || other.fault_injection,
             tokens_file: self.tokens_file.or(other.tokens_file),
@@ -282,10 +298,10 @@ pub fn serve_options(
     let exec = ExecConfig::default();
     let ttl_max_s = tuning
         .reservation_ttl_max_s
-        .unwrap_or(limits.reservation_ttl_max_s);
+        .unwrap_or((exec.reservation_life_max_ms / 1000) as u32);
     let ttl_s = tuning
         .reservation_ttl_s
-        .unwrap_or(limits.reservation_ttl_default_s.min(ttl_max_s));
+        .unwrap_or(((exec.reservation_ttl_default_ms / 1000) as u32).min(ttl_max_s));
     let ttl_limit_s = validate::RESERVATION_TTL_MS_MAX / 1000;
     anyhow::ensure!(
         (1..=ttl_limit_s).contains(&u64::from(ttl_max_s)),
@@ -364,6 +380,31 @@ pub fn serve_options(
             .unwrap_or(limits.watch_stall.as_millis() as u64)
             .max(1),
     );
+    let conn_defaults = crate::conns::ConnLimits::default();
+    let conn_limits = crate::conns::ConnLimits {
+        max: tuning.connections_max.unwrap_or(conn_defaults.max),
+        per_source_max: tuning
+            .connections_per_source_max
+            .unwrap_or(conn_defaults.per_source_max),
+        idle: tuning
+            .connection_idle_ms
+            .map_or(conn_defaults.idle, Duration::from_millis),
+    };
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&conn_limits.max),
+        "--connections-max must be 1 to 1000000, not {}",
+        conn_limits.max
+    );
+    anyhow::ensure!(
+        (1..=conn_limits.max).contains(&conn_limits.per_source_max),
+        "--connections-per-source-max must be 1 to --connections-max ({}), not {}",
+        conn_limits.max,
+        conn_limits.per_source_max
+    );
+    anyhow::ensure!(
+        conn_limits.idle >= Duration::from_millis(100),
+        "--connection-idle-ms must be at least 100"
+    );
     let tokens = tuning
         .tokens_file
         .as_deref()
@@ -398,6 +439,7 @@ pub fn serve_options(
         _ => anyhow::bail!("--peer-tls-cert, --peer-tls-key and --peer-ca go together"),
     };
     Ok(serve::ServeOptions {
+        conn_limits,
         tls,
         peer_tls,
         tokens,
@@ -425,13 +467,13 @@ pub fn serve_options(
         fault_injection: tuning.fault_injection,
         exec: ExecConfig {
             expiry_per_epoch_max,
+            reservation_ttl_default_ms: u64::from(ttl_s) * 1000,
+            reservation_life_max_ms: u64::from(ttl_max_s) * 1000,
             ..exec
         },
         limits: limits::Limits {
             request_timeout: Duration::from_millis(tuning.request_timeout_ms.unwrap_or(10_000)),
             message_bytes_max,
-            reservation_ttl_default_s: ttl_s,
-            reservation_ttl_max_s: ttl_max_s,
             watchers_max,
             watch_buffer_messages,
             watch_buffer_bytes,
@@ -655,8 +697,14 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<Vec<Setting>> {
         ),
         ("snapshot_every", opts.snapshot_every_entries.into()),
         ("message_bytes_max", limits.message_bytes_max.into()),
-        ("reservation_ttl_s", limits.reservation_ttl_default_s.into()),
-        ("reservation_ttl_max_s", limits.reservation_ttl_max_s.into()),
+        (
+            "reservation_ttl_s",
+            (opts.exec.reservation_ttl_default_ms / 1000).into(),
+        ),
+        (
+            "reservation_ttl_max_s",
+            (opts.exec.reservation_life_max_ms / 1000).into(),
+        ),
         (
             "expiry_per_epoch_max",
             opts.exec.expiry_per_epoch_max.into(),
@@ -673,6 +721,15 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<Vec<Setting>> {
         (
             "watch_stall_ms",
             (limits.watch_stall.as_millis() as u64).into(),
+        ),
+        ("connections_max", opts.conn_limits.max.into()),
+        (
+            "connections_per_source_max",
+            opts.conn_limits.per_source_max.into(),
+        ),
+        (
+            "connection_idle_ms",
+            (opts.conn_limits.idle.as_millis() as u64).into(),
         ),
         ("notify_rate", limits.notify_per_s.into()),
         ("fault_injection", opts.fault_injection.into()),

@@ -24,11 +24,6 @@ pub struct Limits {
     pub message_bytes_max: usize,
     /// How long a write waits for its result before DEADLINE_EXCEEDED.
     pub request_timeout: Duration,
-    /// A hold's TTL when the request gives none (`--reservation-ttl-s`).
-    pub reservation_ttl_default_s: u32,
-    /// The longest TTL a request may ask for, and the longest a reservation lives with its
-    /// extensions (`--reservation-ttl-max-s`).
-    pub reservation_ttl_max_s: u32,
     /// Reservations in one ListReservations page.
     pub list_reservations_max: usize,
     /// Watch streams one node serves at once (`--watchers-max`); more get RESOURCE_EXHAUSTED.
@@ -70,8 +65,6 @@ impl Default for Limits {
             list_orders_max: 1_000,
             message_bytes_max: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(10),
-            reservation_ttl_default_s: 600,
-            reservation_ttl_max_s: 86_400,
             list_reservations_max: 1_000,
             watchers_max: 1_024,
             watch_buffer_messages: 256,

@@ -9,6 +9,7 @@ mod cli_feed;
 mod cli_geo;
 mod cli_holds;
 mod config;
+mod conns;
 mod convert;
 mod demo;
 mod edge;
@@ -232,6 +233,12 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The execution settings every replica shares, recorded in the log (`ordo status` shows
+    /// them).
+    Settings {
+        #[command(subcommand)]
+        action: SettingsAction,
+    },
     /// Re-execute a stopped node's log in a scratch store and compare state hashes.
     Replay {
         #[arg(long)]
@@ -310,12 +317,32 @@ enum TokenAction {
         /// Letters, digits, '.', '_' and '-': named in PERMISSION_DENIED messages and logs.
         #[arg(long)]
         name: String,
-        /// read, write, catalog or admin; repeat for more.
+        /// read, write, catalog, admin or metrics (the metrics endpoint alone); repeat for more.
         #[arg(long = "scope", required = true, value_parser = auth::Scope::parse)]
         scopes: Vec<auth::Scope>,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsAction {
+    /// Change them through the log (needs the `admin` scope): every node applies the change
+    /// from the same epoch on, whatever its own flags. Settings not given keep their values.
+    Set {
+        /// A hold's TTL in seconds when a reserve or extend asks for none.
+        #[arg(long)]
+        reservation_ttl_s: Option<u32>,
+        /// The longest a reservation lives with its extensions, and the longest TTL one may
+        /// ask for, in seconds.
+        #[arg(long)]
+        reservation_ttl_max_s: Option<u32>,
+        /// Lapsed holds swept per partition per epoch (reads never depend on it).
+        #[arg(long)]
+        expiry_per_epoch_max: Option<u32>,
+        #[command(flatten)]
+        conn: Conn,
     },
 }
 
@@ -624,6 +651,26 @@ async fn main() -> ExitCode {
         Command::Feed(command) => cli_feed::run(command).await,
         Command::GetOrder { order_id, conn } => {
             run_client(conn, |c| async move { cli::get_order(&c, order_id).await }).await
+        }
+        Command::Settings {
+            action:
+                SettingsAction::Set {
+                    reservation_ttl_s,
+                    reservation_ttl_max_s,
+                    expiry_per_epoch_max,
+                    conn,
+                },
+        } => {
+            let request = ordo_client::v1::SetExecutionSettingsRequest {
+                reservation_ttl_s: reservation_ttl_s.unwrap_or(0),
+                reservation_ttl_max_s: reservation_ttl_max_s.unwrap_or(0),
+                expiry_per_epoch_max: expiry_per_epoch_max.unwrap_or(0),
+            };
+            run_client(
+                conn,
+                |c| async move { cli::set_settings(&c, request).await },
+            )
+            .await
         }
         Command::Status { all, hash_at, conn } => {
             run_client(conn, |c| async move {

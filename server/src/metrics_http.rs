@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 
+use crate::auth::Tokens;
 use crate::edge::ClientPort;
 
 /// Scrapes served at once; more connections wait to be accepted.
@@ -44,29 +45,7 @@ fn scrape(node: &Node, port: &ClientPort) -> String {
     ordo_metrics::QUEUE_TXNS.set(node.sequencer.queued() as i64);
     ordo_metrics::WATCHERS.set(port.watchers_open() as i64);
     ordo_metrics::STREAM_BUFFER_BYTES.set(port.stream_buffer_bytes() as i64);
-    ordo_metrics::HOLDS_LIVE.set(holds_live(node) as i64);
     ordo_metrics::render()
-}
-
-/// Holds counted at most, per partition, by one scrape.
-pub const HOLDS_COUNTED_MAX: usize = 1_000_000;
-
-/// Held stock rows of live reservations: the holds' due-index entries, one per held row,
-/// which confirm, cancel and the expiry sweep remove (at most [`HOLDS_COUNTED_MAX`] per
-/// partition; a partition that cannot be read counts none, and the node logs why).
-fn holds_live(node: &Node) -> usize {
-    (0..node.store.partitions())
-        .map(|region| {
-            ordo_scheduler::reads::count_prefix(
-                &node.store,
-                ordo_storage::Part::Region(region),
-                ordo_scheduler::keys::HOLD_DUE,
-                HOLDS_COUNTED_MAX,
-            )
-            .inspect_err(|e| tracing::warn!(error = %e, region, "counting live holds"))
-            .unwrap_or(0)
-        })
-        .sum()
 }
 
 /// The answer to one request's head.
@@ -93,7 +72,22 @@ fn answer(head: &str, node: &Node, port: &ClientPort) -> (&'static str, &'static
     }
 }
 
-async fn serve_one(mut conn: tokio::net::TcpStream, node: Arc<Node>, port: ClientPort) {
+/// The value of the `authorization` header in a request's head, if it has one.
+fn authorization(head: &str) -> Option<&str> {
+    head.lines().skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim())
+    })
+}
+
+async fn serve_one(
+    mut conn: tokio::net::TcpStream,
+    node: Arc<Node>,
+    port: ClientPort,
+    tokens: Option<Arc<Tokens>>,
+) {
     let mut request = Vec::with_capacity(1024);
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut buf = [0u8; 1024];
@@ -110,10 +104,18 @@ async fn serve_one(mut conn: tokio::net::TcpStream, node: Arc<Node>, port: Clien
     })
     .await;
     let (status, content_type, body) = match read {
-        Ok(true) => {
+        Ok(true) => 'answer: {
             let head = String::from_utf8_lossy(&request);
+            // With tokens, a scrape needs one with the metrics (or admin) scope.
+            if let Some(tokens) = &tokens {
+                let offered = authorization(&head).map(str::as_bytes);
+                if let Err(why) = tokens.current().check_scrape(offered) {
+                    ordo_metrics::AUTH_REFUSED.add(&["unauthenticated"], 1);
+                    break 'answer ("401 Unauthorized", "text/plain", format!("{why}\n"));
+                }
+            }
             let first = head.lines().next().unwrap_or("").to_string();
-            // A scrape reads the store (live holds): off the async threads.
+            // A scrape reads Raft's metrics and renders text: off the async threads.
             tokio::task::spawn_blocking(move || answer(&first, &node, &port))
                 .await
                 .unwrap_or_else(|_| {
@@ -143,6 +145,7 @@ pub async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
     port: ClientPort,
+    tokens: Option<Arc<Tokens>>,
     stopped: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(SCRAPES_MAX));
@@ -157,9 +160,9 @@ pub async fn serve(
         };
         match accepted {
             Ok((conn, _)) => {
-                let (node, port) = (node.clone(), port.clone());
+                let (node, port, tokens) = (node.clone(), port.clone(), tokens.clone());
                 tokio::spawn(async move {
-                    serve_one(conn, node, port).await;
+                    serve_one(conn, node, port, tokens).await;
                     drop(permit);
                 });
             }

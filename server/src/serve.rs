@@ -13,7 +13,9 @@ use anyhow::Context;
 use ordo_proto::internal::v1::raft_server::RaftServer;
 use ordo_proto::v1::admin_server::AdminServer;
 use ordo_proto::v1::ordo_server::OrdoServer;
-use ordo_scheduler::{keys, reads, ExecConfig, Op, Outcome, Txn, CLUSTER_CONFIG_REQUEST_ID};
+use ordo_scheduler::{
+    keys, reads, ExecConfig, ExecSettings, Op, Outcome, Txn, CLUSTER_CONFIG_REQUEST_ID,
+};
 use ordo_sequencer::network::{Channels, RAFT_MESSAGE_BYTES_MAX};
 use ordo_sequencer::peers::{CheckSecret, ClusterSecret, MemberAddr};
 use ordo_sequencer::{Node, NodeConfig, SequencerConfig};
@@ -25,6 +27,7 @@ use tonic::codegen::InterceptedService;
 
 use crate::admin::AdminService;
 use crate::auth::{Authorized, Tokens};
+use crate::conns::{Admission, ConnLimits};
 use crate::edge::{ClientPort, OrdoService};
 use crate::fault::FaultClock;
 use crate::limits::Limits;
@@ -33,6 +36,8 @@ use crate::metrics_http::Metered;
 #[derive(Clone)]
 pub struct ServeOptions {
     pub node_id: u64,
+    /// The client port's bounds on connections (the peer port has its own, fixed ones).
+    pub conn_limits: ConnLimits,
     /// The client listener.
     pub listen: SocketAddr,
     /// The peer listener; opened only with a cluster secret.
@@ -224,7 +229,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         node.wait_leader(Duration::from_secs(30))
             .await
             .context("waiting for this node to become leader")?;
-        record_cluster_config(&node).await?;
+        record_cluster_config(&node, &opts.exec).await?;
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -248,7 +253,12 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     // graceful shutdown of the gRPC server does not wait for them forever.
     let (closing, closing_rx) = tokio::sync::watch::channel(false);
     let ordo = ClientPort::new(
-        OrdoService::new(node.clone(), opts.limits.clone(), closing_rx)?,
+        OrdoService::new(
+            node.clone(),
+            opts.limits.clone(),
+            opts.exec.clone(),
+            closing_rx,
+        )?,
         max,
     );
     // A follower proxies membership changes to the leader's client port, in its scheme: over
@@ -277,9 +287,9 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
             started: std::time::Instant::now(),
             cluster_settings: crate::admin::cluster_settings(
                 node.store.partitions(),
-                &opts.exec,
                 opts.peer_tls.is_some(),
             ),
+            exec: opts.exec.clone(),
             message_bytes_max: max,
         },
     ))
@@ -293,9 +303,9 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     if let Some(listener) = metrics_listener {
         let (stop_metrics, stopped) = oneshot::channel::<()>();
         stop.push(stop_metrics);
-        let (node, port) = (node.clone(), ordo.clone());
+        let (node, port, tokens) = (node.clone(), ordo.clone(), opts.tokens.clone());
         servers.push(tokio::spawn(async move {
-            crate::metrics_http::serve(listener, node, port, async {
+            crate::metrics_http::serve(listener, node, port, tokens, async {
                 let _ = stopped.await;
             })
             .await;
@@ -324,13 +334,21 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
     let stopped = async {
         let _ = stopped.await;
     };
+    // Each port admits its own connections (`conns.rs`): clients cannot take the peers'.
+    let clients = Admission::new(
+        "client",
+        opts.conn_limits,
+        Some(&ordo_metrics::CLIENT_CONNECTIONS),
+    );
     servers.push(match &opts.tls {
         Some(tls) => {
             tls.watch();
-            let incoming = crate::tls::incoming(listener, tls.clone());
+            let incoming = crate::tls::incoming(listener, tls.clone(), clients);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-        None => tokio::spawn(router.serve_with_incoming_shutdown(no_delay(listener), stopped)),
+        None => tokio::spawn(
+            router.serve_with_incoming_shutdown(crate::conns::incoming(listener, clients), stopped),
+        ),
     });
     if let (Some(peer_listener), Some(secret)) = (peer_listener, &opts.secret) {
         let raft = RaftServer::new(node.raft_service())
@@ -345,16 +363,26 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         let stopped = async {
             let _ = stopped.await;
         };
+        let peers = Admission::new(
+            "peer",
+            ConnLimits {
+                max: crate::conns::PEER_CONNECTIONS_MAX,
+                per_source_max: crate::conns::PEER_CONNECTIONS_PER_SOURCE_MAX,
+                idle: opts.conn_limits.idle,
+            },
+            None,
+        );
         servers.push(match &opts.peer_tls {
             Some(peer_tls) => {
                 peer_tls.server.watch();
                 peer_tls.client.watch();
-                let incoming = crate::tls::incoming(peer_listener, peer_tls.server.clone());
+                let incoming = crate::tls::incoming(peer_listener, peer_tls.server.clone(), peers);
                 tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
             }
-            None => {
-                tokio::spawn(router.serve_with_incoming_shutdown(no_delay(peer_listener), stopped))
-            }
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::conns::incoming(peer_listener, peers),
+                stopped,
+            )),
         });
     }
     tracing::info!(%local, peer = ?peer_local, node_id = opts.node_id, "serving");
@@ -387,19 +415,31 @@ fn announce(running: &Running) {
     );
 }
 
-/// Records the cluster's partition count in the log: at cluster-init, and at every start of a
-/// single node (a repeat is answered from dedupe, or finds the same record). From then on a
-/// replica with another count stops instead of diverging.
-pub async fn record_cluster_config(node: &Node) -> anyhow::Result<()> {
-    let txn = Txn {
-        request_id: CLUSTER_CONFIG_REQUEST_ID.to_string(),
-        op: Op::ClusterConfig {
-            partitions: node.store.partitions(),
+/// Records the cluster's facts in the log: at cluster-init, and at every start of a single
+/// node (a repeat is answered from dedupe, or finds the same record). The partition count:
+/// from then on a replica with another count stops instead of diverging. The execution
+/// settings (`exec`'s, as `initial`): recorded only if none are, so the first node's flags
+/// stand and a node started later with other flags changes nothing (`ordo settings set`
+/// changes them, through the log).
+pub async fn record_cluster_config(node: &Node, exec: &ExecConfig) -> anyhow::Result<()> {
+    let settings = exec.initial_settings();
+    let txns = vec![
+        Txn {
+            request_id: CLUSTER_CONFIG_REQUEST_ID.to_string(),
+            op: Op::ClusterConfig {
+                partitions: node.store.partitions(),
+            },
         },
-    };
+        Txn {
+            // Named by its body: a node restarted with other flags sends another request,
+            // never the same id with another body.
+            request_id: initial_settings_request_id(&settings),
+            op: Op::ExecSettings(settings),
+        },
+    ];
     let waits = node
         .sequencer
-        .submit(vec![txn])
+        .submit(txns)
         .context("recording the cluster configuration")?;
     for wait in waits {
         let result = tokio::time::timeout(Duration::from_secs(30), wait.rx)
@@ -411,7 +451,31 @@ pub async fn record_cluster_config(node: &Node) -> anyhow::Result<()> {
             anyhow::bail!("recording the cluster configuration: {reason}");
         }
     }
+    if let Ok(Some(recorded)) = ordo_scheduler::reads::exec_settings(&node.store) {
+        let mine = ExecSettings {
+            initial: false,
+            ..settings
+        };
+        if recorded.settings != mine {
+            tracing::warn!(
+                recorded = ?recorded.settings,
+                epoch = recorded.epoch,
+                "the cluster's execution settings, recorded in the log, differ from this \
+                 node's flags; the recorded ones decide (change them with `ordo settings set`)"
+            );
+        }
+    }
     Ok(())
+}
+
+/// The request id of a node's initial execution settings: `ordo-exec-settings-` and a digest
+/// of them.
+fn initial_settings_request_id(settings: &ExecSettings) -> String {
+    let digest = blake3::hash(&ordo_scheduler::encode(settings));
+    format!(
+        "ordo-exec-settings-{}",
+        crate::random::hex(&digest.as_bytes()[..8])
+    )
 }
 
 /// Resolves when Raft stops on a fatal error (a storage error, or a replica that cannot
@@ -426,13 +490,6 @@ pub async fn fatal(node: &Node) -> String {
             return "raft stopped".into();
         }
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: an answer larger than a segment must not
-/// wait for the client's delayed acknowledgement (about 40 ms per call). tonic sets
-/// `TCP_NODELAY` only on listeners it binds itself.
-fn no_delay(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 async fn seed_if_empty(
@@ -526,7 +583,7 @@ pub async fn serve_dev_cluster(
         .await
         .map_err(|e| anyhow::anyhow!("initialising the cluster: {e}"))?;
     first.wait_for_leader(Duration::from_secs(30)).await?;
-    record_cluster_config(first).await?;
+    record_cluster_config(first, &base.exec).await?;
     seed_if_empty(first, base.sequencer.queue_txns_max, &demo).await?;
     for r in &running {
         announce(r);

@@ -179,12 +179,14 @@ impl ordo_sequencer::network::PeerClientTls for Reloading<tonic::transport::Clie
     }
 }
 
-/// The connections `listener` accepts, each once its TLS handshake finished; ends when the
-/// server stops taking them.
+/// The connections `listener` accepts and `admission` admits (`conns.rs`: a port's cap and
+/// each source's share hold during handshakes too), each once its TLS handshake finished;
+/// ends when the server stops taking them.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, io::Error>> {
+    admission: Arc<crate::conns::Admission>,
+) -> ReceiverStream<Result<TlsStream<crate::conns::Admitted<TcpStream>>, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(HANDSHAKES_MAX);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     tokio::spawn(async move {
@@ -206,6 +208,9 @@ pub fn incoming(
             };
             // An answer larger than a segment must not wait for a delayed acknowledgement.
             let _ = tcp.set_nodelay(true);
+            let Some(tcp) = admission.admit(tcp, from.ip()) else {
+                continue;
+            };
             let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

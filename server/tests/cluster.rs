@@ -370,9 +370,9 @@ async fn a_follower_killed_while_it_installs_a_snapshot_catches_up_on_restart() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn status_all_names_a_cluster_setting_that_differs() {
+async fn execution_settings_are_the_logs_whatever_each_node_was_started_with() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let mut cluster = Cluster::start(2, 1, 100, &[]).await;
+    let mut cluster = Cluster::start(3, 0, 1_000, &[]).await;
     let endpoint = cluster.endpoints()[0].clone();
     let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
@@ -385,32 +385,89 @@ async fn status_all_names_a_cluster_setting_that_differs() {
     assert!(report["nodes"][1]["uptime_ms"].as_u64().is_some(), "{out}");
     assert!(!report["nodes"][1]["version"].as_str().unwrap().is_empty());
 
-    // A third node with another execution setting joins (no holds, so nothing diverges yet):
-    // status --all says which setting differs, on which nodes, and exits 1.
-    let node = cluster.node(3);
-    node.extra
-        .extend(["--expiry-per-epoch-max".to_string(), "7".to_string()]);
-    node.start();
-    let (addr, peer) = (node.addr.clone(), node.peer_addr.clone());
-    let admin = cluster.client().await.with_cluster_secret(TEST_SECRET);
-    admin.add_member_at(3, addr, peer).await.unwrap();
+    eprintln!("--- phase: nodes 2 and 3 restart with other sweep bounds and hold TTLs");
+    for (id, bound) in [(2u64, "1"), (3, "5")] {
+        let node = cluster.node(id);
+        node.kill9();
+        node.extra.extend(
+            ["--expiry-per-epoch-max", bound, "--reservation-ttl-s", "7"].map(String::from),
+        );
+        node.start();
+    }
     let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
-    assert_eq!(code, 1, "{out}");
-    assert_eq!(report["settings_agree"], false);
+    assert_eq!(report["settings_agree"], true, "{out}");
+    for node in report["nodes"].as_array().unwrap() {
+        assert_eq!(node["cluster_settings"]["expiry_per_epoch_max"], "10000");
+        assert_eq!(node["cluster_settings"]["reservation_ttl_s"], "600");
+    }
+    let _ = code;
+
+    eprintln!("--- phase: hundreds of one-second holds lapse at once; every replica sweeps alike");
+    let client = cluster.client().await;
+    let holds = (0..300u32).map(|i| {
+        let client = client.clone();
+        async move {
+            let mut reserve = ordo_client::Reserve::new(&[line(i % 4 + 1, i % 3 + 1, 1)]);
+            reserve.ttl_s = 1;
+            client.reserve(reserve).await
+        }
+    });
+    for held in join_all(holds).await {
+        held.expect("a hold");
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // Epochs after the lapse (each sweeps at most the bound per partition).
+    for i in 0..20u32 {
+        client.restock(i % 4 + 1, 1, 1, None).await.unwrap();
+    }
+    let epoch = client.status().await.unwrap().applied_epoch;
+    cluster.wait_agreement(epoch, Duration::from_secs(30)).await;
+
+    eprintln!("--- phase: a change through the log reaches every node");
+    let (code, out, err) = ordo_cli(&[
+        "settings",
+        "set",
+        "--expiry-per-epoch-max",
+        "7",
+        "--reservation-ttl-s",
+        "30",
+        "--endpoint",
+        &cluster.endpoints()[2],
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let set: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    assert_eq!(set["expiry_per_epoch_max"], 7);
+    let after = set["epoch"].as_u64().unwrap();
+    cluster.wait_agreement(after, Duration::from_secs(30)).await;
+    let (_, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("JSON");
+    for node in report["nodes"].as_array().unwrap() {
+        assert_eq!(
+            node["cluster_settings"]["expiry_per_epoch_max"], "7",
+            "{out}"
+        );
+        assert_eq!(node["cluster_settings"]["reservation_ttl_s"], "30", "{out}");
+    }
+    let held = client
+        .reserve(ordo_client::Reserve::new(&[line(1, 2, 1)]))
+        .await
+        .unwrap();
     assert_eq!(
-        report["settings_differing"]["expiry_per_epoch_max"],
-        serde_json::json!({"10000": [1, 2], "7": [3]}),
-        "{out}"
+        held.expires_at_ms - held.created_ms,
+        30_000,
+        "a hold without a TTL takes the recorded default"
     );
-    let (code, out, _) = ordo_cli(&["status", "--all", "--endpoint", &endpoint]);
-    assert_eq!(code, 1);
-    assert!(
-        out.contains(
-            "SETTING DIFFERS: expiry_per_epoch_max: 10000 on nodes [1, 2], 7 on nodes [3]"
-        ),
-        "{out}"
-    );
+    let (code, _, err) = ordo_cli(&[
+        "settings",
+        "set",
+        "--reservation-ttl-s",
+        "100000",
+        "--endpoint",
+        &endpoint,
+    ]);
+    assert_ne!(code, 0, "a default TTL past the life cap: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

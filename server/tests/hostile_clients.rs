@@ -526,3 +526,151 @@ async fn a_revoked_token_ends_the_streams_it_opened_within_seconds() {
         Some(tonic::Code::Unauthenticated)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_retried_on_a_node_with_other_hold_flags_gets_its_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+
+    eprintln!("--- phase: a reserve with the default TTL");
+    let mut reserve = ordo_client::Reserve::new(&[line(1, 1, 2)]);
+    reserve.request_id = Some("cart-7-hold".into());
+    let first = client.reserve(reserve.clone()).await.unwrap();
+    assert_eq!(first.expires_at_ms - first.created_ms, 600_000);
+
+    eprintln!("--- phase: the node restarts with other hold flags; the caller retries");
+    node.stop();
+    let node = TestNode::start(
+        dir.path(),
+        &[
+            "--reservation-ttl-s",
+            "60",
+            "--reservation-ttl-max-s",
+            "3600",
+        ],
+    );
+    let client = node.client().await;
+    let again = client
+        .reserve(reserve)
+        .await
+        .expect("the retry gets the first answer, not ALREADY_EXISTS");
+    assert_eq!(again.reservation_id, first.reservation_id);
+    assert_eq!(again.expires_at_ms, first.expires_at_ms);
+    assert_eq!(
+        client.get_stock(1, 1).await.unwrap().reserved,
+        2,
+        "held once"
+    );
+
+    eprintln!("--- phase: the cluster's settings, not the node's new flags, decide new holds");
+    let fresh = client
+        .reserve(ordo_client::Reserve::new(&[line(2, 1, 1)]))
+        .await
+        .unwrap();
+    assert_eq!(fresh.expires_at_ms - fresh.created_ms, 600_000);
+}
+
+/// A TCP connection to `addr` (`host:port`) from the loopback address `source`.
+async fn socket_from(source: &str, addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Whether the node closed `socket` within `within` (a read ends or fails).
+async fn closed_within(socket: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // Bytes the node sent first (an HTTP/2 SETTINGS frame): read on.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_socket_floods_take_neither_other_clients_slots_nor_the_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, "hostile-clients-secret-0123456789").unwrap();
+    let node = TestNode::start(
+        &dir.path().join("data"),
+        &[
+            "--cluster-secret-file",
+            secret_file.to_str().unwrap(),
+            "--connections-max",
+            "40",
+            "--connections-per-source-max",
+            "10",
+            "--connection-idle-ms",
+            "1500",
+        ],
+    );
+    let client_addr = node.endpoint.trim_start_matches("http://").to_string();
+    let peer = node.peer_endpoint.clone().expect("a peer port");
+    let client = node.client().await;
+    seed(&client, 10).await;
+
+    eprintln!("--- phase: one source opens 15 silent sockets: it keeps 10");
+    let mut flood = Vec::new();
+    for _ in 0..15 {
+        flood.push(socket_from("127.0.0.2", &client_addr).await);
+    }
+    // All at once: the ones kept are closed too once silent for the idle time (1.5 s).
+    let shut = futures::future::join_all(
+        flood
+            .iter_mut()
+            .map(|s| closed_within(s, std::time::Duration::from_millis(300))),
+    )
+    .await
+    .into_iter()
+    .filter(|&closed| closed)
+    .count();
+    assert_eq!(
+        shut, 5,
+        "the node closes what is past a source's share at once"
+    );
+    assert!(client.status().await.is_ok(), "other sources are served");
+
+    eprintln!("--- phase: more sources fill the client port: the peer port still serves");
+    let mut more = Vec::new();
+    for source in ["127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+        for _ in 0..10 {
+            more.push(socket_from(source, &client_addr).await);
+        }
+    }
+    let mut late = socket_from("127.0.0.6", &client_addr).await;
+    assert!(
+        closed_within(&mut late, std::time::Duration::from_millis(500)).await,
+        "a connection past the port's cap is closed at once"
+    );
+    let mut raft = ordo_proto::internal::v1::raft_client::RaftClient::new(channel(&peer).await);
+    let refused = raft
+        .append_entries(ordo_proto::internal::v1::RaftPayload { data: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unauthenticated,
+        "the peer port answered (its secret check), untouched by the client flood"
+    );
+
+    eprintln!("--- phase: silent sockets are closed after the idle time; clients come back");
+    flood.append(&mut more);
+    let started = std::time::Instant::now();
+    for socket in &mut flood {
+        assert!(
+            closed_within(socket, std::time::Duration::from_secs(5)).await,
+            "a silent socket was kept"
+        );
+    }
+    eprintln!("all closed after {:?}", started.elapsed());
+    let fresh = node.client().await;
+    assert!(fresh.status().await.is_ok());
+}

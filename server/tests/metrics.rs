@@ -128,3 +128,91 @@ async fn a_scrape_shows_calls_by_method_and_code_and_the_nodes_work() {
     assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     drop(watch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_a_scrape_needs_a_metrics_or_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.toml");
+    let scraper = create_token(&file, "prometheus", &["metrics"]);
+    let ops = create_token(&file, "ops", &["admin"]);
+    let shop = create_token(&file, "shop", &["read", "write"]);
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let _node = TestNode::start(
+        &dir.path().join("data"),
+        &[
+            "--metrics-listen",
+            &listen,
+            "--tokens-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let get = |token: Option<&str>| {
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        http(port, &format!("GET /metrics HTTP/1.1\r\n{auth}\r\n"))
+    };
+
+    eprintln!("--- phase: no token, an unknown one, one without the scope: refused");
+    for token in [None, Some("ordo_not-a-token"), Some(shop.as_str())] {
+        let (status, body) = get(token);
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{token:?}: {body}");
+        assert!(!body.contains("ordo_"), "{body}");
+    }
+
+    eprintln!("--- phase: the metrics scope and the admin scope scrape");
+    for token in [&scraper, &ops] {
+        let (status, body) = get(Some(token));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("ordo_applied_epoch"), "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_hold_is_not_live_even_before_its_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &listen]);
+    let client = node.client().await;
+    seed(&client, 1_000).await;
+    // One lapsed hold swept per partition per epoch: hundreds take many epochs to sweep.
+    let (code, out, err) = ordo_cli(&[
+        "settings",
+        "set",
+        "--expiry-per-epoch-max",
+        "1",
+        "--endpoint",
+        &node.endpoint,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    eprintln!("--- phase: 600 one-second holds");
+    let holds = (0..600u32).map(|i| {
+        let client = client.clone();
+        async move {
+            let mut reserve = ordo_client::Reserve::new(&[line(i % 4 + 1, i % 3 + 1, 1)]);
+            reserve.ttl_s = 1;
+            client.reserve(reserve).await
+        }
+    });
+    for held in futures::future::join_all(holds).await {
+        held.expect("a hold");
+    }
+    let (_, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(sample(&body, "ordo_reservations_live"), 600.0);
+
+    eprintln!("--- phase: they lapse; the gauge says none is live while the sweep goes on");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    client.restock(1, 1, 1, None).await.unwrap();
+    let (_, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    let swept = sample(&body, "ordo_reservations_expired_total");
+    assert!(
+        swept < 600.0,
+        "the sweep was done already ({swept}): this proves nothing"
+    );
+    assert_eq!(
+        sample(&body, "ordo_reservations_live"),
+        0.0,
+        "swept {swept}"
+    );
+}

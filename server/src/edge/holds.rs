@@ -51,20 +51,28 @@ impl OrdoService {
         Ok(())
     }
 
-    /// A TTL in milliseconds: the server's default for 0, refused past its maximum.
+    /// A TTL in milliseconds as the caller asked (0: the cluster's default, resolved in
+    /// execution), refused past the cluster's life cap. Nothing of this node's own flags goes
+    /// into the transaction, so a retry has the same body on any node.
     pub(super) fn ttl_ms(&self, ttl_s: u32, field: &str) -> Result<u64, Status> {
-        let max = self.limits.reservation_ttl_max_s;
-        let ttl_s = match ttl_s {
-            0 => self.limits.reservation_ttl_default_s,
-            n if n <= max => n,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "{field}: ttl_s must be at most {max} (this server's \
-                     --reservation-ttl-max-s), not {n}"
-                )))
-            }
-        };
-        Ok(u64::from(ttl_s) * 1000)
+        let max_ms = self.exec_settings()?.reservation_life_max_ms;
+        let ttl_ms = u64::from(ttl_s) * 1000;
+        if ttl_ms > max_ms {
+            return Err(Status::invalid_argument(format!(
+                "{field}: ttl_s must be at most {} (the cluster's reservation life cap), not \
+                 {ttl_s}",
+                max_ms / 1000
+            )));
+        }
+        Ok(ttl_ms)
+    }
+
+    /// The cluster's recorded execution settings; this node's own where none is recorded.
+    pub(super) fn exec_settings(&self) -> Result<ordo_scheduler::ExecSettings, Status> {
+        Ok(reads::exec_settings(&self.node.store)
+            .map_err(super::internal)?
+            .map(|r| r.settings)
+            .unwrap_or_else(|| self.exec.initial_settings()))
     }
 
     fn reservation_id(id: u64, field: &str) -> Result<u64, Status> {
@@ -96,7 +104,8 @@ impl OrdoService {
                 lines,
                 mode,
                 ttl_ms: self.ttl_ms(r.ttl_s, field)?,
-                life_max_ms: u64::from(self.limits.reservation_ttl_max_s) * 1000,
+                // The cluster's life cap, resolved in execution.
+                life_max_ms: 0,
             },
         };
         let result = self.run(vec![txn], retry).await?.remove(0);

@@ -39,6 +39,8 @@ pub use encoded::ClientPort;
 pub struct OrdoService {
     node: Arc<Node>,
     limits: Limits,
+    /// This node's execution settings: where the log records none yet, its values.
+    exec: ordo_scheduler::ExecConfig,
     /// Key of server-generated request ids: 32 random bytes drawn at start-up. An id is the
     /// keyed BLAKE3 of a counter, so no caller can tell from ids it was given which ids
     /// other callers' writes will get (and claim them first with another body).
@@ -95,9 +97,11 @@ impl OrdoService {
     pub fn new(
         node: Arc<Node>,
         limits: Limits,
+        exec: ordo_scheduler::ExecConfig,
         closing: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         Ok(Self {
+            exec,
             generated_id_key: crate::random::bytes("the key of request ids the node makes")?,
             node,
             watchers: Arc::new(tokio::sync::Semaphore::new(limits.watchers_max)),

@@ -204,7 +204,8 @@ impl OrdoService {
                 nearby: nearby.clone(),
                 mode,
                 ttl_ms: self.ttl_ms(r.ttl_s, field)?,
-                life_max_ms: u64::from(self.limits.reservation_ttl_max_s) * 1000,
+                // The cluster's life cap, resolved in execution.
+                life_max_ms: 0,
             },
         };
         let result = self.run(vec![txn], retry).await?.remove(0);
