@@ -114,6 +114,7 @@ struct Knobs {
     auth: bool,
     /// Ordo targets: node i serves Prometheus metrics on 127.0.0.1:PORT+i-1 (its
     /// --metrics-listen), so a Prometheus server can scrape the run (deploy/prometheus.yml).
+    /// With --auth a scrape needs a token with the metrics or admin scope.
     #[arg(long)]
     metrics_port: Option<u16>,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.

@@ -10,12 +10,44 @@
 //! cores fanning out, orders took 60% longer.) One thread, so a fan-out never holds both cores.
 //! Where `SCHED_IDLE` is refused, nice 19. The streams' channels cross runtimes as they are.
 
+//!
+//! A producer's store reads (feed pages, subscriber pages, DC records) take locks a commit
+//! also takes (the applied state, the feed's bounds, the overlay, sled's): were a producer
+//! preempted while holding one, at the lowest priority on a busy node, the commit would wait
+//! for the CPU the epochs leave, which is none (a priority inversion). So producers read
+//! through [`read`], which runs the read on the request runtime's blocking threads, at normal
+//! priority; only decoding, filtering and encoding, which share nothing, run at the lowest.
+
 use std::sync::OnceLock;
 
 /// Threads of the feed runtime.
 const FEED_THREADS: usize = 1;
 
 static FEED: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The request runtime, whose blocking threads run the producers' store reads.
+static READER: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+
+/// Records the runtime whose blocking threads serve [`read`] (the first call wins).
+pub fn set_reader(handle: tokio::runtime::Handle) {
+    let _ = READER.set(handle);
+}
+
+/// Runs a store read for a producer at normal priority (see the module's doc); inline where
+/// no reader runtime was recorded.
+pub async fn read<T, F>(read: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match READER.get() {
+        Some(handle) => match handle.spawn_blocking(read).await {
+            Ok(value) => value,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        None => read(),
+    }
+}
 
 /// The feed runtime, started on first use and kept for the life of the process.
 pub fn feed() -> &'static tokio::runtime::Runtime {

@@ -49,6 +49,8 @@ const NOTIFICATIONS_MESSAGE_OVERHEAD_BYTES: usize = 256;
 const NOTIFICATION_FRAMING_BYTES: usize = 8;
 /// Shards a request may split users into.
 const SHARDS_MAX: u32 = 65_536;
+/// DC points a producer keeps read (a DC table of the seeds' 10,000 fits).
+const DC_POINTS_CACHED_MAX: usize = 100_000;
 
 /// Where a notification stream stands: epoch, trigger of that epoch, last user notified for
 /// that trigger (`None`: none yet).
@@ -275,10 +277,11 @@ impl Producer {
             if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &self.last_token));
             }
-            let page = self
-                .store
-                .feed_read(at.epoch, 64, FEED_READ_BYTES_MAX)
-                .map_err(internal)?;
+            let (store, from) = (self.store.clone(), at.epoch);
+            let page =
+                super::background::read(move || store.feed_read(from, 64, FEED_READ_BYTES_MAX))
+                    .await
+                    .map_err(internal)?;
             if at.epoch < page.start {
                 return Err(out_of_range(self.node_id, at.epoch, page.start));
             }
@@ -347,19 +350,27 @@ impl Producer {
             if index < from.trigger {
                 continue;
             }
+            if let Trigger::BackInStock { dcs, .. } = trigger {
+                self.load_dc_points(dcs).await?;
+            }
             let mut after = match index == from.trigger {
                 true => from.after.clone(),
                 false => None,
             };
             loop {
-                let page = reads::subscribers(
-                    &self.store,
-                    trigger.sku(),
-                    trigger.tag(),
-                    (self.shard, self.shards),
-                    after.as_deref(),
-                    SUBSCRIBERS_PAGE_MAX,
-                )
+                let (store, sku, tag) = (self.store.clone(), trigger.sku(), trigger.tag());
+                let (shard, from) = ((self.shard, self.shards), after.clone());
+                let page = super::background::read(move || {
+                    reads::subscribers(
+                        &store,
+                        sku,
+                        tag,
+                        shard,
+                        from.as_deref(),
+                        SUBSCRIBERS_PAGE_MAX,
+                    )
+                })
+                .await
                 .map_err(|e| Some(internal(e)))?;
                 self.pace.take(page.len()).await;
                 let Some(last) = page.last() else { break };
@@ -502,16 +513,39 @@ impl Producer {
         Some(n)
     }
 
-    fn dc_point(&mut self, dc: u32) -> Option<(i32, i32)> {
-        if self.dcs.len() > 100_000 {
+    /// A DC's point, from the ones [`Producer::load_dc_points`] read.
+    fn dc_point(&self, dc: u32) -> Option<(i32, i32)> {
+        self.dcs.get(&dc).copied().flatten()
+    }
+
+    /// Reads the points of a trigger's DCs not read yet, before its subscribers are paged
+    /// (through [`super::background::read`], like every store read of a producer).
+    async fn load_dc_points(&mut self, dcs: &[(u32, i64)]) -> Result<(), Stop> {
+        let missing: Vec<u32> = dcs
+            .iter()
+            .map(|&(dc, _)| dc)
+            .filter(|dc| !self.dcs.contains_key(dc))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if self.dcs.len() + missing.len() > DC_POINTS_CACHED_MAX {
             self.dcs.clear();
         }
-        *self.dcs.entry(dc).or_insert_with(|| {
-            reads::dc(&self.store, dc)
-                .ok()
-                .flatten()
-                .map(|r| (r.lat_e6, r.lon_e6))
+        let store = self.store.clone();
+        let points = super::background::read(move || {
+            missing
+                .into_iter()
+                .map(|dc| {
+                    let point = reads::dc(&store, dc)?.map(|r| (r.lat_e6, r.lon_e6));
+                    Ok((dc, point))
+                })
+                .collect::<Result<Vec<_>, reads::ReadError>>()
         })
+        .await
+        .map_err(|e| Some(internal(e)))?;
+        self.dcs.extend(points);
+        Ok(())
     }
 }
 

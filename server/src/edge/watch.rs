@@ -441,10 +441,12 @@ impl Producer {
             if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &resume_token(self.delivered)));
             }
-            let page = self
-                .store
-                .feed_read(next, WATCH_EPOCHS_PER_READ_MAX, FEED_READ_BYTES_MAX)
-                .map_err(|e| Status::internal(format!("watch: reading the feed: {e}")))?;
+            let store = self.store.clone();
+            let page = super::background::read(move || {
+                store.feed_read(next, WATCH_EPOCHS_PER_READ_MAX, FEED_READ_BYTES_MAX)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("watch: reading the feed: {e}")))?;
             if next < page.start {
                 return Err(out_of_range(self.node_id, next, page.start));
             }
