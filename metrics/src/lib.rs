@@ -297,6 +297,12 @@ pub static AUTH_REFUSED: CounterFamily = CounterFamily::new(
     "Calls refused by the token check: unauthenticated or permission_denied.",
     &["reason"],
 );
+/// Rebuilds of the edge's indexes of the global tables.
+pub static INDEX_REBUILDS: CounterFamily = CounterFamily::new(
+    "ordo_index_rebuilds_total",
+    "Rebuilds of the edge's indexes: nearby (the DC table changed) and search (an item was added or renamed).",
+    &["index"],
+);
 /// Connections a port closed at once: past its cap, or past the source's share.
 pub static CONNECTIONS_REFUSED: CounterFamily = CounterFamily::new(
     "ordo_connections_refused_total",
@@ -517,6 +523,7 @@ pub fn render() -> String {
     render_histogram_family(&mut out, &RPC_DURATION);
     render_counter_family(&mut out, &AUTH_REFUSED);
     render_counter_family(&mut out, &CONNECTIONS_REFUSED);
+    render_counter_family(&mut out, &INDEX_REBUILDS);
     render_gauge(&mut out, &CLIENT_CONNECTIONS);
     render_histogram(&mut out, &EPOCH_INTERVAL);
     render_histogram(&mut out, &EPOCH_TXNS);

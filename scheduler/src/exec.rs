@@ -600,6 +600,11 @@ fn run_global(
                     })?;
                 overlay.put(Some(seq), keys::item(item.sku), Some(encode(item)));
                 overlay.emit(Some(seq), Event::Item(item.clone()));
+                // A new item or a new name moves the catalogue's names: the edge's search
+                // index follows that key alone, not every price change.
+                if existing.as_ref().is_none_or(|old| old.name != item.name) {
+                    overlay.put(Some(seq), keys::ITEM_NAMES.to_vec(), Some(encode(&epoch)));
+                }
                 if let Some(old) = existing.filter(|old| old.price_cents != item.price_cents) {
                     let set = PriceSet {
                         sku: item.sku,

@@ -692,6 +692,9 @@ pub fn request_part(request_id: &str, partitions: u32) -> ordo_storage::Part {
 pub mod keys {
     pub const DC: u8 = b'c';
     pub const ITEM: u8 = b'i';
+    /// The epoch of the last new item or new item name (global partition), the only key
+    /// starting with `#`: its version (`Store::global_version_of`) moves with the names alone.
+    pub const ITEM_NAMES: &[u8] = b"#item-names";
     pub const STOCK: u8 = b's';
     pub const ORDER: u8 = b'o';
     pub const DEDUPE: u8 = b'd';

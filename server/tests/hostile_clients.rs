@@ -674,3 +674,102 @@ async fn idle_socket_floods_take_neither_other_clients_slots_nor_the_peers() {
     let fresh = node.client().await;
     assert!(fresh.status().await.is_ok());
 }
+
+/// `name{labels}`'s value in a scrape of the metrics port (0 when absent).
+fn scraped(port: u16, series: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_churn_rebuilds_neither_the_dc_index_nor_the_search_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    let node = TestNode::start(dir.path(), &["--metrics-listen", &listen]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    let search = |query: &str| v1::SearchItemsRequest {
+        query: query.into(),
+        near: true,
+        lat: 53.0,
+        lon: 13.0,
+        radius_m: 500_000,
+        ..Default::default()
+    };
+    let nearby = "ordo_index_rebuilds_total{index=\"nearby\"}";
+    let names = "ordo_index_rebuilds_total{index=\"search\"}";
+
+    eprintln!("--- phase: a search near a point builds both indexes");
+    let hits = client.search_items(search("item")).await.unwrap();
+    assert_eq!(hits.items.len(), 3);
+    client
+        .get_nearby_availability(53.0, 13.0, 500_000, vec![1])
+        .await
+        .unwrap();
+    let (dcs_before, names_before) = (scraped(port, nearby), scraped(port, names));
+    assert!(dcs_before >= 1.0 && names_before >= 1.0);
+
+    eprintln!("--- phase: fifty price changes; searches show the new prices, nothing rebuilt");
+    for cents in 0..50 {
+        client.set_price(2, 300 + cents, "").await.unwrap();
+        let hits = client.search_items(search("item 2")).await.unwrap();
+        assert_eq!(
+            hits.items[0].price_cents,
+            300 + cents,
+            "the price as of the read"
+        );
+        client
+            .get_nearby_availability(53.0, 13.0, 500_000, vec![2])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        scraped(port, nearby),
+        dcs_before,
+        "the DC index was rebuilt"
+    );
+    assert_eq!(
+        scraped(port, names),
+        names_before,
+        "the search index was rebuilt"
+    );
+
+    eprintln!("--- phase: a new name, and a new DC, are found at once");
+    client
+        .upsert_item(v1::Item {
+            sku: 3,
+            name: "salted crisps".into(),
+            price_cents: 199,
+        })
+        .await
+        .unwrap();
+    let hits = client.search_items(search("crisps")).await.unwrap();
+    assert_eq!(hits.items.len(), 1);
+    assert_eq!(hits.items[0].sku, 3);
+    assert_eq!(scraped(port, names), names_before + 1.0);
+    client
+        .upsert_dc(v1::Dc {
+            dc_id: 9,
+            name: "DC 9".into(),
+            lat: 53.0,
+            lon: 13.0,
+            region: Some(0),
+            active: true,
+        })
+        .await
+        .unwrap();
+    let found = client
+        .get_nearby_availability(53.0, 13.0, 1_000, vec![1])
+        .await
+        .unwrap();
+    assert!(found.dcs.iter().any(|d| d.dc_id == 9), "{found:?}");
+    assert!(scraped(port, nearby) > dcs_before);
+}

@@ -224,6 +224,10 @@ pub struct Store {
     /// snapshot import: caches built from the global tables (the edge's nearby index) rebuild
     /// when it moves. Not persisted; it starts at 1 when the store opens.
     global_version: AtomicU64,
+    /// Per first byte of a global key: moved with `global_version` by the commits and
+    /// imports that write a key starting with it, so an index of one table (the DCs) is not
+    /// rebuilt for writes to another (prices).
+    global_versions: Box<[AtomicU64]>,
     /// The region keys kept in memory ([`Store::keep_resident`]); `None` until asked. A commit
     /// holds it for writing from its sled batch until the copy matches, so a read sees
     /// a key before or after a commit, as a sled read does.
@@ -650,6 +654,7 @@ impl Store {
             import_interrupted: AtomicBool::new(import_interrupted),
             capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
             global_version: AtomicU64::new(1),
+            global_versions: (0..256).map(|_| AtomicU64::new(1)).collect(),
             global_cache: Mutex::new(HashMap::new()),
             #[cfg(test)]
             before_global_fill: Mutex::new(None),
@@ -848,11 +853,22 @@ impl Store {
         self.global_version.fetch_add(1, Ordering::SeqCst);
         match written {
             Some(keys) => {
+                let mut moved = [false; 256];
                 for key in keys {
                     cache.remove(key);
+                    if let Some(&first) = key.first() {
+                        if !std::mem::replace(&mut moved[usize::from(first)], true) {
+                            self.global_versions[usize::from(first)].fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
                 }
             }
-            None => cache.clear(),
+            None => {
+                cache.clear();
+                for version in self.global_versions.iter() {
+                    version.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         }
     }
 
@@ -1428,6 +1444,12 @@ impl Store {
     /// rows read there.
     pub fn global_version(&self) -> u64 {
         self.global_version.load(Ordering::SeqCst)
+    }
+
+    /// The version of the global keys starting with `first`: it moves whenever a commit or an
+    /// import writes one (under the epoch gate, like the writes).
+    pub fn global_version_of(&self, first: u8) -> u64 {
+        self.global_versions[usize::from(first)].load(Ordering::SeqCst)
     }
 }
 

@@ -22,6 +22,7 @@ use crate::limits::Limits;
 mod background;
 mod encoded;
 mod holds;
+mod indexes;
 mod nearby;
 mod notifications;
 mod order_stream;
@@ -48,8 +49,11 @@ pub struct OrdoService {
     generated_id_counter: AtomicU64,
     /// The nearby index of the DC table, rebuilt when the store's global version moves.
     nearby: std::sync::RwLock<Option<Arc<crate::geo::NearbyIndex>>>,
-    /// The catalogue's keyword index, rebuilt like `nearby`.
+    /// The catalogue's keyword index, rebuilt like `nearby` (`indexes.rs`).
     search: std::sync::RwLock<Option<Arc<crate::search::SearchIndex>>>,
+    /// Held while an index is rebuilt: one rebuild at a time, and readers that find the index
+    /// stale wait for it rather than each building one.
+    index_builds: tokio::sync::Mutex<()>,
     /// One permit per Watch stream (`Limits::watchers_max`).
     watchers: Arc<tokio::sync::Semaphore>,
     /// One permit per byte every feed stream's buffer may hold together
@@ -116,6 +120,7 @@ impl OrdoService {
             generated_id_counter: AtomicU64::new(0),
             nearby: std::sync::RwLock::new(None),
             search: std::sync::RwLock::new(None),
+            index_builds: tokio::sync::Mutex::new(()),
             order_streams: Arc::new(tokio::sync::Semaphore::new(order_stream::ORDER_STREAMS_MAX)),
             me: std::sync::OnceLock::new(),
         })

@@ -10,8 +10,9 @@ use ordo_scheduler::{reads, DcRecord};
 use ordo_storage::Store;
 use tonic::{Request, Response, Status};
 
+use super::indexes::Indexes;
 use super::{internal, OrdoService};
-use crate::geo::{NearbyIndex, RADIUS_M_MAX};
+use crate::geo::RADIUS_M_MAX;
 
 /// The radius when a request names none, in metres.
 const RADIUS_M_DEFAULT: u32 = 10_000;
@@ -68,24 +69,6 @@ fn nearby_dc(dc: &DcRecord, distance_m: u64) -> v1::NearbyDc {
 }
 
 impl OrdoService {
-    /// The nearby index of the DC table as the store holds it now; rebuilt when the global
-    /// tables moved since it was built. Call inside [`Store::consistent`] to pair it with the
-    /// rows read there, and once before it: a rebuild then happens outside the epoch gate
-    /// (commits wait for the gate), and the call inside finds it built unless a DC changed in
-    /// between.
-    pub(super) fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
-        let version = store.global_version();
-        if let Some(index) = self.nearby.read().expect("nearby lock").as_ref() {
-            if index.version == version {
-                return Ok(index.clone());
-            }
-        }
-        let dcs = reads::dcs(store).map_err(internal)?;
-        let index = Arc::new(NearbyIndex::build(&dcs, version));
-        *self.nearby.write().expect("nearby lock") = Some(index.clone());
-        Ok(index)
-    }
-
     /// The DCs near a point with their records, nearest first, as of the epoch the closure of
     /// [`Store::consistent`] runs at.
     pub(super) fn nearby_dcs(
@@ -110,11 +93,12 @@ impl OrdoService {
         let limit = limit(r.limit, NEARBY_DCS_DEFAULT, NEARBY_DCS_MAX, field)?;
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
-        self.nearby_index(store)?;
-        let (epoch, dcs) = store.consistent(|epoch| {
-            self.nearby_dcs(store, at, radius_m, limit)
-                .map(|dcs| (epoch, dcs))
-        })?;
+        let (epoch, dcs) = self
+            .consistent_indexed(Indexes::NEARBY, |epoch| {
+                self.nearby_dcs(store, at, radius_m, limit)
+                    .map(|dcs| (epoch, dcs))
+            })
+            .await?;
         Ok(Response::new(v1::FindNearbyDcsResponse {
             dcs: dcs.iter().map(|(dc, d)| nearby_dc(dc, *d)).collect(),
             epoch,
@@ -152,36 +136,37 @@ impl OrdoService {
         }
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
-        self.nearby_index(store)?;
         // The DCs and every row from one epoch.
-        let (epoch, dcs, items) = store.consistent(|epoch| {
-            let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
-            let mut stocks = reads::Stocks::new(store);
-            let mut items: Vec<v1::NearbySkuAvailability> = r
-                .skus
-                .iter()
-                .map(|&sku| v1::NearbySkuAvailability {
-                    sku,
-                    available_total: 0,
-                    dcs: Vec::with_capacity(dcs.len()),
-                })
-                .collect();
-            // Store by store: one store's rows sit together in memory.
-            for (dc, distance_m) in &dcs {
-                for item in &mut items {
-                    let stock = stocks.get(dc, item.sku).map_err(internal)?;
-                    item.available_total += stock.available();
-                    item.dcs.push(v1::NearbyDcAvailability {
-                        dc_id: dc.dc,
-                        distance_m: *distance_m,
-                        on_hand: stock.on_hand,
-                        reserved: stock.reserved,
-                        available: stock.available(),
-                    });
+        let (epoch, dcs, items) = self
+            .consistent_indexed(Indexes::NEARBY, |epoch| {
+                let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
+                let mut stocks = reads::Stocks::new(store);
+                let mut items: Vec<v1::NearbySkuAvailability> = r
+                    .skus
+                    .iter()
+                    .map(|&sku| v1::NearbySkuAvailability {
+                        sku,
+                        available_total: 0,
+                        dcs: Vec::with_capacity(dcs.len()),
+                    })
+                    .collect();
+                // Store by store: one store's rows sit together in memory.
+                for (dc, distance_m) in &dcs {
+                    for item in &mut items {
+                        let stock = stocks.get(dc, item.sku).map_err(internal)?;
+                        item.available_total += stock.available();
+                        item.dcs.push(v1::NearbyDcAvailability {
+                            dc_id: dc.dc,
+                            distance_m: *distance_m,
+                            on_hand: stock.on_hand,
+                            reserved: stock.reserved,
+                            available: stock.available(),
+                        });
+                    }
                 }
-            }
-            Ok::<_, Status>((epoch, dcs, items))
-        })?;
+                Ok::<_, Status>((epoch, dcs, items))
+            })
+            .await?;
         Ok(Response::new(v1::GetNearbyAvailabilityResponse {
             epoch,
             dcs: dcs.iter().map(|(dc, d)| nearby_dc(dc, *d)).collect(),

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use ordo_proto::v1;
 use ordo_scheduler::reads;
-use ordo_storage::Store;
 use tonic::{Request, Response, Status};
 
+use super::indexes::Indexes;
 use super::nearby::{point, radius};
 use super::{internal, OrdoService};
-use crate::search::{Rank, SearchIndex};
+use crate::search::Rank;
 
 /// Hits in a page when the request names no limit, and at most.
 const SEARCH_LIMIT_DEFAULT: usize = 20;
@@ -23,22 +23,6 @@ const SEARCH_STORES_MAX: usize = 100;
 const SEARCH_SCAN_MAX: usize = 2_000;
 
 impl OrdoService {
-    /// The catalogue's search index as the store holds it now; rebuilt when the global tables
-    /// moved since it was built (like [`OrdoService::nearby_index`], call it once outside the
-    /// epoch gate first).
-    fn search_index(&self, store: &Store) -> Result<Arc<SearchIndex>, Status> {
-        let version = store.global_version();
-        if let Some(index) = self.search.read().expect("search lock").as_ref() {
-            if index.version == version {
-                return Ok(index.clone());
-            }
-        }
-        let items = reads::items(store).map_err(internal)?;
-        let index = Arc::new(SearchIndex::build(&items, version));
-        *self.search.write().expect("search lock") = Some(index.clone());
-        Ok(index)
-    }
-
     pub(super) async fn search_items_inner(
         &self,
         request: Request<v1::SearchItemsRequest>,
@@ -73,15 +57,16 @@ impl OrdoService {
         };
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
-        // Build the indexes and match the query outside the epoch gate (commits wait for it);
-        // inside, the same index is used again unless the catalogue changed in between.
+        // The indexes are built, and the query matched, outside the epoch gate (commits wait
+        // for it); inside, the same index is used again unless the names changed in between.
         let query = |e: String| Status::invalid_argument(format!("{field}: {e}"));
-        let warm = self.search_index(store)?;
+        let needs = Indexes {
+            nearby: near.is_some(),
+            search: true,
+        };
+        let warm = self.search_index_warm().await?;
         let warm_hits = warm.search(&r.query).map_err(query)?;
-        if near.is_some() {
-            self.nearby_index(store)?;
-        }
-        store.consistent(|epoch| {
+        self.consistent_indexed(needs, |epoch| {
             let index = self.search_index(store)?;
             let fresh;
             let hits = match Arc::ptr_eq(&index, &warm) {
@@ -115,10 +100,14 @@ impl OrdoService {
                 if r.in_stock_only && available == 0 {
                     continue;
                 }
+                // The price as of this epoch: the index follows the names, not the prices.
+                let price_cents = reads::item(store, entry.sku)
+                    .map_err(internal)?
+                    .map_or(entry.price_cents, |item| item.price_cents);
                 items.push(v1::SearchHit {
                     sku: entry.sku,
                     name: entry.name.clone(),
-                    price_cents: entry.price_cents,
+                    price_cents,
                     score: rank.score(),
                     available_nearby: available,
                     stores_with_stock: with_stock,
@@ -135,5 +124,6 @@ impl OrdoService {
                 stores_nearby: stores.len() as u32,
             }))
         })
+        .await
     }
 }
