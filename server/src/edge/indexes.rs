@@ -23,6 +23,9 @@ use crate::search::SearchIndex;
 /// than an index builds).
 const INDEX_ROUNDS_MAX: usize = 8;
 
+/// Rows past which a consistent read leaves its worker thread's other tasks to another.
+pub const LARGE_READ_ROWS: usize = 4_096;
+
 /// Which indexes a read needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Indexes {
@@ -132,15 +135,17 @@ impl OrdoService {
     /// indexes `needs` names current for that epoch, built before the gate is taken. A table
     /// that moves between the build and the gate sends the read round again; after
     /// [`INDEX_ROUNDS_MAX`] rounds the indexes are built inside the gate.
+    /// `rows`: about how many rows `read` reads ([`OrdoService::consistent_sized`]).
     pub(super) async fn consistent_indexed<T>(
         &self,
         needs: Indexes,
+        rows: usize,
         mut read: impl FnMut(u64) -> Result<T, Status>,
     ) -> Result<T, Status> {
         let store = &self.node.store;
         for _ in 0..INDEX_ROUNDS_MAX {
             self.warm(needs).await?;
-            let done = store.consistent(|epoch| {
+            let done = self.consistent_sized(rows, |epoch| {
                 let current = (!needs.nearby || self.nearby_current(store).is_some())
                     && (!needs.search || self.search_current(store).is_some());
                 current.then(|| read(epoch))
@@ -149,6 +154,20 @@ impl OrdoService {
                 return done;
             }
         }
-        store.consistent(read)
+        self.consistent_sized(rows, read)
+    }
+
+    /// [`Store::consistent`] for a read of about `rows` rows. A large one (past
+    /// [`LARGE_READ_ROWS`]) runs as a blocking section of its worker thread
+    /// (`block_in_place`): the thread's other tasks (Raft's core among them) move to another
+    /// worker instead of waiting behind it, or behind the epoch gate it waits for.
+    pub(super) fn consistent_sized<T>(&self, rows: usize, read: impl FnOnce(u64) -> T) -> T {
+        let store = &self.node.store;
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        match rows > LARGE_READ_ROWS && multi_thread {
+            true => tokio::task::block_in_place(|| store.consistent(read)),
+            false => store.consistent(read),
+        }
     }
 }

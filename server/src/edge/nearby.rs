@@ -94,7 +94,7 @@ impl OrdoService {
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
         let (epoch, dcs) = self
-            .consistent_indexed(Indexes::NEARBY, |epoch| {
+            .consistent_indexed(Indexes::NEARBY, limit, |epoch| {
                 self.nearby_dcs(store, at, radius_m, limit)
                     .map(|dcs| (epoch, dcs))
             })
@@ -137,8 +137,9 @@ impl OrdoService {
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
         // The DCs and every row from one epoch.
+        let rows = dcs_limit.saturating_mul(r.skus.len());
         let (epoch, dcs, items) = self
-            .consistent_indexed(Indexes::NEARBY, |epoch| {
+            .consistent_indexed(Indexes::NEARBY, rows, |epoch| {
                 let dcs = self.nearby_dcs(store, at, radius_m, dcs_limit)?;
                 let mut stocks = reads::Stocks::new(store);
                 let mut items: Vec<v1::NearbySkuAvailability> = r

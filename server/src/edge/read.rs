@@ -135,7 +135,8 @@ impl OrdoService {
         }
         // Every row from one epoch: the answer is a snapshot at a point of the serial order.
         let store = &self.node.store;
-        let (epoch, items) = store.consistent(|epoch| {
+        let rows = dcs.len() * r.skus.len();
+        let (epoch, items) = self.consistent_sized(rows, |epoch| {
             let mut stocks = reads::Stocks::new(store);
             let mut items = Vec::with_capacity(r.skus.len());
             for &sku in &r.skus {

@@ -66,7 +66,12 @@ impl OrdoService {
         };
         let warm = self.search_index_warm().await?;
         let warm_hits = warm.search(&r.query).map_err(query)?;
-        self.consistent_indexed(needs, |epoch| {
+        // Each hit looked at reads every store near the point.
+        let rows = match near {
+            Some(_) => SEARCH_SCAN_MAX.saturating_mul(SEARCH_STORES_MAX),
+            None => limit,
+        };
+        self.consistent_indexed(needs, rows, |epoch| {
             let index = self.search_index(store)?;
             let fresh;
             let hits = match Arc::ptr_eq(&index, &warm) {
