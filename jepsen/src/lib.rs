@@ -13,6 +13,7 @@ pub mod cart;
 pub mod checks;
 pub mod feed_record;
 pub mod history;
+pub mod hostile;
 pub mod inventory;
 pub mod nearby;
 pub mod plot;

@@ -71,7 +71,14 @@ pub(crate) async fn connect(url: String) -> Result<Client, ordo_client::Error> {
     connect_many(vec![url]).await
 }
 
-pub const NEMESES: [&str; 5] = ["partition", "kill", "pause", "clock", "membership"];
+pub const NEMESES: [&str; 6] = [
+    "partition",
+    "kill",
+    "pause",
+    "clock",
+    "membership",
+    "hostile",
+];
 
 /// Keys the register and append workloads use.
 const KEYS: u64 = 5;
@@ -730,6 +737,7 @@ enum Fault {
     Paused(Vec<usize>),
     Clock(Vec<usize>),
     Removed(usize),
+    Hostile(crate::hostile::Hostile),
     Nothing,
 }
 
@@ -818,6 +826,16 @@ async fn inject(
                 json!({"offset_ms": offset_ms, "strobe_ms": strobe_ms,
                        "strobe_period_ms": period_ms, "nodes": set}),
             )
+        }
+        "hostile" => {
+            let victim = random_node(rng);
+            let (load, value) = crate::hostile::start(
+                victim,
+                &cluster.nodes[victim].addr,
+                endpoints[victim].clone(),
+            )
+            .await;
+            (Fault::Hostile(load), value)
         }
         "membership" => {
             let victim = random_node(rng);
@@ -916,6 +934,7 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
                 Err(e) => json!({"not_re_added": format!("n{}: {e}", victim + 1)}),
             }
         }
+        Fault::Hostile(load) => load.stop().await,
         Fault::Nothing => Value::Null,
     })
 }
