@@ -115,7 +115,7 @@ impl Admission {
         };
         Some(Admitted {
             inner: io,
-            _slot: slot,
+            slot,
             idle: self.limits.idle,
             first_bytes: true,
             deadline: Box::pin(tokio::time::sleep(
@@ -152,7 +152,7 @@ impl Drop for Slot {
 /// once silent past its deadline.
 pub struct Admitted<IO> {
     inner: IO,
-    _slot: Slot,
+    slot: Slot,
     idle: Duration,
     /// No byte came yet: the deadline is the first bytes' ([`FIRST_BYTES_TIMEOUT`]).
     first_bytes: bool,
@@ -160,6 +160,11 @@ pub struct Admitted<IO> {
 }
 
 impl<IO> Admitted<IO> {
+    /// The address the connection came from.
+    pub fn source(&self) -> IpAddr {
+        self.slot.source
+    }
+
     /// Bytes went one way or the other: the connection is not idle.
     fn active(&mut self) {
         self.first_bytes = false;
@@ -245,28 +250,42 @@ pub fn incoming(
 ) -> ReceiverStream<Result<Admitted<TcpStream>, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (tcp, from) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            if let Some(admitted) = admission.admit(tcp, from.ip()) {
-                if tx.send(Ok(admitted)).await.is_err() {
-                    return;
-                }
+        while let Some(admitted) = accept_admitted(&listener, &admission, tx.closed()).await {
+            if tx.send(Ok(admitted)).await.is_err() {
+                return;
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The next connection `listener` accepts that `admission` admits, with Nagle's algorithm off;
+/// `None` once `stop` resolves. An accept that fails (out of file descriptors, say) is logged
+/// and tried again after a pause; a connection past a cap is closed and the next awaited.
+pub async fn accept_admitted(
+    listener: &TcpListener,
+    admission: &Admission,
+    stop: impl Future<Output = ()>,
+) -> Option<Admitted<TcpStream>> {
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return None,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, from) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if let Some(admitted) = admission.admit(tcp, from.ip()) {
+            return Some(admitted);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -194,23 +194,11 @@ pub fn incoming(
             let Ok(permit) = handshakes.clone().acquire_owned().await else {
                 return;
             };
-            let accepted = tokio::select! {
-                _ = tx.closed() => return,
-                accepted = listener.accept() => accepted,
+            let Some(tcp) = crate::conns::accept_admitted(&listener, &admission, tx.closed()).await
+            else {
+                return;
             };
-            let (tcp, from) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            // An answer larger than a segment must not wait for a delayed acknowledgement.
-            let _ = tcp.set_nodelay(true);
-            let Some(tcp) = admission.admit(tcp, from.ip()) else {
-                continue;
-            };
+            let from = tcp.source();
             let (acceptor, tx) = (TlsAcceptor::from(tls.current()), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

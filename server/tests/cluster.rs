@@ -405,17 +405,7 @@ async fn execution_settings_are_the_logs_whatever_each_node_was_started_with() {
 
     eprintln!("--- phase: hundreds of one-second holds lapse at once; every replica sweeps alike");
     let client = cluster.client().await;
-    let holds = (0..300u32).map(|i| {
-        let client = client.clone();
-        async move {
-            let mut reserve = ordo_client::Reserve::new(&[line(i % 4 + 1, i % 3 + 1, 1)]);
-            reserve.ttl_s = 1;
-            client.reserve(reserve).await
-        }
-    });
-    for held in join_all(holds).await {
-        held.expect("a hold");
-    }
+    many_holds(&client, 300, 1).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     // Epochs after the lapse (each sweeps at most the bound per partition).
     for i in 0..20u32 {

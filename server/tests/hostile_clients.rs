@@ -5,15 +5,6 @@ mod common;
 
 use common::*;
 use ordo_client::v1;
-use tonic::transport::Channel;
-
-async fn channel(endpoint: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 /// The longest common prefix of two strings, in bytes.
 fn common_prefix(a: &str, b: &str) -> usize {

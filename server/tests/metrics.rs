@@ -187,17 +187,7 @@ async fn a_lapsed_hold_is_not_live_even_before_its_sweep() {
     assert_eq!(code, 0, "{out}{err}");
 
     eprintln!("--- phase: 600 one-second holds");
-    let holds = (0..600u32).map(|i| {
-        let client = client.clone();
-        async move {
-            let mut reserve = ordo_client::Reserve::new(&[line(i % 4 + 1, i % 3 + 1, 1)]);
-            reserve.ttl_s = 1;
-            client.reserve(reserve).await
-        }
-    });
-    for held in futures::future::join_all(holds).await {
-        held.expect("a hold");
-    }
+    many_holds(&client, 600, 1).await;
     let (_, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
     assert_eq!(sample(&body, "ordo_reservations_live"), 600.0);
 

@@ -12,7 +12,6 @@ use ordo_proto::internal::v1::raft_client::RaftClient;
 use ordo_proto::internal::v1::{ForwardRequest, RaftPayload};
 use ordo_scheduler::{encode, Line, Mode, Op, Txn};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use tonic::Code;
 
 const SECRET: &str = "trust-test-secret-0123456789";
@@ -41,14 +40,6 @@ fn order(request_id: &str, dc: u32, sku: u32, qty: i64) -> Txn {
             user: String::new(),
         },
     }
-}
-
-async fn channel(endpoint: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -597,3 +597,28 @@ pub async fn verify_exactly_once(
         "stock is not initial - committed"
     );
 }
+
+/// A channel to `endpoint` for the generated clients (the public and the internal services).
+pub async fn channel(endpoint: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `count` holds of one unit each with a TTL of `ttl_s`, over every DC and SKU of the seed, at
+/// once.
+pub async fn many_holds(client: &Client, count: u32, ttl_s: u32) {
+    let holds = (0..count).map(|i| {
+        let client = client.clone();
+        async move {
+            let mut reserve = ordo_client::Reserve::new(&[line(i % 4 + 1, i % 3 + 1, 1)]);
+            reserve.ttl_s = ttl_s;
+            client.reserve(reserve).await
+        }
+    });
+    for held in futures::future::join_all(holds).await {
+        held.expect("a hold");
+    }
+}
