@@ -85,10 +85,10 @@ pub struct Tuning {
     /// RESOURCE_EXHAUSTED and a resume token [default: 10000]
     #[arg(long)]
     pub watch_stall_ms: Option<u64>,
-    /// Connections the client port keeps at once; more are closed at once [default: 4096]
+    /// Connections the client port keeps at once; more are closed at once [default: 8192]
     #[arg(long)]
     pub connections_max: Option<usize>,
-    /// ... from one source address [default: 512]
+    /// ... from one source address [default: 2048]
     #[arg(long)]
     pub connections_per_source_max: Option<usize>,
     /// A connection (either port) with no byte either way for this long is closed, in

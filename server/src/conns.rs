@@ -46,9 +46,11 @@ pub const PEER_CONNECTIONS_PER_SOURCE_MAX: usize = 128;
 
 impl Default for ConnLimits {
     fn default() -> Self {
+        // A source's share is large: clients behind one address (a NAT, a load balancer, a
+        // service opening a stream per user) must fit; it stops one client taking every slot.
         Self {
-            max: 4_096,
-            per_source_max: 512,
+            max: 8_192,
+            per_source_max: 2_048,
             idle: Duration::from_secs(300),
         }
     }

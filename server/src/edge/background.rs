@@ -9,14 +9,15 @@
 //! chain of wake-ups: the cut, the log append, the fsync, execution, the answers. With both
 //! cores fanning out, orders took 60% longer.) One thread, so a fan-out never holds both cores.
 //! Where `SCHED_IDLE` is refused, nice 19. The streams' channels cross runtimes as they are.
-
 //!
 //! A producer's store reads (feed pages, subscriber pages, DC records) take locks a commit
 //! also takes (the applied state, the feed's bounds, the overlay, sled's): were a producer
-//! preempted while holding one, at the lowest priority on a busy node, the commit would wait
-//! for the CPU the epochs leave, which is none (a priority inversion). So producers read
-//! through [`read`], which runs the read on the request runtime's blocking threads, at normal
-//! priority; only decoding, filtering and encoding, which share nothing, run at the lowest.
+//! preempted while holding one at `SCHED_IDLE` on a busy node, the commit would wait for CPU
+//! the epochs never leave (a priority inversion). So producers read through [`read`], on a
+//! thread of their own at nice 10: low enough that a thousand watchers reading history take
+//! a tenth of a core from the epochs at most, high enough that the scheduler runs it within
+//! milliseconds, so a lock it holds is soon released. The request runtime's blocking threads
+//! are not used: the epochs' execution runs there, and must never queue behind feed reads.
 
 use std::sync::OnceLock;
 
@@ -25,27 +26,31 @@ const FEED_THREADS: usize = 1;
 
 static FEED: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// The request runtime, whose blocking threads run the producers' store reads.
-static READER: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+/// The feed readers' runtime: one blocking thread at nice 10.
+static READER: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// Records the runtime whose blocking threads serve [`read`] (the first call wins).
-pub fn set_reader(handle: tokio::runtime::Handle) {
-    let _ = READER.set(handle);
+fn reader() -> &'static tokio::runtime::Runtime {
+    READER.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_name("ordo-feed-read")
+            .on_thread_start(low_priority)
+            .enable_all()
+            .build()
+            .expect("starting the feed readers' runtime")
+    })
 }
 
-/// Runs a store read for a producer at normal priority (see the module's doc); inline where
-/// no reader runtime was recorded.
+/// Runs a store read for a producer on the feed readers' thread (see the module's doc).
 pub async fn read<T, F>(read: F) -> T
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match READER.get() {
-        Some(handle) => match handle.spawn_blocking(read).await {
-            Ok(value) => value,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        },
-        None => read(),
+    match reader().spawn_blocking(read).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -60,6 +65,14 @@ pub fn feed() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("starting the feed runtime")
     })
+}
+
+fn low_priority() {
+    // SAFETY: setpriority only reads its integer arguments; `0` names the calling thread.
+    #[cfg(target_os = "linux")]
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
+        tracing::warn!("could not lower the feed readers' priority");
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -104,10 +104,6 @@ impl OrdoService {
         exec: ordo_scheduler::ExecConfig,
         closing: tokio::sync::watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
-        // The feed producers' store reads run on this runtime's blocking threads.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            background::set_reader(handle);
-        }
         Ok(Self {
             exec,
             generated_id_key: crate::random::bytes("the key of request ids the node makes")?,
