@@ -32,12 +32,26 @@ pub struct HeldRows {
 
 impl HeldRows {
     /// Counts the due keys `store` holds, at the time of its applied epoch.
+    /// The keys are read a page at a time: a million holds never sit in memory at once.
     pub fn load(store: &Store) -> Result<Self, StoreError> {
+        const PAGE_KEYS: usize = 65_536;
         let mut rows = HeldRows::default();
+        let end = [keys::HOLD_DUE + 1];
         for n in 0..store.partitions() {
-            for (key, _) in store.scan_prefix(Part::Region(n), &[keys::HOLD_DUE], usize::MAX)? {
-                if let Some((expires_at, ..)) = parse_due(&key) {
-                    rows.add(expires_at);
+            let mut start = vec![keys::HOLD_DUE];
+            loop {
+                let page = store.range(Part::Region(n), &start, &end, PAGE_KEYS)?;
+                for (key, _) in &page {
+                    if let Some((expires_at, ..)) = parse_due(key) {
+                        rows.add(expires_at);
+                    }
+                }
+                match page.last() {
+                    Some((last, _)) if page.len() == PAGE_KEYS => {
+                        start = last.to_vec();
+                        start.push(0);
+                    }
+                    _ => break,
                 }
             }
         }
