@@ -31,7 +31,7 @@ pub struct Limits {
     /// Messages one Watch or WatchNotifications stream buffers (`--watch-buffer-messages`).
     pub watch_buffer_messages: usize,
     /// Bytes one such stream buffers (`--watch-buffer-bytes`): at least the largest message a
-    /// stream sends (`edge::watch::STREAM_MESSAGE_BYTES_MAX`).
+    /// stream sends (`edge::outbox::STREAM_MESSAGE_BYTES_MAX`).
     pub watch_buffer_bytes: usize,
     /// Bytes every stream of the node buffers together (`--streams-buffer-bytes-max`).
     pub streams_buffer_bytes_max: usize,

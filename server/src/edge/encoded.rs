@@ -5,7 +5,7 @@
 //! (`background.rs`). Were it to hand over messages, tonic would encode them in the
 //! connection's task on the request runtime, at normal priority beside the epochs: a million
 //! notifications is about 60 MB of protobuf to build. So each producer encodes its messages
-//! itself ([`Outbox`](super::watch::Outbox)) and the stream carries the bytes; the codec here
+//! itself ([`Outbox`](super::outbox::Outbox)) and the stream carries the bytes; the codec here
 //! copies them into the HTTP/2 body. Requests are decoded as tonic's prost codec would. The
 //! `Ordo` trait's `watch` and `watch_notifications` stay correct for anything that serves the
 //! generated router alone (they decode the bytes back), but the node never does.

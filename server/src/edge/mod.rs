@@ -26,6 +26,7 @@ mod indexes;
 mod nearby;
 mod notifications;
 mod order_stream;
+mod outbox;
 mod pacer;
 mod prices;
 mod read;
@@ -80,8 +81,8 @@ pub(super) fn internal(e: impl std::fmt::Display) -> Status {
 
 impl OrdoService {
     /// What a new feed stream may buffer, and its largest message.
-    fn stream_limits(&self) -> watch::StreamLimits {
-        watch::StreamLimits::new(&self.limits, self.stream_bytes.clone())
+    fn stream_limits(&self) -> outbox::StreamLimits {
+        outbox::StreamLimits::new(&self.limits, self.stream_bytes.clone())
     }
 
     /// Bytes the feed streams' buffers hold now, all together.

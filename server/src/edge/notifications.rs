@@ -27,10 +27,9 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::encoded::EncodedStream;
+use super::outbox::{outbox_stream, Outbox};
 use super::subscriptions::wire_kind;
-use super::watch::{
-    closing, out_of_range, outbox_stream, progress_interval, Outbox, FEED_READ_BYTES_MAX,
-};
+use super::watch::{closing, out_of_range, progress_interval, FEED_READ_BYTES_MAX};
 use super::{internal, OrdoService};
 
 pub type NotificationStream = std::pin::Pin<
