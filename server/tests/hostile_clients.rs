@@ -666,17 +666,10 @@ async fn idle_socket_floods_take_neither_other_clients_slots_nor_the_peers() {
     assert!(fresh.status().await.is_ok());
 }
 
-/// `name{labels}`'s value in a scrape of the metrics port (0 when absent).
+/// `series`'s value in a scrape of the metrics port.
 fn scraped(port: u16, series: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    conn.read_to_string(&mut answer).unwrap();
-    answer
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.parse().unwrap())
+    let (_, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    sample(&body, series)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -622,3 +622,25 @@ pub async fn many_holds(client: &Client, count: u32, ttl_s: u32) {
         held.expect("a hold");
     }
 }
+
+/// One HTTP request to the metrics port: (status line, body).
+pub fn http(port: u16, request: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly as rendered).
+pub fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
