@@ -21,6 +21,7 @@ pub mod hash;
 pub mod raft_log;
 mod space;
 pub mod store;
+mod view;
 
 pub use behind::{APPLY_KEYS_MAX, PENDING_KEYS_MAX};
 pub use hash::{hex, HashChain, StateHash};
@@ -29,6 +30,7 @@ pub use store::{
     Applied, EpochCommit, EpochStamp, FeedPage, FeedRetention, Part, Reader, Store, Write,
     DEFAULT_CACHE_BYTES, HASH_WINDOW_EPOCHS, PARTITIONS_MAX, SNAPSHOT_FORMAT,
 };
+pub use view::{VIEWS_MAX, VIEW_KEYS_MAX};
 
 /// Errors from the partition stores. Any of them stops the node: a replica must never handle
 /// a storage failure differently from its peers.

@@ -150,7 +150,7 @@ impl Space {
 }
 
 /// The first key past every key that starts with `prefix` (`None`: there is none).
-fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut next = prefix.to_vec();
     while let Some(last) = next.pop() {
         if last < u8::MAX {

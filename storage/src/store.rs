@@ -64,6 +64,7 @@ use sled::{Batch, IVec};
 use crate::behind::{Behind, Staged};
 use crate::hash::{HashChain, StateHash};
 use crate::space::{self, Space};
+use crate::view::{self, View, VIEWS_MAX};
 use crate::StoreError;
 
 /// A partition: the global tables, or one region.
@@ -175,6 +176,9 @@ const META_FEED_START: &[u8] = b"feed_start";
 /// Keys in one sled batch of [`Store::restore_snapshot`].
 pub const RESTORE_BATCH_KEYS: usize = 16_384;
 
+/// Numbers the stores a process opens ([`Store`]'s `id`).
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// The most region partitions a store has (each is a keyspace, a lock table and an executor).
 pub const PARTITIONS_MAX: u32 = 256;
 
@@ -202,11 +206,15 @@ pub struct Store {
     /// A copy of the meta `applied` record, so readers need not decode it each time.
     applied: Mutex<Applied>,
     /// Held for writing while an epoch commits or a snapshot is imported, and for reading by
-    /// [`Store::consistent`] and briefly at the start and end of an export, so a multi-row
-    /// read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`, then
-    /// `capture`, then `feed`, then `feed_entries`, then `known`, then `resident`. The
-    /// overlay's own locks (`behind.rs`) come after all of them.
+    /// [`Store::consistent`] and briefly at the start and end of an export or a view, so a
+    /// multi-row read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`,
+    /// then `capture`, then `views`, then `feed`, then `feed_entries`, then `known`, then
+    /// `resident`. The overlay's own locks (`behind.rs`) and each view's come after all of them.
     gate: RwLock<()>,
+    /// This store among the process's stores: a thread's view ([`Store::view`]) names it.
+    id: u64,
+    /// The open read views ([`Store::view`]); commits record before-images in each.
+    views: Mutex<Vec<Arc<View>>>,
     /// The before-images of a running export; `None` when no export runs. Commits fill it, so
     /// the export can undo what they changed after the epoch it reflects.
     capture: Mutex<Option<Capture>>,
@@ -220,6 +228,8 @@ pub struct Store {
     import_interrupted: AtomicBool,
     /// [`EXPORT_CAPTURE_KEYS_MAX`], a field so unit tests can reach the bound with few keys.
     capture_keys_max: usize,
+    /// [`crate::VIEW_KEYS_MAX`], a field for the same reason.
+    view_keys_max: usize,
     /// Bumped by every commit that writes the global partition (DCs, catalogue) and by every
     /// snapshot import: caches built from the global tables (the edge's nearby index) rebuild
     /// when it moves. Not persisted; it starts at 1 when the store opens.
@@ -266,10 +276,15 @@ fn feed_epoch(key: &[u8]) -> Result<u64, StoreError> {
 pub struct Reader<'a> {
     store: &'a Store,
     resident: Option<RwLockReadGuard<'a, Option<Resident>>>,
+    /// Made in a view: every read goes through [`Store::get`].
+    viewed: bool,
 }
 
 impl Reader<'_> {
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        if self.viewed {
+            return self.store.get(part, key);
+        }
         if let (Part::Region(n), Some(resident)) = (part, &self.resident) {
             if let Some(hit) = resident.as_ref().and_then(|r| r.get(n, key)) {
                 return Ok(hit);
@@ -649,10 +664,13 @@ impl Store {
             regions,
             applied: Mutex::new(applied),
             gate: RwLock::new(()),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            views: Mutex::new(Vec::new()),
             capture: Mutex::new(None),
             snapshot: Mutex::new(()),
             import_interrupted: AtomicBool::new(import_interrupted),
             capture_keys_max: EXPORT_CAPTURE_KEYS_MAX,
+            view_keys_max: view::VIEW_KEYS_MAX,
             global_version: AtomicU64::new(1),
             global_versions: (0..256).map(|_| AtomicU64::new(1)).collect(),
             global_cache: Mutex::new(HashMap::new()),
@@ -798,6 +816,15 @@ impl Store {
     }
 
     pub fn get(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+        let now = self.get_now(part, key)?;
+        Ok(match view::current(self.id) {
+            Some(view) => view.point(Self::tree_id(part), key, now),
+            None => now,
+        })
+    }
+
+    /// [`Store::get`] of the state as it is now, whatever view this thread reads in.
+    fn get_now(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         if let (Part::Region(n), Some(prefix)) = (part, self.known_prefix.get()) {
             if key.starts_with(prefix) {
                 let known = self.known.read().expect("known lock");
@@ -812,7 +839,7 @@ impl Store {
                 .get()
                 .is_some_and(|prefix| key.starts_with(prefix));
         if resident {
-            return self.reader().get(part, key);
+            return self.reader_now().get(part, key);
         }
         self.get_unresident(part, key)
     }
@@ -873,13 +900,28 @@ impl Store {
     }
 
     /// Many point reads under one take of the resident lock (none when nothing is resident).
+    /// In a view ([`Store::view`]) the lock is taken for each read instead: a view's read is
+    /// long, and commits wait for the lock.
     pub fn reader(&self) -> Reader<'_> {
+        match view::current(self.id) {
+            Some(_) => Reader {
+                store: self,
+                resident: None,
+                viewed: true,
+            },
+            None => self.reader_now(),
+        }
+    }
+
+    /// A reader of the state as it is now.
+    fn reader_now(&self) -> Reader<'_> {
         Reader {
             store: self,
             resident: self
                 .resident_prefix
                 .get()
                 .map(|_| self.resident.read().expect("resident lock")),
+            viewed: false,
         }
     }
 
@@ -926,6 +968,10 @@ impl Store {
         prefix: &[u8],
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        if view::current(self.id).is_some() {
+            let end = space::successor(prefix);
+            return self.range_in_view(part, prefix, end.as_deref(), limit, false);
+        }
         let mut out = Vec::new();
         for kv in self.tree(part)?.scan_prefix(prefix).take(limit) {
             out.push(kv?);
@@ -941,6 +987,9 @@ impl Store {
         prefix: &[u8],
         limit: usize,
     ) -> Result<usize, StoreError> {
+        if view::current(self.id).is_some() {
+            return Ok(self.scan_prefix(part, prefix, limit)?.len());
+        }
         let mut n = 0;
         for kv in self.tree(part)?.scan_prefix(prefix).take(limit) {
             kv?;
@@ -957,6 +1006,9 @@ impl Store {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        if view::current(self.id).is_some() {
+            return self.range_in_view(part, start, Some(end), limit, false);
+        }
         let mut out = Vec::new();
         for kv in self.tree(part)?.range(start, Some(end)).take(limit) {
             out.push(kv?);
@@ -972,6 +1024,9 @@ impl Store {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        if view::current(self.id).is_some() {
+            return self.range_in_view(part, start, Some(end), limit, true);
+        }
         let mut out = Vec::new();
         for kv in self.tree(part)?.range_rev(start, end).take(limit) {
             out.push(kv?);
@@ -979,26 +1034,118 @@ impl Store {
         Ok(out)
     }
 
+    /// A range read in this thread's view (`end` None: to the keyspace's end; `rev`:
+    /// descending): see [`View::range`].
+    fn range_in_view(
+        &self,
+        part: Part,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        rev: bool,
+    ) -> Result<Vec<(IVec, IVec)>, StoreError> {
+        let view = view::current(self.id).expect("a view");
+        let tree = self.tree(part)?;
+        view.range(Self::tree_id(part), (start, end), limit, rev, |after, n| {
+            let pairs: Box<dyn Iterator<Item = _>> = match (rev, after) {
+                (false, None) => Box::new(tree.range(start, end)),
+                (false, Some(after)) => {
+                    let mut next = after.to_vec();
+                    next.push(0);
+                    Box::new(tree.range(&next, end))
+                }
+                (true, after) => {
+                    let end = match (after, end) {
+                        (Some(after), _) => after.to_vec(),
+                        (None, Some(end)) => end.to_vec(),
+                        // A descending read always has an end.
+                        (None, None) => space::successor(start).unwrap_or_default(),
+                    };
+                    Box::new(tree.range_rev(start, &end))
+                }
+            };
+            pairs
+                .take(n)
+                .map(|kv| kv.map_err(StoreError::from))
+                .collect()
+        })
+    }
+
     /// Runs `read` with the applied epoch while no epoch commits: every row it reads is from
     /// that epoch (sled makes a commit atomic to crash recovery, not to concurrent readers).
     /// Commits wait for the read, so keep it short.
+    /// Inside a view, runs `read` in it.
     pub fn consistent<T>(&self, read: impl FnOnce(u64) -> T) -> T {
+        if let Some(view) = view::current(self.id) {
+            return read(view.applied.epoch);
+        }
         let _gate = self.gate.read().expect("epoch gate");
         let epoch = self.applied_epoch();
         read(epoch)
     }
 
-    /// The applied state as of the last commit.
+    /// Runs `read` with the applied epoch, reading every row as of that epoch, while commits
+    /// go on: a read view (`view.rs`). Reads of this store on this thread inside `read` answer
+    /// as of the view's epoch. For long reads: each commit meanwhile pays a point read per key
+    /// it writes. `read` runs a second time, under the gate like [`Store::consistent`], when
+    /// the view could not hold what commits changed ([`crate::VIEW_KEYS_MAX`]) or a snapshot
+    /// import replaced the state under it; it runs under the gate at once when
+    /// [`VIEWS_MAX`] views are open.
+    pub fn view<T>(&self, mut read: impl FnMut(u64) -> T) -> T {
+        if let Some(view) = view::current(self.id) {
+            return read(view.applied.epoch);
+        }
+        let opened = {
+            let _gate = self.gate.read().expect("epoch gate");
+            let mut views = self.views.lock().expect("views lock");
+            (views.len() < VIEWS_MAX).then(|| {
+                let opened = Arc::new(View::new(
+                    self.id,
+                    self.applied(),
+                    self.global_versions
+                        .iter()
+                        .map(|v| v.load(Ordering::SeqCst))
+                        .collect(),
+                    self.global_version.load(Ordering::SeqCst),
+                    self.view_keys_max,
+                ));
+                views.push(opened.clone());
+                opened
+            })
+        };
+        let Some(opened) = opened else {
+            return self.consistent(read);
+        };
+        let out = {
+            let _in = view::Entered::enter(opened.clone(), &self.views);
+            read(opened.applied.epoch)
+        };
+        match opened.spoiled() {
+            true => self.consistent(read),
+            false => out,
+        }
+    }
+
+    /// The applied state as of the last commit (in a view, as of its epoch).
     pub fn applied(&self) -> Applied {
+        if let Some(view) = view::current(self.id) {
+            return view.applied.clone();
+        }
         self.applied.lock().expect("applied lock").clone()
     }
 
     /// The time of the applied epoch (0 before the first).
     pub fn applied_time_ms(&self) -> u64 {
+        if let Some(view) = view::current(self.id) {
+            return view.applied.time_ms;
+        }
         self.applied.lock().expect("applied lock").time_ms
     }
 
     pub fn applied_epoch(&self) -> u64 {
+        if let Some(view) = view::current(self.id) {
+            return view.applied.epoch;
+        }
         self.applied.lock().expect("applied lock").epoch
     }
 
@@ -1061,6 +1208,23 @@ impl Store {
                 let tree = self.tree(*part)?;
                 for (key, _) in writes {
                     capture.record(bound, Self::tree_id(*part), tree, key)?;
+                }
+            }
+        }
+
+        // Each open view needs the same, for the partitions' keys, before any is visible.
+        let views = self.views.lock().expect("views lock").clone();
+        if !views.is_empty() {
+            for (part, writes) in &commit.writes {
+                let (tree, id) = (self.tree(*part)?, Self::tree_id(*part));
+                for (key, _) in writes {
+                    let mut before = None;
+                    for view in views.iter().filter(|v| v.needs(id, key)) {
+                        if before.is_none() {
+                            before = Some(tree.get(key)?);
+                        }
+                        view.record(id, key, before.clone().flatten());
+                    }
                 }
             }
         }
@@ -1374,6 +1538,10 @@ impl Store {
         let _one = self.snapshot.lock().expect("snapshot lock");
         // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
         let _gate = self.gate.write().expect("epoch gate");
+        // Its writes record no before-images: the open views' reads run again.
+        for view in self.views.lock().expect("views lock").iter() {
+            view.spoil();
+        }
         // sled alone holds the state from here: the diff below is read from it and written
         // to it directly.
         self.behind.sync()?;
@@ -1443,12 +1611,18 @@ impl Store {
     /// them, or a snapshot import. Read it inside [`Store::consistent`] to pair it with the
     /// rows read there.
     pub fn global_version(&self) -> u64 {
+        if let Some(view) = view::current(self.id) {
+            return view.global_version;
+        }
         self.global_version.load(Ordering::SeqCst)
     }
 
     /// The version of the global keys starting with `first`: it moves whenever a commit or an
     /// import writes one (under the epoch gate, like the writes).
     pub fn global_version_of(&self, first: u8) -> u64 {
+        if let Some(view) = view::current(self.id) {
+            return view.global_versions[usize::from(first)];
+        }
         self.global_versions[usize::from(first)].load(Ordering::SeqCst)
     }
 }
@@ -2082,5 +2256,209 @@ mod tests {
             store.get(Part::Region(1), b"k9").unwrap().as_deref(),
             Some(&b"z"[..])
         );
+    }
+
+    /// Random writes to `k0`..`k63` of region 0 (and a global key), applied to `model`.
+    fn random_writes(seed: &mut u64, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Write> {
+        let mut writes = Vec::new();
+        for _ in 0..8 {
+            // xorshift: deterministic, no dependency.
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            let key = vec![b'k', (*seed % 64) as u8];
+            match (*seed >> 8) % 3 {
+                0 => {
+                    model.remove(&key);
+                    writes.push((key, None));
+                }
+                _ => {
+                    let value = (*seed >> 16).to_be_bytes().to_vec();
+                    model.insert(key.clone(), value.clone());
+                    writes.push((key, Some(value)));
+                }
+            }
+        }
+        writes
+    }
+
+    /// [`assert_reads`] and more: short pages both ways, counts, the resident reader, the
+    /// applied epoch.
+    fn assert_view_reads(
+        store: &Store,
+        model: &BTreeMap<Vec<u8>, Vec<u8>>,
+        epoch: u64,
+        when: &str,
+    ) {
+        assert_reads(store, model, when);
+        assert_eq!(store.applied_epoch(), epoch, "{when}: applied epoch");
+        assert_eq!(store.applied_time_ms(), epoch, "{when}: applied time");
+        let part = Part::Region(0);
+        let reader = store.reader();
+        for n in 0..64u8 {
+            let key = [b'k', n];
+            assert_eq!(
+                reader.get(part, &key).unwrap().map(|v| v.to_vec()),
+                model.get(key.as_slice()).cloned(),
+                "{when}: reader get {key:?}"
+            );
+        }
+        drop(reader);
+        let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for limit in [1, 2, 3, 7] {
+            let found: Vec<Vec<u8>> = store
+                .range(part, b"k", b"l", limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            assert_eq!(
+                found,
+                keys[..limit.min(keys.len())],
+                "{when}: range {limit}"
+            );
+            let found: Vec<Vec<u8>> = store
+                .range_rev(part, b"k", b"l", limit)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k.to_vec())
+                .collect();
+            let mut last: Vec<Vec<u8>> = keys.iter().rev().take(limit).cloned().collect();
+            last.truncate(limit);
+            assert_eq!(found, last, "{when}: range_rev {limit}");
+        }
+        assert_eq!(
+            store.count_prefix(part, b"k", 1000).unwrap(),
+            model.len(),
+            "{when}: count"
+        );
+    }
+
+    #[test]
+    fn a_view_reads_its_epoch_while_commits_go_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path(), 2).expect("open"));
+        store.keep_resident(b"k", 1).expect("resident");
+        let (mut seed, mut model) = (0x9e37_79b9_7f4a_7c15u64, BTreeMap::new());
+        for epoch in 1..=5 {
+            let writes = random_writes(&mut seed, &mut model);
+            commit(&store, epoch, vec![(Part::Region(0), writes)]);
+        }
+        let at_view = model.clone();
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (committed, committed_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                let epoch = store.view(|epoch| {
+                    runs += 1;
+                    assert_view_reads(&store, &at_view, 5, "view, before the commits");
+                    opened_tx.send(()).expect("send");
+                    committed_rx.recv().expect("commits done");
+                    assert_view_reads(&store, &at_view, 5, "view, after the commits");
+                    epoch
+                });
+                (epoch, runs)
+            })
+        };
+        opened.recv().expect("the view opened");
+        // Commits while the view's read is open: they must not wait for it.
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            let mut model = model.clone();
+            std::thread::spawn(move || {
+                for epoch in 6..=40 {
+                    let writes = random_writes(&mut seed, &mut model);
+                    commit(&store, epoch, vec![(Part::Region(0), writes)]);
+                }
+                done_tx.send(model).expect("send");
+            })
+        };
+        let model = done
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("35 commits done while a view's read was open (they waited for it)");
+        writer.join().expect("writer");
+        committed.send(()).expect("send");
+        let (epoch, runs) = reader.join().expect("the view's reads");
+        assert_eq!((epoch, runs), (5, 1), "read once, at epoch 5");
+        assert!(store.views.lock().expect("views").is_empty());
+        assert_view_reads(&store, &model, 40, "after the view");
+        // Commits with no view open record nothing.
+        commit(&store, 41, vec![(Part::Region(0), vec![put("k1", "z")])]);
+        assert_eq!(
+            store.get(Part::Region(0), b"k1").unwrap().as_deref(),
+            Some(&b"z"[..])
+        );
+    }
+
+    #[test]
+    fn a_view_past_its_bound_reads_again_under_the_gate() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = seeded_store(dir.path());
+        store.view_keys_max = 2;
+        let store = Arc::new(store);
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (committed, committed_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                store.view(|epoch| {
+                    runs += 1;
+                    if runs == 1 {
+                        opened_tx.send(()).expect("send");
+                        committed_rx.recv().expect("commits done");
+                    }
+                    let k3 = store.get(Part::Region(0), b"k3").unwrap();
+                    (epoch, runs, k3.map(|v| v.to_vec()))
+                })
+            })
+        };
+        opened.recv().expect("the view opened");
+        let writes = vec![put("k1", "b"), put("k2", "b"), put("k3", "b")];
+        commit(&store, 2, vec![(Part::Region(0), writes)]);
+        committed.send(()).expect("send");
+        // Three keys changed past a bound of two: the first read's answers are dropped and
+        // the read runs again, under the gate, at the epoch applied then.
+        let (epoch, runs, k3) = reader.join().expect("the view's reads");
+        assert_eq!((epoch, runs, k3), (2, 2, Some(b"b".to_vec())));
+    }
+
+    #[test]
+    fn an_import_under_a_view_sends_its_read_round_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(seeded_store(dir.path()));
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (imported, imported_rx) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut runs = 0;
+                store.view(|epoch| {
+                    runs += 1;
+                    if runs == 1 {
+                        opened_tx.send(()).expect("send");
+                        imported_rx.recv().expect("import done");
+                    }
+                    (epoch, runs)
+                })
+            })
+        };
+        opened.recv().expect("the view opened");
+        let other = tempfile::tempdir().expect("temp dir");
+        let source = Store::open(other.path(), 2).expect("open");
+        for epoch in 1..=3 {
+            commit(
+                &source,
+                epoch,
+                vec![(Part::Region(0), vec![put("k9", "z")])],
+            );
+        }
+        let (_, blob) = source.export_snapshot().expect("export");
+        store.import_snapshot(&blob).expect("import");
+        imported.send(()).expect("send");
+        assert_eq!(reader.join().expect("the view's reads"), (3, 2));
     }
 }

@@ -4,10 +4,14 @@
 //! An index follows its own table, not every global write: the nearby index the version of the
 //! DC keys, the search index that of the names key (`keys::ITEM_NAMES`, moved by a new item or
 //! a new name only), so price changes, however frequent, rebuild neither. A rebuild runs on a
-//! blocking thread, one at a time per index, before a read takes the epoch gate: a read
-//! ([`OrdoService::consistent_indexed`]) enters the gate only with current indexes, and if the
-//! table moved between the build and the gate it leaves and goes again. Commits (which wait for
-//! the gate) never wait for a rebuild, and the request runtime's async threads never run one.
+//! blocking thread, one at a time per index, before a read opens its epoch: a read
+//! ([`OrdoService::consistent_indexed`]) goes on only with indexes current at its epoch, and if
+//! the table moved between the build and the epoch it goes again. Commits never wait for a
+//! rebuild, and the request runtime's async threads never run one.
+//!
+//! Reads of many rows (searches, availability over many stores) run in a read view of the
+//! store (`Store::view`): every row as of one epoch while commits go on, so a long read holds
+//! up no order. Short reads take the epoch gate, which commits wait for, for a moment.
 
 use std::sync::Arc;
 
@@ -19,12 +23,16 @@ use super::{internal, OrdoService};
 use crate::geo::NearbyIndex;
 use crate::search::SearchIndex;
 
-/// Rounds a read goes before it builds inside the gate after all (a table changing faster
+/// Rounds a read goes before it builds inside its epoch after all (a table changing faster
 /// than an index builds).
 const INDEX_ROUNDS_MAX: usize = 8;
 
 /// Rows past which a consistent read leaves its worker thread's other tasks to another.
 pub const LARGE_READ_ROWS: usize = 4_096;
+
+/// Rows past which a consistent read runs in a read view instead of under the epoch gate:
+/// below it, holding commits for the read costs less than the view's bookkeeping.
+pub const VIEW_READ_ROWS: usize = 256;
 
 /// Which indexes a read needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +72,7 @@ impl OrdoService {
     }
 
     /// The nearby index of the DC table as the store holds it now, built here if it is not
-    /// current. Inside the epoch gate only through [`OrdoService::consistent_indexed`] (which
+    /// current. At an epoch only through [`OrdoService::consistent_indexed`] (which
     /// builds it before), or where a read needs no epoch (the edge resolving candidates).
     pub(super) fn nearby_index(&self, store: &Store) -> Result<Arc<NearbyIndex>, Status> {
         if let Some(index) = self.nearby_current(store) {
@@ -131,10 +139,10 @@ impl OrdoService {
         self.search_index(&self.node.store)
     }
 
-    /// Runs `read` at one epoch (under the epoch gate, like [`Store::consistent`]) with the
-    /// indexes `needs` names current for that epoch, built before the gate is taken. A table
-    /// that moves between the build and the gate sends the read round again; after
-    /// [`INDEX_ROUNDS_MAX`] rounds the indexes are built inside the gate.
+    /// Runs `read` at one epoch ([`OrdoService::consistent_sized`]) with the indexes `needs`
+    /// names current for that epoch, built before the epoch is taken. A table that moves
+    /// between the build and the epoch sends the read round again; after
+    /// [`INDEX_ROUNDS_MAX`] rounds the indexes are built at the read's epoch.
     /// `rows`: about how many rows `read` reads ([`OrdoService::consistent_sized`]).
     pub(super) async fn consistent_indexed<T>(
         &self,
@@ -157,17 +165,23 @@ impl OrdoService {
         self.consistent_sized(rows, read)
     }
 
-    /// [`Store::consistent`] for a read of about `rows` rows. A large one (past
-    /// [`LARGE_READ_ROWS`]) runs as a blocking section of its worker thread
+    /// Runs `read` at one epoch, for a read of about `rows` rows. A short one runs under the
+    /// epoch gate ([`Store::consistent`]); one past [`VIEW_READ_ROWS`] in a read view
+    /// ([`Store::view`]), so commits go on while it reads. A large one (past
+    /// [`LARGE_READ_ROWS`]) also runs as a blocking section of its worker thread
     /// (`block_in_place`): the thread's other tasks (Raft's core among them) move to another
-    /// worker instead of waiting behind it, or behind the epoch gate it waits for.
-    pub(super) fn consistent_sized<T>(&self, rows: usize, read: impl FnOnce(u64) -> T) -> T {
+    /// worker instead of waiting behind it.
+    pub(super) fn consistent_sized<T>(&self, rows: usize, mut read: impl FnMut(u64) -> T) -> T {
         let store = &self.node.store;
         let multi_thread = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let mut run = || match rows > VIEW_READ_ROWS {
+            true => store.view(&mut read),
+            false => store.consistent(&mut read),
+        };
         match rows > LARGE_READ_ROWS && multi_thread {
-            true => tokio::task::block_in_place(|| store.consistent(read)),
-            false => store.consistent(read),
+            true => tokio::task::block_in_place(run),
+            false => run(),
         }
     }
 }

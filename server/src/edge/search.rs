@@ -57,8 +57,8 @@ impl OrdoService {
         };
         self.read_barrier(r.consistency, r.at_least_epoch).await?;
         let store = &self.node.store;
-        // The indexes are built, and the query matched, outside the epoch gate (commits wait
-        // for it); inside, the same index is used again unless the names changed in between.
+        // The indexes are built, and the query matched, before the read's epoch is taken; at
+        // it, the same index is used again unless the names changed in between.
         let query = |e: String| Status::invalid_argument(format!("{field}: {e}"));
         let needs = Indexes {
             nearby: near.is_some(),
