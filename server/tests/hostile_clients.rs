@@ -333,6 +333,63 @@ async fn a_watcher_taking_a_message_now_and_then_is_cut_off_with_a_resume_token(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_cut_off_unread_give_their_buffers_back_to_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let listen = format!("127.0.0.1:{port}");
+    // Room in the node's budget for two streams' buffers; three watchers that never read.
+    let node = TestNode::start(
+        dir.path(),
+        &[
+            "--watch-buffer-bytes",
+            "1048576",
+            "--streams-buffer-bytes-max",
+            "2097152",
+            "--watch-stall-ms",
+            "500",
+            "--metrics-listen",
+            &listen,
+        ],
+    );
+    let client = node.client().await;
+    seed(&client, 1_000_000).await;
+    let first = client.status().await.unwrap().applied_epoch + 1;
+    // Tens of MB of events: past what the transport's windows hold for a watcher.
+    let last = large_epochs(&client, "unread", 20, 400).await;
+
+    eprintln!("--- phase: three watchers on connections of their own, never reading");
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        let watcher = node.client().await;
+        let stream = watcher
+            .watch(v1::WatchRequest {
+                start: Some(v1::watch_request::Start::FromEpoch(first)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        unread.push((watcher, stream));
+    }
+    let started = std::time::Instant::now();
+    while scraped(port, "ordo_watchers") > 0.0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the unread watchers were never cut off"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    eprintln!("--- phase: cut off, though the status never reached them, they hold no bytes");
+    // Their streams are still open: the consumers read nothing, not even the status.
+    assert_eq!(scraped(port, "ordo_stream_buffer_bytes"), 0.0);
+
+    eprintln!("--- phase: a watcher that reads gets every event, the budget free for it");
+    let events = events_through(&client, first, last, 1024 * 1024, Vec::new()).await;
+    assert!(events.len() > 100_000, "{} events", events.len());
+    drop(unread);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restock_of_hundreds_of_dcs_notifies_the_nearest_hundred_and_counts_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path(), &["--message-bytes-max", "65536"]);

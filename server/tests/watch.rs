@@ -387,8 +387,9 @@ async fn a_consumer_that_never_reads_is_cut_off_with_a_resume_token() {
         last = results.iter().map(|r| r.epoch).max().unwrap();
     }
 
-    // Phase 3: the producer gives up on it and frees its slot; the consumer, reading at last,
-    // gets what was buffered, then RESOURCE_EXHAUSTED with the token to resume from.
+    // Phase 3: the producer gives up on it, drops what waited in its buffer and frees its
+    // slot; the consumer, reading at last, gets what the transport had taken, then
+    // RESOURCE_EXHAUSTED with the token of the last whole epoch among those.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut second = loop {
         match client.watch(watch_from(Start::FromNow(true))).await {

@@ -276,6 +276,10 @@ impl Producer {
             if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &self.last_token));
             }
+            // Room for the page's messages first: a producer held up holds no page.
+            if let Err(stop) = self.out.ready(&self.last_token.clone()).await {
+                return stop.map_or(Ok(()), Err);
+            }
             let (store, from) = (self.store.clone(), at.epoch);
             let page =
                 super::background::read(move || store.feed_read(from, 64, FEED_READ_BYTES_MAX))

@@ -210,6 +210,12 @@ impl Producer {
             if *self.out.closing.borrow() {
                 return Err(closing(self.node_id, &resume_token(self.delivered)));
             }
+            // Room for the page's messages first: a producer held up holds no page.
+            match self.out.ready(&resume_token(self.delivered)).await {
+                Ok(()) => {}
+                Err(Some(status)) => return Err(status),
+                Err(None) => return Ok(()),
+            }
             let store = self.store.clone();
             let page = super::background::read(move || {
                 store.feed_read(next, WATCH_EPOCHS_PER_READ_MAX, FEED_READ_BYTES_MAX)
