@@ -19,26 +19,39 @@
 //! milliseconds, so a lock it holds is soon released. The request runtime's blocking threads
 //! are not used: the epochs' execution runs there, and must never queue behind feed reads.
 
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
 
 /// Threads of the feed runtime.
 const FEED_THREADS: usize = 1;
 
 static FEED: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// The feed readers' runtime: one blocking thread at nice 10.
-static READER: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// A store read waiting for the feed readers' thread.
+type Job = Box<dyn FnOnce() + Send>;
 
-fn reader() -> &'static tokio::runtime::Runtime {
+/// The feed readers' thread, at nice 10, and its queue. The queue is unbounded as a channel
+/// but holds at most one read per producer (each waits for its read before the next), and
+/// `--watchers-max` bounds the producers.
+static READER: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
+
+/// The reader thread's queue, starting the thread on first use. A thread inherits its
+/// creator's scheduling policy, and only a privileged thread may leave `SCHED_IDLE`: so the
+/// thread is started by [`feed`] (from a request's thread, at the normal policy) before any
+/// feed thread runs, never from a feed thread. (tokio's `spawn_blocking` starts its threads
+/// from the caller's: from a producer, they would run at `SCHED_IDLE`.)
+fn reader() -> &'static mpsc::Sender<Job> {
     READER.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(1)
-            .thread_name("ordo-feed-read")
-            .on_thread_start(low_priority)
-            .enable_all()
-            .build()
-            .expect("starting the feed readers' runtime")
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ordo-feed-read".into())
+            .spawn(move || {
+                low_priority();
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("starting the feed readers' thread");
+        tx
     })
 }
 
@@ -48,15 +61,27 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match reader().spawn_blocking(read).await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)));
+    });
+    reader()
+        .send(job)
+        .expect("the feed readers' thread runs for the life of the process");
+    match rx
+        .await
+        .expect("the feed readers' thread answers every read")
+    {
         Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
 /// The feed runtime, started on first use and kept for the life of the process.
 pub fn feed() -> &'static tokio::runtime::Runtime {
     FEED.get_or_init(|| {
+        // The readers' thread first, from this thread (see [`reader`]).
+        reader();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(FEED_THREADS)
             .thread_name("ordo-feed")
@@ -91,3 +116,40 @@ fn lowest_priority() {
 
 #[cfg(not(target_os = "linux"))]
 fn lowest_priority() {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// This thread's scheduling policy and nice value.
+    fn priority() -> (i32, i32) {
+        // SAFETY: both only read their integer arguments; `0` names the calling thread.
+        unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
+            )
+        }
+    }
+
+    /// Issue 28, point 14: a producer runs at the lowest priority, but its store reads (which
+    /// take locks a commit needs) run on a thread the scheduler does run on a busy node.
+    #[test]
+    fn producers_run_idle_but_read_the_store_at_nice_10() {
+        let (producer, reads) = futures::executor::block_on(async {
+            feed()
+                .spawn(async { (priority(), read(priority).await) })
+                .await
+                .unwrap()
+        });
+        assert!(
+            producer.0 == libc::SCHED_IDLE || producer.1 == 19,
+            "a producer runs at {producer:?}"
+        );
+        assert_eq!(
+            reads,
+            (libc::SCHED_OTHER, 10),
+            "its store reads run at that"
+        );
+    }
+}
