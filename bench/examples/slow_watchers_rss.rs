@@ -4,11 +4,13 @@
 //!
 //! ```sh
 //! cargo build -p ordo-bench --example slow_watchers_rss
-//! target/debug/examples/slow_watchers_rss ORDO_BIN FRESH_DATA_DIR PORT
+//! target/debug/examples/slow_watchers_rss ORDO_BIN FRESH_DATA_DIR PORT [NODE ARGS...]
 //! ```
 //!
 //! It prints the peak RSS (sampled each second, and the kernel's VmHWM), the order calls
-//! answered and how the watchers' streams ended.
+//! answered and how the watchers' streams ended (those it was still reading when they ended;
+//! the node's `ordo_watchers` gauge says how many it cut off). `WATCHERS=0` runs the same
+//! orders without watchers, for the node's own growth; `RUN_S` sets the 60 s.
 use std::time::{Duration, Instant};
 
 use ordo_client::{v1, Client, Line};
@@ -26,6 +28,7 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (bin, data, port) = (&args[1], &args[2], &args[3]);
+    // Any more arguments go to the node.
     let mut child = std::process::Command::new(bin)
         .args([
             "dev",
@@ -34,6 +37,7 @@ async fn main() {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(&args[4..])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -55,13 +59,20 @@ async fn main() {
         status.applied_epoch,
         rss_kb(pid, "VmRSS:")
     );
+    // RUN_S: how long the orders and watchers run (default 60 s).
+    let run = Duration::from_secs(
+        std::env::var("RUN_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
     // Orders in the background: more epochs for the watchers.
     let writer = {
         let client = client.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let mut n = 0u64;
-            while started.elapsed() < Duration::from_secs(60) {
+            while started.elapsed() < run {
                 let orders = (0..200)
                     .map(|i| v1::PlaceOrderRequest {
                         request_id: format!("rss-{n}-{i}"),
@@ -82,7 +93,12 @@ async fn main() {
         })
     };
     let mut watchers = Vec::new();
-    for i in 0..1000u32 {
+    // WATCHERS=0 measures the same load without them.
+    let watchers_n: u32 = std::env::var("WATCHERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    for i in 0..watchers_n {
         let endpoint = endpoint.clone();
         watchers.push(tokio::spawn(async move {
             let client = Client::connect(endpoint).await.unwrap();
@@ -111,7 +127,7 @@ async fn main() {
     }
     let started = Instant::now();
     let mut peak = 0;
-    while started.elapsed() < Duration::from_secs(60) {
+    while started.elapsed() < run {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = rss_kb(pid, "VmRSS:");
         peak = peak.max(rss);
