@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fault campaign behind JEPSEN.md: one `ordo-jepsen run` per seed, rotating through every
-# workload and nemesis (with W workloads, seed s runs WORKLOADS[s % W] under
-# NEMESES[(s / W) % 6]), one line per run in $OUT/campaign.tsv. Needs root and iptables for the
+# workload and nemesis (with W workloads and N nemeses, seed s runs WORKLOADS[s % W] under
+# NEMESES[(s / W) % N]), one line per run in $OUT/campaign.tsv. Needs root and iptables for the
 # partition nemesis.
 #
 #   cargo build --release --bin ordo --bin ordo-jepsen
@@ -9,6 +9,9 @@
 #   FIRST=1 LAST=24 TIME=30 jepsen/campaign.sh
 #   WORKLOADS=inventory FIRST=1 LAST=12 TIME=40 jepsen/campaign.sh   # one workload, every nemesis
 #   WORKLOADS=watch FIRST=1 LAST=6 TIME=30 jepsen/campaign.sh         # change-feed consumers
+#   NEMESES="hostile,partition hostile,kill hostile,pause hostile,clock hostile,membership hostile" \
+#     WORKLOADS="inventory watch" SERVER_ARGS="--message-bytes-max 65536 --watch-stall-ms 1000" \
+#     NODES=3 TIME=40 FIRST=1 LAST=12 jepsen/campaign.sh   # hostile clients beside each fault
 #   SERVER_ARGS="--snapshot-every 100" RATE=200 CONCURRENCY=10 WORKLOADS=watch FIRST=1 LAST=12 \
 #     TIME=30 jepsen/campaign.sh            # nodes behind install snapshots; feeds start after them
 #   CA=certs/ca.pem SERVER_ARGS="--tls-cert certs/node-1.pem --tls-key certs/node-1-key.pem" \
@@ -36,14 +39,15 @@ for a in "${SERVER_ARGS[@]}"; do server_args+=("--server-arg=$a"); done
 # The CA of the nodes' client-port certificates (their --tls-cert/--tls-key in SERVER_ARGS):
 # clients then use https://.
 [ -n "${CA:-}" ] && server_args+=("--ca" "$CA")
-NEMESES=(partition kill pause clock membership partition,kill,pause,clock,membership)
+# Space-separated; a comma joins nemeses into one run's rotation.
+read -r -a NEMESES <<< "${NEMESES:-partition kill pause clock membership partition,kill,pause,clock,membership}"
 
 mkdir -p "$OUT"
 tsv="$OUT/campaign.tsv"
 [ -s "$tsv" ] || printf 'seed\tworkload\tnemesis\texit\tvalid\tok\tfail\tinfo\tanomalies\tdir\tfeed\n' > "$tsv"
 for seed in $(seq "$FIRST" "$LAST"); do
   w="${WORKLOADS[$((seed % ${#WORKLOADS[@]}))]}"
-  n="${NEMESES[$(((seed / ${#WORKLOADS[@]}) % 6))]}"
+  n="${NEMESES[$(((seed / ${#WORKLOADS[@]}) % ${#NEMESES[@]}))]}"
   log="$OUT/seed-$seed.out"
   "$BIN/ordo-jepsen" run --ordo-bin "$BIN/ordo" --nodes "$NODES" --time-limit "$TIME" \
     --workload "$w" --nemesis "$n" --rate "$RATE" --concurrency "$CONCURRENCY" --seed "$seed" --out "$OUT/runs" \

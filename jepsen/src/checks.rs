@@ -60,10 +60,22 @@ fn owned(counts: BTreeMap<&'static str, usize>) -> BTreeMap<String, usize> {
 /// Checks a run: its history, and for `watch` the consumers' feed records in `run_dir`
 /// ([`watch_check::load_feeds`]). What `ordo-jepsen run` and `check` both call.
 pub fn check_run(workload: &str, events: &[Event], run_dir: &Path) -> anyhow::Result<Verdict> {
-    match workload {
-        "watch" => check_watch(events, &watch_check::load_feeds(run_dir)?),
-        _ => check(workload, events),
+    let mut verdict = match workload {
+        "watch" => check_watch(events, &watch_check::load_feeds(run_dir)?)?,
+        _ => check(workload, events)?,
+    };
+    // What the hostile nemesis saw a node do wrong (a revoked token's stream served).
+    let (counts, examples) = crate::hostile::check(events);
+    if !counts.is_empty() {
+        verdict.counts.extend(counts);
+        verdict.examples.extend(examples);
+        verdict.valid = Some(false);
+        verdict.summary = format!(
+            "{}; hostile nemesis: a revoked token served",
+            verdict.summary
+        );
     }
+    Ok(verdict)
 }
 
 /// The `watch` workload: the inventory checker over its history, and the feed checker over

@@ -60,11 +60,19 @@ static CLIENT_CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
 /// A client of `urls`, over TLS when the run has a CA.
 pub(crate) async fn connect_many(urls: Vec<String>) -> Result<Client, ordo_client::Error> {
-    match CLIENT_CA.get() {
-        Some(ca) => Client::connect_tls(urls, ca).await,
-        None => Client::connect_many(urls).await,
+    let client = match CLIENT_CA.get() {
+        Some(ca) => Client::connect_tls(urls, ca).await?,
+        None => Client::connect_many(urls).await?,
+    };
+    match CLIENT_TOKEN.get() {
+        Some(token) => client.with_token(token),
+        None => Ok(client),
     }
 }
+
+/// The token every client of the run sends when the nodes check tokens (a run with the
+/// `hostile` nemesis, which revokes tokens of its own mid-stream): every scope.
+static CLIENT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// A client of one node, over TLS when the run has a CA.
 pub(crate) async fn connect(url: String) -> Result<Client, ordo_client::Error> {
@@ -720,6 +728,10 @@ async fn client_slot(
 struct Cluster {
     nodes: Vec<NodeProc>,
     bin: PathBuf,
+    /// The nodes' tokens file, when they check tokens.
+    tokens_file: Option<PathBuf>,
+    /// The run's workload.
+    workload: String,
     /// The cluster secret, which membership changes carry.
     secret: String,
 }
@@ -829,10 +841,19 @@ async fn inject(
         }
         "hostile" => {
             let victim = random_node(rng);
+            let tokens = cluster
+                .tokens_file
+                .as_ref()
+                .map(|file| crate::hostile::TokensFile {
+                    bin: cluster.bin.clone(),
+                    file: file.clone(),
+                });
             let (load, value) = crate::hostile::start(
                 victim,
                 &cluster.nodes[victim].addr,
                 endpoints[victim].clone(),
+                tokens,
+                matches!(cluster.workload.as_str(), "inventory" | "watch"),
             )
             .await;
             (Fault::Hostile(load), value)
@@ -1128,6 +1149,22 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     let secret = format!("ordo-jepsen-{stamp}-cluster-secret");
     std::fs::write(&secret_file, format!("{secret}\n")).context("writing the cluster secret")?;
     let fault_injection = opts.nemesis.iter().any(|n| n == "clock");
+    // The hostile nemesis revokes tokens mid-stream: the nodes check tokens, and the run's own
+    // clients carry one with every scope.
+    let mut server_args = opts.server_args.clone();
+    let tokens_file = match opts.nemesis.iter().any(|n| n == "hostile") {
+        true => {
+            let file = dir.join("nodes/tokens.toml");
+            let scopes = ["read", "write", "catalog", "admin", "metrics"];
+            let token = crate::hostile::create_token(&opts.ordo_bin, &file, "workload", &scopes)?;
+            CLIENT_TOKEN
+                .set(token)
+                .map_err(|_| anyhow::anyhow!("one run per process"))?;
+            server_args.extend(["--tokens-file".to_string(), file.display().to_string()]);
+            Some(file)
+        }
+        false => None,
+    };
     let mut cluster = Cluster {
         nodes: addrs
             .iter()
@@ -1141,12 +1178,14 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
                 log: dir.join(format!("nodes/n{}.log", i + 1)),
                 peers: peers.clone(),
                 fault_injection,
-                extra_args: opts.server_args.clone(),
+                extra_args: server_args.clone(),
                 child: None,
                 paused: false,
             })
             .collect(),
         bin: opts.ordo_bin.clone(),
+        tokens_file,
+        workload: opts.workload.clone(),
         secret,
     };
     for n in &mut cluster.nodes {
@@ -1241,7 +1280,11 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             Err(e) => (Fault::Nothing, json!({"error": e.to_string()})),
         };
         record(&recorder, nemesis.clone(), EventType::Info, &which, value);
-        tokio::time::sleep(Duration::from_secs(2 + rng.below(3))).await;
+        let mut lasts = Duration::from_secs(2 + rng.below(3));
+        if which == "hostile" {
+            lasts = lasts.max(crate::hostile::FAULT_MIN);
+        }
+        tokio::time::sleep(lasts).await;
         let healed = heal(&mut cluster, fault).await?;
         record(
             &recorder,

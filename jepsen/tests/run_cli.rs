@@ -301,3 +301,64 @@ fn a_watch_run_under_kills_and_pauses_checks_every_consumers_feed() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+#[test]
+fn a_watch_run_under_the_hostile_nemesis_revokes_its_token_mid_stream_and_cuts_an_oversize_epoch() {
+    let _serial = one_at_a_time();
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ordo-jepsen"))
+        .args([
+            "run",
+            "--nodes",
+            "3",
+            "--time-limit",
+            "8",
+            "--workload",
+            "watch",
+            "--nemesis",
+            "hostile",
+            "--rate",
+            "30",
+            "--concurrency",
+            "3",
+            "--seed",
+            "5",
+            // The oversize epoch's events (about 90 KB) past the node's message limit.
+            "--server-arg=--message-bytes-max",
+            "--server-arg=65536",
+            "--ordo-bin",
+        ])
+        .arg(ordo_bin())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{stderr}");
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    // Valid: the consumers saw every event of the oversize epoch once, as the reference did.
+    assert_eq!(results["valid"], true, "{results:#}");
+    let faults = results["nemesis_events"].as_array().unwrap();
+    assert_eq!(faults.len(), 2, "{faults:#?}");
+    let (started, healed) = (&faults[0]["value"], &faults[1]["value"]);
+    let burst = &started["oversize_epoch"];
+    assert_eq!(burst["restocks_applied"], 1_000, "{started:#}");
+    // The token was made, its streams opened, and every one of them ended after the
+    // revocation, within the grace.
+    assert!(healed["revocation_skipped"].is_null(), "{healed:#}");
+    assert_eq!(healed["violations"], serde_json::json!([]), "{healed:#}");
+    let ended = healed["revoked_token_streams"].as_array().unwrap();
+    assert_eq!(ended.len(), 3, "{healed:#}");
+    for e in ended {
+        let e = e.as_str().unwrap();
+        assert!(e.contains("after the revocation"), "{healed:#}");
+    }
+}
