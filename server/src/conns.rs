@@ -222,7 +222,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+        // What the node writes first (HTTP/2's server preface goes out at once, before the
+        // client says anything) is not the client's first bytes: only its own end the wait.
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) && !self.first_bytes {
             self.active();
         }
         written

@@ -723,6 +723,32 @@ async fn idle_socket_floods_take_neither_other_clients_slots_nor_the_peers() {
     assert!(fresh.status().await.is_ok());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_closed_after_the_first_bytes_wait_not_the_idle_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default idle time (5 min); plaintext, where the node speaks first (HTTP/2's server
+    // preface), which must not count as the client's first bytes.
+    let node = TestNode::start(dir.path(), &[]);
+    let client_addr = node.endpoint.trim_start_matches("http://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(socket_from("127.0.0.2", &client_addr).await);
+    }
+    let started = std::time::Instant::now();
+    for socket in &mut silent {
+        // FIRST_BYTES_TIMEOUT (10 s), and a margin for a loaded machine.
+        assert!(
+            closed_within(socket, std::time::Duration::from_secs(20)).await,
+            "a socket that never sent a byte was kept past the first bytes' wait"
+        );
+    }
+    eprintln!("all closed after {:?}", started.elapsed());
+    // A client that speaks is kept as before.
+    let client = node.client().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(client.status().await.is_ok());
+}
+
 /// `series`'s value in a scrape of the metrics port.
 fn scraped(port: u16, series: &str) -> f64 {
     let (_, body) = http(port, "GET /metrics HTTP/1.1\r\n\r\n");
