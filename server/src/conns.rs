@@ -44,6 +44,81 @@ pub struct ConnLimits {
 pub const PEER_CONNECTIONS_MAX: usize = 1_024;
 pub const PEER_CONNECTIONS_PER_SOURCE_MAX: usize = 128;
 
+/// File descriptors a node keeps for what is not a connection of its two ports: sled's files,
+/// log segments, snapshot files, the tokens file, the metrics port, outgoing peer channels.
+pub const FILES_RESERVE: usize = 256;
+
+/// Fits both ports' caps under the process's open-file limit, so that connections can never
+/// take the descriptors the log and the store need: raises the soft limit toward what the caps
+/// and [`FILES_RESERVE`] need (as far as the hard limit lets it), and where that is not enough
+/// lowers both caps in proportion, with a warning. Returns the client and peer port's limits.
+pub fn fit_open_files(client: ConnLimits, peer: ConnLimits) -> (ConnLimits, ConnLimits) {
+    let want = client.max + peer.max + FILES_RESERVE;
+    let Some(have) = raise_open_files(want) else {
+        return (client, peer);
+    };
+    if have >= want {
+        return (client, peer);
+    }
+    let room = have.saturating_sub(FILES_RESERVE).max(2);
+    let client_max = (room * client.max / (client.max + peer.max)).clamp(1, room - 1);
+    let peer_max = room - client_max;
+    let fit = |limits: ConnLimits, max: usize| ConnLimits {
+        max,
+        per_source_max: limits.per_source_max.min(max),
+        idle: limits.idle,
+    };
+    tracing::warn!(
+        open_files = have,
+        client_connections_max = client_max,
+        peer_connections_max = peer_max,
+        "the open-file limit ({have}) cannot hold --connections-max ({}), the peer port's {} and \
+         {FILES_RESERVE} files: the ports keep fewer connections (raise `ulimit -n` to {want})",
+        client.max,
+        peer.max
+    );
+    (fit(client, client_max), fit(peer, peer_max))
+}
+
+/// Raises the soft open-file limit toward `want` (at most to the hard limit); the limit after.
+/// `None` where there is no such limit to read.
+fn raise_open_files(want: usize) -> Option<usize> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct it is given, which outlives the call.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return None;
+        }
+        let want = want as libc::rlim_t;
+        if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: match limit.rlim_max {
+                    libc::RLIM_INFINITY => want,
+                    max => max.min(want),
+                },
+                rlim_max: limit.rlim_max,
+            };
+            // SAFETY: setrlimit reads the struct it is given, which outlives the call.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+                limit.rlim_cur = raised.rlim_cur;
+            }
+        }
+        Some(match limit.rlim_cur {
+            libc::RLIM_INFINITY => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = want;
+        None
+    }
+}
+
 impl Default for ConnLimits {
     fn default() -> Self {
         // A source's share is large: clients behind one address (a NAT, a load balancer, a

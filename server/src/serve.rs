@@ -335,9 +335,18 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         let _ = stopped.await;
     };
     // Each port admits its own connections (`conns.rs`): clients cannot take the peers'.
+    // Both under the open-file limit, with room for the files.
+    let (client_limits, peer_limits) = crate::conns::fit_open_files(
+        opts.conn_limits,
+        ConnLimits {
+            max: crate::conns::PEER_CONNECTIONS_MAX,
+            per_source_max: crate::conns::PEER_CONNECTIONS_PER_SOURCE_MAX,
+            idle: opts.conn_limits.idle,
+        },
+    );
     let clients = Admission::new(
         "client",
-        opts.conn_limits,
+        client_limits,
         Some(&ordo_metrics::CLIENT_CONNECTIONS),
     );
     servers.push(match &opts.tls {
@@ -363,15 +372,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
         let stopped = async {
             let _ = stopped.await;
         };
-        let peers = Admission::new(
-            "peer",
-            ConnLimits {
-                max: crate::conns::PEER_CONNECTIONS_MAX,
-                per_source_max: crate::conns::PEER_CONNECTIONS_PER_SOURCE_MAX,
-                idle: opts.conn_limits.idle,
-            },
-            None,
-        );
+        let peers = Admission::new("peer", peer_limits, None);
         servers.push(match &opts.peer_tls {
             Some(peer_tls) => {
                 peer_tls.server.watch();
