@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use crate::history::Event;
 
 /// Silent connections one fault opens.
-pub const IDLE_SOCKETS: usize = 300;
+pub const IDLE_SOCKETS: usize = 2_000;
 /// Watch streams that read slowly, and how slowly.
 pub const SLOW_WATCHERS: usize = 8;
 pub const SLOW_READ_INTERVAL: Duration = Duration::from_secs(2);
@@ -185,6 +185,23 @@ pub struct Hostile {
     sockets: Vec<tokio::net::TcpStream>,
     tasks: Vec<JoinHandle<()>>,
     seen: Arc<Mutex<Seen>>,
+}
+
+/// Raises this process's soft open-file limit to its hard limit: a hostile fault holds
+/// [`IDLE_SOCKETS`] sockets beside the run's clients, past the usual soft limit of 1,024.
+pub fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes, and setrlimit reads, the struct given, which outlives both.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Starts the load against node `node` (client address `addr`, endpoint `endpoint`); with

@@ -1154,6 +1154,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
     let mut server_args = opts.server_args.clone();
     let tokens_file = match opts.nemesis.iter().any(|n| n == "hostile") {
         true => {
+            crate::hostile::raise_open_files();
             let file = dir.join("nodes/tokens.toml");
             let scopes = ["read", "write", "catalog", "admin", "metrics"];
             let token = crate::hostile::create_token(&opts.ordo_bin, &file, "workload", &scopes)?;
