@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use ordo_client::{v1, Client, Line};
 
+mod support;
+use support::DevNode;
+
 /// The node's user + system CPU time so far, in clock ticks (100 a second).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -88,32 +91,9 @@ fn search_request() -> v1::SearchItemsRequest {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (bin, data, port) = (&args[1], &args[2], &args[3]);
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "dev",
-            "--data-dir",
-            data,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--demo-dcs",
-            "1200",
-            "--demo-skus",
-            "10000",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start the node");
-    let pid = child.id();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let client = loop {
-        if let Ok(c) = Client::connect(endpoint.clone()).await {
-            if c.status().await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let demo = ["--demo-dcs", "1200", "--demo-skus", "10000"].map(String::from);
+    let node = DevNode::start(bin, data, port, &demo).await;
+    let (pid, endpoint, client) = (node.pid(), node.endpoint.clone(), node.client.clone());
     // Loaded once a search finds its page.
     loop {
         match client.search_items(search_request()).await {
@@ -191,6 +171,5 @@ async fn main() {
     for line in report {
         println!("  {line}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(node);
 }

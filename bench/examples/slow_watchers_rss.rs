@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use ordo_client::{v1, Client, Line};
 
+mod support;
+use support::DevNode;
+
 fn rss_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -29,29 +32,8 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (bin, data, port) = (&args[1], &args[2], &args[3]);
     // Any more arguments go to the node.
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "dev",
-            "--data-dir",
-            data,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(&args[4..])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let client = loop {
-        if let Ok(c) = Client::connect(endpoint.clone()).await {
-            if c.status().await.is_ok() {
-                break c;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let node = DevNode::start(bin, data, port, &args[4..]).await;
+    let (pid, endpoint, client) = (node.pid(), node.endpoint.clone(), node.client.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = client.status().await.unwrap();
     eprintln!(
@@ -144,6 +126,5 @@ async fn main() {
     }
     let status = client.status().await.map(|s| s.applied_epoch).unwrap_or(0);
     println!("bin {bin}: peak rss {} MB (VmHWM {} MB), order calls {calls}, epoch {status}, watchers ended {ended:?}", peak / 1024, hwm / 1024);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(node);
 }

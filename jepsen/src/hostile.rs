@@ -423,13 +423,7 @@ async fn revoked(
                     Ok(None) => "ended".to_string(),
                     Err(status) => format!("{:?}", status.code()),
                 };
-                let when = after.map_or("before the revocation".into(), |a| {
-                    format!("{} ms after the revocation", a.as_millis())
-                });
-                seen.lock()
-                    .expect("seen")
-                    .revoked
-                    .push(format!("watch {i}: {ended} {when}"));
+                note_end(&seen, &format!("watch {i}"), &ended, after);
                 return;
             }
         });
@@ -468,13 +462,7 @@ async fn revoked(
                 };
                 match (ended, sent) {
                     (Some(ended), _) => {
-                        let when = sent.map_or("before the revocation".into(), |a| {
-                            format!("{} ms after the revocation", a.as_millis())
-                        });
-                        seen.lock()
-                            .expect("seen")
-                            .revoked
-                            .push(format!("order stream: {ended} {when}"));
+                        note_end(&seen, "order stream", &ended, sent);
                         return;
                     }
                     (None, Some(after)) if after > REVOKE_GRACE => {
@@ -501,6 +489,18 @@ async fn revoked(
     // The streams run until they end or the fault heals (this task is aborted with them).
     while streams.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Notes how a stream of the revoked token ended, and when (`after` the revocation, if it
+/// had happened).
+fn note_end(seen: &Mutex<Seen>, stream: &str, how: &str, after: Option<Duration>) {
+    let when = after.map_or("before the revocation".into(), |a| {
+        format!("{} ms after the revocation", a.as_millis())
+    });
+    seen.lock()
+        .expect("seen")
+        .revoked
+        .push(format!("{stream}: {how} {when}"));
 }
 
 /// The hostile faults' violations in a history: a stream of a revoked token served past

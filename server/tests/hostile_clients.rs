@@ -620,28 +620,6 @@ async fn a_reserve_retried_on_a_node_with_other_hold_flags_gets_its_first_answer
     assert_eq!(fresh.expires_at_ms - fresh.created_ms, 600_000);
 }
 
-/// A TCP connection to `addr` (`host:port`) from the loopback address `source`.
-async fn socket_from(source: &str, addr: &str) -> tokio::net::TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(addr.parse().unwrap()).await.unwrap()
-}
-
-/// Whether the node closed `socket` within `within` (a read ends or fails).
-async fn closed_within(socket: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 64];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            // Bytes the node sent first (an HTTP/2 SETTINGS frame): read on.
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_socket_floods_take_neither_other_clients_slots_nor_the_peers() {
     let dir = tempfile::tempdir().unwrap();

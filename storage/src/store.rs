@@ -1097,11 +1097,13 @@ impl Store {
         }
         let opened = {
             let _gate = self.gate.read().expect("epoch gate");
+            // `applied` before `views`, the lock order.
+            let applied = self.applied();
             let mut views = self.views.lock().expect("views lock");
             (views.len() < VIEWS_MAX).then(|| {
                 let opened = Arc::new(View::new(
                     self.id,
-                    self.applied(),
+                    applied,
                     self.global_versions
                         .iter()
                         .map(|v| v.load(Ordering::SeqCst))
@@ -2334,6 +2336,37 @@ mod tests {
         );
     }
 
+    /// Runs `read` in a view of `store` on a thread of its own, with the view's epoch, the
+    /// number of the run, and `pause`: in the first run, `pause` says the view is open (on the
+    /// first receiver returned) and waits until the test lets it go on (on the sender); in a
+    /// run after it, it does nothing.
+    fn paused_view<T: Send + 'static>(
+        store: &Arc<Store>,
+        mut read: impl FnMut(&Store, u64, usize, &dyn Fn()) -> T + Send + 'static,
+    ) -> (
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<T>,
+    ) {
+        let (opened_tx, opened) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let store = store.clone();
+        let reader = std::thread::spawn(move || {
+            let mut runs = 0;
+            store.view(|epoch| {
+                runs += 1;
+                let pause = || {
+                    if runs == 1 {
+                        opened_tx.send(()).expect("send");
+                        go_rx.recv().expect("the test lets the read go on");
+                    }
+                };
+                read(&store, epoch, runs, &pause)
+            })
+        });
+        (opened, go, reader)
+    }
+
     #[test]
     fn a_view_reads_its_epoch_while_commits_go_on() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -2345,23 +2378,12 @@ mod tests {
             commit(&store, epoch, vec![(Part::Region(0), writes)]);
         }
         let at_view = model.clone();
-        let (opened_tx, opened) = std::sync::mpsc::channel();
-        let (committed, committed_rx) = std::sync::mpsc::channel::<()>();
-        let reader = {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut runs = 0;
-                let epoch = store.view(|epoch| {
-                    runs += 1;
-                    assert_view_reads(&store, &at_view, 5, "view, before the commits");
-                    opened_tx.send(()).expect("send");
-                    committed_rx.recv().expect("commits done");
-                    assert_view_reads(&store, &at_view, 5, "view, after the commits");
-                    epoch
-                });
-                (epoch, runs)
-            })
-        };
+        let (opened, committed, reader) = paused_view(&store, move |store, epoch, runs, pause| {
+            assert_view_reads(store, &at_view, 5, "view, before the commits");
+            pause();
+            assert_view_reads(store, &at_view, 5, "view, after the commits");
+            (epoch, runs)
+        });
         opened.recv().expect("the view opened");
         // Commits while the view's read is open: they must not wait for it.
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -2399,23 +2421,11 @@ mod tests {
         let mut store = seeded_store(dir.path());
         store.view_keys_max = 2;
         let store = Arc::new(store);
-        let (opened_tx, opened) = std::sync::mpsc::channel();
-        let (committed, committed_rx) = std::sync::mpsc::channel::<()>();
-        let reader = {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut runs = 0;
-                store.view(|epoch| {
-                    runs += 1;
-                    if runs == 1 {
-                        opened_tx.send(()).expect("send");
-                        committed_rx.recv().expect("commits done");
-                    }
-                    let k3 = store.get(Part::Region(0), b"k3").unwrap();
-                    (epoch, runs, k3.map(|v| v.to_vec()))
-                })
-            })
-        };
+        let (opened, committed, reader) = paused_view(&store, |store, epoch, runs, pause| {
+            pause();
+            let k3 = store.get(Part::Region(0), b"k3").unwrap();
+            (epoch, runs, k3.map(|v| v.to_vec()))
+        });
         opened.recv().expect("the view opened");
         let writes = vec![put("k1", "b"), put("k2", "b"), put("k3", "b")];
         commit(&store, 2, vec![(Part::Region(0), writes)]);
@@ -2430,22 +2440,10 @@ mod tests {
     fn an_import_under_a_view_sends_its_read_round_again() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(seeded_store(dir.path()));
-        let (opened_tx, opened) = std::sync::mpsc::channel();
-        let (imported, imported_rx) = std::sync::mpsc::channel::<()>();
-        let reader = {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                let mut runs = 0;
-                store.view(|epoch| {
-                    runs += 1;
-                    if runs == 1 {
-                        opened_tx.send(()).expect("send");
-                        imported_rx.recv().expect("import done");
-                    }
-                    (epoch, runs)
-                })
-            })
-        };
+        let (opened, imported, reader) = paused_view(&store, |_, epoch, runs, pause| {
+            pause();
+            (epoch, runs)
+        });
         opened.recv().expect("the view opened");
         let other = tempfile::tempdir().expect("temp dir");
         let source = Store::open(other.path(), 2).expect("open");

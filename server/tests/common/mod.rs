@@ -644,3 +644,28 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// A TCP connection to `addr` (`host:port`) from the loopback address `source`.
+pub async fn socket_from(source: &str, addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Whether the node closed `socket` within `within` (a read ends or fails).
+pub async fn closed_within(
+    socket: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // Bytes the node sent first (an HTTP/2 SETTINGS frame): read on.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
