@@ -1,0 +1,784 @@
+use super::*;
+
+fn commit(store: &Store, epoch: u64, writes: Vec<(Part, Vec<Write>)>) {
+    store
+        .commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch,
+                time_ms: epoch,
+            }),
+            writes: writes.into_iter().collect(),
+            raft_meta: epoch.to_be_bytes().to_vec(),
+            feed: None,
+        })
+        .expect("commit");
+}
+
+fn commit_feed(store: &Store, epoch: u64, entry: Option<&str>) {
+    store
+        .commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch,
+                time_ms: epoch,
+            }),
+            feed: entry.map(|e| e.as_bytes().to_vec()),
+            ..EpochCommit::default()
+        })
+        .expect("commit");
+}
+
+fn feed_epochs(page: &FeedPage) -> Vec<u64> {
+    page.entries.iter().map(|(e, _)| *e).collect()
+}
+
+#[test]
+fn the_feed_is_read_by_epoch_and_pruned_by_its_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    assert_eq!(store.feed_start(), 1);
+    store.set_feed_retention(FeedRetention {
+        epochs: 5,
+        bytes: 1 << 20,
+    });
+    for epoch in 1..=4 {
+        // Odd epochs have events, even ones none.
+        commit_feed(&store, epoch, (epoch % 2 == 1).then_some("ev"));
+    }
+    let page = store.feed_read(1, 100, 1 << 20).unwrap();
+    assert_eq!((page.start, page.applied, page.through), (1, 4, 4));
+    assert_eq!(feed_epochs(&page), vec![1, 3]);
+    // A page bounded by entries ends at its last entry.
+    let page = store.feed_read(1, 1, 1 << 20).unwrap();
+    assert_eq!((feed_epochs(&page), page.through), (vec![1], 1));
+    // Nothing applied past 4 yet: nothing new, and `through` says so.
+    let page = store.feed_read(5, 100, 1 << 20).unwrap();
+    assert!(page.entries.is_empty() && page.through == 4);
+
+    for epoch in 5..=9 {
+        commit_feed(&store, epoch, Some("ev"));
+    }
+    // The newest five epochs (5..=9) are kept.
+    assert_eq!(store.feed_start(), 5);
+    let page = store.feed_read(3, 100, 1 << 20).unwrap();
+    assert!(page.entries.is_empty() && page.start == 5 && page.through < 3);
+    assert_eq!(
+        feed_epochs(&store.feed_read(5, 100, 1 << 20).unwrap()),
+        vec![5, 6, 7, 8, 9]
+    );
+
+    // A byte bound drops the oldest entries first, and the start follows them.
+    store.set_feed_retention(FeedRetention {
+        epochs: 100,
+        bytes: 6,
+    });
+    commit_feed(&store, 10, Some("ev"));
+    assert_eq!(store.feed_bytes(), 6);
+    assert_eq!(store.feed_start(), 8);
+    assert_eq!(
+        feed_epochs(&store.feed_read(8, 100, 1 << 20).unwrap()),
+        vec![8, 9, 10]
+    );
+
+    // The start survives a restart.
+    drop(store);
+    let store = Store::open(dir.path(), 1).unwrap();
+    assert_eq!((store.feed_start(), store.feed_bytes()), (8, 6));
+}
+
+#[test]
+fn a_snapshot_import_restarts_the_feed_after_the_imported_epoch() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Store::open(source_dir.path(), 1).unwrap();
+    for epoch in 1..=6 {
+        commit_feed(&source, epoch, Some("ev"));
+    }
+    let (_, blob) = source.export_snapshot().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1).unwrap();
+    for epoch in 1..=2 {
+        commit_feed(&store, epoch, Some("old"));
+    }
+    store.import_snapshot(&blob).unwrap();
+    // Epochs 3..=6 were never executed here: the feed must not claim to have them.
+    assert_eq!((store.feed_start(), store.feed_bytes()), (7, 0));
+    let page = store.feed_read(1, 100, 1 << 20).unwrap();
+    assert!(page.entries.is_empty() && page.start == 7);
+    commit_feed(&store, 7, Some("new"));
+    assert_eq!(
+        feed_epochs(&store.feed_read(7, 100, 1 << 20).unwrap()),
+        vec![7]
+    );
+}
+
+/// A restore writes in batches, then imports: the same state, the same export again, and
+/// only into a new store.
+#[test]
+fn a_restore_reaches_the_state_an_import_does_and_only_into_a_new_store() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = Store::open(source_dir.path(), 2).unwrap();
+    for epoch in 1..=3u64 {
+        // One epoch fills more than a batch; the others overwrite a few of its keys.
+        let keys = if epoch == 1 {
+            RESTORE_BATCH_KEYS as u64 + 7
+        } else {
+            10
+        };
+        let writes = (0..keys)
+            .map(|i| {
+                (
+                    format!("k{i:06}").into_bytes(),
+                    Some(epoch.to_be_bytes().to_vec()),
+                )
+            })
+            .collect();
+        commit(
+            &source,
+            epoch,
+            vec![
+                (Part::Region(1), writes),
+                (Part::Global, vec![put("g", "x")]),
+            ],
+        );
+    }
+    let (applied, blob) = source.export_snapshot().unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let restored = Store::open(dir.path(), 2).unwrap();
+    restored.restore_snapshot(&blob).unwrap();
+    assert_eq!(restored.applied(), applied);
+    assert_eq!(
+        restored.state_hash_at(3).unwrap(),
+        source.state_hash_at(3).unwrap()
+    );
+    assert_eq!(restored.export_snapshot().unwrap().1, blob);
+    assert!(!restored.import_interrupted());
+
+    let (used_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let used = Store::open(used_dir.path(), 2).unwrap();
+    commit(&used, 1, vec![(Part::Region(0), vec![put("k", "v")])]);
+    assert!(
+        used.restore_snapshot(&blob).is_err(),
+        "restored over a used store"
+    );
+    let other = Store::open(other_dir.path(), 3).unwrap();
+    assert!(
+        other.restore_snapshot(&blob).is_err(),
+        "3 partitions took a 2-partition snapshot"
+    );
+}
+
+fn put(key: &str, value: &str) -> Write {
+    (key.as_bytes().to_vec(), Some(value.as_bytes().to_vec()))
+}
+
+fn del(key: &str) -> Write {
+    (key.as_bytes().to_vec(), None)
+}
+
+fn seeded_store(dir: &Path) -> Store {
+    let store = Store::open(dir, 2).expect("open");
+    commit(
+        &store,
+        1,
+        vec![
+            (Part::Global, vec![put("dc-1", "a"), put("dc-2", "a")]),
+            (
+                Part::Region(0),
+                vec![put("k1", "a"), put("k2", "a"), put("k3", "a")],
+            ),
+        ],
+    );
+    store
+}
+
+/// Imports into `store` the snapshot of a freshly seeded store.
+fn import_seeded(store: &Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, snapshot) = seeded_store(dir.path()).export_snapshot().unwrap();
+    store.import_snapshot(&snapshot).unwrap();
+}
+
+/// Commits after the capture began change keys every way they can; the patched dump is
+/// the state the capture began at, whether a commit landed before or after the dump.
+#[test]
+fn the_capture_undoes_every_kind_of_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = seeded_store(dir.path());
+    let applied = store.begin_capture();
+    let at_begin = store.dump_trees().expect("dump");
+    commit(
+        &store,
+        2,
+        vec![
+            // Overwritten, deleted, created.
+            (
+                Part::Global,
+                vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "b")],
+            ),
+            // With epoch 3: k1 deleted and written back, k0 created and deleted, k3
+            // overwritten twice.
+            (
+                Part::Region(0),
+                vec![del("k1"), put("k0", "b"), put("k3", "b")],
+            ),
+        ],
+    );
+    let dump = store.dump_trees().expect("dump");
+    commit(
+        &store,
+        3,
+        vec![
+            (
+                Part::Region(0),
+                vec![put("k1", "c"), del("k0"), put("k3", "c")],
+            ),
+            (Part::Region(1), vec![put("r1", "c")]),
+        ],
+    );
+    let (exported_at, patched) = store.finish_capture(applied.clone(), dump).expect("finish");
+    assert_eq!(exported_at, applied);
+    assert_eq!(patched, at_begin);
+    assert!(store.capture.lock().expect("capture").is_none());
+}
+
+#[test]
+fn an_overflowing_capture_dumps_again_under_the_gate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = seeded_store(dir.path());
+    store.capture_keys_max = 2;
+    let applied = store.begin_capture();
+    let dump = store.dump_trees().expect("dump");
+    commit(&store, 2, vec![(Part::Region(0), vec![put("k1", "b")])]);
+    commit(&store, 3, vec![(Part::Region(0), vec![put("k2", "b")])]);
+    let (exported_at, trees) = store.finish_capture(applied, dump).expect("finish");
+    assert_eq!(exported_at, store.applied());
+    assert_eq!(exported_at.epoch, 3);
+    assert_eq!(trees, store.dump_trees().expect("dump"));
+}
+
+/// Every read of a region, point and range both ways, against a model of what was
+/// committed.
+fn assert_reads(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
+    let part = Part::Region(0);
+    for n in 0..64u8 {
+        let key = [b'k', n];
+        assert_eq!(
+            store.get(part, &key).unwrap().map(|v| v.to_vec()),
+            model.get(key.as_slice()).cloned(),
+            "{when}: get {key:?}"
+        );
+    }
+    let all: Vec<(Vec<u8>, Vec<u8>)> = model.clone().into_iter().collect();
+    let pairs = |found: Vec<(IVec, IVec)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        found
+            .into_iter()
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    };
+    assert_eq!(
+        pairs(store.scan_prefix(part, b"k", 1000).unwrap()),
+        all,
+        "{when}: scan"
+    );
+    let (lo, hi) = ([b'k', 10], [b'k', 40]);
+    let inside: Vec<_> = all
+        .iter()
+        .filter(|(k, _)| k.as_slice() >= lo.as_slice() && k.as_slice() < hi.as_slice())
+        .cloned()
+        .collect();
+    assert_eq!(
+        pairs(store.range(part, &lo, &hi, 1000).unwrap()),
+        inside,
+        "{when}: range"
+    );
+    let mut reversed = inside.clone();
+    reversed.reverse();
+    reversed.truncate(5);
+    assert_eq!(
+        pairs(store.range_rev(part, &lo, &hi, 5).unwrap()),
+        reversed,
+        "{when}: range_rev"
+    );
+}
+
+#[test]
+fn epochs_read_back_exactly_while_sled_trails_and_after_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    {
+        let store = Store::open(dir.path(), 1).unwrap();
+        for epoch in 1..=200u64 {
+            // Each epoch writes three keys and removes one, some of them written by the
+            // epochs just before (still in the overlay), some long ago (in sled).
+            let mut writes = Vec::new();
+            for step in 0..3u64 {
+                let key = vec![b'k', ((epoch * 7 + step * 13) % 64) as u8];
+                let value = format!("{epoch}.{step}").into_bytes();
+                model.insert(key.clone(), value.clone());
+                writes.push((key, Some(value)));
+            }
+            let gone = vec![b'k', ((epoch * 11) % 64) as u8];
+            model.remove(&gone);
+            writes.push((gone, None));
+            commit(&store, epoch, vec![(Part::Region(0), writes)]);
+            assert_reads(&store, &model, &format!("after epoch {epoch}"));
+        }
+        assert!(
+            store.behind.overlay_len() > 0,
+            "sled trails the epochs just committed"
+        );
+        store.flush().unwrap();
+        assert_eq!(store.behind.overlay_len(), 0, "a flush writes every epoch");
+        commit(
+            &store,
+            201,
+            vec![(Part::Region(0), vec![(b"k\x00".to_vec(), None)])],
+        );
+        model.remove(b"k\x00".as_slice());
+        // Dropped without a flush: what is queued is still written.
+    }
+    let store = Store::open(dir.path(), 1).unwrap();
+    assert_eq!(store.applied_epoch(), 201);
+    assert_reads(&store, &model, "after a reopen");
+}
+
+#[test]
+fn known_keys_answer_what_sled_holds_through_commits_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 2).unwrap();
+    let put = |k: &str| (k.as_bytes().to_vec(), Some(b"v".to_vec()));
+    let del = |k: &str| (k.as_bytes().to_vec(), None);
+    commit(
+        &store,
+        1,
+        vec![(Part::Region(0), vec![put("d1"), put("d2")])],
+    );
+    // Counted from what is there when asked.
+    assert_eq!(store.keep_known(b"d").unwrap(), 2);
+    let exists = |store: &Store, part: u32, key: &str| {
+        store
+            .get(Part::Region(part), key.as_bytes())
+            .unwrap()
+            .is_some()
+    };
+    // The same key in the other partition is another key.
+    assert!(exists(&store, 0, "d1") && !exists(&store, 1, "d1"));
+    commit(
+        &store,
+        2,
+        vec![
+            // A rewrite, a new key, a removal, and a removal of a key never written.
+            (
+                Part::Region(0),
+                vec![put("d1"), put("d3"), del("d2"), del("d9")],
+            ),
+            (Part::Region(1), vec![put("d1")]),
+        ],
+    );
+    let count = || store.known.read().unwrap().as_ref().unwrap().len();
+    assert_eq!(count(), 3, "d1 and d3 in p0, d1 in p1");
+    for (part, key, there) in [
+        (0, "d1", true),
+        (0, "d2", false),
+        (0, "d3", true),
+        (0, "d9", false),
+        (1, "d1", true),
+        (1, "d3", false),
+    ] {
+        assert_eq!(exists(&store, part, key), there, "p{part} {key}");
+    }
+    // A key written and removed in one commit (the counts follow the commit's own order).
+    commit(
+        &store,
+        3,
+        vec![(
+            Part::Region(0),
+            vec![put("d4"), del("d4"), del("d1"), put("d1")],
+        )],
+    );
+    assert_eq!(count(), 3);
+    assert!(exists(&store, 0, "d1") && !exists(&store, 0, "d4"));
+    // An import counts again from the imported state.
+    let (_, snapshot) = store.export_snapshot().unwrap();
+    commit(
+        &store,
+        4,
+        vec![(Part::Region(0), vec![del("d1"), del("d3")])],
+    );
+    assert!(!exists(&store, 0, "d1"));
+    store.import_snapshot(&snapshot).unwrap();
+    assert_eq!(count(), 3);
+    assert!(exists(&store, 0, "d1") && exists(&store, 0, "d3"));
+}
+
+#[test]
+fn resident_keys_answer_what_sled_holds_through_commits_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded_store(dir.path());
+    // `k` keys are resident; `kkkkkkkkkkkkkkkkkk` is too long to be and stays in sled.
+    assert_eq!(store.keep_resident(b"k", 1).unwrap(), 3);
+    let long = "k".repeat(20);
+    let mut epoch = 1;
+    let check = |store: &Store| {
+        for part in [Part::Region(0), Part::Region(1), Part::Global] {
+            for key in ["k1", "k2", "k3", "k4", "x1", "dc-1", long.as_str()] {
+                let sled = store.tree(part).unwrap().get(key.as_bytes()).unwrap();
+                assert_eq!(
+                    store.get(part, key.as_bytes()).unwrap(),
+                    sled,
+                    "{part} {key}"
+                );
+            }
+        }
+    };
+    check(&store);
+    for writes in [
+        vec![put("k1", "b"), del("k2"), put("k4", "c"), put("x1", "d")],
+        vec![put("k2", "e"), put(&long, "f"), del("k4")],
+        vec![del("k1"), del("k3"), del(&long)],
+    ] {
+        epoch += 1;
+        commit(&store, epoch, vec![(Part::Region(1), writes.clone())]);
+        epoch += 1;
+        commit(&store, epoch, vec![(Part::Region(0), writes)]);
+        check(&store);
+    }
+    // An import makes the resident keys the snapshot's.
+    import_seeded(&store);
+    check(&store);
+    assert_eq!(
+        store.get(Part::Region(0), b"k1").unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    assert_eq!(store.get(Part::Region(0), b"k4").unwrap(), None);
+}
+
+/// The global partition's read cache answers what sled holds through commits that write,
+/// overwrite and delete cached keys, and through an import.
+#[test]
+fn the_global_cache_answers_what_sled_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = seeded_store(dir.path());
+    let check = |store: &Store| {
+        for key in ["dc-1", "dc-2", "dc-3"] {
+            let sled = store.global.get(key.as_bytes()).unwrap();
+            // Twice: the first read may fill the cache, the second is answered from it.
+            for _ in 0..2 {
+                assert_eq!(
+                    store.get(Part::Global, key.as_bytes()).unwrap(),
+                    sled,
+                    "{key}"
+                );
+            }
+        }
+    };
+    check(&store);
+    assert_eq!(store.global_cache.lock().unwrap().len(), 2);
+    let version = store.global_version();
+    commit(
+        &store,
+        2,
+        vec![(
+            Part::Global,
+            vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "c")],
+        )],
+    );
+    assert!(store.global_version() > version);
+    check(&store);
+    assert_eq!(
+        store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+        Some(&b"b"[..])
+    );
+    // A commit that writes only a region leaves the cache as it was.
+    commit(&store, 3, vec![(Part::Region(0), vec![put("dc-1", "z")])]);
+    check(&store);
+    import_seeded(&store);
+    check(&store);
+    assert_eq!(store.get(Part::Global, b"dc-3").unwrap(), None);
+}
+
+/// A read that got a value from sled before a commit replaced it does not put it in the
+/// cache after the commit: the next read answers the commit's value.
+#[test]
+fn the_global_cache_never_keeps_a_value_a_commit_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(seeded_store(dir.path()));
+    let weak = std::sync::Arc::downgrade(&store);
+    *store.before_global_fill.lock().unwrap() = Some(Box::new(move || {
+        let store = weak.upgrade().unwrap();
+        let epoch = store.applied_epoch() + 1;
+        commit(
+            &store,
+            epoch,
+            vec![(Part::Global, vec![put("dc-1", "new")])],
+        );
+    }));
+    // This read saw "a" in sled; the hook then committed "new".
+    assert_eq!(
+        store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    store.before_global_fill.lock().unwrap().take();
+    assert_eq!(
+        store.get(Part::Global, b"dc-1").unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+}
+
+/// A store written with a tree per keyspace (the layout before `space.rs`) opens with the
+/// same state, feed and applied epoch, moved into the one tree, and the old trees gone.
+#[test]
+fn a_store_with_a_tree_per_partition_is_moved_into_one() {
+    let new_dir = tempfile::tempdir().unwrap();
+    let (dump, feed, applied) = {
+        let store = seeded_store(new_dir.path());
+        commit_feed(&store, 2, Some("ev-2"));
+        let feed: Vec<(IVec, IVec)> = store.feed_tree.iter().map(Result::unwrap).collect();
+        let meta_feed_start = store.meta.get(META_FEED_START).unwrap().unwrap();
+        let mut dump = store.dump_trees().unwrap();
+        dump[META_TREE]
+            .1
+            .push((META_FEED_START.to_vec(), meta_feed_start.to_vec()));
+        (dump, feed, store.applied())
+    };
+    let old_dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(old_dir.path()).unwrap();
+        for (name, pairs) in &dump {
+            let tree = db.open_tree(name).unwrap();
+            for (k, v) in pairs {
+                tree.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+        }
+        let tree = db.open_tree("feed").unwrap();
+        for (k, v) in &feed {
+            tree.insert(k, v).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let store = Store::open(old_dir.path(), 2).unwrap();
+    assert_eq!(store.applied(), applied);
+    assert_eq!(store.dump_trees().unwrap()[1..], dump[1..]);
+    assert_eq!(
+        store.get(Part::Region(0), b"k2").unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    assert_eq!(
+        store.get(Part::Global, b"dc-2").unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    let page = store.feed_read(1, 100, 1 << 20).unwrap();
+    assert_eq!(feed_epochs(&page), vec![2]);
+    let names: Vec<IVec> = store.db.tree_names();
+    for old in ["meta", "hashes", "feed", "global", "p0", "p1"] {
+        assert!(
+            !names.iter().any(|n| &**n == old.as_bytes()),
+            "{old} is still there"
+        );
+    }
+    // It goes on as any store, and opens again without moving anything.
+    commit(&store, 3, vec![(Part::Region(1), vec![put("k9", "z")])]);
+    drop(store);
+    let store = Store::open(old_dir.path(), 2).unwrap();
+    assert_eq!(store.applied_epoch(), 3);
+    assert_eq!(
+        store.get(Part::Region(1), b"k9").unwrap().as_deref(),
+        Some(&b"z"[..])
+    );
+}
+
+/// Random writes to `k0`..`k63` of region 0 (and a global key), applied to `model`.
+fn random_writes(seed: &mut u64, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for _ in 0..8 {
+        // xorshift: deterministic, no dependency.
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let key = vec![b'k', (*seed % 64) as u8];
+        match (*seed >> 8) % 3 {
+            0 => {
+                model.remove(&key);
+                writes.push((key, None));
+            }
+            _ => {
+                let value = (*seed >> 16).to_be_bytes().to_vec();
+                model.insert(key.clone(), value.clone());
+                writes.push((key, Some(value)));
+            }
+        }
+    }
+    writes
+}
+
+/// [`assert_reads`] and more: short pages both ways, counts, the resident reader, the
+/// applied epoch.
+fn assert_view_reads(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>, epoch: u64, when: &str) {
+    assert_reads(store, model, when);
+    assert_eq!(store.applied_epoch(), epoch, "{when}: applied epoch");
+    assert_eq!(store.applied_time_ms(), epoch, "{when}: applied time");
+    let part = Part::Region(0);
+    let reader = store.reader();
+    for n in 0..64u8 {
+        let key = [b'k', n];
+        assert_eq!(
+            reader.get(part, &key).unwrap().map(|v| v.to_vec()),
+            model.get(key.as_slice()).cloned(),
+            "{when}: reader get {key:?}"
+        );
+    }
+    drop(reader);
+    let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+    for limit in [1, 2, 3, 7] {
+        let found: Vec<Vec<u8>> = store
+            .range(part, b"k", b"l", limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        assert_eq!(
+            found,
+            keys[..limit.min(keys.len())],
+            "{when}: range {limit}"
+        );
+        let found: Vec<Vec<u8>> = store
+            .range_rev(part, b"k", b"l", limit)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k.to_vec())
+            .collect();
+        let mut last: Vec<Vec<u8>> = keys.iter().rev().take(limit).cloned().collect();
+        last.truncate(limit);
+        assert_eq!(found, last, "{when}: range_rev {limit}");
+    }
+    assert_eq!(
+        store.count_prefix(part, b"k", 1000).unwrap(),
+        model.len(),
+        "{when}: count"
+    );
+}
+
+/// Runs `read` in a view of `store` on a thread of its own, with the view's epoch, the
+/// number of the run, and `pause`: in the first run, `pause` says the view is open (on the
+/// first receiver returned) and waits until the test lets it go on (on the sender); in a
+/// run after it, it does nothing.
+fn paused_view<T: Send + 'static>(
+    store: &Arc<Store>,
+    mut read: impl FnMut(&Store, u64, usize, &dyn Fn()) -> T + Send + 'static,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<T>,
+) {
+    let (opened_tx, opened) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let store = store.clone();
+    let reader = std::thread::spawn(move || {
+        let mut runs = 0;
+        store.view(|epoch| {
+            runs += 1;
+            let pause = || {
+                if runs == 1 {
+                    opened_tx.send(()).expect("send");
+                    go_rx.recv().expect("the test lets the read go on");
+                }
+            };
+            read(&store, epoch, runs, &pause)
+        })
+    });
+    (opened, go, reader)
+}
+
+#[test]
+fn a_view_reads_its_epoch_while_commits_go_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(Store::open(dir.path(), 2).expect("open"));
+    store.keep_resident(b"k", 1).expect("resident");
+    let (mut seed, mut model) = (0x9e37_79b9_7f4a_7c15u64, BTreeMap::new());
+    for epoch in 1..=5 {
+        let writes = random_writes(&mut seed, &mut model);
+        commit(&store, epoch, vec![(Part::Region(0), writes)]);
+    }
+    let at_view = model.clone();
+    let (opened, committed, reader) = paused_view(&store, move |store, epoch, runs, pause| {
+        assert_view_reads(store, &at_view, 5, "view, before the commits");
+        pause();
+        assert_view_reads(store, &at_view, 5, "view, after the commits");
+        (epoch, runs)
+    });
+    opened.recv().expect("the view opened");
+    // Commits while the view's read is open: they must not wait for it.
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let writer = {
+        let store = store.clone();
+        let mut model = model.clone();
+        std::thread::spawn(move || {
+            for epoch in 6..=40 {
+                let writes = random_writes(&mut seed, &mut model);
+                commit(&store, epoch, vec![(Part::Region(0), writes)]);
+            }
+            done_tx.send(model).expect("send");
+        })
+    };
+    let model = done
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("35 commits done while a view's read was open (they waited for it)");
+    writer.join().expect("writer");
+    committed.send(()).expect("send");
+    let (epoch, runs) = reader.join().expect("the view's reads");
+    assert_eq!((epoch, runs), (5, 1), "read once, at epoch 5");
+    assert!(store.views.lock().expect("views").is_empty());
+    assert_view_reads(&store, &model, 40, "after the view");
+    // Commits with no view open record nothing.
+    commit(&store, 41, vec![(Part::Region(0), vec![put("k1", "z")])]);
+    assert_eq!(
+        store.get(Part::Region(0), b"k1").unwrap().as_deref(),
+        Some(&b"z"[..])
+    );
+}
+
+#[test]
+fn a_view_past_its_bound_reads_again_under_the_gate() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = seeded_store(dir.path());
+    store.view_keys_max = 2;
+    let store = Arc::new(store);
+    let (opened, committed, reader) = paused_view(&store, |store, epoch, runs, pause| {
+        pause();
+        let k3 = store.get(Part::Region(0), b"k3").unwrap();
+        (epoch, runs, k3.map(|v| v.to_vec()))
+    });
+    opened.recv().expect("the view opened");
+    let writes = vec![put("k1", "b"), put("k2", "b"), put("k3", "b")];
+    commit(&store, 2, vec![(Part::Region(0), writes)]);
+    committed.send(()).expect("send");
+    // Three keys changed past a bound of two: the first read's answers are dropped and
+    // the read runs again, under the gate, at the epoch applied then.
+    let (epoch, runs, k3) = reader.join().expect("the view's reads");
+    assert_eq!((epoch, runs, k3), (2, 2, Some(b"b".to_vec())));
+}
+
+#[test]
+fn an_import_under_a_view_sends_its_read_round_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(seeded_store(dir.path()));
+    let (opened, imported, reader) = paused_view(&store, |_, epoch, runs, pause| {
+        pause();
+        (epoch, runs)
+    });
+    opened.recv().expect("the view opened");
+    let other = tempfile::tempdir().expect("temp dir");
+    let source = Store::open(other.path(), 2).expect("open");
+    for epoch in 1..=3 {
+        commit(
+            &source,
+            epoch,
+            vec![(Part::Region(0), vec![put("k9", "z")])],
+        );
+    }
+    let (_, blob) = source.export_snapshot().expect("export");
+    store.import_snapshot(&blob).expect("import");
+    imported.send(()).expect("send");
+    assert_eq!(reader.join().expect("the view's reads"), (3, 2));
+}
