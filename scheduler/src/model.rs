@@ -768,6 +768,22 @@ pub mod keys {
     /// A stock key's first bytes name its DC: the rows of one DC, grouped in memory.
     pub const STOCK_GROUP_BYTES: usize = 5;
 
+    /// Bytes of a stock key: `s`, DC, SKU.
+    pub const STOCK_KEY_BYTES: usize = 9;
+    /// Bytes of a stored [`super::StockRecord`] (two `i64`s in bincode).
+    pub const STOCK_VALUE_BYTES: usize = 16;
+
+    /// The stock rows' shape, which the store packs (`Store::keep_packed`): a compact table
+    /// in memory, chunks of rows in sled.
+    pub fn stock_packing() -> ordo_storage::PackSpec {
+        ordo_storage::PackSpec {
+            prefix: vec![STOCK],
+            group: STOCK_GROUP_BYTES,
+            key_len: STOCK_KEY_BYTES,
+            value_len: STOCK_VALUE_BYTES,
+        }
+    }
+
     pub fn stock(dc: u32, sku: u32) -> Vec<u8> {
         let mut k = vec![STOCK];
         k.extend_from_slice(&dc.to_be_bytes());
@@ -819,4 +835,25 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store packs stock rows by these lengths: a write of another length would stop
+    /// the node, so every key and record must have them.
+    #[test]
+    fn stock_keys_and_records_have_the_packed_lengths() {
+        for (dc, sku) in [(0, 0), (1, 2), (u32::MAX, u32::MAX)] {
+            assert_eq!(keys::stock(dc, sku).len(), keys::STOCK_KEY_BYTES);
+        }
+        for (on_hand, reserved) in [(0, 0), (i64::MAX, i64::MIN), (-1, 1)] {
+            let record = StockRecord { on_hand, reserved };
+            assert_eq!(encode(&record).len(), keys::STOCK_VALUE_BYTES);
+        }
+        let spec = keys::stock_packing();
+        assert_eq!(spec.prefix, [keys::STOCK]);
+        assert_eq!(spec.group, keys::STOCK_GROUP_BYTES);
+    }
 }

@@ -239,7 +239,7 @@ pub fn stock(store: &Store, dc: &DcRecord, sku: u32) -> Result<StockRecord, Read
 /// and whether each partition has dead holds left to sweep are looked up once, not per row.
 pub struct Stocks<'a> {
     store: &'a Store,
-    /// Stock rows are read through one take of the store's resident lock.
+    /// Stock rows are read through one take of the store's packed table lock.
     rows: ordo_storage::Reader<'a>,
     now_ms: u64,
     /// Per partition: whether its earliest unswept hold is dead at `now_ms`.

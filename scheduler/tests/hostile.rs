@@ -3,8 +3,8 @@
 //! field by field from a seeded generator that favours extremes (`i64::MIN`/`MAX`, zero,
 //! empty and oversized strings, unknown and duplicate ids, huge line counts), mixed with
 //! ordinary traffic so that the hostile ones meet real rows. The second execution of each log
-//! reads stock rows from the store's resident copy and request ids through its known-key
-//! counts, the first from sled.
+//! reads stock rows from the store's packed table (sled holds them as chunks) and request
+//! ids through its known-key counts; the first reads them as sled keys.
 
 mod common;
 
@@ -332,19 +332,17 @@ fn log(seed: u64) -> Vec<(u64, Vec<Txn>)> {
     epochs
 }
 
-/// Executes the log on a fresh store (with the stock rows resident in memory, or read from
-/// sled); every epoch must execute and commit.
+/// Executes the log on a fresh store (with the stock rows packed, or as sled keys); every
+/// epoch must execute and commit.
 fn execute(
     log: &[(u64, Vec<Txn>)],
     jitter: Option<u64>,
-    resident: bool,
+    packed: bool,
 ) -> (Vec<StateHash>, Vec<TxnResult>, Vec<feed::Event>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), PARTITIONS).unwrap();
-    if resident {
-        store
-            .keep_resident(&[keys::STOCK], keys::STOCK_GROUP_BYTES)
-            .unwrap();
+    if packed {
+        store.keep_packed(keys::stock_packing()).unwrap();
         store.keep_known(&[keys::DEDUPE]).unwrap();
     }
     let cfg = ExecConfig {

@@ -1169,12 +1169,10 @@ fn run_case(seed: u64, jitter: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     // DCs spread over 4 regions, executed on 3 partitions.
     let store = Store::open(dir.path(), 3).unwrap();
-    // Under perturbed timing, stock rows are read from the store's resident copy and request
+    // Under perturbed timing, stock rows are read from the store's packed table and request
     // ids through its known-key counts.
     if jitter.is_some() {
-        store
-            .keep_resident(&[keys::STOCK], keys::STOCK_GROUP_BYTES)
-            .unwrap();
+        store.keep_packed(keys::stock_packing()).unwrap();
         store.keep_known(&[keys::DEDUPE]).unwrap();
     }
     // A small sweep bound, so holds are often dead and not swept yet.

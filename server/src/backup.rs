@@ -337,6 +337,8 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Header> {
     let restored = (|| {
         // A small page cache: the restore writes each key once and reads it once more.
         let store = Store::open_with_cache(&state_dir, header.partitions, 64 * 1024 * 1024)?;
+        // The stock rows go in as the node keeps them: packed.
+        store.keep_packed(ordo_scheduler::keys::stock_packing())?;
         store.restore_snapshot(&data)?;
         let applied = store.applied();
         anyhow::ensure!(

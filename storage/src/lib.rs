@@ -18,6 +18,7 @@
 
 mod behind;
 pub mod hash;
+mod packed;
 pub mod raft_log;
 mod space;
 pub mod store;
@@ -25,6 +26,7 @@ mod view;
 
 pub use behind::{APPLY_KEYS_MAX, PENDING_KEYS_MAX};
 pub use hash::{hex, HashChain, StateHash};
+pub use packed::{PackSpec, BLOCK_BITS};
 pub use raft_log::LogStore;
 pub use store::{
     Applied, EpochCommit, EpochStamp, FeedPage, FeedRetention, Part, Reader, Store, Write,

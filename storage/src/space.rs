@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sled::{Batch, IVec, Tree};
 
 use crate::behind::{Behind, Merged, Staged};
+use crate::packed::{Interleave, Packed, Pages};
 use crate::StoreError;
 
 /// One keyspace: the keys of the shared tree under `prefix`, seen without it, through the
@@ -21,6 +22,9 @@ pub(crate) struct Space {
     tree: Tree,
     behind: Arc<Behind>,
     prefix: [u8; 4],
+    /// A region's packed keys (`packed.rs`) and the region's number: they are read from the
+    /// table, never from sled.
+    packed: Option<(Arc<Packed>, u32)>,
 }
 
 /// The prefixes. Region `n` is `REGION_PREFIX_BASE + n`.
@@ -28,6 +32,8 @@ pub(crate) const META_PREFIX: u32 = 0;
 pub(crate) const HASHES_PREFIX: u32 = 1;
 pub(crate) const FEED_PREFIX: u32 = 2;
 pub(crate) const GLOBAL_PREFIX: u32 = 3;
+/// The packed keys' chunks (`packed.rs`), every region's.
+pub(crate) const PACKED_PREFIX: u32 = 4;
 pub(crate) const REGION_PREFIX_BASE: u32 = 16;
 
 /// The most region partitions a store can have: their prefixes stay below `u32::MAX`, whose
@@ -42,6 +48,15 @@ impl Space {
             tree: tree.clone(),
             behind: behind.clone(),
             prefix: prefix.to_be_bytes(),
+            packed: None,
+        }
+    }
+
+    /// Region `n`'s keyspace, whose packed keys live in `packed`.
+    pub(crate) fn region(tree: &Tree, behind: &Arc<Behind>, n: u32, packed: &Arc<Packed>) -> Space {
+        Space {
+            packed: Some((packed.clone(), n)),
+            ..Space::new(tree, behind, REGION_PREFIX_BASE + n)
         }
     }
 
@@ -64,6 +79,16 @@ impl Space {
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        if let Some((packed, n)) = &self.packed {
+            if packed.covers(key) {
+                return Ok(packed.get(*n, key));
+            }
+        }
+        self.get_unpacked(key)
+    }
+
+    /// [`Space::get`] of a key that is not packed: the overlay, then sled.
+    pub(crate) fn get_unpacked(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
         // Point reads are the hot path: build the full key on the stack when it fits.
         let mut buf = [0u8; 64];
         let len = self.prefix.len() + key.len();
@@ -110,8 +135,28 @@ impl Space {
     }
 
     /// The merged pairs with `start <= full key < end`: the overlay's entries are taken
-    /// first, then sled's iterator opened (see `behind.rs` for why that order is exact).
-    fn merged(&self, start: Vec<u8>, end: Vec<u8>, descending: bool) -> impl Iterator<Item = Pair> {
+    /// first, then sled's iterator opened (see `behind.rs` for why that order is exact); with
+    /// `packed`, the packed rows in the range are merged in.
+    fn merged(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        descending: bool,
+        packed: bool,
+    ) -> Box<dyn Iterator<Item = Pair> + Send> {
+        let len = self.prefix.len();
+        let rows = match &self.packed {
+            Some((table, n)) if packed => {
+                let within = (
+                    &start[len..],
+                    (end.as_slice() < self.end().as_slice()).then(|| &end[len..]),
+                );
+                table
+                    .meets(within.0, within.1)
+                    .then(|| Pages::new(table.clone(), *n, within, descending))
+            }
+            _ => None,
+        };
         let staged = self.behind.range(&start, &end);
         let on_disk = self.tree.range(start..end);
         let pairs: Box<dyn Iterator<Item = Pair> + Send> = if descending {
@@ -119,19 +164,35 @@ impl Space {
         } else {
             Box::new(Merged::new(on_disk, staged, false))
         };
-        self.strip(pairs)
+        let pairs = Box::new(self.strip(pairs));
+        match rows {
+            Some(rows) => Box::new(Interleave::new(pairs, rows, descending)),
+            None => pairs,
+        }
     }
 
     /// Every pair, in key order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = Pair> {
-        self.merged(self.prefix.to_vec(), self.end(), false)
+        self.merged(self.prefix.to_vec(), self.end(), false, true)
+    }
+
+    /// Every pair that is not packed (sled's and the overlay's), in key order.
+    pub(crate) fn iter_unpacked(&self) -> impl Iterator<Item = Pair> {
+        self.merged(self.prefix.to_vec(), self.end(), false, false)
     }
 
     /// The pairs whose key starts with `prefix`, in key order.
     pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = Pair> {
         let start = self.full(prefix);
         let end = successor(&start).unwrap_or_else(|| self.end());
-        self.merged(start, end, false)
+        self.merged(start, end, false, true)
+    }
+
+    /// [`Space::scan_prefix`] of sled's and the overlay's pairs alone.
+    pub(crate) fn scan_prefix_unpacked(&self, prefix: &[u8]) -> impl Iterator<Item = Pair> {
+        let start = self.full(prefix);
+        let end = successor(&start).unwrap_or_else(|| self.end());
+        self.merged(start, end, false, false)
     }
 
     /// The pairs with `start <= key < end` (no `end`: to the end of the keyspace).
@@ -140,12 +201,12 @@ impl Space {
             Some(end) => self.full(end),
             None => self.end(),
         };
-        self.merged(self.full(start), end, false)
+        self.merged(self.full(start), end, false, true)
     }
 
     /// [`Space::range`] in descending key order.
     pub(crate) fn range_rev(&self, start: &[u8], end: &[u8]) -> impl Iterator<Item = Pair> {
-        self.merged(self.full(start), self.full(end), true)
+        self.merged(self.full(start), self.full(end), true, true)
     }
 }
 

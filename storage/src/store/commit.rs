@@ -1,7 +1,10 @@
 //! Committing an epoch: the watermark, the hash chain, before-images for exports and views,
 //! the overlay and the in-memory copies, all under the epoch gate.
 
+use std::collections::BTreeSet;
+
 use super::*;
+use crate::packed::chunk_key;
 
 impl Store {
     /// Applies one Raft entry's effects atomically. For an epoch batch the epoch must be exactly
@@ -37,6 +40,19 @@ impl Store {
             return Err(StoreError::Invariant(
                 "state writes outside an epoch".to_string(),
             ));
+        }
+
+        // A packed write that does not fit the packed shape is refused before anything moves.
+        if let Some(table) = self.packed.table.read().expect("packed lock").as_ref() {
+            for (part, writes) in &commit.writes {
+                if let Part::Region(_) = part {
+                    for (key, value) in writes {
+                        if table.spec().covers(key) {
+                            table.check_write(key, value.as_deref())?;
+                        }
+                    }
+                }
+            }
         }
 
         // A running export needs the value of every key this commit writes as it was before
@@ -109,6 +125,9 @@ impl Store {
         for (part, writes) in &commit.writes {
             let space = self.tree(*part)?;
             for (key, value) in writes {
+                if matches!(part, Part::Region(_)) && self.packed.covers(key) {
+                    continue;
+                }
                 match value {
                     Some(value) => space.put(&mut batch, key, value.as_slice()),
                     None => space.delete(&mut batch, key),
@@ -135,18 +154,30 @@ impl Store {
                 }
             }
         }
-        let mut resident = self.resident.write().expect("resident lock");
-        self.behind.stage(batch);
-        if let Some(resident) = resident.as_mut() {
+        let mut packed = self.packed.table.write().expect("packed lock");
+        if let Some(table) = packed.as_mut() {
+            // The packed writes change the table, and each block they change is staged as its
+            // chunk, as it is after this commit.
+            let mut changed = BTreeSet::new();
             for (part, writes) in &commit.writes {
                 if let Part::Region(n) = part {
                     for (key, value) in writes {
-                        resident.set(*n, key, value.as_deref());
+                        if table.spec().covers(key) {
+                            changed.insert((*n, table.set(*n, key, value.as_deref())));
+                        }
                     }
                 }
             }
+            for (n, id) in changed {
+                let key = chunk_key(n, id);
+                match table.block(n, id) {
+                    Some(rows) => self.chunks.put(&mut batch, &key, rows),
+                    None => self.chunks.delete(&mut batch, &key),
+                }
+            }
         }
-        drop(resident);
+        self.behind.stage(batch);
+        drop(packed);
         drop(known);
         if touches_global {
             let written = commit.writes.get(&Part::Global).into_iter().flatten();

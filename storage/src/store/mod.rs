@@ -40,10 +40,10 @@
 //! dedupe entries) by a hash of each, so a point read of such a key that was never written is
 //! answered without the overlay or sled; commits keep the counts exact (see `Known`).
 //!
-//! Resident keys: [`Store::keep_resident`] keeps every region key under one prefix (the
-//! scheduler's stock rows) in memory beside sled, loaded once and then changed by every commit
-//! and import in the same critical section as sled, so a point read of such a key is a hash
-//! lookup that answers exactly what sled would.
+//! Packed keys: [`Store::keep_packed`] makes every region key under one prefix (the
+//! scheduler's stock rows) live in a compact table in memory, which is their state, and in
+//! sled as chunks of 32 rows written behind the epochs like every other write (`packed.rs`).
+//! Every read of a region keyspace, point or range, sees them as if they were sled's.
 //!
 //! The global partition's point reads (a DC, an item, a price: every order line checks its
 //! DC and SKU at the edge and again in execution) are answered from a cache of the keys read
@@ -63,6 +63,7 @@ use sled::{Batch, IVec};
 
 use crate::behind::{Behind, Staged};
 use crate::hash::{HashChain, StateHash};
+use crate::packed::{PackSpec, Packed, Table};
 use crate::space::{self, Space};
 use crate::view::{self, View, VIEWS_MAX};
 use crate::StoreError;
@@ -126,6 +127,8 @@ pub const EXPORT_CAPTURE_KEYS_MAX: usize = 1_000_000;
 const META_APPLIED: &[u8] = b"applied";
 const META_PARTITIONS: &[u8] = b"partitions";
 const META_IMPORTING: &[u8] = b"importing";
+/// The packed keys' shape ([`Store::keep_packed`]), once the store packs them.
+const META_PACKED: &[u8] = b"packed";
 /// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
 const META_FEED_START: &[u8] = b"feed_start";
 /// Keys in one sled batch of [`Store::restore_snapshot`].
@@ -164,7 +167,7 @@ pub struct Store {
     /// [`Store::consistent`] and briefly at the start and end of an export or a view, so a
     /// multi-row read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`,
     /// then `capture`, then `views`, then `feed`, then `feed_entries`, then `known`, then
-    /// `resident`. The overlay's own locks (`behind.rs`) and each view's come after all of them.
+    /// `packed`'s table. The overlay's own locks (`behind.rs`) and each view's come after all of them.
     gate: RwLock<()>,
     /// This store among the process's stores: a thread's view ([`Store::view`]) names it.
     id: u64,
@@ -193,12 +196,12 @@ pub struct Store {
     /// imports that write a key starting with it, so an index of one table (the DCs) is not
     /// rebuilt for writes to another (prices).
     global_versions: Box<[AtomicU64]>,
-    /// The region keys kept in memory ([`Store::keep_resident`]); `None` until asked. A commit
-    /// holds it for writing from its sled batch until the copy matches, so a read sees
-    /// a key before or after a commit, as a sled read does.
-    resident: RwLock<Option<Resident>>,
-    /// The resident prefix, once set: reads of other keys never touch `resident`'s lock.
-    resident_prefix: OnceLock<Vec<u8>>,
+    /// The packed keys of every region ([`Store::keep_packed`]): their shape once set, and the
+    /// table. A commit holds the table for writing from its writes until their chunks are
+    /// staged, so a read sees a key before or after a commit, as a sled read does.
+    packed: Arc<Packed>,
+    /// The packed keys' chunks in sled.
+    chunks: Space,
     /// The region keys under one prefix that exist, as hashes ([`Store::keep_known`]);
     /// `None` until asked. Changed by commits and imports under the resident lock's hold.
     known: RwLock<Option<Known>>,
@@ -218,12 +221,12 @@ pub struct Store {
     feed_entries: Mutex<VecDeque<(u64, u64)>>,
 }
 
-/// Point reads that take the resident lock once for many keys ([`Store::reader`]). Hold it
-/// briefly: commits wait for it. Read resident keys through it, never through [`Store::get`]
+/// Point reads that take the packed table's lock once for many keys ([`Store::reader`]). Hold it
+/// briefly: commits wait for it. Read packed keys through it, never through [`Store::get`]
 /// while it lives (a second read lock on the same thread may wait for a waiting commit).
 pub struct Reader<'a> {
     store: &'a Store,
-    resident: Option<RwLockReadGuard<'a, Option<Resident>>>,
+    packed: Option<RwLockReadGuard<'a, Option<Table>>>,
     /// Made in a view: every read goes through [`Store::get`].
     viewed: bool,
 }
@@ -233,12 +236,12 @@ impl Reader<'_> {
         if self.viewed {
             return self.store.get(part, key);
         }
-        if let (Part::Region(n), Some(resident)) = (part, &self.resident) {
-            if let Some(hit) = resident.as_ref().and_then(|r| r.get(n, key)) {
-                return Ok(hit);
+        if let (Part::Region(n), Some(packed)) = (part, &self.packed) {
+            if let Some(table) = packed.as_ref().filter(|t| t.spec().covers(key)) {
+                return Ok(table.get(n, key));
             }
         }
-        self.store.get_unresident(part, key)
+        self.store.get_unpacked(part, key)
     }
 }
 
@@ -350,9 +353,11 @@ impl Store {
                 )))
             }
         };
+        let packed = Arc::new(Packed::default());
         let regions = (0..partitions)
-            .map(|n| Space::new(&state, &behind, space::REGION_PREFIX_BASE + n))
+            .map(|n| Space::region(&state, &behind, n, &packed))
             .collect::<Vec<_>>();
+        let chunks = Space::new(&state, &behind, space::PACKED_PREFIX);
         let applied: Applied = match meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,
             None => Applied {
@@ -377,7 +382,7 @@ impl Store {
             feed_bytes += value.len() as u64;
             feed_entries.push_back((feed_epoch(&key)?, value.len() as u64));
         }
-        Ok(Self {
+        let store = Self {
             hashes: Space::new(&state, &behind, space::HASHES_PREFIX),
             global: Space::new(&state, &behind, space::GLOBAL_PREFIX),
             behind,
@@ -399,8 +404,8 @@ impl Store {
             global_cache: Mutex::new(HashMap::new()),
             #[cfg(test)]
             before_global_fill: Mutex::new(None),
-            resident: RwLock::new(None),
-            resident_prefix: OnceLock::new(),
+            packed,
+            chunks,
             known: RwLock::new(None),
             known_prefix: OnceLock::new(),
             feed_tree,
@@ -410,7 +415,9 @@ impl Store {
                 retention: FeedRetention::default(),
             }),
             feed_entries: Mutex::new(feed_entries),
-        })
+        };
+        store.open_packed()?;
+        Ok(store)
     }
 
     /// Opens an existing store with the partition count it was created with.
@@ -458,21 +465,16 @@ impl Store {
                 }
             }
         }
-        let resident = matches!(part, Part::Region(_))
-            && self
-                .resident_prefix
-                .get()
-                .is_some_and(|prefix| key.starts_with(prefix));
-        if resident {
+        if matches!(part, Part::Region(_)) && self.packed.covers(key) {
             return self.reader_now().get(part, key);
         }
-        self.get_unresident(part, key)
+        self.get_unpacked(part, key)
     }
 
-    /// A point read of a key that is not resident: the global partition through its cache.
-    fn get_unresident(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
+    /// A point read of a key that is not packed: the global partition through its cache.
+    fn get_unpacked(&self, part: Part, key: &[u8]) -> Result<Option<IVec>, StoreError> {
         if part != Part::Global {
-            return Ok(self.tree(part)?.get(key)?);
+            return Ok(self.tree(part)?.get_unpacked(key)?);
         }
         if let Some(hit) = self.global_cache.lock().expect("cache lock").get(key) {
             return Ok(Some(hit.clone()));
@@ -524,14 +526,14 @@ impl Store {
         }
     }
 
-    /// Many point reads under one take of the resident lock (none when nothing is resident).
+    /// Many point reads under one take of the packed table's lock (none when nothing is packed).
     /// In a view ([`Store::view`]) the lock is taken for each read instead: a view's read is
     /// long, and commits wait for the lock.
     pub fn reader(&self) -> Reader<'_> {
         match view::current(self.id) {
             Some(_) => Reader {
                 store: self,
-                resident: None,
+                packed: None,
                 viewed: true,
             },
             None => self.reader_now(),
@@ -542,36 +544,154 @@ impl Store {
     fn reader_now(&self) -> Reader<'_> {
         Reader {
             store: self,
-            resident: self
-                .resident_prefix
+            packed: self
+                .packed
+                .spec
                 .get()
-                .map(|_| self.resident.read().expect("resident lock")),
+                .map(|_| self.packed.table.read().expect("packed lock")),
             viewed: false,
         }
     }
 
-    /// Keeps every region key under `prefix` in memory from now on, grouped by its first
-    /// `group` bytes (at most 16, and at most 16 more), so [`Store::get`] answers them without
-    /// reaching sled; returns how many there are. Costs a scan of those keys now, and memory for
-    /// each (well under 200 bytes a stock row).
-    pub fn keep_resident(&self, prefix: &[u8], group: usize) -> Result<usize, StoreError> {
+    /// Packs every region key under `spec.prefix` from now on (see `packed.rs`): their state
+    /// is a compact table in memory and chunks of rows in sled, not sled keys; returns how
+    /// many there are. A store packs one shape, for good: it is recorded in the store, which
+    /// opens packed from then on, and asking again for the same shape does nothing.
+    ///
+    /// Packing a store that holds such keys as sled keys moves them: the chunks are written
+    /// first, then the shape is recorded, then the keys are removed, each in batches of
+    /// [`RESTORE_BATCH_KEYS`]; a crash before the record leaves the keys (the chunks are
+    /// dropped at the next open), a crash after it leaves the chunks (the keys are). A key
+    /// under the prefix of another length, or with a value of another length, is refused
+    /// (nothing changes). Commits wait meanwhile.
+    pub fn keep_packed(&self, spec: PackSpec) -> Result<usize, StoreError> {
+        spec.check()?;
         let _gate = self.gate.write().expect("epoch gate");
-        if self.resident_prefix.get_or_init(|| prefix.to_vec()) != prefix {
-            return Err(StoreError::Config(format!(
-                "keys under {:?} are resident already; one prefix per store",
-                self.resident_prefix.get()
-            )));
+        if let Some(packed) = self.packed.spec.get() {
+            if *packed != spec {
+                return Err(StoreError::Config(format!(
+                    "this store packs {packed:?} already, not {spec:?}"
+                )));
+            }
+            return Ok(self.packed_rows());
         }
-        let loaded = Resident::load(prefix, group, &self.regions)?;
-        let count = loaded.len();
-        *self.resident.write().expect("resident lock") = Some(loaded);
+        // sled alone is the state from here.
+        self.behind.sync()?;
+        let mut table = Table::new(spec.clone(), self.partitions());
+        for (n, space) in self.regions.iter().enumerate() {
+            for pair in space.scan_prefix_unpacked(&spec.prefix) {
+                let (key, value) = pair?;
+                table
+                    .check_write(&key, Some(&value))
+                    .map_err(|e| StoreError::Config(format!("cannot pack this store: {e}")))?;
+                table.set(n as u32, &key, Some(&value));
+            }
+        }
+        let mut batch = Batch::default();
+        let mut in_batch = 0;
+        for n in 0..self.partitions() {
+            for (key, rows) in table.chunks(n) {
+                self.chunks.insert(&mut batch, &key, rows);
+                in_batch += 1;
+                if in_batch == RESTORE_BATCH_KEYS {
+                    self.state.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+        }
+        self.state.apply_batch(batch)?;
+        self.db.flush()?;
+        self.meta.insert_now(META_PACKED, encode(&spec))?;
+        self.db.flush()?;
+        let count = table.len();
+        // The table before the spec: a reader that sees the spec finds the table.
+        *self.packed.table.write().expect("packed lock") = Some(table);
+        let _ = self.packed.spec.set(spec);
+        self.drop_unpacked_keys()?;
         Ok(count)
+    }
+
+    /// How many keys are packed.
+    pub fn packed_rows(&self) -> usize {
+        let table = self.packed.table.read().expect("packed lock");
+        table.as_ref().map_or(0, Table::len)
+    }
+
+    /// Removes, in batches, the sled keys under the packed prefix that packing left (or an
+    /// interrupted packing, found at open). Nothing reads them: packed keys come from the
+    /// table.
+    fn drop_unpacked_keys(&self) -> Result<usize, StoreError> {
+        let Some(spec) = self.packed.spec.get() else {
+            return Ok(0);
+        };
+        let mut dropped = 0;
+        for space in &self.regions {
+            loop {
+                let mut batch = Batch::default();
+                let mut n = 0;
+                for pair in space
+                    .scan_prefix_unpacked(&spec.prefix)
+                    .take(RESTORE_BATCH_KEYS)
+                {
+                    space.remove(&mut batch, &pair?.0);
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                self.state.apply_batch(batch)?;
+                dropped += n;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Opens packed when the store records a shape (`keep_packed` finished), loading the
+    /// table from the chunks and dropping keys a packing left; otherwise drops chunks an
+    /// interrupted packing left.
+    fn open_packed(&self) -> Result<(), StoreError> {
+        match self.meta.get(META_PACKED)? {
+            Some(bytes) => {
+                let spec: PackSpec = decode("packed shape", &bytes)?;
+                spec.check()?;
+                let started = std::time::Instant::now();
+                let mut table = Table::new(spec.clone(), self.partitions());
+                for pair in self.chunks.iter() {
+                    let (key, rows) = pair?;
+                    table.load_chunk(&key, &rows)?;
+                }
+                tracing::info!(
+                    rows = table.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "packed keys loaded from their chunks"
+                );
+                *self.packed.table.write().expect("packed lock") = Some(table);
+                let _ = self.packed.spec.set(spec);
+                let dropped = self.drop_unpacked_keys()?;
+                if dropped > 0 {
+                    tracing::info!(keys = dropped, "dropped keys an interrupted packing left");
+                }
+            }
+            None => loop {
+                let mut batch = Batch::default();
+                let mut n = 0;
+                for pair in self.chunks.iter().take(RESTORE_BATCH_KEYS) {
+                    self.chunks.remove(&mut batch, &pair?.0);
+                    n += 1;
+                }
+                if n == 0 {
+                    break;
+                }
+                self.state.apply_batch(batch)?;
+            },
+        }
+        Ok(())
     }
 
     /// Keeps which region keys under `prefix` exist in memory from now on (a 64-bit hash of
     /// each, about 20 bytes a key), so [`Store::get`] answers most reads of absent keys without
     /// reaching sled; returns how many there are. Costs a scan of those keys now. One prefix
-    /// per store, and not the resident one.
+    /// per store, and not the packed one.
     pub fn keep_known(&self, prefix: &[u8]) -> Result<usize, StoreError> {
         let _gate = self.gate.write().expect("epoch gate");
         if self.known_prefix.get_or_init(|| prefix.to_vec()) != prefix {
@@ -824,7 +944,6 @@ impl Drop for Store {
 mod commit;
 mod feed;
 mod known;
-mod resident;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -832,5 +951,4 @@ mod tests;
 use feed::{feed_epoch, FeedState};
 pub use feed::{FeedPage, FeedRetention, FEED_PRUNE_PER_COMMIT_MAX};
 use known::Known;
-use resident::Resident;
 use snapshot::Capture;

@@ -129,7 +129,9 @@ impl Store {
             let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             for kv in tree.iter() {
                 let (k, v) = kv?;
-                if id == META_TREE && (k == META_IMPORTING || k == META_FEED_START) {
+                if id == META_TREE
+                    && (k == META_IMPORTING || k == META_FEED_START || k == META_PACKED)
+                {
                     continue;
                 }
                 // sled's iterator resumes after the last key it returned, so concurrent
@@ -218,20 +220,63 @@ impl Store {
                     self.partitions()
                 )));
             }
+            let packed = self.packed.spec.get();
             for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
                 if id == META_TREE {
                     continue;
                 }
-                for chunk in pairs.chunks(RESTORE_BATCH_KEYS) {
-                    let mut batch = Batch::default();
-                    for (k, v) in chunk {
-                        space.insert(&mut batch, k, v.as_slice());
+                let region = id >= FIRST_REGION_TREE;
+                let pairs = pairs
+                    .iter()
+                    .filter(|(k, _)| !(region && packed.is_some_and(|p| p.covers(k))));
+                let mut batch = Batch::default();
+                let mut in_batch = 0;
+                for (k, v) in pairs {
+                    space.insert(&mut batch, k, v.as_slice());
+                    in_batch += 1;
+                    if in_batch == RESTORE_BATCH_KEYS {
+                        self.state.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
                     }
-                    self.state.apply_batch(batch)?;
                 }
+                self.state.apply_batch(batch)?;
+            }
+            // The packed keys as chunks, in batches too: the import finds them in place.
+            if let Some(table) = self.packed_table_of(&snapshot.trees)? {
+                let mut batch = Batch::default();
+                let mut in_batch = 0;
+                for n in 0..self.partitions() {
+                    for (key, rows) in table.chunks(n) {
+                        self.chunks.insert(&mut batch, &key, rows);
+                        in_batch += 1;
+                        if in_batch == RESTORE_BATCH_KEYS {
+                            self.state.apply_batch(std::mem::take(&mut batch))?;
+                            in_batch = 0;
+                        }
+                    }
+                }
+                self.state.apply_batch(batch)?;
             }
         }
         self.import_snapshot(bytes)
+    }
+
+    /// The packed rows of a snapshot's regions as a table, when this store packs (`None`
+    /// otherwise). A row that does not fit the packed shape makes the snapshot corrupt.
+    fn packed_table_of(&self, trees: &[TreeDump]) -> Result<Option<Table>, StoreError> {
+        let Some(spec) = self.packed.spec.get() else {
+            return Ok(None);
+        };
+        let mut table = Table::new(spec.clone(), self.partitions());
+        for (n, (_, pairs)) in trees.iter().skip(FIRST_REGION_TREE).enumerate() {
+            for (key, value) in pairs.iter().filter(|(k, _)| spec.covers(k)) {
+                table
+                    .check_write(key, Some(value))
+                    .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
+                table.set(n as u32, key, Some(value));
+            }
+        }
+        Ok(Some(table))
     }
 
     /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`], as a diff
@@ -270,8 +315,26 @@ impl Store {
         self.behind.sync()?;
         self.mark_import_started()?;
         let mut batch = Batch::default();
-        for ((_, space), (_, pairs)) in ours.iter().zip(&snapshot.trees) {
-            diff(space, pairs, &mut batch)?;
+        let table = self.packed_table_of(&snapshot.trees)?;
+        for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
+            let packed = table
+                .as_ref()
+                .map(Table::spec)
+                .filter(|_| id >= FIRST_REGION_TREE);
+            let wanted = pairs
+                .iter()
+                .filter(|(k, _)| !packed.is_some_and(|p| p.covers(k)))
+                .map(|(k, v)| (k.as_slice(), v.as_slice()));
+            diff(space, space.iter_unpacked(), wanted, &mut batch)?;
+        }
+        if let Some(table) = &table {
+            let wanted = (0..self.partitions()).flat_map(|n| table.chunks(n));
+            let wanted: Vec<([u8; 20], &[u8])> = wanted.collect();
+            let wanted = wanted.iter().map(|(k, v)| (k.as_slice(), *v));
+            diff(&self.chunks, self.chunks.iter(), wanted, &mut batch)?;
+            // The store's own record, which no snapshot holds.
+            self.meta
+                .insert(&mut batch, META_PACKED, encode(table.spec()));
         }
         // The diff removes the marker (no snapshot holds it); say so outright, so the import
         // is done exactly when this batch is.
@@ -296,20 +359,15 @@ impl Store {
         // Before the entries go, for the lock-free readers (see `feed_read`).
         feed.start = feed_start;
         let mut known = self.known.write().expect("known lock");
-        let mut resident = self.resident.write().expect("resident lock");
+        let mut packed = self.packed.table.write().expect("packed lock");
         self.state.apply_batch(batch)?;
+        if table.is_some() {
+            *packed = table;
+        }
+        drop(packed);
         feed.bytes = 0;
         self.feed_entries.lock().expect("feed entries lock").clear();
         drop(feed);
-        if let Some((prefix, group)) = resident.as_ref().map(|r| (r.prefix.clone(), r.group)) {
-            // Loading again failing leaves reads to sled rather than to a stale copy.
-            *resident = Resident::load(&prefix, group, &self.regions)
-                .inspect_err(
-                    |e| tracing::warn!(error = %e, "resident keys dropped after an import"),
-                )
-                .ok();
-        }
-        drop(resident);
         if let Some(prefix) = known.as_ref().map(|k| k.prefix.clone()) {
             // Without the counts every read reaches sled, which is exact.
             *known = Known::load(&prefix, &self.regions)
@@ -334,21 +392,26 @@ impl Store {
 /// Adds to `batch` what turns `space` into exactly `pairs` (sorted by key, as exported):
 /// removes the keys `pairs` lacks and writes the pairs whose value differs. It never clears
 /// the keyspace.
-fn diff(space: &Space, pairs: &[(Vec<u8>, Vec<u8>)], batch: &mut Batch) -> Result<(), StoreError> {
-    let mut wanted = pairs.iter().peekable();
-    for kv in space.iter() {
+fn diff<'p>(
+    space: &Space,
+    existing: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
+    wanted: impl Iterator<Item = (&'p [u8], &'p [u8])>,
+    batch: &mut Batch,
+) -> Result<(), StoreError> {
+    let mut wanted = wanted.peekable();
+    for kv in existing {
         let (key, value) = kv?;
-        while let Some((k, v)) = wanted.next_if(|(k, _)| k.as_slice() < &*key) {
-            space.insert(batch, k, v.as_slice());
+        while let Some((k, v)) = wanted.next_if(|(k, _)| *k < &*key) {
+            space.insert(batch, k, v);
         }
-        match wanted.next_if(|(k, _)| k.as_slice() == &*key) {
-            Some((_, v)) if v.as_slice() == &*value => {}
-            Some((k, v)) => space.insert(batch, k, v.as_slice()),
+        match wanted.next_if(|(k, _)| *k == &*key) {
+            Some((_, v)) if v == &*value => {}
+            Some((k, v)) => space.insert(batch, k, v),
             None => space.remove(batch, &key),
         }
     }
     for (k, v) in wanted {
-        space.insert(batch, k, v.as_slice());
+        space.insert(batch, k, v);
     }
     Ok(())
 }

@@ -412,46 +412,186 @@ fn known_keys_answer_what_sled_holds_through_commits_and_imports() {
     assert!(exists(&store, 0, "d1") && exists(&store, 0, "d3"));
 }
 
-#[test]
-fn resident_keys_answer_what_sled_holds_through_commits_and_imports() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = seeded_store(dir.path());
-    // `k` keys are resident; `kkkkkkkkkkkkkkkkkk` is too long to be and stays in sled.
-    assert_eq!(store.keep_resident(b"k", 1).unwrap(), 3);
-    let long = "k".repeat(20);
-    let mut epoch = 1;
-    let check = |store: &Store| {
-        for part in [Part::Region(0), Part::Region(1), Part::Global] {
-            for key in ["k1", "k2", "k3", "k4", "x1", "dc-1", long.as_str()] {
-                let sled = store.tree(part).unwrap().get(key.as_bytes()).unwrap();
-                assert_eq!(
-                    store.get(part, key.as_bytes()).unwrap(),
-                    sled,
-                    "{part} {key}"
-                );
-            }
-        }
-    };
-    check(&store);
-    for writes in [
-        vec![put("k1", "b"), del("k2"), put("k4", "c"), put("x1", "d")],
-        vec![put("k2", "e"), put(&long, "f"), del("k4")],
-        vec![del("k1"), del("k3"), del(&long)],
-    ] {
-        epoch += 1;
-        commit(&store, epoch, vec![(Part::Region(1), writes.clone())]);
-        epoch += 1;
-        commit(&store, epoch, vec![(Part::Region(0), writes)]);
-        check(&store);
+fn stock_spec() -> PackSpec {
+    PackSpec {
+        prefix: b"s".to_vec(),
+        group: 3,
+        key_len: 5,
+        value_len: 2,
     }
-    // An import makes the resident keys the snapshot's.
-    import_seeded(&store);
-    check(&store);
-    assert_eq!(
-        store.get(Part::Region(0), b"k1").unwrap().as_deref(),
-        Some(&b"a"[..])
-    );
-    assert_eq!(store.get(Part::Region(0), b"k4").unwrap(), None);
+}
+
+/// A packed key: `s`, two group bytes, two more.
+fn skey(group: u8, rest: u16) -> Vec<u8> {
+    let mut key = vec![b's', 0, group];
+    key.extend_from_slice(&rest.to_be_bytes());
+    key
+}
+
+/// Everything a reader can see of region `part` of `store`, for comparing two stores.
+fn region_reads(store: &Store, part: Part) -> Vec<String> {
+    let mut seen = Vec::new();
+    let text = |pairs: Vec<(IVec, IVec)>| format!("{pairs:?}");
+    seen.push(text(store.range(part, b"", &[0xFF], 10_000).unwrap()));
+    seen.push(text(store.range_rev(part, b"", &[0xFF], 10_000).unwrap()));
+    seen.push(text(store.range(part, b"r", &skey(2, 40), 10_000).unwrap()));
+    seen.push(text(
+        store.range_rev(part, &skey(1, 7), b"t", 10_000).unwrap(),
+    ));
+    seen.push(text(
+        store.range(part, &skey(1, 0), &skey(1, 99), 3).unwrap(),
+    ));
+    seen.push(text(
+        store.range_rev(part, &skey(3, 0), &skey(3, 99), 3).unwrap(),
+    ));
+    for group in 0..4 {
+        seen.push(text(
+            store
+                .scan_prefix(part, &skey(group, 0)[..3], 10_000)
+                .unwrap(),
+        ));
+        seen.push(format!(
+            "{:?}",
+            store.count_prefix(part, &skey(group, 0)[..3], 7)
+        ));
+    }
+    let reader = store.reader();
+    for group in 0..4 {
+        for rest in 0..100 {
+            seen.push(format!(
+                "{:?}",
+                reader.get(part, &skey(group, rest)).unwrap()
+            ));
+        }
+    }
+    drop(reader);
+    for key in ["r1", "r2", "t1", "t2"] {
+        seen.push(format!("{:?}", store.get(part, key.as_bytes()).unwrap()));
+    }
+    seen
+}
+
+/// Random writes to packed keys (`s`, 4 groups of 100) and to keys either side of them.
+fn random_packed_writes(seed: &mut u64) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for _ in 0..24 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let key = match *seed % 8 {
+            0 => format!("r{}", *seed % 3).into_bytes(),
+            1 => format!("t{}", *seed % 3).into_bytes(),
+            _ => skey((*seed >> 8) as u8 % 4, (*seed >> 16) as u16 % 100),
+        };
+        let value = match (*seed >> 32) % 4 {
+            0 => None,
+            _ => Some(((*seed >> 40) as u16).to_be_bytes().to_vec()),
+        };
+        writes.push((key, value));
+    }
+    writes
+}
+
+/// A packed store answers every read as a store that does not pack, through packing with keys
+/// already there, commits, exports (the same bytes), an import, a misfit write and a reopen.
+#[test]
+fn packed_keys_read_as_sled_keys_would() {
+    let (plain_dir, packed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let plain = Store::open(plain_dir.path(), 2).unwrap();
+    let packed = Store::open(packed_dir.path(), 2).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let same = |plain: &Store, packed: &Store, when: &str| {
+        for part in [Part::Region(0), Part::Region(1)] {
+            assert_eq!(
+                region_reads(plain, part),
+                region_reads(packed, part),
+                "{when}"
+            );
+        }
+        assert_eq!(plain.applied(), packed.applied(), "{when}");
+    };
+    for epoch in 1..=3 {
+        let writes = vec![(Part::Region(0), random_packed_writes(&mut seed))];
+        commit(&plain, epoch, writes.clone());
+        commit(&packed, epoch, writes);
+    }
+    // Packing moves the keys already there.
+    let rows = packed.keep_packed(stock_spec()).unwrap();
+    assert!(rows > 10, "{rows} rows packed");
+    assert_eq!(packed.packed_rows(), rows);
+    assert_eq!(packed.regions[0].scan_prefix_unpacked(b"s").count(), 0);
+    assert!(packed.chunks.iter().count() > 0);
+    same(&plain, &packed, "after packing");
+    let mut snapshot_at_10 = None;
+    for epoch in 4..=30 {
+        let writes = vec![
+            (
+                Part::Region(epoch as u32 % 2),
+                random_packed_writes(&mut seed),
+            ),
+            (Part::Region(0), random_packed_writes(&mut seed)),
+        ];
+        commit(&plain, epoch, writes.clone());
+        commit(&packed, epoch, writes);
+        same(&plain, &packed, &format!("epoch {epoch}"));
+        if epoch == 10 {
+            let (a, blob) = plain.export_snapshot().unwrap();
+            let (b, packed_blob) = packed.export_snapshot().unwrap();
+            assert_eq!((a, &blob), (b, &packed_blob), "exports are the same bytes");
+            snapshot_at_10 = Some(blob);
+        }
+    }
+    // A misfit write is refused and changes nothing.
+    for misfit in [
+        (skey(1, 1)[..4].to_vec(), Some(vec![1, 2])),
+        (skey(1, 1), Some(vec![1])),
+    ] {
+        let refused = packed.commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch: 31,
+                time_ms: 31,
+            }),
+            writes: [(Part::Region(0), vec![misfit])].into_iter().collect(),
+            ..EpochCommit::default()
+        });
+        assert!(
+            matches!(refused, Err(StoreError::Invariant(_))),
+            "{refused:?}"
+        );
+    }
+    same(&plain, &packed, "after misfits");
+    // An import makes the packed keys the snapshot's; the chunks follow.
+    let snapshot = snapshot_at_10.unwrap();
+    plain.import_snapshot(&snapshot).unwrap();
+    packed.import_snapshot(&snapshot).unwrap();
+    same(&plain, &packed, "after an import");
+    for epoch in 11..=14 {
+        let writes = vec![(Part::Region(1), random_packed_writes(&mut seed))];
+        commit(&plain, epoch, writes.clone());
+        commit(&packed, epoch, writes);
+    }
+    // Reopened, the store packs from its chunks.
+    let rows = packed.packed_rows();
+    drop(packed);
+    let packed = Store::open_existing(packed_dir.path()).unwrap();
+    assert_eq!(packed.packed_rows(), rows);
+    same(&plain, &packed, "after a reopen");
+    assert_eq!(packed.keep_packed(stock_spec()).unwrap(), rows);
+    let other = PackSpec {
+        value_len: 3,
+        ..stock_spec()
+    };
+    assert!(matches!(
+        packed.keep_packed(other),
+        Err(StoreError::Config(_))
+    ));
+    // A restore into a new packed store reaches the same state.
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = Store::open(restored_dir.path(), 2).unwrap();
+    restored.keep_packed(stock_spec()).unwrap();
+    let (_, blob) = plain.export_snapshot().unwrap();
+    restored.restore_snapshot(&blob).unwrap();
+    same(&plain, &restored, "after a restore");
 }
 
 /// The global partition's read cache answers what sled holds through commits that write,
@@ -612,7 +752,7 @@ fn random_writes(seed: &mut u64, model: &mut BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<
     writes
 }
 
-/// [`assert_reads`] and more: short pages both ways, counts, the resident reader, the
+/// [`assert_reads`] and more: short pages both ways, counts, the packed reader, the
 /// applied epoch.
 fn assert_view_reads(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>, epoch: u64, when: &str) {
     assert_reads(store, model, when);
@@ -694,7 +834,14 @@ fn paused_view<T: Send + 'static>(
 fn a_view_reads_its_epoch_while_commits_go_on() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Arc::new(Store::open(dir.path(), 2).expect("open"));
-    store.keep_resident(b"k", 1).expect("resident");
+    store
+        .keep_packed(PackSpec {
+            prefix: b"k".to_vec(),
+            group: 1,
+            key_len: 2,
+            value_len: 8,
+        })
+        .expect("packed");
     let (mut seed, mut model) = (0x9e37_79b9_7f4a_7c15u64, BTreeMap::new());
     for epoch in 1..=5 {
         let writes = random_writes(&mut seed, &mut model);
@@ -731,10 +878,14 @@ fn a_view_reads_its_epoch_while_commits_go_on() {
     assert!(store.views.lock().expect("views").is_empty());
     assert_view_reads(&store, &model, 40, "after the view");
     // Commits with no view open record nothing.
-    commit(&store, 41, vec![(Part::Region(0), vec![put("k1", "z")])]);
+    commit(
+        &store,
+        41,
+        vec![(Part::Region(0), vec![put("k1", "zzzzzzzz")])],
+    );
     assert_eq!(
         store.get(Part::Region(0), b"k1").unwrap().as_deref(),
-        Some(&b"z"[..])
+        Some(&b"zzzzzzzz"[..])
     );
 }
 
