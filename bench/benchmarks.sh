@@ -121,7 +121,7 @@ pg_version=$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1)
   echo "## The cost's growth with the data: uniform on ordo-1, $GROWTH_CLIENTS clients"
   echo
   echo "The same workload over datasets of different sizes (1,000 SKUs per DC; the load goes"
-  echo "through Restocks calls of 1,000). Past 100,000 rows the final check reads back every"
+  echo "through a RestockDc call per DC). Past 100,000 rows the final check reads back every"
   echo "row an order touched and a sample of 10,000 others."
   for rows in $GROWTH_ROWS; do
     echo

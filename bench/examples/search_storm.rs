@@ -91,7 +91,16 @@ fn search_request() -> v1::SearchItemsRequest {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (bin, data, port) = (&args[1], &args[2], &args[3]);
-    let demo = ["--demo-dcs", "1200", "--demo-skus", "10000"].map(String::from);
+    // 250 SKUs a dark store, as the section in BENCHMARKS.md measured.
+    let demo = [
+        "--demo-dcs",
+        "1200",
+        "--demo-skus",
+        "10000",
+        "--demo-skus-per-store",
+        "250",
+    ]
+    .map(String::from);
     let node = DevNode::start(bin, data, port, &demo).await;
     let (pid, endpoint, client) = (node.pid(), node.endpoint.clone(), node.client.clone());
     // Loaded once a search finds its page.

@@ -2,7 +2,7 @@
 //! back and whether every acknowledged order is still there.
 //!
 //! One Ordo node (release binary) is loaded with the uniform workload's dataset at
-//! `--stock-rows` (10⁷ by default, through Restocks calls), `--clients` closed-loop clients
+//! `--stock-rows` (10⁷ by default, a RestockDc call per DC), `--clients` closed-loop clients
 //! place one-line orders for `--orders-s` seconds, and the node is killed with SIGKILL while
 //! they do. It is started again on the same data directory: the run times how long until it
 //! listens and until it answers a linearizable read (its Raft log replayed and its leader

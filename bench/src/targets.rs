@@ -13,6 +13,48 @@ use crate::workload::{Dataset, Line};
 
 /// Restocks per Restocks call when the bench loads Ordo.
 const RESTOCKS_PER_CALL: usize = 1_000;
+/// Lines per RestockDc call when the bench loads Ordo (the server's limit).
+const RESTOCK_DC_LINES: usize = 10_000;
+
+/// One DC's stock as one `RestockDc`; on a node from before it (measured beside a new one
+/// with `--ordo-bin`), `Restocks` of 1,000, and on one from before those, one `Restock` a row.
+async fn restock_dc_or_older(
+    client: &ordo_client::Client,
+    dc: u32,
+    lines: Vec<(u32, i64)>,
+) -> anyhow::Result<()> {
+    match client.restock_dc(dc, &lines, None).await {
+        Ok(r) if r.applied => return Ok(()),
+        Ok(r) => bail!("restock refused: {}", r.reason),
+        Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {}
+        Err(e) => return Err(e.into()),
+    }
+    for chunk in lines.chunks(RESTOCKS_PER_CALL) {
+        let restocks: Vec<v1::RestockRequest> = chunk
+            .iter()
+            .map(|&(sku, delta)| v1::RestockRequest {
+                request_id: String::new(),
+                dc_id: dc,
+                sku,
+                delta,
+            })
+            .collect();
+        let results = match client.restocks(restocks.clone()).await {
+            Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
+                let mut results = Vec::with_capacity(restocks.len());
+                for r in restocks {
+                    results.push(client.restock(r.dc_id, r.sku, r.delta, None).await?);
+                }
+                results
+            }
+            other => other?,
+        };
+        if let Some(r) = results.iter().find(|r| !r.applied) {
+            bail!("restock refused: {}", r.reason);
+        }
+    }
+    Ok(())
+}
 
 /// Runs `calls` with at most `max` in flight; the first error stops it.
 pub(crate) async fn in_parallel<F>(max: usize, calls: impl Iterator<Item = F>) -> anyhow::Result<()>
@@ -464,7 +506,7 @@ impl Session {
     pub async fn load(&mut self, dataset: &Dataset) -> anyhow::Result<()> {
         match self {
             Session::Ordo(client, _) => {
-                // A few dozen calls in flight at a time; stock in calls of 1,000 restocks.
+                // A few dozen calls in flight at a time.
                 let dataset = *dataset;
                 let dcs = (1..=dataset.dcs).map(|dc| {
                     let client = client.clone();
@@ -484,37 +526,18 @@ impl Session {
                 });
                 in_parallel(64, dcs).await?;
                 upsert_bench_items(client, dataset.skus, 64).await?;
-                let keys: Vec<(u32, u32)> = dataset.keys().collect();
-                let calls = keys.chunks(RESTOCKS_PER_CALL).map(|chunk| {
+                // Each DC's stock as one RestockDc (of at most RESTOCK_DC_LINES lines).
+                let calls = (1..=dataset.dcs).flat_map(move |dc| {
                     let client = client.clone();
-                    let restocks: Vec<v1::RestockRequest> = chunk
-                        .iter()
-                        .map(|&(dc_id, sku)| v1::RestockRequest {
-                            request_id: String::new(),
-                            dc_id,
-                            sku,
-                            delta: dataset.stock,
-                        })
+                    let skus: Vec<u32> = (1..=dataset.skus).collect();
+                    let chunks: Vec<Vec<(u32, i64)>> = skus
+                        .chunks(RESTOCK_DC_LINES)
+                        .map(|c| c.iter().map(|&sku| (sku, dataset.stock)).collect())
                         .collect();
-                    async move {
-                        let results = match client.restocks(restocks.clone()).await {
-                            // A node from before Restocks (measured beside a new one with
-                            // --ordo-bin): one Restock per row.
-                            Err(e) if e.code() == Some(tonic::Code::Unimplemented) => {
-                                let mut results = Vec::with_capacity(restocks.len());
-                                for r in restocks {
-                                    results
-                                        .push(client.restock(r.dc_id, r.sku, r.delta, None).await?);
-                                }
-                                results
-                            }
-                            other => other?,
-                        };
-                        if let Some(r) = results.iter().find(|r| !r.applied) {
-                            bail!("restock refused: {}", r.reason);
-                        }
-                        Ok(())
-                    }
+                    chunks.into_iter().map(move |lines| {
+                        let client = client.clone();
+                        async move { restock_dc_or_older(&client, dc, lines).await }
+                    })
                 });
                 in_parallel(4, calls).await?;
             }

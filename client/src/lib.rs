@@ -716,6 +716,35 @@ impl Client {
         Ok(response.results)
     }
 
+    /// A DC's stock sync as one transaction: `(sku, delta)` lines in ascending SKU order, each
+    /// SKU once, applied together or not at all (at most 10,000). Retried like
+    /// [`Client::restock`], under one request id for all its lines.
+    pub async fn restock_dc(
+        &self,
+        dc_id: u32,
+        lines: &[(u32, i64)],
+        request_id: Option<String>,
+    ) -> Result<v1::RestockDcResponse, Error> {
+        let known_id = request_id.is_some();
+        let request = v1::RestockDcRequest {
+            request_id: request_id.unwrap_or_else(|| self.new_request_id()),
+            dc_id,
+            lines: lines
+                .iter()
+                .map(|&(sku, delta)| v1::SkuDelta { sku, delta })
+                .collect(),
+        };
+        let response = self
+            .with_write_retries(known_id, |retry| {
+                let mut ordo = self.ordo();
+                let request = retry_marked(request.clone(), retry);
+                async move { ordo.restock_dc(request).await }
+            })
+            .await?;
+        self.saw_epoch(response.epoch);
+        Ok(response)
+    }
+
     /// Moves `qty` of `sku` from one DC to another, all or nothing.
     pub async fn transfer_stock(
         &self,

@@ -5,6 +5,7 @@
 //! - `f = "order"`: value `{"request_id": ID, "lines": [[dc, sku, qty], ...]}` on invoke;
 //!   `ok` = committed (all-or-nothing), `fail` = rejected (no effect), `info` = unknown;
 //! - `f = "restock"`: value `[dc, sku, delta]`;
+//! - `f = "restock-dc"`: value `[dc, [[sku, delta], ...]]`, every line or none;
 //! - `f = "read"`: `ok` value `[[dc, sku, on_hand], ...]` (rows may add `reserved`);
 //! - `f = "final-read"`, after healing: `ok` value `{"stock": [[dc, sku, on_hand], ...],
 //!   "orders": [request ids of every committed order], "order_lines": {request id: [[dc, sku,
@@ -145,6 +146,26 @@ pub fn check(events: &[Event], ops: &[Operation]) -> Result<Report, String> {
                     EventType::Ok => *expected.entry((dc, sku)).or_default() += delta,
                     EventType::Info => unknown_restocks.entry((dc, sku)).or_default().push(delta),
                     _ => {}
+                }
+            }
+            "restock-dc" => {
+                // Every line applied or none; each key's check takes its line on its own,
+                // which admits every outcome the whole transaction can have.
+                let bad = || format!("{what}: a DC's restock is [dc, [[sku, delta], ...]]");
+                let v = op.invoke_value.as_array().filter(|v| v.len() == 2);
+                let dc = v.and_then(|v| v[0].as_u64()).ok_or_else(bad)?;
+                let lines = v.and_then(|v| v[1].as_array()).ok_or_else(bad)?;
+                for line in lines {
+                    let line = line.as_array().filter(|l| l.len() == 2).ok_or_else(bad)?;
+                    let sku = line[0].as_u64().ok_or_else(bad)?;
+                    let delta = line[1].as_i64().ok_or_else(bad)?;
+                    match completion {
+                        EventType::Ok => *expected.entry((dc, sku)).or_default() += delta,
+                        EventType::Info => {
+                            unknown_restocks.entry((dc, sku)).or_default().push(delta)
+                        }
+                        _ => {}
+                    }
                 }
             }
             "read" if completion == EventType::Ok => {
@@ -398,6 +419,52 @@ mod tests {
         assert!(anomalies(&drift)
             .iter()
             .any(|a| a.contains("dc 1 sku 1: final stock 6, expected 7")));
+    }
+
+    /// The clean history above with an acknowledged (or, `info`, unknown) restock of DC 1's
+    /// SKU 1 by 2 units as a DC's restock, before its final read.
+    fn with_restock_dc(kind: &str, final_stock: Value) -> Vec<Event> {
+        let mut events = history(final_stock, json!(["o1", "o3"]));
+        let final_read = events.pop().unwrap();
+        let invoke_final = events.pop().unwrap();
+        for k in ["invoke", kind] {
+            let i = events.len() as u64;
+            events.push(Event {
+                index: i,
+                time_ns: i,
+                process: Process::Client(9),
+                kind: serde_json::from_value(json!(k)).unwrap(),
+                f: "restock-dc".into(),
+                value: json!([1, [[1, 2]]]),
+                key: None,
+            });
+        }
+        for mut e in [invoke_final, final_read] {
+            e.index = events.len() as u64;
+            e.time_ns = e.index;
+            events.push(e);
+        }
+        events
+    }
+
+    #[test]
+    fn a_dcs_restock_counts_each_line_it_applied() {
+        let applied = with_restock_dc("ok", json!([[1, 1, 13], [2, 1, 2]]));
+        assert!(anomalies(&applied).is_empty(), "{:?}", anomalies(&applied));
+        let missed = with_restock_dc("ok", json!([[1, 1, 11], [2, 1, 2]]));
+        assert!(
+            anomalies(&missed)
+                .iter()
+                .any(|a| a.contains("dc 1 sku 1: final stock 11, expected 9")),
+            "{:?}",
+            anomalies(&missed)
+        );
+        // Unknown: either outcome passes (with the unknown restock of 4 applied or not).
+        for n in [7, 9, 11, 13] {
+            let stock = json!([[1, 1, n], [2, 1, 2]]);
+            let unknown = with_restock_dc("info", stock);
+            assert!(anomalies(&unknown).is_empty(), "{:?}", anomalies(&unknown));
+        }
     }
 
     /// The clean history above with holds: h1 confirmed (2 units of dc 1 sku 1, by confirm

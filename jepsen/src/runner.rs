@@ -296,6 +296,12 @@ enum Call {
         sku: u32,
         delta: i64,
     },
+    /// A DC's restock: every line or none (`RestockDc`).
+    RestockDc {
+        request_id: String,
+        dc: u32,
+        lines: Vec<(u32, i64)>,
+    },
     /// Every (dc, sku) row in one snapshot (GetAvailability reads one epoch).
     ReadAll,
     /// The same with what is reserved of each row (the inventory workload's reads).
@@ -448,6 +454,25 @@ impl Generator {
                         value: json!({"request_id": request_id, "lines": lines}),
                         key: None,
                         call: Call::Order { request_id, lines },
+                    }
+                }
+                6 if rng.below(3) == 0 => {
+                    // Two or three SKUs of one DC in one transaction, in ascending order.
+                    let dc = rng.pick(&DCS).0;
+                    let mut skus: Vec<u32> =
+                        (0..2 + rng.below(2)).map(|_| *rng.pick(&SKUS)).collect();
+                    skus.sort_unstable();
+                    skus.dedup();
+                    let lines: Vec<(u32, i64)> = skus.into_iter().map(|sku| (sku, 2)).collect();
+                    Op {
+                        f: "restock-dc",
+                        value: json!([dc, lines]),
+                        key: None,
+                        call: Call::RestockDc {
+                            request_id: self.request_id(),
+                            dc,
+                            lines,
+                        },
                     }
                 }
                 6 => {
@@ -621,6 +646,17 @@ async fn execute(client: &Client, stream: Option<&OrderStream>, op: &Op) -> (Eve
             delta,
         } => match client
             .restock(*dc, *sku, *delta, Some(request_id.clone()))
+            .await
+        {
+            Ok(r) => definite(r.applied),
+            Err(e) => failed(e),
+        },
+        Call::RestockDc {
+            request_id,
+            dc,
+            lines,
+        } => match client
+            .restock_dc(*dc, lines, Some(request_id.clone()))
             .await
         {
             Ok(r) => definite(r.applied),

@@ -206,6 +206,50 @@ pub(crate) fn decide(
                 })),
             }
         }
+        Op::RestockDc { dc, lines } => {
+            if let Some(rejection) = route.pre_rejection {
+                return Ok(rejected(Outcome::RestockedDc {
+                    rows: 0,
+                    rejection: Some(rejection),
+                }));
+            }
+            let mut rows = Vec::with_capacity(lines.len());
+            for line in lines {
+                let current = stock.get(&(*dc, line.sku)).copied().unwrap_or_default();
+                match current.on_hand.checked_add(line.delta) {
+                    Some(on_hand) if on_hand >= current.reserved && on_hand >= 0 => {
+                        let next = StockRecord {
+                            on_hand,
+                            reserved: current.reserved,
+                        };
+                        rows.push((*dc, line.sku, next));
+                    }
+                    _ => {
+                        return Ok(rejected(Outcome::RestockedDc {
+                            rows: 0,
+                            rejection: Some(Rejection {
+                                code: RejectCode::NegativeStock,
+                                dc: *dc,
+                                sku: line.sku,
+                                available: current.available(),
+                                requested: line.delta.saturating_neg(),
+                            }),
+                        }))
+                    }
+                }
+            }
+            Ok(Decision {
+                result: result(Outcome::RestockedDc {
+                    rows: rows.len() as u32,
+                    rejection: None,
+                }),
+                stock: rows,
+                order: None,
+                kv: Vec::new(),
+                remember: true,
+                writes: Vec::new(),
+            })
+        }
         Op::Transfer {
             sku,
             from_dc,

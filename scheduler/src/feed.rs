@@ -190,7 +190,7 @@ pub(crate) fn cause(op: &Op, outcome: &Outcome, order: Option<&OrderRecord>) -> 
         _ => 0,
     };
     match op {
-        Op::Restock { .. } => Cause::Restock,
+        Op::Restock { .. } | Op::RestockDc { .. } => Cause::Restock,
         Op::Transfer { .. } => Cause::Transfer,
         Op::Reserve { .. } | Op::ReserveNearby { .. } | Op::ExtendReservation { .. } => {
             Cause::Hold {

@@ -124,6 +124,22 @@ pub enum Op {
     /// Records the execution settings every replica must share ([`ExecSettings`]). Added
     /// last: bincode numbers variants by position, so the log's older entries keep theirs.
     ExecSettings(ExecSettings),
+    /// Adds signed deltas to many SKUs' on-hand stock at one DC, all or nothing: a line that
+    /// would take its row below zero or below what is reserved rejects the whole
+    /// transaction. A store's stock sync, and the bulk loader's path: one request id, one
+    /// dedupe entry and one log record for thousands of rows. Lines in ascending SKU order,
+    /// no SKU twice (`validate`). Added last (bincode).
+    RestockDc {
+        dc: u32,
+        lines: Vec<SkuDelta>,
+    },
+}
+
+/// One line of an [`Op::RestockDc`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuDelta {
+    pub sku: u32,
+    pub delta: i64,
 }
 
 /// Execution settings that decide replicated state, so they are cluster facts: recorded in
@@ -463,6 +479,12 @@ pub enum Outcome {
         record: Option<crate::subs::SubscriptionRecord>,
         rejection: Option<Rejection>,
     },
+    /// An [`Op::RestockDc`]: the rows it changed (all its lines), or why it changed none.
+    /// Added last (bincode: dedupe entries keep older outcomes).
+    RestockedDc {
+        rows: u32,
+        rejection: Option<Rejection>,
+    },
 }
 
 /// Why a transaction was refused outright.
@@ -488,7 +510,8 @@ impl Outcome {
             | Outcome::Transfer { rejection, .. }
             | Outcome::Reservation { rejection, .. }
             | Outcome::Priced { rejection }
-            | Outcome::Subscription { rejection, .. } => rejection.as_ref(),
+            | Outcome::Subscription { rejection, .. }
+            | Outcome::RestockedDc { rejection, .. } => rejection.as_ref(),
             Outcome::Upserted | Outcome::Kv { .. } | Outcome::Refused { .. } => None,
         }
     }

@@ -244,6 +244,7 @@ pub(crate) fn route(ctx: &RouteCtx<'_>, seq: usize, txn: &Txn) -> Result<Route, 
             lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect()
         }
         Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
+        Op::RestockDc { dc, lines } => lines.iter().map(|l| (*dc, l.sku, l.delta)).collect(),
         Op::Transfer {
             sku,
             from_dc,

@@ -47,6 +47,9 @@ pub const NEARBY_RADIUS_M_MAX: u32 = 1_000_000;
 pub const SUBSCRIPTION_DCS_MAX: usize = 100;
 /// Prices in one [`Op::SetPrices`].
 pub const PRICES_PER_TXN_MAX: usize = 1000;
+/// Lines of one [`Op::RestockDc`]: a DC's whole catalogue of 10,000 SKUs in one transaction
+/// (about 120 KB in the log).
+pub const RESTOCK_DC_LINES_MAX: usize = 10_000;
 /// Latitude and longitude bounds, in micro-degrees.
 pub const LAT_E6_MAX: i32 = 90_000_000;
 pub const LON_E6_MAX: i32 = 180_000_000;
@@ -355,6 +358,35 @@ pub fn validate_op(op: &Op) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Op::RestockDc { dc, lines } => {
+            id_at_least_one("dc_id", *dc)?;
+            if lines.is_empty() || lines.len() > RESTOCK_DC_LINES_MAX {
+                return Err(format!(
+                    "a DC's restock has 1 to {RESTOCK_DC_LINES_MAX} lines, not {}",
+                    lines.len()
+                ));
+            }
+            let mut last = 0;
+            for (i, line) in lines.iter().enumerate() {
+                id_at_least_one("sku", line.sku).map_err(|e| format!("lines[{i}]: {e}"))?;
+                if line.sku <= last {
+                    return Err(format!(
+                        "lines[{i}]: sku {} after sku {last}: lines go in ascending SKU order, \
+                         each SKU once",
+                        line.sku
+                    ));
+                }
+                last = line.sku;
+                if line.delta == 0 || line.delta.unsigned_abs() > RESTOCK_DELTA_MAX as u64 {
+                    return Err(format!(
+                        "lines[{i}]: delta must be non-zero and at most {RESTOCK_DELTA_MAX} in \
+                         magnitude, not {}",
+                        line.delta
+                    ));
+                }
+            }
+            Ok(())
+        }
         Op::Transfer {
             sku,
             from_dc,
@@ -608,6 +640,36 @@ mod tests {
         assert!(validate_op(&restock(-3)).is_ok());
         assert!(validate_op(&restock(0)).is_err());
         assert!(validate_op(&restock(i64::MIN)).is_err());
+        let restock_dc = |dc, lines: &[(u32, i64)]| Op::RestockDc {
+            dc,
+            lines: lines
+                .iter()
+                .map(|&(sku, delta)| SkuDelta { sku, delta })
+                .collect(),
+        };
+        assert!(validate_op(&restock_dc(1, &[(1, 5), (2, -3), (9, 1)])).is_ok());
+        assert!(validate_op(&restock_dc(0, &[(1, 5)])).is_err(), "dc 0");
+        assert!(validate_op(&restock_dc(1, &[])).is_err(), "no lines");
+        assert!(
+            validate_op(&restock_dc(1, &[(2, 1), (1, 1)])).is_err(),
+            "descending"
+        );
+        assert!(
+            validate_op(&restock_dc(1, &[(2, 1), (2, 1)])).is_err(),
+            "twice"
+        );
+        assert!(validate_op(&restock_dc(1, &[(0, 1)])).is_err(), "sku 0");
+        assert!(validate_op(&restock_dc(1, &[(1, 0)])).is_err(), "delta 0");
+        assert!(validate_op(&restock_dc(1, &[(1, i64::MIN)])).is_err());
+        let full: Vec<(u32, i64)> = (1..=RESTOCK_DC_LINES_MAX as u32).map(|s| (s, 1)).collect();
+        assert!(validate_op(&restock_dc(1, &full)).is_ok());
+        let over: Vec<(u32, i64)> = (1..=RESTOCK_DC_LINES_MAX as u32 + 1)
+            .map(|s| (s, 1))
+            .collect();
+        assert!(
+            validate_op(&restock_dc(1, &over)).is_err(),
+            "too many lines"
+        );
         assert!(validate_op(&Op::Kv(vec![])).is_err());
         assert!(validate_op(&Op::Kv(vec![KvOp::Read(String::new())])).is_err());
         assert!(validate_op(&Op::Kv(vec![KvOp::Write("k".into(), i64::MIN)])).is_ok());

@@ -120,7 +120,24 @@ fn arbitrary_nearby(rng: &mut Rng) -> Nearby {
 }
 
 fn arbitrary_op(rng: &mut Rng) -> Op {
-    match rng.below(17) {
+    match rng.below(18) {
+        17 => {
+            // Empty, ordinary, past the limit; SKUs in any order, often repeated.
+            let n = match rng.below(6) {
+                0 => 0,
+                1 => ordo_scheduler::validate::RESTOCK_DC_LINES_MAX + 1,
+                _ => rng.below(5) as usize + 1,
+            };
+            Op::RestockDc {
+                dc: rng.u32(),
+                lines: (0..n)
+                    .map(|_| SkuDelta {
+                        sku: rng.u32(),
+                        delta: rng.i64(),
+                    })
+                    .collect(),
+            }
+        }
         15 => Op::Subscribe {
             user: rng.string(),
             sku: rng.u32(),

@@ -261,6 +261,7 @@ impl Model {
                 lines.iter().map(|l| (l.dc, l.sku, l.qty)).collect()
             }
             Op::Restock { dc, sku, delta } => vec![(*dc, *sku, *delta)],
+            Op::RestockDc { dc, lines } => lines.iter().map(|l| (*dc, l.sku, l.delta)).collect(),
             Op::Transfer {
                 sku,
                 from_dc,
@@ -308,6 +309,10 @@ impl Model {
                 },
                 Op::Restock { .. } => Outcome::Restock {
                     stock: StockRecord::default(),
+                    rejection: Some(rejection),
+                },
+                Op::RestockDc { .. } => Outcome::RestockedDc {
+                    rows: 0,
                     rejection: Some(rejection),
                 },
                 Op::Reserve { .. } | Op::ReserveNearby { .. } => Outcome::Reservation {
@@ -392,6 +397,34 @@ impl Model {
                         .then_some((epoch << ORDER_SEQ_BITS) | seq as u64),
                     lines: allocs,
                     rejection,
+                }
+            }
+            Op::RestockDc { dc, lines } => {
+                // All or nothing: the first line that would go below what is reserved
+                // rejects the whole transaction.
+                let refused = lines.iter().find_map(|l| {
+                    let row = self.row(*dc, l.sku, now);
+                    (row.on_hand + l.delta < row.reserved).then(|| Rejection {
+                        code: RejectCode::NegativeStock,
+                        dc: *dc,
+                        sku: l.sku,
+                        available: row.available(),
+                        requested: -l.delta,
+                    })
+                });
+                if refused.is_none() {
+                    for l in lines {
+                        let on_hand = self.row(*dc, l.sku, now).on_hand + l.delta;
+                        self.stock.insert((*dc, l.sku), on_hand);
+                    }
+                }
+                Outcome::RestockedDc {
+                    rows: if refused.is_none() {
+                        lines.len() as u32
+                    } else {
+                        0
+                    },
+                    rejection: refused,
                 }
             }
             Op::Restock { dc, sku, delta } => {
@@ -827,12 +860,21 @@ fn hostile_txn(rng: &mut Rng, id: String) -> Txn {
         mode: Mode::AllOrNothing,
         user: String::new(),
     };
-    let op = match rng.below(8) {
+    let op = match rng.below(10) {
         0 => order(vec![line(dc, sku, qty)]),
         1 => order(vec![line(dc, sku, 1), line(dc, sku, 1)]),
         2 => order(vec![line(dc, sku, 1), line(UNKNOWN, sku, 1)]),
         3 => order(vec![line(dc, UNKNOWN, 1)]),
         4 => Op::Restock { dc, sku, delta: 0 },
+        // A SKU twice (inadmissible), and a DC nobody knows.
+        8 => Op::RestockDc {
+            dc,
+            lines: vec![SkuDelta { sku, delta: 1 }, SkuDelta { sku, delta: 1 }],
+        },
+        9 => Op::RestockDc {
+            dc: UNKNOWN,
+            lines: vec![SkuDelta { sku, delta: 2 }],
+        },
         5 => Op::Restock {
             dc: UNKNOWN,
             sku,
@@ -1101,6 +1143,24 @@ fn random_txn(rng: &mut Rng, id: String, known: &[u64]) -> Txn {
             dc: rng.below(DCS as u64) as u32 + 1,
             sku: rng.below(SKUS as u64) as u32 + 1,
             delta: rng.below(9) as i64 - 3,
+        }
+    } else if rng.below(10) == 0 {
+        // A DC's restock: a few SKUs in ascending order, some taking stock away.
+        let mut skus: Vec<u32> = (0..rng.below(4) + 1)
+            .map(|_| rng.below(SKUS as u64) as u32 + 1)
+            .collect();
+        skus.sort_unstable();
+        skus.dedup();
+        let lines = skus
+            .into_iter()
+            .map(|sku| SkuDelta {
+                sku,
+                delta: [-4, -1, 1, 2, 5][rng.below(5) as usize],
+            })
+            .collect();
+        Op::RestockDc {
+            dc: rng.below(DCS as u64) as u32 + 1,
+            lines,
         }
     } else {
         let n = rng.below(3) + 1;

@@ -441,7 +441,7 @@ impl Admin for AdminService {
                 demo_txns = crate::demo::seed(&self.node, self.queue_txns_max, &Default::default())
                     .await
                     .map_err(|e| Status::unavailable(format!("loading demo data: {e:#}")))?
-                    as u64;
+                    .0 as u64;
                 message.push_str(&format!("; demo data loaded ({demo_txns} transactions)"));
             }
         }

@@ -132,6 +132,7 @@ const ORDO_METHODS: &[(&str, Scope)] = &[
     ("Unsubscribe", Scope::Write),
     ("Restock", Scope::Catalog),
     ("Restocks", Scope::Catalog),
+    ("RestockDc", Scope::Catalog),
     ("UpsertDc", Scope::Catalog),
     ("UpsertItem", Scope::Catalog),
     ("TransferStock", Scope::Catalog),

@@ -80,9 +80,13 @@ enum Command {
         #[arg(long)]
         demo_dcs: Option<u32>,
         /// Demo data with this many SKUs (up to 100,000) [default: 1000]; each dark store
-        /// stocks about a fifth of them, at most 250.
+        /// stocks about a fifth of them, at most 250, or with --demo-dcs every one of them, at
+        /// most 10,000 (--demo-dcs 10000 --demo-skus 10000: 10⁸ stock rows).
         #[arg(long)]
         demo_skus: Option<u32>,
+        /// SKUs each dark store stocks (1 to 10,000, at most --demo-skus) [default: as above].
+        #[arg(long)]
+        demo_skus_per_store: Option<u32>,
         #[command(flatten)]
         tuning: Tuning,
     },
@@ -475,10 +479,11 @@ async fn main() -> ExitCode {
             nodes,
             demo_dcs,
             demo_skus,
+            demo_skus_per_store,
             tuning,
         } => {
             init_tracing(tuning.log_format.unwrap_or_default());
-            let spec = match demo::Spec::new(demo_dcs, demo_skus) {
+            let spec = match demo::Spec::new(demo_dcs, demo_skus, demo_skus_per_store) {
                 Ok(spec) => spec,
                 Err(e) => return report(Err(e)),
             };

@@ -502,9 +502,10 @@ async fn seed_if_empty(
     let has_dcs = reads::count_prefix(&node.store, Part::Global, keys::DC, 1)? > 0;
     if !has_dcs {
         let started = std::time::Instant::now();
-        let count = crate::demo::seed(node, queue_txns_max, spec).await?;
+        let (count, rows) = crate::demo::seed(node, queue_txns_max, spec).await?;
         tracing::info!(
             txns = count,
+            stock_rows = rows,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "demo data loaded"
         );

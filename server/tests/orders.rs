@@ -262,3 +262,63 @@ async fn restocks_in_one_call_apply_each_on_its_own_and_once() {
     assert!(status.to_string().contains("appears twice"), "{status}");
     assert_eq!(client.get_stock(1, 1).await.unwrap().on_hand, 15);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dcs_restock_applies_every_line_or_none_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path(), &[]);
+    let client = node.client().await;
+    seed(&client, 10).await;
+    async fn on_hand(client: &ordo_client::Client, dc: u32, sku: u32) -> i64 {
+        client.get_stock(dc, sku).await.unwrap().on_hand
+    }
+
+    eprintln!("--- phase: three SKUs of DC 2 in one transaction");
+    let lines = [(1, 5), (2, -3), (3, 7)];
+    let applied = client
+        .restock_dc(2, &lines, Some("dc-sync-1".into()))
+        .await
+        .unwrap();
+    assert!(applied.applied, "{applied:?}");
+    assert_eq!(applied.rows, 3);
+    assert_eq!(on_hand(&client, 2, 1).await, 15);
+    assert_eq!(on_hand(&client, 2, 2).await, 7);
+    assert_eq!(on_hand(&client, 2, 3).await, 17);
+
+    eprintln!("--- phase: the same request again is answered from dedupe and changes nothing");
+    let again = client
+        .restock_dc(2, &lines, Some("dc-sync-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(again, applied);
+    assert_eq!(on_hand(&client, 2, 1).await, 15);
+
+    eprintln!("--- phase: one line below zero rejects them all");
+    let rejected = client
+        .restock_dc(3, &[(1, 4), (2, -11), (3, 1)], None)
+        .await
+        .unwrap();
+    assert!(!rejected.applied);
+    assert_eq!((rejected.rows, rejected.rejected_sku), (0, 2));
+    assert_eq!(rejected.available, 10);
+    assert!(!rejected.reason.is_empty(), "a rejection says why");
+    assert_eq!(on_hand(&client, 3, 1).await, 10);
+    assert_eq!(on_hand(&client, 3, 3).await, 10);
+
+    eprintln!("--- phase: malformed calls are refused before the log");
+    for (dc, lines, says) in [
+        (3, vec![(2, 1), (1, 1)], "ascending SKU order"),
+        (3, vec![(1, 1), (1, 1)], "ascending SKU order"),
+        (3, vec![(1, 0)], "non-zero"),
+        (9, vec![(1, 1)], "unknown dc 9"),
+        (3, vec![(1, 1), (8, 1)], "lines[1]: unknown sku 8"),
+        (3, vec![], "between 1 and 10000 lines"),
+    ] {
+        let status = client.restock_dc(dc, &lines, None).await.unwrap_err();
+        assert!(status.to_string().contains(says), "{says}: {status}");
+    }
+    let too_many: Vec<(u32, i64)> = (1..=10_001).map(|sku| (sku, 1)).collect();
+    let status = client.restock_dc(3, &too_many, None).await.unwrap_err();
+    assert!(status.to_string().contains("10001"), "{status}");
+    assert_eq!(on_hand(&client, 3, 1).await, 10);
+}

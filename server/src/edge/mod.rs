@@ -576,6 +576,15 @@ impl Ordo for OrdoService {
         self.restocks_unmarked(request).await.map_err(mark_definite)
     }
 
+    async fn restock_dc(
+        &self,
+        request: Request<v1::RestockDcRequest>,
+    ) -> Result<Response<v1::RestockDcResponse>, Status> {
+        self.restock_dc_unmarked(request)
+            .await
+            .map_err(mark_definite)
+    }
+
     async fn transfer_stock(
         &self,
         request: Request<v1::TransferStockRequest>,

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use ordo_proto::v1;
-use ordo_scheduler::{model, reads, Op, Outcome, Txn, TxnResult};
+use ordo_scheduler::{model, reads, validate, Op, Outcome, Txn, TxnResult};
 use tonic::{Request, Response, Status};
 
 use super::{internal, is_retry, OrdoService};
@@ -51,6 +51,22 @@ fn restock_response(result: &TxnResult) -> Result<v1::RestockResponse, Status> {
         on_hand: stock.on_hand,
         reserved: stock.reserved,
         available: stock.available(),
+        reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
+    })
+}
+
+/// A DC's restock's wire result, refusing one whose request id belongs to another request.
+fn restock_dc_response(result: &TxnResult) -> Result<v1::RestockDcResponse, Status> {
+    let Outcome::RestockedDc { rows, rejection } = &result.outcome else {
+        return Err(reused(result, "a DC's restock"));
+    };
+    Ok(v1::RestockDcResponse {
+        request_id: result.request_id.clone(),
+        applied: rejection.is_none(),
+        epoch: result.epoch,
+        rows: *rows,
+        rejected_sku: rejection.map(|r| r.sku).unwrap_or_default(),
+        available: rejection.map(|r| r.available).unwrap_or_default(),
         reason: rejection.map(|r| r.to_string()).unwrap_or_default(),
     })
 }
@@ -150,6 +166,53 @@ impl OrdoService {
             txns.push(txn);
         }
         Ok(txns)
+    }
+
+    pub(super) async fn restock_dc_unmarked(
+        &self,
+        request: Request<v1::RestockDcRequest>,
+    ) -> Result<Response<v1::RestockDcResponse>, Status> {
+        let retry = is_retry(&request);
+        let r = request.into_inner();
+        let request_id = self.request_id(r.request_id, "restock_dc")?;
+        let max = validate::RESTOCK_DC_LINES_MAX;
+        if r.lines.is_empty() || r.lines.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "restock_dc: between 1 and {max} lines, not {}",
+                r.lines.len()
+            )));
+        }
+        self.known_dc(r.dc_id, "restock_dc")?;
+        let mut last = 0;
+        let mut lines = Vec::with_capacity(r.lines.len());
+        for (i, line) in r.lines.into_iter().enumerate() {
+            let what = format!("restock_dc lines[{i}]");
+            if line.delta == 0 || line.delta.unsigned_abs() > self.limits.restock_delta_max as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "{what}: delta must be non-zero and at most {} in magnitude, not {}",
+                    self.limits.restock_delta_max, line.delta
+                )));
+            }
+            if line.sku <= last && line.sku != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "{what}: sku {} after sku {last}: lines go in ascending SKU order, each SKU \
+                     once",
+                    line.sku
+                )));
+            }
+            self.known_sku(line.sku, &what)?;
+            last = line.sku;
+            lines.push(model::SkuDelta {
+                sku: line.sku,
+                delta: line.delta,
+            });
+        }
+        let txn = Txn {
+            request_id,
+            op: Op::RestockDc { dc: r.dc_id, lines },
+        };
+        let result = self.run(vec![txn], retry).await?.remove(0);
+        Ok(Response::new(restock_dc_response(&result)?))
     }
 
     /// A restock's transaction, validated; `what` names it in errors.
