@@ -47,8 +47,8 @@ use workload::{WorkloadKind, WorkloadSpec, SKUS_PER_DC};
 
 /// (DC, SKU) pairs of a nearby dataset, at most (160 MB of initial units in the harness).
 const NEARBY_PAIRS_MAX: u64 = 20_000_000;
-/// The most stock rows of the plain workloads' dataset (`--stock-rows`).
-const STOCK_ROWS_MAX: u64 = 20_000_000;
+/// The most stock rows of the plain workloads' dataset (`--stock-rows`): issue 29's 10⁸.
+const STOCK_ROWS_MAX: u64 = 100_000_000;
 
 #[derive(Parser)]
 #[command(
