@@ -594,6 +594,53 @@ fn packed_keys_read_as_sled_keys_would() {
     same(&plain, &restored, "after a restore");
 }
 
+/// What a packing interrupted by a crash leaves is finished at the next open: chunks without
+/// the recorded shape are dropped (the keys are still the state), keys under the prefix
+/// beside the recorded shape are dropped (the chunks are the state).
+#[test]
+fn an_interrupted_packing_is_finished_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 2).unwrap();
+    commit(
+        &store,
+        1,
+        vec![(Part::Region(0), vec![(skey(1, 1), Some(vec![0, 5]))])],
+    );
+    store.flush().unwrap();
+    // A crash after the chunks, before the record: a chunk of other rows is there.
+    let mut stray = Batch::default();
+    store.chunks.insert(
+        &mut stray,
+        &crate::packed::chunk_key(0, (1, 0)),
+        &[0, 2, 0, 9][..],
+    );
+    store.state.apply_batch(stray).unwrap();
+    drop(store);
+    let store = Store::open_existing(dir.path()).unwrap();
+    assert_eq!(store.chunks.iter().count(), 0, "the stray chunk is dropped");
+    assert_eq!(store.packed_rows(), 0);
+    assert_eq!(
+        store.get(Part::Region(0), &skey(1, 1)).unwrap().as_deref(),
+        Some(&[0, 5][..])
+    );
+    assert_eq!(store.get(Part::Region(0), &skey(1, 2)).unwrap(), None);
+    assert_eq!(store.keep_packed(stock_spec()).unwrap(), 1);
+    // A crash after the record, before the keys went: a key is left in sled beside it.
+    let mut stray = Batch::default();
+    store.regions[0].insert(&mut stray, &skey(1, 1), &[0, 7][..]);
+    store.regions[0].insert(&mut stray, &skey(3, 3), &[0, 7][..]);
+    store.state.apply_batch(stray).unwrap();
+    drop(store);
+    let store = Store::open_existing(dir.path()).unwrap();
+    assert_eq!(store.regions[0].scan_prefix_unpacked(b"s").count(), 0);
+    assert_eq!(store.packed_rows(), 1);
+    assert_eq!(
+        store.get(Part::Region(0), &skey(1, 1)).unwrap().as_deref(),
+        Some(&[0, 5][..])
+    );
+    assert_eq!(store.get(Part::Region(0), &skey(3, 3)).unwrap(), None);
+}
+
 /// The global partition's read cache answers what sled holds through commits that write,
 /// overwrite and delete cached keys, and through an import.
 #[test]
