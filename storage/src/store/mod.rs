@@ -587,6 +587,22 @@ impl Store {
                 table.set(n as u32, &key, Some(&value));
             }
         }
+        self.write_chunks(&table)?;
+        self.db.flush()?;
+        self.meta.insert_now(META_PACKED, encode(&spec))?;
+        self.db.flush()?;
+        let count = table.len();
+        // The table before the spec: a reader that sees the spec finds the table.
+        *self.packed.table.write().expect("packed lock") = Some(table);
+        let _ = self.packed.spec.set(spec);
+        self.drop_unpacked_keys()?;
+        Ok(count)
+    }
+
+    /// Writes every block of `table` as its chunk, straight to sled, in batches of
+    /// [`RESTORE_BATCH_KEYS`] (packing, and a restore into a new store: nothing reads the
+    /// chunks meanwhile).
+    fn write_chunks(&self, table: &Table) -> Result<(), StoreError> {
         let mut batch = Batch::default();
         let mut in_batch = 0;
         for n in 0..self.partitions() {
@@ -600,15 +616,7 @@ impl Store {
             }
         }
         self.state.apply_batch(batch)?;
-        self.db.flush()?;
-        self.meta.insert_now(META_PACKED, encode(&spec))?;
-        self.db.flush()?;
-        let count = table.len();
-        // The table before the spec: a reader that sees the spec finds the table.
-        *self.packed.table.write().expect("packed lock") = Some(table);
-        let _ = self.packed.spec.set(spec);
-        self.drop_unpacked_keys()?;
-        Ok(count)
+        Ok(())
     }
 
     /// How many keys are packed.

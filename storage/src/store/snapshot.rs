@@ -243,19 +243,7 @@ impl Store {
             }
             // The packed keys as chunks, in batches too: the import finds them in place.
             if let Some(table) = self.packed_table_of(&snapshot.trees)? {
-                let mut batch = Batch::default();
-                let mut in_batch = 0;
-                for n in 0..self.partitions() {
-                    for (key, rows) in table.chunks(n) {
-                        self.chunks.insert(&mut batch, &key, rows);
-                        in_batch += 1;
-                        if in_batch == RESTORE_BATCH_KEYS {
-                            self.state.apply_batch(std::mem::take(&mut batch))?;
-                            in_batch = 0;
-                        }
-                    }
-                }
-                self.state.apply_batch(batch)?;
+                self.write_chunks(&table)?;
             }
         }
         self.import_snapshot(bytes)
