@@ -115,6 +115,17 @@ impl Node {
             )
             .map_err(|e| open("the partition stores")(&e))?,
         );
+        // Stock rows are packed before anything reads the store or Raft applies to it (a
+        // data directory from before is packed now, once): see `Store::keep_packed`.
+        let packing = std::time::Instant::now();
+        let rows = store
+            .keep_packed(ordo_scheduler::keys::stock_packing())
+            .map_err(|e| open("the stock rows")(&e))?;
+        tracing::info!(
+            rows,
+            elapsed_ms = packing.elapsed().as_millis() as u64,
+            "stock rows packed"
+        );
         let log = LogStore::open(config.data_dir.join("raft-log"))
             .map_err(|e| open("the raft log")(&e))?;
         let waiters = Arc::new(Waiters::default());

@@ -202,18 +202,7 @@ pub async fn start(opts: &ServeOptions) -> anyhow::Result<Running> {
             opts.data_dir.display()
         );
     }
-    // Stock rows live in a compact table in memory, and in sled as chunks
-    // (`Store::keep_packed`); a data directory from before is packed now, once.
-    let started = std::time::Instant::now();
-    let rows = node
-        .store
-        .keep_packed(keys::stock_packing())
-        .context("packing the stock rows")?;
-    tracing::info!(
-        rows,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "stock rows packed"
-    );
+    // Stock rows were packed as the node started (`Node::start`, `Store::keep_packed`).
     // Request ids in use are known in memory, so a new id's dedupe lookup (every order's)
     // never reaches sled (`Store::keep_known`).
     let started = std::time::Instant::now();

@@ -27,8 +27,10 @@ use crate::StoreError;
 /// one DC. Smaller blocks cost more per row in memory; larger ones more bytes per chunk write.
 pub const BLOCK_BITS: u32 = 5;
 
-/// Rows a range read copies under the table's lock at a time.
+/// Rows a range read copies under the table's lock at a time, at most; its first page is
+/// [`FIRST_PAGE_ROWS`] (a read of a few rows copies a few), and each next one twice the last.
 pub(crate) const PAGE_ROWS: usize = 1_024;
+pub(crate) const FIRST_PAGE_ROWS: usize = 16;
 
 /// Which keys are packed, and their shape.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,6 +400,8 @@ pub(crate) struct Pages {
     descending: bool,
     after: Option<Vec<u8>>,
     page: std::vec::IntoIter<(IVec, IVec)>,
+    /// Rows the next page asks for.
+    next_rows: usize,
     done: bool,
 }
 
@@ -416,6 +420,7 @@ impl Pages {
             descending,
             after: None,
             page: Vec::new().into_iter(),
+            next_rows: FIRST_PAGE_ROWS,
             done: false,
         }
     }
@@ -440,11 +445,12 @@ impl Iterator for Pages {
                         (&self.start, self.end.as_deref()),
                         self.after.as_deref(),
                         self.descending,
-                        PAGE_ROWS,
+                        self.next_rows,
                     )
                 })
             };
-            self.done = page.len() < PAGE_ROWS;
+            self.done = page.len() < self.next_rows;
+            self.next_rows = (self.next_rows * 2).min(PAGE_ROWS);
             self.after = page.last().map(|(key, _)| key.to_vec());
             self.page = page.into_iter();
         }

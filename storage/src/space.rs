@@ -144,12 +144,13 @@ impl Space {
         descending: bool,
         packed: bool,
     ) -> Box<dyn Iterator<Item = Pair> + Send> {
-        let len = self.prefix.len();
         let rows = match &self.packed {
             Some((table, n)) if packed => {
+                // The range within this keyspace; an end past it (this keyspace's end, or
+                // the successor of a prefix of 0xFF bytes) is no end.
                 let within = (
-                    &start[len..],
-                    (end.as_slice() < self.end().as_slice()).then(|| &end[len..]),
+                    start.strip_prefix(&self.prefix[..]).unwrap_or_default(),
+                    end.strip_prefix(&self.prefix[..]),
                 );
                 table
                     .meets(within.0, within.1)

@@ -566,6 +566,9 @@ impl Store {
     /// (nothing changes). Commits wait meanwhile.
     pub fn keep_packed(&self, spec: PackSpec) -> Result<usize, StoreError> {
         spec.check()?;
+        // No export runs meanwhile (its dump reads outside the gate, and would see keys move
+        // from sled to the table under it), then no commit.
+        let _one = self.snapshot.lock().expect("snapshot lock");
         let _gate = self.gate.write().expect("epoch gate");
         if let Some(packed) = self.packed.spec.get() {
             if *packed != spec {
@@ -575,8 +578,12 @@ impl Store {
             }
             return Ok(self.packed_rows());
         }
-        // sled alone is the state from here.
+        // sled alone is the state from here. An open view's reads run again: they would
+        // see keys move from sled to the table under them.
         self.behind.sync()?;
+        for view in self.views.lock().expect("views lock").iter() {
+            view.spoil();
+        }
         let mut table = Table::new(spec.clone(), self.partitions());
         for (n, space) in self.regions.iter().enumerate() {
             for pair in space.scan_prefix_unpacked(&spec.prefix) {

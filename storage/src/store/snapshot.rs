@@ -300,10 +300,12 @@ impl Store {
         }
         // sled alone holds the state from here: the diff below is read from it and written
         // to it directly.
+        // The packed rows first: a snapshot whose rows do not fit is refused before the
+        // import is marked as begun.
+        let table = self.packed_table_of(&snapshot.trees)?;
         self.behind.sync()?;
         self.mark_import_started()?;
         let mut batch = Batch::default();
-        let table = self.packed_table_of(&snapshot.trees)?;
         for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
             let packed = table
                 .as_ref()

@@ -594,6 +594,31 @@ fn packed_keys_read_as_sled_keys_would() {
     same(&plain, &restored, "after a restore");
 }
 
+/// A range to the end of a region's keyspace whose prefix ends in 0xFF bytes (region 239)
+/// reads what is there, packed or not.
+#[test]
+fn a_range_to_the_end_of_the_last_byte_keyspace_reads_packed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 240).unwrap();
+    store.keep_packed(stock_spec()).unwrap();
+    let part = Part::Region(239);
+    commit(
+        &store,
+        1,
+        vec![(part, vec![(skey(1, 1), Some(vec![0, 5])), put("t1", "a")])],
+    );
+    let keys = |pairs: Vec<(IVec, IVec)>| -> Vec<Vec<u8>> {
+        pairs.into_iter().map(|(k, _)| k.to_vec()).collect()
+    };
+    let all = vec![skey(1, 1), b"t1".to_vec()];
+    assert_eq!(keys(store.scan_prefix(part, b"", 10).unwrap()), all);
+    assert_eq!(
+        keys(store.scan_prefix(part, &[0xFF], 10).unwrap()),
+        Vec::<Vec<u8>>::new()
+    );
+    assert_eq!(store.count_prefix(part, b"", 10).unwrap(), 2);
+}
+
 /// What a packing interrupted by a crash leaves is finished at the next open: chunks without
 /// the recorded shape are dropped (the keys are still the state), keys under the prefix
 /// beside the recorded shape are dropped (the chunks are the state).
