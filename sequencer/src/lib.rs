@@ -8,6 +8,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`batcher`]: the bounded queue and the epoch batcher.
 //! - [`state_machine`]: openraft's state machine over the scheduler and stores.
+//! - [`snapshot_data`]: openraft's snapshot data, a file read and written by position.
 //! - [`waiters`]: clients waiting for results.
 //! - [`network`]: the Raft network over tonic (`ordo.internal.v1.Raft`), one lazy channel a peer.
 //! - [`raft_service`]: the server side of that service: Raft messages, forwarded batches,
@@ -26,6 +27,7 @@ pub mod network;
 pub mod node;
 pub mod peers;
 pub mod raft_service;
+pub mod snapshot_data;
 pub mod state_machine;
 pub mod types;
 pub mod waiters;

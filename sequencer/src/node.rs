@@ -79,6 +79,8 @@ pub struct Node {
     /// membership changes).
     pub secret: Option<ClusterSecret>,
     forward_timeout: Duration,
+    /// `snapshots/` under the data directory.
+    snapshot_dir: PathBuf,
 }
 
 /// A file in a data directory that `ordo restore` made: the state came from a backup, not from
@@ -215,6 +217,7 @@ impl Node {
             peers,
             secret: config.secret.clone(),
             forward_timeout: config.forward_timeout,
+            snapshot_dir: config.data_dir.join("snapshots"),
         };
         if single {
             node.init_cluster()
@@ -302,6 +305,12 @@ impl Node {
             )) => Ok(InitOutcome::AlreadyInitialized),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// The node's snapshot directory (`snapshots/` in its data directory): snapshot files,
+    /// and the exports of backups while they are sent.
+    pub fn snapshot_dir(&self) -> &std::path::Path {
+        &self.snapshot_dir
     }
 
     /// The `ordo.internal.v1.Raft` service of this node, for the gRPC server to mount.

@@ -18,7 +18,8 @@
 //! ([`Store::import_interrupted`]) and [`StateMachine::open`] imports that file again.
 
 use std::fs::{self, File};
-use std::io::{Cursor, Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,10 +29,11 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 use ordo_scheduler::feed::EpochEvents;
 use ordo_scheduler::held::HeldRows;
 use ordo_scheduler::{epoch_time_ms, execute_epoch, ExecConfig};
-use ordo_storage::{EpochCommit, EpochStamp, Store};
+use ordo_storage::{EpochCommit, EpochStamp, SnapshotSource, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::snapshot_data::{SnapshotData, TempPath};
 use crate::types::*;
 use crate::waiters::Waiters;
 
@@ -87,7 +89,7 @@ impl StateMachine {
     ) -> Result<Self, StorageError> {
         let snapshot = CurrentSnapshot::open(snapshot_dir)?;
         let mut meta = decode_meta(&store.applied().raft_meta)?;
-        let current = snapshot.read()?;
+        let current = snapshot.open_current()?;
         let restore = match current {
             None if store.import_interrupted() => {
                 return Err(sm_read_err(format!(
@@ -98,7 +100,7 @@ impl StateMachine {
                 )));
             }
             None => None,
-            Some((snap_meta, data)) if store.import_interrupted() => {
+            Some((snap_meta, file, offset)) if store.import_interrupted() => {
                 // An install only ever imports a snapshot past the store's state, so an older
                 // file cannot be the one it was importing.
                 if snap_meta.last_log_id < meta.last_applied {
@@ -116,20 +118,25 @@ impl StateMachine {
                     store = ?meta.last_applied,
                     "a snapshot install was interrupted; finishing it from the snapshot on disk"
                 );
-                Some(data)
+                Some((file, offset))
             }
-            Some((snap_meta, data)) if snap_meta.last_log_id > meta.last_applied => {
+            Some((snap_meta, file, offset)) if snap_meta.last_log_id > meta.last_applied => {
                 tracing::warn!(
                     snapshot = ?snap_meta.last_log_id,
                     store = ?meta.last_applied,
                     "store is behind the last snapshot; restoring it from the snapshot"
                 );
-                Some(data)
+                Some((file, offset))
             }
             Some(_) => None,
         };
-        if let Some(data) = restore {
-            store.import_snapshot(&data).map_err(sm_write_err)?;
+        if let Some((file, offset)) = restore {
+            let source = SnapshotSource::File {
+                file: &file,
+                offset,
+                len: None,
+            };
+            store.import_snapshot_from(source).map_err(sm_write_err)?;
             meta = decode_meta(&store.applied().raft_meta)?;
         }
         let (applied_epoch, _) = watch::channel(store.applied_epoch());
@@ -257,27 +264,51 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    /// A new file in the snapshot directory that openraft writes the chunks into (removed
+    /// if the transfer is abandoned).
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        let current = self.snapshot.clone();
+        let (file, temp) = tokio::task::spawn_blocking(move || current.create_temp())
+            .await
+            .map_err(snapshot_err)??;
+        Ok(Box::new(SnapshotData::new(file, META_REGION_BYTES, temp)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        let SnapshotData { file, base, temp } = *snapshot;
+        let file = file.into_std().await;
         let (store, current, snapshot_meta) =
             (self.store.clone(), self.snapshot.clone(), meta.clone());
         let started = std::time::Instant::now();
-        ordo_metrics::SNAPSHOT_BYTES.set(data.len() as i64);
         tokio::task::spawn_blocking(move || {
-            // The file first: if this node dies during the import, the next open finishes the
-            // import from it. A newer file would stay, and finishing from it would reach a
-            // state this node applied itself; but openraft installs only snapshots past the
-            // applied state, and the file is never past it.
-            current.replace_if_newer(&snapshot_meta, &data)?;
-            store.import_snapshot(&data).map_err(sm_write_err)?;
+            let bytes = file
+                .metadata()
+                .map_err(sm_read_err)?
+                .len()
+                .saturating_sub(base);
+            ordo_metrics::SNAPSHOT_BYTES.set(bytes as i64);
+            // The file becomes `current.snap` first: if this node dies during the import, the
+            // next open finishes the import from it. A newer file would stay, and finishing
+            // from it would reach a state this node applied itself; but openraft installs only
+            // snapshots past the applied state, and the file is never past it. A received
+            // file is renamed into place; any other (`ordo replay` installs a node's own
+            // `current.snap`) is copied, and stays where it is.
+            let (file, temp) = if temp.is_some() && base == META_REGION_BYTES {
+                (file, temp)
+            } else {
+                current.copy_in(file, base)?
+            };
+            current.seal(&file, temp, &snapshot_meta)?;
+            let source = SnapshotSource::File {
+                file: &file,
+                offset: META_REGION_BYTES,
+                len: None,
+            };
+            store.import_snapshot_from(source).map_err(sm_write_err)?;
             HeldRows::load(&store).map_err(sm_write_err)
         })
         .await
@@ -297,10 +328,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.snapshot.read()?.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(self
+            .snapshot
+            .open_current()?
+            .map(|(meta, file, offset)| Snapshot {
+                meta,
+                snapshot: Box::new(SnapshotData::new(file, offset, TempPath::default())),
+            }))
     }
 }
 
@@ -318,8 +352,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (store, current) = (self.store.clone(), self.snapshot.clone());
         let started = std::time::Instant::now();
-        let (meta, data) = tokio::task::spawn_blocking(move || {
-            let (applied, data) = store.export_snapshot().map_err(snapshot_err)?;
+        let (meta, file, bytes) = tokio::task::spawn_blocking(move || {
+            let (mut file, temp) = current.create_temp()?;
+            let (applied, bytes) = store.export_snapshot_to(&mut file).map_err(snapshot_err)?;
             let raft_meta = decode_meta(&applied.raft_meta)?;
             let snapshot_id = format!(
                 "e{}-i{}",
@@ -331,16 +366,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: raft_meta.membership,
                 snapshot_id,
             };
-            current.replace_if_newer(&meta, &data)?;
-            Ok::<_, StorageError>((meta, data))
+            current.seal(&file, temp, &meta)?;
+            Ok::<_, StorageError>((meta, file, bytes))
         })
         .await
         .map_err(snapshot_err)??;
         ordo_metrics::SNAPSHOT_BUILD.observe_duration(started.elapsed());
-        ordo_metrics::SNAPSHOT_BYTES.set(data.len() as i64);
+        ordo_metrics::SNAPSHOT_BYTES.set(bytes as i64);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(SnapshotData::new(
+                file,
+                META_REGION_BYTES,
+                TempPath::default(),
+            )),
         })
     }
 }
@@ -348,8 +387,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// Numbers temporary snapshot files, so no two writes in this process share one.
 static SNAPSHOT_TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// `current.snap` in a node's snapshot directory: `[meta length: u32 LE][bincode meta][data]`.
-/// Clones share the writer lock; the state machine and its snapshot builders hold one each.
+/// `current.snap` in a node's snapshot directory: `[meta length: u32 LE][bincode meta][data]`,
+/// the meta zero-padded to [`META_REGION_BYTES`] (see there). Clones share the writer lock; the state machine and its snapshot builders hold one each.
 #[derive(Clone)]
 pub struct CurrentSnapshot {
     path: PathBuf,
@@ -365,8 +404,12 @@ impl CurrentSnapshot {
         for entry in fs::read_dir(dir).map_err(snapshot_err)? {
             let name = entry.map_err(snapshot_err)?.file_name();
             let name = name.to_string_lossy();
-            // `current.tmp` is the one temporary name earlier versions used.
-            if name.starts_with("current.snap.tmp-") || name == "current.tmp" {
+            // `current.tmp` is the one temporary name earlier versions used; `backup.tmp-` are
+            // the exports of backups (unlinked as soon as they are made).
+            if name.starts_with("current.snap.tmp-")
+                || name == "current.tmp"
+                || name.starts_with("backup.tmp-")
+            {
                 let stale = dir.join(&*name);
                 tracing::debug!(path = %stale.display(), "removing a stale temporary snapshot");
                 fs::remove_file(&stale).map_err(snapshot_err)?;
@@ -382,14 +425,25 @@ impl CurrentSnapshot {
         }
     }
 
-    /// The snapshot's metadata and the store export, if there is a snapshot.
-    pub fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+    /// The current snapshot's metadata, the file open for reading, and where its export
+    /// starts in it; `None` when there is no snapshot.
+    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, File, u64)>, StorageError> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(sm_read_err(e)),
         };
         let meta = self.read_meta_from(&mut file)?;
+        let offset = file.stream_position().map_err(sm_read_err)?;
+        Ok(Some((meta, file, offset)))
+    }
+
+    /// The snapshot's metadata and the store export, if there is a snapshot (for tests: a
+    /// node never holds a whole snapshot in memory).
+    pub fn read(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let Some((meta, mut file, _)) = self.open_current()? else {
+            return Ok(None);
+        };
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(sm_read_err)?;
         Ok(Some((meta, data)))
@@ -408,16 +462,73 @@ impl CurrentSnapshot {
         let truncated = |_| sm_read_err(format!("snapshot {} is truncated", self.path.display()));
         let mut len = [0u8; 4];
         file.read_exact(&mut len).map_err(truncated)?;
-        let mut meta = vec![0u8; u32::from_le_bytes(len) as usize];
+        let len = u32::from_le_bytes(len) as u64;
+        if len > META_REGION_BYTES {
+            return Err(sm_read_err(format!(
+                "snapshot {}: metadata of {len} bytes",
+                self.path.display()
+            )));
+        }
+        let mut meta = vec![0u8; len as usize];
         file.read_exact(&mut meta).map_err(truncated)?;
+        // Zeros may follow the metadata in its region; bincode reads past none of them.
         bincode::deserialize(&meta).map_err(sm_read_err)
     }
 
-    /// Makes `(meta, data)` the current snapshot if its last log id is newer than the current
-    /// one's; otherwise leaves the file alone. Returns whether it replaced the file. The new
-    /// file is written under a name of its own, fsynced, then renamed over the old one, so a
-    /// reader always finds a whole snapshot.
-    pub fn replace_if_newer(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StorageError> {
+    /// A new temporary file in the snapshot directory for a snapshot being built or
+    /// received, positioned where its export starts ([`META_REGION_BYTES`]). Dropping the
+    /// [`TempPath`] removes it.
+    pub(crate) fn create_temp(&self) -> Result<(File, TempPath), StorageError> {
+        let tmp = self.path.with_file_name(format!(
+            "current.snap.tmp-{}-{}",
+            std::process::id(),
+            SNAPSHOT_TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| snapshot_err(format!("creating {}: {e}", tmp.display())))?;
+        let temp = TempPath::new(tmp);
+        file.seek(SeekFrom::Start(META_REGION_BYTES))
+            .map_err(snapshot_err)?;
+        Ok((file, temp))
+    }
+
+    /// A new temporary file ([`Self::create_temp`]) holding the export in `file` from `base` on.
+    fn copy_in(&self, mut file: File, base: u64) -> Result<(File, TempPath), StorageError> {
+        let (mut copy, temp) = self.create_temp()?;
+        file.seek(SeekFrom::Start(base))
+            .and_then(|_| std::io::copy(&mut file, &mut copy))
+            .map_err(|e| snapshot_err(format!("copying a snapshot: {e}")))?;
+        Ok((copy, temp))
+    }
+
+    /// Writes `meta` into the metadata region of `file` (made by [`Self::create_temp`], its
+    /// export written), fsyncs it, and makes it the current snapshot if its last log id is
+    /// newer than the current one's: renamed over it, the directory fsynced, so a reader
+    /// always finds a whole snapshot. Otherwise the file is removed. Either way `file` stays
+    /// readable. Returns whether it replaced the current snapshot.
+    pub(crate) fn seal(
+        &self,
+        file: &File,
+        temp: TempPath,
+        meta: &SnapshotMeta,
+    ) -> Result<bool, StorageError> {
+        let meta_bytes = bincode::serialize(meta).map_err(snapshot_err)?;
+        let region = META_REGION_BYTES - 4;
+        if meta_bytes.len() as u64 > region {
+            return Err(snapshot_err(format!(
+                "snapshot metadata of {} bytes does not fit its {region}",
+                meta_bytes.len()
+            )));
+        }
+        let mut head = (region as u32).to_le_bytes().to_vec();
+        head.extend_from_slice(&meta_bytes);
+        file.write_all_at(&head, 0)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| snapshot_err(format!("writing a snapshot: {e}")))?;
         let _writer = self.writer.lock().expect("snapshot writer lock");
         if let Some(current) = self.read_meta()? {
             if meta.last_log_id <= current.last_log_id {
@@ -429,20 +540,12 @@ impl CurrentSnapshot {
                 return Ok(false);
             }
         }
-        let meta_bytes = bincode::serialize(meta).map_err(snapshot_err)?;
-        let tmp = self.path.with_file_name(format!(
-            "current.snap.tmp-{}-{}",
-            std::process::id(),
-            SNAPSHOT_TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = File::create(&tmp).and_then(|mut file| {
-            file.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
-            file.write_all(&meta_bytes)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        });
-        if let Err(e) = written {
+        let Some(tmp) = temp.keep() else {
+            return Err(snapshot_err(
+                "a snapshot file to seal has no temporary path",
+            ));
+        };
+        if let Err(e) = fs::rename(&tmp, &self.path) {
             // Best effort: a leftover is removed by the next open anyway.
             let _ = fs::remove_file(&tmp);
             return Err(snapshot_err(format!(
@@ -457,12 +560,29 @@ impl CurrentSnapshot {
         }
         Ok(true)
     }
+
+    /// Makes `(meta, data)` the current snapshot if its last log id is newer than the current
+    /// one's; otherwise leaves the file alone. Returns whether it replaced the file.
+    pub fn replace_if_newer(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<bool, StorageError> {
+        let (mut file, temp) = self.create_temp()?;
+        file.write_all(data).map_err(snapshot_err)?;
+        self.seal(&file, temp, meta)
+    }
 }
 
-/// The current snapshot in `snapshot_dir`, if any: its metadata and the store export.
-pub fn load_snapshot(snapshot_dir: &Path) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-    CurrentSnapshot::at(snapshot_dir).read()
+/// The current snapshot in `snapshot_dir`, if any: its metadata, the file open for reading,
+/// and where the store export starts in it.
+pub fn load_snapshot(
+    snapshot_dir: &Path,
+) -> Result<Option<(SnapshotMeta, File, u64)>, StorageError> {
+    CurrentSnapshot::at(snapshot_dir).open_current()
 }
+
+/// Bytes at the start of a snapshot file that Ordo writes for its metadata:
+/// `[length: u32 LE][bincode meta]`, zeros after the meta up to the length. The export
+/// follows, so a file can be received (or built) before its metadata is written. Files
+/// written before (the region exactly the meta's length) read the same.
+pub const META_REGION_BYTES: u64 = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,5 @@
 //! The openraft type configuration: one Raft entry is one epoch batch.
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 pub use ordo_scheduler::Batch;
@@ -21,7 +19,7 @@ openraft::declare_raft_types!(
         R = EntryApplied,
         NodeId = u64,
         Node = openraft::BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
 );
 
 pub type NodeId = u64;

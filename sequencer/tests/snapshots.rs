@@ -63,7 +63,12 @@ async fn an_install_interrupted_by_a_crash_is_finished_on_restart() {
         .build_snapshot()
         .await
         .expect("build");
-    let data = snapshot.snapshot.into_inner();
+    let mut snapshot = snapshot;
+    let data = snapshot
+        .snapshot
+        .read_to_vec()
+        .await
+        .expect("read the snapshot");
     assert_eq!(snapshot.meta.last_log_id, Some(log_id(20)));
 
     eprintln!("--- phase: a follower at index 5 dies while installing it");
@@ -153,16 +158,21 @@ async fn builds_racing_the_applies_leave_the_newest_snapshot_whole() {
         "{} builds, newest {newest:?}",
         built.lock().expect("built").len()
     );
-    let current = sm
+    let mut current = sm
         .get_current_snapshot()
         .await
         .expect("read")
         .expect("a snapshot");
     assert_eq!(current.meta.last_log_id, newest);
+    let data = current
+        .snapshot
+        .read_to_vec()
+        .await
+        .expect("read the snapshot");
     let restored_dir = dir.path().join("restored");
     CurrentSnapshot::open(&restored_dir.join("snapshots"))
         .expect("snapshot dir")
-        .replace_if_newer(&current.meta, current.snapshot.get_ref())
+        .replace_if_newer(&current.meta, &data)
         .expect("copy the snapshot");
     let (_, mut restored) = open_node(&restored_dir);
     let (last_applied, _) = restored.applied_state().await.expect("applied state");
@@ -173,4 +183,82 @@ async fn builds_racing_the_applies_leave_the_newest_snapshot_whole() {
         .filter(|name| name != "current.snap")
         .collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
+}
+
+/// A snapshot received the way openraft receives one (chunks written by position into the
+/// file `begin_receiving_snapshot` gives, out of order and one of them twice) installs the
+/// sender's state, becomes the receiver's `current.snap`, and leaves no other file; a
+/// transfer abandoned halfway leaves nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (leader_store, mut leader) = open_node(&dir.path().join("leader"));
+    apply(&mut leader, "leader", 1..=30).await;
+    let mut sent = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let data = sent
+        .snapshot
+        .read_to_vec()
+        .await
+        .expect("read the snapshot");
+    let (_, exported) = leader_store.export_snapshot().expect("export");
+    assert!(data == exported, "the snapshot is not the leader's state");
+
+    let follower_dir = dir.path().join("follower");
+    let (store, mut follower) = open_node(&follower_dir);
+    apply(&mut follower, "follower", 1..=3).await;
+    let snapshots = follower_dir.join("snapshots");
+    let files = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Abandoned: the receiving file goes with it.
+    let mut abandoned = follower.begin_receiving_snapshot().await.expect("begin");
+    abandoned
+        .write_all(&data[..data.len() / 2])
+        .await
+        .expect("write");
+    assert_eq!(files().len(), 1, "{:?}", files());
+    drop(abandoned);
+    assert!(files().is_empty(), "{:?}", files());
+
+    let mut received = follower.begin_receiving_snapshot().await.expect("begin");
+    let chunk = data.len() / 3 + 1;
+    let mut offsets: Vec<usize> = (0..data.len()).step_by(chunk).collect();
+    offsets.reverse();
+    offsets.push(0);
+    for offset in offsets {
+        received
+            .seek(std::io::SeekFrom::Start(offset as u64))
+            .await
+            .expect("seek");
+        let end = (offset + chunk).min(data.len());
+        received.write_all(&data[offset..end]).await.expect("write");
+    }
+    received.shutdown().await.expect("shutdown");
+    follower
+        .install_snapshot(&sent.meta, received)
+        .await
+        .expect("install");
+    let (last_applied, _) = follower.applied_state().await.expect("applied state");
+    assert_eq!(last_applied, sent.meta.last_log_id);
+    assert!(store.export_snapshot().expect("export").1 == exported);
+    assert_eq!(files(), ["current.snap"]);
+    let (meta, on_disk) = CurrentSnapshot::open(&snapshots)
+        .expect("open")
+        .read()
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(meta, sent.meta);
+    assert!(on_disk == data, "current.snap does not hold what was sent");
 }

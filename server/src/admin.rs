@@ -327,6 +327,7 @@ impl Admin for AdminService {
             .stream(
                 self.node.node_id,
                 self.node.store.clone(),
+                self.node.snapshot_dir().to_path_buf(),
                 self.closing.clone(),
             )
             .await?;

@@ -11,7 +11,7 @@
 //! fsyncs and renames, so a file under the final name is always whole.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Chunks a backup stream buffers ahead of its reader.
 const CHUNKS_BUFFERED: usize = 4;
 /// How long a backup stream waits for its reader to take a chunk before it gives up (and
-/// frees the copy of the state it holds).
+/// frees the export file it holds).
 const STALL: Duration = Duration::from_secs(60);
 
 pub type BackupStream = Pin<Box<dyn Stream<Item = Result<v1::BackupChunk, Status>> + Send>>;
@@ -56,12 +56,13 @@ impl Backups {
         }
     }
 
-    /// Exports the store at its applied epoch and streams it: the header, then the state in
-    /// chunks. The stream ends with UNAVAILABLE when `closing` turns true (the node stops).
+    /// Exports the store at its applied epoch into a file in `dir` (the snapshot directory)
+    /// and streams it: the header, then the state in chunks. The stream ends with UNAVAILABLE when `closing` turns true (the node stops).
     pub async fn stream(
         &self,
         node_id: u64,
         store: Arc<Store>,
+        dir: PathBuf,
         mut closing: tokio::sync::watch::Receiver<bool>,
     ) -> Result<BackupStream, Status> {
         let permit = self.running.clone().try_acquire_owned().map_err(|_| {
@@ -77,16 +78,13 @@ impl Backups {
             let _permit = permit;
             let started = std::time::Instant::now();
             let partitions = store.partitions();
-            // The export and its digest (hundreds of megabytes) off the async threads.
-            let exported = tokio::task::spawn_blocking(move || {
-                store
-                    .export_snapshot()
-                    .map(|(applied, data)| (applied, blake3::hash(&data), data))
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-            let (applied, digest, data) = match exported {
+            // The export goes to a file (no state in memory), then its digest is read back:
+            // both off the async threads.
+            let exported = tokio::task::spawn_blocking(move || export_to_file(&store, &dir))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("{e:#}")));
+            let (applied, digest, bytes, file) = match exported {
                 Ok(exported) => exported,
                 Err(e) => {
                     tracing::error!(error = %e, "backup: exporting the state failed");
@@ -103,22 +101,21 @@ impl Backups {
                 time_ms: applied.time_ms,
                 state_hash: applied.state_hash.to_vec(),
                 partitions,
-                bytes: data.len() as u64,
+                bytes,
                 blake3: digest.as_bytes().to_vec(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
             };
             tracing::info!(
                 epoch = applied.epoch,
-                bytes = data.len(),
+                bytes,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "backup exported; streaming it"
             );
-            let parts = std::iter::once(v1::backup_chunk::Part::Header(header)).chain(
-                data.chunks(chunk_bytes)
-                    .map(|c| v1::backup_chunk::Part::Data(c.to_vec())),
-            );
-            for part in parts {
-                let chunk = Ok(v1::BackupChunk { part: Some(part) });
+            let mut file = tokio::fs::File::from_std(file);
+            let mut left = bytes;
+            let mut part = Some(v1::backup_chunk::Part::Header(header));
+            while let Some(next) = part.take() {
+                let chunk = Ok(v1::BackupChunk { part: Some(next) });
                 tokio::select! {
                     sent = tx.send_timeout(chunk, STALL) => {
                         if sent.is_err() {
@@ -133,6 +130,19 @@ impl Backups {
                         return;
                     }
                 }
+                if left == 0 {
+                    break;
+                }
+                let mut data = vec![0u8; left.min(chunk_bytes as u64) as usize];
+                if let Err(e) = tokio::io::AsyncReadExt::read_exact(&mut file, &mut data).await {
+                    tracing::error!(error = %e, "backup: reading the export back failed");
+                    let _ = tx
+                        .send(Err(Status::internal(format!("reading the export: {e}"))))
+                        .await;
+                    return;
+                }
+                left -= data.len() as u64;
+                part = Some(v1::backup_chunk::Part::Data(data));
             }
             tracing::info!(
                 epoch = applied.epoch,
@@ -142,6 +152,38 @@ impl Backups {
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+}
+
+/// Numbers the export files of backups in this process.
+static EXPORT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Exports the store into a new file in `dir`, unlinked at once (so nothing is left behind,
+/// whatever happens, and the disk space comes back when the file is closed), and reads its
+/// BLAKE3 back. Returns the applied state it reflects, the digest, its size, and the file
+/// positioned at its start.
+fn export_to_file(
+    store: &Store,
+    dir: &Path,
+) -> anyhow::Result<(ordo_storage::Applied, blake3::Hash, u64, File)> {
+    let path = dir.join(format!(
+        "backup.tmp-{}-{}",
+        std::process::id(),
+        EXPORT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    fs::remove_file(&path).with_context(|| format!("unlinking {}", path.display()))?;
+    let (applied, bytes) = store.export_snapshot_to(&mut file)?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut hasher = blake3::Hasher::new();
+    let hashed = std::io::copy(&mut (&file).take(bytes), &mut hasher)?;
+    anyhow::ensure!(hashed == bytes, "the export is {hashed} bytes, not {bytes}");
+    file.seek(SeekFrom::Start(0))?;
+    Ok((applied, hasher.finalize(), bytes, file))
 }
 
 /// A backup file's header line.
@@ -263,10 +305,11 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// Reads a backup file: its header and state, checked against the header's size and digest.
-pub fn read(path: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
+/// Opens a backup file and checks its state against the header's size and digest, reading it
+/// through once. Returns the header, the file, and where the state starts in it.
+pub fn open(path: &Path) -> anyhow::Result<(Header, File, u64)> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(&file);
     let mut line = String::new();
     (&mut reader)
         .take(HEADER_BYTES_MAX)
@@ -277,11 +320,13 @@ pub fn read(path: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
         "{} is not an Ordo backup (it does not start with {MAGIC:?})",
         path.display()
     );
+    let mut offset = line.len() as u64;
     line.clear();
     (&mut reader)
         .take(HEADER_BYTES_MAX)
         .read_line(&mut line)
         .with_context(|| format!("reading {}", path.display()))?;
+    offset += line.len() as u64;
     let header: Header = serde_json::from_str(&line)
         .with_context(|| format!("{}: the header line is not a backup header", path.display()))?;
     anyhow::ensure!(
@@ -292,30 +337,27 @@ pub fn read(path: &Path) -> anyhow::Result<(Header, Vec<u8>)> {
         ordo_storage::SNAPSHOT_FORMAT,
         header.version
     );
-    let mut data = Vec::new();
+    let mut hasher = blake3::Hasher::new();
     // One byte past the announced size, so a longer file is caught without reading it all.
-    (&mut reader)
-        .take(header.bytes.saturating_add(1))
-        .read_to_end(&mut data)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let read = std::io::copy(
+        &mut (&mut reader).take(header.bytes.saturating_add(1)),
+        &mut hasher,
+    )
+    .with_context(|| format!("reading {}", path.display()))?;
     anyhow::ensure!(
-        data.len() as u64 == header.bytes,
-        "{} holds {}{} bytes of state, its header says {}: the file is damaged",
+        read == header.bytes,
+        "{} holds {read}{} bytes of state, its header says {}: the file is damaged",
         path.display(),
-        data.len(),
-        if data.len() as u64 > header.bytes {
-            " or more"
-        } else {
-            ""
-        },
+        if read > header.bytes { " or more" } else { "" },
         header.bytes
     );
     anyhow::ensure!(
-        ordo_storage::hex(blake3::hash(&data).as_bytes()) == header.blake3,
+        ordo_storage::hex(hasher.finalize().as_bytes()) == header.blake3,
         "{}: the state's BLAKE3 does not match its header: the file is damaged",
         path.display()
     );
-    Ok((header, data))
+    drop(reader);
+    Ok((header, file, offset))
 }
 
 /// `ordo restore`: makes `data_dir` (absent or empty) the data directory of a new node holding
@@ -331,7 +373,7 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Header> {
             data_dir.display()
         );
     }
-    let (header, data) = read(from)?;
+    let (header, file, offset) = open(from)?;
     fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let state_dir = data_dir.join("state");
     let restored = (|| {
@@ -339,7 +381,11 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<Header> {
         let store = Store::open_with_cache(&state_dir, header.partitions, 64 * 1024 * 1024)?;
         // The stock rows go in as the node keeps them: packed.
         store.keep_packed(ordo_scheduler::keys::stock_packing())?;
-        store.restore_snapshot(&data)?;
+        store.restore_snapshot_from(ordo_storage::SnapshotSource::File {
+            file: &file,
+            offset,
+            len: Some(header.bytes),
+        })?;
         let applied = store.applied();
         anyhow::ensure!(
             applied.epoch == header.epoch && ordo_storage::hex(&applied.state_hash) == header.state_hash,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
 use ordo_scheduler::ExecConfig;
+use ordo_sequencer::snapshot_data::SnapshotData;
 use ordo_sequencer::state_machine::{load_snapshot, StateMachine};
 use ordo_sequencer::{LogStore, Waiters};
 use ordo_storage::{hex, Store};
@@ -70,13 +71,14 @@ pub async fn replay(data_dir: &Path, expiry_per_epoch_max: usize) -> anyhow::Res
     )?;
     let mut next = 0;
     if let Some(purged) = log_state.last_purged_log_id {
-        let (meta, data) = load_snapshot(&data_dir.join("snapshots"))?
+        let (meta, file, offset) = load_snapshot(&data_dir.join("snapshots"))?
             .context("the log is purged but the node has no snapshot to start from")?;
         if meta.last_log_id.map(|id| id.index) < Some(purged.index) {
             bail!("the snapshot ends before the purged log; cannot replay");
         }
         next = meta.last_log_id.map(|id| id.index + 1).unwrap_or(0);
-        sm.install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
+        // Read where it is: the node's file is not moved.
+        sm.install_snapshot(&meta, Box::new(SnapshotData::reading(file, offset)))
             .await?;
     }
     let mut entries = 0;

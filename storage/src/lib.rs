@@ -29,8 +29,9 @@ pub use hash::{hex, HashChain, StateHash};
 pub use packed::{PackSpec, BLOCK_BITS};
 pub use raft_log::LogStore;
 pub use store::{
-    Applied, EpochCommit, EpochStamp, FeedPage, FeedRetention, Part, Reader, Store, Write,
-    DEFAULT_CACHE_BYTES, HASH_WINDOW_EPOCHS, PARTITIONS_MAX, SNAPSHOT_FORMAT,
+    Applied, EpochCommit, EpochStamp, ExportSink, FeedPage, FeedRetention, Part, Reader,
+    SnapshotSource, Store, Write, DEFAULT_CACHE_BYTES, HASH_WINDOW_EPOCHS, PARTITIONS_MAX,
+    SNAPSHOT_FORMAT, SNAPSHOT_ITEM_BYTES_MAX,
 };
 pub use view::{VIEWS_MAX, VIEW_KEYS_MAX};
 
@@ -48,4 +49,6 @@ pub enum StoreError {
     Config(String),
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
 }

@@ -131,7 +131,7 @@ const META_IMPORTING: &[u8] = b"importing";
 const META_PACKED: &[u8] = b"packed";
 /// The feed's start ([`FeedState::start`]): this node's, never exported in a snapshot.
 const META_FEED_START: &[u8] = b"feed_start";
-/// Keys in one sled batch of [`Store::restore_snapshot`].
+/// Keys in one sled batch of a snapshot import or restore, and of packing.
 pub const RESTORE_BATCH_KEYS: usize = 16_384;
 
 /// Numbers the stores a process opens ([`Store`]'s `id`).
@@ -212,6 +212,12 @@ pub struct Store {
     /// Tests run this between a global read's sled read and its cache fill (a commit there).
     #[cfg(test)]
     before_global_fill: Mutex<Option<Box<dyn FnMut() + Send>>>,
+    /// [`snapshot::EXPORT_BATCH_PAIRS`], a field so unit tests can patch after every pair.
+    export_batch_pairs: usize,
+    /// Tests run this as an export begins each tree and after each batch it writes (with the
+    /// tree's position and the batches written of it): commits there.
+    #[cfg(test)]
+    export_hook: Mutex<Option<ExportHook>>,
     /// The change feed: epoch (big-endian) → that epoch's encoded events.
     feed_tree: Space,
     /// The feed's start, size and retention.
@@ -404,6 +410,9 @@ impl Store {
             global_cache: Mutex::new(HashMap::new()),
             #[cfg(test)]
             before_global_fill: Mutex::new(None),
+            export_batch_pairs: snapshot::EXPORT_BATCH_PAIRS,
+            #[cfg(test)]
+            export_hook: Mutex::new(None),
             packed,
             chunks,
             known: RwLock::new(None),
@@ -960,6 +969,9 @@ mod commit;
 mod feed;
 mod known;
 mod snapshot;
+mod stream;
+#[cfg(test)]
+type ExportHook = Box<dyn FnMut(&Store, usize, usize) + Send>;
 #[cfg(test)]
 mod tests;
 
@@ -967,3 +979,4 @@ use feed::{feed_epoch, FeedState};
 pub use feed::{FeedPage, FeedRetention, FEED_PRUNE_PER_COMMIT_MAX};
 use known::Known;
 use snapshot::Capture;
+pub use stream::{ExportSink, SnapshotSource, SNAPSHOT_ITEM_BYTES_MAX};

@@ -1,5 +1,10 @@
-//! Snapshots: export while commits go on, import as a diff, restore into a new store.
+//! Snapshots: export while commits go on, import as a diff, restore into a new store, all
+//! streamed (`stream.rs`).
 
+use std::io::{self, SeekFrom};
+use std::ops::Bound;
+
+use super::stream::{ExportSink, SnapshotReader, SnapshotSource, SnapshotWriter, META_PAIRS_MAX};
 use super::*;
 
 /// What commits record while an export runs.
@@ -45,19 +50,65 @@ impl Capture {
     }
 }
 
-/// One tree's name and every key/value pair in it.
-pub(super) type TreeDump = (String, Vec<(Vec<u8>, Vec<u8>)>);
+/// Pairs an export reads from a tree before it patches them from the capture and writes them.
+pub(super) const EXPORT_BATCH_PAIRS: usize = 1_024;
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotFile {
-    format: u32,
-    partitions: u32,
-    trees: Vec<TreeDump>,
+/// What the first pass of an import found: the packed rows as a table (when this store packs)
+/// and the applied state the snapshot holds.
+struct Checked {
+    table: Option<Table>,
+    imported: Applied,
+}
+
+/// sled batches of at most `max` keys, each applied as it fills.
+struct Batches<'a> {
+    state: &'a sled::Tree,
+    batch: Batch,
+    keys: usize,
+    max: usize,
+}
+
+impl<'a> Batches<'a> {
+    fn new(state: &'a sled::Tree, max: usize) -> Self {
+        Self {
+            state,
+            batch: Batch::default(),
+            keys: 0,
+            max,
+        }
+    }
+
+    fn insert(&mut self, space: &Space, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        space.insert(&mut self.batch, key, value);
+        self.counted()
+    }
+
+    fn remove(&mut self, space: &Space, key: &[u8]) -> Result<(), StoreError> {
+        space.remove(&mut self.batch, key);
+        self.counted()
+    }
+
+    fn counted(&mut self) -> Result<(), StoreError> {
+        self.keys += 1;
+        if self.keys >= self.max {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        if self.keys > 0 {
+            self.state.apply_batch(std::mem::take(&mut self.batch))?;
+            self.keys = 0;
+        }
+        Ok(())
+    }
 }
 
 impl Store {
     /// Whether a snapshot import was interrupted (by a crash) and not finished since. The store
-    /// then holds the state before that import; import the same snapshot again to finish it.
+    /// then holds a mix of the state before that import and the imported one; import the same
+    /// snapshot again to finish it.
     pub fn import_interrupted(&self) -> bool {
         self.import_interrupted.load(Ordering::SeqCst)
     }
@@ -86,27 +137,46 @@ impl Store {
         trees
     }
 
-    /// Exports every tree, including the applied state and the hash window, as one blob.
-    /// Returns the applied state the export reflects, with the blob. Commits and reads go on
-    /// while it runs (see the module docs for how the blob still reflects one epoch).
+    /// [`Store::export_snapshot_to`] into memory: the applied state the export reflects, and
+    /// the export. For tests and small stores; a node exports into files.
     pub fn export_snapshot(&self) -> Result<(Applied, Vec<u8>), StoreError> {
+        let mut sink = io::Cursor::new(Vec::new());
+        let (applied, _) = self.export_snapshot_to(&mut sink)?;
+        Ok((applied, sink.into_inner()))
+    }
+
+    /// Writes every tree, including the applied state and the hash window, into `sink` from
+    /// its position, pair by pair. Returns the applied state the export reflects and the
+    /// bytes written. Commits and reads go on while it runs (see the module docs for how the
+    /// export still reflects one epoch); memory beyond a buffer is the capture's, at most
+    /// [`EXPORT_CAPTURE_KEYS_MAX`] before-images.
+    pub fn export_snapshot_to<S: ExportSink>(
+        &self,
+        sink: &mut S,
+    ) -> Result<(Applied, u64), StoreError> {
         let _one = self.snapshot.lock().expect("snapshot lock");
+        let start = sink.stream_position()?;
         let applied = self.begin_capture();
-        let dump = match self.dump_trees() {
-            Ok(dump) => dump,
-            Err(e) => {
-                // Stop the capture, or every later commit would go on recording into it.
-                self.capture.lock().expect("capture lock").take();
-                return Err(e);
-            }
-        };
-        let (applied, trees) = self.finish_capture(applied, dump)?;
-        let blob = encode(&SnapshotFile {
-            format: SNAPSHOT_FORMAT,
-            partitions: self.partitions(),
-            trees,
-        });
-        Ok((applied, blob))
+        let streamed = self.write_export(sink, true);
+        // Stop the capture at an epoch boundary, whatever happened: every later commit would
+        // go on recording into it.
+        let gate = self.gate.read().expect("epoch gate");
+        self.capture
+            .lock()
+            .expect("capture lock")
+            .take()
+            .expect("the export's capture");
+        if let Some(end) = streamed? {
+            return Ok((applied, end - start));
+        }
+        // The capture overflowed: export again with commits held, as of the epoch now.
+        sink.seek(SeekFrom::Start(start))?;
+        sink.truncate_to(start)?;
+        let end = self
+            .write_export(sink, false)?
+            .expect("an export without a capture is never abandoned");
+        drop(gate);
+        Ok((self.applied(), end - start))
     }
 
     /// Starts an export's capture at an epoch boundary and returns the applied state there.
@@ -119,14 +189,25 @@ impl Store {
         applied
     }
 
-    /// Every tree's pairs as they are while it reads them: a mix of epochs, repaired by
-    /// [`Store::finish_capture`]. The import marker is left out: it describes this store's
-    /// disk, not the state.
-    pub(super) fn dump_trees(&self) -> Result<Vec<TreeDump>, StoreError> {
-        let mut dump = Vec::new();
-        for (id, (name, tree)) in self.snapshot_trees().into_iter().enumerate() {
-            // No `with_capacity(tree.len())`: sled counts a tree by scanning it.
-            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    /// Writes every tree into `sink`. With `patch`, the pairs read (a mix of epochs while
+    /// commits go on) are put back to the capture's epoch as they are written; `None` when the
+    /// capture overflowed, and what was written is to be thrown away. The import marker and
+    /// the store's own records are left out: they describe this store's disk, not the state.
+    fn write_export<S: ExportSink>(
+        &self,
+        sink: &mut S,
+        patch: bool,
+    ) -> Result<Option<u64>, StoreError> {
+        let trees = self.snapshot_trees();
+        let mut out = SnapshotWriter::new(sink, self.partitions(), trees.len())?;
+        let mut read: Vec<(IVec, IVec)> = Vec::with_capacity(self.export_batch_pairs);
+        for (id, (name, tree)) in trees.iter().enumerate() {
+            #[cfg(test)]
+            self.run_export_hook(id, 0);
+            out.begin_tree(name)?;
+            let mut after: Option<IVec> = None;
+            #[cfg(test)]
+            let mut batches = 0;
             for kv in tree.iter() {
                 let (k, v) = kv?;
                 if id == META_TREE
@@ -134,77 +215,115 @@ impl Store {
                 {
                     continue;
                 }
-                // sled's iterator resumes after the last key it returned, so concurrent
-                // writes never make it repeat a key or go back; the patch relies on that.
-                debug_assert!(pairs.last().is_none_or(|(last, _)| last.as_slice() < &*k));
-                pairs.push((k.to_vec(), v.to_vec()));
+                read.push((k, v));
+                if read.len() < self.export_batch_pairs {
+                    continue;
+                }
+                if !self.write_patched(&mut out, id, &mut after, &mut read, patch, false)? {
+                    return Ok(None);
+                }
+                #[cfg(test)]
+                {
+                    batches += 1;
+                    self.run_export_hook(id, batches);
+                }
             }
-            dump.push((name, pairs));
+            if !self.write_patched(&mut out, id, &mut after, &mut read, patch, true)? {
+                return Ok(None);
+            }
+            out.end_tree()?;
         }
-        Ok(dump)
+        Ok(Some(out.finish()?))
     }
 
-    /// Ends the export's capture at an epoch boundary and returns the dump as of `applied`:
-    /// each key a commit wrote since gets its before-image back. If the capture overflowed,
-    /// dumps again with the gate held instead, as of the epoch applied now.
-    pub(super) fn finish_capture(
+    /// Writes `read` (pairs of tree `id` just read, ascending, all past `after`) as of the
+    /// capture's epoch, and with `last` the before-images of the tree's keys past them. A key
+    /// a commit wrote before the export read it has its before-image in the capture (recorded
+    /// before the write); a key the export's epoch had that was gone when the export passed
+    /// its place has one too; a before-image recorded after the export passed a key holds
+    /// what the export read there. So patching each batch right after reading it is exact.
+    /// Returns false when the capture overflowed.
+    fn write_patched<S: ExportSink>(
         &self,
-        applied: Applied,
-        dump: Vec<TreeDump>,
-    ) -> Result<(Applied, Vec<TreeDump>), StoreError> {
-        let gate = self.gate.read().expect("epoch gate");
-        let capture = self
-            .capture
-            .lock()
-            .expect("capture lock")
-            .take()
-            .expect("the export's capture");
-        if capture.overflowed {
-            let dump = self.dump_trees()?;
-            return Ok((self.applied(), dump));
-        }
-        drop(gate);
-        let mut before = capture.before.into_iter().peekable();
-        let mut patched = Vec::with_capacity(dump.len());
-        for (id, (name, pairs)) in dump.into_iter().enumerate() {
-            let mut out = Vec::with_capacity(pairs.len());
-            let mut undo = std::iter::from_fn(|| before.next_if(|((tree, _), _)| *tree == id))
-                .map(|((_, key), value)| (key, value))
-                .peekable();
-            // Both are in key order: merge them, the before-image winning on a tie (an absent
-            // before-image removes the key).
-            for (key, value) in pairs {
-                let mut replaced = false;
-                while let Some((undo_key, undo_value)) = undo.next_if(|(k, _)| *k <= key) {
-                    replaced = undo_key == key;
-                    if let Some(undo_value) = undo_value {
-                        out.push((undo_key, undo_value.to_vec()));
-                    }
-                }
-                if !replaced {
-                    out.push((key, value));
+        out: &mut SnapshotWriter<'_, S>,
+        id: usize,
+        after: &mut Option<IVec>,
+        read: &mut Vec<(IVec, IVec)>,
+        patch: bool,
+        last: bool,
+    ) -> Result<bool, StoreError> {
+        let mut patched: Vec<(IVec, IVec)> = Vec::with_capacity(read.len());
+        if !patch {
+            patched.append(read);
+        } else {
+            let lo = match after.as_deref() {
+                Some(after) => Bound::Excluded((id, after.to_vec())),
+                None => Bound::Included((id, Vec::new())),
+            };
+            let hi = match read.last() {
+                Some((k, _)) if !last => Bound::Included((id, k.to_vec())),
+                _ => Bound::Excluded((id + 1, Vec::new())),
+            };
+            if let (Some(after), Some((first, _))) = (after.as_deref(), read.first()) {
+                if after >= &first[..] {
+                    return Err(StoreError::Invariant(format!(
+                        "an export read key {first:?} of tree {id} after {after:?}"
+                    )));
                 }
             }
-            out.extend(undo.filter_map(|(key, value)| value.map(|v| (key, v.to_vec()))));
-            patched.push((name, out));
+            // The capture's lock only while patching: commits record into it.
+            let capture = self.capture.lock().expect("capture lock");
+            let capture = capture.as_ref().expect("the export's capture");
+            if capture.overflowed {
+                read.clear();
+                return Ok(false);
+            }
+            let mut undo = capture.before.range((lo, hi)).peekable();
+            for (key, value) in read.drain(..) {
+                // Keys gone when the export passed their place: back, when the epoch had them.
+                while let Some(((_, k), v)) = undo.next_if(|((_, k), _)| k.as_slice() < &key[..]) {
+                    if let Some(v) = v {
+                        patched.push((IVec::from(k.as_slice()), v.clone()));
+                    }
+                }
+                match undo.next_if(|((_, k), _)| k.as_slice() == &key[..]) {
+                    Some((_, Some(before))) => patched.push((key, before.clone())),
+                    Some((_, None)) => {}
+                    None => patched.push((key, value)),
+                }
+            }
+            // With `last`: the tree's keys past everything read.
+            for ((_, k), v) in undo {
+                if let Some(v) = v {
+                    patched.push((IVec::from(k.as_slice()), v.clone()));
+                }
+            }
         }
-        Ok((applied, patched))
+        if let Some((k, _)) = patched.last() {
+            *after = Some(k.clone());
+        }
+        for (k, v) in &patched {
+            out.pair(k, v)?;
+        }
+        Ok(true)
     }
 
     /// Fills a new, empty store with the state of a snapshot made by
-    /// [`Store::export_snapshot`], for `ordo restore`: [`Store::import_snapshot`] alone
-    /// writes a whole snapshot in one sled batch, which for millions of keys takes many times
-    /// the snapshot's size in memory. This writes the partitions' keys first, in batches of at
-    /// most [`RESTORE_BATCH_KEYS`], then imports the snapshot, whose diff is then the meta
-    /// records alone. Not atomic: a store it fails on (or a crash interrupts) is to be
-    /// thrown away, and nothing may read the store meanwhile.
+    /// [`Store::export_snapshot`], for `ordo restore`. [`Store::restore_snapshot_from`] in
+    /// memory.
     pub fn restore_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.restore_snapshot_from(SnapshotSource::Bytes(bytes))
+    }
+
+    /// Fills a new, empty store with the state of a snapshot: refuses a store that holds
+    /// anything, then imports. Not atomic: a store it fails on (or a crash interrupts) is to
+    /// be thrown away, and nothing may read the store meanwhile.
+    pub fn restore_snapshot_from(&self, source: SnapshotSource<'_>) -> Result<(), StoreError> {
         {
-            let snapshot: SnapshotFile = decode("snapshot", bytes)?;
             let _one = self.snapshot.lock().expect("snapshot lock");
             let _gate = self.gate.write().expect("epoch gate");
-            let ours = self.snapshot_trees();
-            let holds_keys = ours
+            let holds_keys = self
+                .snapshot_trees()
                 .iter()
                 .skip(META_TREE + 1)
                 .any(|(_, space)| space.iter().next().is_some());
@@ -213,84 +332,89 @@ impl Store {
                     "a store is restored into only when it is new and empty".into(),
                 ));
             }
-            if snapshot.trees.len() != ours.len() || snapshot.partitions != self.partitions() {
-                return Err(StoreError::Config(format!(
-                    "snapshot has {} partitions, this store {}",
-                    snapshot.partitions,
-                    self.partitions()
-                )));
-            }
-            let packed = self.packed.spec.get();
-            for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
-                if id == META_TREE {
-                    continue;
-                }
-                let region = id >= FIRST_REGION_TREE;
-                let pairs = pairs
-                    .iter()
-                    .filter(|(k, _)| !(region && packed.is_some_and(|p| p.covers(k))));
-                let mut batch = Batch::default();
-                let mut in_batch = 0;
-                for (k, v) in pairs {
-                    space.insert(&mut batch, k, v.as_slice());
-                    in_batch += 1;
-                    if in_batch == RESTORE_BATCH_KEYS {
-                        self.state.apply_batch(std::mem::take(&mut batch))?;
-                        in_batch = 0;
-                    }
-                }
-                self.state.apply_batch(batch)?;
-            }
-            // The packed keys as chunks, in batches too: the import finds them in place.
-            if let Some(table) = self.packed_table_of(&snapshot.trees)? {
-                self.write_chunks(&table)?;
-            }
         }
-        self.import_snapshot(bytes)
+        self.import_snapshot_from(source)
     }
 
-    /// The packed rows of a snapshot's regions as a table, when this store packs (`None`
-    /// otherwise). A row that does not fit the packed shape makes the snapshot corrupt.
-    fn packed_table_of(&self, trees: &[TreeDump]) -> Result<Option<Table>, StoreError> {
-        let Some(spec) = self.packed.spec.get() else {
-            return Ok(None);
-        };
-        let mut table = Table::new(spec.clone(), self.partitions());
-        for (n, (_, pairs)) in trees.iter().skip(FIRST_REGION_TREE).enumerate() {
-            for (key, value) in pairs.iter().filter(|(k, _)| spec.covers(k)) {
-                table
-                    .check_write(key, Some(value))
-                    .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
-                table.set(n as u32, key, Some(value));
-            }
-        }
-        Ok(Some(table))
-    }
-
-    /// Replaces the whole store with a snapshot made by [`Store::export_snapshot`], as a diff
-    /// applied in one sled batch (see the module docs).
-    pub fn import_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let snapshot: SnapshotFile = decode("snapshot", bytes)?;
-        if snapshot.format != SNAPSHOT_FORMAT {
-            return Err(StoreError::Corrupt(format!(
-                "snapshot format {} is not {SNAPSHOT_FORMAT}",
-                snapshot.format
-            )));
-        }
-        if snapshot.partitions != self.partitions() {
+    /// The first pass of an import: reads the whole snapshot, checks its shape (format,
+    /// partitions, trees, keys ascending, packed rows that fit) and builds the packed table.
+    fn check_snapshot(&self, source: SnapshotSource<'_>) -> Result<Checked, StoreError> {
+        let mut reader = SnapshotReader::open(&source)?;
+        if reader.partitions != self.partitions() {
             return Err(StoreError::Config(format!(
                 "snapshot has {} partitions, this node {}",
-                snapshot.partitions,
+                reader.partitions,
                 self.partitions()
             )));
         }
         let ours = self.snapshot_trees();
-        let names: Vec<&str> = snapshot.trees.iter().map(|(n, _)| n.as_str()).collect();
-        if names != ours.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() {
+        let mut table = self
+            .packed
+            .spec
+            .get()
+            .map(|spec| Table::new(spec.clone(), self.partitions()));
+        let mut imported = None;
+        for (id, (name, _)) in ours.iter().enumerate() {
+            let Some((theirs, pairs)) = reader.next_tree()? else {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot has {id} trees, this store {}",
+                    ours.len()
+                )));
+            };
+            if theirs != *name {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot tree {theirs:?} where this store has {name:?}"
+                )));
+            }
+            if id == META_TREE && pairs > META_PAIRS_MAX {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot meta has {pairs} pairs (at most {META_PAIRS_MAX})"
+                )));
+            }
+            let mut last: Option<Vec<u8>> = None;
+            while let Some((key, value)) = reader.next_pair()? {
+                if last.as_ref().is_some_and(|last| *last >= key) {
+                    return Err(StoreError::Corrupt(format!(
+                        "snapshot tree {name}: keys out of order"
+                    )));
+                }
+                if id == META_TREE && key == META_APPLIED {
+                    imported = Some(decode::<Applied>("snapshot applied state", &value)?);
+                }
+                if let Some(table) = table.as_mut().filter(|_| id >= FIRST_REGION_TREE) {
+                    if table.spec().covers(&key) {
+                        table
+                            .check_write(&key, Some(&value))
+                            .map_err(|e| StoreError::Corrupt(format!("snapshot: {e}")))?;
+                        table.set((id - FIRST_REGION_TREE) as u32, &key, Some(&value));
+                    }
+                }
+                last = Some(key);
+            }
+        }
+        if reader.next_tree()?.is_some() {
             return Err(StoreError::Corrupt(format!(
-                "snapshot trees {names:?} are not this store's"
+                "snapshot has more trees than this store's {}",
+                ours.len()
             )));
         }
+        Ok(Checked {
+            table,
+            imported: imported.unwrap_or_default(),
+        })
+    }
+
+    /// [`Store::import_snapshot_from`] in memory.
+    pub fn import_snapshot(&self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.import_snapshot_from(SnapshotSource::Bytes(bytes))
+    }
+
+    /// Replaces the whole store with a snapshot made by [`Store::export_snapshot_to`]: reads
+    /// it once to check it (nothing changes if it is refused), then again to apply it as a
+    /// diff in batches of at most [`RESTORE_BATCH_KEYS`] keys, so memory beyond the state is
+    /// one batch and a read buffer (see the module docs).
+    pub fn import_snapshot_from(&self, source: SnapshotSource<'_>) -> Result<(), StoreError> {
+        let checked = self.check_snapshot(source)?;
         let _one = self.snapshot.lock().expect("snapshot lock");
         // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
         let _gate = self.gate.write().expect("epoch gate");
@@ -300,59 +424,73 @@ impl Store {
         }
         // sled alone holds the state from here: the diff below is read from it and written
         // to it directly.
-        // The packed rows first: a snapshot whose rows do not fit is refused before the
-        // import is marked as begun.
-        let table = self.packed_table_of(&snapshot.trees)?;
         self.behind.sync()?;
         self.mark_import_started()?;
-        let mut batch = Batch::default();
-        for (id, ((_, space), (_, pairs))) in ours.iter().zip(&snapshot.trees).enumerate() {
-            let packed = table
-                .as_ref()
-                .map(Table::spec)
-                .filter(|_| id >= FIRST_REGION_TREE);
-            let wanted = pairs
-                .iter()
-                .filter(|(k, _)| !packed.is_some_and(|p| p.covers(k)))
-                .map(|(k, v)| (k.as_slice(), v.as_slice()));
-            diff(space, space.iter_unpacked(), wanted, &mut batch)?;
+        let mut out = Batches::new(&self.state, RESTORE_BATCH_KEYS);
+        let ours = self.snapshot_trees();
+        let packed = checked.table.as_ref().map(Table::spec);
+        let mut reader = SnapshotReader::open(&source)?;
+        let mut meta_pairs = Vec::new();
+        for (id, (_, space)) in ours.iter().enumerate() {
+            reader
+                .next_tree()?
+                .ok_or_else(|| StoreError::Corrupt("snapshot changed while imported".into()))?;
+            if id == META_TREE {
+                // Last, in the batch that completes the import.
+                meta_pairs = reader.pairs().collect::<Result<Vec<_>, _>>()?;
+                continue;
+            }
+            let packed = packed.filter(|_| id >= FIRST_REGION_TREE);
+            let wanted = reader
+                .pairs()
+                .filter(|pair| !matches!(pair, Ok((k, _)) if packed.is_some_and(|p| p.covers(k))));
+            diff(space, space.iter_unpacked(), wanted, &mut out)?;
         }
-        if let Some(table) = &table {
-            let wanted = (0..self.partitions()).flat_map(|n| table.chunks(n));
-            let wanted: Vec<([u8; 20], &[u8])> = wanted.collect();
-            let wanted = wanted.iter().map(|(k, v)| (k.as_slice(), *v));
-            diff(&self.chunks, self.chunks.iter(), wanted, &mut batch)?;
-            // The store's own record, which no snapshot holds.
-            self.meta
-                .insert(&mut batch, META_PACKED, encode(table.spec()));
+        if let Some(table) = &checked.table {
+            let wanted = (0..self.partitions())
+                .flat_map(|n| table.chunks(n))
+                .map(|(k, v)| Ok((k.to_vec(), v.to_vec())));
+            diff(&self.chunks, self.chunks.iter(), wanted, &mut out)?;
         }
-        // The diff removes the marker (no snapshot holds it); say so outright, so the import
-        // is done exactly when this batch is.
-        self.meta.remove(&mut batch, META_IMPORTING);
         // The feed restarts after the imported epoch: what this node kept before it may end
         // before the snapshot's epoch, and a gap must never look like epochs without events.
-        let imported: Applied = match snapshot.trees[META_TREE]
-            .1
-            .iter()
-            .find(|(k, _)| k.as_slice() == META_APPLIED)
-        {
-            Some((_, bytes)) => decode("snapshot applied state", bytes)?,
-            None => Applied::default(),
-        };
-        let feed_start = imported.epoch + 1;
-        self.meta
-            .insert(&mut batch, META_FEED_START, encode(&feed_start));
-        for kv in self.feed_tree.iter() {
-            self.feed_tree.remove(&mut batch, &kv?.0);
-        }
-        let mut feed = self.feed.lock().expect("feed lock");
+        // The new start is written before any entry goes.
+        let feed_start = checked.imported.epoch + 1;
+        out.flush()?;
+        self.meta.insert_now(META_FEED_START, encode(&feed_start))?;
         // Before the entries go, for the lock-free readers (see `feed_read`).
-        feed.start = feed_start;
+        self.feed.lock().expect("feed lock").start = feed_start;
+        for kv in self.feed_tree.iter() {
+            out.remove(&self.feed_tree, &kv?.0)?;
+        }
+        out.flush()?;
+        // All of it durable before the batch that removes the marker.
+        self.db.flush()?;
+        let mut last = Batches::new(&self.state, usize::MAX);
+        let own = |k: &[u8]| k == META_IMPORTING || k == META_FEED_START || k == META_PACKED;
+        let existing = self
+            .meta
+            .iter_unpacked()
+            .filter(|kv| !matches!(kv, Ok((k, _)) if own(k)));
+        diff(
+            &self.meta,
+            existing,
+            meta_pairs.into_iter().map(Ok),
+            &mut last,
+        )?;
+        if let Some(table) = &checked.table {
+            // The store's own record, which no snapshot holds.
+            self.meta
+                .insert(&mut last.batch, META_PACKED, encode(table.spec()));
+        }
+        // The import is done exactly when this batch is.
+        self.meta.remove(&mut last.batch, META_IMPORTING);
+        let mut feed = self.feed.lock().expect("feed lock");
         let mut known = self.known.write().expect("known lock");
         let mut packed = self.packed.table.write().expect("packed lock");
-        self.state.apply_batch(batch)?;
-        if table.is_some() {
-            *packed = table;
+        self.state.apply_batch(last.batch)?;
+        if checked.table.is_some() {
+            *packed = checked.table;
         }
         drop(packed);
         feed.bytes = 0;
@@ -379,29 +517,45 @@ impl Store {
     }
 }
 
-/// Adds to `batch` what turns `space` into exactly `pairs` (sorted by key, as exported):
-/// removes the keys `pairs` lacks and writes the pairs whose value differs. It never clears
+/// Adds to `out` what turns `space` into exactly `wanted` (sorted by key, as exported):
+/// removes the keys `wanted` lacks and writes the pairs whose value differs. It never clears
 /// the keyspace.
-fn diff<'p>(
+fn diff(
     space: &Space,
     existing: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
-    wanted: impl Iterator<Item = (&'p [u8], &'p [u8])>,
-    batch: &mut Batch,
+    wanted: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+    out: &mut Batches<'_>,
 ) -> Result<(), StoreError> {
-    let mut wanted = wanted.peekable();
+    let mut wanted = wanted;
+    let mut next = wanted.next().transpose()?;
     for kv in existing {
         let (key, value) = kv?;
-        while let Some((k, v)) = wanted.next_if(|(k, _)| *k < &*key) {
-            space.insert(batch, k, v);
+        while let Some((k, v)) = next.take_if(|(k, _)| k.as_slice() < &*key) {
+            out.insert(space, &k, &v)?;
+            next = wanted.next().transpose()?;
         }
-        match wanted.next_if(|(k, _)| *k == &*key) {
-            Some((_, v)) if v == &*value => {}
-            Some((k, v)) => space.insert(batch, k, v),
-            None => space.remove(batch, &key),
+        match next.take_if(|(k, _)| k.as_slice() == &*key) {
+            Some((_, v)) => {
+                if v.as_slice() != &*value {
+                    out.insert(space, &key, &v)?;
+                }
+                next = wanted.next().transpose()?;
+            }
+            None => out.remove(space, &key)?,
         }
     }
-    for (k, v) in wanted {
-        space.insert(batch, k, v);
+    while let Some((k, v)) = next {
+        out.insert(space, &k, &v)?;
+        next = wanted.next().transpose()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+impl Store {
+    fn run_export_hook(&self, tree: usize, batches: usize) {
+        if let Some(hook) = self.export_hook.lock().expect("hook lock").as_mut() {
+            hook(self, tree, batches);
+        }
+    }
 }

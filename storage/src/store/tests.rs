@@ -199,62 +199,158 @@ fn import_seeded(store: &Store) {
     store.import_snapshot(&snapshot).unwrap();
 }
 
-/// Commits after the capture began change keys every way they can; the patched dump is
-/// the state the capture began at, whether a commit landed before or after the dump.
+/// One tree's name and every key/value pair in it.
+type TreeDump = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
+impl Store {
+    /// Every tree's pairs as they are now (the store's own meta records left out, as an
+    /// export leaves them out).
+    fn dump_trees(&self) -> Result<Vec<TreeDump>, StoreError> {
+        let mut dump = Vec::new();
+        for (id, (name, tree)) in self.snapshot_trees().into_iter().enumerate() {
+            let mut pairs = Vec::new();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                if id == META_TREE
+                    && (k == META_IMPORTING || k == META_FEED_START || k == META_PACKED)
+                {
+                    continue;
+                }
+                pairs.push((k.to_vec(), v.to_vec()));
+            }
+            dump.push((name, pairs));
+        }
+        Ok(dump)
+    }
+}
+
+/// Commits while an export runs change keys every way they can, in trees it has passed, is
+/// in, and has not reached; the export is still the state it began at.
 #[test]
 fn the_capture_undoes_every_kind_of_change() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = seeded_store(dir.path());
-    let applied = store.begin_capture();
-    let at_begin = store.dump_trees().expect("dump");
-    commit(
-        &store,
-        2,
-        vec![
-            // Overwritten, deleted, created.
-            (
-                Part::Global,
-                vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "b")],
+    let mut store = seeded_store(dir.path());
+    let (applied, at_begin) = store.export_snapshot().expect("export");
+    // Patch after every pair, so commits land between the pairs of a tree.
+    store.export_batch_pairs = 1;
+    let region0 = FIRST_REGION_TREE;
+    *store.export_hook.lock().unwrap() = Some(Box::new(move |store, tree, batches| {
+        match (tree.checked_sub(region0), batches) {
+            // Entering region 0: the global tree is behind the export, region 0 ahead.
+            (Some(0), 0) => commit(
+                store,
+                2,
+                vec![
+                    // Overwritten, deleted, created.
+                    (
+                        Part::Global,
+                        vec![put("dc-1", "b"), del("dc-2"), put("dc-3", "b")],
+                    ),
+                    // With epoch 3: k1 deleted and written back, k0 created and deleted, k3
+                    // overwritten twice.
+                    (
+                        Part::Region(0),
+                        vec![del("k1"), put("k0", "b"), put("k3", "b")],
+                    ),
+                ],
             ),
-            // With epoch 3: k1 deleted and written back, k0 created and deleted, k3
-            // overwritten twice.
-            (
-                Part::Region(0),
-                vec![del("k1"), put("k0", "b"), put("k3", "b")],
+            // After region 0's first pair (k0): k0 is behind the export, k1 and k3 ahead.
+            (Some(0), 1) => commit(
+                store,
+                3,
+                vec![
+                    (
+                        Part::Region(0),
+                        vec![put("k1", "c"), del("k0"), put("k3", "c")],
+                    ),
+                    (Part::Region(1), vec![put("r1", "c")]),
+                ],
             ),
-        ],
-    );
-    let dump = store.dump_trees().expect("dump");
-    commit(
-        &store,
-        3,
-        vec![
-            (
-                Part::Region(0),
-                vec![put("k1", "c"), del("k0"), put("k3", "c")],
-            ),
-            (Part::Region(1), vec![put("r1", "c")]),
-        ],
-    );
-    let (exported_at, patched) = store.finish_capture(applied.clone(), dump).expect("finish");
+            _ => {}
+        }
+    }));
+    let (exported_at, exported) = store.export_snapshot().expect("export");
+    store.export_hook.lock().unwrap().take();
+    assert_eq!(store.applied().epoch, 3, "the hook's commits ran");
     assert_eq!(exported_at, applied);
-    assert_eq!(patched, at_begin);
+    assert!(
+        exported == at_begin,
+        "the export is not the state it began at"
+    );
     assert!(store.capture.lock().expect("capture").is_none());
+    // And it imports as that state.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Store::open(other_dir.path(), 2).unwrap();
+    other.import_snapshot(&exported).unwrap();
+    assert_eq!(other.applied(), applied);
+    assert_eq!(
+        other.get(Part::Region(0), b"k1").unwrap().as_deref(),
+        Some(&b"a"[..])
+    );
+    assert_eq!(other.get(Part::Region(0), b"k0").unwrap(), None);
 }
 
 #[test]
-fn an_overflowing_capture_dumps_again_under_the_gate() {
+fn an_overflowing_capture_exports_again_under_the_gate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = seeded_store(dir.path());
     store.capture_keys_max = 2;
-    let applied = store.begin_capture();
-    let dump = store.dump_trees().expect("dump");
-    commit(&store, 2, vec![(Part::Region(0), vec![put("k1", "b")])]);
-    commit(&store, 3, vec![(Part::Region(0), vec![put("k2", "b")])]);
-    let (exported_at, trees) = store.finish_capture(applied, dump).expect("finish");
+    // Once: the export done again holds commits.
+    let mut once = true;
+    *store.export_hook.lock().unwrap() = Some(Box::new(move |store, tree, _| {
+        if tree == FIRST_REGION_TREE && std::mem::take(&mut once) {
+            commit(store, 2, vec![(Part::Region(0), vec![put("k1", "b")])]);
+            commit(store, 3, vec![(Part::Region(0), vec![put("k2", "b")])]);
+        }
+    }));
+    let (exported_at, exported) = store.export_snapshot().expect("export");
+    store.export_hook.lock().unwrap().take();
     assert_eq!(exported_at, store.applied());
     assert_eq!(exported_at.epoch, 3);
-    assert_eq!(trees, store.dump_trees().expect("dump"));
+    assert!(exported == store.export_snapshot().expect("export").1);
+}
+
+/// An export written into a file after other bytes, imported from there; and what an import
+/// refuses before it changes anything.
+#[test]
+fn a_snapshot_streams_through_a_file() {
+    use std::io::{Seek, Write as _};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = seeded_store(&dir.path().join("source"));
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(b"a header").unwrap();
+    let (applied, len) = source.export_snapshot_to(&mut file).unwrap();
+    assert_eq!(file.stream_position().unwrap(), 8 + len);
+    let (_, blob) = source.export_snapshot().unwrap();
+    assert_eq!(len, blob.len() as u64);
+
+    let store = Store::open(dir.path().join("copy"), 2).unwrap();
+    let whole = SnapshotSource::File {
+        file: &file,
+        offset: 8,
+        len: None,
+    };
+    store.import_snapshot_from(whole).unwrap();
+    assert_eq!(store.applied(), applied);
+    assert!(store.export_snapshot().unwrap().1 == blob);
+
+    // Cut short, one byte long, or shorter by a byte than a tree says: refused, and the
+    // store is as it was.
+    commit(&store, 2, vec![(Part::Region(1), vec![put("r9", "x")])]);
+    let before = store.export_snapshot().unwrap().1;
+    let mut longer = blob.clone();
+    longer.push(0);
+    for bad in [&blob[..blob.len() - 1], &longer[..], &blob[..20]] {
+        let err = store.import_snapshot(bad).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        assert!(store.export_snapshot().unwrap().1 == before);
+        assert!(!store.import_interrupted());
+    }
+    // A length past the bound is refused without reading (or allocating) it.
+    let mut huge = blob[..16].to_vec();
+    huge.extend_from_slice(&(SNAPSHOT_ITEM_BYTES_MAX + 1).to_le_bytes());
+    let err = store.import_snapshot(&huge).unwrap_err();
+    assert!(err.to_string().contains("bytes (at most"), "{err}");
 }
 
 /// Every read of a region, point and range both ways, against a model of what was
