@@ -247,6 +247,11 @@ const OUTCOME_UNKNOWN: &str = "unknown";
 /// One attempt's default time limit ([`Client::with_attempt_timeout`]).
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
+/// One attempt's time limit for adding a member, at least: the node answers once the new
+/// member has caught up, which for a large state means installing a snapshot of it (the
+/// node gives up after 10 minutes).
+pub const MEMBER_ADD_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(11 * 60);
+
 /// Endpoints a leader hint may add to the list, at most.
 const ENDPOINTS_MAX: usize = 64;
 
@@ -958,16 +963,20 @@ impl Client {
         addr: String,
         peer_addr: String,
     ) -> Result<v1::MembershipResponse, Error> {
-        self.with_retries(|| {
-            let mut admin = self.admin();
-            let request = self.with_secret(v1::AddMemberRequest {
-                node_id,
-                addr: addr.clone(),
-                peer_addr: peer_addr.clone(),
-            });
-            async move { admin.add_member(request?).await }
-        })
-        .await
+        let patient = self
+            .clone()
+            .with_attempt_timeout(self.attempt_timeout.max(MEMBER_ADD_ATTEMPT_TIMEOUT));
+        patient
+            .with_retries(|| {
+                let mut admin = self.admin();
+                let request = self.with_secret(v1::AddMemberRequest {
+                    node_id,
+                    addr: addr.clone(),
+                    peer_addr: peer_addr.clone(),
+                });
+                async move { admin.add_member(request?).await }
+            })
+            .await
     }
 
     /// Skews the connected node's sequencer clock (fault tests; the node must run with

@@ -43,6 +43,13 @@ pub const BATCH_BYTES_LIMIT: usize =
 
 /// How long to wait for a TCP connection to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a snapshot chunk may take to reach a follower and be written: 1 MiB, generously
+/// (openraft 0.9's default of 200 ms can retry one chunk forever on a loaded node).
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the last chunk of a snapshot may take: the follower answers it once it has
+/// imported the whole snapshot, a minute or more for 10⁸ stock rows. A shorter bound would
+/// have the leader give up while the follower imports, and send the whole snapshot again.
+pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Channels kept at most. Membership changes can name new addresses over a node's life; past
 /// this many the map is cleared (channels are cheap to re-make) rather than grown.
@@ -249,7 +256,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(&rpc, &option, |mut c, p| {
+        // `option` carries SNAPSHOT_INSTALL_TIMEOUT (the node's `install_snapshot_timeout`):
+        // only the last chunk may take that long.
+        let chunk = RPCOption::new(SNAPSHOT_CHUNK_TIMEOUT);
+        let option = if rpc.done { &option } else { &chunk };
+        self.call(&rpc, option, |mut c, p| {
             Box::pin(async move { c.install_snapshot(p).await })
         })
         .await

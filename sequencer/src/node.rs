@@ -145,9 +145,10 @@ impl Node {
             heartbeat_interval: config.heartbeat_ms,
             election_timeout_min: config.election_timeout_ms.0,
             election_timeout_max: config.election_timeout_ms.1,
-            // A snapshot chunk of 1 MiB with a generous timeout: openraft 0.9's default of
-            // 200 ms can retry one chunk forever on a loaded node.
-            install_snapshot_timeout: 10_000,
+            // openraft bounds every snapshot chunk's call by this; the last chunk's call
+            // lasts while the follower imports the snapshot, so it is the bound on an install.
+            // Every other chunk has `SNAPSHOT_CHUNK_TIMEOUT` (network.rs).
+            install_snapshot_timeout: crate::network::SNAPSHOT_INSTALL_TIMEOUT.as_millis() as u64,
             snapshot_max_chunk_size: 1024 * 1024,
             // Bounds one AppendEntries message: entries x batch_bytes_max.
             max_payload_entries: crate::network::APPEND_ENTRIES_MAX,

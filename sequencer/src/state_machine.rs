@@ -318,6 +318,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             *self.held.lock().expect("held rows") = held;
         })?;
         ordo_metrics::SNAPSHOT_INSTALL.observe_duration(started.elapsed());
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         self.meta = RaftMeta {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -373,6 +378,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         .map_err(snapshot_err)??;
         ordo_metrics::SNAPSHOT_BUILD.observe_duration(started.elapsed());
         ordo_metrics::SNAPSHOT_BYTES.set(bytes as i64);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(SnapshotData::new(

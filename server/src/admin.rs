@@ -21,8 +21,11 @@ use crate::fault::FaultClock;
 
 /// State hashes listed in `Status.recent_hashes`.
 const RECENT_HASHES: u64 = 16;
-/// How long a membership change may take (a learner may need a whole snapshot first).
+/// How long removing a member may take.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long adding a member may take: it answers once the learner has caught up, which for a
+/// large state is a snapshot's transfer and install (10⁸ stock rows: about 2 minutes here).
+const MEMBER_ADD_TIMEOUT: Duration = ordo_sequencer::network::SNAPSHOT_INSTALL_TIMEOUT;
 
 pub struct AdminService {
     node: Arc<Node>,
@@ -498,7 +501,7 @@ impl Admin for AdminService {
             }
             .entry(),
         };
-        tokio::time::timeout(MEMBERSHIP_TIMEOUT, async {
+        tokio::time::timeout(MEMBER_ADD_TIMEOUT, async {
             raft.add_learner(r.node_id, node, true)
                 .await
                 .map_err(raft_err)?;

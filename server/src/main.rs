@@ -450,13 +450,16 @@ where
 }
 
 fn print_output(output: cli::Output, json: bool) -> ExitCode {
-    if json {
-        println!("{}", output.json);
+    use std::io::Write as _;
+    // A reader that stops early (`ordo status | head -3`) is not an error of the command's:
+    // what it did stands, and so does its exit code.
+    let _ = if json {
+        writeln!(std::io::stdout(), "{}", output.json)
     } else if output.is_error {
-        eprintln!("{}", output.human);
+        writeln!(std::io::stderr(), "{}", output.human)
     } else {
-        println!("{}", output.human);
-    }
+        writeln!(std::io::stdout(), "{}", output.human)
+    };
     ExitCode::from(output.exit)
 }
 

@@ -13,20 +13,25 @@
 //! durability anchor (its flush is `sync_file_range`): the Raft log is, and a restarted node
 //! re-applies from the watermark.
 //!
-//! Snapshots: [`Store::export_snapshot`] dumps every tree as of one epoch without stopping
-//! commits. It notes the applied state under the epoch gate, dumps the trees while commits go
-//! on, and has each of those commits record the value every key it writes had before it (its
-//! before-image, once per key); at the end it puts those before-images back into the dump,
-//! which then holds exactly the state at the noted epoch. The price is one extra point read
-//! per key written while an export runs, and memory for at most
-//! [`EXPORT_CAPTURE_KEYS_MAX`] before-images; past that bound the export redoes its dump
-//! with the gate held, stopping commits for that one dump instead of growing further.
-//! [`Store::import_snapshot`] applies a snapshot as a diff in one sled batch over all
-//! keyspaces: keys the snapshot lacks are removed, the rest written, no tree is ever cleared, so a
-//! point read outside the gate never misses a key present before and after the import. A
-//! marker written before that transaction and removed by it tells [`Store::open`] that an
-//! import was interrupted ([`Store::import_interrupted`]); the caller finishes it by importing
-//! the same snapshot again.
+//! Snapshots: [`Store::export_snapshot_to`] writes every tree as of one epoch into a file
+//! (or any [`ExportSink`]) pair by pair, without stopping commits (`stream.rs` has the format).
+//! It notes the applied state under the epoch gate, reads the trees while commits go on, and
+//! has each of those commits record the value every key it writes had before it (its
+//! before-image, once per key); each batch of pairs it reads is patched from those
+//! before-images before it is written, so the file holds exactly the state at the noted
+//! epoch (`snapshot.rs` says why patching as it goes is exact). The price is one extra point
+//! read per key written while an export runs, and memory for at most
+//! [`EXPORT_CAPTURE_KEYS_MAX`] before-images; past that bound the export starts over with the
+//! gate held, stopping commits for that one export instead of growing further.
+//! [`Store::import_snapshot_from`] reads a snapshot twice: once to check all of it (format,
+//! partitions, trees, key order, packed rows) and build the packed table, changing nothing;
+//! then to apply it as a diff in sled batches of at most [`RESTORE_BATCH_KEYS`] keys: keys the
+//! snapshot lacks are removed, the rest written, no tree is ever cleared. A marker written
+//! before the first batch and removed by the last (after a flush of all the others) tells
+//! [`Store::open`] that an import was interrupted ([`Store::import_interrupted`]); the caller
+//! finishes it by importing the same snapshot again. The gate is held throughout, so commits
+//! and consistent reads see the state before or after; a point read outside the gate sees
+//! each key before or after, not one epoch across keys (the packed rows switch at once).
 //!
 //! The change feed: each epoch's change events (bytes the scheduler encodes) go in the feed
 //! keyspace, keyed by epoch, in the same batch as the epoch's writes, and are read back by
@@ -140,7 +145,8 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 /// The most region partitions a store has (each is a keyspace, a lock table and an executor).
 pub const PARTITIONS_MAX: u32 = 256;
 
-/// The layout of [`Store::export_snapshot`]'s blob; [`Store::import_snapshot`] takes no other.
+/// The layout of [`Store::export_snapshot_to`]'s export (`stream.rs`);
+/// [`Store::import_snapshot_from`] takes no other.
 pub const SNAPSHOT_FORMAT: u32 = 1;
 
 /// Positions of the fixed trees in a snapshot's tree list; region `n` follows at
@@ -181,7 +187,8 @@ pub struct Store {
     /// would leave the export's dump neither before nor after it.
     snapshot: Mutex<()>,
     /// Set when the store was opened with the import marker: a crash interrupted
-    /// [`Store::import_snapshot`], and the state is the one before it. Cleared by the next
+    /// [`Store::import_snapshot_from`], and the state is a mix of the one before it and the
+    /// imported one. Cleared by the next
     /// successful import.
     import_interrupted: AtomicBool,
     /// [`EXPORT_CAPTURE_KEYS_MAX`], a field so unit tests can reach the bound with few keys.
@@ -214,6 +221,11 @@ pub struct Store {
     before_global_fill: Mutex<Option<Box<dyn FnMut() + Send>>>,
     /// [`snapshot::EXPORT_BATCH_PAIRS`], a field so unit tests can patch after every pair.
     export_batch_pairs: usize,
+    /// [`RESTORE_BATCH_KEYS`], a field so unit tests can import in many small batches.
+    import_batch_keys: usize,
+    /// Tests set this to fail an import (as a crash would stop it) after that many batches.
+    #[cfg(test)]
+    import_crash_after: Mutex<Option<usize>>,
     /// Tests run this as an export begins each tree and after each batch it writes (with the
     /// tree's position and the batches written of it): commits there.
     #[cfg(test)]
@@ -411,6 +423,9 @@ impl Store {
             #[cfg(test)]
             before_global_fill: Mutex::new(None),
             export_batch_pairs: snapshot::EXPORT_BATCH_PAIRS,
+            import_batch_keys: RESTORE_BATCH_KEYS,
+            #[cfg(test)]
+            import_crash_after: Mutex::new(None),
             #[cfg(test)]
             export_hook: Mutex::new(None),
             packed,

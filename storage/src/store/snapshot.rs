@@ -62,16 +62,16 @@ struct Checked {
 
 /// sled batches of at most `max` keys, each applied as it fills.
 struct Batches<'a> {
-    state: &'a sled::Tree,
+    store: &'a Store,
     batch: Batch,
     keys: usize,
     max: usize,
 }
 
 impl<'a> Batches<'a> {
-    fn new(state: &'a sled::Tree, max: usize) -> Self {
+    fn new(store: &'a Store, max: usize) -> Self {
         Self {
-            state,
+            store,
             batch: Batch::default(),
             keys: 0,
             max,
@@ -98,7 +98,24 @@ impl<'a> Batches<'a> {
 
     fn flush(&mut self) -> Result<(), StoreError> {
         if self.keys > 0 {
-            self.state.apply_batch(std::mem::take(&mut self.batch))?;
+            #[cfg(test)]
+            if let Some(left) = self
+                .store
+                .import_crash_after
+                .lock()
+                .expect("crash")
+                .as_mut()
+            {
+                if *left == 0 {
+                    return Err(StoreError::Io(io::Error::other(
+                        "a crash the test injected",
+                    )));
+                }
+                *left -= 1;
+            }
+            self.store
+                .state
+                .apply_batch(std::mem::take(&mut self.batch))?;
             self.keys = 0;
         }
         Ok(())
@@ -426,7 +443,7 @@ impl Store {
         // to it directly.
         self.behind.sync()?;
         self.mark_import_started()?;
-        let mut out = Batches::new(&self.state, RESTORE_BATCH_KEYS);
+        let mut out = Batches::new(self, self.import_batch_keys);
         let ours = self.snapshot_trees();
         let packed = checked.table.as_ref().map(Table::spec);
         let mut reader = SnapshotReader::open(&source)?;
@@ -466,7 +483,7 @@ impl Store {
         out.flush()?;
         // All of it durable before the batch that removes the marker.
         self.db.flush()?;
-        let mut last = Batches::new(&self.state, usize::MAX);
+        let mut last = Batches::new(self, usize::MAX);
         let own = |k: &[u8]| k == META_IMPORTING || k == META_FEED_START || k == META_PACKED;
         let existing = self
             .meta

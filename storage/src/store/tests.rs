@@ -1101,3 +1101,89 @@ fn an_import_under_a_view_sends_its_read_round_again() {
     imported.send(()).expect("send");
     assert_eq!(reader.join().expect("the view's reads"), (3, 2));
 }
+
+/// A snapshot import stopped after any of its batches (as a crash would stop it) leaves a
+/// store that says so when it opens again, and importing the same snapshot then reaches
+/// exactly the snapshot's state, packed rows and all, which a further open keeps.
+#[test]
+fn an_import_stopped_after_any_batch_is_finished_by_importing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // The snapshot: packed rows in both regions, other region keys, the global tree.
+    let source = Store::open(dir.path().join("source"), 2).unwrap();
+    source.keep_packed(stock_spec()).unwrap();
+    let mut writes = vec![put("r-a", "1"), put("t-b", "2")];
+    for rest in (0..60).step_by(3) {
+        writes.push((skey(1, rest), Some(vec![1, rest as u8])));
+    }
+    commit(
+        &source,
+        1,
+        vec![
+            (Part::Global, vec![put("dc-1", "a")]),
+            (Part::Region(0), writes.clone()),
+            (Part::Region(1), writes[..8].to_vec()),
+        ],
+    );
+    let (applied, snapshot) = source.export_snapshot().unwrap();
+    // The state it replaces: some of the same keys with other values, keys it lacks, a feed.
+    let seed = |path: &Path| {
+        let store = Store::open(path, 2).unwrap();
+        store.keep_packed(stock_spec()).unwrap();
+        let mut writes = vec![put("r-a", "old"), put("r-z", "gone")];
+        for rest in (0..90).step_by(2) {
+            writes.push((skey(1, rest), Some(vec![9, rest as u8])));
+        }
+        for epoch in 1..=3 {
+            store
+                .commit(EpochCommit {
+                    stamp: Some(EpochStamp {
+                        epoch,
+                        time_ms: epoch,
+                    }),
+                    writes: vec![(Part::Region(0), writes.clone())]
+                        .into_iter()
+                        .collect(),
+                    feed: Some(b"ev".to_vec()),
+                    ..EpochCommit::default()
+                })
+                .unwrap();
+        }
+        store
+    };
+    let mut crashed = 0;
+    for after in 0.. {
+        let path = dir.path().join(format!("target-{after}"));
+        let mut store = seed(&path);
+        store.import_batch_keys = 1;
+        *store.import_crash_after.lock().unwrap() = Some(after);
+        match store.import_snapshot(&snapshot) {
+            Ok(()) => break,
+            Err(StoreError::Io(_)) => crashed += 1,
+            Err(e) => panic!("stopped after {after} batches: {e}"),
+        }
+        drop(store);
+        let store = Store::open(&path, 2).unwrap();
+        store.keep_packed(stock_spec()).unwrap();
+        assert!(store.import_interrupted(), "stopped after {after} batches");
+        store.import_snapshot(&snapshot).unwrap();
+        assert!(!store.import_interrupted());
+        assert_eq!(store.applied(), applied);
+        assert!(
+            store.export_snapshot().unwrap().1 == snapshot,
+            "after {after} batches"
+        );
+        assert_eq!(store.feed_start(), applied.epoch + 1);
+        drop(store);
+        let store = Store::open(&path, 2).unwrap();
+        store.keep_packed(stock_spec()).unwrap();
+        assert!(!store.import_interrupted());
+        assert!(
+            store.export_snapshot().unwrap().1 == snapshot,
+            "reopened, {after}"
+        );
+        for part in [Part::Region(0), Part::Region(1)] {
+            assert_eq!(region_reads(&store, part), region_reads(&source, part));
+        }
+    }
+    assert!(crashed >= 10, "only {crashed} stopping points");
+}
