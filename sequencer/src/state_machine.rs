@@ -666,6 +666,41 @@ mod tests {
         assert!(left.is_empty(), "temporary files left behind: {left:?}");
     }
 
+    /// A `current.snap` written before the metadata region (the data right after the meta)
+    /// reads the same; one written now has its data at the region's end, and reads the way
+    /// older builds read it (the zeros after the meta are ignored).
+    #[test]
+    fn snapshot_files_of_either_layout_read_the_same() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let meta = meta_at(7);
+        let data = data_at(7);
+        let meta_bytes = bincode::serialize(&meta).expect("meta");
+        let mut old = (meta_bytes.len() as u32).to_le_bytes().to_vec();
+        old.extend_from_slice(&meta_bytes);
+        old.extend_from_slice(&data);
+        fs::write(dir.path().join("current.snap"), &old).expect("write");
+        let current = CurrentSnapshot::open(dir.path()).expect("open");
+        let (read_meta, _, offset) = current.open_current().expect("open").expect("a snapshot");
+        assert_eq!(
+            (read_meta, offset),
+            (meta.clone(), 4 + meta_bytes.len() as u64)
+        );
+        let (_, read_data) = current.read().expect("read").expect("a snapshot");
+        assert!(read_data == data);
+
+        assert!(current
+            .replace_if_newer(&meta_at(8), &data_at(8))
+            .expect("write"));
+        let (_, _, offset) = current.open_current().expect("open").expect("a snapshot");
+        assert_eq!(offset, META_REGION_BYTES);
+        // What an older build does: the length, that many bytes, bincode.
+        let new = fs::read(dir.path().join("current.snap")).expect("read");
+        let len = u32::from_le_bytes(new[..4].try_into().expect("4 bytes")) as usize;
+        let old_reading: SnapshotMeta = bincode::deserialize(&new[4..4 + len]).expect("meta");
+        assert_eq!(old_reading, meta_at(8));
+        assert!(new[4 + len..] == data_at(8)[..]);
+    }
+
     #[test]
     fn opening_removes_stale_temporary_files() {
         let dir = tempfile::tempdir().expect("temp dir");
