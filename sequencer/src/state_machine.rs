@@ -291,8 +291,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .len()
                 .saturating_sub(base);
             ordo_metrics::SNAPSHOT_BYTES.set(bytes as i64);
-            // The file becomes `current.snap` first: if this node dies during the import, the
-            // next open finishes the import from it. A newer file would stay, and finishing
+            // The file becomes `current.snap` before the import changes anything: if this node
+            // dies during the import, the next open finishes the import from it. A newer file would stay, and finishing
             // from it would reach a state this node applied itself; but openraft installs only
             // snapshots past the applied state, and the file is never past it. A received
             // file is renamed into place; any other (`ordo replay` installs a node's own
@@ -302,13 +302,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             } else {
                 current.copy_in(file, base)?
             };
-            current.seal(&file, temp, &snapshot_meta)?;
             let source = SnapshotSource::File {
                 file: &file,
                 offset: META_REGION_BYTES,
                 len: None,
             };
-            store.import_snapshot_from(source).map_err(sm_write_err)?;
+            // Sealed once the whole file has passed the import's check: a snapshot this node
+            // cannot import never replaces its current one.
+            store
+                .import_snapshot_after(source, || {
+                    current
+                        .seal(&file, temp, &snapshot_meta)
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                })
+                .map_err(sm_write_err)?;
             HeldRows::load(&store).map_err(sm_write_err)
         })
         .await

@@ -262,3 +262,65 @@ async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
     assert_eq!(meta, sent.meta);
     assert!(on_disk == data, "current.snap does not hold what was sent");
 }
+
+/// A received snapshot that fails the import's check (here: cut short) is refused before it
+/// replaces the node's current snapshot, and leaves no file behind; the node's state and
+/// snapshot are as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_snapshot_never_replaces_the_current_one() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_, mut leader) = open_node(&dir.path().join("leader"));
+    apply(&mut leader, "leader", 1..=30).await;
+    let mut sent = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let data = sent
+        .snapshot
+        .read_to_vec()
+        .await
+        .expect("read the snapshot");
+
+    let follower_dir = dir.path().join("follower");
+    let (store, mut follower) = open_node(&follower_dir);
+    apply(&mut follower, "follower", 1..=3).await;
+    let own = follower
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build");
+    let before = store.export_snapshot().expect("export").1;
+
+    let mut received = follower.begin_receiving_snapshot().await.expect("begin");
+    received
+        .write_all(&data[..data.len() - 7])
+        .await
+        .expect("write");
+    received.shutdown().await.expect("shutdown");
+    let error = follower
+        .install_snapshot(&sent.meta, received)
+        .await
+        .expect_err("a damaged snapshot must be refused");
+    eprintln!("{error}");
+    assert!(!store.import_interrupted());
+    assert!(store.export_snapshot().expect("export").1 == before);
+    let snapshots = follower_dir.join("snapshots");
+    let (meta, _) = CurrentSnapshot::open(&snapshots)
+        .expect("open")
+        .read()
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(
+        meta, own.meta,
+        "the damaged snapshot replaced the current one"
+    );
+    let names: Vec<_> = std::fs::read_dir(&snapshots)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["current.snap"]);
+}

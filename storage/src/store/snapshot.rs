@@ -431,7 +431,20 @@ impl Store {
     /// diff in batches of at most [`RESTORE_BATCH_KEYS`] keys, so memory beyond the state is
     /// one batch and a read buffer (see the module docs).
     pub fn import_snapshot_from(&self, source: SnapshotSource<'_>) -> Result<(), StoreError> {
-        let checked = self.check_snapshot(source)?;
+        self.import_snapshot_after(source, || Ok(()))
+    }
+
+    /// [`Store::import_snapshot_from`], running `checked` once the whole snapshot has passed
+    /// the check and before anything changes (a node makes the file its current snapshot
+    /// there, so a snapshot it cannot import never replaces a good one). An error from it
+    /// changes nothing either.
+    pub fn import_snapshot_after(
+        &self,
+        source: SnapshotSource<'_>,
+        checked: impl FnOnce() -> io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let table = self.check_snapshot(source)?;
+        checked()?;
         let _one = self.snapshot.lock().expect("snapshot lock");
         // The gate keeps commits and consistent reads out; point reads and `applied()` go on.
         let _gate = self.gate.write().expect("epoch gate");
@@ -443,6 +456,21 @@ impl Store {
         // to it directly.
         self.behind.sync()?;
         self.mark_import_started()?;
+        let applied = self.apply_snapshot(source, table);
+        if applied.is_err() {
+            // The store is a mix of both states now (a crash would leave the same): say so,
+            // whatever the caller does next.
+            self.import_interrupted.store(true, Ordering::SeqCst);
+        }
+        applied
+    }
+
+    /// The second read of an import, under the snapshot lock and the gate, the marker set.
+    fn apply_snapshot(
+        &self,
+        source: SnapshotSource<'_>,
+        checked: Checked,
+    ) -> Result<(), StoreError> {
         let mut out = Batches::new(self, self.import_batch_keys);
         let ours = self.snapshot_trees();
         let packed = checked.table.as_ref().map(Table::spec);
