@@ -185,15 +185,10 @@ async fn builds_racing_the_applies_leave_the_newest_snapshot_whole() {
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
 
-/// A snapshot received the way openraft receives one (chunks written by position into the
-/// file `begin_receiving_snapshot` gives, out of order and one of them twice) installs the
-/// sender's state, becomes the receiver's `current.snap`, and leaves no other file; a
-/// transfer abandoned halfway leaves nothing either.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
-    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (leader_store, mut leader) = open_node(&dir.path().join("leader"));
+/// A leader in `dir/leader` at index 30: the snapshot it built, its data, and its store's
+/// export.
+async fn leader_snapshot(dir: &Path) -> (openraft::Snapshot<TypeConfig>, Vec<u8>, Vec<u8>) {
+    let (leader_store, mut leader) = open_node(&dir.join("leader"));
     apply(&mut leader, "leader", 1..=30).await;
     let mut sent = leader
         .get_snapshot_builder()
@@ -207,11 +202,28 @@ async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
         .await
         .expect("read the snapshot");
     let (_, exported) = leader_store.export_snapshot().expect("export");
-    assert!(data == exported, "the snapshot is not the leader's state");
+    (sent, data, exported)
+}
 
-    let follower_dir = dir.path().join("follower");
+/// A follower in `dir/follower` at index 3 of a history of its own.
+async fn follower_at_3(dir: &Path) -> (std::path::PathBuf, Arc<Store>, StateMachine) {
+    let follower_dir = dir.join("follower");
     let (store, mut follower) = open_node(&follower_dir);
     apply(&mut follower, "follower", 1..=3).await;
+    (follower_dir, store, follower)
+}
+
+/// A snapshot received the way openraft receives one (chunks written by position into the
+/// file `begin_receiving_snapshot` gives, out of order and one of them twice) installs the
+/// sender's state, becomes the receiver's `current.snap`, and leaves no other file; a
+/// transfer abandoned halfway leaves nothing either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (sent, data, exported) = leader_snapshot(dir.path()).await;
+    assert!(data == exported, "the snapshot is not the leader's state");
+    let (follower_dir, store, mut follower) = follower_at_3(dir.path()).await;
     let snapshots = follower_dir.join("snapshots");
     let files = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&snapshots)
@@ -270,23 +282,8 @@ async fn a_snapshot_received_in_chunks_is_installed_from_its_file() {
 async fn a_damaged_snapshot_never_replaces_the_current_one() {
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, mut leader) = open_node(&dir.path().join("leader"));
-    apply(&mut leader, "leader", 1..=30).await;
-    let mut sent = leader
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .expect("build");
-    let data = sent
-        .snapshot
-        .read_to_vec()
-        .await
-        .expect("read the snapshot");
-
-    let follower_dir = dir.path().join("follower");
-    let (store, mut follower) = open_node(&follower_dir);
-    apply(&mut follower, "follower", 1..=3).await;
+    let (sent, data, _) = leader_snapshot(dir.path()).await;
+    let (follower_dir, store, mut follower) = follower_at_3(dir.path()).await;
     let own = follower
         .get_snapshot_builder()
         .await
