@@ -30,6 +30,7 @@ mod recovery;
 mod report;
 mod runner;
 mod servers;
+mod snapshots;
 mod targets;
 mod workload;
 
@@ -117,6 +118,12 @@ struct Knobs {
     /// With --auth a scrape needs a token with the metrics or admin scope.
     #[arg(long)]
     metrics_port: Option<u16>,
+    /// Ordo targets, the order workloads (flash-sale, hot-items, uniform, multi-dc, browse):
+    /// every node takes a snapshot every N Raft entries (its --snapshot-every, at least 100)
+    /// and serves metrics, which the run reads every 100 ms; the result marks the seconds in
+    /// which a node was building a snapshot and sets their latency beside the quiet seconds'.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Closed loop: concurrent clients. Open loop: clients sharing the rate.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -361,6 +368,7 @@ impl Knobs {
                 pg_geo: self.pg_geo,
             },
             feed,
+            snapshot_every: self.snapshot_every,
         }
     }
 
@@ -403,6 +411,13 @@ async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
             knobs.workload
         );
     }
+    if knobs.snapshot_every.is_some() && own_targets(knobs.workload).is_some() {
+        anyhow::bail!(
+            "--snapshot-every is for the order workloads (flash-sale, hot-items, uniform, \
+             multi-dc, browse), not {}",
+            knobs.workload
+        );
+    }
     if let Some(supported) = own_targets(knobs.workload) {
         supported(target).map_err(|why| {
             anyhow::anyhow!("{target} cannot run the {} workload: {why}", knobs.workload)
@@ -422,6 +437,7 @@ async fn run_one(knobs: &Knobs, cfg: &RunConfig) -> anyhow::Result<RunResult> {
             tls: knobs.tls,
             auth: knobs.auth,
             metrics_port: knobs.metrics_port,
+            snapshot_every: knobs.snapshot_every,
         },
     )
     .await

@@ -73,6 +73,10 @@ pub fn table(runs: &[RunResult]) -> String {
         out.push('\n');
         out.push_str(&dataset_table(runs));
     }
+    if runs.iter().any(|r| r.snapshots.is_some()) {
+        out.push('\n');
+        out.push_str(&snapshot_table(runs));
+    }
     if runs.iter().any(|r| r.cart.is_some()) {
         out.push('\n');
         out.push_str(&cart_table(runs));
@@ -94,6 +98,35 @@ pub fn table(runs: &[RunResult]) -> String {
     {
         out.push('\n');
         out.push_str(&price_table(runs));
+    }
+    out
+}
+
+/// With `--snapshot-every`: the seconds a node was building a snapshot beside the quiet ones.
+fn snapshot_table(runs: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| target | snapshot every (entries) | snapshots built | exports run again | seconds building / quiet | p50 ms quiet | p50 ms building | p99 ms quiet | p99 ms building | p99 building ÷ quiet |\n",
+    );
+    out.push_str("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n");
+    for r in runs {
+        let Some(s) = &r.snapshots else { continue };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} |\n",
+            r.target,
+            s.every_entries,
+            s.builds,
+            s.export_restarts,
+            s.seconds_building,
+            s.seconds_quiet,
+            ms(s.p50_us_quiet),
+            ms(s.p50_us_building),
+            ms(s.p99_us_quiet),
+            ms(s.p99_us_building),
+            match s.seconds_building {
+                0 => "-".to_string(),
+                _ => format!("{:.2}", s.p99_ratio),
+            },
+        ));
     }
     out
 }

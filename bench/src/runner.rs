@@ -43,6 +43,9 @@ pub struct RunConfig {
     pub nearby: crate::nearby::NearbyKnobs,
     /// The feed workloads' watchers and PostgreSQL design (ignored by the others).
     pub feed: crate::feed::FeedKnobs,
+    /// Ordo targets: `--snapshot-every` of every node, and the seconds with a snapshot
+    /// marked (the order workloads).
+    pub snapshot_every: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +65,9 @@ pub struct Second {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
+    /// With `--snapshot-every`: a node was building a snapshot during this second.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -103,6 +109,10 @@ pub struct RunResult {
     /// latency, server CPU per order, the feed check); absent for the others.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<crate::feed::FeedReport>,
+    /// With `--snapshot-every`: latency in the seconds a snapshot was being built beside
+    /// the quiet ones'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<crate::snapshots::SnapshotReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -182,8 +192,22 @@ impl Timing {
                 p50_us: h.value_at_quantile(0.50),
                 p99_us: h.value_at_quantile(0.99),
                 p999_us: h.value_at_quantile(0.999),
+                snapshot: false,
             })
             .collect()
+    }
+
+    /// The latencies of the seconds `marked` says false, merged, and of those it says true.
+    pub(crate) fn split_seconds(&self, marked: &[bool]) -> (Histogram<u64>, Histogram<u64>) {
+        let (mut quiet, mut busy) = (histogram(), histogram());
+        for (i, (_, h)) in self.seconds.iter().enumerate() {
+            let into = match marked.get(i) {
+                Some(true) => &mut busy,
+                _ => &mut quiet,
+            };
+            into.add(h).expect("same bounds");
+        }
+        (quiet, busy)
     }
 }
 
@@ -304,6 +328,13 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
     let done_ops = Arc::new(AtomicU64::new(0));
 
     let progress = Progress::start(cfg, start, done_ops.clone());
+    let sampler = crate::snapshots::Sampler::start(
+        &server.snapshot_metrics,
+        cfg.snapshot_every,
+        server.endpoints.token.clone(),
+        measure_from,
+        seconds,
+    );
 
     let mut tasks = Vec::with_capacity(cfg.clients);
     for (i, mut session) in sessions.into_iter().enumerate() {
@@ -369,6 +400,17 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
     }
     let measured_ops = timing.measured_ops();
     let ops_total = done_ops.load(Ordering::Relaxed);
+    let mut timeline = timing.timeline();
+    let snapshots = match sampler {
+        Some(sampler) => {
+            let (report, marked) = sampler.finish(&timing).await?;
+            for (second, marked) in timeline.iter_mut().zip(marked) {
+                second.snapshot = marked;
+            }
+            Some(report)
+        }
+        None => None,
+    };
 
     let final_stock = loader
         .final_stock(&cfg.spec.dataset, &tally)
@@ -396,10 +438,11 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         measured_ops,
         dataset: Some(dataset),
         check,
-        timeline: timing.timeline(),
+        timeline,
         cart: None,
         nearby: None,
         feed: None,
+        snapshots,
     })
 }
 

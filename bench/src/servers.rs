@@ -22,6 +22,9 @@ pub struct Server {
     pg_stop: Option<Command>,
     /// Ordo: how each node was started (program, arguments), to start it again.
     ordo_nodes: Vec<(PathBuf, Vec<std::ffi::OsString>)>,
+    /// Ordo with `--snapshot-every`: each node's metrics address (`host:port`), which
+    /// [`crate::snapshots`] polls for the seconds a snapshot was being built.
+    pub snapshot_metrics: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -121,6 +124,10 @@ pub struct OrdoOptions {
     pub auth: bool,
     /// Node i serves Prometheus metrics on 127.0.0.1 at this port + i - 1.
     pub metrics_port: Option<u16>,
+    /// Every node snapshots every this many Raft entries (`--snapshot-every`), and serves
+    /// its metrics (on free ports unless `metrics_port` says where) so the run can tell
+    /// which seconds had a snapshot being built.
+    pub snapshot_every: Option<u64>,
 }
 
 impl Server {
@@ -406,8 +413,17 @@ async fn start_ordo(
         }
         f
     };
-    // Client ports, then peer ports.
-    let ports = free_ports(2 * nodes)?;
+    // Client ports, then peer ports, then (for --snapshot-every without a metrics port)
+    // metrics ports.
+    let metrics_free = options.snapshot_every.is_some() && options.metrics_port.is_none();
+    let ports = free_ports(if metrics_free { 3 } else { 2 } * nodes)?;
+    let metrics_addrs: Vec<String> = (0..nodes)
+        .filter_map(|i| match (options.metrics_port, metrics_free) {
+            (Some(port), _) => Some(format!("127.0.0.1:{}", usize::from(port) + i)),
+            (None, true) => Some(format!("127.0.0.1:{}", ports[2 * nodes + i])),
+            (None, false) => None,
+        })
+        .collect();
     let addrs: Vec<String> = ports[..nodes]
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
@@ -432,9 +448,13 @@ async fn start_ordo(
         args.push("--partitions".into());
         args.push(partitions.to_string().into());
         args.extend(flags.iter().map(Into::into));
-        if let Some(port) = options.metrics_port {
+        if let Some(addr) = metrics_addrs.get(i) {
             args.push("--metrics-listen".into());
-            args.push(format!("127.0.0.1:{}", usize::from(port) + i).into());
+            args.push(addr.into());
+        }
+        if let Some(every) = options.snapshot_every {
+            args.push("--snapshot-every".into());
+            args.push(every.to_string().into());
         }
         args.extend(secure_flags(i).into_iter().map(Into::into));
         if nodes > 1 {
@@ -481,6 +501,10 @@ async fn start_ordo(
         roots,
         pg_stop: None,
         ordo_nodes,
+        snapshot_metrics: match options.snapshot_every {
+            Some(_) => metrics_addrs,
+            None => Vec::new(),
+        },
         _dir: dir,
     })
 }
@@ -562,6 +586,7 @@ async fn start_postgres(
         roots: vec![pid],
         pg_stop: Some(stop),
         ordo_nodes: Vec::new(),
+        snapshot_metrics: Vec::new(),
         _dir: dir,
     })
 }
@@ -609,6 +634,7 @@ async fn start_redis(
         roots,
         pg_stop: None,
         ordo_nodes: Vec::new(),
+        snapshot_metrics: Vec::new(),
         _dir: dir,
     })
 }
@@ -670,6 +696,7 @@ async fn start_etcd(dir: tempfile::TempDir) -> anyhow::Result<Server> {
         roots,
         pg_stop: None,
         ordo_nodes: Vec::new(),
+        snapshot_metrics: Vec::new(),
         _dir: dir,
     })
 }

@@ -402,6 +402,17 @@ pub static SNAPSHOT_INSTALL: Histogram = Histogram::new(
     "Duration of each snapshot this node installed from the leader.",
     LATENCY,
 );
+/// Snapshots being built now (0 or 1): what a benchmark marks its seconds by.
+pub static SNAPSHOT_BUILDING: Gauge = Gauge::new(
+    "ordo_snapshot_building",
+    "1 while this node builds a snapshot (exports its state into a file), else 0.",
+);
+/// Exports whose capture of before-images overflowed, so that they ran again with commits
+/// held.
+pub static SNAPSHOT_EXPORT_RESTARTS: Counter = Counter::new(
+    "ordo_snapshot_export_restarts_total",
+    "Snapshot and backup exports that recorded more before-images than their bound while commits went on, and so ran again with commits held.",
+);
 /// The size of the last snapshot built or installed.
 pub static SNAPSHOT_BYTES: Gauge = Gauge::new(
     "ordo_snapshot_bytes",
@@ -542,6 +553,8 @@ pub fn render() -> String {
     render_gauge(&mut out, &STREAM_BUFFER_BYTES);
     render_histogram(&mut out, &SNAPSHOT_BUILD);
     render_histogram(&mut out, &SNAPSHOT_INSTALL);
+    render_gauge(&mut out, &SNAPSHOT_BUILDING);
+    render_counter(&mut out, &SNAPSHOT_EXPORT_RESTARTS);
     render_gauge(&mut out, &SNAPSHOT_BYTES);
     out
 }
@@ -604,6 +617,8 @@ mod tests {
             "ordo_raft_log_fsync_seconds",
             "ordo_apply_lag_entries",
             "ordo_snapshot_bytes",
+            "ordo_snapshot_building",
+            "ordo_snapshot_export_restarts_total",
         ] {
             assert_eq!(
                 out.matches(&format!("# TYPE {name} ")).count(),

@@ -29,7 +29,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftLogId, StorageIOError};
 use ordo_scheduler::feed::EpochEvents;
 use ordo_scheduler::held::HeldRows;
 use ordo_scheduler::{epoch_time_ms, execute_epoch, ExecConfig};
-use ordo_storage::{EpochCommit, EpochStamp, SnapshotSource, Store};
+use ordo_storage::{EpochCommit, EpochStamp, PacedFile, SnapshotSource, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -352,6 +352,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 }
 
 /// Builds snapshots from the store while the state machine goes on applying.
+/// `ordo_snapshot_building` at 1 while it lives, whatever way the build ends.
+struct Building;
+
+impl Building {
+    fn start() -> Building {
+        ordo_metrics::SNAPSHOT_BUILDING.set(1);
+        Building
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        ordo_metrics::SNAPSHOT_BUILDING.set(0);
+    }
+}
+
 pub struct SnapshotBuilder {
     store: Arc<Store>,
     snapshot: CurrentSnapshot,
@@ -366,8 +382,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (store, current) = (self.store.clone(), self.snapshot.clone());
         let started = std::time::Instant::now();
         let (meta, file, bytes) = tokio::task::spawn_blocking(move || {
-            let (mut file, temp) = current.create_temp()?;
-            let (applied, bytes) = store.export_snapshot_to(&mut file).map_err(snapshot_err)?;
+            let _building = Building::start();
+            let (file, temp) = current.create_temp()?;
+            let mut paced = PacedFile::new(file).map_err(snapshot_err)?;
+            let (applied, bytes) = store.export_snapshot_to(&mut paced).map_err(snapshot_err)?;
+            let file = paced.into_inner();
             let raft_meta = decode_meta(&applied.raft_meta)?;
             let snapshot_id = format!(
                 "e{}-i{}",

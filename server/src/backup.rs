@@ -170,14 +170,17 @@ fn export_to_file(
         std::process::id(),
         EXPORT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let mut file = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
     fs::remove_file(&path).with_context(|| format!("unlinking {}", path.display()))?;
-    let (applied, bytes) = store.export_snapshot_to(&mut file)?;
+    // Paced: a burst of the whole export's writeback would hold up the Raft log's fsyncs.
+    let mut paced = ordo_storage::PacedFile::new(file)?;
+    let (applied, bytes) = store.export_snapshot_to(&mut paced)?;
+    let mut file = paced.into_inner();
     file.seek(SeekFrom::Start(0))?;
     let mut hasher = blake3::Hasher::new();
     let hashed = std::io::copy(&mut (&file).take(bytes), &mut hasher)?;

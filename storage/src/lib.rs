@@ -29,7 +29,7 @@ pub use hash::{hex, HashChain, StateHash};
 pub use packed::{PackSpec, BLOCK_BITS};
 pub use raft_log::LogStore;
 pub use store::{
-    Applied, EpochCommit, EpochStamp, ExportSink, FeedPage, FeedRetention, Part, Reader,
+    Applied, EpochCommit, EpochStamp, ExportSink, FeedPage, FeedRetention, PacedFile, Part, Reader,
     SnapshotSource, Store, Write, DEFAULT_CACHE_BYTES, HASH_WINDOW_EPOCHS, PARTITIONS_MAX,
     SNAPSHOT_FORMAT, SNAPSHOT_ITEM_BYTES_MAX,
 };

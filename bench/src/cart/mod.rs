@@ -270,6 +270,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         timeline: timing.timeline(),
         nearby: None,
         feed: None,
+        snapshots: None,
         cart: Some(CartReport {
             ttl_s: cfg.cart.ttl_s,
             late_confirm_share: cfg.cart.late_confirm_share,

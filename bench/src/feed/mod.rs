@@ -520,6 +520,7 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         cart: None,
         nearby: None,
         feed: Some(report),
+        snapshots: None,
     })
 }
 

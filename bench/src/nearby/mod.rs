@@ -303,5 +303,6 @@ pub async fn run(server: &Server, cfg: &RunConfig) -> anyhow::Result<RunResult> 
         cart: None,
         nearby: Some(report),
         feed: None,
+        snapshots: None,
     })
 }

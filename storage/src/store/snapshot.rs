@@ -178,15 +178,22 @@ impl Store {
         // Stop the capture at an epoch boundary, whatever happened: every later commit would
         // go on recording into it.
         let gate = self.gate.read().expect("epoch gate");
-        self.capture
+        let capture = self
+            .capture
             .lock()
             .expect("capture lock")
             .take()
             .expect("the export's capture");
         if let Some(end) = streamed? {
+            // Freeing the before-images (as many as the commits made while the export ran)
+            // need not hold commits up.
+            drop(gate);
+            drop(capture);
             return Ok((applied, end - start));
         }
+        drop(capture);
         // The capture overflowed: export again with commits held, as of the epoch now.
+        ordo_metrics::SNAPSHOT_EXPORT_RESTARTS.inc();
         sink.seek(SeekFrom::Start(start))?;
         sink.truncate_to(start)?;
         let end = self

@@ -353,6 +353,39 @@ fn a_snapshot_streams_through_a_file() {
     assert!(err.to_string().contains("bytes (at most"), "{err}");
 }
 
+#[test]
+fn an_export_paced_to_disk_is_the_same_export() {
+    use std::io::{Seek, Write as _};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path().join("big"), 2).unwrap();
+    // About 2.5 windows of writeback, in several epochs.
+    let value = "v".repeat(1024);
+    let keys = (5 * WRITEBACK_BYTES / 2 / 1024) as usize;
+    for (i, chunk) in (0..keys).collect::<Vec<_>>().chunks(4_096).enumerate() {
+        let writes = chunk
+            .iter()
+            .map(|k| put(&format!("k{k:08}"), &value))
+            .collect();
+        commit(&store, i as u64 + 1, vec![(Part::Region(0), writes)]);
+    }
+    let (applied, blob) = store.export_snapshot().unwrap();
+    assert!(blob.len() as u64 > 2 * WRITEBACK_BYTES, "{}", blob.len());
+
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(b"a header").unwrap();
+    let mut paced = PacedFile::new(file).unwrap();
+    let (paced_applied, len) = store.export_snapshot_to(&mut paced).unwrap();
+    let mut file = paced.into_inner();
+    assert_eq!(paced_applied, applied);
+    assert_eq!(len, blob.len() as u64);
+    assert_eq!(file.stream_position().unwrap(), 8 + len);
+    let mut back = Vec::new();
+    file.seek(std::io::SeekFrom::Start(0)).unwrap();
+    std::io::Read::read_to_end(&mut file, &mut back).unwrap();
+    assert!(back[..8] == b"a header"[..]);
+    assert!(back[8..] == blob[..], "the paced export differs");
+}
+
 /// Every read of a region, point and range both ways, against a model of what was
 /// committed.
 fn assert_reads(store: &Store, model: &BTreeMap<Vec<u8>, Vec<u8>>, when: &str) {
