@@ -6,9 +6,12 @@
 //! the store export starts there, after the file's metadata region, so what goes over the
 //! wire is the export alone, as it always was.
 
+use std::collections::BTreeMap;
 use std::io::{self, SeekFrom};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
@@ -17,6 +20,10 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 pub struct SnapshotData {
     pub(crate) file: tokio::fs::File,
     pub(crate) base: u64,
+    /// This file counted as open, so that a snapshot that replaces it leaves it whole.
+    /// (Before `temp`: dropped first, so that a file abandoned while it was received is
+    /// freed in steps.)
+    pub(crate) open: OpenFile,
     /// A file being received, removed if it is dropped before it is installed.
     pub(crate) temp: TempPath,
 }
@@ -29,9 +36,16 @@ impl SnapshotData {
     }
 
     pub(crate) fn new(file: std::fs::File, base: u64, temp: TempPath) -> Self {
+        let open = OpenFile::count(&file);
+        Self::counted(file, base, temp, open)
+    }
+
+    /// [`SnapshotData::new`] of a file already counted as open.
+    pub(crate) fn counted(file: std::fs::File, base: u64, temp: TempPath, open: OpenFile) -> Self {
         Self {
             file: tokio::fs::File::from_std(file),
             base,
+            open,
             temp,
         }
     }
@@ -70,8 +84,72 @@ impl TempPath {
 impl Drop for TempPath {
     fn drop(&mut self) {
         if let Some(path) = self.0.take() {
-            if let Err(e) = std::fs::remove_file(&path) {
+            if let Err(e) = remove_unread(&path) {
                 tracing::debug!(path = %path.display(), error = %e, "removing a temporary snapshot");
+            }
+        }
+    }
+}
+
+/// Removes the snapshot file at `path`; when no [`SnapshotData`] of this process has it
+/// open, it is freed in steps (`ordo_storage::release`), else at its last close.
+fn remove_unread(path: &std::path::Path) -> io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(file) if !OpenFile::is_open(&file) => {
+            std::fs::remove_file(path)?;
+            ordo_storage::release::release(file);
+            Ok(())
+        }
+        _ => std::fs::remove_file(path),
+    }
+}
+
+/// Snapshot files this process has open as [`SnapshotData`], by device and inode, with how
+/// many times each. A snapshot that replaces `current.snap` frees the file it replaced in
+/// steps (`ordo_storage::release`) only when it is not here: freeing empties the file, and a
+/// leader may still be sending it to a follower, or an install still importing it. (A file
+/// still open is freed at once by its last close, as any file.)
+static OPEN_FILES: Mutex<BTreeMap<(u64, u64), usize>> = Mutex::new(BTreeMap::new());
+
+/// One count in [`OPEN_FILES`], dropped with its holder.
+#[derive(Default)]
+pub(crate) struct OpenFile(Option<(u64, u64)>);
+
+impl OpenFile {
+    pub(crate) fn count(file: &std::fs::File) -> OpenFile {
+        let Ok(meta) = file.metadata() else {
+            return OpenFile(None);
+        };
+        let key = (meta.dev(), meta.ino());
+        *OPEN_FILES
+            .lock()
+            .expect("open snapshot files lock")
+            .entry(key)
+            .or_default() += 1;
+        OpenFile(Some(key))
+    }
+
+    /// Whether `file` is open as some [`SnapshotData`] of this process.
+    pub(crate) fn is_open(file: &std::fs::File) -> bool {
+        let Ok(meta) = file.metadata() else {
+            return true;
+        };
+        OPEN_FILES
+            .lock()
+            .expect("open snapshot files lock")
+            .contains_key(&(meta.dev(), meta.ino()))
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take() {
+            let mut open = OPEN_FILES.lock().expect("open snapshot files lock");
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
             }
         }
     }

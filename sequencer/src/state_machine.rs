@@ -33,7 +33,7 @@ use ordo_storage::{EpochCommit, EpochStamp, PacedFile, SnapshotSource, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::snapshot_data::{SnapshotData, TempPath};
+use crate::snapshot_data::{OpenFile, SnapshotData, TempPath};
 use crate::types::*;
 use crate::waiters::Waiters;
 
@@ -279,7 +279,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError> {
-        let SnapshotData { file, base, temp } = *snapshot;
+        let SnapshotData {
+            file,
+            base,
+            open,
+            temp,
+        } = *snapshot;
         let file = file.into_std().await;
         let (store, current, snapshot_meta) =
             (self.store.clone(), self.snapshot.clone(), meta.clone());
@@ -297,11 +302,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // snapshots past the applied state, and the file is never past it. A received
             // file is renamed into place; any other (`ordo replay` installs a node's own
             // `current.snap`) is copied, and stays where it is.
-            let (file, temp) = if temp.is_some() && base == META_REGION_BYTES {
-                (file, temp)
+            // Counted as open until the import ends, so that no newer snapshot frees it.
+            let (file, temp, _open) = if temp.is_some() && base == META_REGION_BYTES {
+                (file, temp, open)
             } else {
-                current.copy_in(file, base)?
+                let (copy, temp) = current.copy_in(file, base)?;
+                let open = OpenFile::count(&copy);
+                (copy, temp, open)
             };
+            // The chunks went into the page cache as they came: written out in paced
+            // windows, not all at once by the fsync that seals the file.
+            ordo_storage::store::write_out_paced(&file).map_err(sm_write_err)?;
             let source = SnapshotSource::File {
                 file: &file,
                 offset: META_REGION_BYTES,
@@ -343,10 +354,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         Ok(self
             .snapshot
-            .open_current()?
-            .map(|(meta, file, offset)| Snapshot {
+            .open_current_counted()?
+            .map(|(meta, file, offset, open)| Snapshot {
                 meta,
-                snapshot: Box::new(SnapshotData::new(file, offset, TempPath::default())),
+                snapshot: Box::new(SnapshotData::counted(
+                    file,
+                    offset,
+                    TempPath::default(),
+                    open,
+                )),
             }))
     }
 }
@@ -381,9 +397,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (store, current) = (self.store.clone(), self.snapshot.clone());
         let started = std::time::Instant::now();
-        let (meta, file, bytes) = tokio::task::spawn_blocking(move || {
+        let (meta, file, bytes, open) = tokio::task::spawn_blocking(move || {
             let _building = Building::start();
             let (file, temp) = current.create_temp()?;
+            // Counted as open from the start: once sealed, a newer snapshot replacing it
+            // must not free it while the returned `SnapshotData` has it.
+            let open = OpenFile::count(&file);
             let mut paced = PacedFile::new(file).map_err(snapshot_err)?;
             let (applied, bytes) = store.export_snapshot_to(&mut paced).map_err(snapshot_err)?;
             let file = paced.into_inner();
@@ -399,7 +418,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 snapshot_id,
             };
             current.seal(&file, temp, &meta)?;
-            Ok::<_, StorageError>((meta, file, bytes))
+            Ok::<_, StorageError>((meta, file, bytes, open))
         })
         .await
         .map_err(snapshot_err)??;
@@ -413,10 +432,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::new(
+            snapshot: Box::new(SnapshotData::counted(
                 file,
                 META_REGION_BYTES,
                 TempPath::default(),
+                open,
             )),
         })
     }
@@ -450,7 +470,7 @@ impl CurrentSnapshot {
             {
                 let stale = dir.join(&*name);
                 tracing::debug!(path = %stale.display(), "removing a stale temporary snapshot");
-                fs::remove_file(&stale).map_err(snapshot_err)?;
+                ordo_storage::release::remove(&stale).map_err(snapshot_err)?;
             }
         }
         Ok(Self::at(dir))
@@ -474,6 +494,19 @@ impl CurrentSnapshot {
         let meta = self.read_meta_from(&mut file)?;
         let offset = file.stream_position().map_err(sm_read_err)?;
         Ok(Some((meta, file, offset)))
+    }
+
+    /// [`Self::open_current`], the file counted as open ([`OpenFile`]) before any newer
+    /// snapshot can replace it, so that the replacing one leaves it whole.
+    pub(crate) fn open_current_counted(
+        &self,
+    ) -> Result<Option<(SnapshotMeta, File, u64, OpenFile)>, StorageError> {
+        let _writer = self.writer.lock().expect("snapshot writer lock");
+        let Some((meta, file, offset)) = self.open_current()? else {
+            return Ok(None);
+        };
+        let open = OpenFile::count(&file);
+        Ok(Some((meta, file, offset, open)))
     }
 
     /// The snapshot's metadata and the store export, if there is a snapshot (for tests: a
@@ -583,6 +616,10 @@ impl CurrentSnapshot {
                 "a snapshot file to seal has no temporary path",
             ));
         };
+        // The file this one replaces: the rename would free it at once, which holds up the
+        // Raft log's fsyncs (`ordo_storage::release`); kept open across it, and freed in
+        // steps after, unless a `SnapshotData` of this process still reads it.
+        let replaced = fs::OpenOptions::new().write(true).open(&self.path).ok();
         if let Err(e) = fs::rename(&tmp, &self.path) {
             // Best effort: a leftover is removed by the next open anyway.
             let _ = fs::remove_file(&tmp);
@@ -595,6 +632,9 @@ impl CurrentSnapshot {
             File::open(dir)
                 .and_then(|d| d.sync_all())
                 .map_err(snapshot_err)?;
+        }
+        if let Some(replaced) = replaced.filter(|f| !OpenFile::is_open(f)) {
+            ordo_storage::release::release(replaced);
         }
         Ok(true)
     }
@@ -750,5 +790,54 @@ mod tests {
         assert_eq!(names, ["current.snap"]);
         let (meta, _) = current.read().expect("read").expect("a snapshot");
         assert_eq!(meta, meta_at(5));
+    }
+
+    /// A replaced snapshot is freed in steps, except one a `SnapshotData` still reads:
+    /// that one stays whole until it is closed.
+    #[tokio::test]
+    async fn a_replaced_snapshot_is_freed_unless_it_is_being_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let current = CurrentSnapshot::open(dir.path()).expect("open");
+        let big = |index: u64| {
+            vec![index as u8; (ordo_storage::release::RELEASE_STEP_BYTES * 2) as usize]
+        };
+        let shrinks = |file: &File| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while file.metadata().expect("metadata").len()
+                > ordo_storage::release::RELEASE_STEP_BYTES + META_REGION_BYTES
+            {
+                if std::time::Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            true
+        };
+
+        // Replaced while nothing of this process reads it: freed.
+        assert!(current
+            .replace_if_newer(&meta_at(10), &big(10))
+            .expect("write 10"));
+        let (_, watcher, _) = current.open_current().expect("open").expect("a snapshot");
+        assert!(current
+            .replace_if_newer(&meta_at(20), &big(20))
+            .expect("write 20"));
+        assert!(shrinks(&watcher), "the replaced snapshot was not freed");
+
+        // Replaced while a leader sends it: it reads whole to its end.
+        let (meta, file, offset, open) = current
+            .open_current_counted()
+            .expect("open")
+            .expect("a snapshot");
+        assert_eq!(meta, meta_at(20));
+        let mut sending = SnapshotData::counted(file, offset, TempPath::default(), open);
+        assert!(current
+            .replace_if_newer(&meta_at(30), &big(30))
+            .expect("write 30"));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let sent = sending.read_to_vec().await.expect("read");
+        assert!(sent == big(20), "a snapshot being sent was freed under it");
+        let (meta, _) = current.read().expect("read").expect("a snapshot");
+        assert_eq!(meta, meta_at(30));
     }
 }

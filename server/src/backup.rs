@@ -111,6 +111,9 @@ impl Backups {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "backup exported; streaming it"
             );
+            // However the stream ends, the export is freed in steps (`ordo_storage::release`):
+            // freed at once, hundreds of megabytes hold up the Raft log's fsyncs.
+            let _release = ReleaseOnDrop(file.try_clone().ok());
             let mut file = tokio::fs::File::from_std(file);
             let mut left = bytes;
             let mut part = Some(v1::backup_chunk::Part::Header(header));
@@ -151,6 +154,17 @@ impl Backups {
             );
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// A second handle on a backup's unlinked export, which frees it in steps when dropped.
+struct ReleaseOnDrop(Option<File>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            ordo_storage::release::release(file);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod behind;
 pub mod hash;
 mod packed;
 pub mod raft_log;
+pub mod release;
 mod space;
 pub mod store;
 mod view;

@@ -695,7 +695,9 @@ where
             if !done {
                 break;
             }
-            fs::remove_file(&first.path).map_err(write_err::<C>)?;
+            // Freed in steps on a thread of its own (`release.rs`): a segment freed at once
+            // would hold up the fsyncs of the appends that wait for this lock.
+            crate::release::remove(&first.path).map_err(write_err::<C>)?;
             state.segments.remove(0);
             removed += 1;
         }

@@ -994,4 +994,7 @@ use feed::{feed_epoch, FeedState};
 pub use feed::{FeedPage, FeedRetention, FEED_PRUNE_PER_COMMIT_MAX};
 use known::Known;
 use snapshot::Capture;
-pub use stream::{ExportSink, PacedFile, SnapshotSource, SNAPSHOT_ITEM_BYTES_MAX, WRITEBACK_BYTES};
+pub use stream::{
+    write_out_paced, ExportSink, PacedFile, SnapshotSource, SNAPSHOT_ITEM_BYTES_MAX,
+    WRITEBACK_BYTES,
+};
