@@ -121,14 +121,14 @@ impl PackSpec {
         last.as_slice() >= start && end.is_none_or(|end| first.as_slice() < end)
     }
 
-    /// The full key of a row of group `group`.
-    fn key(&self, group: u64, rest: &[u8]) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.key_len);
+    /// The full key of a row of group `group`, into `key`, which is cleared first (a buffer a
+    /// loop reuses).
+    fn key_into(&self, group: u64, rest: &[u8], key: &mut Vec<u8>) {
+        key.clear();
         key.extend_from_slice(&self.prefix);
         let group_bytes = self.group - self.prefix.len();
         key.extend_from_slice(&group.to_be_bytes()[8 - group_bytes..]);
         key.extend_from_slice(rest);
-        key
     }
 }
 
@@ -324,11 +324,22 @@ impl Table {
                     true => key < after,
                 })
         };
-        let take = |out: &mut Vec<(IVec, IVec)>, (group, _): &BlockId, rows: &Vec<u8>| {
+        // A block's rows are sorted and `wanted` holds on an interval of keys, so a block
+        // whose first and last rows are wanted is wanted whole (the common case: a long
+        // read checks two keys a block, not every one).
+        let mut key = Vec::with_capacity(spec.key_len);
+        let mut take = |out: &mut Vec<(IVec, IVec)>, (group, _): &BlockId, rows: &Vec<u8>| {
+            let mut whole = true;
+            let first = rows.get(..stride);
+            let last = rows.len().checked_sub(stride).map(|at| &rows[at..]);
+            for row in [first, last].into_iter().flatten() {
+                spec.key_into(*group, &row[..spec.rest()], &mut key);
+                whole &= wanted(&key);
+            }
             let mut each = |row: &[u8]| {
-                let key = spec.key(*group, &row[..spec.rest()]);
-                if wanted(&key) {
-                    out.push((IVec::from(key), IVec::from(&row[spec.rest()..])));
+                spec.key_into(*group, &row[..spec.rest()], &mut key);
+                if whole || wanted(&key) {
+                    out.push((IVec::from(key.as_slice()), IVec::from(&row[spec.rest()..])));
                 }
             };
             match descending {
