@@ -63,6 +63,11 @@ enum Command {
         /// partition nemesis' addresses).
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// inventory and bank: before the workload, load this many more stock rows (1,000
+        /// SKUs a DC, each DC one RestockDc, on DCs and SKUs the workload never touches), so
+        /// that every snapshot, and every install a fault causes, carries a state this big.
+        #[arg(long, default_value_t = 0)]
+        stock_rows: u64,
     },
     /// Check a saved history (JSONL).
     Check {
@@ -118,6 +123,7 @@ fn main() -> ExitCode {
             ordo_bin,
             server_args,
             ca,
+            stock_rows,
         } => (|| {
             let ordo_bin = match ordo_bin {
                 Some(b) => b,
@@ -132,6 +138,10 @@ fn main() -> ExitCode {
                 nodes >= 1 && concurrency >= 1 && rate > 0.0,
                 "--nodes, --concurrency and --rate must be positive"
             );
+            anyhow::ensure!(
+                stock_rows == 0 || matches!(workload.as_str(), "inventory" | "bank"),
+                "--stock-rows is for the inventory and bank workloads"
+            );
             let opts = ordo_jepsen::runner::RunOpts {
                 nodes,
                 time_limit: std::time::Duration::from_secs(time_limit),
@@ -144,6 +154,7 @@ fn main() -> ExitCode {
                 ordo_bin,
                 server_args,
                 ca,
+                stock_rows,
             };
             tokio::runtime::Runtime::new()?.block_on(ordo_jepsen::runner::run(opts))
         })(),

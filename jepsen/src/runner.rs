@@ -52,6 +52,9 @@ pub struct RunOpts {
     /// The CA (PEM) of the nodes' client-port certificates: clients then speak TLS to
     /// `https://` endpoints (the nodes need `--tls-cert`/`--tls-key` among `server_args`).
     pub ca: Option<PathBuf>,
+    /// Stock rows loaded before the workload on DCs and SKUs of their own
+    /// ([`load_ballast`]): snapshots and installs then carry a big state (inventory, bank).
+    pub stock_rows: u64,
 }
 
 /// [`RunOpts::ca`]'s certificate, set once by [`run`]: every client of the run (processes,
@@ -996,6 +999,75 @@ async fn heal(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<Value> {
     })
 }
 
+/// The ballast's DCs and SKUs start here, past any the workloads use.
+const BALLAST_ID_BASE: u32 = 1_000_000;
+/// SKUs a ballast DC stocks, all in one RestockDc.
+const BALLAST_SKUS: u32 = 1_000;
+/// Ballast calls in flight at once.
+const BALLAST_CALLS_IN_FLIGHT: usize = 8;
+/// The most ballast rows a run loads (10⁷: 10,000 DCs).
+pub const BALLAST_ROWS_MAX: u64 = 10_000_000;
+
+/// Loads `rows` stock rows (rounded up to whole DCs of [`BALLAST_SKUS`]) on DCs and SKUs the
+/// workload never touches, each DC's stock one RestockDc, so that the run's snapshots and
+/// installs move a big state; the checkers see none of it, the replicas' state hashes all of
+/// it. Returns what it loaded, for the run's output.
+async fn load_ballast(client: &Client, rows: u64) -> anyhow::Result<Value> {
+    anyhow::ensure!(
+        rows <= BALLAST_ROWS_MAX,
+        "--stock-rows is at most {BALLAST_ROWS_MAX}"
+    );
+    let dcs = rows.div_ceil(u64::from(BALLAST_SKUS)) as u32;
+    let started = Instant::now();
+    for sku in BALLAST_ID_BASE..BALLAST_ID_BASE + BALLAST_SKUS {
+        client
+            .upsert_item(v1::Item {
+                sku,
+                name: format!("ballast {sku}"),
+                price_cents: 100,
+            })
+            .await?;
+    }
+    let lines: Arc<Vec<(u32, i64)>> = Arc::new(
+        (BALLAST_ID_BASE..BALLAST_ID_BASE + BALLAST_SKUS)
+            .map(|sku| (sku, 1_000))
+            .collect(),
+    );
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..dcs {
+        if calls.len() >= BALLAST_CALLS_IN_FLIGHT {
+            calls.join_next().await.expect("a call in flight")??;
+        }
+        let (client, lines) = (client.clone(), lines.clone());
+        calls.spawn(async move {
+            let dc = BALLAST_ID_BASE + i;
+            client
+                .upsert_dc(v1::Dc {
+                    dc_id: dc,
+                    name: format!("ballast {dc}"),
+                    lat: 0.0,
+                    lon: 0.0,
+                    region: Some(i % 3),
+                    active: true,
+                })
+                .await?;
+            let r = client
+                .restock_dc(dc, lines.as_slice(), Some(format!("ballast-{dc}")))
+                .await?;
+            anyhow::ensure!(r.applied, "ballast restock of dc {dc}: {}", r.reason);
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    Ok(json!({
+        "ballast_dcs": dcs,
+        "ballast_rows": u64::from(dcs) * u64::from(BALLAST_SKUS),
+        "load_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
 /// Creates the inventory and bank dataset through the API; returns the setup event's value.
 async fn load_dataset(client: &Client, workload: &str) -> anyhow::Result<Value> {
     let stock = if workload == "bank" {
@@ -1248,6 +1320,13 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
             value,
         );
     }
+    if opts.stock_rows > 0 {
+        let value = load_ballast(&admin, opts.stock_rows)
+            .await
+            .context("loading the ballast stock rows")?;
+        // Not in the history: the checkers never see the ballast.
+        println!("ballast loaded: {value}");
+    }
     if opts.workload == "inventory" {
         // The cluster's execution settings, changed through the log: a sweep bound of 1 to 4
         // lapsed holds per partition per epoch, so the holds that lapse under faults are
@@ -1420,6 +1499,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<u8> {
         "rate": opts.rate,
         "concurrency": opts.concurrency,
         "server_args": opts.server_args,
+        "stock_rows": opts.stock_rows,
         "ca": opts.ca.as_ref().map(|p| p.display().to_string()),
         "op_counts": op_counts,
         "anomaly_counts": verdict.counts,
