@@ -87,27 +87,10 @@ impl PacedFile {
         if self.pos < self.started + WRITEBACK_BYTES {
             return Ok(());
         }
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let fd = self.file.as_raw_fd();
-            let range = |from: u64, to: u64| (from as libc::off64_t, (to - from) as libc::off64_t);
-            if self.previous < self.started {
-                let (off, len) = range(self.previous, self.started);
-                let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-                // SAFETY: a plain system call on a file descriptor this struct owns.
-                if unsafe { libc::sync_file_range(fd, off, len, flags) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            let (off, len) = range(self.started, self.pos);
-            // SAFETY: as above.
-            if unsafe { libc::sync_file_range(fd, off, len, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        if self.previous < self.started {
+            write_back(&self.file, self.previous, self.started, Wait::Yes)?;
         }
+        write_back(&self.file, self.started, self.pos, Wait::No)?;
         self.previous = self.started;
         self.started = self.pos;
         Ok(())
@@ -120,33 +103,49 @@ impl PacedFile {
 /// little to write, instead of sending gigabytes to the disk at once while the Raft log's
 /// fsyncs wait. Not an fsync itself: the file's metadata is not written.
 pub fn write_out_paced(file: &File) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let mut at = 0;
+    while at < len {
+        let to = len.min(at + WRITEBACK_BYTES);
+        write_back(file, at, to, Wait::Yes)?;
+        at = to;
+    }
+    Ok(())
+}
+
+/// Whether [`write_back`] waits for the range to be on the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    No,
+}
+
+/// Hands `file`'s bytes `[from, to)` to the disk (`sync_file_range`): with [`Wait::Yes`],
+/// waits for earlier writeback of the range and for this one too; with [`Wait::No`], only
+/// starts it. Not an fsync: no metadata is written. (Elsewhere than Linux, nothing.)
+fn write_back(file: &File, from: u64, to: u64, wait: Wait) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let len = file.metadata()?.len();
-        let mut at = 0;
-        while at < len {
-            let n = WRITEBACK_BYTES.min(len - at);
-            let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                | libc::SYNC_FILE_RANGE_WRITE
-                | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-            // SAFETY: a plain system call on a file descriptor `file` keeps open.
-            let done = unsafe {
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    at as libc::off64_t,
-                    n as libc::off64_t,
-                    flags,
-                )
-            };
-            if done != 0 {
-                return Err(io::Error::last_os_error());
+        let flags = match wait {
+            Wait::Yes => {
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER
             }
-            at += n;
+            Wait::No => libc::SYNC_FILE_RANGE_WRITE,
+        };
+        let (off, len) = (
+            from as libc::off64_t,
+            to.saturating_sub(from) as libc::off64_t,
+        );
+        // SAFETY: a plain system call on a file descriptor `file` keeps open.
+        if unsafe { libc::sync_file_range(file.as_raw_fd(), off, len, flags) } != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = file;
+    let _ = (file, from, to, wait);
     Ok(())
 }
 
