@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ordo_storage::{Part, Store, StoreError, Write};
+use ordo_storage::{records, Part, Store, StoreError, Write};
 
 use crate::feed::{Event, PriceChange};
 use crate::holds::{self, HoldError, View};
@@ -152,6 +152,9 @@ pub fn execute_epoch(
     // A batch longer than the order-id space cannot come from an Ordo leader; whatever wrote
     // it, the excess is refused on every replica rather than stopping them.
     let (txns, excess) = txns.split_at(txns.len().min(BATCH_TXNS_LIMIT));
+    // Dedupe entries are found through the store's index of their lists: loaded once, by the
+    // first epoch a store executes (a node loads it as it starts).
+    store.keep_members(&[keys::DEDUPE_LIST])?;
     // The execution settings recorded in the log before this epoch decide it.
     let recorded: Option<ExecSettingsRecord> = read_record(
         store,
@@ -267,7 +270,7 @@ pub fn execute_epoch(
     events.sort_by_key(|(seq, _)| *seq);
     output.events = events.into_iter().map(|(_, event)| event).collect();
     for (part, mut overlay) in overlays {
-        overlay.seal_remembered(epoch, time_ms);
+        overlay.seal_lists(epoch, time_ms);
         let writes = overlay.into_writes();
         if !writes.is_empty() {
             output.writes.insert(part, writes);
@@ -312,9 +315,11 @@ pub(crate) struct Overlay {
     /// The change events made in this partition, with the log position of the transaction
     /// that made each (`None`: the prologue), in the order they were made.
     events: Vec<(Option<usize>, Event)>,
-    /// Request ids remembered in this partition this epoch: sealed into one expiry key at the
-    /// end ([`Overlay::seal_remembered`]).
-    remembered: Vec<String>,
+    /// The results remembered in this partition this epoch, by request id: sealed into one
+    /// record list at the end ([`Overlay::seal_lists`]), read from here until then.
+    remembered: BTreeMap<String, DedupeRecord>,
+    /// The orders this partition is the home of this epoch, sealed the same way.
+    orders: Vec<OrderRecord>,
 }
 
 /// A key's pending value in an overlay.
@@ -376,22 +381,45 @@ impl Overlay {
         self.events.push((seq, event));
     }
 
-    /// Writes the epoch's expiry key for the request ids remembered in it (none: no key),
-    /// after every other write.
-    fn seal_remembered(&mut self, epoch: u64, time_ms: u64) {
-        if self.remembered.is_empty() {
-            return;
+    /// Writes the epoch's dedupe entries and orders in this partition, each kind as one
+    /// record list (none: no key), after every other write.
+    fn seal_lists(&mut self, epoch: u64, time_ms: u64) {
+        let remembered = std::mem::take(&mut self.remembered);
+        if !remembered.is_empty() {
+            // In id order (a map), whatever order the partition's executors remembered them in.
+            let entries: Vec<(&[u8], Vec<u8>)> = remembered
+                .iter()
+                .map(|(id, record)| (id.as_bytes(), encode(record)))
+                .collect();
+            self.put(
+                Some(usize::MAX),
+                keys::dedupe_list(time_ms, epoch),
+                Some(records::encode(&entries)),
+            );
         }
-        // In id order, whatever order the partition's executors remembered them in.
-        let mut request_ids = std::mem::take(&mut self.remembered);
-        request_ids.sort_unstable();
-        request_ids.dedup();
-        let record = DedupeEpoch { request_ids };
-        self.put(
-            Some(usize::MAX),
-            keys::dedupe_by_epoch(time_ms, epoch),
-            Some(encode(&record)),
-        );
+        let mut orders = std::mem::take(&mut self.orders);
+        if !orders.is_empty() {
+            orders.sort_by_key(|o| o.order_id);
+            // An order id is its transaction's log position: one order each. Should two
+            // share one, the later stands, as a key written twice would.
+            orders.reverse();
+            orders.dedup_by_key(|o| o.order_id);
+            orders.reverse();
+            let entries: Vec<([u8; 8], Vec<u8>)> = orders
+                .iter()
+                .map(|order| (order.order_id.to_be_bytes(), encode(order)))
+                .collect();
+            self.put(
+                Some(usize::MAX),
+                keys::order_list(epoch),
+                Some(records::encode(&entries)),
+            );
+        }
+    }
+
+    /// Keeps `order` for this partition's order list of the epoch.
+    pub(crate) fn add_order(&mut self, order: OrderRecord) {
+        self.orders.push(order);
     }
 
     /// The epoch's writes: the prologue's first, then by the log position of the transaction
@@ -477,32 +505,43 @@ pub(crate) fn read_record<T: for<'de> serde::Deserialize<'de>>(
     }
 }
 
-pub(crate) fn remember(
-    overlay: &mut Overlay,
-    seq: usize,
-    time_ms: u64,
-    txn: &Txn,
-    result: &TxnResult,
-) {
+pub(crate) fn remember(overlay: &mut Overlay, time_ms: u64, txn: &Txn, result: &TxnResult) {
     let record = DedupeRecord::new(time_ms, &txn.op, result);
-    overlay.put(
-        Some(seq),
-        keys::dedupe(&result.request_id),
-        Some(encode(&record)),
-    );
-    overlay.remembered.push(result.request_id.clone());
+    overlay.remembered.insert(result.request_id.clone(), record);
 }
 
+/// The result remembered under `request_id` in `part`: from this epoch's own (the overlay),
+/// else from the record lists the store's index names (`keys::DEDUPE_LIST`), else from a key
+/// of its own (`keys::DEDUPE`, data from before the lists).
 pub(crate) fn read_dedupe(
     store: &Store,
     overlay: &Overlay,
     part: Part,
     request_id: &str,
 ) -> Result<Option<DedupeRecord>, ExecError> {
+    if let Some(record) = overlay.remembered.get(request_id) {
+        return Ok(Some(record.clone()));
+    }
+    let what = || format!("dedupe {request_id:?} in {part}");
+    for key in store.lists_holding(part, request_id.as_bytes())? {
+        // Gone if this epoch's prologue pruned it.
+        let Some(value) = overlay.get(store, part, &key)? else {
+            continue;
+        };
+        let list = records::RecordList::parse(&value).map_err(|e| ExecError::Corrupt {
+            what: what(),
+            detail: e.to_string(),
+        })?;
+        if let Some(bytes) = list.get(request_id.as_bytes()) {
+            return DedupeRecord::decode(bytes)
+                .map(Some)
+                .map_err(|e| corrupt(what(), e));
+        }
+    }
     match overlay.get(store, part, &keys::dedupe(request_id))? {
         Some(bytes) => DedupeRecord::decode(&bytes)
             .map(Some)
-            .map_err(|e| corrupt(format!("dedupe {request_id:?} in {part}"), e)),
+            .map_err(|e| corrupt(what(), e)),
         None => Ok(None),
     }
 }
@@ -714,7 +753,7 @@ fn run_global(
     };
     if dedupe {
         let overlay = overlays.get_mut(&home).expect("overlay per partition");
-        remember(overlay, seq, time_ms, txn, &result);
+        remember(overlay, time_ms, txn, &result);
     }
     Ok(result)
 }

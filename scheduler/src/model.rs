@@ -727,6 +727,16 @@ pub mod keys {
     /// Dedupe expiry index, one key per partition and epoch: `T` + time_ms + epoch → the
     /// request ids the epoch remembered in that partition ([`super::DedupeEpoch`]).
     pub const DEDUPE_BY_EPOCH: u8 = b'T';
+    /// An epoch's dedupe entries in one partition, one value for all of them: `U` + time_ms +
+    /// epoch → a record list ([`ordo_storage::records`]) of request id → [`super::DedupeRecord`],
+    /// which the store indexes by request id (`Store::keep_members`). Replaces the key per
+    /// request (`d`) and the per-epoch expiry key (`T`), which older data still holds.
+    pub const DEDUPE_LIST: u8 = b'U';
+    /// An epoch's orders in one partition (the home partition of each order's request id):
+    /// `O` + epoch → a record list of order id (8 bytes, big-endian) →
+    /// [`super::OrderRecord`]. An order id names its epoch (`ORDER_SEQ_BITS`), so an order is
+    /// found without an index. Replaces the key per order (`o`), which older data still holds.
+    pub const ORDER_LIST: u8 = b'O';
     pub const KV: u8 = b'k';
     /// The cluster configuration record (global partition): [`super::ClusterRecord`].
     pub const CLUSTER_CONFIG: &[u8] = b"Pcluster";
@@ -830,6 +840,21 @@ pub mod keys {
         let mut k = vec![DEDUPE_BY_TIME];
         k.extend_from_slice(&time_ms.to_be_bytes());
         k.extend_from_slice(request_id.as_bytes());
+        k
+    }
+
+    pub fn dedupe_list(time_ms: u64, epoch: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(17);
+        k.push(DEDUPE_LIST);
+        k.extend_from_slice(&time_ms.to_be_bytes());
+        k.extend_from_slice(&epoch.to_be_bytes());
+        k
+    }
+
+    pub fn order_list(epoch: u64) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9);
+        k.push(ORDER_LIST);
+        k.extend_from_slice(&epoch.to_be_bytes());
         k
     }
 

@@ -383,7 +383,7 @@ fn run_partition(
             }
             if part == route.home {
                 if let Some(order) = &decision.order {
-                    overlay.put(Some(seq), keys::order(order.order_id), Some(encode(order)));
+                    overlay.add_order(order.clone());
                     overlay.emit(Some(seq), Event::Order(order.clone()));
                 }
                 if decision.remember {
@@ -392,7 +392,7 @@ fn run_partition(
                     }
                 }
                 if decision.remember && route.dedupe {
-                    remember(overlay, seq, seg.time_ms, txn, &decision.result);
+                    remember(overlay, seg.time_ms, txn, &decision.result);
                 }
                 results.push((seq, decision.result));
             }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ordo_storage::{Part, Store};
+use ordo_storage::{records, Part, Store};
 
 use crate::exec::{corrupt, read_record, ExecConfig, ExecError, Layered, Overlay};
 use crate::feed::{Cause, Event, StockChange};
@@ -22,7 +22,7 @@ pub(crate) struct DedupeCutoff {
 /// grows with the epoch, so the entries old enough by both measures are a prefix of them:
 /// first the per-request keys of data written before the per-epoch ones (`t`), then the
 /// per-epoch keys (`T`), whole epochs at a time (at least one, so a large epoch never stalls
-/// the pruning).
+/// the pruning), then the per-epoch record lists (`U`) the same way.
 pub(crate) fn prune_dedupe(
     store: &Store,
     part: Part,
@@ -72,6 +72,38 @@ pub(crate) fn prune_dedupe(
             overlay.put(None, keys::dedupe(request_id), None);
         }
         overlay.put(None, key.to_vec(), None);
+    }
+    // Then the record lists (`U`), whole epochs at a time, read a few at a time: each holds
+    // an epoch's entries.
+    const PAGE: usize = 16;
+    let mut start = vec![keys::DEDUPE_LIST];
+    let end = keys::dedupe_list(cutoff.time_ms, 0);
+    while dropped < limit {
+        let page = store.range(part, &start, &end, PAGE)?;
+        for (key, value) in &page {
+            let epoch = keys::epoch_of_dedupe_epoch_key(key).ok_or_else(|| {
+                ExecError::Invariant(format!("dedupe list key {key:?} in {part}"))
+            })?;
+            if epoch > cutoff.epoch {
+                return Ok(());
+            }
+            let count = records::count(value).map_err(|e| ExecError::Corrupt {
+                what: format!("dedupe list of epoch {epoch} in {part}"),
+                detail: e.to_string(),
+            })?;
+            if dropped > 0 && dropped + count > limit {
+                return Ok(());
+            }
+            dropped += count.max(1);
+            overlay.put(None, key.to_vec(), None);
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => {
+                start = last.to_vec();
+                start.push(0);
+            }
+            _ => break,
+        }
     }
     Ok(())
 }

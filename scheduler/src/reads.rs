@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ordo_storage::{Part, Store, StoreError};
+use ordo_storage::{records, Part, Store, StoreError};
 
 use crate::holds;
 use crate::model::*;
@@ -325,17 +325,39 @@ pub fn next_hold_due(store: &Store) -> Result<Option<u64>, ReadError> {
     Ok(first)
 }
 
+/// A record of a list (`keys::ORDER_LIST`, `keys::DEDUPE_LIST`) that does not decode.
+fn corrupt_list(what: String, e: impl std::fmt::Display) -> ReadError {
+    ReadError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
 pub fn order(store: &Store, order_id: u64) -> Result<Option<OrderRecord>, ReadError> {
+    // Its epoch's order list in the partition that holds it; then, for orders from before
+    // the lists, a key of its own.
+    let list_key = keys::order_list(order_id >> ORDER_SEQ_BITS);
+    let id = order_id.to_be_bytes();
+    let what = || format!("order {order_id}");
     for n in 0..store.partitions() {
-        let found = get(store, Part::Region(n), &keys::order(order_id), || {
-            format!("order {order_id}")
-        })?;
+        if let Some(value) = store.get(Part::Region(n), &list_key)? {
+            let list = records::RecordList::parse(&value).map_err(|e| corrupt_list(what(), e))?;
+            if let Some(bytes) = list.get(&id) {
+                return decode(bytes).map(Some).map_err(|e| corrupt_list(what(), e));
+            }
+        }
+    }
+    for n in 0..store.partitions() {
+        let found = get(store, Part::Region(n), &keys::order(order_id), what)?;
         if found.is_some() {
             return Ok(found);
         }
     }
     Ok(None)
 }
+
+/// Order lists read at a time by [`orders_after`].
+const ORDER_LISTS_PAGE: usize = 16;
 
 /// Committed orders with ids above `after`, in id order, at most `limit` (from every
 /// partition; an order lives in its request id's home partition).
@@ -347,11 +369,48 @@ pub fn orders_after(
     let Some(start_id) = after.checked_add(1) else {
         return Ok(Vec::new());
     };
-    let start = keys::order(start_id);
-    let end = [keys::ORDER + 1];
     let mut orders = Vec::new();
     for n in 0..store.partitions() {
-        for (key, value) in store.range(Part::Region(n), &start, &end, limit)? {
+        let part = Part::Region(n);
+        // The lists: each holds an epoch's orders, in id order.
+        let mut start = keys::order_list(start_id >> ORDER_SEQ_BITS);
+        let end = [keys::ORDER_LIST + 1];
+        let mut found = 0;
+        'lists: loop {
+            let page = store.range(part, &start, &end, ORDER_LISTS_PAGE)?;
+            for (key, value) in &page {
+                let list = records::RecordList::parse(value)
+                    .map_err(|e| corrupt_list(format!("order list at key {key:?}"), e))?;
+                for (id, bytes) in list.iter() {
+                    let id = <[u8; 8]>::try_from(id)
+                        .map(u64::from_be_bytes)
+                        .map_err(|e| {
+                            corrupt_list(format!("an order id in the list at key {key:?}"), e)
+                        })?;
+                    if id < start_id {
+                        continue;
+                    }
+                    let order: OrderRecord =
+                        decode(bytes).map_err(|e| corrupt_list(format!("order {id}"), e))?;
+                    orders.push(order);
+                    found += 1;
+                    if found >= limit {
+                        break 'lists;
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == ORDER_LISTS_PAGE => {
+                    start = last.to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        // Orders from before the lists, a key each.
+        let start = keys::order(start_id);
+        let end = [keys::ORDER + 1];
+        for (key, value) in store.range(part, &start, &end, limit)? {
             let order: OrderRecord = decode(&value).map_err(|e| ReadError::Corrupt {
                 what: format!("order at key {key:?}"),
                 detail: e.to_string(),
@@ -366,21 +425,32 @@ pub fn orders_after(
 
 /// The remembered result of `request_id` with the digest of its request: from its home
 /// partition (or the global one, for DC and catalogue changes), or, for entries written before
-/// homes were chosen by request id, from whichever partition holds it.
+/// homes were chosen by request id, from whichever partition holds it. In each, from the
+/// record lists the store's index names, then from a key of its own (entries written before
+/// the lists).
 pub fn dedupe(store: &Store, request_id: &str) -> Result<Option<DedupeRecord>, ReadError> {
     let key = keys::dedupe(request_id);
     let home = request_part(request_id, store.partitions());
     let others = (0..store.partitions())
         .map(Part::Region)
         .filter(|&p| p != home);
+    let what = || format!("dedupe {request_id:?}");
     for part in [home, Part::Global].into_iter().chain(others) {
+        for list_key in store.lists_holding(part, request_id.as_bytes())? {
+            let Some(value) = store.get(part, &list_key)? else {
+                continue;
+            };
+            let list = records::RecordList::parse(&value).map_err(|e| corrupt_list(what(), e))?;
+            if let Some(bytes) = list.get(request_id.as_bytes()) {
+                return DedupeRecord::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| corrupt_list(what(), e));
+            }
+        }
         if let Some(bytes) = store.get(part, &key)? {
             return DedupeRecord::decode(&bytes)
                 .map(Some)
-                .map_err(|e| ReadError::Corrupt {
-                    what: format!("dedupe {request_id:?}"),
-                    detail: e.to_string(),
-                });
+                .map_err(|e| corrupt_list(what(), e));
         }
     }
     Ok(None)

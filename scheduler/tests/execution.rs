@@ -403,12 +403,14 @@ fn an_epochs_request_ids_expire_together_under_one_key_and_a_small_limit_holds()
             .collect();
         node.run(txns);
     }
-    // One expiry key per partition and epoch that remembered ids, none per request.
-    let per_epoch = keys_under(&node.store, keys::DEDUPE_BY_EPOCH);
+    // One list per partition and epoch that remembered ids, no key per request.
+    let per_epoch = keys_under(&node.store, keys::DEDUPE_LIST);
     assert!(!per_epoch.is_empty());
     assert!(per_epoch.len() <= 4 * PARTITIONS as usize, "{per_epoch:?}");
     assert!(keys_under(&node.store, keys::DEDUPE_BY_TIME).is_empty());
-    // A retry inside the window is answered, and the key names it still.
+    assert!(keys_under(&node.store, keys::DEDUPE_BY_EPOCH).is_empty());
+    assert!(keys_under(&node.store, keys::DEDUPE).is_empty());
+    // A retry inside the window is answered, from its list.
     let again = node.run(vec![order("o2-0", &[(1, 1, 1)], Mode::AllOrNothing)]);
     assert_eq!(again[0].epoch, 4);
     for _ in 0..30 {
@@ -420,38 +422,137 @@ fn an_epochs_request_ids_expire_together_under_one_key_and_a_small_limit_holds()
             assert!(reads::dedupe(&node.store, &id).unwrap().is_none(), "{id}");
         }
     }
-    assert!(keys_under(&node.store, keys::DEDUPE_BY_EPOCH).is_empty());
-    assert!(keys_under(&node.store, keys::DEDUPE).is_empty());
+    assert!(keys_under(&node.store, keys::DEDUPE_LIST).is_empty());
 }
 
+/// Where an epoch's dedupe list for `id` is: its partition, key and the record's bytes.
+fn dedupe_list_of(node: &Node, id: &str) -> (Part, Vec<u8>, Vec<u8>) {
+    for part in (0..PARTITIONS).map(Part::Region).chain([Part::Global]) {
+        for (key, value) in node
+            .store
+            .scan_prefix(part, &[keys::DEDUPE_LIST], usize::MAX)
+            .unwrap()
+        {
+            let list = ordo_storage::records::RecordList::parse(&value).unwrap();
+            if let Some(record) = list.get(id.as_bytes()) {
+                return (part, key.to_vec(), record.to_vec());
+            }
+        }
+    }
+    panic!("no dedupe list holds {id}");
+}
+
+/// Data written before the lists: a key per request id (`d`) with either expiry index, the
+/// per-request one (`t`) or the per-epoch one (`T`). Both are still answered, and expire.
 #[test]
-fn request_ids_remembered_by_the_per_request_index_still_expire() {
-    let mut node = Node::new(ExecConfig {
-        dedupe_window_ms: 3,
-        dedupe_window_epochs_min: 2,
-        ..ExecConfig::default()
-    });
-    seed(&mut node, 5);
-    node.run(vec![order("old", &[(1, 1, 1)], Mode::AllOrNothing)]);
-    // Rewrite its expiry the way the per-request index held it: `t` + time + id.
-    let part = (0..PARTITIONS)
+fn request_ids_remembered_in_the_layouts_before_the_lists_are_answered_and_expire() {
+    for per_epoch in [false, true] {
+        let mut node = Node::new(ExecConfig {
+            dedupe_window_ms: 3,
+            dedupe_window_epochs_min: 2,
+            ..ExecConfig::default()
+        });
+        seed(&mut node, 5);
+        let first = node.run(vec![order("old", &[(1, 1, 1)], Mode::AllOrNothing)]);
+        let (part, list_key, record) = dedupe_list_of(&node, "old");
+        let time_ms = u64::from_be_bytes(list_key[1..9].try_into().unwrap());
+        let expiry = match per_epoch {
+            true => (
+                keys::dedupe_by_epoch(time_ms, node.epoch),
+                encode(&DedupeEpoch {
+                    request_ids: vec!["old".into()],
+                }),
+            ),
+            false => (keys::dedupe_by_time(time_ms, "old"), Vec::new()),
+        };
+        // Rewritten as an epoch of its own, with nothing else in it.
+        node.epoch += 1;
+        node.store
+            .commit(EpochCommit {
+                stamp: Some(EpochStamp {
+                    epoch: node.epoch,
+                    time_ms: 1_000 + node.epoch,
+                }),
+                writes: BTreeMap::from([(
+                    part,
+                    vec![
+                        (list_key.clone(), None),
+                        (keys::dedupe("old"), Some(record)),
+                        (expiry.0, Some(expiry.1)),
+                    ],
+                )]),
+                raft_meta: Vec::new(),
+                feed: None,
+            })
+            .unwrap();
+        assert!(node.store.get(part, &list_key).unwrap().is_none());
+        let found = reads::dedupe(&node.store, "old").unwrap().unwrap();
+        assert_eq!(found.result, first[0]);
+        // A retry is answered from the old key, and changes nothing.
+        let stock = node.stock(1, 1);
+        let again = node.run(vec![order("old", &[(1, 1, 1)], Mode::AllOrNothing)]);
+        assert_eq!(again, first);
+        assert_eq!(node.stock(1, 1), stock);
+        for _ in 0..6 {
+            node.run(vec![]);
+        }
+        assert!(reads::dedupe(&node.store, "old").unwrap().is_none());
+        assert!(keys_under(&node.store, keys::DEDUPE_BY_TIME).is_empty());
+        assert!(keys_under(&node.store, keys::DEDUPE_BY_EPOCH).is_empty());
+        assert!(keys_under(&node.store, keys::DEDUPE).is_empty());
+    }
+}
+
+/// An epoch's orders are one list in each home partition, found by id and listed in id
+/// order; orders from before the lists (a key each) are found and listed among them.
+#[test]
+fn orders_are_found_in_their_epochs_lists_and_beside_orders_kept_a_key_each() {
+    let mut node = Node::new(ExecConfig::default());
+    seed(&mut node, 100);
+    let mut placed = Vec::new();
+    for e in 0..3 {
+        let txns = (0..5)
+            .map(|i| {
+                order(
+                    &format!("p{e}-{i}"),
+                    &[(1 + i % 6, 1, 1)],
+                    Mode::AllOrNothing,
+                )
+            })
+            .collect();
+        placed.extend(node.run(txns));
+    }
+    let ids: Vec<u64> = placed
+        .iter()
+        .map(|r| match &r.outcome {
+            Outcome::Order {
+                order_id: Some(id), ..
+            } => *id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids.len(), 15);
+    let lists = keys_under(&node.store, keys::ORDER_LIST);
+    assert!(lists.len() <= 3 * PARTITIONS as usize, "{lists:?}");
+    assert!(keys_under(&node.store, keys::ORDER).is_empty());
+    // One order moved to a key of its own, as data from before the lists holds it.
+    let moved = ids[7];
+    let record = reads::order(&node.store, moved).unwrap().unwrap();
+    let (part, list_key, list) = (0..PARTITIONS)
         .map(Part::Region)
-        .chain([Part::Global])
-        .find(|&p| {
-            !node
-                .store
-                .scan_prefix(p, &[keys::DEDUPE_BY_EPOCH], 1)
-                .unwrap()
-                .is_empty()
+        .find_map(|p| {
+            let key = keys::order_list(moved >> ORDER_SEQ_BITS);
+            let value = node.store.get(p, &key).unwrap()?;
+            let list = ordo_storage::records::RecordList::parse(&value).unwrap();
+            list.get(&moved.to_be_bytes())?;
+            let rest: Vec<(Vec<u8>, Vec<u8>)> = list
+                .iter()
+                .filter(|(id, _)| *id != moved.to_be_bytes())
+                .map(|(id, r)| (id.to_vec(), r.to_vec()))
+                .collect();
+            Some((p, key, ordo_storage::records::encode(&rest)))
         })
         .unwrap();
-    let (key, _) = node
-        .store
-        .scan_prefix(part, &[keys::DEDUPE_BY_EPOCH], 1)
-        .unwrap()[0]
-        .clone();
-    let time_ms = u64::from_be_bytes(key[1..9].try_into().unwrap());
-    // As an epoch of its own, with nothing else in it.
     node.epoch += 1;
     node.store
         .commit(EpochCommit {
@@ -462,20 +563,36 @@ fn request_ids_remembered_by_the_per_request_index_still_expire() {
             writes: BTreeMap::from([(
                 part,
                 vec![
-                    (key.to_vec(), None),
-                    (keys::dedupe_by_time(time_ms, "old"), Some(Vec::new())),
+                    (list_key, Some(list)),
+                    (keys::order(moved), Some(encode(&record))),
                 ],
             )]),
             raft_meta: Vec::new(),
             feed: None,
         })
         .unwrap();
-    assert!(reads::dedupe(&node.store, "old").unwrap().is_some());
-    for _ in 0..6 {
-        node.run(vec![]);
+    assert_eq!(reads::order(&node.store, moved).unwrap(), Some(record));
+    for &id in &ids {
+        assert_eq!(reads::order(&node.store, id).unwrap().unwrap().order_id, id);
     }
-    assert!(reads::dedupe(&node.store, "old").unwrap().is_none());
-    assert!(keys_under(&node.store, keys::DEDUPE_BY_TIME).is_empty());
+    assert_eq!(reads::order(&node.store, ids[14] + 1).unwrap(), None);
+    // Listed in id order from any point, in pages of any size.
+    for after in [0, ids[0], ids[6], ids[7], ids[13]] {
+        for limit in [1, 2, 5, 100] {
+            let listed: Vec<u64> = reads::orders_after(&node.store, after, limit)
+                .unwrap()
+                .iter()
+                .map(|o| o.order_id)
+                .collect();
+            let expected: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|&id| id > after)
+                .take(limit)
+                .collect();
+            assert_eq!(listed, expected, "after {after}, limit {limit}");
+        }
+    }
 }
 
 fn kv(id: &str, ops: Vec<KvOp>) -> Txn {

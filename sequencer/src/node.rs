@@ -128,6 +128,18 @@ impl Node {
             elapsed_ms = packing.elapsed().as_millis() as u64,
             "stock rows packed"
         );
+        // Dedupe entries are found through an index of their lists (every transaction's
+        // dedupe lookup asks it), loaded before Raft applies anything: see
+        // `Store::keep_members`.
+        let indexing = std::time::Instant::now();
+        let ids = store
+            .keep_members(&[ordo_scheduler::keys::DEDUPE_LIST])
+            .map_err(|e| open("the dedupe lists")(&e))?;
+        tracing::info!(
+            ids,
+            elapsed_ms = indexing.elapsed().as_millis() as u64,
+            "dedupe lists indexed"
+        );
         let log = LogStore::open(config.data_dir.join("raft-log"))
             .map_err(|e| open("the raft log")(&e))?;
         let waiters = Arc::new(Waiters::default());

@@ -9,6 +9,8 @@
 //!   overlay in memory at once and to sled behind it, many epochs per atomic batch (`behind.rs`).
 //! - [`raft_log::LogStore`]: the segmented, checksummed, fsynced Raft log.
 //! - [`hash`]: the state hash chain.
+//! - [`records`]: record lists, many records in one value (an epoch's orders, its dedupe
+//!   entries), found by their own keys; [`Store::keep_members`] indexes them.
 //!
 //! This crate deals in bytes: it must never depend on the scheduler's transaction model, on
 //! the gRPC protocol or on the sequencer. It knows openraft only through the log-store traits.
@@ -20,6 +22,7 @@ mod behind;
 pub mod hash;
 mod packed;
 pub mod raft_log;
+pub mod records;
 pub mod release;
 mod space;
 pub mod store;

@@ -154,6 +154,16 @@ impl Store {
                 }
             }
         }
+        let mut members = self.members.write().expect("members lock");
+        if let Some(members) = members.as_mut() {
+            for (part, writes) in &commit.writes {
+                for (key, value) in writes {
+                    if members.covers(key) {
+                        members.apply(Self::tree_id(*part), key, value.as_deref())?;
+                    }
+                }
+            }
+        }
         let mut packed = self.packed.table.write().expect("packed lock");
         if let Some(table) = packed.as_mut() {
             // The packed writes change the table, and each block they change is staged as its
@@ -178,6 +188,7 @@ impl Store {
         }
         self.behind.stage(batch);
         drop(packed);
+        drop(members);
         drop(known);
         if touches_global {
             let written = commit.writes.get(&Part::Global).into_iter().flatten();

@@ -173,7 +173,7 @@ pub struct Store {
     /// [`Store::consistent`] and briefly at the start and end of an export or a view, so a
     /// multi-row read sees whole epochs. Lock order: `snapshot`, then `gate`, then `applied`,
     /// then `capture`, then `views`, then `feed`, then `feed_entries`, then `known`, then
-    /// `packed`'s table. The overlay's own locks (`behind.rs`) and each view's come after all of them.
+    /// `members`, then `packed`'s table. The overlay's own locks (`behind.rs`) and each view's come after all of them.
     gate: RwLock<()>,
     /// This store among the process's stores: a thread's view ([`Store::view`]) names it.
     id: u64,
@@ -214,6 +214,10 @@ pub struct Store {
     known: RwLock<Option<Known>>,
     /// The known prefix, once set.
     known_prefix: OnceLock<Vec<u8>>,
+    /// Which record list holds each record key, for the values under one prefix
+    /// ([`Store::keep_members`]); `None` until asked. Changed by commits and imports, after
+    /// `known` in the lock order.
+    members: RwLock<Option<Members>>,
     /// The global partition's keys read before, with their values (see the module docs).
     global_cache: Mutex<HashMap<Vec<u8>, IVec>>,
     /// Tests run this between a global read's sled read and its cache fill (a commit there).
@@ -432,6 +436,7 @@ impl Store {
             chunks,
             known: RwLock::new(None),
             known_prefix: OnceLock::new(),
+            members: RwLock::new(None),
             feed_tree,
             feed: Mutex::new(FeedState {
                 start: feed_start,
@@ -745,6 +750,59 @@ impl Store {
         Ok(count)
     }
 
+    /// Indexes the values under `prefix` (in every partition) as [record lists](crate::records)
+    /// from now on: [`Store::lists_holding`] names the values that may hold a record key
+    /// without reading any (about 28 bytes a record key in memory). Returns how many record
+    /// keys there are. Costs a scan of those values now; asking again for the same prefix
+    /// costs nothing. One prefix per store. A value under it that is not a record list is an
+    /// error, here and in the commit that writes it.
+    pub fn keep_members(&self, prefix: &[u8]) -> Result<usize, StoreError> {
+        if let Some(members) = self.members.read().expect("members lock").as_ref() {
+            return match members.prefix == prefix {
+                true => Ok(members.len()),
+                false => Err(StoreError::Config(format!(
+                    "the record lists under {:?} are indexed already; one prefix per store",
+                    members.prefix
+                ))),
+            };
+        }
+        let _gate = self.gate.write().expect("epoch gate");
+        let mut members = self.members.write().expect("members lock");
+        if let Some(members) = members.as_ref() {
+            return Ok(members.len());
+        }
+        let loaded = Members::load(prefix, self.all_trees())?;
+        let count = loaded.len();
+        tracing::debug!(
+            lists = loaded.lists(),
+            records = count,
+            "record lists indexed"
+        );
+        *members = Some(loaded);
+        Ok(count)
+    }
+
+    /// The keys of the values in `part` under the prefix [`Store::keep_members`] indexes that
+    /// may hold the record key `member`: each may not (hashes collide), so read it and look.
+    /// An error if no prefix is indexed: an answer of "none" would then be a guess.
+    pub fn lists_holding(&self, part: Part, member: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let members = self.members.read().expect("members lock");
+        let members = members.as_ref().ok_or_else(|| {
+            StoreError::Config("no record lists are indexed (Store::keep_members)".into())
+        })?;
+        Ok(members.candidates(Self::tree_id(part), member))
+    }
+
+    /// Every partition's tree with its [`Store::tree_id`].
+    fn all_trees(&self) -> impl Iterator<Item = (usize, &Space)> {
+        std::iter::once((Self::tree_id(Part::Global), &self.global)).chain(
+            self.regions
+                .iter()
+                .enumerate()
+                .map(|(n, space)| (Self::tree_id(Part::Region(n as u32)), space)),
+        )
+    }
+
     /// Key/value pairs under `prefix`, in key order, at most `limit` of them.
     pub fn scan_prefix(
         &self,
@@ -983,6 +1041,7 @@ impl Drop for Store {
 mod commit;
 mod feed;
 mod known;
+mod members;
 mod snapshot;
 mod stream;
 #[cfg(test)]
@@ -993,6 +1052,7 @@ mod tests;
 use feed::{feed_epoch, FeedState};
 pub use feed::{FeedPage, FeedRetention, FEED_PRUNE_PER_COMMIT_MAX};
 use known::Known;
+use members::Members;
 use snapshot::Capture;
 pub use stream::{
     write_out_paced, ExportSink, PacedFile, SnapshotSource, SNAPSHOT_ITEM_BYTES_MAX,

@@ -555,6 +555,13 @@ impl Store {
                 .ok();
         }
         drop(known);
+        let mut members = self.members.write().expect("members lock");
+        if let Some(prefix) = members.as_ref().map(|m| m.prefix.clone()) {
+            // No read is exact without the index: a lookup would miss what it names.
+            *members = None;
+            *members = Some(Members::load(&prefix, self.all_trees())?);
+        }
+        drop(members);
         self.db.flush()?;
         *self.applied.lock().expect("applied lock") = match self.meta.get(META_APPLIED)? {
             Some(bytes) => decode("applied state", &bytes)?,

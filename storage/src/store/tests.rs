@@ -541,6 +541,106 @@ fn known_keys_answer_what_sled_holds_through_commits_and_imports() {
     assert!(exists(&store, 0, "d1") && exists(&store, 0, "d3"));
 }
 
+/// Record lists under `U`, indexed by their record keys: a lookup names every list that holds
+/// the key (in its own partition), through rewrites, removals, a reopen and an import; and a
+/// value that is not a record list is refused by the commit that writes it.
+#[test]
+fn record_lists_are_found_by_their_record_keys_through_commits_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = |ids: &[&str]| {
+        let entries: Vec<(&[u8], &[u8])> = ids
+            .iter()
+            .map(|id| (id.as_bytes(), b"r".as_slice()))
+            .collect();
+        crate::records::encode(&entries)
+    };
+    let put = |k: &str, ids: &[&str]| (k.as_bytes().to_vec(), Some(list(ids)));
+    let del = |k: &str| (k.as_bytes().to_vec(), None);
+    let holding = |store: &Store, part: Part, id: &str| -> Vec<String> {
+        store
+            .lists_holding(part, id.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|k| String::from_utf8(k).unwrap())
+            .collect()
+    };
+    {
+        let store = Store::open(dir.path(), 2).unwrap();
+        assert!(
+            store.lists_holding(Part::Region(0), b"a").is_err(),
+            "no index yet"
+        );
+        commit(
+            &store,
+            1,
+            vec![(Part::Region(0), vec![put("U1", &["a", "b"])])],
+        );
+        assert_eq!(store.keep_members(b"U").unwrap(), 2);
+        assert_eq!(
+            store.keep_members(b"U").unwrap(),
+            2,
+            "asked again: the same"
+        );
+        assert!(store.keep_members(b"V").is_err(), "one prefix per store");
+        commit(
+            &store,
+            2,
+            vec![
+                (Part::Region(0), vec![put("U2", &["b", "c"])]),
+                (Part::Region(1), vec![put("U2", &["a"])]),
+                (Part::Global, vec![put("U2", &["g"])]),
+            ],
+        );
+        assert_eq!(holding(&store, Part::Region(0), "a"), ["U1"]);
+        let mut b = holding(&store, Part::Region(0), "b");
+        b.sort();
+        assert_eq!(b, ["U1", "U2"]);
+        assert_eq!(holding(&store, Part::Region(1), "a"), ["U2"]);
+        assert!(holding(&store, Part::Region(1), "b").is_empty());
+        assert_eq!(holding(&store, Part::Global, "g"), ["U2"]);
+        // A rewrite replaces what a list names; a removal drops it.
+        commit(
+            &store,
+            3,
+            vec![(
+                Part::Region(0),
+                vec![put("U1", &["d"]), del("U2"), del("U9")],
+            )],
+        );
+        assert!(holding(&store, Part::Region(0), "a").is_empty());
+        assert!(holding(&store, Part::Region(0), "b").is_empty());
+        assert_eq!(holding(&store, Part::Region(0), "d"), ["U1"]);
+        // Not a record list: the commit fails, and the index is as it was.
+        let bad = (b"U3".to_vec(), Some(vec![9, 9]));
+        let err = store.commit(EpochCommit {
+            stamp: Some(EpochStamp {
+                epoch: 4,
+                time_ms: 4,
+            }),
+            writes: BTreeMap::from([(Part::Region(0), vec![bad])]),
+            raft_meta: Vec::new(),
+            feed: None,
+        });
+        assert!(err.is_err());
+        assert_eq!(holding(&store, Part::Region(0), "d"), ["U1"]);
+    }
+    // Reopened (the failed commit stopped that store), and indexed again from sled.
+    let store = Store::open(dir.path(), 2).unwrap();
+    assert_eq!(store.keep_members(b"U").unwrap(), 3, "d in p0, a in p1, g");
+    assert_eq!(holding(&store, Part::Region(1), "a"), ["U2"]);
+    // An import indexes the imported state.
+    let (_, snapshot) = store.export_snapshot().unwrap();
+    commit(
+        &store,
+        4,
+        vec![(Part::Region(0), vec![del("U1"), put("U5", &["e"])])],
+    );
+    assert!(holding(&store, Part::Region(0), "d").is_empty());
+    store.import_snapshot(&snapshot).unwrap();
+    assert_eq!(holding(&store, Part::Region(0), "d"), ["U1"]);
+    assert!(holding(&store, Part::Region(0), "e").is_empty());
+}
+
 fn stock_spec() -> PackSpec {
     PackSpec {
         prefix: b"s".to_vec(),
