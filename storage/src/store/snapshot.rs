@@ -377,6 +377,14 @@ impl Store {
             .spec
             .get()
             .map(|spec| Table::new(spec.clone(), self.partitions()));
+        // Values the members index reads must be record lists: checked here, so that a
+        // snapshot with one that is not fails before it changes anything.
+        let members_prefix = self
+            .members
+            .read()
+            .expect("members lock")
+            .as_ref()
+            .map(|m| m.prefix.clone());
         let mut imported = None;
         for (id, (name, _)) in ours.iter().enumerate() {
             let Some((theirs, pairs)) = reader.next_tree()? else {
@@ -404,6 +412,14 @@ impl Store {
                 }
                 if id == META_TREE && key == META_APPLIED {
                     imported = Some(decode::<Applied>("snapshot applied state", &value)?);
+                }
+                let indexed = id == GLOBAL_TREE || id >= FIRST_REGION_TREE;
+                if let Some(prefix) = members_prefix.as_ref().filter(|_| indexed) {
+                    if key.starts_with(prefix) {
+                        crate::records::keys(&value).map_err(|e| {
+                            StoreError::Corrupt(format!("snapshot tree {name}: {key:?}: {e}"))
+                        })?;
+                    }
                 }
                 if let Some(table) = table.as_mut().filter(|_| id >= FIRST_REGION_TREE) {
                     if table.spec().covers(&key) {

@@ -639,6 +639,20 @@ fn record_lists_are_found_by_their_record_keys_through_commits_and_imports() {
     store.import_snapshot(&snapshot).unwrap();
     assert_eq!(holding(&store, Part::Region(0), "d"), ["U1"]);
     assert!(holding(&store, Part::Region(0), "e").is_empty());
+    // A snapshot whose value under the prefix is not a record list (from a store that does
+    // not index it) is refused before the import changes anything.
+    let other = tempfile::tempdir().unwrap();
+    let unindexed = Store::open(other.path(), 2).unwrap();
+    commit(
+        &unindexed,
+        1,
+        vec![(Part::Region(1), vec![(b"U7".to_vec(), Some(vec![9, 9]))])],
+    );
+    let (_, bad) = unindexed.export_snapshot().unwrap();
+    let err = store.import_snapshot(&bad).unwrap_err();
+    assert!(err.to_string().contains("record list"), "{err}");
+    assert_eq!(holding(&store, Part::Region(0), "d"), ["U1"]);
+    assert_eq!(store.applied_epoch(), 3);
 }
 
 fn stock_spec() -> PackSpec {
