@@ -364,6 +364,11 @@ pub static DEDUPE_HITS: Counter = Counter::new(
     "ordo_dedupe_hits_total",
     "Transactions answered from the dedupe table (a retried request id) during execution.",
 );
+/// Request ids remembered for dedupe in the record lists' index in memory.
+pub static DEDUPE_IDS: Gauge = Gauge::new(
+    "ordo_dedupe_ids",
+    "Request ids this node remembers for dedupe in its in-memory index of the epochs' dedupe lists (about 28 bytes each), as of its last commit or import.",
+);
 /// Transactions execution refused or rejected, by reason.
 pub static REJECTS: CounterFamily = CounterFamily::new(
     "ordo_rejects_total",
@@ -546,6 +551,7 @@ pub fn render() -> String {
     render_gauge(&mut out, &IS_LEADER);
     render_histogram(&mut out, &FSYNC);
     render_counter(&mut out, &DEDUPE_HITS);
+    render_gauge(&mut out, &DEDUPE_IDS);
     render_counter_family(&mut out, &REJECTS);
     render_counter(&mut out, &HOLDS_EXPIRED);
     render_gauge(&mut out, &HOLDS_LIVE);
@@ -619,6 +625,7 @@ mod tests {
             "ordo_snapshot_bytes",
             "ordo_snapshot_building",
             "ordo_snapshot_export_restarts_total",
+            "ordo_dedupe_ids",
         ] {
             assert_eq!(
                 out.matches(&format!("# TYPE {name} ")).count(),

@@ -98,6 +98,8 @@ async fn a_scrape_shows_calls_by_method_and_code_and_the_nodes_work() {
     assert_eq!(sample(&body, "ordo_watchers"), 1.0);
     assert_eq!(sample(&body, "ordo_reservations_live"), 1.0);
     assert_eq!(sample(&body, "ordo_queue_txns"), 0.0);
+    // Every request id above is remembered for dedupe, in the index of the epochs' lists.
+    assert!(sample(&body, "ordo_dedupe_ids") >= 6.0);
     assert!(body.contains("# TYPE ordo_rpc_duration_seconds histogram\n"));
 
     let (status, _) = http(port, "GET /other HTTP/1.1\r\n\r\n");

@@ -163,6 +163,7 @@ impl Store {
                     }
                 }
             }
+            members.publish();
         }
         let mut packed = self.packed.table.write().expect("packed lock");
         if let Some(table) = packed.as_mut() {

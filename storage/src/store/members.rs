@@ -162,6 +162,12 @@ impl Members {
         self.free.push(slot);
     }
 
+    /// Publishes how many record keys are indexed (`ordo_dedupe_ids`: the one prefix a node
+    /// indexes is its dedupe lists').
+    pub(super) fn publish(&self) {
+        ordo_metrics::DEDUPE_IDS.set(self.members as i64);
+    }
+
     /// How many record keys are indexed.
     pub(super) fn len(&self) -> usize {
         self.members

@@ -772,6 +772,7 @@ impl Store {
             return Ok(members.len());
         }
         let loaded = Members::load(prefix, self.all_trees())?;
+        loaded.publish();
         let count = loaded.len();
         tracing::debug!(
             lists = loaded.lists(),

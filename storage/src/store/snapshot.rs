@@ -575,7 +575,9 @@ impl Store {
         if let Some(prefix) = members.as_ref().map(|m| m.prefix.clone()) {
             // No read is exact without the index: a lookup would miss what it names.
             *members = None;
-            *members = Some(Members::load(&prefix, self.all_trees())?);
+            let loaded = Members::load(&prefix, self.all_trees())?;
+            loaded.publish();
+            *members = Some(loaded);
         }
         drop(members);
         self.db.flush()?;
