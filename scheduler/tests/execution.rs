@@ -43,6 +43,23 @@ impl Node {
         out.results
     }
 
+    /// Commits `writes` to `part` as an epoch of its own, with no transaction: data as a
+    /// build from before would have left it.
+    fn write_epoch(&mut self, part: Part, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        self.epoch += 1;
+        self.store
+            .commit(EpochCommit {
+                stamp: Some(EpochStamp {
+                    epoch: self.epoch,
+                    time_ms: 1_000 + self.epoch,
+                }),
+                writes: BTreeMap::from([(part, writes)]),
+                raft_meta: Vec::new(),
+                feed: None,
+            })
+            .unwrap();
+    }
+
     fn hash(&self) -> StateHash {
         self.store.applied().state_hash
     }
@@ -466,25 +483,14 @@ fn request_ids_remembered_in_the_layouts_before_the_lists_are_answered_and_expir
             false => (keys::dedupe_by_time(time_ms, "old"), Vec::new()),
         };
         // Rewritten as an epoch of its own, with nothing else in it.
-        node.epoch += 1;
-        node.store
-            .commit(EpochCommit {
-                stamp: Some(EpochStamp {
-                    epoch: node.epoch,
-                    time_ms: 1_000 + node.epoch,
-                }),
-                writes: BTreeMap::from([(
-                    part,
-                    vec![
-                        (list_key.clone(), None),
-                        (keys::dedupe("old"), Some(record)),
-                        (expiry.0, Some(expiry.1)),
-                    ],
-                )]),
-                raft_meta: Vec::new(),
-                feed: None,
-            })
-            .unwrap();
+        node.write_epoch(
+            part,
+            vec![
+                (list_key.clone(), None),
+                (keys::dedupe("old"), Some(record)),
+                (expiry.0, Some(expiry.1)),
+            ],
+        );
         assert!(node.store.get(part, &list_key).unwrap().is_none());
         let found = reads::dedupe(&node.store, "old").unwrap().unwrap();
         assert_eq!(found.result, first[0]);
@@ -553,24 +559,13 @@ fn orders_are_found_in_their_epochs_lists_and_beside_orders_kept_a_key_each() {
             Some((p, key, ordo_storage::records::encode(&rest)))
         })
         .unwrap();
-    node.epoch += 1;
-    node.store
-        .commit(EpochCommit {
-            stamp: Some(EpochStamp {
-                epoch: node.epoch,
-                time_ms: 1_000 + node.epoch,
-            }),
-            writes: BTreeMap::from([(
-                part,
-                vec![
-                    (list_key, Some(list)),
-                    (keys::order(moved), Some(encode(&record))),
-                ],
-            )]),
-            raft_meta: Vec::new(),
-            feed: None,
-        })
-        .unwrap();
+    node.write_epoch(
+        part,
+        vec![
+            (list_key, Some(list)),
+            (keys::order(moved), Some(encode(&record))),
+        ],
+    );
     assert_eq!(reads::order(&node.store, moved).unwrap(), Some(record));
     for &id in &ids {
         assert_eq!(reads::order(&node.store, id).unwrap().unwrap().order_id, id);

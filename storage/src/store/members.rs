@@ -67,22 +67,23 @@ impl Members {
         key.starts_with(&self.prefix)
     }
 
-    /// The keys (with their trees' ids) of the values that may list `member` in `tree`.
+    /// The keys of the values in `tree` that may list `member`, in key order: a function of
+    /// the stored state, whatever slots the history of commits gave them.
     pub(super) fn candidates(&self, tree: usize, member: &[u8]) -> Vec<Vec<u8>> {
         let hash = member_hash(tree, member);
         let Some(&first) = self.first.get(&hash) else {
             return Vec::new();
         };
-        let mut slots = vec![first];
-        slots.extend(self.more.get(&hash).into_iter().flatten().copied());
-        slots.sort_unstable();
-        slots.dedup();
-        slots
-            .into_iter()
+        let more = self.more.get(&hash).into_iter().flatten().copied();
+        let mut keys: Vec<Vec<u8>> = std::iter::once(first)
+            .chain(more)
             .filter_map(|s| self.slots[s as usize].as_ref())
             .filter(|slot| slot.tree == tree)
             .map(|slot| slot.key.to_vec())
-            .collect()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// A commit's write of a covered key: the value it replaces (if any) leaves the index,

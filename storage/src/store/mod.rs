@@ -784,7 +784,8 @@ impl Store {
     }
 
     /// The keys of the values in `part` under the prefix [`Store::keep_members`] indexes that
-    /// may hold the record key `member`: each may not (hashes collide), so read it and look.
+    /// may hold the record key `member`, in key order: each may not (hashes collide), so read
+    /// it and look.
     /// An error if no prefix is indexed: an answer of "none" would then be a guess.
     pub fn lists_holding(&self, part: Part, member: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let members = self.members.read().expect("members lock");

@@ -592,9 +592,8 @@ fn record_lists_are_found_by_their_record_keys_through_commits_and_imports() {
             ],
         );
         assert_eq!(holding(&store, Part::Region(0), "a"), ["U1"]);
-        let mut b = holding(&store, Part::Region(0), "b");
-        b.sort();
-        assert_eq!(b, ["U1", "U2"]);
+        // In key order, whatever order the lists were indexed in.
+        assert_eq!(holding(&store, Part::Region(0), "b"), ["U1", "U2"]);
         assert_eq!(holding(&store, Part::Region(1), "a"), ["U2"]);
         assert!(holding(&store, Part::Region(1), "b").is_empty());
         assert_eq!(holding(&store, Part::Global, "g"), ["U2"]);
